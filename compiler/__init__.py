@@ -1,0 +1,1 @@
+"""The compiler: IR, op registry, passes, lowering and code generation."""

@@ -1,0 +1,1 @@
+"""Loop IR -> LLVM IR (llvmlite): kernels, the model entry point, PTX later."""

@@ -1,0 +1,401 @@
+"""Emit one loop-IR Kernel as LLVM functions.
+
+Scalar code is the default; inside a `vector` For every expression is evaluated
+for `lanes` consecutive values of the loop variable: loads whose index moves by
+1 per lane become (masked) vector loads, invariant ones stay scalar and are
+splatted, others become per-lane gathers. `parallel` loops are outlined into a
+worker run by libgomp's GOMP_parallel with a static split, so results do not
+depend on the thread count.
+"""
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..errors import CompileError
+from ..ir.types import DType
+from ..lower.loop_ir import (Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
+                             affine_coeff, depends_on)
+from . import llvm_helpers as H
+
+
+@dataclass
+class VecCtx:
+    var: str
+    base: ir.Value        # i64 index of lane 0
+    lanes: int
+    mask: object = None   # <lanes x i1> for the tail, or None
+
+
+_IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
+
+
+class KernelEmitter:
+    def __init__(self, module, kernel, threads=1, has_gomp=False):
+        self.module, self.kernel = module, kernel
+        self.threads, self.has_gomp = threads, has_gomp
+        self.builder = None
+        self.env = {}            # loop var name -> i64 value
+        self.bufs = {}           # buffer name -> ptr value (params and locals)
+        self._workers = 0
+
+    # ---- functions -------------------------------------------------------------
+    def emit(self):
+        fnty = ir.FunctionType(H.VOID, [H.PTR] * len(self.kernel.params))
+        fn = ir.Function(self.module, fnty, name=self.kernel.name)
+        fn.linkage = "internal"
+        for arg, buf in zip(fn.args, self.kernel.params):
+            arg.add_attribute("noalias")
+        self._begin(fn, {b.name: a for b, a in zip(self.kernel.params, fn.args)})
+        self.stmts(self.kernel.body, None)
+        self.builder.ret_void()
+        return fn
+
+    def _begin(self, fn, params):
+        fn.attributes.add("nounwind")
+        self.builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.bufs = dict(params)
+        for buf in self.kernel.locals:   # every function gets its own stack buffers
+            ty = ir.ArrayType(H.memory_type(buf.dtype), buf.size)
+            self.bufs[buf.name] = H.alloca(self.builder, ty, name=buf.name)
+
+    # ---- statements ------------------------------------------------------------
+    def stmts(self, stmts, vec):
+        for s in stmts:
+            if isinstance(s, Store):
+                self.store(s, vec)
+            elif isinstance(s, For):
+                self.loop(s, vec)
+            else:
+                raise CompileError(f"unknown loop IR statement {s!r}")
+
+    def loop(self, s, vec):
+        """Emit one For; its variable is in scope only inside it (parallel workers
+        capture every variable in scope)."""
+        saved = dict(self.env)
+        self._loop(s, vec)
+        self.env = saved
+
+    def _loop(self, s, vec):
+        name = s.var.name
+        if s.kind == "vector" and s.lanes > 1:
+            if vec is not None:
+                raise CompileError(f"nested vector loop '{name}'")
+            return self.vector_loop(s)
+        if s.kind == "unroll":
+            for i in range(s.extent):
+                self.env[name] = ir.Constant(H.I64, i)
+                self.stmts(s.body, vec)
+            return
+        if s.kind == "parallel" and self.threads > 1 and self.has_gomp and vec is None \
+                and s.extent > 1:
+            return self.parallel_loop(s)
+
+        def body(i, _):
+            self.env[name] = i
+            self.stmts(s.body, vec)
+        H.counted_loop(self.builder, s.extent, body, name=name)
+
+    def vector_loop(self, s):
+        lanes, full, rem = s.lanes, s.extent // s.lanes, s.extent % s.lanes
+        name = s.var.name
+        if 0 < full <= 4:          # short: unroll, so accumulators stay in registers
+            for j in range(full):
+                self.stmts(s.body, VecCtx(name, ir.Constant(H.I64, j * lanes), lanes))
+        elif full > 4:
+            def body(i, _):
+                base = self.builder.mul(i, ir.Constant(H.I64, lanes))
+                self.stmts(s.body, VecCtx(name, base, lanes))
+            H.counted_loop(self.builder, full, body, name=name)
+        if rem:
+            self.stmts(s.body, VecCtx(name, ir.Constant(H.I64, full * lanes), lanes,
+                                      H.lane_mask(rem, lanes)))
+
+    def parallel_loop(self, s):
+        """Outline the loop body into a worker(ptr data) and call GOMP_parallel."""
+        b = self.builder
+        params = list(self.kernel.params)
+        vars_ = sorted(self.env)
+        struct_ty = ir.LiteralStructType([H.PTR] * len(params) + [H.I64] * len(vars_))
+        data = H.alloca(b, struct_ty)
+        values = [self.bufs[p.name] for p in params] + [self.env[v] for v in vars_]
+        for k, value in enumerate(values):
+            b.store(value, b.gep(data, [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
+                                 source_etype=struct_ty))
+        self._workers += 1
+        worker = ir.Function(self.module, ir.FunctionType(H.VOID, [H.PTR]),
+                             name=f"{self.kernel.name}.par{self._workers}")
+        worker.linkage = "internal"
+        saved = (self.builder, self.bufs, dict(self.env))
+        self._begin(worker, {})
+        wb = self.builder
+        fields = [wb.load(wb.gep(worker.args[0], [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
+                                 source_etype=struct_ty), typ=H.PTR if k < len(params) else H.I64)
+                  for k in range(len(values))]
+        self.bufs.update({p.name: f for p, f in zip(params, fields)})
+        self.env.update(dict(zip(vars_, fields[len(params):])))
+        tid = wb.sext(wb.call(H.intrinsic(self.module, "omp_get_thread_num", H.I32, []), []), H.I64)
+        nth = wb.sext(wb.call(H.intrinsic(self.module, "omp_get_num_threads", H.I32, []), []), H.I64)
+        extent = ir.Constant(H.I64, s.extent)
+        chunk = wb.sdiv(wb.sub(wb.add(extent, nth), ir.Constant(H.I64, 1)), nth)
+        start = wb.mul(tid, chunk)
+        stop = wb.select(wb.icmp_signed("<", wb.add(start, chunk), extent), wb.add(start, chunk), extent)
+        count = wb.select(wb.icmp_signed(">", stop, start), wb.sub(stop, start), ir.Constant(H.I64, 0))
+
+        def body(i, _):
+            self.env[s.var.name] = self.builder.add(start, i)
+            self.stmts(s.body, None)
+        H.counted_loop(wb, count, body, name=s.var.name)
+        self.builder.ret_void()
+        self.builder, self.bufs, self.env = saved
+        gomp = H.intrinsic(self.module, "GOMP_parallel", H.VOID, [H.PTR, H.PTR, H.I32, H.I32])
+        b.call(gomp, [worker, data, ir.Constant(H.I32, min(self.threads, s.extent)),
+                      ir.Constant(H.I32, 0)])
+
+    def store(self, s, vec):
+        b = self.builder
+        value = self.expr(s.value, vec)
+        mask = self._mask(s.mask, vec)
+        if vec is not None and isinstance(value.type, ir.VectorType) or \
+                (vec is not None and affine_coeff(s.index, Var(vec.var)) != 0):
+            coeff = affine_coeff(s.index, Var(vec.var))
+            if coeff != 1:
+                raise CompileError(f"store to {s.buf.name} is not contiguous in vector loop "
+                                   f"'{vec.var}'")
+            if not isinstance(value.type, ir.VectorType):
+                value = H.splat(b, value, vec.lanes)
+            ptr = self._ptr(s.buf, self.expr(s.index, self._lane0(vec)))
+            value = self._to_memory(value, s.buf.dtype)
+            if mask is None:
+                b.store(value, ptr, align=s.buf.dtype.itemsize)
+            else:
+                fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(value.type)}.p0",
+                                 H.VOID, [value.type, H.PTR, H.I32, mask.type])
+                b.call(fn, [value, ptr, ir.Constant(H.I32, s.buf.dtype.itemsize), mask])
+            return
+        if mask is not None:
+            raise CompileError("masked store of a loop-invariant value")
+        b.store(self._to_memory(value, s.buf.dtype), self._ptr(s.buf, self.expr(s.index, None)))
+
+    # ---- expressions -----------------------------------------------------------
+    def _lane0(self, vec):
+        """Evaluate an index at lane 0: the loop var stands for its base."""
+        return ("lane0", vec)
+
+    def _mask(self, cond, vec):
+        """Combine an optional predicate with the tail mask of `vec`."""
+        tail = vec.mask if vec is not None else None
+        if cond is None:
+            return tail
+        m = self.expr(cond, vec)
+        if vec is not None and not isinstance(m.type, ir.VectorType):
+            m = H.splat(self.builder, m, vec.lanes)
+        return m if tail is None else self.builder.and_(m, tail)
+
+    def expr(self, e, vec):
+        lane0 = isinstance(vec, tuple)   # an index evaluated at lane 0 of `vec`
+        if isinstance(e, Const):
+            return ir.Constant(H.llvm_type(e.dtype), e.value)
+        if isinstance(e, Var):
+            return self._var(e, vec)
+        if isinstance(e, Bin):
+            return self._bin(e, vec)
+        if isinstance(e, Call):
+            return self._call(e, vec)
+        if isinstance(e, Select):
+            c, a, x = self._unify([self.expr(e.cond, vec), self.expr(e.a, vec), self.expr(e.b, vec)])
+            return self.builder.select(c, a, x)
+        if isinstance(e, Load):
+            return self._load(e, vec)
+        if isinstance(e, Reduce):
+            if lane0:
+                raise CompileError("a reduction inside an index expression")
+            return self._reduce(e, vec)
+        raise CompileError(f"unknown loop IR expression {e!r}")
+
+    def _var(self, e, vec):
+        if isinstance(vec, tuple):
+            ctx = vec[1]
+            return ctx.base if e.name == ctx.var else self.env[e.name]
+        if vec is not None and e.name == vec.var:
+            steps = ir.Constant(ir.VectorType(H.I64, vec.lanes), list(range(vec.lanes)))
+            return self.builder.add(H.splat(self.builder, vec.base, vec.lanes), steps)
+        if e.name not in self.env:
+            raise CompileError(f"loop variable '{e.name}' used outside its loop")
+        return self.env[e.name]
+
+    def _unify(self, values):
+        lanes = max((v.type.count for v in values if isinstance(v.type, ir.VectorType)), default=0)
+        if not lanes:
+            return values
+        return [v if isinstance(v.type, ir.VectorType) else H.splat(self.builder, v, lanes)
+                for v in values]
+
+    def _bin(self, e, vec):
+        b = self.builder
+        x, y = self._unify([self.expr(e.a, vec), self.expr(e.b, vec)])
+        is_float = e.a.dtype.is_float
+        if e.op in ("<", "<=", ">", ">=", "==", "!="):
+            return b.fcmp_ordered(e.op, x, y) if is_float else b.icmp_signed(e.op, x, y)
+        if e.op == "and":
+            return b.and_(x, y)
+        ops = {"+": ("fadd", "add"), "-": ("fsub", "sub"), "*": ("fmul", "mul"),
+               "/": ("fdiv", "sdiv"), "//": (None, "sdiv"), "%": ("frem", "srem")}
+        name = ops[e.op][0 if is_float else 1]
+        return getattr(b, name)(x, y)
+
+    def _call(self, e, vec):
+        b, fn = self.builder, e.fn
+        args = self._unify([self.expr(a, vec) for a in e.args])
+        x = args[0]
+        is_float = e.args[0].dtype.is_float
+        if fn == "cast":
+            return self._cast(x, e.args[0].dtype, e.dtype)
+        if fn == "neg":
+            return b.fneg(x) if is_float else b.neg(x)
+        if fn in ("max", "min"):
+            op = ">" if fn == "max" else "<"
+            cmp = b.fcmp_ordered(op, x, args[1]) if is_float else b.icmp_signed(op, x, args[1])
+            return b.select(cmp, x, args[1])
+        names = {"abs": "llvm.fabs", "exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
+                 "tanh": "llvm.tanh", "fma": "llvm.fma", "floor": "llvm.floor",
+                 "ceil": "llvm.ceil", "pow": "llvm.pow"}
+        if fn not in names or not is_float:
+            raise CompileError(f"no code generation for {fn} on {e.args[0].dtype.value}")
+        return b.call(H.overloaded(self.module, names[fn], x.type, len(args)), args)
+
+    def _cast(self, x, src, dst):
+        b = self.builder
+        ty = H.llvm_type(dst)
+        if isinstance(x.type, ir.VectorType):
+            ty = ir.VectorType(ty, x.type.count)
+        if src == dst:
+            return x
+        if dst == DType.bool:
+            return b.fcmp_unordered("!=", x, H.zero(x.type)) if src.is_float else \
+                b.icmp_signed("!=", x, H.zero(x.type))
+        if src.is_float and dst.is_float:
+            return b.fpext(x, ty) if dst.itemsize > src.itemsize else b.fptrunc(x, ty)
+        if src.is_float:
+            return b.fptosi(x, ty)
+        if dst.is_float:
+            return b.uitofp(x, ty) if src == DType.bool else b.sitofp(x, ty)
+        if src == DType.bool:
+            return b.zext(x, ty)
+        return b.sext(x, ty) if dst.itemsize > src.itemsize else b.trunc(x, ty)
+
+    def _ptr(self, buf, index):
+        return self.builder.gep(self.bufs[buf.name], [index],  # not inbounds: masked lanes may point outside
+                                source_etype=H.memory_type(buf.dtype))
+
+    def _from_memory(self, value, dtype):
+        if dtype != DType.bool:
+            return value
+        return self.builder.icmp_signed("!=", value, H.zero(value.type))
+
+    def _to_memory(self, value, dtype):
+        if dtype != DType.bool:
+            return value
+        ty = H.I8 if not isinstance(value.type, ir.VectorType) else ir.VectorType(H.I8, value.type.count)
+        return self.builder.zext(value, ty)
+
+    def _load(self, e, vec):
+        b = self.builder
+        mty = H.memory_type(e.buf.dtype)
+        vector = isinstance(vec, VecCtx)     # not None, nor a lane-0 index evaluation
+        coeff = affine_coeff(e.index, Var(vec.var)) if vector else 0
+        guard = vector and e.mask is not None and depends_on(e.mask, Var(vec.var))
+        if coeff == 0 and not guard:             # invariant in the vector loop: scalar
+            index = self.expr(e.index, vec)
+            if e.mask is None:
+                return self._from_memory(b.load(self._ptr(e.buf, index), typ=mty), e.buf.dtype)
+            ok = self.expr(e.mask, vec)
+            if isinstance(ok.type, ir.VectorType):
+                ok = b.extract_element(ok, ir.Constant(H.I32, 0))
+            safe = b.select(ok, index, ir.Constant(H.I64, 0))
+            value = self._from_memory(b.load(self._ptr(e.buf, safe), typ=mty), e.buf.dtype)
+            return b.select(ok, value, H.zero(value.type))
+        mask = self._mask(e.mask, vec)
+        vty = ir.VectorType(mty, vec.lanes)
+        if coeff == 1:
+            ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
+            if mask is None:
+                value = b.load(ptr, typ=vty, align=e.buf.dtype.itemsize)
+            else:
+                fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty,
+                                 [H.PTR, H.I32, mask.type, vty])
+                value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), mask, H.zero(vty)])
+            return self._from_memory(value, e.buf.dtype)
+        return self._gather(e, vec, mask, vty)
+
+    def _gather(self, e, vec, mask, vty):
+        """Per-lane loads; masked-off lanes read element 0 (always valid) and give 0."""
+        b = self.builder
+        index = self.expr(e.index, vec)
+        if not isinstance(index.type, ir.VectorType):
+            index = H.splat(b, index, vec.lanes)
+        if mask is not None:
+            index = b.select(mask, index, H.zero(index.type))
+        result = H.zero(vty)
+        for lane in range(vec.lanes):
+            i = b.extract_element(index, ir.Constant(H.I32, lane))
+            result = b.insert_element(result, b.load(self._ptr(e.buf, i), typ=vty.element),
+                                      ir.Constant(H.I32, lane))
+        if mask is not None:
+            result = b.select(mask, result, H.zero(vty))
+        return self._from_memory(result, e.buf.dtype)
+
+    def _combine(self, op, dtype):
+        b = self.builder
+
+        def combine(x, y):
+            if op == "sum":
+                return b.fadd(x, y) if dtype.is_float else b.add(x, y)
+            cmp = (b.fcmp_ordered if dtype.is_float else b.icmp_signed)(">" if op == "max" else "<", x, y)
+            return b.select(cmp, x, y)
+        return combine
+
+    def _identity(self, op, dtype, lanes=0):
+        ty = H.llvm_type(dtype)
+        value = _IDENTITY[op]
+        if not dtype.is_float:
+            value = {"sum": 0, "max": -(1 << 62), "min": 1 << 62}[op]
+        const = ir.Constant(ty, value)
+        return ir.Constant(ir.VectorType(ty, lanes), [value] * lanes) if lanes else const
+
+    def _reduce(self, e, vec):
+        combine = self._combine(e.op, e.dtype)
+        name = e.var.name
+        if vec is None and e.lanes > 1 and e.extent >= e.lanes:
+            return self._vector_reduce(e, combine)
+        lanes = vec.lanes if vec is not None and depends_on(e.body, Var(vec.var)) else 0
+        init = self._identity(e.op, e.dtype, lanes)
+
+        def body(i, carried):
+            self.env[name] = i
+            value = self.expr(e.body, vec)
+            if lanes and not isinstance(value.type, ir.VectorType):
+                value = H.splat(self.builder, value, lanes)
+            return [combine(carried[0], value)]
+        saved = dict(self.env)
+        result = H.counted_loop(self.builder, e.extent, body, [init], name=name)[0]
+        self.env = saved
+        return result
+
+    def _vector_reduce(self, e, combine):
+        lanes, full, rem = e.lanes, e.extent // e.lanes, e.extent % e.lanes
+        identity = self._identity(e.op, e.dtype, lanes)
+
+        def chunk(base, acc, mask=None):
+            value = self.expr(e.body, VecCtx(e.var.name, base, lanes, mask))
+            if not isinstance(value.type, ir.VectorType):
+                value = H.splat(self.builder, value, lanes)
+            if mask is not None:
+                value = self.builder.select(mask, value, identity)
+            return combine(acc, value)
+
+        def body(i, carried):
+            return [chunk(self.builder.mul(i, ir.Constant(H.I64, lanes)), carried[0])]
+        acc = H.counted_loop(self.builder, full, body, [identity], name=e.var.name)[0]
+        if rem:
+            acc = chunk(ir.Constant(H.I64, full * lanes), acc, H.lane_mask(rem, lanes))
+        return H.horizontal(self.builder, acc, combine)

@@ -1,0 +1,109 @@
+"""Assemble a whole model: one kernel per node (deduplicated by signature), the
+memory plan, and the entry point
+
+    int32 NAME_run(ptr *inputs, ptr *outputs, ptr workspace, ptr *consts)
+
+that calls the kernels in order with pointers into the caller's buffers, the
+weights and the arena."""
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from ..errors import CompileError, UnsupportedOpError
+from ..lower.context import LowerContext
+from ..lower.planner import plan_memory
+from ..ops import get_op
+from ..ops.shape_ops import copy_lower
+from . import llvm_helpers as H
+from .kernel_emitter import KernelEmitter
+
+
+@dataclass
+class ModelCode:
+    llvm_ir: str
+    entry: str
+    constants: list          # arrays in `consts` slot order (weights, then lookup tables)
+    plan: object
+    kernels: list            # loop-IR kernels, for source("loops")
+    num_calls: int
+
+
+def _signature(node, in_types, out_types, consts, target):
+    h = hashlib.sha1()
+    h.update(repr((node.op, sorted((k, repr(v)) for k, v in node.attrs.items()),
+                   [str(t) for t in in_types], [str(t) for t in out_types], target.key())).encode())
+    for c in consts:     # integer constants (shapes, axes, sizes) can change the loops
+        if c is not None and not np.issubdtype(c.dtype, np.floating):
+            h.update(c.tobytes())
+        elif c is not None and c.size <= 8:
+            h.update(c.tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_model(graph, target, name="model"):
+    const_names = list(graph.constants)
+    constants = [graph.constants[n] for n in const_names]
+    const_index = {n: j for j, n in enumerate(const_names)}
+    module = ir.Module(name=name)
+    module.triple = target.triple
+
+    lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
+    plan_copies = plan_memory(graph, {}, const_index).copies
+    for idx, node in enumerate(graph.nodes):
+        opdef = get_op(node.op)
+        if opdef.alias and idx not in plan_copies:
+            continue
+        lower = copy_lower if opdef.alias else opdef.lower
+        if lower is None:
+            raise UnsupportedOpError(node.op, node=node.name,
+                                     detail="no code generation (its inputs are not constant)")
+        in_types = [graph.types[i] if i else None for i in node.inputs]
+        out_types = [graph.types[o] for o in node.outputs if o]
+        consts = [graph.constants.get(i) if i else None for i in node.inputs]
+        sig = _signature(node, in_types, out_types, consts, target)
+        ctx = LowerContext(node, in_types, out_types, consts, target, f"k{len(by_sig)}_{node.op.lower()}")
+        lower(ctx)
+        kernel = ctx.kernel()
+        if sig not in by_sig:
+            by_sig[sig] = kernel
+            lowered.append(kernel)
+            KernelEmitter(module, kernel, target.threads, target.has_gomp).emit()
+        table_slots = []
+        for _, array in ctx.tables:
+            table_slots.append(len(constants))
+            constants.append(array)
+        scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
+        calls.append((idx, by_sig[sig].name, table_slots))
+
+    plan = plan_memory(graph, scratch_sizes, const_index)
+    entry = f"{name}_run"
+    _emit_entry(module, entry, graph, plan, calls)
+    return ModelCode(str(module), entry, constants, plan, lowered, len(calls))
+
+
+def _emit_entry(module, entry, graph, plan, calls):
+    fn = ir.Function(module, ir.FunctionType(H.I32, [H.PTR] * 4), name=entry)
+    fn.attributes.add("nounwind")
+    inputs, outputs, workspace, consts = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    slots = {"input": inputs, "output": outputs, "const": consts}
+
+    def pointer(kind, where):
+        if kind == "arena":
+            return b.gep(workspace, [ir.Constant(H.I64, where)], source_etype=H.I8)
+        slot = b.gep(slots[kind], [ir.Constant(H.I64, where)], source_etype=H.PTR)
+        return b.load(slot, typ=H.PTR)
+
+    for idx, kernel_name, table_slots in calls:
+        node = graph.nodes[idx]
+        args = [pointer(*plan.storage[v]) for v in node.inputs if v]
+        args += [pointer(*plan.storage[v]) for v in node.outputs if v]
+        args += [pointer("arena", off) for off in plan.scratch.get(idx, [])]
+        args += [pointer("const", slot) for slot in table_slots]
+        kernel = module.get_global(kernel_name)
+        if len(args) != len(kernel.args):
+            raise CompileError(f"kernel {kernel_name} takes {len(kernel.args)} pointers, got {len(args)}")
+        b.call(kernel, args)
+    b.ret(ir.Constant(H.I32, 0))

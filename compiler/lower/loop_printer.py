@@ -1,0 +1,44 @@
+"""Text form of loop IR kernels (what `model.source("loops")` shows)."""
+from .loop_ir import Bin, Call, Const, For, Load, Reduce, Select, Store, Var
+
+
+def expr_str(e):
+    if isinstance(e, Const):
+        return repr(e.value)
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Bin):
+        return f"({expr_str(e.a)} {e.op} {expr_str(e.b)})"
+    if isinstance(e, Call):
+        extra = f"<{e.dtype.value}>" if e.fn == "cast" else ""
+        return f"{e.fn}{extra}(" + ", ".join(expr_str(a) for a in e.args) + ")"
+    if isinstance(e, Select):
+        return f"select({expr_str(e.cond)}, {expr_str(e.a)}, {expr_str(e.b)})"
+    if isinstance(e, Load):
+        mask = f" if {expr_str(e.mask)}" if e.mask is not None else ""
+        return f"{e.buf.name}[{expr_str(e.index)}{mask}]"
+    if isinstance(e, Reduce):
+        lanes = f" x{e.lanes}" if e.lanes > 1 else ""
+        return f"{e.op}({e.var.name} < {e.extent}{lanes}: {expr_str(e.body)})"
+    return repr(e)
+
+
+def _stmts(stmts, indent, out):
+    pad = "  " * indent
+    for s in stmts:
+        if isinstance(s, For):
+            lanes = f" x{s.lanes}" if s.kind == "vector" else ""
+            out.append(f"{pad}for {s.var.name} in {s.kind}({s.extent}){lanes}:")
+            _stmts(s.body, indent + 1, out)
+        elif isinstance(s, Store):
+            mask = f" if {expr_str(s.mask)}" if s.mask is not None else ""
+            out.append(f"{pad}{s.buf.name}[{expr_str(s.index)}] = {expr_str(s.value)}{mask}")
+
+
+def print_kernel(kernel):
+    params = ", ".join(f"{b.name}: {b.dtype.value}[{b.size}]" for b in kernel.params)
+    out = [f"kernel {kernel.name}({params}):"]
+    for b in kernel.locals:
+        out.append(f"  local {b.name}: {b.dtype.value}[{b.size}]")
+    _stmts(kernel.body, 1, out)
+    return "\n".join(out)

@@ -1,0 +1,97 @@
+"""Loop nests shared by many ops: strided element-wise maps and row reductions."""
+from .loop_ir import INDEX, Const, Load
+
+PARALLEL_MIN_WORK = 1 << 15    # below this a fork/join (~4 us) costs more than it saves
+
+
+def strides(shape):
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
+
+
+def broadcast_strides(in_shape, out_shape):
+    """Strides of `in_shape` read at the indices of `out_shape` (0 on broadcast dims)."""
+    pad = (1,) * (len(out_shape) - len(in_shape)) + tuple(in_shape)
+    return tuple(0 if d == 1 and o != 1 else s for d, o, s in zip(pad, out_shape, strides(pad)))
+
+
+def coalesce(shape, stride_sets):
+    """Merge adjacent dims that every operand walks contiguously, so a same-shape
+    map becomes one flat loop and a bias add two loops."""
+    dims, sets = [], [[] for _ in stride_sets]
+    for axis, d in enumerate(shape):
+        if d == 1:
+            continue
+        mergeable = dims and all(st[axis] * d == acc[-1] for st, acc in zip(stride_sets, sets)
+                                 if not (st[axis] == 0 and acc[-1] == 0))
+        mergeable = mergeable and all((st[axis] == 0) == (acc[-1] == 0)
+                                      for st, acc in zip(stride_sets, sets))
+        if mergeable:
+            dims[-1] *= d
+            for st, acc in zip(stride_sets, sets):
+                acc[-1] = st[axis]
+        else:
+            dims.append(d)
+            for st, acc in zip(stride_sets, sets):
+                acc.append(st[axis])
+    return dims or [1], [acc or [0] for acc in sets]
+
+
+def map_nest(ctx, out_buf, out_shape, in_bufs, in_shapes, fn, lanes=None):
+    """out[idx] = fn(*[in[broadcast idx]]) over `out_shape`: the innermost loop is
+    vectorised, the outermost split across threads when there is enough work."""
+    strided_map(ctx, out_buf, out_shape, in_bufs,
+                [broadcast_strides(s, out_shape) for s in in_shapes], fn, lanes)
+
+
+def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, out_offset=0,
+                out_strides=None):
+    """out[out_offset + idx . out_strides] = fn(*[in_k[idx . in_strides_k]])."""
+    lanes = lanes or ctx.lanes(out_buf.dtype)
+    stride_sets = [tuple(out_strides or strides(out_shape))] + [tuple(s) for s in in_strides]
+    dims, sets = coalesce(out_shape, stride_sets)
+    total = 1
+    for d in dims:
+        total *= d
+    nb = ctx.nb
+    vars_, scopes = [], []
+    for axis, d in enumerate(dims):
+        last = axis == len(dims) - 1
+        kind = "vector" if last else ("parallel" if axis == 0 and total >= PARALLEL_MIN_WORK
+                                      else "serial")
+        if last and len(dims) == 1 and total >= PARALLEL_MIN_WORK * 4 and ctx.threads > 1 \
+                and not out_offset and sets[0][0] == 1:
+            return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes)
+        scope = nb.loop(d, kind, lanes if last else 1)
+        vars_.append(scope.__enter__())
+        scopes.append(scope)
+    loads = [Load(b, _idx(vars_, st)) for b, st in zip(in_bufs, sets[1:])]
+    nb.store(out_buf, out_offset + _idx(vars_, sets[0]), fn(*loads))
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+
+
+def _idx(vars_, st):
+    terms = [v * s if s != 1 else v for v, s in zip(vars_, st) if s]
+    if not terms:
+        return Const(0, INDEX)
+    return sum(terms[1:], terms[0])
+
+
+def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes):
+    """A long flat map: parallel over chunks, each chunk one vector loop."""
+    chunk = -(-size // (ctx.threads * 4))
+    chunk = -(-chunk // lanes) * lanes
+    full, rem = size // chunk, size % chunk
+    nb = ctx.nb
+    for count, base, extent in ((full, 0, chunk), (1 if rem else 0, full * chunk, rem)):
+        if not count:
+            continue
+        with nb.loop(count, "parallel") as c:
+            with nb.loop(extent, "vector", lanes) as i:
+                flat = c * chunk + i + base if base else c * chunk + i
+                loads = [Load(b, flat if st[0] else _idx([], [])) for b, st in zip(in_bufs, sets[1:])]
+                nb.store(out_buf, flat, fn(*loads))

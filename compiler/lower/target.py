@@ -1,0 +1,62 @@
+"""The CPU we generate code for, read from llvmlite's host query."""
+import ctypes.util
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import llvmlite.binding as llvm
+
+
+@lru_cache(maxsize=None)
+def _init_llvm():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    gomp = ctypes.util.find_library("gomp")
+    if gomp:
+        try:
+            llvm.load_library_permanently(gomp)
+        except RuntimeError:
+            gomp = None
+    return bool(gomp)
+
+
+@dataclass(frozen=True)
+class CpuTarget:
+    triple: str
+    cpu: str
+    features: str
+    threads: int = 1
+    has_gomp: bool = False
+    vector_cap: int = 512      # narrower ISA on request (256: AVX2 code, 32: scalar code)
+
+    @property
+    def vector_bits(self):
+        feats = set(self.features.split(","))
+        if "+avx512f" in feats:
+            bits = 512
+        elif "+avx2" in feats or "+avx" in feats:
+            bits = 256
+        elif "+sse2" in feats or "+neon" in feats or self.triple.startswith("aarch64"):
+            bits = 128
+        else:
+            bits = 32
+        return min(bits, self.vector_cap)
+
+    def lanes(self, dtype):
+        """Vector lanes for `dtype` (16 float32 with AVX-512, 8 with AVX2, 1 scalar)."""
+        return max(1, self.vector_bits // (8 * dtype.itemsize))
+
+    def key(self):
+        return f"{self.triple}|{self.cpu}|{self.features}|t{self.threads}"
+
+
+def host_target(threads=None, vector_cap=512):
+    """The host CPU; `vector_cap` (256, 32) asks for AVX2-wide or scalar code."""
+    has_gomp = _init_llvm()
+    threads = os.cpu_count() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                     llvm.get_host_cpu_features().flatten(), threads, has_gomp, vector_cap)

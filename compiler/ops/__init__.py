@@ -1,0 +1,5 @@
+"""The op registry. Importing this package registers every op family."""
+from .registry import OpDef, all_ops, get_op, has_op, register
+from . import elementwise, matmul, conv, pool, norm, softmax, reduce, shape_ops, resize  # noqa: F401
+
+__all__ = ["OpDef", "all_ops", "get_op", "has_op", "register"]

@@ -1,0 +1,148 @@
+"""Conv (2-D, NCHW): im2col into scratch where needed, then the blocked GEMM."""
+import numpy as np
+
+from ..lower.gemm import gemm_nest
+from .common import fail, positive_ints, same_dtype, tt
+from .registry import register
+
+CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
+              "pads": None, "strides": None}
+
+
+def window_geometry(node, attrs, spatial, kernel, ceil_mode=False, dilations=True):
+    """(pads_begin, pads_end, strides, dilations, out_spatial) of a sliding window,
+    validated: zero strides or dilations, bad pads or windows larger than the
+    padded input are ShapeErrors (BAD_INPUTS rows 9, 10, 12)."""
+    rank = len(spatial)
+    strides = positive_ints(node, attrs.get("strides") or (1,) * rank, "strides")
+    dil = positive_ints(node, (attrs.get("dilations") or (1,) * rank) if dilations else (1,) * rank,
+                        "dilations")
+    kernel = positive_ints(node, kernel, "kernel_shape")
+    for name, value in (("strides", strides), ("dilations", dil), ("kernel_shape", kernel)):
+        if len(value) != rank:
+            fail(node, f"{name} has {len(value)} values for {rank} spatial dims")
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-x // s) for x, s in zip(spatial, strides)]
+        total = [max((o - 1) * s + e - x, 0) for o, s, e, x in zip(out, strides, effective, spatial)]
+        small = [t // 2 for t in total]
+        begin = small if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
+        end = [t - b for t, b in zip(total, begin)]
+    elif auto_pad in ("NOTSET", "VALID"):
+        pads = attrs.get("pads") if auto_pad == "NOTSET" else None
+        pads = positive_ints(node, pads or (0,) * (2 * rank), "pads", allow_zero=True)
+        if len(pads) != 2 * rank:
+            fail(node, f"pads has {len(pads)} values, expected {2 * rank}")
+        begin, end = list(pads[:rank]), list(pads[rank:])
+    else:
+        fail(node, f"unknown auto_pad '{auto_pad}'")
+    out = []
+    for x, b, e, eff, s in zip(spatial, begin, end, effective, strides):
+        span = x + b + e - eff
+        if span < 0:
+            fail(node, f"window {eff} is larger than the padded input {x + b + e}")
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= x + b:    # the last window must start inside
+            o -= 1
+        out.append(o)
+    return tuple(begin), tuple(end), strides, dil, tuple(out)
+
+
+def _conv_infer(attrs, types, consts, node):
+    x, w = types[0], types[1]
+    dtype = same_dtype(node, types)
+    if x.rank < 3 or w.rank != x.rank:
+        fail(node, f"Conv needs input and weight of the same rank >= 3, got {x.shape} and {w.shape}")
+    group = attrs.get("group", 1)
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    if group <= 0 or c % group or m % group or w.shape[1] * group != c or c == 0 or m == 0:
+        fail(node, f"Conv channels do not fit: input {x.shape}, weight {w.shape}, group {group}")
+    kernel = attrs.get("kernel_shape") or w.shape[2:]
+    if tuple(kernel) != tuple(w.shape[2:]):
+        fail(node, f"kernel_shape {list(kernel)} disagrees with weight {w.shape}")
+    if len(types) > 2 and types[2] is not None and types[2].shape != (m,):
+        fail(node, f"Conv bias must have shape ({m},), got {types[2].shape}")
+    out = window_geometry(node, attrs, x.shape[2:], kernel)[4]
+    return [tt(dtype, (n, m) + out)]
+
+
+def conv_reference(attrs, x, w, b=None):
+    """Direct NCHW convolution in NumPy (any spatial rank), the oracle for Conv."""
+    rank = x.ndim - 2
+    begin, end, strides, dil, out = window_geometry("ref", attrs, x.shape[2:], w.shape[2:])
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
+    group = attrs.get("group", 1)
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    y = np.zeros((n, m) + out, dtype=np.float64)
+    for g in range(group):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        ws = w[g * (m // group):(g + 1) * (m // group)].astype(np.float64)
+        for kidx in np.ndindex(*w.shape[2:]):
+            sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
+                       for k, d, o, s in zip(kidx, dil, out, strides))
+            patch = xs[(slice(None), slice(None)) + sl]          # n, cg, *out
+            y[:, g * (m // group):(g + 1) * (m // group)] += np.einsum(
+                "nc...,mc->nm...", patch, ws[(slice(None), slice(None)) + kidx])
+    if b is not None:
+        y += b.reshape((1, m) + (1,) * rank)
+    return y.astype(x.dtype)
+
+
+def _conv_lower(ctx):
+    x, w = ctx.in_types[0], ctx.in_types[1]
+    if x.rank != 4:
+        from ..errors import UnsupportedOpError
+        raise UnsupportedOpError("Conv", detail=f"{x.rank - 2}-D convolution is not lowered yet")
+    (pt, pl), _, (sh, sw), (dh, dw), (oh, ow) = window_geometry(ctx.node.name, ctx.attrs,
+                                                                x.shape[2:], w.shape[2:])
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    group = ctx.attrs.get("group", 1)
+    mg, ohw, kc = m // group, oh * ow, cg * kh * kw
+    xb, wb = ctx.inputs[0], ctx.inputs[1]
+    bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    out, nb = ctx.outputs[0], ctx.nb
+    pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
+    col = None if pointwise else ctx.scratch(kc * ohw, x.dtype)
+    with nb.loop(n, hint="n") as ni:
+        with nb.loop(group, hint="g") as g:
+            x_off = ni * (c * h * wd) + g * (cg * h * wd)
+            if col is not None:
+                _im2col(ctx, xb, x_off, col, (cg, h, wd), (kh, kw), (oh, ow), (sh, sw),
+                        (dh, dw), (pt, pl))
+                load_b = lambda kk, j: col[kk * ohw + j]
+            else:
+                load_b = lambda kk, j: xb[x_off + kk * ohw + j]
+            y_off = ni * (m * ohw) + g * (mg * ohw)
+            gemm_nest(ctx, mg, ohw, kc,
+                      lambda r, kk: wb[(g * mg + r) * kc + kk], load_b,
+                      lambda r, j, v: nb.store(out, y_off + r * ohw + j, v),
+                      init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
+                      dtype=out.dtype)
+
+
+def _im2col(ctx, xb, x_off, col, chw, kernel, out, strides, dil, pads):
+    """col[(c, i, j), (y, x)] = X[c, y*s - p + i*d, x*s - p + j*d], 0 outside."""
+    (cg, h, wd), (kh, kw), (oh, ow) = chw, kernel, out
+    nb = ctx.nb
+    big = cg * kh * kw * oh * ow >= 1 << 15
+    with nb.loop(cg, "parallel" if big else "serial", hint="c") as c:
+        with nb.loop(kh, hint="ki") as i:
+            with nb.loop(kw, hint="kj") as j:
+                with nb.loop(oh, hint="y") as y:
+                    with nb.loop(ow, "vector", ctx.lanes(col.dtype), hint="x") as xx:
+                        iy = y * strides[0] + (i * dil[0] - pads[0])
+                        ix = xx * strides[1] + (j * dil[1] - pads[1])
+                        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
+                        row = (c * kh + i) * kw + j
+                        nb.store(col, row * (oh * ow) + y * ow + xx,
+                                 xb.load(x_off + c * (h * wd) + iy * wd + ix, mask=inside))
+
+
+register("Conv", inputs=(2, 3), attrs=CONV_ATTRS, infer=_conv_infer, reference=conv_reference,
+         lower=_conv_lower)

@@ -1,0 +1,114 @@
+"""MatMul (batched, broadcasting) and Gemm, both lowered to the blocked GEMM nest."""
+import numpy as np
+
+from ..lower.gemm import gemm_nest
+from ..lower.nests import broadcast_strides, strides
+from .common import broadcast, fail, same_dtype, tt
+from .registry import register
+
+
+def _matmul_shapes(node, a, b):
+    a2 = (1,) + tuple(a) if len(a) == 1 else tuple(a)
+    b2 = tuple(b) + (1,) if len(b) == 1 else tuple(b)
+    if len(a2) < 2 or len(b2) < 2:
+        fail(node, "MatMul needs inputs of rank >= 1")
+    if a2[-1] != b2[-2]:
+        fail(node, f"MatMul inner dimensions differ: {tuple(a)} @ {tuple(b)}")
+    batch = broadcast(node, a2[:-2], b2[:-2])
+    out = batch + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return a2, b2, batch, out
+
+
+def _matmul_infer(attrs, types, consts, node):
+    dtype = same_dtype(node, types)
+    return [tt(dtype, _matmul_shapes(node, types[0].shape, types[1].shape)[3])]
+
+
+def _matmul_lower(ctx):
+    a_shape, b_shape, batch, _ = _matmul_shapes(ctx.node.name, ctx.in_types[0].shape,
+                                                ctx.in_types[1].shape)
+    (m, k), n = a_shape[-2:], b_shape[-1]
+    a_buf, b_buf = ctx.inputs
+    out = ctx.outputs[0]
+    sa = broadcast_strides(a_shape[:-2], batch)
+    sb = broadcast_strides(b_shape[:-2], batch)
+    so = strides(batch)
+    nb, vars_, scopes = ctx.nb, [], []
+    for d in batch:
+        scope = nb.loop(d, hint="b")
+        vars_.append(scope.__enter__())
+        scopes.append(scope)
+    a_off = sum((v * (s * m * k) for v, s in zip(vars_, sa) if s), 0)
+    b_off = sum((v * (s * k * n) for v, s in zip(vars_, sb) if s), 0)
+    c_off = sum((v * (s * m * n) for v, s in zip(vars_, so) if s), 0)
+    gemm_nest(ctx, m, n, k,
+              lambda r, kk: a_buf[a_off + r * k + kk],
+              lambda kk, c: b_buf[b_off + kk * n + c],
+              lambda r, c, v: nb.store(out, c_off + r * n + c, v), dtype=out.dtype)
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+
+
+register("MatMul", inputs=(2, 2), infer=_matmul_infer, lower=_matmul_lower,
+         reference=lambda attrs, a, b: np.matmul(a, b))
+
+
+def _gemm_dims(node, attrs, a, b):
+    if len(a) != 2 or len(b) != 2:
+        fail(node, f"Gemm needs 2-D inputs, got {tuple(a)} and {tuple(b)}")
+    m, k = (a[1], a[0]) if attrs["transA"] else a
+    k2, n = (b[1], b[0]) if attrs["transB"] else b
+    if k != k2:
+        fail(node, f"Gemm inner dimensions differ: {tuple(a)} and {tuple(b)} "
+                   f"(transA={attrs['transA']}, transB={attrs['transB']})")
+    return m, n, k
+
+
+def _gemm_infer(attrs, types, consts, node):
+    dtype = same_dtype(node, types)
+    m, n, _ = _gemm_dims(node, attrs, types[0].shape, types[1].shape)
+    if len(types) > 2 and types[2] is not None and broadcast(node, types[2].shape, (m, n)) != (m, n):
+        fail(node, f"Gemm bias of shape {types[2].shape} does not broadcast to {(m, n)}")
+    return [tt(dtype, (m, n))]
+
+
+def _gemm_reference(attrs, a, b, c=None):
+    a = a.T if attrs["transA"] else a
+    b = b.T if attrs["transB"] else b
+    y = attrs["alpha"] * (a @ b)
+    if c is not None:
+        y = y + attrs["beta"] * c
+    return y.astype(a.dtype)
+
+
+def _gemm_lower(ctx):
+    at = ctx.attrs
+    m, n, k = _gemm_dims(ctx.node.name, at, ctx.in_types[0].shape, ctx.in_types[1].shape)
+    a_buf, b_buf = ctx.inputs[:2]
+    c_buf = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    out, nb = ctx.outputs[0], ctx.nb
+    load_a = (lambda r, kk: a_buf[kk * m + r]) if at["transA"] else (lambda r, kk: a_buf[r * k + kk])
+    load_b = (lambda kk, c: b_buf[c * k + kk]) if at["transB"] else (lambda kk, c: b_buf[kk * n + c])
+    alpha, beta = at["alpha"], at["beta"]
+    bias = None
+    if c_buf is not None:
+        cs = broadcast_strides(ctx.in_types[2].shape, (m, n))
+
+        def bias(r, c):
+            value = c_buf[sum((v * s for v, s in zip((r, c), cs) if s), 0)]
+            return value * beta if beta != 1.0 else value
+    if alpha == 1.0:        # the bias seeds the accumulators
+        store = lambda r, c, v: nb.store(out, r * n + c, v)
+        init = bias
+    else:
+        store = lambda r, c, v: nb.store(out, r * n + c, v * alpha + bias(r, c) if bias else v * alpha)
+        init = None
+    gemm_nest(ctx, m, n, k, load_a, load_b, store, init=init, dtype=out.dtype)
+
+
+register("Gemm", inputs=(2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
+         infer=_gemm_infer, reference=_gemm_reference, lower=_gemm_lower)

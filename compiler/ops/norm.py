@@ -1,0 +1,50 @@
+"""BatchNormalization (inference form): y = x * a[c] + b[c], a and b from the statistics."""
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..lower.loop_ir import Call
+from ..lower.nests import map_nest
+from .common import fail, require_float, tt
+from .registry import register
+
+
+def _bn_infer(attrs, types, consts, node):
+    x = types[0]
+    require_float(node, x)
+    if x.rank < 2:
+        fail(node, f"BatchNormalization needs rank >= 2, got {x.shape}")
+    c = x.shape[1]
+    for name, t in zip(("scale", "B", "mean", "var"), types[1:]):
+        if t.shape != (c,):
+            fail(node, f"BatchNormalization {name} must have shape ({c},), got {t.shape}")
+    if attrs.get("training_mode", 0):
+        raise UnsupportedOpError("BatchNormalization", node=node,
+                                 detail="training_mode=1 (the training work adds it)")
+    return [tt(x.dtype, x.shape)]
+
+
+def _bn_reference(attrs, x, scale, bias, mean, var):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    a = scale / np.sqrt(var + attrs["epsilon"])
+    return ((x - mean.reshape(shape)) * a.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
+
+
+def _bn_lower(ctx):
+    x = ctx.in_types[0]
+    c = x.shape[1]
+    scale, bias, mean, var = ctx.inputs[1:5]
+    a, b = ctx.scratch(c, x.dtype), ctx.scratch(c, x.dtype)
+    eps = ctx.attrs["epsilon"]
+    nb = ctx.nb
+    with nb.loop(c, "vector", ctx.lanes(x.dtype), hint="c") as i:
+        coef = scale[i] / Call("sqrt", (var[i] + eps,))
+        nb.store(a, i, coef)
+        nb.store(b, i, bias[i] - mean[i] * coef)
+    per_channel = (c,) + (1,) * (x.rank - 2)
+    map_nest(ctx, ctx.outputs[0], x.shape, [ctx.inputs[0], a, b], [x.shape, per_channel, per_channel],
+             lambda v, av, bv: v * av + bv)
+
+
+register("BatchNormalization", inputs=(5, 5),
+         attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1},
+         infer=_bn_infer, reference=_bn_reference, lower=_bn_lower)

@@ -1,0 +1,123 @@
+"""ReduceSum, ReduceMean and Maxout: nested Reduce expressions over merged axes."""
+import numpy as np
+
+from ..lower.loop_ir import Reduce
+from ..lower.nests import PARALLEL_MIN_WORK, strides
+from .common import const_ints, fail, norm_axis, tt
+from .registry import register
+
+
+def reduce_axes(node, attrs, types, consts):
+    rank = types[0].rank
+    if len(types) > 1 and types[1] is not None:
+        axes = const_ints(node, consts[1], "axes")
+    else:
+        axes = attrs.get("axes")
+    if not axes:
+        return () if attrs.get("noop_with_empty_axes", 0) else tuple(range(rank))
+    axes = tuple(sorted({norm_axis(node, a, rank, "axes") for a in axes}))
+    if len(axes) != len(tuple(attrs.get("axes") or axes)):
+        fail(node, f"repeated axes {list(axes)}")
+    return axes
+
+
+def _infer(attrs, types, consts, node):
+    axes = reduce_axes(node, attrs, types, consts)
+    shape = types[0].shape
+    if attrs.get("keepdims", 1):
+        out = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    else:
+        out = tuple(d for i, d in enumerate(shape) if i not in axes)
+    return [tt(types[0].dtype, out)]
+
+
+def _reference(mean):
+    def reference(attrs, x, axes_input=None):
+        axes = reduce_axes("ref", attrs, [_T(x.shape), None if axes_input is None else _T(())],
+                           [None, axes_input])
+        fn = np.mean if mean else np.sum
+        return np.asarray(fn(x, axis=axes, keepdims=bool(attrs.get("keepdims", 1)))).astype(x.dtype)
+    return reference
+
+
+class _T:
+    def __init__(self, shape):
+        self.shape, self.rank = tuple(shape), len(shape)
+
+
+def reduce_nest(ctx, x_shape, reduced, op, scale=None):
+    """out[kept] = op over reduced axes of x. Adjacent axes of the same kind are
+    merged; the innermost axis is vectorised whether it is kept or reduced."""
+    dims, kinds = [], []
+    for axis, d in enumerate(x_shape):
+        red = axis in reduced
+        if dims and kinds[-1] == red:
+            dims[-1] *= d
+        else:
+            dims.append(d)
+            kinds.append(red)
+    xs = strides(dims)
+    kept = [d for d, red in zip(dims, kinds) if not red]
+    os_ = strides(kept)
+    xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
+    lanes = ctx.lanes(out.dtype)
+    total = int(np.prod(x_shape, dtype=np.int64))
+    scopes, kept_vars, red_vars = [], [], []
+    for i, (d, red) in enumerate(zip(dims, kinds)):
+        if red:
+            red_vars.append((nb.var("k"), d, i))
+            continue
+        last = i == len(dims) - 1
+        kind = "vector" if last else ("parallel" if not kept_vars and total >= PARALLEL_MIN_WORK
+                                      else "serial")
+        scope = nb.loop(d, kind, lanes if last else 1)
+        kept_vars.append((scope.__enter__(), i))
+        scopes.append(scope)
+    index = sum((v * xs[i] for v, i in kept_vars), 0) + sum((v * xs[i] for v, _, i in red_vars), 0)
+    body = xb[index]
+    for n, (v, d, i) in enumerate(reversed(red_vars)):
+        vector = n == 0 and kinds[-1] and i == len(dims) - 1
+        body = Reduce(op, v, d, body, lanes if vector else 1)
+    if scale is not None:
+        body = body * scale
+    nb.store(out, sum((v * os_[j] for j, (v, _) in enumerate(kept_vars)), 0), body)
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+
+
+def _lower(mean):
+    def lower(ctx):
+        t = ctx.in_types[0]
+        axes = reduce_axes(ctx.node.name, ctx.attrs, ctx.in_types, ctx.consts)
+        count = int(np.prod([t.shape[a] for a in axes], dtype=np.int64))
+        reduce_nest(ctx, t.shape, set(axes), "sum", (1.0 / count) if mean and count else None)
+    return lower
+
+
+ATTRS = {"axes": None, "keepdims": 1, "noop_with_empty_axes": 0}
+register("ReduceSum", inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(False),
+         lower=_lower(False))
+register("ReduceMean", inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(True),
+         lower=_lower(True))
+
+
+def _maxout_infer(attrs, types, consts, node):
+    x, k = types[0], attrs["pool_size"]
+    if k <= 0 or x.rank < 2 or x.shape[1] % k:
+        fail(node, f"Maxout pool_size {k} must divide the features of {x.shape}")
+    return [tt(x.dtype, (x.shape[0], x.shape[1] // k) + x.shape[2:])]
+
+
+def _maxout_reference(attrs, x):
+    k = attrs["pool_size"]
+    return x.reshape((x.shape[0], x.shape[1] // k, k) + x.shape[2:]).max(axis=2)
+
+
+def _maxout_lower(ctx):
+    x, k = ctx.in_types[0], ctx.attrs["pool_size"]
+    shape = (x.shape[0], x.shape[1] // k, k) + x.shape[2:]
+    reduce_nest(ctx, shape, {2}, "max")
+
+
+register("Maxout", attrs={"pool_size": None}, infer=_maxout_infer, reference=_maxout_reference,
+         lower=_maxout_lower, domain="nutshell")

@@ -1,0 +1,61 @@
+"""The op registry: each op declared once, with everything the compiler needs.
+
+An OpDef holds the op's attributes and their defaults, its shape/dtype rule, its
+NumPy reference (the oracle of every test), its lowering to loop IR and a slot
+for its gradient (VJP) rule. One file per op family registers its ops.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..errors import ShapeError, UnsupportedOpError
+
+_REGISTRY = {}
+
+
+@dataclass
+class OpDef:
+    name: str
+    infer: Callable            # (attrs, in_types, const_inputs, node_name) -> [TensorType]
+    reference: Callable        # (attrs, *arrays) -> np.ndarray | tuple of them
+    lower: Optional[Callable] = None   # (LowerContext) -> None; None: fold-only op
+    grad: Optional[Callable] = None    # VJP rule, filled in by the training work
+    attrs: dict = field(default_factory=dict)   # name -> default (None: required)
+    inputs: tuple = (1, 1)     # (min, max) number of inputs
+    alias: bool = False        # output is input 0 reinterpreted (Reshape & co.): no copy
+    domain: str = ""
+    type_fold: Optional[Callable] = None   # (attrs, in_types) -> array: Shape & co.
+
+    def normalize_attrs(self, attrs, num_inputs):
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise UnsupportedOpError(self.name, detail=f"unknown attribute(s) {sorted(unknown)}")
+        lo, hi = self.inputs
+        if not lo <= num_inputs <= hi:
+            raise ShapeError(f"{self.name} takes {lo} to {hi} inputs, got {num_inputs}")
+        full = {k: v for k, v in self.attrs.items() if v is not None}
+        full.update(attrs)
+        return full
+
+
+def register(name, *, infer, reference, lower=None, attrs=None, inputs=(1, 1), alias=False,
+             domain="", type_fold=None):
+    if name in _REGISTRY:
+        raise ValueError(f"op {name} registered twice")
+    _REGISTRY[name] = OpDef(name, infer, reference, lower, None, dict(attrs or {}), inputs,
+                            alias, domain, type_fold)
+    return _REGISTRY[name]
+
+
+def get_op(name, opset=None):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnsupportedOpError(name, opset) from None
+
+
+def has_op(name):
+    return name in _REGISTRY
+
+
+def all_ops():
+    return dict(_REGISTRY)

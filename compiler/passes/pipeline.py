@@ -1,0 +1,23 @@
+"""The pass pipeline, one commented line per pass (Halide's Lower.cpp style)."""
+from ..ir.printer import print_graph
+from ..ir.verifier import verify
+from .simplify import eliminate_dead_code, fold_constants, pretranspose_weights, remove_identities
+
+INFERENCE_PIPELINE = [
+    fold_constants,          # shape subgraphs and constant expressions become constants
+    remove_identities,       # Identity / inference Dropout read their input directly
+    eliminate_dead_code,     # nothing that no output needs
+    pretranspose_weights,    # Gemm weights stored K-major so GEMM loads rows contiguously
+]
+
+
+def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print):
+    """Run `passes` in order; `verify_each` checks the IR after every pass (tests do),
+    `print_after` names passes whose output IR is printed (--print-after)."""
+    for p in INFERENCE_PIPELINE if passes is None else passes:
+        graph = p(graph)
+        if verify_each:
+            verify(graph)
+        if p.__name__ in print_after or "all" in print_after:
+            log(f"// ----- IR after {p.__name__} -----\n{print_graph(graph)}")
+    return graph

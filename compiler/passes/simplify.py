@@ -1,0 +1,97 @@
+"""Simplifying passes: constant folding, dead code, identity removal, weight layout.
+Each is a pure Graph -> Graph function."""
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir.types import TensorType
+from ..ops import get_op
+
+FOLD_BUDGET_BYTES = 1 << 30    # a folded constant larger than this is a hostile model
+
+
+def fold_constants(graph):
+    """Needs: a verified graph. Gives: every node whose inputs are all constants (or
+    whose result depends only on static types, as Shape) replaced by a constant;
+    shape subgraphs vanish, the compiled code has no shape logic left."""
+    constants, nodes = dict(graph.constants), []
+    for node in graph.nodes:
+        opdef = get_op(node.op)
+        inputs = [i for i in node.inputs if i]
+        if opdef.type_fold is not None:
+            values = (opdef.type_fold(node.attrs, [graph.types[i] if i else None for i in node.inputs]),)
+        elif all(i in constants for i in inputs) and not _too_big(graph, node):
+            args = [constants[i] if i else None for i in node.inputs]
+            while args and args[-1] is None:
+                args.pop()
+            result = opdef.reference(node.attrs, *args)
+            values = result if isinstance(result, tuple) else (result,)
+        else:
+            nodes.append(node)
+            continue
+        for name, value in zip(node.outputs, values):
+            if name:
+                ttype = graph.types[name]
+                constants[name] = np.ascontiguousarray(value, dtype=ttype.dtype.numpy).reshape(ttype.shape)
+    return graph.with_nodes(nodes, constants=constants)
+
+
+def _too_big(graph, node):
+    total = sum(graph.types[o].nbytes for o in node.outputs if o)
+    if total > FOLD_BUDGET_BYTES:
+        raise ShapeError(f"node '{node.name}' ({node.op}) would make a constant of {total} bytes, "
+                         f"over the budget of {FOLD_BUDGET_BYTES}")
+    return False
+
+
+def eliminate_dead_code(graph):
+    """Gives: only nodes that contribute to an output, only constants still read."""
+    live = set(graph.output_names())
+    kept = []
+    for node in reversed(graph.nodes):
+        if any(o in live for o in node.outputs if o):
+            kept.append(node)
+            live.update(i for i in node.inputs if i)
+    kept.reverse()
+    constants = {k: v for k, v in graph.constants.items() if k in live}
+    types = {k: t for k, t in graph.types.items()
+             if k in live or k in graph.input_names() or any(k in n.outputs for n in kept)}
+    return graph.with_nodes(kept, constants=constants, types=types)
+
+
+def remove_identities(graph):
+    """Gives: Identity and inference Dropout nodes gone, their users reading the input
+    directly (kept where the node feeds a graph output from an input or constant)."""
+    outputs = set(graph.output_names())
+    rename, nodes = {}, []
+    for node in graph.nodes:
+        node_inputs = tuple(rename.get(i, i) for i in node.inputs)
+        src = node_inputs[0] if node_inputs else ""
+        if node.op in ("Identity", "Dropout") and node.outputs[0] not in outputs and \
+                not any(node.outputs[1:]):
+            rename[node.outputs[0]] = src
+            continue
+        nodes.append(_with_inputs(node, node_inputs))
+    return graph.with_nodes(nodes)
+
+
+def _with_inputs(node, inputs):
+    from dataclasses import replace
+    return replace(node, inputs=tuple(inputs))
+
+
+def pretranspose_weights(graph):
+    """Gives: Gemm nodes with a constant transB=1 weight rewritten to transB=0 with the
+    weight stored transposed, so the GEMM reads B rows contiguously (a torch Linear)."""
+    from dataclasses import replace
+    constants, types, nodes = dict(graph.constants), dict(graph.types), []
+    users = graph.consumers()
+    for node in graph.nodes:
+        b = node.inputs[1] if node.op == "Gemm" else None
+        if b in constants and node.attrs.get("transB") and len(users.get(b, [])) == 1:
+            new = b + ".T"
+            constants[new] = np.ascontiguousarray(constants[b].T)
+            types[new] = TensorType(types[b].dtype, constants[new].shape)
+            node = replace(node, inputs=(node.inputs[0], new) + node.inputs[2:],
+                           attrs={**node.attrs, "transB": 0})
+        nodes.append(node)
+    return eliminate_dead_code(graph.with_nodes(nodes, constants=constants, types=types))

@@ -1,0 +1,223 @@
+"""The Python DSL core: symbolic Tensors, Parameters, Modules and tracing.
+
+A Module's forward() runs on symbolic Tensors; each operation appends a node to
+a GraphBuilder, so tracing a module at an input shape gives a static Graph whose
+constants are the parameters, named as PyTorch's state_dict names them."""
+import itertools
+from collections import OrderedDict
+
+import numpy as np
+
+from nutshell.compiler.ir import GraphBuilder
+from nutshell.compiler.ir.types import DType, TensorType
+
+_seed = {"base": 0, "counter": itertools.count()}
+
+
+def manual_seed(seed):
+    """Seed every parameter created from now on (like torch.manual_seed)."""
+    _seed["base"], _seed["counter"] = int(seed), itertools.count()
+
+
+class Parameter:
+    """A trainable tensor, created lazily from its seeded initializer so that large
+    models (AlexNet's 62M) cost nothing until their values are needed."""
+
+    def __init__(self, shape, init):
+        self.shape = tuple(int(d) for d in shape)
+        self._init, self._rng_key = init, (_seed["base"], next(_seed["counter"]))
+        self._data = None
+
+    @property
+    def data(self):
+        if self._data is None:
+            rng = np.random.default_rng(list(self._rng_key))
+            self._data = np.ascontiguousarray(self._init(rng, self.shape), dtype=np.float32)
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        value = np.asarray(value, dtype=np.float32)
+        if value.shape != self.shape:
+            raise ValueError(f"parameter of shape {self.shape} cannot take {value.shape}")
+        self._data = np.ascontiguousarray(value)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class Tensor:
+    """A symbolic value during tracing: `.shape`, `.dtype`, arithmetic operators."""
+
+    def __init__(self, builder, name):
+        self.builder, self.name = builder, name
+
+    @property
+    def type(self) -> TensorType:
+        return self.builder.types[self.name]
+
+    @property
+    def shape(self):
+        return self.type.shape
+
+    @property
+    def dtype(self):
+        return self.type.dtype
+
+    def _other(self, other):
+        if isinstance(other, Tensor):
+            return other
+        return constant(self.builder, np.asarray(other, dtype=self.dtype.numpy))
+
+    def __add__(self, o): return apply("Add", [self, self._other(o)])
+    def __radd__(self, o): return apply("Add", [self._other(o), self])
+    def __sub__(self, o): return apply("Sub", [self, self._other(o)])
+    def __rsub__(self, o): return apply("Sub", [self._other(o), self])
+    def __mul__(self, o): return apply("Mul", [self, self._other(o)])
+    def __rmul__(self, o): return apply("Mul", [self._other(o), self])
+    def __truediv__(self, o): return apply("Div", [self, self._other(o)])
+    def __matmul__(self, o): return apply("MatMul", [self, self._other(o)])
+    def __neg__(self): return apply("Neg", [self])
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return apply("Reshape", [self, constant(self.builder, np.asarray(shape, dtype=np.int64))])
+
+    def flatten(self, start_dim=1):
+        return apply("Flatten", [self], axis=start_dim)
+
+
+def constant(builder, array, name=None):
+    return Tensor(builder, builder.add_constant(array, name))
+
+
+def apply(op, inputs, outputs=1, **attrs):
+    """Append `op` to the graph being traced; returns the output Tensor(s)."""
+    builder = inputs[0].builder
+    names = builder.add_node(op, [t.name if t is not None else "" for t in inputs], attrs,
+                             num_outputs=outputs)
+    if isinstance(names, tuple):
+        return tuple(Tensor(builder, n) for n in names)
+    return Tensor(builder, names)
+
+
+class Module:
+    """Base class of layers, as torch.nn.Module: parameters, buffers, children,
+    state_dict with PyTorch's names, train()/eval()."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        self._buffers[name] = np.ascontiguousarray(array)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def __call__(self, *args):
+        if args and isinstance(args[0], Tensor):
+            return self.forward(*args)
+        raise TypeError("call a module on a traced Tensor; compile it with ns.compile(module, "
+                        "input_shape=...) to run it on arrays")
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self):
+        for prefix, mod in self.named_modules():
+            for name, p in mod._parameters.items():
+                yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for prefix, mod in self.named_modules():
+            for name in mod._buffers:
+                yield (f"{prefix}.{name}" if prefix else name), mod, name
+
+    def num_parameters(self):
+        """Trainable parameter count (what torch's sum(p.numel()) gives)."""
+        return sum(p.size for p in self.parameters())
+
+    def state_dict(self):
+        state = OrderedDict()
+        for prefix, mod in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, p in mod._parameters.items():
+                state[dot + name] = p.data.copy()
+            for name, b in mod._buffers.items():
+                state[dot + name] = b.copy()
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Take NumPy arrays (e.g. a torch state_dict converted with .numpy())."""
+        own = dict(self.named_parameters())
+        buffers = {full: (mod, name) for full, mod, name in self.named_buffers()}
+        missing = [k for k in list(own) + list(buffers) if k not in state]
+        unexpected = [k for k in state if k not in own and k not in buffers]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        for key, value in state.items():
+            value = np.asarray(value)
+            if key in own:
+                own[key].data = value
+            elif key in buffers:
+                mod, name = buffers[key]
+                old = mod._buffers[name]
+                if value.shape != old.shape:
+                    raise ValueError(f"{key}: expected shape {old.shape}, got {value.shape}")
+                mod._buffers[name] = np.ascontiguousarray(value, dtype=old.dtype)
+
+    def train(self, mode=True):
+        for _, mod in self.named_modules():
+            object.__setattr__(mod, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def trace(self, input_shape, input_name="input", dtype=DType.float32, name=None):
+        """The static Graph of forward() at `input_shape`; parameters become
+        constants named by their state_dict keys."""
+        builder = GraphBuilder(name or type(self).__name__.lower())
+        object.__setattr__(self, "_trace_names", {id(p): n for n, p in self.named_parameters()})
+        for full, mod, bname in self.named_buffers():
+            mod._trace_buffer_names = getattr(mod, "_trace_buffer_names", {})
+            mod._trace_buffer_names[bname] = full
+        x = Tensor(builder, builder.add_input(input_name, dtype, tuple(input_shape)))
+        for _, mod in self.named_modules():
+            object.__setattr__(mod, "_root", self)
+        out = self.forward(x)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        builder.set_outputs([o.name for o in outs])
+        return builder.build()
+
+    def param(self, builder, p):
+        """The graph constant for parameter `p`, added once per trace."""
+        name = self._root._trace_names[id(p)]
+        if name not in builder.types:
+            builder.add_constant(p.data, name)
+        return Tensor(builder, name)
+
+    def buffer(self, builder, bname):
+        full = self._trace_buffer_names[bname]
+        if full not in builder.types:
+            builder.add_constant(self._buffers[bname], full)
+        return Tensor(builder, full)

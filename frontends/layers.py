@@ -1,0 +1,203 @@
+"""Layers with PyTorch's names, arguments and state_dict keys."""
+import numpy as np
+
+from .dsl import Module, Parameter, apply, constant
+from .init import bias_init, fans, ones, weight_init, zeros
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True, init="torch"):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter((out_features, in_features), weight_init(init))
+        self.bias = Parameter((out_features,), bias_init(init, in_features)) if bias else None
+
+    def forward(self, x):
+        b = x.builder
+        w = self.param(b, self.weight)
+        inputs = [x, w] + ([self.param(b, self.bias)] if self.bias is not None else [])
+        if len(x.shape) == 2:
+            return apply("Gemm", inputs, transB=1)
+        y = apply("MatMul", [x, apply("Transpose", [w])])
+        return y + inputs[2] if self.bias is not None else y
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, init="torch"):
+        super().__init__()
+        if groups <= 0 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        kh, kw = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.groups = groups
+        shape = (out_channels, in_channels // groups, kh, kw)
+        self.weight = Parameter(shape, weight_init(init))
+        self.bias = Parameter((out_channels,), bias_init(init, fans(shape)[0])) if bias else None
+
+    def forward(self, x):
+        b = x.builder
+        inputs = [x, self.param(b, self.weight)]
+        if self.bias is not None:
+            inputs.append(self.param(b, self.bias))
+        ph, pw = self.padding
+        return apply("Conv", inputs, strides=self.stride, pads=(ph, pw, ph, pw),
+                     dilations=self.dilation, group=self.groups)
+
+
+class BatchNorm2d(Module):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = Parameter((num_features,), ones)
+        self.bias = Parameter((num_features,), zeros)
+        self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+        self.register_buffer("running_var", np.ones(num_features, np.float32))
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def forward(self, x):
+        b = x.builder
+        return apply("BatchNormalization", [x, self.param(b, self.weight), self.param(b, self.bias),
+                                            self.buffer(b, "running_mean"),
+                                            self.buffer(b, "running_var")], epsilon=self.eps)
+
+
+BatchNorm1d = BatchNorm2d
+
+
+class _Pool(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.kernel = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel
+        self.padding, self.ceil_mode = _pair(padding), int(bool(ceil_mode))
+
+    def _attrs(self):
+        ph, pw = self.padding
+        return dict(kernel_shape=self.kernel, strides=self.stride, pads=(ph, pw, ph, pw),
+                    ceil_mode=self.ceil_mode)
+
+
+class MaxPool2d(_Pool):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = _pair(dilation)
+
+    def forward(self, x):
+        return apply("MaxPool", [x], dilations=self.dilation, **self._attrs())
+
+
+class AvgPool2d(_Pool):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = int(bool(count_include_pad))
+
+    def forward(self, x):
+        return apply("AveragePool", [x], count_include_pad=self.count_include_pad, **self._attrs())
+
+
+class AdaptiveAvgPool2d(Module):
+    """Only output size 1 (global average pooling), as classifiers use it."""
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        if _pair(output_size) != (1, 1):
+            raise ValueError("AdaptiveAvgPool2d supports output_size=1 only")
+
+    def forward(self, x):
+        return apply("GlobalAveragePool", [x])
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return apply("Flatten", [x], axis=self.start_dim)
+
+
+class Dropout(Module):
+    """Identity at inference; the training work adds the seeded, scaled mask."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return apply("Dropout", [x])
+
+
+def _activation(op, **defaults):
+    class Activation(Module):
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+            self.attrs = dict(defaults)
+            for (key, _), value in zip(defaults.items(), args):
+                self.attrs[key] = value
+            self.attrs.update(kwargs)
+
+        def forward(self, x):
+            attrs = {_ONNX_NAMES.get(k, k): v for k, v in self.attrs.items()}
+            return apply(op, [x], **attrs)
+    return Activation
+
+
+_ONNX_NAMES = {"negative_slope": "alpha", "dim": "axis"}
+ReLU = _activation("Relu")
+LeakyReLU = _activation("LeakyRelu", negative_slope=0.01)
+ELU = _activation("Elu", alpha=1.0)
+Sigmoid = _activation("Sigmoid")
+Tanh = _activation("Tanh")
+Softmax = _activation("Softmax", dim=-1)
+LogSoftmax = _activation("LogSoftmax", dim=-1)
+for _cls, _name in ((ReLU, "ReLU"), (LeakyReLU, "LeakyReLU"), (ELU, "ELU"), (Sigmoid, "Sigmoid"),
+                    (Tanh, "Tanh"), (Softmax, "Softmax"), (LogSoftmax, "LogSoftmax")):
+    _cls.__name__ = _cls.__qualname__ = _name
+
+
+class Maxout(Module):
+    """Max over groups of `pool_size` consecutive features (Goodfellow et al.)."""
+
+    def __init__(self, pool_size):
+        super().__init__()
+        self.pool_size = int(pool_size)
+
+    def forward(self, x):
+        return apply("Maxout", [x], pool_size=self.pool_size)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Sequential(Module):
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+
+__all__ = ["Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "Flatten", "Dropout", "ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh",
+           "Softmax", "LogSoftmax", "Maxout", "Identity", "Sequential", "Module", "Parameter",
+           "constant"]

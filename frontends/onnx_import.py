@@ -1,0 +1,196 @@
+"""ONNX -> Graph. Parses with onnx's own parser and checker (external data is
+never followed by onnx itself), sorts the nodes, converts attributes, maps
+each op onto the registry and infers every type statically."""
+import os
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from nutshell.compiler.errors import (GraphError, ModelLoadError, NutshellError, ShapeError,
+                                      UnsupportedOpError, UnsupportedTypeError)
+from nutshell.compiler.ir import GraphBuilder
+from nutshell.compiler.ir.types import DType
+from nutshell.compiler.ops import get_op, has_op
+from .external_data import load_external_tensors
+
+PROTOBUF_LIMIT = 2 ** 31
+DOMAINS = ("", "ai.onnx", "nutshell")
+_DTYPES = {onnx.TensorProto.FLOAT: DType.float32, onnx.TensorProto.DOUBLE: DType.float64,
+           onnx.TensorProto.INT32: DType.int32, onnx.TensorProto.INT64: DType.int64,
+           onnx.TensorProto.BOOL: DType.bool}
+
+
+def read_model(source):
+    """ModelProto from a path or bytes; garbage and invalid models are ModelLoadErrors."""
+    base_dir = None
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        else:
+            path = os.fspath(source)
+            size = os.path.getsize(path)
+            if size >= PROTOBUF_LIMIT:
+                raise ModelLoadError(f"{path} is {size} bytes, over protobuf's 2 GiB limit: save "
+                                     "the weights as external data (onnx.save(..., "
+                                     "save_as_external_data=True))")
+            with open(path, "rb") as f:
+                data = f.read()
+            base_dir = os.path.dirname(os.path.abspath(path))
+        model = onnx.load_model_from_string(data)
+    except NutshellError:
+        raise
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model: {exc}") from None
+    except Exception as exc:   # protobuf raises several types for garbage
+        raise ModelLoadError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelLoadError(f"the ONNX checker rejects the model: {exc}") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError("the model has no graph")
+    return model, base_dir
+
+
+def opset_of(model):
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def _tensor_type(value_info, input_shapes):
+    name = value_info.name
+    if not value_info.type.HasField("tensor_type"):
+        raise UnsupportedTypeError(f"value '{name}' has no tensor type information")
+    ttype = value_info.type.tensor_type
+    if ttype.elem_type == onnx.TensorProto.UNDEFINED:
+        raise UnsupportedTypeError(f"value '{name}' has an undefined element type")
+    if ttype.elem_type not in _DTYPES:
+        raise UnsupportedTypeError(f"value '{name}' has element type "
+                                   f"{helper.tensor_dtype_to_string(ttype.elem_type)}, "
+                                   f"not one of float32, float64, int32, int64, bool")
+    if name in (input_shapes or {}):
+        return _DTYPES[ttype.elem_type], tuple(input_shapes[name])
+    if not ttype.HasField("shape"):
+        raise ShapeError(f"input '{name}' has no shape; pass input_shapes={{'{name}': (...)}}")
+    shape = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value"):
+            shape.append(d.dim_value)
+        else:
+            raise ShapeError(f"input '{name}' has symbolic dimension '{d.dim_param or '?'}'; "
+                             f"pass input_shapes={{'{name}': (...)}} to fix it")
+    return _DTYPES[ttype.elem_type], tuple(shape)
+
+
+def _attr_value(attr):
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value)
+    return value
+
+
+def sorted_nodes(graph, known):
+    """Nodes in an order where each reads only what came before; cycles, undefined
+    and duplicate values are GraphErrors (BAD_INPUTS rows 16-18)."""
+    producer = {}
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            if out and (out in producer or out in known):
+                raise GraphError(f"value '{out}' is defined twice (node '{node.name or node.op_type}')")
+            if out:
+                producer[out] = i
+    deps = nx.DiGraph()
+    deps.add_nodes_from(range(len(graph.node)))
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if not name or name in known:
+                continue
+            if name not in producer:
+                raise GraphError(f"node '{node.name or node.op_type}' reads undefined value '{name}'")
+            deps.add_edge(producer[name], i)
+    try:
+        order = list(nx.lexicographical_topological_sort(deps))
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(deps)
+        names = [graph.node[a].name or graph.node[a].op_type for a, _ in cycle]
+        raise GraphError(f"the graph has a cycle through nodes {names}") from None
+    return [graph.node[i] for i in order]
+
+
+def load_onnx(source, input_shapes=None):
+    """An ONNX model (path or bytes) as a static, verified Graph."""
+    model, base_dir = read_model(source)
+    opset = opset_of(model)
+    g = model.graph
+    builder = GraphBuilder(g.name or "onnx_model")
+    tensors = load_external_tensors(g.initializer, base_dir)
+    for name, array in tensors.items():
+        builder.add_constant(array, name)
+    for vi in g.input:
+        if vi.name not in tensors:
+            dtype, shape = _tensor_type(vi, input_shapes)
+            builder.add_input(vi.name, dtype, shape)
+    for node in sorted_nodes(g, set(builder.types)):
+        _convert_node(builder, node, opset)
+    missing = [o.name for o in g.output if o.name not in builder.types]
+    if missing:
+        raise GraphError(f"graph outputs {missing} are never produced")
+    builder.set_outputs([o.name for o in g.output])
+    return builder.build()
+
+
+def _convert_node(builder, node, opset):
+    name = node.name or f"{node.op_type}_{len(builder.nodes)}"
+    if node.domain not in DOMAINS or not has_op(node.op_type):
+        raise UnsupportedOpError(node.op_type if not node.domain else f"{node.domain}.{node.op_type}",
+                                 opset, name)
+    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    if node.op_type == "Constant":
+        from nutshell.compiler.ops.shape_ops import constant_value
+        builder.add_constant(np.array(constant_value(attrs, name)), node.output[0])
+        return
+    adapt = _ADAPTERS.get(node.op_type)
+    if adapt is not None and adapt(builder, node, attrs, opset, name):
+        return
+    try:
+        builder.add_node(node.op_type, list(node.input), attrs, outputs=list(node.output), name=name)
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(node.op_type, opset, name, str(exc)) from None
+
+
+def _softmax_v1(builder, node, attrs, opset, name):
+    """Softmax before opset 13 normalises over the flattened dims from `axis` on."""
+    if opset >= 13:
+        return False
+    x = node.input[0]
+    shape = builder.types[x].shape
+    axis = attrs.get("axis", 1) % max(len(shape), 1)
+    if axis == len(shape) - 1:
+        builder.add_node(node.op_type, [x], {"axis": -1}, outputs=list(node.output), name=name)
+        return True
+    flat = builder.add_node("Flatten", [x], {"axis": axis}, name=name + "/flatten")
+    soft = builder.add_node(node.op_type, [flat], {"axis": 1}, name=name)
+    shape_const = builder.add_constant(np.asarray(shape, dtype=np.int64))
+    builder.add_node("Reshape", [soft, shape_const], {}, outputs=list(node.output), name=name + "/reshape")
+    return True
+
+
+def _drop_legacy_attrs(*keys):
+    def adapt(builder, node, attrs, opset, name):
+        for key in keys:
+            attrs.pop(key, None)
+        return False
+    return adapt
+
+
+_ADAPTERS = {"Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
+             "Dropout": _drop_legacy_attrs("is_test"),
+             "BatchNormalization": _drop_legacy_attrs("is_test", "consumed_inputs")}

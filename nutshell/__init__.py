@@ -1,0 +1,28 @@
+"""nutshell: a neural-network graph compiler. DSL or ONNX in, SIMD machine code out.
+
+    import nutshell as ns
+    net = ns.nn.Sequential(ns.nn.Conv2d(1, 6, 5, padding=2), ns.nn.ReLU(), ...)
+    model = ns.compile(net, input_shape=(1, 1, 28, 28), threads=2)
+    y = model(x)
+"""
+from nutshell.compiler.errors import (CompileError, GraphError, InputError, ModelLoadError,
+                                      NutshellError, ShapeError, UnsupportedOpError,
+                                      UnsupportedTypeError)
+from nutshell.compiler.ir import Graph, print_graph, verify
+from nutshell.api import compile, optimize_graph, to_graph
+from nutshell.runtime.reference import run_reference
+from nutshell.frontends.dsl import manual_seed
+from nutshell import nn
+
+
+def load_onnx(path, input_shapes=None):
+    """Load an ONNX model (path or bytes) as a static Graph; see frontends/onnx_import.py."""
+    from nutshell.frontends.onnx_import import load_onnx as _load
+    return _load(path, input_shapes=input_shapes)
+
+
+__version__ = "0.1.0"
+__all__ = ["compile", "load_onnx", "nn", "Graph", "print_graph", "verify", "run_reference",
+           "manual_seed", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
+           "UnsupportedOpError", "UnsupportedTypeError", "ShapeError", "GraphError",
+           "CompileError", "InputError"]

@@ -1,0 +1,47 @@
+"""ns.compile: any model (DSL module, Graph, ONNX path) -> CompiledModel."""
+import re
+
+from nutshell.compiler.codegen.model import build_model
+from nutshell.compiler.ir import Graph, verify
+from nutshell.compiler.lower.target import host_target
+from nutshell.compiler.passes.pipeline import run_pipeline
+from nutshell.runtime.jit import JitModule
+from nutshell.runtime.model import CompiledModel
+
+
+def to_graph(model, input_shape=None, input_name="input"):
+    """A Graph from a Graph, an ns.nn Module (traced at `input_shape`) or an ONNX path."""
+    from nutshell.frontends.dsl import Module
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, Module):
+        if input_shape is None:
+            raise ValueError("compiling a module needs input_shape=(N, C, H, W) or similar")
+        return model.trace(input_shape, input_name=input_name)
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from nutshell.frontends.onnx_import import load_onnx
+        return load_onnx(model)
+    raise TypeError(f"cannot compile a {type(model).__name__}")
+
+
+def c_identifier(name):
+    ident = re.sub(r"\W", "_", str(name)) or "model"
+    return ident if not ident[0].isdigit() else "m_" + ident
+
+
+def optimize_graph(graph, verify_each=False, print_after=()):
+    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after)
+
+
+def compile(model, input_shape=None, threads=None, name=None, verify_each=False, print_after=(),
+            vector_cap=512):
+    """Compile `model` to native code for this CPU and return a CompiledModel.
+
+    threads: worker threads for parallel loops (default: all cores).
+    print_after: pass names (or "all") whose IR is printed, like --print-after.
+    vector_cap: 256 or 32 ask for AVX2-wide or scalar code instead of AVX-512.
+    """
+    graph = optimize_graph(to_graph(model, input_shape), verify_each, tuple(print_after))
+    target = host_target(threads, vector_cap)
+    code = build_model(graph, target, c_identifier(name or graph.name))
+    return CompiledModel(graph, code, JitModule(code.llvm_ir, target), target)

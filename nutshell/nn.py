@@ -1,0 +1,4 @@
+"""ns.nn: layers with PyTorch's names (see frontends/layers.py)."""
+from nutshell.frontends.dsl import Module, Parameter, Tensor, apply, manual_seed  # noqa: F401
+from nutshell.frontends.layers import *  # noqa: F401,F403
+from nutshell.frontends import init  # noqa: F401

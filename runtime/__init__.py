@@ -1,0 +1,1 @@
+"""The thin runtime: JIT engine, compiled-model objects, arena, AOT loader."""
