@@ -32,7 +32,7 @@ class Parameter:
     def data(self):
         if self._data is None:
             rng = np.random.default_rng(list(self._rng_key))
-            self._data = np.ascontiguousarray(self._init(rng, self.shape), dtype=np.float32)
+            self._data = np.asarray(self._init(rng, self.shape), dtype=np.float32, order="C")
         return self._data
 
     @data.setter
@@ -40,7 +40,7 @@ class Parameter:
         value = np.asarray(value, dtype=np.float32)
         if value.shape != self.shape:
             raise ValueError(f"parameter of shape {self.shape} cannot take {value.shape}")
-        self._data = np.ascontiguousarray(value)
+        self._data = np.asarray(value, order="C")
 
     @property
     def size(self):
@@ -120,7 +120,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):
-        self._buffers[name] = np.ascontiguousarray(array)
+        self._buffers[name] = np.asarray(array, order="C")
 
     def forward(self, x):
         raise NotImplementedError
@@ -183,7 +183,7 @@ class Module:
                 old = mod._buffers[name]
                 if value.shape != old.shape:
                     raise ValueError(f"{key}: expected shape {old.shape}, got {value.shape}")
-                mod._buffers[name] = np.ascontiguousarray(value, dtype=old.dtype)
+                mod._buffers[name] = np.asarray(value, dtype=old.dtype, order="C")
 
     def train(self, mode=True):
         for _, mod in self.named_modules():

@@ -71,8 +71,8 @@ class Graph:
 class GraphBuilder:
     """Builds a Graph node by node, inferring every output type from the op registry."""
 
-    def __init__(self, name="graph"):
-        self.name = name
+    def __init__(self, name="graph", fold=True):
+        self.name, self.fold = name, fold     # fold: constant inputs give constants
         self.inputs, self.outputs, self.nodes = [], [], []
         self.constants, self.types = {}, {}
         self._counter = 0
@@ -97,7 +97,7 @@ class GraphBuilder:
         return name
 
     def add_constant(self, array, name=None):
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")
         name = name or self.fresh("const")
         self._define(name, TensorType(DType.from_numpy(array.dtype), array.shape))
         self.constants[name] = array
@@ -105,6 +105,7 @@ class GraphBuilder:
 
     def add_node(self, op, inputs, attrs=None, outputs=None, num_outputs=1, name=""):
         from ..ops import get_op
+        from ..ops.registry import fold
         opdef = get_op(op)
         inputs = tuple(inputs)
         for i in inputs:
@@ -116,6 +117,12 @@ class GraphBuilder:
         if outputs is None:
             outputs = [self.fresh(op.lower()) for _ in out_types]
         out_types = out_types[:len(outputs)]
+        values = fold(opdef, attrs, in_types, self._const_inputs(inputs), out_types, name or op) \
+            if self.fold and all(outputs) else None
+        if values is not None:        # known at compile time: a constant, not a node
+            for out, value in zip(outputs, values):
+                self.add_constant(value, out)
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
         for out, ttype in zip(outputs, out_types):
             if out:
                 self._define(out, ttype)

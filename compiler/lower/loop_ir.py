@@ -120,7 +120,8 @@ class Select(Expr):
 
     def __post_init__(self):
         ref = self.a if isinstance(self.a, Expr) else self.b
-        self.a, self.b = as_expr(self.a, ref.dtype), as_expr(self.b, ref.dtype)
+        dtype = ref.dtype if isinstance(ref, Expr) else DType.float32
+        self.a, self.b = as_expr(self.a, dtype), as_expr(self.b, dtype)
         self.dtype = self.a.dtype
 
 

@@ -7,6 +7,8 @@ for its gradient (VJP) rule. One file per op family registers its ops.
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+
 from ..errors import ShapeError, UnsupportedOpError
 
 _REGISTRY = {}
@@ -35,6 +37,30 @@ class OpDef:
         full = {k: v for k, v in self.attrs.items() if v is not None}
         full.update(attrs)
         return full
+
+
+FOLD_BUDGET_BYTES = 1 << 30    # a folded constant larger than this is a hostile model
+
+
+def fold(opdef, attrs, in_types, consts, out_types, node_name):
+    """The node's outputs as arrays if they are known at compile time (all inputs
+    constant, or a result that depends only on types, as Shape's), else None."""
+    if opdef.type_fold is not None:
+        return [opdef.type_fold(attrs, in_types)]
+    present = [c for t, c in zip(in_types, consts) if t is not None]
+    if any(c is None for c in present):
+        return None
+    total = sum(t.nbytes for t in out_types)
+    if total > FOLD_BUDGET_BYTES:
+        raise ShapeError(f"node '{node_name}' ({opdef.name}) would make a constant of {total} "
+                         f"bytes, over the budget of {FOLD_BUDGET_BYTES}")
+    args = list(consts)
+    while args and args[-1] is None:
+        args.pop()
+    result = opdef.reference(attrs, *args)
+    values = result if isinstance(result, tuple) else (result,)
+    return [np.asarray(v, dtype=t.dtype.numpy, order="C").reshape(t.shape)
+            for v, t in zip(values, out_types)]
 
 
 def register(name, *, infer, reference, lower=None, attrs=None, inputs=(1, 1), alias=False,

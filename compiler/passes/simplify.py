@@ -2,11 +2,9 @@
 Each is a pure Graph -> Graph function."""
 import numpy as np
 
-from ..errors import ShapeError
 from ..ir.types import TensorType
 from ..ops import get_op
-
-FOLD_BUDGET_BYTES = 1 << 30    # a folded constant larger than this is a hostile model
+from ..ops.registry import fold
 
 
 def fold_constants(graph):
@@ -15,32 +13,15 @@ def fold_constants(graph):
     shape subgraphs vanish, the compiled code has no shape logic left."""
     constants, nodes = dict(graph.constants), []
     for node in graph.nodes:
-        opdef = get_op(node.op)
-        inputs = [i for i in node.inputs if i]
-        if opdef.type_fold is not None:
-            values = (opdef.type_fold(node.attrs, [graph.types[i] if i else None for i in node.inputs]),)
-        elif all(i in constants for i in inputs) and not _too_big(graph, node):
-            args = [constants[i] if i else None for i in node.inputs]
-            while args and args[-1] is None:
-                args.pop()
-            result = opdef.reference(node.attrs, *args)
-            values = result if isinstance(result, tuple) else (result,)
-        else:
+        in_types = [graph.types[i] if i else None for i in node.inputs]
+        out_types = [graph.types[o] for o in node.outputs if o]
+        values = fold(get_op(node.op), node.attrs, in_types,
+                      [constants.get(i) if i else None for i in node.inputs], out_types, node.name)
+        if values is None or len(out_types) != len(node.outputs):
             nodes.append(node)
             continue
-        for name, value in zip(node.outputs, values):
-            if name:
-                ttype = graph.types[name]
-                constants[name] = np.ascontiguousarray(value, dtype=ttype.dtype.numpy).reshape(ttype.shape)
+        constants.update(zip(node.outputs, values))
     return graph.with_nodes(nodes, constants=constants)
-
-
-def _too_big(graph, node):
-    total = sum(graph.types[o].nbytes for o in node.outputs if o)
-    if total > FOLD_BUDGET_BYTES:
-        raise ShapeError(f"node '{node.name}' ({node.op}) would make a constant of {total} bytes, "
-                         f"over the budget of {FOLD_BUDGET_BYTES}")
-    return False
 
 
 def eliminate_dead_code(graph):

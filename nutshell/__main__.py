@@ -1,0 +1,5 @@
+import sys
+
+from nutshell.cli import main
+
+sys.exit(main())

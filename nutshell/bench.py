@@ -1,0 +1,42 @@
+"""Latency of a compiled ONNX model, side by side with onnxruntime when installed."""
+import time
+
+import numpy as np
+
+
+def median_latency(fn, repeat, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def ort_session(model_bytes_or_path, threads):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes_or_path, opts, providers=["CPUExecutionProvider"])
+
+
+def bench_onnx(path, threads=1, repeat=20):
+    import nutshell as ns
+    graph = ns.load_onnx(path)
+    model = ns.compile(graph, threads=threads)
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy) for v in graph.inputs}
+    ours = median_latency(lambda: model.run(feeds), repeat)
+    lines = [f"nutshell    {ours * 1e3:9.3f} ms  (median of {repeat}, {threads} thread(s))"]
+    try:
+        sess = ort_session(str(path), threads)
+    except ImportError:
+        return lines + ["onnxruntime not installed: pip install onnxruntime for the comparison"]
+    theirs = median_latency(lambda: sess.run(None, feeds), repeat)
+    lines.append(f"onnxruntime {theirs * 1e3:9.3f} ms")
+    lines.append(f"ratio nutshell/onnxruntime: {ours / theirs:.2f} (below 1 is faster)")
+    return lines

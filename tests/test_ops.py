@@ -1,0 +1,125 @@
+"""The per-op matrix: shapes x attributes x ISA widths x threads, compiled code
+against the NumPy reference. Tolerance: rtol 1e-4, atol 1e-5 scaled to the
+output's magnitude (float32 sums of up to a few thousand terms)."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from conftest import assert_close, random_feeds, single_op_graph
+
+F = "float32"
+RTOL, ATOL = 1e-4, 1e-5
+
+# (op, input specs, attrs, constant inputs)
+CASES = [
+    ("Add", [(F, (3, 37)), (F, (3, 37))], {}, None),
+    ("Add", [(F, (2, 3, 5, 7)), (F, (3, 1, 1))], {}, None),
+    ("Sub", [(F, (4, 1)), (F, (1, 33))], {}, None),
+    ("Mul", [(F, (2, 16, 9)), (F, (9,))], {}, None),
+    ("Div", [(F, (5, 17)), (F, ())], {}, None),
+    ("Add", [("int64", (3, 19)), ("int64", (19,))], {}, None),
+    ("Mul", [("float64", (3, 21)), ("float64", (3, 21))], {}, None),
+    ("Relu", [(F, (1000,))], {}, None),
+    ("Relu", [(F, (70000,))], {}, None),
+    ("LeakyRelu", [(F, (3, 50))], {"alpha": 0.2}, None),
+    ("Elu", [(F, (3, 50))], {"alpha": 0.7}, None),
+    ("Sigmoid", [(F, (2, 45))], {}, None),
+    ("Tanh", [(F, (2, 45))], {}, None),
+    ("Exp", [(F, (31,))], {}, None),
+    ("Neg", [(F, (31,))], {}, None),
+    ("Abs", [(F, (31,))], {}, None),
+    ("MatMul", [(F, (7, 13)), (F, (13, 40))], {}, None),
+    ("MatMul", [(F, (64, 100)), (F, (100, 130))], {}, None),
+    ("MatMul", [(F, (2, 3, 9, 5)), (F, (5, 17))], {}, None),
+    ("MatMul", [(F, (3, 5)), (F, (2, 5, 4))], {}, None),
+    ("MatMul", [(F, (13,)), (F, (13, 6))], {}, None),
+    ("MatMul", [(F, (6, 13)), (F, (13,))], {}, None),
+    ("Gemm", [(F, (5, 7)), (F, (7, 9)), (F, (9,))], {}, None),
+    ("Gemm", [(F, (7, 5)), (F, (9, 7)), (F, (5, 9))], {"transA": 1, "transB": 1, "alpha": 0.5, "beta": 2.0}, None),
+    ("Gemm", [(F, (33, 50)), (F, (10, 50)), (F, (10,))], {"transB": 1}, None),
+    ("Gemm", [(F, (64, 400)), (F, (120, 400)), (F, (120,))], {"transB": 1}, {1: "w", 2: "w"}),
+    ("Conv", [(F, (1, 1, 28, 28)), (F, (6, 1, 5, 5)), (F, (6,))], {"pads": (2, 2, 2, 2)}, {1: "w", 2: "w"}),
+    ("Conv", [(F, (2, 3, 11, 13)), (F, (8, 3, 3, 3))], {"strides": (2, 2), "pads": (1, 0, 1, 2)}, {1: "w"}),
+    ("Conv", [(F, (1, 4, 9, 9)), (F, (6, 2, 3, 3)), (F, (6,))], {"group": 2, "dilations": (2, 2)}, {1: "w", 2: "w"}),
+    ("Conv", [(F, (1, 8, 6, 6)), (F, (8, 1, 3, 3))], {"group": 8, "pads": (1, 1, 1, 1)}, {1: "w"}),
+    ("Conv", [(F, (2, 16, 7, 7)), (F, (32, 16, 1, 1)), (F, (32,))], {}, {1: "w", 2: "w"}),
+    ("Conv", [(F, (1, 3, 10, 10)), (F, (4, 3, 3, 3))], {"auto_pad": "SAME_UPPER", "strides": (2, 2)}, {1: "w"}),
+    ("MaxPool", [(F, (2, 3, 8, 8))], {"kernel_shape": (2, 2), "strides": (2, 2)}, None),
+    ("MaxPool", [(F, (1, 2, 9, 11))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None),
+    ("MaxPool", [(F, (1, 2, 10, 10))], {"kernel_shape": (3, 3), "strides": (2, 2), "ceil_mode": 1}, None),
+    ("MaxPool", [(F, (1, 2, 10, 10))], {"kernel_shape": (2, 2), "dilations": (2, 2)}, None),
+    ("AveragePool", [(F, (1, 3, 7, 7))], {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1)}, None),
+    ("AveragePool", [(F, (1, 3, 7, 7))], {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1), "count_include_pad": 1}, None),
+    ("AveragePool", [(F, (1, 2, 8, 9))], {"kernel_shape": (2, 2), "strides": (2, 2), "ceil_mode": 1}, None),
+    ("GlobalAveragePool", [(F, (2, 5, 7, 7))], {}, None),
+    ("BatchNormalization", [(F, (2, 3, 4, 5)), (F, (3,)), (F, (3,)), (F, (3,)), (F, (3,))], {"epsilon": 1e-3}, "bn"),
+    ("Softmax", [(F, (3, 37))], {}, None),
+    ("Softmax", [(F, (2, 4, 5))], {"axis": 1}, None),
+    ("LogSoftmax", [(F, (5, 10))], {"axis": -1}, None),
+    ("LogSoftmax", [(F, (3, 6, 2))], {"axis": 0}, None),
+    ("Reshape", [(F, (2, 3, 4)), ("int64", (2,))], {}, {1: np.array([4, -1])}),
+    ("Flatten", [(F, (2, 3, 4))], {"axis": 2}, None),
+    ("Transpose", [(F, (2, 3, 4))], {"perm": (2, 0, 1)}, None),
+    ("Transpose", [(F, (5, 37))], {}, None),
+    ("Concat", [(F, (2, 3, 4)), (F, (2, 5, 4)), (F, (2, 1, 4))], {"axis": 1}, None),
+    ("Concat", [(F, (2, 3)), (F, (2, 20))], {"axis": -1}, None),
+    ("ReduceMean", [(F, (2, 3, 4, 5))], {"axes": (2, 3)}, None),
+    ("ReduceSum", [(F, (2, 3, 40))], {"axes": (1,), "keepdims": 0}, None),
+    ("ReduceSum", [(F, (6, 33))], {}, None),
+    ("ReduceMean", [(F, (3, 4, 5)), ("int64", (1,))], {"keepdims": 1}, {1: np.array([-1])}),
+    ("Resize", [(F, (1, 2, 3, 4)), None, (F, (4,))], {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, {2: np.array([1, 1, 2, 2], np.float32)}),
+    ("Resize", [(F, (1, 2, 5, 4)), None, None, ("int64", (4,))], {}, {3: np.array([1, 2, 7, 9])}),
+    ("Identity", [(F, (3, 4))], {}, None),
+    ("Dropout", [(F, (3, 4))], {}, None),
+    ("Maxout", [(F, (4, 12))], {"pool_size": 3}, None),
+    ("Cast", [(F, (3, 20))], {"to": 7}, None),
+    ("Cast", [("int64", (3, 20))], {"to": 1}, None),
+]
+
+
+def _consts(case, rng):
+    op, specs, attrs, consts = case
+    if consts == "bn":
+        c = specs[0][1][1]
+        return {1: rng.uniform(0.5, 1.5, c).astype(np.float32), 2: rng.normal(size=c).astype(np.float32),
+                3: rng.normal(size=c).astype(np.float32), 4: rng.uniform(0.5, 2, c).astype(np.float32)}
+    out = {}
+    for i, v in (consts or {}).items():
+        out[i] = rng.normal(size=specs[i][1]).astype(specs[i][0]) if isinstance(v, str) else v
+    return out
+
+
+def _case_id(case):
+    op, specs, attrs, _ = case
+    shapes = "x".join("-".join(map(str, s[1])) if s else "_" for s in specs)
+    return f"{op}[{shapes}]{''.join(f'{k}' for k in sorted(attrs))}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_op_matches_reference(case, threads, rng):
+    op, specs, attrs, _ = case
+    graph = single_op_graph(op, specs, attrs, _consts(case, rng))
+    feeds = random_feeds(graph, rng)
+    want = ns.run_reference(graph, feeds)
+    got = ns.compile(graph, threads=threads).run(feeds)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        assert got[name].dtype == want[name].dtype
+        assert_close(got[name], want[name], RTOL, ATOL)
+
+
+NARROW = [c for c in CASES if c[0] in ("Add", "Conv", "MaxPool", "Softmax", "Gemm", "ReduceSum")]
+
+
+@pytest.mark.parametrize("case", NARROW, ids=[_case_id(c) for c in NARROW])
+@pytest.mark.parametrize("vector_cap", [256, 32], ids=["avx2", "scalar"])
+def test_narrow_isa_matches_reference(case, vector_cap, rng):
+    """The AVX2-wide and scalar schedules compute the same results."""
+    op, specs, attrs, _ = case
+    graph = single_op_graph(op, specs, attrs, _consts(case, rng))
+    feeds = random_feeds(graph, rng)
+    want = ns.run_reference(graph, feeds)
+    got = ns.compile(graph, threads=1, vector_cap=vector_cap).run(feeds)
+    for name in want:
+        assert_close(got[name], want[name], RTOL, ATOL)
