@@ -55,13 +55,20 @@ def _read_external(tensor, base_dir):
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
-def load_external_tensors(initializers, base_dir):
-    """name -> np.ndarray for every initializer."""
+def inline_external_data(graph, base_dir):
+    """Read every external initializer (confined to base_dir) into the proto itself."""
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            data = _read_external(tensor, base_dir)
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+            tensor.raw_data = data.tobytes()
+
+
+def load_tensors(initializers):
+    """name -> np.ndarray for every (inline) initializer, with checked sizes and types."""
     out = {}
     for tensor in initializers:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            out[tensor.name] = _read_external(tensor, base_dir)
-            continue
         checked_size(tuple(tensor.dims))
         try:
             array = numpy_helper.to_array(tensor)

@@ -13,7 +13,7 @@ from nutshell.compiler.errors import (GraphError, ModelLoadError, NutshellError,
 from nutshell.compiler.ir import GraphBuilder
 from nutshell.compiler.ir.types import DType
 from nutshell.compiler.ops import get_op, has_op
-from .external_data import load_external_tensors
+from .external_data import inline_external_data, load_tensors
 
 PROTOBUF_LIMIT = 2 ** 31
 DOMAINS = ("", "ai.onnx", "nutshell")
@@ -45,6 +45,11 @@ def read_model(source):
         raise ModelLoadError(f"cannot read model: {exc}") from None
     except Exception as exc:   # protobuf raises several types for garbage
         raise ModelLoadError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    inline_external_data(model.graph, base_dir)   # confined reads; onnx never follows paths
+    known = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
+    ordered = sorted_nodes(model.graph, known)      # ONNX Runtime takes unsorted graphs too
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -127,18 +132,18 @@ def sorted_nodes(graph, known):
 
 def load_onnx(source, input_shapes=None):
     """An ONNX model (path or bytes) as a static, verified Graph."""
-    model, base_dir = read_model(source)
+    model, _ = read_model(source)
     opset = opset_of(model)
     g = model.graph
     builder = GraphBuilder(g.name or "onnx_model")
-    tensors = load_external_tensors(g.initializer, base_dir)
+    tensors = load_tensors(g.initializer)
     for name, array in tensors.items():
         builder.add_constant(array, name)
     for vi in g.input:
         if vi.name not in tensors:
             dtype, shape = _tensor_type(vi, input_shapes)
             builder.add_input(vi.name, dtype, shape)
-    for node in sorted_nodes(g, set(builder.types)):
+    for node in g.node:        # sorted by read_model
         _convert_node(builder, node, opset)
     missing = [o.name for o in g.output if o.name not in builder.types]
     if missing:

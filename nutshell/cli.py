@@ -68,7 +68,7 @@ def cmd_info(args):
     for name, t in stats["outputs"]:
         print(f"output {name}: {t}")
     print(f"parameters: {stats['parameters']:,}")
-    print(f"FLOPs per run: {stats['flops'] / 1e6:,.1f} M")
+    print(f"FLOPs per run: {stats['flops']:,}")
     print("ops after simplification: " + ", ".join(f"{op} x{n}" for op, n in stats["ops"].most_common()))
     if args.compile:
         model = ns.compile(graph, threads=args.threads)

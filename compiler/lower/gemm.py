@@ -9,7 +9,7 @@ masked vector tail. The outer block loop with more blocks runs in parallel.
 from dataclasses import dataclass
 
 from .loop_ir import Const, fma
-from .nests import PARALLEL_MIN_WORK
+GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, store_c, init=None, dtype=None, para
     dtype = dtype or DType.float32
     s = gemm_schedule(ctx.target, n, dtype)
     acc = ctx.local(s.mr * s.nr, dtype)
-    parallel = parallel and m * n * k >= PARALLEL_MIN_WORK
+    parallel = parallel and m * n * k >= GEMM_PARALLEL_MIN_MACS
     m_parts = [(0, m // s.mr, s.mr), (m // s.mr * s.mr, 1, m % s.mr)]
     n_parts = [(0, n // s.nr, s.nr), (n // s.nr * s.nr, 1, n % s.nr)]
     m_blocks, n_blocks = m // s.mr, n // s.nr

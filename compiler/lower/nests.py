@@ -1,7 +1,7 @@
 """Loop nests shared by many ops: strided element-wise maps and row reductions."""
 from .loop_ir import INDEX, Const, Load
 
-PARALLEL_MIN_WORK = 1 << 15    # below this a fork/join (~4 us) costs more than it saves
+PARALLEL_MIN_WORK = 1 << 16    # elements; below this a fork/join (~4 us) costs more than it saves
 
 
 def strides(shape):

@@ -58,5 +58,8 @@ def host_target(threads=None, vector_cap=512):
     threads = os.cpu_count() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                     llvm.get_host_cpu_features().flatten(), threads, has_gomp, vector_cap)
+    features = llvm.get_host_cpu_features().flatten()
+    if vector_cap < 512:     # AVX2-class code: LLVM must not widen anything to zmm either
+        features = ",".join("-" + f[1:] if f.startswith("+avx512") else f for f in features.split(","))
+    return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(), features, threads,
+                     has_gomp, vector_cap)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..lower.gemm import gemm_nest
+from ..lower.nests import PARALLEL_MIN_WORK
 from .common import fail, positive_ints, same_dtype, tt
 from .registry import register
 
@@ -108,14 +109,19 @@ def _conv_lower(ctx):
     bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
     out, nb = ctx.outputs[0], ctx.nb
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
-    col = None if pointwise else ctx.scratch(kc * ohw, x.dtype)
-    with nb.loop(n, hint="n") as ni:
+    geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
+    # Whole images per thread when the batch allows it (one fork per conv, a private
+    # im2col buffer per thread); the images left over split each GEMM instead.
+    per_thread = n // ctx.threads if ctx.threads > 1 else 0
+    col = None if pointwise else ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), x.dtype)
+
+    def image(ni, slot, parallel):
         with nb.loop(group, hint="g") as g:
             x_off = ni * (c * h * wd) + g * (cg * h * wd)
             if col is not None:
-                _im2col(ctx, xb, x_off, col, (cg, h, wd), (kh, kw), (oh, ow), (sh, sw),
-                        (dh, dw), (pt, pl))
-                load_b = lambda kk, j: col[kk * ohw + j]
+                base = slot * (kc * ohw) if slot is not None else 0
+                _im2col(ctx, xb, x_off, col, base, *geometry, parallel=parallel)
+                load_b = lambda kk, j: col[base + kk * ohw + j]
             else:
                 load_b = lambda kk, j: xb[x_off + kk * ohw + j]
             y_off = ni * (m * ohw) + g * (mg * ohw)
@@ -123,14 +129,22 @@ def _conv_lower(ctx):
                       lambda r, kk: wb[(g * mg + r) * kc + kk], load_b,
                       lambda r, j, v: nb.store(out, y_off + r * ohw + j, v),
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
-                      dtype=out.dtype)
+                      dtype=out.dtype, parallel=parallel)
+
+    if per_thread:
+        with nb.loop(ctx.threads, "parallel", hint="t") as t:
+            with nb.loop(per_thread, hint="n") as j:
+                image(t * per_thread + j, t, parallel=False)
+    rest = n - per_thread * ctx.threads
+    with nb.loop(rest, hint="n") as j:
+        image(j + per_thread * ctx.threads if per_thread else j, None, parallel=True)
 
 
-def _im2col(ctx, xb, x_off, col, chw, kernel, out, strides, dil, pads):
-    """col[(c, i, j), (y, x)] = X[c, y*s - p + i*d, x*s - p + j*d], 0 outside."""
+def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel):
+    """col[base + (c, i, j), (y, x)] = X[c, y*s - p + i*d, x*s - p + j*d], 0 outside."""
     (cg, h, wd), (kh, kw), (oh, ow) = chw, kernel, out
     nb = ctx.nb
-    big = cg * kh * kw * oh * ow >= 1 << 15
+    big = parallel and cg * kh * kw * oh * ow >= PARALLEL_MIN_WORK
     with nb.loop(cg, "parallel" if big else "serial", hint="c") as c:
         with nb.loop(kh, hint="ki") as i:
             with nb.loop(kw, hint="kj") as j:
@@ -140,7 +154,7 @@ def _im2col(ctx, xb, x_off, col, chw, kernel, out, strides, dil, pads):
                         ix = xx * strides[1] + (j * dil[1] - pads[1])
                         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
                         row = (c * kh + i) * kw + j
-                        nb.store(col, row * (oh * ow) + y * ow + xx,
+                        nb.store(col, base + row * (oh * ow) + y * ow + xx,
                                  xb.load(x_off + c * (h * wd) + iy * wd + ix, mask=inside))
 
 

@@ -1,0 +1,57 @@
+"""Inference latency, nutshell vs onnxruntime, side by side in one run.
+
+    python benchmarks/inference.py [--models lenet5 resnet18] [--threads 1 2] [--repeat 20] [--json out.json]
+
+Prints one row per model and thread count: median latency of each (after warm-up)
+and the ratio nutshell/onnxruntime (below 1: nutshell is faster)."""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+warnings.filterwarnings("ignore")
+
+import nutshell as ns  # noqa: E402
+from nutshell.bench import median_latency, ort_session  # noqa: E402
+from models import MODELS, export  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    rows = []
+    print(f"{'model':<12} {'threads':>7} {'nutshell ms':>12} {'ort ms':>10} {'ratio':>7} {'compile s':>10} {'max err':>9}")
+    for name in args.models:
+        model_bytes, shape = export(name)
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for threads in args.threads:
+            t = time.perf_counter()
+            compiled = ns.compile(ns.load_onnx(model_bytes), threads=threads)
+            compile_s = time.perf_counter() - t
+            sess = ort_session(model_bytes, threads)
+            err = float(np.abs(compiled(x) - sess.run(None, {"input": x})[0]).max())
+            ours = median_latency(lambda: compiled(x), args.repeat)
+            theirs = median_latency(lambda: sess.run(None, {"input": x}), args.repeat)
+            row = dict(model=name, batch=shape[0], threads=threads, nutshell_ms=ours * 1e3,
+                       ort_ms=theirs * 1e3, ratio=ours / theirs, compile_s=compile_s, max_abs_err=err,
+                       repeat=args.repeat)
+            rows.append(row)
+            print(f"{name:<12} {threads:>7} {ours * 1e3:>12.3f} {theirs * 1e3:>10.3f} "
+                  f"{ours / theirs:>7.2f} {compile_s:>10.2f} {err:>9.2e}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

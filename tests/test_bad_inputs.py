@@ -1,0 +1,193 @@
+"""Rows of shared/BAD_INPUTS.md that the skeleton owes: each hostile input gets a
+clear nutshell exception, never a crash, a hang or a wrong answer."""
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import nutshell as ns
+from onnx_models import init, make_model, vi
+
+
+def relu_model(**kw):
+    return make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], **kw)
+
+
+# row 1: random, truncated or garbage bytes
+@pytest.mark.parametrize("data", [b"", b"\x00" * 10, os.urandom(512), b"not an onnx model at all",
+                                  relu_model().SerializeToString()[:-7]])
+def test_garbage_bytes_raise_model_load_error(data):
+    with pytest.raises(ns.ModelLoadError):
+        ns.load_onnx(data)
+
+
+def test_missing_file_raises_model_load_error(tmp_path):
+    with pytest.raises(ns.ModelLoadError):
+        ns.load_onnx(tmp_path / "nope.onnx")
+
+
+# row 2: missing or undefined element type
+def test_undefined_element_type_names_the_value():
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.UNDEFINED, [2])], [vi("y", [2])])
+    with pytest.raises((ns.UnsupportedTypeError, ns.ModelLoadError), match="x"):
+        ns.load_onnx(m.SerializeToString())
+
+
+def test_unsupported_element_type_is_named():
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                   [vi("x", [2], TensorProto.FLOAT16)], [vi("y", [2], TensorProto.FLOAT16)])
+    with pytest.raises(ns.UnsupportedTypeError, match="'x'.*FLOAT16"):
+        ns.load_onnx(m.SerializeToString())
+
+
+# row 3: external data escaping the model's folder, or from bytes
+@pytest.mark.parametrize("location", ["../secret.bin", "a/../../secret.bin", "/etc/passwd", "link.bin"])
+def test_external_data_cannot_escape(tmp_path, location):
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(np.ones(6, np.float32).tobytes())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    os.symlink(outside, folder / "link.bin")
+    w = init("w", np.zeros((2, 3), np.float32))
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    for k, v in (("location", location), ("offset", "0"), ("length", "24")):
+        w.external_data.add(key=k, value=v)
+    m = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+    path = folder / "m.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(ns.ModelLoadError, match="outside|relative|checker"):
+        ns.load_onnx(path)
+    with pytest.raises(ns.ModelLoadError):
+        ns.load_onnx(m.SerializeToString())
+
+
+# row 4: external offset/length past the end
+def test_external_data_offset_past_end(tmp_path):
+    (tmp_path / "w.bin").write_bytes(np.ones(6, np.float32).tobytes())
+    w = init("w", np.zeros((2, 3), np.float32))
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    for k, v in (("location", "w.bin"), ("offset", "16"), ("length", "24")):
+        w.external_data.add(key=k, value=v)
+    m = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ns.ModelLoadError, match="does not fit"):
+        ns.load_onnx(tmp_path / "m.onnx")
+
+
+def test_external_data_inside_folder_loads(tmp_path, rng):
+    data = rng.standard_normal((2, 3)).astype(np.float32)
+    (tmp_path / "w.bin").write_bytes(data.tobytes())
+    w = init("w", np.zeros((2, 3), np.float32))
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    for k, v in (("location", "w.bin"), ("offset", "0"), ("length", "24")):
+        w.external_data.add(key=k, value=v)
+    m = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(ns.compile(ns.load_onnx(tmp_path / "m.onnx"))(x), x + data)
+
+
+# rows 7, 8, 14: huge, negative dims, enormous rank
+@pytest.mark.parametrize("shape", [[2 ** 62, 4], [-3, 2], [1] * 100])
+def test_bad_dimensions_rejected(shape):
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", shape)], [vi("y", shape)])
+    with pytest.raises((ns.ShapeError, ns.ModelLoadError)):
+        ns.load_onnx(m.SerializeToString())
+
+
+# rows 9, 10, 11, 13: zero strides, kernel larger than input, axis out of range, bad reshape
+@pytest.mark.parametrize("node,inits", [
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[0, 1]), []),
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[9, 9]), []),
+    (helper.make_node("Softmax", ["x"], ["y"], axis=4), []),
+    (helper.make_node("Softmax", ["x"], ["y"], axis=-100000), []),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), [init("s", np.array([5, -1], np.int64))]),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), [init("s", np.array([-1, -1], np.int64))]),
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=0), [init("w", np.ones((2, 2, 1, 1), np.float32))]),
+])
+def test_bad_attributes_rejected(node, inits):
+    m = make_model([node], [vi("x", [1, 2, 4, 4])], [vi("y", None)], inits)
+    with pytest.raises((ns.ShapeError, ns.ModelLoadError)):
+        ns.load_onnx(m.SerializeToString())
+
+
+# row 16: a cycle
+def test_cycle_rejected():
+    nodes = [helper.make_node("Add", ["x", "d"], ["c"], name="a"), helper.make_node("Relu", ["c"], ["d"], name="b")]
+    m = make_model(nodes, [vi("x", [2])], [vi("d", [2])])
+    with pytest.raises(ns.GraphError, match="cycle"):
+        ns.load_onnx(m.SerializeToString())
+
+
+# row 17: dangling and duplicate names
+def test_undefined_value_rejected():
+    m = make_model([helper.make_node("Add", ["x", "ghost"], ["y"], name="adder")], [vi("x", [2])], [vi("y", [2])])
+    with pytest.raises(ns.GraphError, match="ghost"):
+        ns.load_onnx(m.SerializeToString())
+
+
+def test_duplicate_value_rejected():
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["y"])]
+    m = make_model(nodes, [vi("x", [2])], [vi("y", [2])])
+    with pytest.raises(ns.GraphError, match="twice"):
+        ns.load_onnx(m.SerializeToString())
+
+
+# row 18: unsorted graphs are sorted, not mis-compiled
+def test_unsorted_graph_is_sorted(rng):
+    nodes = [helper.make_node("Neg", ["t"], ["y"]), helper.make_node("Relu", ["x"], ["t"])]
+    m = make_model(nodes, [vi("x", [5])], [vi("y", [5])])
+    x = rng.standard_normal(5).astype(np.float32)
+    np.testing.assert_array_equal(ns.compile(ns.load_onnx(m.SerializeToString()))(x), -np.maximum(x, 0))
+
+
+def test_unsupported_op_names_op_and_opset():
+    m = make_model([helper.make_node("Hardmax", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], opset=15)
+    with pytest.raises(ns.UnsupportedOpError, match="'Hardmax', opset 15"):
+        ns.load_onnx(m.SerializeToString())
+
+
+def test_symbolic_dims_need_input_shapes(rng):
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 3])], [vi("y", ["N", 3])])
+    with pytest.raises(ns.ShapeError, match="input_shapes"):
+        ns.load_onnx(m.SerializeToString())
+    g = ns.load_onnx(m.SerializeToString(), input_shapes={"x": (4, 3)})
+    assert g.inputs[0].type.shape == (4, 3)
+
+
+# row 19: wrong inputs at run time
+@pytest.fixture(scope="module")
+def relu_compiled():
+    return ns.compile(ns.load_onnx(relu_model().SerializeToString()), threads=1)
+
+
+def test_wrong_shape_message_like_onnxruntime(relu_compiled):
+    with pytest.raises(ns.InputError, match=r"input 'x': expected \(2, 3\) float32, got \(2, 4\) float64"):
+        relu_compiled.run({"x": np.zeros((2, 4))})
+
+
+def test_wrong_dtype(relu_compiled):
+    with pytest.raises(ns.InputError, match="int64"):
+        relu_compiled.run({"x": np.zeros((2, 3), np.int64)})
+
+
+def test_wrong_names_and_count(relu_compiled):
+    with pytest.raises(ns.InputError, match="missing \\['x'\\], unknown \\['z'\\]"):
+        relu_compiled.run({"z": np.zeros((2, 3), np.float32)})
+    with pytest.raises(ns.InputError):
+        relu_compiled(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))
+
+
+# row 20: non-contiguous arrays are copied, never misread
+def test_non_contiguous_input_is_copied(relu_compiled, rng):
+    base = rng.standard_normal((3, 6)).astype(np.float32)
+    view = base[:2, ::2]
+    np.testing.assert_array_equal(relu_compiled(view), np.maximum(view, 0))
+    fortran = np.asfortranarray(rng.standard_normal((2, 3)).astype(np.float32))
+    np.testing.assert_array_equal(relu_compiled(fortran), np.maximum(fortran, 0))

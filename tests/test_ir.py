@@ -1,0 +1,103 @@
+"""IR: golden text of the printer, the verifier, each pass's structure and numbers."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir import GraphBuilder, Node, verify
+from nutshell.compiler.passes.pipeline import INFERENCE_PIPELINE, run_pipeline
+from nutshell.compiler.passes.simplify import (eliminate_dead_code, fold_constants,
+                                               pretranspose_weights, remove_identities)
+
+GOLDEN = """\
+graph tiny(%x: float32[2, 4]) {
+  const %w: float32[3, 4]
+  const %b: float32[3]
+  %gemm_1: float32[2, 3] = Gemm(%x, %w, %b) {alpha=1.0, beta=1.0, transA=0, transB=1}
+  %relu_2: float32[2, 3] = Relu(%gemm_1)
+  %softmax_3: float32[2, 3] = Softmax(%relu_2) {axis=-1}
+  return %softmax_3
+}"""
+
+
+def tiny():
+    b = GraphBuilder("tiny")
+    x = b.add_input("x", "float32", (2, 4))
+    w = b.add_constant(np.arange(12, dtype=np.float32).reshape(3, 4) / 10, "w")
+    bias = b.add_constant(np.ones(3, np.float32), "b")
+    y = b.add_node("Softmax", [b.add_node("Relu", [b.add_node("Gemm", [x, w, bias], {"transB": 1})])])
+    b.set_outputs([y])
+    return b.build()
+
+
+def test_printer_golden():
+    assert str(tiny()) == GOLDEN
+
+
+def test_pretranspose_golden_and_numbers(rng):
+    g = tiny()
+    after = verify(pretranspose_weights(g))
+    text = str(after)
+    assert "const %w.T: float32[4, 3]" in text and "transB=0" in text and "%w:" not in text
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(ns.run_reference(after, {"x": x})["softmax_3"],
+                               ns.run_reference(g, {"x": x})["softmax_3"], rtol=1e-6)
+
+
+def test_identity_and_dead_code_removed(rng):
+    b = GraphBuilder("g", fold=False)
+    x = b.add_input("x", "float32", (3,))
+    i = b.add_node("Identity", [x])
+    d = b.add_node("Dropout", [i])
+    b.add_node("Exp", [x])                            # dead
+    y = b.add_node("Relu", [d])
+    b.set_outputs([y])
+    g = verify(b.build())
+    out = run_pipeline(g, [remove_identities, eliminate_dead_code], verify_each=True)
+    assert [n.op for n in out.nodes] == ["Relu"]
+    assert out.nodes[0].inputs == ("x",)
+
+
+def test_fold_constants_pass(rng):
+    b = GraphBuilder("g", fold=False)
+    x = b.add_input("x", "float32", (2, 3))
+    c = b.add_constant(np.ones((2, 3), np.float32), "c")
+    s = b.add_node("Shape", [x])
+    e = b.add_node("Exp", [c])
+    y = b.add_node("Add", [x, e])
+    b.set_outputs([y, s])
+    g = verify(b.build())
+    out = verify(fold_constants(g))
+    assert [n.op for n in out.nodes] == ["Add"]
+    np.testing.assert_array_equal(out.constants[s], [2, 3])
+    np.testing.assert_allclose(out.constants[e], np.e * np.ones((2, 3)), rtol=1e-6)
+
+
+def test_pipeline_verifies_after_every_pass():
+    out = run_pipeline(tiny(), INFERENCE_PIPELINE, verify_each=True)
+    assert [n.op for n in out.nodes] == ["Gemm", "Relu", "Softmax"]
+
+
+def test_print_after(capsys):
+    ns.compile(tiny(), print_after=["pretranspose_weights"])
+    assert "IR after pretranspose_weights" in capsys.readouterr().out
+
+
+def test_verifier_rejects_use_before_definition():
+    g = tiny()
+    g.nodes.reverse()
+    with pytest.raises(ns.GraphError, match="not defined before"):
+        verify(g)
+
+
+def test_verifier_rejects_wrong_type():
+    from nutshell.compiler.ir.types import TensorType, DType
+    g = tiny()
+    g.types["relu_2"] = TensorType(DType.float32, (2, 4))
+    with pytest.raises(ns.GraphError, match="infers"):
+        verify(g)
+
+
+def test_loop_ir_is_printed():
+    model = ns.compile(tiny(), threads=1)
+    loops = model.source("loops")
+    assert "kernel k0_gemm" in loops and "vector(" in loops and "fma(" in loops
