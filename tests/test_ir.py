@@ -101,3 +101,12 @@ def test_loop_ir_is_printed():
     model = ns.compile(tiny(), threads=1)
     loops = model.source("loops")
     assert "kernel k0_gemm" in loops and "vector(" in loops and "fma(" in loops
+
+
+def test_parser_round_trip():
+    from nutshell.compiler.ir.parser import parse_graph
+    g = tiny()
+    back = verify(parse_graph(str(g), g.constants))
+    assert str(back) == GOLDEN
+    after = parse_graph(str(pretranspose_weights(g)), pretranspose_weights(g).constants)
+    assert str(after) == str(pretranspose_weights(g))

@@ -37,7 +37,7 @@ def coalesce(shape, stride_sets):
             dims.append(d)
             for st, acc in zip(stride_sets, sets):
                 acc.append(st[axis])
-    return dims or [1], [acc or [0] for acc in sets]
+    return dims or [1], [acc or [1] for acc in sets]     # all dims 1: one element
 
 
 def map_nest(ctx, out_buf, out_shape, in_bufs, in_shapes, fn, lanes=None):
