@@ -74,11 +74,29 @@ CASES = [
     ("Maxout", [(F, (4, 12))], {"pool_size": 3}, None),
     ("Cast", [(F, (3, 20))], {"to": 7}, None),
     ("Cast", [("int64", (3, 20))], {"to": 1}, None),
+    ("Greater", [(F, (3, 5)), (F, (5,))], {}, None),
+    ("Equal", [("int64", (4, 1)), ("int64", (1, 7))], {}, None),
+    ("Where", [("bool", (3, 17)), (F, (3, 17)), (F, (17,))], {}, None),
+    ("Expand", [(F, (3, 1)), ("int64", (3,))], {}, {1: np.array([2, 3, 20])}),
+    ("Slice", [(F, (5, 40)), ("int64", (2,)), ("int64", (2,))], {}, {1: np.array([1, 3]), 2: np.array([4, -2])}),
+    ("ConvGradInput", [(F, (2, 6, 5, 3)), (F, (6, 2, 3, 3))], {"group": 2, "strides": (2, 2), "pads": (1, 0, 1, 1), "dilations": (1, 2), "input_shape": (2, 4, 9, 9)}, {1: "w"}),
+    ("ConvGradInput", [(F, (3, 5, 8, 8)), (F, (5, 3, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (3, 3, 8, 8)}, {1: "w"}),
+    ("ConvGradWeight", [(F, (2, 4, 9, 9)), (F, (2, 6, 5, 3))], {"group": 2, "strides": (2, 2), "pads": (1, 0, 1, 1), "dilations": (1, 2), "weight_shape": (6, 2, 3, 3)}, None),
+    ("ConvGradWeight", [(F, (3, 3, 8, 8)), (F, (3, 5, 8, 8))], {"pads": (1, 1, 1, 1), "weight_shape": (5, 3, 3, 3)}, None),
+    ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 8, 8)}, "pool_indices"),
+    ("AveragePoolGrad", [(F, (1, 2, 4, 4))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "input_shape": (1, 2, 7, 7)}, None),
+    ("DropoutMask", [("int64", (1,))], {"ratio": 0.25, "seed": 3, "shape": (7, 300)}, None),
 ]
 
 
 def _consts(case, rng):
     op, specs, attrs, consts = case
+    if consts == "pool_indices":     # indices a 2x2/2 MaxPool over 8x8 planes could give
+        n, c, oh, ow = specs[0][1]
+        base = (np.arange(n * c) * 64).reshape(n, c, 1, 1)
+        oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+        pick = rng.integers(0, 2, (n, c, oh, ow, 2))
+        return {1: (base + (2 * oy + pick[..., 0]) * 8 + 2 * ox + pick[..., 1]).astype(np.int64)}
     if consts == "bn":
         c = specs[0][1][1]
         return {1: rng.uniform(0.5, 1.5, c).astype(np.float32), 2: rng.normal(size=c).astype(np.float32),

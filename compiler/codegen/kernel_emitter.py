@@ -194,7 +194,10 @@ class KernelEmitter:
     def expr(self, e, vec):
         lane0 = isinstance(vec, tuple)   # an index evaluated at lane 0 of `vec`
         if isinstance(e, Const):
-            return ir.Constant(H.llvm_type(e.dtype), e.value)
+            value = e.value
+            if e.dtype == DType.int64 and isinstance(value, int) and value >= 1 << 63:
+                value -= 1 << 64          # hash constants are written unsigned
+            return ir.Constant(H.llvm_type(e.dtype), value)
         if isinstance(e, Var):
             return self._var(e, vec)
         if isinstance(e, Bin):
@@ -236,8 +239,8 @@ class KernelEmitter:
         is_float = e.a.dtype.is_float
         if e.op in ("<", "<=", ">", ">=", "==", "!="):
             return b.fcmp_ordered(e.op, x, y) if is_float else b.icmp_signed(e.op, x, y)
-        if e.op == "and":
-            return b.and_(x, y)
+        if e.op in ("and", "xor", "lshr"):
+            return {"and": b.and_, "xor": b.xor, "lshr": b.lshr}[e.op](x, y)
         ops = {"+": ("fadd", "add"), "-": ("fsub", "sub"), "*": ("fmul", "mul"),
                "/": ("fdiv", "sdiv"), "//": (None, "sdiv"), "%": ("frem", "srem")}
         name = ops[e.op][0 if is_float else 1]

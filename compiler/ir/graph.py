@@ -115,7 +115,7 @@ class GraphBuilder:
         in_types = [self.types[i] if i else None for i in inputs]
         out_types = opdef.infer(attrs, in_types, self._const_inputs(inputs), name or op)
         if outputs is None:
-            outputs = [self.fresh(op.lower()) for _ in out_types]
+            outputs = [self.fresh(op.lower()) for _ in range(num_outputs)]
         out_types = out_types[:len(outputs)]
         values = fold(opdef, attrs, in_types, self._const_inputs(inputs), out_types, name or op) \
             if self.fold and all(outputs) else None

@@ -38,7 +38,9 @@ class Expr:
     def __ge__(self, o): return self._bin(">=", o)
     def eq(self, o): return self._bin("==", o)
     def ne(self, o): return self._bin("!=", o)
-    def __and__(self, o): return self._bin("and", o)
+    def __and__(self, o): return self._bin("and", o)      # logical on bool, bitwise on ints
+    def __xor__(self, o): return self._bin("xor", o)
+    def __rshift__(self, o): return self._bin("lshr", o)   # logical: the hash works on bits
     __hash__ = object.__hash__
 
 
@@ -69,7 +71,7 @@ COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 
 @dataclass(eq=False)
 class Bin(Expr):
-    op: str            # + - * / // % min max, comparisons, and
+    op: str            # + - * / // %, comparisons, and xor lshr
     a: Expr
     b: Expr
 
@@ -78,7 +80,7 @@ class Bin(Expr):
             self.a = Const(self.a.value, self.b.dtype)
         elif isinstance(self.b, Const) and not isinstance(self.a, Const):
             self.b = Const(self.b.value, self.a.dtype)
-        self.dtype = DType.bool if self.op in COMPARISONS + ("and",) else self.a.dtype
+        self.dtype = DType.bool if self.op in COMPARISONS else self.a.dtype
 
 
 @dataclass(eq=False)

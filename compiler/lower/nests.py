@@ -48,8 +48,9 @@ def map_nest(ctx, out_buf, out_shape, in_bufs, in_shapes, fn, lanes=None):
 
 
 def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, out_offset=0,
-                out_strides=None):
-    """out[out_offset + idx . out_strides] = fn(*[in_k[idx . in_strides_k]])."""
+                out_strides=None, in_offsets=None):
+    """out[out_offset + idx . out_strides] = fn(*[in_k[in_offset_k + idx . in_strides_k]])."""
+    in_offsets = in_offsets or [0] * len(in_bufs)
     lanes = lanes or ctx.lanes(out_buf.dtype)
     stride_sets = [tuple(out_strides or strides(out_shape))] + [tuple(s) for s in in_strides]
     dims, sets = coalesce(out_shape, stride_sets)
@@ -63,12 +64,12 @@ def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, ou
         kind = "vector" if last else ("parallel" if axis == 0 and total >= PARALLEL_MIN_WORK
                                       else "serial")
         if last and len(dims) == 1 and total >= PARALLEL_MIN_WORK * 4 and ctx.threads > 1 \
-                and not out_offset and sets[0][0] == 1:
+                and not out_offset and not any(in_offsets) and sets[0][0] == 1:
             return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes)
         scope = nb.loop(d, kind, lanes if last else 1)
         vars_.append(scope.__enter__())
         scopes.append(scope)
-    loads = [Load(b, _idx(vars_, st)) for b, st in zip(in_bufs, sets[1:])]
+    loads = [Load(b, off + _idx(vars_, st)) for b, st, off in zip(in_bufs, sets[1:], in_offsets)]
     nb.store(out_buf, out_offset + _idx(vars_, sets[0]), fn(*loads))
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)

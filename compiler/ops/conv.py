@@ -110,16 +110,13 @@ def _conv_lower(ctx):
     out, nb = ctx.outputs[0], ctx.nb
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    # Whole images per thread when the batch allows it (one fork per conv, a private
-    # im2col buffer per thread); the images left over split each GEMM instead.
-    per_thread = n // ctx.threads if ctx.threads > 1 else 0
     col = None if pointwise else ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), x.dtype)
 
     def image(ni, slot, parallel):
         with nb.loop(group, hint="g") as g:
             x_off = ni * (c * h * wd) + g * (cg * h * wd)
             if col is not None:
-                base = slot * (kc * ohw) if slot is not None else 0
+                base = slot * (kc * ohw)
                 _im2col(ctx, xb, x_off, col, base, *geometry, parallel=parallel)
                 load_b = lambda kk, j: col[base + kk * ohw + j]
             else:
@@ -130,14 +127,22 @@ def _conv_lower(ctx):
                       lambda r, j, v: nb.store(out, y_off + r * ohw + j, v),
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
                       dtype=out.dtype, parallel=parallel)
+    per_image(ctx, n, image)
 
+
+def per_image(ctx, n, image):
+    """Whole images per thread when the batch allows it (one fork per op, a private
+    scratch slot per thread); the images left over parallelise inside instead.
+    image(index, slot, parallel) emits the loops for one image."""
+    per_thread = n // ctx.threads if ctx.threads > 1 else 0
+    nb = ctx.nb
     if per_thread:
         with nb.loop(ctx.threads, "parallel", hint="t") as t:
             with nb.loop(per_thread, hint="n") as j:
                 image(t * per_thread + j, t, parallel=False)
     rest = n - per_thread * ctx.threads
     with nb.loop(rest, hint="n") as j:
-        image(j + per_thread * ctx.threads if per_thread else j, None, parallel=True)
+        image(j + per_thread * ctx.threads if per_thread else j, 0, parallel=True)
 
 
 def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel):

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..lower.gemm import gemm_nest
-from ..lower.nests import broadcast_strides, strides
+from ..lower.nests import broadcast_strides, strided_map, strides
 from .common import broadcast, fail, same_dtype, tt
 from .registry import register
 
@@ -92,7 +92,11 @@ def _gemm_lower(ctx):
     c_buf = ctx.inputs[2] if len(ctx.inputs) > 2 else None
     out, nb = ctx.outputs[0], ctx.nb
     load_a = (lambda r, kk: a_buf[kk * m + r]) if at["transA"] else (lambda r, kk: a_buf[r * k + kk])
-    load_b = (lambda kk, c: b_buf[c * k + kk]) if at["transB"] else (lambda kk, c: b_buf[kk * n + c])
+    if at["transB"]:      # a weight that is not constant (training): transpose it once
+        bt = ctx.scratch(k * n, b_buf.dtype)
+        strided_map(ctx, bt, (k, n), [b_buf], [(1, k)], lambda v: v)
+        b_buf = bt
+    load_b = lambda kk, c: b_buf[kk * n + c]
     alpha, beta = at["alpha"], at["beta"]
     bias = None
     if c_buf is not None:

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..errors import UnsupportedOpError
+from ..ir.types import DType
 from ..lower.loop_ir import Reduce, Select
 from ..lower.nests import PARALLEL_MIN_WORK
 from .common import fail, require_float, tt
@@ -28,7 +29,8 @@ def _pool_infer(pool):
         if pool == "MaxPool" and attrs.get("storage_order", 0) != 0:
             raise UnsupportedOpError("MaxPool", node=node, detail="storage_order=1")
         out = _geometry(node, attrs, x, pool)[4]
-        return [tt(x.dtype, x.shape[:2] + out)]
+        shape = x.shape[:2] + out
+        return [tt(x.dtype, shape)] + ([tt(DType.int64, shape)] if pool == "MaxPool" else [])
     return infer
 
 
@@ -46,16 +48,22 @@ def _pool_reference(pool):
                         [(0, ex) for ex in extra])                             # input + pads
         acc = np.full(x.shape[:2] + out, pad_value)
         count = np.zeros(out)
+        flat = np.pad(np.arange(x.size, dtype=np.int64).reshape(x.shape), widths, constant_values=-1)
+        index = np.full(acc.shape, -1, dtype=np.int64)
         for kidx in np.ndindex(*kernel):
             sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
                        for k, d, o, s in zip(kidx, dil, out, strides))
             patch = xp[(slice(None), slice(None)) + sl]
             if pool == "MaxPool":
+                better = patch > acc            # strict: the first maximum keeps its index
+                index = np.where(better, flat[(slice(None), slice(None)) + sl], index)
                 acc = np.maximum(acc, patch)
             else:
                 acc = acc + patch
                 count = count + (padded[sl] if attrs.get("count_include_pad", 0) else valid[sl])
-        return (acc if pool == "MaxPool" else acc / count).astype(x.dtype)
+        if pool == "MaxPool":
+            return acc.astype(x.dtype), index
+        return (acc / count).astype(x.dtype)
     return reference
 
 
@@ -82,9 +90,15 @@ def _pool_lower(pool):
                     ix = xx * sw + (j * dw - pl)
                     inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
                     value = xb.load(p * (h * w) + iy * w + ix, mask=inside)
+                    at = p * (oh * ow) + y * ow + xx
                     if pool == "MaxPool":
                         body = Select(inside, value, float("-inf"))
-                        result = Reduce("max", i, kh, Reduce("max", j, kw, body))
+                        nb.store(out, at, Reduce("max", i, kh, Reduce("max", j, kw, body)))
+                        if len(ctx.outputs) > 1:       # Indices: the first maximum, row-major
+                            flat = p * (h * w) + iy * w + ix
+                            hit = inside & value.eq(out[at])
+                            first = Select(hit, flat, 1 << 62)
+                            nb.store(ctx.outputs[1], at, Reduce("min", i, kh, Reduce("min", j, kw, first)))
                     else:
                         total = Reduce("sum", i, kh, Reduce("sum", j, kw, value))
                         if ctx.attrs.get("count_include_pad", 0):
@@ -93,8 +107,7 @@ def _pool_lower(pool):
                             counted = inside
                         count = Reduce("sum", i, kh, Reduce("sum", j, kw,
                                                             Select(counted, 1.0, 0.0)))
-                        result = total / count
-                    nb.store(out, p * (oh * ow) + y * ow + xx, result)
+                        nb.store(out, at, total / count)
     return lower
 
 

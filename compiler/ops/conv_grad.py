@@ -1,0 +1,148 @@
+"""Convolution gradients (nutshell domain), emitted by Conv's VJP rule.
+
+ConvGradInput(dY, W) -> dX: per image dcol = W^T dY (the blocked GEMM), then
+col2im as a gather: each input pixel sums the dcol entries of the windows that
+cover it, so no two threads write one element and the order is fixed.
+ConvGradWeight(X, dY) -> dW: im2col per image, transposed so the GEMM reads
+rows contiguously, then dW = dY colT with K = batch x output pixels."""
+import numpy as np
+
+from ..lower.gemm import gemm_nest
+from ..lower.loop_ir import Reduce
+from ..lower.nests import strided_map
+from .common import fail, tt
+from .conv import CONV_ATTRS, _im2col, per_image, window_geometry
+from .registry import register
+
+GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
+
+
+def _geometry(attrs, x_shape, w_shape, node="ref"):
+    return window_geometry(node, attrs, x_shape[2:], w_shape[2:])
+
+
+def _grad_input_infer(attrs, types, consts, node):
+    return [tt(types[0].dtype, attrs["input_shape"])]
+
+
+def _grad_input_reference(attrs, dy, w):
+    """dX = d/dX of sum(conv(X) * dY): conv's transpose, via the adjoint of im2col."""
+    x_shape = tuple(attrs["input_shape"])
+    begin, end, strides, dil, out = _geometry(attrs, x_shape, w.shape)
+    group = attrs.get("group", 1)
+    n, c = x_shape[:2]
+    m, cg = w.shape[:2]
+    mg = m // group
+    padded = np.zeros((n, c) + tuple(s + b + e for s, b, e in zip(x_shape[2:], begin, end)))
+    for g in range(group):
+        for kidx in np.ndindex(*w.shape[2:]):
+            wk = w[g * mg:(g + 1) * mg, :, kidx[0], kidx[1]].astype(np.float64)     # mg, cg
+            contrib = np.einsum("nm...,mc->nc...", dy[:, g * mg:(g + 1) * mg].astype(np.float64), wk)
+            sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
+                       for k, d, o, s in zip(kidx, dil, out, strides))
+            padded[(slice(None), slice(g * cg, (g + 1) * cg)) + sl] += contrib
+    inner = tuple(slice(b, b + s) for b, s in zip(begin, x_shape[2:]))
+    return padded[(slice(None), slice(None)) + inner].astype(dy.dtype)
+
+
+def _grad_input_lower(ctx):
+    at = ctx.attrs
+    x_shape, w_t = tuple(at["input_shape"]), ctx.in_types[1]
+    (pt, pl), _, (sh, sw), (dh, dw), (oh, ow) = _geometry(at, x_shape, w_t.shape, ctx.node.name)
+    n, c, h, wd = x_shape
+    m, cg, kh, kw = w_t.shape
+    group = at.get("group", 1)
+    mg, ohw, kc = m // group, oh * ow, cg * kh * kw
+    dyb, wb = ctx.inputs
+    out, nb = ctx.outputs[0], ctx.nb
+    dcol = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
+
+    def image(ni, slot, parallel):
+        base = slot * (kc * ohw)
+        with nb.loop(group, hint="g") as g:
+            dy_off = ni * (m * ohw) + g * (mg * ohw)
+            gemm_nest(ctx, kc, ohw, mg,
+                      lambda r, kk: wb[(g * mg + kk) * kc + r],
+                      lambda kk, j: dyb[dy_off + kk * ohw + j],
+                      lambda r, j, v: nb.store(dcol, base + r * ohw + j, v),
+                      dtype=out.dtype, parallel=parallel)
+            kind = "parallel" if parallel and cg * h * wd >= 1 << 14 else "serial"
+            with nb.loop(cg, kind, hint="c") as ci:
+                with nb.loop(h, hint="y") as iy:
+                    with nb.loop(wd, "vector", ctx.lanes(out.dtype), hint="x") as ix:
+                        i, j = nb.var("ki"), nb.var("kj")
+                        oy, ok_y = _source(iy + (pt - i * dh), sh, oh)
+                        ox, ok_x = _source(ix + (pl - j * dw), sw, ow)
+                        row = (ci * kh + i) * kw + j
+                        value = dcol.load(base + row * ohw + oy * ow + ox, mask=ok_y & ok_x)
+                        nb.store(out, ni * (c * h * wd) + (g * cg + ci) * (h * wd) + iy * wd + ix,
+                                 Reduce("sum", i, kh, Reduce("sum", j, kw, value)))
+    per_image(ctx, n, image)
+
+
+def _source(pos, stride, size):
+    """The output coordinate whose window puts its tap at `pos`, and whether it exists."""
+    if stride == 1:
+        return pos, (pos >= 0) & (pos < size)
+    o = pos // stride
+    return o, (pos >= 0) & ((pos % stride).eq(0)) & (o < size)
+
+
+def _grad_weight_infer(attrs, types, consts, node):
+    if attrs.get("weight_shape") is None:
+        fail(node, "ConvGradWeight needs weight_shape")
+    return [tt(types[0].dtype, attrs["weight_shape"])]
+
+
+def _grad_weight_reference(attrs, x, dy):
+    w_shape = tuple(attrs["weight_shape"])
+    begin, end, strides, dil, out = _geometry(attrs, x.shape, w_shape)
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + list(zip(begin, end)))
+    group = attrs.get("group", 1)
+    m, cg = w_shape[:2]
+    mg = m // group
+    dw = np.zeros(w_shape)
+    for g in range(group):
+        for kidx in np.ndindex(*w_shape[2:]):
+            sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
+                       for k, d, o, s in zip(kidx, dil, out, strides))
+            patch = xp[(slice(None), slice(g * cg, (g + 1) * cg)) + sl]
+            axes = [0] + list(range(2, dy.ndim))        # sum over batch and output pixels
+            dw[(slice(g * mg, (g + 1) * mg), slice(None)) + kidx] = np.tensordot(
+                dy[:, g * mg:(g + 1) * mg].astype(np.float64), patch, axes=(axes, axes))
+    return dw.astype(x.dtype)
+
+
+def _grad_weight_lower(ctx):
+    at = ctx.attrs
+    x_t, w_shape = ctx.in_types[0], tuple(at["weight_shape"])
+    (pt, pl), _, (sh, sw), (dh, dw), (oh, ow) = _geometry(at, x_t.shape, w_shape, ctx.node.name)
+    n, c, h, wd = x_t.shape
+    m, cg, kh, kw = w_shape
+    group = at.get("group", 1)
+    mg, ohw, kc = m // group, oh * ow, cg * kh * kw
+    xb, dyb = ctx.inputs
+    out, nb = ctx.outputs[0], ctx.nb
+    geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
+    col = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
+    col_t = ctx.scratch(n * ohw * kc, out.dtype)
+    with nb.loop(group, hint="g") as g:
+        def image(ni, slot, parallel):
+            base = slot * (kc * ohw)
+            _im2col(ctx, xb, ni * (c * h * wd) + g * (cg * h * wd), col, base, *geometry,
+                    parallel=parallel)
+            strided_map(ctx, col_t, (ohw, kc), [col], [(1, ohw)], lambda v: v,
+                        out_offset=ni * (ohw * kc), in_offsets=[base])
+        per_image(ctx, n, image)
+        if n == 1:
+            load_a = lambda r, kk: dyb[(g * mg + r) * ohw + kk]
+        else:
+            load_a = lambda r, kk: dyb[(kk // ohw) * (m * ohw) + (g * mg + r) * ohw + kk % ohw]
+        gemm_nest(ctx, mg, kc, n * ohw, load_a, lambda kk, j: col_t[kk * kc + j],
+                  lambda r, j, v: nb.store(out, (g * mg + r) * kc + j, v), dtype=out.dtype)
+
+
+register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,
+         reference=_grad_input_reference, lower=_grad_input_lower, domain="nutshell")
+register("ConvGradWeight", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_weight_infer,
+         reference=_grad_weight_reference, lower=_grad_weight_lower, domain="nutshell")

@@ -1,0 +1,67 @@
+"""DropoutMask (nutshell domain): a counter-based random keep-mask, scaled by
+1/(1-ratio). Element i of step t keeps iff hash(seed, t, i) >= ratio: the same
+seed and step give the same mask in NumPy, in compiled code and at any thread
+count, with no random state to carry between steps."""
+import numpy as np
+
+from ..ir.types import DType
+from ..lower.loop_ir import Select, cast
+from ..lower.nests import PARALLEL_MIN_WORK
+from .common import fail, tt
+from .registry import register
+
+M1, M2, GOLDEN = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+
+
+def _splitmix_np(z):
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(M1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(M2)
+        return z ^ (z >> np.uint64(31))
+
+
+def _key(seed, step):
+    with np.errstate(over="ignore"):
+        return np.uint64(seed) * np.uint64(GOLDEN) + np.uint64(step) * np.uint64(M2)
+
+
+def _reference(attrs, step):
+    size = int(np.prod(attrs["shape"]))
+    z = _splitmix_np(_key(attrs["seed"], int(np.asarray(step).reshape(-1)[0])) +
+                     np.arange(size, dtype=np.uint64))
+    u = (z >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
+    keep = 1.0 / (1.0 - attrs["ratio"])
+    return np.where(u >= attrs["ratio"], keep, 0.0).astype(np.float32).reshape(attrs["shape"])
+
+
+def _infer(attrs, types, consts, node):
+    if not 0.0 <= attrs["ratio"] < 1.0:
+        fail(node, f"dropout ratio must be in [0, 1), got {attrs['ratio']}")
+    if types[0].dtype != DType.int64 or types[0].size != 1:
+        fail(node, "DropoutMask takes the step counter, one int64")
+    return [tt(DType.float32, attrs["shape"])]
+
+
+def _splitmix(z):
+    z = (z ^ (z >> 30)) * M1
+    z = (z ^ (z >> 27)) * M2
+    return z ^ (z >> 31)
+
+
+def _lower(ctx):
+    size = ctx.out_types[0].size
+    step, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
+    seed_key = int(_key(ctx.attrs["seed"], 0))
+    keep = 1.0 / (1.0 - ctx.attrs["ratio"])
+    kind = "parallel" if size >= PARALLEL_MIN_WORK else "serial"
+    chunk = 4096
+    with nb.loop(-(-size // chunk), kind, hint="c") as c:
+        with nb.loop(chunk, "vector", ctx.lanes(DType.int64), hint="i") as i:
+            idx = c * chunk + i
+            key = step[0] * M2 + seed_key
+            u = cast(_splitmix(key + idx) >> 40, DType.float32) * (2.0 ** -24)
+            nb.store(out, idx, Select(u >= ctx.attrs["ratio"], keep, 0.0), mask=idx < size)
+
+
+register("DropoutMask", inputs=(1, 1), attrs={"ratio": 0.5, "seed": 0, "shape": None},
+         infer=_infer, reference=_reference, lower=_lower, domain="nutshell")
