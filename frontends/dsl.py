@@ -19,6 +19,11 @@ def manual_seed(seed):
     _seed["base"], _seed["counter"] = int(seed), itertools.count()
 
 
+def next_seed():
+    """A seed for a random layer (dropout), reproducible under manual_seed."""
+    return (_seed["base"] * 1_000_003 + next(_seed["counter"])) % (1 << 31)
+
+
 class Parameter:
     """A trainable tensor, created lazily from its seeded initializer so that large
     models (AlexNet's 62M) cost nothing until their values are needed."""
@@ -77,6 +82,7 @@ class Tensor:
     def __mul__(self, o): return apply("Mul", [self, self._other(o)])
     def __rmul__(self, o): return apply("Mul", [self._other(o), self])
     def __truediv__(self, o): return apply("Div", [self, self._other(o)])
+    def __rtruediv__(self, o): return apply("Div", [self._other(o), self])
     def __matmul__(self, o): return apply("MatMul", [self, self._other(o)])
     def __neg__(self): return apply("Neg", [self])
 
@@ -193,31 +199,68 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def trace(self, input_shape, input_name="input", dtype=DType.float32, name=None):
-        """The static Graph of forward() at `input_shape`; parameters become
-        constants named by their state_dict keys."""
-        builder = GraphBuilder(name or type(self).__name__.lower())
-        object.__setattr__(self, "_trace_names", {id(p): n for n, p in self.named_parameters()})
-        for full, mod, bname in self.named_buffers():
-            mod._trace_buffer_names = getattr(mod, "_trace_buffer_names", {})
-            mod._trace_buffer_names[bname] = full
+    def trace(self, input_shape, input_name="input", dtype=DType.float32, name=None,
+              mode="inference", builder=None):
+        """The static Graph of forward() at `input_shape`.
+
+        mode "inference": parameters and buffers are constants named by their
+        state_dict keys, BatchNorm uses running statistics, Dropout is identity.
+        mode "training": parameters and buffers are graph inputs (the trainer's
+        state); layers whose `training` flag is set use batch statistics and
+        dropout masks, and record their buffer updates in `trace_state`.
+        mode "state": parameters and buffers are inputs, layers act as in inference
+        (a trainer's evaluation model, reading the live state)."""
+        if mode not in ("inference", "training", "state"):
+            raise ValueError(f"unknown trace mode '{mode}'")
+        builder = builder or GraphBuilder(name or type(self).__name__.lower())
+        builder.trace = TraceState(mode == "training", mode != "inference")
+        if mode == "training":
+            builder.trace.step = builder.add_input("step", DType.int64, (1,))
         x = Tensor(builder, builder.add_input(input_name, dtype, tuple(input_shape)))
-        for _, mod in self.named_modules():
-            object.__setattr__(mod, "_root", self)
+        names = {id(p): n for n, p in self.named_parameters()}
+        for prefix, mod in self.named_modules():
+            object.__setattr__(mod, "_trace_names", names)
+            object.__setattr__(mod, "_trace_prefix", f"{prefix}." if prefix else "")
         out = self.forward(x)
         outs = out if isinstance(out, (tuple, list)) else [out]
         builder.set_outputs([o.name for o in outs])
-        return builder.build()
+        graph = builder.build()
+        graph.trace_state = builder.trace
+        return graph
 
     def param(self, builder, p):
-        """The graph constant for parameter `p`, added once per trace."""
-        name = self._root._trace_names[id(p)]
+        """The graph value for parameter `p` (a constant, or a state input when training)."""
+        name = self._trace_names[id(p)]
         if name not in builder.types:
-            builder.add_constant(p.data, name)
+            if builder.trace.state_inputs:
+                builder.add_input(name, DType.float32, p.shape)
+                builder.trace.params.append(name)
+            else:
+                builder.add_constant(p.data, name)
         return Tensor(builder, name)
 
     def buffer(self, builder, bname):
-        full = self._trace_buffer_names[bname]
+        full = self._trace_prefix + bname
         if full not in builder.types:
-            builder.add_constant(self._buffers[bname], full)
+            array = self._buffers[bname]
+            if builder.trace.state_inputs:
+                builder.add_input(full, DType.from_numpy(array.dtype), array.shape)
+                builder.trace.buffers.append(full)
+            else:
+                builder.add_constant(array, full)
         return Tensor(builder, full)
+
+    def training_now(self, x):
+        """True when this layer runs in training mode in the graph being traced."""
+        return self.training and x.builder.trace.training
+
+
+class TraceState:
+    """What a training trace collects: the state inputs and their per-step updates."""
+
+    def __init__(self, training, state_inputs):
+        self.training, self.state_inputs = training, state_inputs
+        self.step = None           # the int64 step counter input (dropout masks, schedules)
+        self.params = []           # state inputs that get gradients
+        self.buffers = []          # state inputs updated by layers (running statistics)
+        self.updates = {}          # buffer name -> value name of its next value

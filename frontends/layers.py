@@ -1,7 +1,7 @@
 """Layers with PyTorch's names, arguments and state_dict keys."""
 import numpy as np
 
-from .dsl import Module, Parameter, apply, constant
+from .dsl import Module, Parameter, Tensor, apply, constant, next_seed
 from .init import bias_init, fans, ones, weight_init, zeros
 
 
@@ -62,9 +62,28 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         b = x.builder
-        return apply("BatchNormalization", [x, self.param(b, self.weight), self.param(b, self.bias),
-                                            self.buffer(b, "running_mean"),
-                                            self.buffer(b, "running_var")], epsilon=self.eps)
+        weight, bias = self.param(b, self.weight), self.param(b, self.bias)
+        mean, var = self.buffer(b, "running_mean"), self.buffer(b, "running_var")
+        if not self.training_now(x):
+            return apply("BatchNormalization", [x, weight, bias, mean, var], epsilon=self.eps)
+        # Training: batch statistics, composed from primitives so autodiff needs no BN rule.
+        rank = len(x.shape)
+        axes = constant(b, np.asarray([0] + list(range(2, rank)), np.int64))
+        per_channel = (1, x.shape[1]) + (1,) * (rank - 2)
+        batch_mean = apply("ReduceMean", [x, axes], keepdims=1)
+        centered = x - batch_mean
+        batch_var = apply("ReduceMean", [centered * centered, axes], keepdims=1)
+        inv_std = 1.0 / apply("Sqrt", [batch_var + self.eps])
+        y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
+        count = x.type.size // x.shape[1]
+        m = self.momentum
+        unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))
+        updates = b.trace.updates
+        updates[mean.name] = (mean * (1 - m) + batch_mean.reshape(x.shape[1]) * m).name
+        updates[var.name] = (var * (1 - m) + unbiased * m).name
+        steps = self.buffer(b, "num_batches_tracked")
+        updates[steps.name] = (steps + 1).name
+        return y
 
 
 BatchNorm1d = BatchNorm2d
@@ -130,9 +149,14 @@ class Dropout(Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.seed = next_seed()      # each layer its own mask stream, seeded by manual_seed
 
     def forward(self, x):
-        return apply("Dropout", [x])
+        if not self.training_now(x) or self.p == 0.0:
+            return apply("Dropout", [x])
+        step = Tensor(x.builder, x.builder.trace.step)
+        mask = apply("DropoutMask", [step], ratio=float(self.p), seed=self.seed, shape=x.shape)
+        return x * mask
 
 
 def _activation(op, **defaults):

@@ -12,7 +12,8 @@ from nutshell.compiler.ir import Graph, print_graph, verify
 from nutshell.api import compile, optimize_graph, to_graph
 from nutshell.runtime.reference import run_reference
 from nutshell.frontends.dsl import manual_seed
-from nutshell import nn
+from nutshell import nn, optim
+from nutshell.training import compile_training
 
 
 def load_onnx(path, input_shapes=None):
@@ -22,7 +23,7 @@ def load_onnx(path, input_shapes=None):
 
 
 __version__ = "0.1.0"
-__all__ = ["compile", "load_onnx", "nn", "Graph", "print_graph", "verify", "run_reference",
+__all__ = ["compile", "compile_training", "load_onnx", "nn", "optim", "Graph", "print_graph", "verify", "run_reference",
            "manual_seed", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
            "UnsupportedOpError", "UnsupportedTypeError", "ShapeError", "GraphError",
            "CompileError", "InputError"]

@@ -5,8 +5,9 @@ import numpy as np
 from nutshell.compiler.ops import get_op
 
 
-def run_reference(graph, feeds):
-    """feeds: name -> array for each graph input. Returns name -> array of outputs."""
+def run_reference(graph, feeds, keep_all=False):
+    """feeds: name -> array for each graph input. Returns name -> array of outputs
+    (of every value with keep_all)."""
     env = dict(graph.constants)
     for v in graph.inputs:
         env[v.name] = np.asarray(feeds[v.name], dtype=v.type.dtype.numpy).reshape(v.type.shape)
@@ -21,4 +22,16 @@ def run_reference(graph, feeds):
             if name:
                 env[name] = np.asarray(value, dtype=graph.types[name].dtype.numpy).reshape(
                     graph.types[name].shape)
-    return {v.name: env[v.name] for v in graph.outputs}
+    return env if keep_all else {v.name: env[v.name] for v in graph.outputs}
+
+
+def first_nonfinite(graph, feeds):
+    """The first node (in order) whose float output holds a NaN or an infinity."""
+    env = run_reference(graph, feeds, keep_all=True)
+    for node in graph.nodes:
+        for name in node.outputs:
+            value = env.get(name)
+            if value is not None and np.issubdtype(value.dtype, np.floating) and \
+                    not np.all(np.isfinite(value)):
+                return node
+    return None
