@@ -86,7 +86,7 @@ def cmd_bench(args):
 
 def cmd_demo(args):
     from nutshell.demo import run_demo
-    run_demo(threads=args.threads, batch=args.batch)
+    run_demo(threads=args.threads, plot=args.plot, compare_torch=not args.no_torch)
 
 
 def build_parser():
@@ -119,9 +119,11 @@ def build_parser():
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--repeat", type=int, default=20)
     b.set_defaults(fn=cmd_bench)
-    d = sub.add_parser("demo", help="LeNet-5 compiled to native code classifies real MNIST digits")
+    d = sub.add_parser("demo", help="train LeNet-5 with a compiled training step on real MNIST "
+                       "digits, then classify the held-out ones")
     d.add_argument("--threads", type=int)
-    d.add_argument("--batch", type=int, default=100)
+    d.add_argument("--plot", default="nutshell_demo.png", help="PNG for the loss/accuracy curves")
+    d.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     d.set_defaults(fn=cmd_demo)
     return p
 
