@@ -12,7 +12,7 @@ from nutshell.compiler.ir import Graph, print_graph, verify
 from nutshell.api import compile, optimize_graph, to_graph
 from nutshell.runtime.reference import run_reference
 from nutshell.frontends.dsl import manual_seed
-from nutshell import nn, optim
+from nutshell import augment, nn, optim
 from nutshell.training import compile_training
 
 
@@ -22,8 +22,14 @@ def load_onnx(path, input_shapes=None):
     return _load(path, input_shapes=input_shapes)
 
 
+def export_onnx(model, path, input_shape=None):
+    """Write a Graph or an ns.nn module (traced at input_shape) as an ONNX model."""
+    from nutshell.frontends.onnx_export import export_onnx as _export
+    return _export(model, path, input_shape)
+
+
 __version__ = "0.1.0"
 __all__ = ["compile", "compile_training", "load_onnx", "nn", "optim", "Graph", "print_graph", "verify", "run_reference",
-           "manual_seed", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
+           "manual_seed", "export_onnx", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
            "UnsupportedOpError", "UnsupportedTypeError", "ShapeError", "GraphError",
            "CompileError", "InputError"]

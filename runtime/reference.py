@@ -27,7 +27,8 @@ def run_reference(graph, feeds, keep_all=False):
 
 def first_nonfinite(graph, feeds):
     """The first node (in order) whose float output holds a NaN or an infinity."""
-    env = run_reference(graph, feeds, keep_all=True)
+    with np.errstate(all="ignore"):          # the point is to find the non-finite values
+        env = run_reference(graph, feeds, keep_all=True)
     for node in graph.nodes:
         for name in node.outputs:
             value = env.get(name)

@@ -242,6 +242,11 @@ class Trainer:
                 (log or print)(line)
         return history
 
+    def export_onnx(self, path, batch_size=None):
+        """The module with its trained values as an ONNX inference model."""
+        from nutshell.frontends.onnx_export import export_onnx
+        return export_onnx(self.module, path, ((batch_size or self.input_shape[0]),) + self.input_shape[1:])
+
     def _restore(self, state):
         live = self._sets[self._live]
         for name, value in state.items():

@@ -1,0 +1,84 @@
+"""Graph (or ns.nn module) -> ONNX model that onnx's checker accepts and ONNX
+Runtime runs. Ops map one to one; nutshell-only ops are written as standard ones."""
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from nutshell.compiler.errors import UnsupportedOpError
+from nutshell.compiler.ops import get_op
+
+OPSET = 17
+_ELEM = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE,
+         "int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "bool": onnx.TensorProto.BOOL}
+
+
+def _value_info(name, ttype):
+    return helper.make_tensor_value_info(name, _ELEM[ttype.dtype.value], list(ttype.shape))
+
+
+def _attrs(attrs):
+    out = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, np.ndarray):
+            value = numpy_helper.from_array(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def _export_node(graph, node, extra_inits):
+    """ONNX nodes for one IR node (a list: some nutshell ops take two)."""
+    if node.op == "Maxout":
+        x = node.inputs[0]
+        shape = graph.types[x].shape
+        k = node.attrs["pool_size"]
+        grouped = np.asarray((shape[0], shape[1] // k, k) + tuple(shape[2:]), np.int64)
+        shape_name = f"{node.name}/shape"
+        extra_inits.append(numpy_helper.from_array(grouped, shape_name))
+        mid = f"{node.name}/grouped"
+        return [helper.make_node("Reshape", [x, shape_name], [mid], name=f"{node.name}/reshape"),
+                helper.make_node("ReduceMax", [mid], list(node.outputs), name=node.name, axes=[2],
+                                 keepdims=0)]
+    if node.op in ("DropoutMask", "ConvGradInput", "ConvGradWeight", "MaxPoolGrad", "AveragePoolGrad"):
+        raise UnsupportedOpError(node.op, detail="a training-only op has no ONNX form")
+    defaults = get_op(node.op).attrs        # ours equal ONNX's; written only when they differ
+    attrs = {k: v for k, v in node.attrs.items()
+             if isinstance(v, np.ndarray) or k not in defaults or v != defaults[k] or k == "axes"}
+    attrs.pop("spatial", None)                # legacy (opset < 9)
+    if node.op == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1]:
+        attrs["axes"] = [int(a) for a in graph.constants[node.inputs[1]]]   # an attribute until opset 18
+        return [helper.make_node(node.op, [node.inputs[0]], list(node.outputs), name=node.name,
+                                 **_attrs(attrs))]
+    if node.op == "ReduceSum" and attrs.get("axes") is not None:            # an input since opset 13
+        axes_name = f"{node.name}/axes"
+        extra_inits.append(numpy_helper.from_array(np.asarray(attrs.pop("axes"), np.int64), axes_name))
+        return [helper.make_node(node.op, [node.inputs[0], axes_name], list(node.outputs),
+                                 name=node.name, **_attrs(attrs))]
+    return [helper.make_node(node.op, list(node.inputs), list(node.outputs), name=node.name,
+                             **_attrs(attrs))]
+
+
+def graph_to_onnx(graph):
+    extra = []
+    nodes = [n for node in graph.nodes for n in _export_node(graph, node, extra)]
+    inits = [numpy_helper.from_array(np.asarray(a), name) for name, a in graph.constants.items()]
+    g = helper.make_graph(nodes, graph.name, [_value_info(v.name, v.type) for v in graph.inputs],
+                          [_value_info(v.name, v.type) for v in graph.outputs], inits + extra)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="nutshell")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(model, path, input_shape=None):
+    """Write `model` (a Graph, or a module traced at `input_shape` in inference mode)
+    as an ONNX file; returns the ModelProto."""
+    from nutshell.frontends.dsl import Module
+    graph = model.trace(input_shape) if isinstance(model, Module) else model
+    proto = graph_to_onnx(graph)
+    onnx.save(proto, path)
+    return proto

@@ -1,0 +1,207 @@
+"""Training behaviour: losses against PyTorch, falling loss, fit(), schedules,
+regularisation, and bad input (BAD_INPUTS row 22: NaN loss)."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+
+nn = ns.nn
+
+
+def small_mlp(out=3):
+    ns.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, out))
+
+
+LOSSES = [("cross_entropy", {}), ("cross_entropy", {"label_smoothing": 0.1}), ("nll", {}),
+          ("mse", {}), ("l1", {}), ("huber", {}), ("bce_with_logits", {})]
+
+
+@pytest.mark.parametrize("loss,kw", LOSSES, ids=[f"{l}{'-ls' if k else ''}" for l, k in LOSSES])
+def test_loss_and_first_step_match_pytorch(loss, kw, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = small_mlp()
+    if loss == "nll":
+        net = nn.Sequential(*[net[i] for i in range(3)], nn.LogSoftmax(dim=1))
+    tnet = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    if loss == "nll":
+        tnet.append(torch.nn.LogSoftmax(dim=1))
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    if loss in ("cross_entropy", "nll"):
+        y = rng.integers(0, 3, 5)
+    elif loss == "bce_with_logits":
+        y = rng.integers(0, 2, (5, 3)).astype(np.float32)
+    else:
+        y = (rng.standard_normal((5, 3)) * 2).astype(np.float32)
+    trainer = ns.compile_training(net, (5, 6), loss=loss, optimizer=ns.optim.SGD(lr=0.1), threads=1, **kw)
+    got = trainer.step(x, y)
+    torch_fn = {"cross_entropy": lambda o, t: F.cross_entropy(o, t, **kw), "nll": F.nll_loss,
+                "mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss,
+                "bce_with_logits": F.binary_cross_entropy_with_logits}[loss]
+    opt = torch.optim.SGD(tnet.parameters(), lr=0.1)
+    want = torch_fn(tnet(torch.from_numpy(x)), torch.from_numpy(y))
+    want.backward()
+    opt.step()
+    assert abs(got - want.item()) < 1e-5 * max(1, abs(want.item()))
+    for name, value in tnet.state_dict().items():
+        np.testing.assert_allclose(net.state_dict()[name], value.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_loss_falls_and_fit_history(rng):
+    x = rng.standard_normal((256, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+    net = small_mlp()
+    trainer = ns.compile_training(net, (32, 6), optimizer=ns.optim.Adam(lr=0.01), threads=1)
+    history = trainer.fit(x, y, epochs=8, batch_size=32, validation_data=(x, y), progress=False)
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.8
+    assert len(history["loss"]) == 8 and trainer.step_count == 64
+
+
+def test_trained_values_reach_module_and_fresh_compile(rng):
+    net = small_mlp()
+    before = net.state_dict()
+    trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=0.5), threads=1)
+    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0])
+    trainer.step(x, y)
+    after = net.state_dict()
+    assert not np.allclose(before["0.weight"], after["0.weight"])
+    np.testing.assert_array_equal(trainer.parameters()["2.bias"], after["2.bias"])
+    fresh = ns.compile(net, input_shape=(4, 6), threads=1)
+    np.testing.assert_allclose(fresh(x), trainer.predict(x), rtol=1e-6)
+    # values set on the module between steps are taken up by the next step
+    net.load_state_dict(before)
+    trainer.step(x, y)
+    redo = small_mlp()
+    redo.load_state_dict(before)
+    again = ns.compile_training(redo, (4, 6), optimizer=ns.optim.SGD(lr=0.5), threads=1)
+    again.step(x, y)
+    np.testing.assert_allclose(net.state_dict()["0.weight"], redo.state_dict()["0.weight"], rtol=1e-6)
+
+
+def test_lr_schedules():
+    s = ns.optim
+    assert s.StepSchedule(10, 0.5)(25, 1.0) == 0.25
+    assert abs(s.ExponentialSchedule(0.9)(2, 1.0) - 0.81) < 1e-12
+    cos = s.CosineSchedule(100, min_lr=0.1)
+    assert cos(0, 1.0) == 1.0 and abs(cos(100, 1.0) - 0.1) < 1e-12 and abs(cos(50, 1.0) - 0.55) < 1e-12
+    warm = s.LinearWarmup(4, s.CosineSchedule(10))
+    assert [warm(i, 1.0) for i in range(4)] == [0.25, 0.5, 0.75, 1.0] and warm(4, 1.0) == 1.0
+
+
+def test_schedule_drives_the_update(rng):
+    net = small_mlp()
+    trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=1.0), threads=1)
+    trainer.schedule = ns.optim.StepSchedule(1, 0.0)      # lr 1 for step 0, then 0
+    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0])
+    trainer.step(x, y)
+    frozen = net.state_dict()
+    trainer.step(x, y)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, frozen[k])
+
+
+def test_regularisers_change_the_step(rng):
+    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0])
+    results = {}
+    for name, kw in (("plain", {}), ("l2", {"l2": 0.1}), ("l1", {"l1": 0.1}), ("clip_value", {"clip_value": 1e-3}),
+                     ("clip_norm", {"clip_norm": 1e-3}), ("max_norm", {"max_norm": 0.5})):
+        net = small_mlp()
+        trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=0.5), threads=1, **kw)
+        trainer.step(x, y)
+        results[name] = net.state_dict()["0.weight"]
+    for name in results:
+        if name != "plain":
+            assert not np.allclose(results[name], results["plain"]), name
+    assert np.linalg.norm(results["max_norm"], axis=1).max() <= 0.5 + 1e-5
+    start = small_mlp().state_dict()["0.weight"]
+    assert np.abs(results["clip_value"] - start).max() <= 0.5 * 1e-3 + 1e-7
+
+
+def test_dropout_masks_are_seeded_and_scaled(rng):
+    ns.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 50), nn.Dropout(0.5), nn.Linear(50, 3))
+    trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=0.0), threads=1)
+    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0])
+    losses = [trainer.step(x, y) for _ in range(3)]
+    assert len(set(losses)) == 3                      # a new mask every step
+    net.eval()
+    quiet = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=0.0), threads=1)
+    assert len({quiet.step(x, y) for _ in range(3)}) == 1
+
+
+def test_batchnorm_running_statistics_update(rng):
+    ns.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 16, 2))
+    trainer = ns.compile_training(net, (4, 2, 6, 6), optimizer=ns.optim.SGD(lr=0.1), threads=1)
+    x = (rng.standard_normal((4, 2, 6, 6)) * 3 + 1).astype(np.float32)
+    trainer.step(x, np.array([0, 1, 0, 1]))
+    state = net.state_dict()
+    assert state["1.num_batches_tracked"] == 1
+    assert not np.allclose(state["1.running_mean"], 0) and not np.allclose(state["1.running_var"], 1)
+
+
+def test_augmentation_helpers(rng):
+    x = rng.random((8, 1, 28, 28)).astype(np.float32)
+    shifted = ns.augment.random_shift(x, 2, rng)
+    assert shifted.shape == x.shape and not np.array_equal(shifted, x)
+    cropped = ns.augment.random_crop(x, 24, rng, padding=0)
+    assert cropped.shape == (8, 1, 24, 24)
+    flipped = ns.augment.random_flip(x, rng, p=1.0)
+    np.testing.assert_array_equal(flipped, x[..., ::-1])
+
+
+# BAD_INPUTS row 22 and friends
+def test_labels_out_of_range_are_rejected(rng):
+    trainer = ns.compile_training(small_mlp(), (4, 6), threads=1)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    with pytest.raises(ns.InputError, match=r"\[0, 3\).*-1 to 3"):
+        trainer.step(x, np.array([0, 1, 3, -1]))
+
+
+def test_batch_shape_mismatch_is_rejected(rng):
+    trainer = ns.compile_training(small_mlp(), (4, 6), threads=1)
+    with pytest.raises(ns.InputError, match=r"expected \(4, 6\) float32"):
+        trainer.step(rng.standard_normal((5, 6)).astype(np.float32), np.zeros(5, np.int64))
+    with pytest.raises(ns.InputError, match="labels"):
+        trainer.step(rng.standard_normal((4, 6)).astype(np.float32), np.zeros((4, 1), np.int64))
+
+
+def test_nan_loss_names_the_op_and_keeps_last_good_parameters(rng):
+    class LogNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return nn.apply("Log", [self.fc(x)])
+
+    ns.manual_seed(1)
+    net = LogNet()
+    trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=0.1), threads=1, check_nan=True)
+    good = net.state_dict()
+    x = rng.standard_normal((4, 6)).astype(np.float32) * 10
+    with pytest.raises(FloatingPointError, match="Log"):
+        trainer.step(x, np.array([0, 1, 2, 0]))
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, good[k])
+    assert trainer.step_count == 0
+
+
+def test_export_onnx_after_training(rng, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    ns.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(4 * 16, 12), nn.Maxout(3), nn.Softmax(dim=1))
+    trainer = ns.compile_training(net, (4, 1, 8, 8), optimizer=ns.optim.Adam(lr=0.01), threads=1)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    for _ in range(3):
+        trainer.step(x, np.array([0, 1, 2, 3]))
+    path = tmp_path / "trained.onnx"
+    trainer.export_onnx(path)
+    got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, trainer.predict(x), rtol=1e-4, atol=1e-6)
+    back = ns.compile(ns.load_onnx(path), threads=1)(x)          # and it round-trips
+    np.testing.assert_allclose(back, got, rtol=1e-4, atol=1e-6)
