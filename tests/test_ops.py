@@ -66,6 +66,8 @@ CASES = [
     ("ReduceMean", [(F, (2, 3, 4, 5))], {"axes": (2, 3)}, None),
     ("ReduceSum", [(F, (2, 3, 40))], {"axes": (1,), "keepdims": 0}, None),
     ("ReduceSum", [(F, (6, 33))], {}, None),
+    ("ReduceMax", [(F, (3, 4, 37))], {"axes": (2,)}, None),
+    ("ReduceMin", [(F, (3, 4, 37))], {"axes": (0, 1), "keepdims": 0}, None),
     ("ReduceMean", [(F, (3, 4, 5)), ("int64", (1,))], {"keepdims": 1}, {1: np.array([-1])}),
     ("Resize", [(F, (1, 2, 3, 4)), None, (F, (4,))], {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, {2: np.array([1, 1, 2, 2], np.float32)}),
     ("Resize", [(F, (1, 2, 5, 4)), None, None, ("int64", (4,))], {}, {3: np.array([1, 2, 7, 9])}),

@@ -31,11 +31,10 @@ def _infer(attrs, types, consts, node):
     return [tt(types[0].dtype, out)]
 
 
-def _reference(mean):
+def _reference(fn):
     def reference(attrs, x, axes_input=None):
         axes = reduce_axes("ref", attrs, [_T(x.shape), None if axes_input is None else _T(())],
                            [None, axes_input])
-        fn = np.mean if mean else np.sum
         return np.asarray(fn(x, axis=axes, keepdims=bool(attrs.get("keepdims", 1)))).astype(x.dtype)
     return reference
 
@@ -85,20 +84,20 @@ def reduce_nest(ctx, x_shape, reduced, op, scale=None):
         scope.__exit__(None, None, None)
 
 
-def _lower(mean):
+def _lower(op, mean=False):
     def lower(ctx):
         t = ctx.in_types[0]
         axes = reduce_axes(ctx.node.name, ctx.attrs, ctx.in_types, ctx.consts)
         count = int(np.prod([t.shape[a] for a in axes], dtype=np.int64))
-        reduce_nest(ctx, t.shape, set(axes), "sum", (1.0 / count) if mean and count else None)
+        reduce_nest(ctx, t.shape, set(axes), op, (1.0 / count) if mean and count else None)
     return lower
 
 
 ATTRS = {"axes": None, "keepdims": 1, "noop_with_empty_axes": 0}
-register("ReduceSum", inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(False),
-         lower=_lower(False))
-register("ReduceMean", inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(True),
-         lower=_lower(True))
+for _name, _fn, _op, _mean in (("ReduceSum", np.sum, "sum", False), ("ReduceMean", np.mean, "sum", True),
+                               ("ReduceMax", np.max, "max", False), ("ReduceMin", np.min, "min", False)):
+    register(_name, inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(_fn),
+             lower=_lower(_op, _mean))
 
 
 def _maxout_infer(attrs, types, consts, node):
