@@ -66,24 +66,30 @@ class BatchNorm2d(Module):
         mean, var = self.buffer(b, "running_mean"), self.buffer(b, "running_var")
         if not self.training_now(x):
             return apply("BatchNormalization", [x, weight, bias, mean, var], epsilon=self.eps)
-        # Training: batch statistics, composed from primitives so autodiff needs no BN rule.
-        rank = len(x.shape)
-        axes = constant(b, np.asarray([0] + list(range(2, rank)), np.int64))
-        per_channel = (1, x.shape[1]) + (1,) * (rank - 2)
-        batch_mean = apply("ReduceMean", [x, axes], keepdims=1)
-        centered = x - batch_mean
-        batch_var = apply("ReduceMean", [centered * centered, axes], keepdims=1)
-        inv_std = 1.0 / apply("Sqrt", [batch_var + self.eps])
-        y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
-        count = x.type.size // x.shape[1]
-        m = self.momentum
-        unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))
-        updates = b.trace.updates
-        updates[mean.name] = (mean * (1 - m) + batch_mean.reshape(x.shape[1]) * m).name
-        updates[var.name] = (var * (1 - m) + unbiased * m).name
         steps = self.buffer(b, "num_batches_tracked")
+        return batch_norm_train(x, weight, bias, mean, var, steps, self.eps, self.momentum)
+
+
+def batch_norm_train(x, weight, bias, mean, var, steps, eps, momentum):
+    """BatchNorm with batch statistics, composed from primitives (so autodiff needs
+    no BN rule); records the running-statistics updates in the trace."""
+    b = x.builder
+    rank = len(x.shape)
+    axes = constant(b, np.asarray([0] + list(range(2, rank)), np.int64))
+    per_channel = (1, x.shape[1]) + (1,) * (rank - 2)
+    batch_mean = apply("ReduceMean", [x, axes], keepdims=1)
+    centered = x - batch_mean
+    batch_var = apply("ReduceMean", [centered * centered, axes], keepdims=1)
+    inv_std = 1.0 / apply("Sqrt", [batch_var + eps])
+    y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
+    count = x.type.size // x.shape[1]
+    unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))
+    updates = b.trace.updates
+    updates[mean.name] = (mean * (1 - momentum) + batch_mean.reshape(x.shape[1]) * momentum).name
+    updates[var.name] = (var * (1 - momentum) + unbiased * momentum).name
+    if steps is not None:
         updates[steps.name] = (steps + 1).name
-        return y
+    return y
 
 
 BatchNorm1d = BatchNorm2d

@@ -205,3 +205,50 @@ def test_export_onnx_after_training(rng, tmp_path):
     np.testing.assert_allclose(got, trainer.predict(x), rtol=1e-4, atol=1e-6)
     back = ns.compile(ns.load_onnx(path), threads=1)(x)          # and it round-trips
     np.testing.assert_allclose(back, got, rtol=1e-4, atol=1e-6)
+
+
+def test_onnx_graph_trains_like_pytorch(rng):
+    """A torch-exported ONNX network, loaded and trained: the same steps as torch."""
+    torch = pytest.importorskip("torch")
+    from onnx_models import torch_export
+    t = torch.nn
+    torch.manual_seed(0)
+    tnet = t.Sequential(t.Conv2d(1, 4, 3, padding=1), t.ReLU(), t.MaxPool2d(2),
+                        t.Flatten(), t.Linear(4 * 7 * 7, 10))
+    x = rng.standard_normal((8, 1, 14, 14)).astype(np.float32)
+    graph = ns.load_onnx(torch_export(tnet, torch.from_numpy(x), 13))
+    net = ns.nn.from_graph(graph)
+    tnet.train()
+    trainer = ns.compile_training(net, (8, 1, 14, 14), optimizer=ns.optim.SGD(lr=0.1, momentum=0.9), threads=1)
+    opt = torch.optim.SGD(tnet.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        y = rng.integers(0, 10, 8)
+        loss = trainer.step(x, y)
+        opt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(tnet(torch.from_numpy(x)), torch.from_numpy(y))
+        tloss.backward()
+        opt.step()
+        assert abs(loss - tloss.item()) < 1e-4
+    trained = net.state_dict()
+    for name, p in tnet.named_parameters():
+        key = name if name in trained else None
+        assert key is not None or p.ndim == 0, name
+        np.testing.assert_allclose(trained[key], p.detach().numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_onnx_graph_with_batchnorm_trains_like_the_dsl(rng, tmp_path):
+    ns.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(4 * 36, 5))
+    dsl = make()
+    ns.export_onnx(dsl, tmp_path / "m.onnx", (6, 1, 6, 6))
+    net = ns.nn.from_graph(ns.load_onnx(tmp_path / "m.onnx"))
+    x = rng.standard_normal((6, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 5, 6)
+    a = ns.compile_training(dsl, (6, 1, 6, 6), optimizer=ns.optim.Adam(lr=0.01), threads=1)
+    b = ns.compile_training(net, (6, 1, 6, 6), optimizer=ns.optim.Adam(lr=0.01), threads=1)
+    for _ in range(3):
+        assert abs(a.step(x, y) - b.step(x, y)) < 1e-5
+    want, got = dsl.state_dict(), net.state_dict()
+    for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "4.bias"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7)
