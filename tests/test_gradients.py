@@ -53,6 +53,8 @@ CASES = [
     ("Expand", [(3, 1), None], {}, {1: np.array([2, 3, 4])}, False),
     ("Maxout", [(3, 8)], {"pool_size": 2}, None, False),
     ("Identity", [(3,)], {}, None, False),
+    ("BatchNormalization", [(2, 3, 4, 5), (3,), (3,), None, None], {"epsilon": 1e-3},
+     {3: np.array([0.1, -0.2, 0.3]), 4: np.array([0.5, 1.5, 2.0])}, False),
 ]
 
 

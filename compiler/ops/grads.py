@@ -258,3 +258,19 @@ def _maxout(g, node, dys, wanted):
 
 for _name in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Shape", "DropoutMask"):
     get_op(_name).grad = lambda g, node, dys, wanted: [None] * len(node.inputs)
+
+
+@rule("BatchNormalization")
+def _batchnorm_inference(g, node, dys, wanted):
+    """BN with fixed statistics (a frozen, eval-mode BN being fine-tuned through)."""
+    x, scale, bias, mean, var = node.inputs
+    dy = dys[0]
+    rank = len(g.shape(x))
+    per_channel = (1, g.shape(x)[1]) + (1,) * (rank - 2)
+    inv_std = g.div(g.scalar(1.0, var), g.op("Sqrt", [g.add(var, g.scalar(node.attrs["epsilon"], var))]))
+    axes = [0] + list(range(2, rank))
+    dx = g.mul(dy, g.reshape(g.mul(scale, inv_std), per_channel)) if wanted[0] else None
+    xhat = g.mul(g.sub(x, g.reshape(mean, per_channel)), g.reshape(inv_std, per_channel))
+    dscale = g.reduce_sum(g.mul(dy, xhat), axes, keepdims=0) if wanted[1] else None
+    dbias = g.reduce_sum(dy, axes, keepdims=0) if wanted[2] else None
+    return [dx, dscale, dbias, None, None]
