@@ -1,9 +1,10 @@
 """Optimizers as graph ops, with PyTorch's defaults and update rules, and learning
 rate schedules driven by the step count.
 
-An optimizer declares its per-parameter state slots and emits the update as IR;
-the values that change every step but not per element (the learning rate, bias
-corrections) are scalar inputs it computes from the step count."""
+An optimizer declares its per-parameter state slots and emits the update as IR.
+Everything it needs per step (bias corrections, the first-step momentum rule) is
+also graph ops on two inputs: the step counter and the learning rate. So the
+compiled step needs nothing from Python, and a C program can run it alone."""
 import math
 
 import numpy as np
@@ -20,13 +21,14 @@ class Optimizer:
     def initial_state(self, slot, param):
         return np.zeros_like(param)
 
-    def scalars(self, step, lr):
-        """Per-step scalar inputs (step counts from 0)."""
+    def scalars(self, g, step, t, lr):
+        """Per-step values as graph ops: step is the int64 counter (from 0), t the
+        same as float32, lr the learning-rate input. Returns name -> value name."""
         return {"lr": lr}
 
     def update(self, g, p, grad, state, s):
-        """Emit the update. p, grad: value names; state: slot -> value name; s: scalar
-        name -> value name. Returns (new p, {slot: new state})."""
+        """Emit the update. p, grad: value names; state: slot -> value name; s: the
+        scalars. Returns (new p, {slot: new state})."""
         raise NotImplementedError
 
     def _decayed(self, g, p, grad):
@@ -41,10 +43,10 @@ class SGD(Optimizer):
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self.slots = ("momentum_buffer",) if momentum else ()
 
-    def scalars(self, step, lr):
-        first = step == 0        # torch starts the buffer at the first gradient itself
-        return {"lr": lr, "keep": 0.0 if first else self.momentum,
-                "take": 1.0 if first else 1.0 - self.dampening}
+    def scalars(self, g, step, t, lr):
+        first = g.op("Equal", [step, g.scalar(0, step)])   # torch starts the buffer at the gradient
+        pick = lambda a, b: g.where(first, g.scalar(a, t), g.scalar(b, t))
+        return {"lr": lr, "keep": pick(0.0, self.momentum), "take": pick(1.0, 1.0 - self.dampening)}
 
     def update(self, g, p, grad, state, s):
         grad = self._decayed(g, p, grad)
@@ -64,11 +66,14 @@ class Adam(Optimizer):
         super().__init__(lr, weight_decay)
         self.betas, self.eps = tuple(betas), eps
 
-    def scalars(self, step, lr):
-        t = step + 1
+    def scalars(self, g, step, t, lr):
         b1, b2 = self.betas
-        return {"lr": lr, "step_size": lr / (1 - b1 ** t), "inv_bc2_sqrt": 1.0 / math.sqrt(1 - b2 ** t),
-                "decay": 1.0 - lr * self.weight_decay}
+        count = g.add(t, g.scalar(1.0, t))
+        power = lambda b: g.op("Exp", [g.scale(count, math.log(b))]) if b > 0 else g.scalar(0.0, t)
+        one = g.scalar(1.0, t)
+        return {"lr": lr, "step_size": g.div(lr, g.sub(one, power(b1))),
+                "inv_bc2_sqrt": g.div(one, g.op("Sqrt", [g.sub(one, power(b2))])),
+                "decay": g.sub(one, g.scale(lr, self.weight_decay))}
 
     def update(self, g, p, grad, state, s):
         b1, b2 = self.betas
@@ -99,8 +104,8 @@ class Adagrad(Optimizer):
     def initial_state(self, slot, param):
         return np.full_like(param, self.initial)
 
-    def scalars(self, step, lr):
-        return {"lr": lr / (1 + step * self.lr_decay)}
+    def scalars(self, g, step, t, lr):
+        return {"lr": g.div(lr, g.add(g.scalar(1.0, t), g.scale(t, self.lr_decay)))}
 
     def update(self, g, p, grad, state, s):
         grad = self._decayed(g, p, grad)

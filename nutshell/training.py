@@ -41,9 +41,9 @@ def build_training_graph(module, input_shape, loss="cross_entropy", optimizer=No
     g = GradContext(b)
     grads = _clip(g, grads, clip_norm, clip_value)
 
-    scalar_names = {}
-    for name in optimizer.scalars(0, optimizer.lr):
-        scalar_names[name] = b.add_input(f"optimizer.{name}", DType.float32, ())
+    lr = b.add_input("learning_rate", DType.float32, ())
+    t = g.op("Cast", [ts.step], to=1)
+    scalar_names = optimizer.scalars(g, ts.step, t, lr)
     state_inputs, next_values = [], {}
     for p in ts.params:
         slots = {}
@@ -65,7 +65,7 @@ def build_training_graph(module, input_shape, loss="cross_entropy", optimizer=No
         outputs.append(value)
     b.set_outputs(outputs)
     layout = {"state": state, "params": list(ts.params), "buffers": list(ts.buffers),
-              "slots": state_inputs, "scalars": scalar_names, "step": ts.step,
+              "slots": state_inputs, "lr": lr, "step": ts.step,
               "input": forward.inputs[1].name, "labels": labels, "loss": loss_value,
               "class_labels": loss in CLASS_LABELS, "classes": output.type.shape[-1]}
     return b.build(), layout

@@ -30,7 +30,7 @@ class CompiledModel:
         self._consts = [np.ascontiguousarray(c) for c in code.constants]
         self._const_ptrs = _pointer_array(self._consts)
         proto = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-                                 ctypes.c_void_p, ctypes.c_void_p)
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
         self._fn = proto(jit.address(code.entry))
         self._local = threading.local()    # one workspace per calling thread
 
@@ -69,12 +69,17 @@ class CompiledModel:
         arrays = self._check(feeds)
         outs = [np.empty(v.type.shape, dtype=v.type.dtype.numpy) for v in self.outputs]
         in_ptrs, out_ptrs = _pointer_array(arrays), _pointer_array(outs)   # kept alive here
-        code = self._fn(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
-                        self._workspace().ctypes.data, ctypes.addressof(self._const_ptrs))
-        if code != 0:
-            raise RuntimeError(f"compiled model returned error code {code}")
+        self.call(in_ptrs, out_ptrs)
         result = {v.name: o for v, o in zip(self.outputs, outs)}
         return result if output_names is None else {n: result[n] for n in output_names}
+
+    def call(self, in_ptrs, out_ptrs):
+        """The native call itself: ctypes arrays of input and output pointers."""
+        code = self._fn(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
+                        self._workspace().ctypes.data, ctypes.addressof(self._const_ptrs),
+                        self.target.threads)
+        if code != 0:
+            raise RuntimeError(f"compiled model returned error code {code}")
 
     def __call__(self, *xs):
         if len(xs) != len(self.inputs):

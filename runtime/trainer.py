@@ -34,7 +34,7 @@ class Trainer:
                 current[name] = optimizer.initial_state(slot, self._params[owner].data).astype(np.float32)
         self._sets = [current, {k: np.empty_like(v) for k, v in current.items()}]
         self._live = 0
-        self._scalars = {k: np.zeros((), np.float32) for k in layout["scalars"]}
+        self._lr = np.zeros((), np.float32)
         self._step = np.zeros(1, np.int64)
         self._loss = np.zeros(types[layout["loss"]].shape, np.float32)
         in_names = graph.input_names()
@@ -46,8 +46,7 @@ class Trainer:
             ins, outs = self._in_ptrs[parity], self._out_ptrs[parity]
             for name in layout["state"]:
                 ins[self._slot[name]] = src[name].ctypes.data
-            for name, i in layout["scalars"].items():
-                ins[self._slot[i]] = self._scalars[name].ctypes.data
+            ins[self._slot[layout["lr"]]] = self._lr.ctypes.data
             ins[self._slot[layout["step"]]] = self._step.ctypes.data
             outs[0] = self._loss.ctypes.data
             for k, name in enumerate(layout["state"]):
@@ -123,18 +122,12 @@ class Trainer:
         returns the loss."""
         x, y = self._check_batch(x, labels)
         self._adopt_module_changes()
-        lr = self.learning_rate()
-        for name, value in self.optimizer.scalars(self.step_count, lr).items():
-            self._scalars[name][()] = value
+        self._lr[()] = self.learning_rate()
         self._step[0] = self.step_count
         ins, outs = self._in_ptrs[self._live], self._out_ptrs[self._live]
         ins[self._slot[self.layout["input"]]] = x.ctypes.data
         ins[self._slot[self.layout["labels"]]] = y.ctypes.data
-        code = self.model._fn(ctypes.addressof(ins), ctypes.addressof(outs),
-                              self.model._workspace().ctypes.data,
-                              ctypes.addressof(self.model._const_ptrs))
-        if code != 0:
-            raise RuntimeError(f"training step returned error code {code}")
+        self.model.call(ins, outs)
         loss = float(self._loss)
         if self.check_nan and not np.isfinite(loss):
             raise FloatingPointError(self._explain_nonfinite(x, y))
@@ -147,7 +140,7 @@ class Trainer:
         from nutshell.runtime.reference import first_nonfinite
         feeds = dict(self._sets[self._live])
         feeds.update({self.layout["input"]: x, self.layout["labels"]: y, self.layout["step"]: self._step})
-        feeds.update({self.layout["scalars"][k]: v for k, v in self._scalars.items()})
+        feeds[self.layout["lr"]] = self._lr
         node = first_nonfinite(self.model.graph, feeds)
         where = f"op {node.op} (node '{node.name}')" if node else "the loss"
         return (f"non-finite loss at step {self.step_count}: first produced by {where}; "

@@ -37,14 +37,17 @@ class KernelEmitter:
         self.env = {}            # loop var name -> i64 value
         self.bufs = {}           # buffer name -> ptr value (params and locals)
         self._workers = 0
+        self.in_worker = False   # a parallel loop inside a worker runs serially
 
     # ---- functions -------------------------------------------------------------
     def emit(self):
-        fnty = ir.FunctionType(H.VOID, [H.PTR] * len(self.kernel.params))
+        # (buffer pointers..., i32 threads): the thread count is a run-time argument
+        fnty = ir.FunctionType(H.VOID, [H.PTR] * len(self.kernel.params) + [H.I32])
         fn = ir.Function(self.module, fnty, name=self.kernel.name)
         fn.linkage = "internal"
         for arg, buf in zip(fn.args, self.kernel.params):
             arg.add_attribute("noalias")
+        self.nthreads = fn.args[-1]
         self._begin(fn, {b.name: a for b, a in zip(self.kernel.params, fn.args)})
         self.stmts(self.kernel.body, None)
         self.builder.ret_void()
@@ -87,7 +90,7 @@ class KernelEmitter:
                 self.stmts(s.body, vec)
             return
         if s.kind == "parallel" and self.threads > 1 and self.has_gomp and vec is None \
-                and s.extent > 1:
+                and s.extent > 1 and not self.in_worker:
             return self.parallel_loop(s)
 
         def body(i, _):
@@ -126,6 +129,7 @@ class KernelEmitter:
                              name=f"{self.kernel.name}.par{self._workers}")
         worker.linkage = "internal"
         saved = (self.builder, self.bufs, dict(self.env))
+        self.in_worker = True
         self._begin(worker, {})
         wb = self.builder
         fields = [wb.load(wb.gep(worker.args[0], [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
@@ -147,9 +151,12 @@ class KernelEmitter:
         H.counted_loop(wb, count, body, name=s.var.name)
         self.builder.ret_void()
         self.builder, self.bufs, self.env = saved
+        self.in_worker = False
         gomp = H.intrinsic(self.module, "GOMP_parallel", H.VOID, [H.PTR, H.PTR, H.I32, H.I32])
-        b.call(gomp, [worker, data, ir.Constant(H.I32, min(self.threads, s.extent)),
-                      ir.Constant(H.I32, 0)])
+        extent = ir.Constant(H.I32, s.extent)
+        team = b.select(b.icmp_signed("<", self.nthreads, extent), self.nthreads, extent)
+        team = b.select(b.icmp_signed("<", team, ir.Constant(H.I32, 1)), ir.Constant(H.I32, 1), team)
+        b.call(gomp, [worker, data, team, ir.Constant(H.I32, 0)])
 
     def store(self, s, vec):
         b = self.builder

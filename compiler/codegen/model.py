@@ -1,7 +1,7 @@
 """Assemble a whole model: one kernel per node (deduplicated by signature), the
 memory plan, and the entry point
 
-    int32 NAME_run(ptr *inputs, ptr *outputs, ptr workspace, ptr *consts)
+    int32 NAME_run(ptr *inputs, ptr *outputs, ptr workspace, ptr *consts, i32 threads)
 
 that calls the kernels in order with pointers into the caller's buffers, the
 weights and the arena."""
@@ -28,6 +28,7 @@ class ModelCode:
     plan: object
     kernels: list            # loop-IR kernels, for source("loops")
     num_calls: int
+    module: object = None    # the llvmlite ir.Module (AOT adds its C entry points to it)
 
 
 def _signature(node, in_types, out_types, consts, target):
@@ -42,12 +43,15 @@ def _signature(node, in_types, out_types, consts, target):
     return h.hexdigest()[:16]
 
 
-def build_model(graph, target, name="model"):
+def build_model(graph, target, name="model", module=None):
+    """Lower, plan and emit `graph` into `module` (a new one by default); kernels and
+    the entry point are prefixed with `name`, so several graphs can share a module."""
     const_names = list(graph.constants)
     constants = [graph.constants[n] for n in const_names]
     const_index = {n: j for j, n in enumerate(const_names)}
-    module = ir.Module(name=name)
-    module.triple = target.triple
+    if module is None:
+        module = ir.Module(name=name)
+        module.triple = target.triple
 
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
     plan_copies = plan_memory(graph, {}, const_index).copies
@@ -63,7 +67,8 @@ def build_model(graph, target, name="model"):
         out_types = [graph.types[o] for o in node.outputs if o]
         consts = [graph.constants.get(i) if i else None for i in node.inputs]
         sig = _signature(node, in_types, out_types, consts, target)
-        ctx = LowerContext(node, in_types, out_types, consts, target, f"k{len(by_sig)}_{node.op.lower()}")
+        ctx = LowerContext(node, in_types, out_types, consts, target,
+                           f"{name}_k{len(by_sig)}_{node.op.lower()}")
         lower(ctx)
         kernel = ctx.kernel()
         if sig not in by_sig:
@@ -80,13 +85,13 @@ def build_model(graph, target, name="model"):
     plan = plan_memory(graph, scratch_sizes, const_index)
     entry = f"{name}_run"
     _emit_entry(module, entry, graph, plan, calls)
-    return ModelCode(str(module), entry, constants, plan, lowered, len(calls))
+    return ModelCode(str(module), entry, constants, plan, lowered, len(calls), module)
 
 
 def _emit_entry(module, entry, graph, plan, calls):
-    fn = ir.Function(module, ir.FunctionType(H.I32, [H.PTR] * 4), name=entry)
+    fn = ir.Function(module, ir.FunctionType(H.I32, [H.PTR] * 4 + [H.I32]), name=entry)
     fn.attributes.add("nounwind")
-    inputs, outputs, workspace, consts = fn.args
+    inputs, outputs, workspace, consts, threads = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     slots = {"input": inputs, "output": outputs, "const": consts}
 
@@ -103,7 +108,7 @@ def _emit_entry(module, entry, graph, plan, calls):
         args += [pointer("arena", off) for off in plan.scratch.get(idx, [])]
         args += [pointer("const", slot) for slot in table_slots]
         kernel = module.get_global(kernel_name)
-        if len(args) != len(kernel.args):
-            raise CompileError(f"kernel {kernel_name} takes {len(kernel.args)} pointers, got {len(args)}")
-        b.call(kernel, args)
+        if len(args) + 1 != len(kernel.args):
+            raise CompileError(f"kernel {kernel_name} takes {len(kernel.args) - 1} pointers, got {len(args)}")
+        b.call(kernel, args + [threads])
     b.ret(ir.Constant(H.I32, 0))
