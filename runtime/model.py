@@ -88,6 +88,15 @@ class CompiledModel:
         values = [outs[v.name] for v in self.outputs]
         return values[0] if len(values) == 1 else tuple(values)
 
+    def export(self, out_dir, name=None, target_cpu=None, triple=None):
+        """Ahead of time: write OUT_DIR/NAME.h, NAME.o and libNAME.so (see DESIGN's C ABI).
+        target_cpu ('x86-64-v3', 'znver4', ...) and triple ('aarch64-linux-gnu') emit
+        for another machine (the .so is linked for the host only)."""
+        from nutshell.api import c_identifier
+        from nutshell.runtime.aot import export_inference
+        return export_inference(self.graph, out_dir, c_identifier(name or self.graph.name),
+                                self.target.threads, target_cpu, triple)
+
     def source(self, kind="llvm"):
         """'llvm': the generated LLVM IR; 'optimized': after O3; 'asm': machine code;
         'loops': the loop IR; 'graph': the compiled graph's text form."""

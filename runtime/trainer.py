@@ -235,6 +235,15 @@ class Trainer:
                 (log or print)(line)
         return history
 
+    def export(self, out_dir, name=None, target_cpu=None, triple=None):
+        """Ahead of time: OUT_DIR/NAME.h, NAME.o, libNAME.so with NAME_init_state,
+        NAME_train_step, NAME_run and NAME_get/set_param, so a C program keeps
+        training from the current state with no Python."""
+        from nutshell.api import c_identifier
+        from nutshell.runtime.aot import export_training
+        return export_training(self, out_dir, c_identifier(name or self.model.graph.name),
+                               target_cpu, triple)
+
     def export_onnx(self, path, batch_size=None):
         """The module with its trained values as an ONNX inference model."""
         from nutshell.frontends.onnx_export import export_onnx
