@@ -21,12 +21,15 @@ def cmd_compile(args):
     t = time.perf_counter()
     model = ns.compile(ns.load_onnx(args.model), threads=args.threads, name=name,
                        print_after=tuple(args.print_after or ()))
-    os.makedirs(args.output, exist_ok=True)
-    for ext, kind in ((".ll", "llvm"), (".s", "asm"), (".graph", "graph")):
-        with open(os.path.join(args.output, name + ext), "w") as f:   # name is a C identifier
-            f.write(model.source(kind))
-    print(f"compiled {args.model} in {time.perf_counter() - t:.2f} s -> {args.output}/{name}.ll, "
-          f"{name}.s, {name}.graph (the .h/.so/.o bundle comes with the AOT work)")
+    written = model.export(args.output, name=name, target_cpu=args.target_cpu, triple=args.triple)
+    if args.emit_llvm:
+        for ext, kind in ((".ll", "llvm"), (".s", "asm")):
+            with open(os.path.join(os.path.dirname(written["header"]), name + ext), "w") as f:
+                f.write(model.source(kind))
+    files = [written[k] for k in ("header", "object", "shared") if k in written]
+    print(f"compiled {args.model} in {time.perf_counter() - t:.2f} s: " + ", ".join(files))
+    print(f"code {written['object_bytes'] - written['weights_bytes']:,} bytes beside "
+          f"{written['weights_bytes']:,} bytes of weights")
 
 
 def cmd_run(args):
@@ -93,12 +96,15 @@ def build_parser():
     p = argparse.ArgumentParser(prog="nutshell", description="A neural-network graph compiler: "
                                 "ONNX or the Python DSL in, SIMD machine code out.")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compile", help="compile an ONNX model and write its generated code")
+    c = sub.add_parser("compile", help="compile an ONNX model ahead of time: NAME.h, NAME.o, libNAME.so")
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="output folder")
     c.add_argument("--name", help="C identifier for the model (default: the file's stem)")
     c.add_argument("--threads", type=int)
     c.add_argument("--target", default="host", choices=["host", "cuda"])
+    c.add_argument("--target-cpu", help="emit for this CPU (x86-64-v3, x86-64-v4, znver4, generic, ...)")
+    c.add_argument("--triple", help="emit an object for another machine (aarch64-linux-gnu, ...)")
+    c.add_argument("--emit-llvm", action="store_true", help="also write NAME.ll and NAME.s")
     c.add_argument("--print-after", action="append", metavar="PASS",
                    help="print the IR after this pass ('all' for every pass)")
     c.set_defaults(fn=cmd_compile)

@@ -42,11 +42,12 @@ def test_info_lists_all_unsupported_ops(tmp_path):
     assert r.returncode == 1 and "Erf (opset 13), Hardmax (opset 13)" in r.stdout
 
 
-def test_compile_writes_code(model_path, tmp_path):
+def test_compile_writes_bundle_confined(model_path, tmp_path):
     r = nutshell("compile", model_path, "-o", tmp_path / "out", "--name", "../evil name", "--threads", 1)
     assert r.returncode == 0, r.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["___evil_name.graph", "___evil_name.ll", "___evil_name.s"]   # confined
+    assert files == ["___evil_name.h", "___evil_name.o", "lib___evil_name.so"]   # confined (row 5)
+    assert not (tmp_path / "evil name.h").exists()
 
 
 def test_run_and_save(model_path, tmp_path):
