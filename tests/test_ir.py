@@ -100,7 +100,7 @@ def test_verifier_rejects_wrong_type():
 def test_loop_ir_is_printed():
     model = ns.compile(tiny(), threads=1)
     loops = model.source("loops")
-    assert "kernel k0_gemm" in loops and "vector(" in loops and "fma(" in loops
+    assert "kernel tiny_k0_gemm" in loops and "vector(" in loops and "fma(" in loops
 
 
 def test_parser_round_trip():
