@@ -229,7 +229,8 @@ class Trainer:
                         if waited >= early_stopping:
                             self._restore(best_state)
                             history["stopped_early"] = epoch + 1
-                            (log or print)(line + " (early stop: best weights restored)")
+                            if log is not None or progress:
+                                (log or print)(line + " (early stop: best weights restored)")
                             break
             if log is not None or progress:
                 (log or print)(line)
