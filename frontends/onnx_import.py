@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from nutshell.compiler.errors import (GraphError, ModelLoadError, NutshellError, ShapeError,
                                       UnsupportedOpError, UnsupportedTypeError)
-from nutshell.compiler.ir import GraphBuilder
+from nutshell.compiler.ir import GraphBuilder, Node
 from nutshell.compiler.ir.types import DType
 from nutshell.compiler.ops import get_op, has_op
 from .external_data import inline_external_data, load_tensors
@@ -130,8 +130,9 @@ def sorted_nodes(graph, known):
     return [graph.node[i] for i in order]
 
 
-def load_onnx(source, input_shapes=None):
-    """An ONNX model (path or bytes) as a static, verified Graph."""
+def load_onnx(source, input_shapes=None, constant_inputs=None):
+    """An ONNX model (path or bytes) as a static, verified Graph. input_shapes fixes
+    symbolic dimensions; constant_inputs bakes given inputs in as constants."""
     model, _ = read_model(source)
     opset = opset_of(model)
     g = model.graph
@@ -139,8 +140,10 @@ def load_onnx(source, input_shapes=None):
     tensors = load_tensors(g.initializer)
     for name, array in tensors.items():
         builder.add_constant(array, name)
+    for name, value in (constant_inputs or {}).items():
+        builder.add_constant(np.asarray(value), name)
     for vi in g.input:
-        if vi.name not in tensors:
+        if vi.name not in tensors and vi.name not in (constant_inputs or {}):
             dtype, shape = _tensor_type(vi, input_shapes)
             builder.add_input(vi.name, dtype, shape)
     for node in g.node:        # sorted by read_model
@@ -149,6 +152,21 @@ def load_onnx(source, input_shapes=None):
     if missing:
         raise GraphError(f"graph outputs {missing} are never produced")
     builder.set_outputs([o.name for o in g.output])
+    return materialize_outputs(builder)
+
+
+def materialize_outputs(builder):
+    """An output that folded to a constant (or is an input) still needs a buffer of
+    its own: copy it with an Identity node."""
+    producers = {o for n in builder.nodes for o in n.outputs}
+    for i, v in enumerate(builder.outputs):
+        if v.name in producers:
+            continue
+        if v.name in builder.constants:
+            source = builder.fresh(v.name + "/const")
+            builder.constants[source] = builder.constants.pop(v.name)
+            builder.types[source] = builder.types[v.name]
+            builder.nodes.append(Node("Identity", (source,), (v.name,), {}, v.name + "/copy"))
     return builder.build()
 
 

@@ -16,10 +16,10 @@ from nutshell import augment, nn, optim
 from nutshell.training import compile_training
 
 
-def load_onnx(path, input_shapes=None):
+def load_onnx(path, input_shapes=None, constant_inputs=None):
     """Load an ONNX model (path or bytes) as a static Graph; see frontends/onnx_import.py."""
     from nutshell.frontends.onnx_import import load_onnx as _load
-    return _load(path, input_shapes=input_shapes)
+    return _load(path, input_shapes=input_shapes, constant_inputs=constant_inputs)
 
 
 def export_onnx(model, path, input_shape=None):

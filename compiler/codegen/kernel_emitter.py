@@ -251,7 +251,22 @@ class KernelEmitter:
         ops = {"+": ("fadd", "add"), "-": ("fsub", "sub"), "*": ("fmul", "mul"),
                "/": ("fdiv", "sdiv"), "//": (None, "sdiv"), "%": ("frem", "srem")}
         name = ops[e.op][0 if is_float else 1]
+        if not is_float and e.op in ("/", "//", "%"):
+            return self._safe_int_division(name, x, y)
         return getattr(b, name)(x, y)
+
+    def _safe_int_division(self, name, x, y):
+        """Integer x / 0 and MIN / -1 trap on x86 (SIGFPE): give 0 and -x instead
+        (constant divisors, as in index arithmetic, fold the guards away)."""
+        b = self.builder
+        zero, minus_one = H.zero(y.type), ir.Constant(y.type, [-1] * y.type.count) \
+            if isinstance(y.type, ir.VectorType) else ir.Constant(y.type, -1)
+        one = ir.Constant(y.type, [1] * y.type.count) if isinstance(y.type, ir.VectorType) \
+            else ir.Constant(y.type, 1)
+        bad = b.or_(b.icmp_signed("==", y, zero), b.icmp_signed("==", y, minus_one))
+        result = getattr(b, name)(x, b.select(bad, one, y))
+        fixed = b.select(b.icmp_signed("==", y, zero), zero, zero if name == "srem" else b.neg(x))
+        return b.select(bad, fixed, result)
 
     def _call(self, e, vec):
         b, fn = self.builder, e.fn
