@@ -14,6 +14,7 @@ from nutshell.compiler.ir import GraphBuilder, Node
 from nutshell.compiler.ir.types import DType
 from nutshell.compiler.ops import get_op, has_op
 from .external_data import inline_external_data, load_tensors
+from .onnx_compose import ADAPTERS as COMPOSED
 
 PROTOBUF_LIMIT = 2 ** 31
 DOMAINS = ("", "ai.onnx", "nutshell")
@@ -172,7 +173,7 @@ def materialize_outputs(builder):
 
 def _convert_node(builder, node, opset):
     name = node.name or f"{node.op_type}_{len(builder.nodes)}"
-    if node.domain not in DOMAINS or not has_op(node.op_type):
+    if node.domain not in DOMAINS or not (has_op(node.op_type) or node.op_type in _ADAPTERS):
         raise UnsupportedOpError(node.op_type if not node.domain else f"{node.domain}.{node.op_type}",
                                  opset, name)
     attrs = {a.name: _attr_value(a) for a in node.attribute}
@@ -214,6 +215,6 @@ def _drop_legacy_attrs(*keys):
     return adapt
 
 
-_ADAPTERS = {"Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
+_ADAPTERS = {**COMPOSED, "Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
              "Dropout": _drop_legacy_attrs("is_test"),
              "BatchNormalization": _drop_legacy_attrs("is_test", "consumed_inputs")}

@@ -35,9 +35,9 @@ def graph_stats(graph):
 def unsupported_ops(model_proto):
     """Every (domain.op, opset) of an ONNX model that nutshell cannot take, all at once."""
     from nutshell.compiler.ops import has_op
-    from nutshell.frontends.onnx_import import DOMAINS, opset_of
+    from nutshell.frontends.onnx_import import _ADAPTERS, DOMAINS, opset_of
     opset = opset_of(model_proto)
     missing = sorted({(f"{n.domain}.{n.op_type}" if n.domain else n.op_type)
                       for n in model_proto.graph.node
-                      if n.domain not in DOMAINS or not has_op(n.op_type)})
+                      if n.domain not in DOMAINS or not (has_op(n.op_type) or n.op_type in _ADAPTERS)})
     return [(op, opset) for op in missing]

@@ -31,9 +31,10 @@ class NutshellRep(BackendRep):
         try:
             return ns.compile(ns.load_onnx(self.bytes, input_shapes=shapes), threads=self.threads), ()
         except ShapeError as exc:
-            if "must be a constant" not in str(exc):
+            if "constant" not in str(exc):
                 raise
-        baked = tuple(k for k, v in feeds.items() if v.dtype.kind in "iu")
+        first = self.input_names[0] if self.input_names else None
+        baked = tuple(k for k, v in feeds.items() if v.dtype.kind in "iub" or (k != first and v.size <= 16))
         graph = ns.load_onnx(self.bytes, input_shapes=shapes,
                              constant_inputs={k: feeds[k] for k in baked})
         return ns.compile(graph, threads=self.threads), baked

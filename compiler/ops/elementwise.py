@@ -4,9 +4,10 @@ Each is a NumPy reference plus a scalar loop-IR expression; `map_nest` turns the
 expression into a vectorised, broadcasting loop nest."""
 import numpy as np
 
-from ..lower.loop_ir import Call, Select, maximum
+from ..lower.loop_ir import Call, Select, maximum, minimum
 from ..lower.nests import map_nest
 from .common import broadcast, require_float, same_dtype, tt
+from ..lower.loop_ir import cast
 from .registry import register
 
 
@@ -55,6 +56,29 @@ def _sigmoid(x):
     return 1.0 / (1.0 + Call("exp", (-x,)))
 
 
+def _softplus(x):
+    """log(1 + e^x) without overflow: max(x, 0) + log(1 + e^-|x|)."""
+    return maximum(x, 0.0) + Call("log", (1.0 + Call("exp", (-Call("abs", (x,)),)),))
+
+
+def _erf(x):
+    """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension."""
+    a = Call("abs", (x,))
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    y = 1.0 - poly * Call("exp", (-(a * a),))
+    return Select(x < 0.0, -y, y)
+
+
+def _np_erf(x):
+    import math
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _clamp01(v):
+    return maximum(minimum(v, 1.0), 0.0)
+
+
 # name: (attrs, float only?, NumPy reference, loop IR expression)
 UNARY = {
     "Relu": ({}, False, lambda at, x: np.maximum(x, 0).astype(x.dtype),
@@ -74,9 +98,125 @@ UNARY = {
     "Neg": ({}, False, lambda at, x: np.negative(x), lambda at, x: -x),
     "Abs": ({}, False, lambda at, x: np.abs(x),
             lambda at, x: Call("abs", (x,)) if x.dtype.is_float else Select(x < 0, -x, x)),
+    "Ceil": ({}, True, lambda at, x: np.ceil(x), lambda at, x: Call("ceil", (x,))),
+    "Floor": ({}, True, lambda at, x: np.floor(x), lambda at, x: Call("floor", (x,))),
+    "Reciprocal": ({}, True, lambda at, x: (1 / x).astype(x.dtype), lambda at, x: 1.0 / x),
+    "Sign": ({}, False, lambda at, x: np.sign(x),
+             lambda at, x: Select(x > 0, 1, Select(x < 0, -1, 0)) if not x.dtype.is_float else
+             Select(x > 0.0, 1.0, Select(x < 0.0, -1.0, 0.0))),
+    "Erf": ({}, True, lambda at, x: _np_erf(x).astype(x.dtype), lambda at, x: _erf(x)),
+    "Softplus": ({}, True, lambda at, x: np.logaddexp(0, x).astype(x.dtype), lambda at, x: _softplus(x)),
+    "Softsign": ({}, True, lambda at, x: (x / (1 + np.abs(x))).astype(x.dtype),
+                 lambda at, x: x / (1.0 + Call("abs", (x,)))),
+    "HardSigmoid": ({"alpha": 0.2, "beta": 0.5}, True,
+                    lambda at, x: np.clip(at["alpha"] * x + at["beta"], 0, 1).astype(x.dtype),
+                    lambda at, x: _clamp01(x * at["alpha"] + at["beta"])),
+    "HardSwish": ({}, True, lambda at, x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),
+                  lambda at, x: x * _clamp01(x * (1.0 / 6) + 0.5)),
+    "Selu": ({"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}, True,
+             lambda at, x: (at["gamma"] * np.where(x > 0, x, at["alpha"] * np.expm1(x))).astype(x.dtype),
+             lambda at, x: Select(x > 0.0, x, (Call("exp", (x,)) - 1.0) * at["alpha"]) * at["gamma"]),
+    "Celu": ({"alpha": 1.0}, True,
+             lambda at, x: (np.maximum(x, 0) + np.minimum(0, at["alpha"] * np.expm1(x / at["alpha"]))).astype(x.dtype),
+             lambda at, x: maximum(x, 0.0) + minimum((Call("exp", (x * (1.0 / at["alpha"]),)) - 1.0) * at["alpha"], 0.0)),
+    "ThresholdedRelu": ({"alpha": 1.0}, True, lambda at, x: np.where(x > at["alpha"], x, 0).astype(x.dtype),
+                        lambda at, x: Select(x > at["alpha"], x, 0.0)),
+    "Shrink": ({"bias": 0.0, "lambd": 0.5}, False,
+               lambda at, x: np.where(x < -at["lambd"], x + at["bias"],
+                                      np.where(x > at["lambd"], x - at["bias"], 0)).astype(x.dtype),
+               lambda at, x: Select(x < -at["lambd"], x + at["bias"], Select(x > at["lambd"], x - at["bias"], 0.0))),
+    "Mish": ({}, True, lambda at, x: (x * np.tanh(np.logaddexp(0, x))).astype(x.dtype),
+             lambda at, x: x * Call("tanh", (_softplus(x),))),
+    "Gelu": ({"approximate": "none"}, True,
+             lambda at, x: (0.5 * x * (1 + (np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
+                                            if at["approximate"] == "tanh" else _np_erf(x / np.sqrt(2))))).astype(x.dtype),
+             lambda at, x: x * 0.5 * (1.0 + (Call("tanh", ((x + x * x * x * 0.044715) * float(np.sqrt(2 / np.pi)),))
+                                              if at["approximate"] == "tanh" else _erf(x * float(1 / np.sqrt(2)))))),
 }
 
 for _name, (_attrs, _float, _ref, _expr) in UNARY.items():
     register(_name, attrs=_attrs, infer=_float_unary_infer if _float else _unary_infer,
              reference=(lambda r: lambda attrs, x: np.asarray(r(attrs, x)))(_ref),
              lower=_lower_map(_expr))
+
+
+def _variadic_infer(attrs, types, consts, node):
+    dtype = same_dtype(node, types)
+    return [tt(dtype, broadcast(node, *[t.shape for t in types]))]
+
+
+def _fold(fn):
+    def combine(*xs):
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = fn(acc, x)
+        return acc
+    return combine
+
+
+VARIADIC = {
+    "Max": (np.maximum, maximum), "Min": (np.minimum, minimum), "Sum": (np.add, lambda a, b: a + b),
+}
+for _name, (_np, _expr) in VARIADIC.items():
+    register(_name, inputs=(1, 1 << 16), infer=_variadic_infer,
+             reference=(lambda f: lambda attrs, *xs: _fold(f)(*xs).astype(xs[0].dtype))(_np),
+             lower=_lower_map((lambda f: lambda at, *xs: _fold(f)(*xs))(_expr)))
+register("Mean", inputs=(1, 1 << 16), infer=_variadic_infer,
+         reference=lambda attrs, *xs: (_fold(np.add)(*xs) / len(xs)).astype(xs[0].dtype),
+         lower=_lower_map(lambda at, *xs: _fold(lambda a, b: a + b)(*xs) * (1.0 / len(xs))))
+
+
+def _float_binary_infer(attrs, types, consts, node):
+    require_float(node, types[0])
+    return [tt(types[0].dtype, broadcast(node, types[0].shape, types[1].shape))]
+
+
+register("Pow", inputs=(2, 2), infer=_float_binary_infer,
+         reference=lambda attrs, a, b: np.power(a, b.astype(a.dtype)).astype(a.dtype),
+         lower=_lower_map(lambda at, a, b: Call("pow", (a, b if b.dtype == a.dtype else cast(b, a.dtype)))))
+register("PRelu", inputs=(2, 2), infer=_binary_infer,
+         reference=lambda attrs, x, s: np.where(x < 0, x * s, x).astype(x.dtype),
+         lower=_lower_map(lambda at, x, s: Select(x < 0.0, x * s, x)))
+
+
+def _clip_bounds(attrs, consts):
+    lo = consts[1] if len(consts) > 1 and consts[1] is not None else attrs.get("min")
+    hi = consts[2] if len(consts) > 2 and consts[2] is not None else attrs.get("max")
+    return lo, hi
+
+
+def _clip_reference(attrs, x, lo=None, hi=None):
+    lo = lo if lo is not None else attrs.get("min")
+    hi = hi if hi is not None else attrs.get("max")
+    if lo is not None:
+        x = np.maximum(x, np.asarray(lo, x.dtype))
+    if hi is not None:
+        x = np.minimum(x, np.asarray(hi, x.dtype))
+    return x
+
+
+def _clip_lower(ctx):
+    x_t = ctx.in_types[0]
+    bufs, shapes = [ctx.inputs[0]], [x_t.shape]
+    names = [None, None]
+    for k, slot in ((0, 1), (1, 2)):
+        if len(ctx.inputs) > slot and ctx.inputs[slot] is not None:
+            bufs.append(ctx.inputs[slot])
+            shapes.append(ctx.in_types[slot].shape)
+            names[k] = len(bufs) - 1
+    at = ctx.attrs
+
+    def fn(*xs):
+        v = xs[0]
+        lo = xs[names[0]] if names[0] is not None else at.get("min")
+        hi = xs[names[1]] if names[1] is not None else at.get("max")
+        if lo is not None:
+            v = maximum(v, lo)
+        if hi is not None:
+            v = minimum(v, hi)
+        return v
+    map_nest(ctx, ctx.outputs[0], x_t.shape, bufs, shapes, fn)
+
+
+register("Clip", inputs=(1, 3), attrs={"min": None, "max": None}, infer=_unary_infer,
+         reference=_clip_reference, lower=_clip_lower)

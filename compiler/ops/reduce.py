@@ -1,7 +1,7 @@
 """ReduceSum, ReduceMean and Maxout: nested Reduce expressions over merged axes."""
 import numpy as np
 
-from ..lower.loop_ir import Reduce
+from ..lower.loop_ir import Call, Reduce, Select, cast
 from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import register
@@ -44,9 +44,9 @@ class _T:
         self.shape, self.rank = tuple(shape), len(shape)
 
 
-def reduce_nest(ctx, x_shape, reduced, op, scale=None):
-    """out[kept] = op over reduced axes of x. Adjacent axes of the same kind are
-    merged; the innermost axis is vectorised whether it is kept or reduced."""
+def reduce_nest(ctx, x_shape, reduced, op, scale=None, pre=None, post=None):
+    """out[kept] = post(op over reduced axes of pre(x)). Adjacent axes of the same
+    kind are merged; the innermost axis is vectorised whether kept or reduced."""
     dims, kinds = [], []
     for axis, d in enumerate(x_shape):
         red = axis in reduced
@@ -73,12 +73,14 @@ def reduce_nest(ctx, x_shape, reduced, op, scale=None):
         kept_vars.append((scope.__enter__(), i))
         scopes.append(scope)
     index = sum((v * xs[i] for v, i in kept_vars), 0) + sum((v * xs[i] for v, _, i in red_vars), 0)
-    body = xb[index]
+    body = pre(xb[index]) if pre else xb[index]
     for n, (v, d, i) in enumerate(reversed(red_vars)):
         vector = n == 0 and kinds[-1] and i == len(dims) - 1
         body = Reduce(op, v, d, body, lanes if vector else 1)
     if scale is not None:
         body = body * scale
+    if post is not None:
+        body = post(body)
     nb.store(out, sum((v * os_[j] for j, (v, _) in enumerate(kept_vars)), 0), body)
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)
@@ -94,6 +96,28 @@ def _lower(op, mean=False):
 
 
 ATTRS = {"axes": None, "keepdims": 1, "noop_with_empty_axes": 0}
+_SQUARE = (lambda v: v * v)
+COMPOSED = {   # name: (NumPy reference, pre, post) around a sum
+    "ReduceSumSquare": (lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims), _SQUARE, None),
+    "ReduceL2": (lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims)), _SQUARE,
+                 lambda v: Call("sqrt", (v,))),
+    "ReduceL1": (lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims),
+                 lambda v: Call("abs", (v,)), None),
+    "ReduceLogSumExp": (lambda x, axis, keepdims: np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims)),
+                        lambda v: Call("exp", (v,)), lambda v: Call("log", (v,))),
+}
+
+
+def _composed_lower(pre, post):
+    def lower(ctx):
+        axes = reduce_axes(ctx.node.name, ctx.attrs, ctx.in_types, ctx.consts)
+        reduce_nest(ctx, ctx.in_types[0].shape, set(axes), "sum", None, pre, post)
+    return lower
+
+
+for _name, (_fn, _pre, _post) in COMPOSED.items():
+    register(_name, inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(_fn),
+             lower=_composed_lower(_pre, _post))
 for _name, _fn, _op, _mean in (("ReduceSum", np.sum, "sum", False), ("ReduceMean", np.mean, "sum", True),
                                ("ReduceMax", np.max, "max", False), ("ReduceMin", np.min, "min", False)):
     register(_name, inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(_fn),
@@ -120,3 +144,61 @@ def _maxout_lower(ctx):
 
 register("Maxout", attrs={"pool_size": None}, infer=_maxout_infer, reference=_maxout_reference,
          lower=_maxout_lower, domain="nutshell")
+
+
+def _arg_infer(attrs, types, consts, node):
+    t = types[0]
+    axis = norm_axis(node, attrs["axis"], t.rank)
+    shape = tuple(1 if i == axis else d for i, d in enumerate(t.shape)) if attrs["keepdims"] else \
+        tuple(d for i, d in enumerate(t.shape) if i != axis)
+    from ..ir.types import DType
+    return [tt(DType.int64, shape)]
+
+
+def _arg_reference(fn):
+    def reference(attrs, x):
+        axis = attrs["axis"] % x.ndim
+        if attrs["select_last_index"]:
+            idx = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            idx = fn(x, axis=axis)
+        return np.expand_dims(idx, axis).astype(np.int64) if attrs["keepdims"] else idx.astype(np.int64)
+    return reference
+
+
+def _arg_lower(op):
+    def lower(ctx):
+        from ..ir.types import DType
+        t = ctx.in_types[0]
+        axis = norm_axis(ctx.node.name, ctx.attrs["axis"], t.rank)
+        outer = int(np.prod(t.shape[:axis], dtype=np.int64))
+        e = t.shape[axis]
+        inner = int(np.prod(t.shape[axis + 1:], dtype=np.int64))
+        xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
+        best = ctx.scratch(outer * inner, t.dtype)
+        last = ctx.attrs["select_last_index"]
+        with nb.loop(outer, hint="o") as o:
+            with nb.loop(inner, "vector", ctx.lanes(DType.int64), hint="i") as i:
+                k = nb.var("k")
+                at = lambda kk: xb[(o * e + kk) * inner + i]
+                nb.store(best, o * inner + i, Reduce(op, k, e, at(k)))
+                hit = Select(at(k).eq(best[o * inner + i]), k, -1 if last else e)
+                nb.store(out, o * inner + i, Reduce("max" if last else "min", k, e, hit))
+    return lower
+
+
+ARG_ATTRS = {"axis": 0, "keepdims": 1, "select_last_index": 0}
+register("ArgMax", attrs=ARG_ATTRS, infer=_arg_infer, reference=_arg_reference(np.argmax), lower=_arg_lower("max"))
+register("ArgMin", attrs=ARG_ATTRS, infer=_arg_infer, reference=_arg_reference(np.argmin), lower=_arg_lower("min"))
+
+
+def _global_max_infer(attrs, types, consts, node):
+    x = types[0]
+    if x.rank < 3:
+        fail(node, f"GlobalMaxPool needs rank >= 3, got {x.shape}")
+    return [tt(x.dtype, x.shape[:2] + (1,) * (x.rank - 2))]
+
+
+register("GlobalMaxPool", infer=_global_max_infer,
+         reference=lambda attrs, x: x.max(axis=tuple(range(2, x.ndim)), keepdims=True),
+         lower=lambda ctx: reduce_nest(ctx, ctx.in_types[0].shape, set(range(2, ctx.in_types[0].rank)), "max"))
