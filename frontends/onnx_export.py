@@ -48,6 +48,7 @@ def _export_node(graph, node, extra_inits):
     attrs = {k: v for k, v in node.attrs.items()
              if isinstance(v, np.ndarray) or k not in defaults or v != defaults[k] or k == "axes"}
     attrs.pop("spatial", None)                # legacy (opset < 9)
+    attrs = {k: v for k, v in attrs.items() if not k.startswith("_")}   # nutshell-internal
     if node.op == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1]:
         attrs["axes"] = [int(a) for a in graph.constants[node.inputs[1]]]   # an attribute until opset 18
         return [helper.make_node(node.op, [node.inputs[0]], list(node.outputs), name=node.name,

@@ -177,6 +177,8 @@ def _convert_node(builder, node, opset):
         raise UnsupportedOpError(node.op_type if not node.domain else f"{node.domain}.{node.op_type}",
                                  opset, name)
     attrs = {a.name: _attr_value(a) for a in node.attribute}
+    if node.op_type == "Split":           # the output count is a (hidden) attribute
+        attrs["_outputs"] = len(node.output)
     if node.op_type == "Constant":
         from nutshell.compiler.ops.shape_ops import constant_value
         builder.add_constant(np.array(constant_value(attrs, name)), node.output[0])

@@ -53,7 +53,7 @@ def _grad_input_lower(ctx):
     m, cg, kh, kw = w_t.shape
     group = at.get("group", 1)
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
-    dyb, wb = ctx.inputs
+    dyb, wb = ctx.inputs[:2]
     out, nb = ctx.outputs[0], ctx.nb
     dcol = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
 
@@ -146,3 +146,71 @@ register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_inf
          reference=_grad_input_reference, lower=_grad_input_lower, domain="nutshell")
 register("ConvGradWeight", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_weight_infer,
          reference=_grad_weight_reference, lower=_grad_weight_lower, domain="nutshell")
+
+
+def transpose_geometry(node, attrs, x_shape, w_shape):
+    """ConvTranspose as the gradient of a convolution: (conv attributes with explicit
+    pads, the output shape)."""
+    rank = len(x_shape) - 2
+    strides = tuple(attrs.get("strides") or (1,) * rank)
+    dil = tuple(attrs.get("dilations") or (1,) * rank)
+    kernel = tuple(attrs.get("kernel_shape") or w_shape[2:])
+    out_pad = tuple(attrs.get("output_padding") or (0,) * rank)
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if min(strides + dil, default=1) <= 0:
+        fail(node, "ConvTranspose strides and dilations must be positive")
+    if attrs.get("output_shape") is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = tuple(attrs["output_shape"])[-rank:] if attrs.get("output_shape") is not None else \
+            tuple(x * s for x, s in zip(x_shape[2:], strides))
+        total = [s * (i - 1) + op + e - o for s, i, op, e, o in zip(strides, x_shape[2:], out_pad, eff, out)]
+        if auto_pad == "SAME_UPPER":
+            begin = [t // 2 for t in total]
+        else:
+            begin = [t - t // 2 for t in total]
+        end = [t - b for t, b in zip(total, begin)]
+    else:
+        pads = tuple(attrs.get("pads") or (0,) * (2 * rank)) if auto_pad != "VALID" else (0,) * (2 * rank)
+        begin, end = list(pads[:rank]), list(pads[rank:])
+        out = tuple(s * (i - 1) + op + e - b - en
+                    for s, i, op, e, b, en in zip(strides, x_shape[2:], out_pad, eff, begin, end))
+    if min(begin + end, default=0) < 0 or min(out, default=1) <= 0:
+        fail(node, f"ConvTranspose geometry does not fit: pads {begin + end}, output {list(out)}")
+    group = attrs.get("group", 1)
+    conv = {"strides": strides, "dilations": dil, "pads": tuple(begin) + tuple(end), "group": group,
+            "input_shape": (x_shape[0], w_shape[1] * group) + tuple(out)}
+    return conv, conv["input_shape"]
+
+
+def _transpose_infer(attrs, types, consts, node):
+    x, w = types[0], types[1]
+    if x.rank != w.rank or x.shape[1] != w.shape[0] or attrs.get("group", 1) <= 0:
+        fail(node, f"ConvTranspose input {x.shape} and weight {w.shape} do not fit")
+    return [tt(x.dtype, transpose_geometry(node, attrs, x.shape, w.shape)[1])]
+
+
+def _transpose_reference(attrs, x, w, b=None):
+    conv, shape = transpose_geometry("ref", attrs, x.shape, w.shape)
+    y = _grad_input_reference(conv, x, w).astype(np.float64)
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * (x.ndim - 2))
+    return y.astype(x.dtype)
+
+
+def _transpose_lower(ctx):
+    from .registry import get_op
+    conv, shape = transpose_geometry(ctx.node.name, ctx.attrs, ctx.in_types[0].shape, ctx.in_types[1].shape)
+    if len(shape) != 4:
+        from ..errors import UnsupportedOpError
+        raise UnsupportedOpError("ConvTranspose", detail=f"{len(shape) - 2}-D is not lowered yet")
+    ctx.attrs = conv
+    bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    _grad_input_lower(ctx)
+    if bias is not None:
+        from ..lower.nests import map_nest
+        out = ctx.outputs[0]
+        map_nest(ctx, out, shape, [out, bias], [shape, (shape[1], 1, 1)], lambda v, bv: v + bv)
+
+
+register("ConvTranspose", inputs=(2, 3), attrs=dict(CONV_ATTRS, output_padding=None, output_shape=None),
+         infer=_transpose_infer, reference=_transpose_reference, lower=_transpose_lower)

@@ -82,3 +82,76 @@ def _slice_lower(ctx):
 
 register("Slice", inputs=(1, 5), attrs={"starts": None, "ends": None, "axes": None},
          infer=_slice_infer, reference=_slice_reference, lower=_slice_lower)
+
+
+def _split_sizes(node, attrs, types, consts, num_outputs):
+    shape = types[0].shape
+    axis = norm_axis(node, attrs["axis"], len(shape))
+    if len(types) > 1 and types[1] is not None:
+        sizes = const_ints(node, consts[1], "split")
+    elif attrs.get("split") is not None:
+        sizes = tuple(attrs["split"])
+    else:
+        n = attrs.get("num_outputs") or num_outputs
+        if not n or n <= 0:
+            fail(node, "Split needs split sizes or num_outputs")
+        chunk = -(-shape[axis] // n)
+        sizes = tuple(min(chunk, shape[axis] - i * chunk) for i in range(n))
+    if sum(sizes) != shape[axis] or any(s < 0 for s in sizes):
+        fail(node, f"Split sizes {list(sizes)} do not add up to {shape[axis]} on axis {axis}")
+    return axis, sizes
+
+
+def _split_infer(attrs, types, consts, node):
+    axis, sizes = _split_sizes(node, attrs, types, consts, attrs.get("_outputs"))
+    shape = list(types[0].shape)
+    return [tt(types[0].dtype, shape[:axis] + [s] + shape[axis + 1:]) for s in sizes]
+
+
+def _split_reference(attrs, x, split=None):
+    from ..ir.types import TensorType, DType
+    types = [TensorType(DType.from_numpy(x.dtype), x.shape)] + ([None] if split is None else
+                                                               [TensorType(DType.int64, split.shape)])
+    axis, sizes = _split_sizes("ref", attrs, types, [x, split], attrs.get("_outputs"))
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+
+def _split_lower(ctx):
+    axis, sizes = _split_sizes(ctx.node.name, ctx.attrs, ctx.in_types, ctx.consts, len(ctx.outputs))
+    shape = ctx.in_types[0].shape
+    st = strides(shape)
+    start = 0
+    for out, t, size in zip(ctx.outputs, ctx.out_types, sizes):
+        if size:
+            strided_map(ctx, out, t.shape, ctx.inputs[:1], [st], lambda v: v, in_offsets=[start * st[axis]])
+        start += size
+
+
+register("Split", inputs=(1, 2), attrs={"axis": 0, "split": None, "num_outputs": None, "_outputs": None},
+         infer=_split_infer, reference=_split_reference, lower=_split_lower)
+
+
+def _tile_infer(attrs, types, consts, node):
+    reps = const_ints(node, consts[1], "repeats")
+    if len(reps) != types[0].rank or min(reps, default=1) < 0:
+        fail(node, f"Tile repeats {list(reps)} do not fit rank {types[0].rank}")
+    return [tt(types[0].dtype, [d * r for d, r in zip(types[0].shape, reps)])]
+
+
+def _tile_lower(ctx):
+    from ..lower.loop_ir import Load
+    shape, out_shape = ctx.in_types[0].shape, ctx.out_types[0].shape
+    nb, scopes, vars_ = ctx.nb, [], []
+    for axis, d in enumerate(out_shape):
+        last = axis == len(out_shape) - 1
+        scope = nb.loop(d, "vector" if last else "serial", ctx.lanes(ctx.out_types[0].dtype) if last else 1)
+        vars_.append(scope.__enter__())
+        scopes.append(scope)
+    src = sum(((v % d) * s for v, d, s in zip(vars_, shape, strides(shape))), 0)
+    nb.store(ctx.outputs[0], sum((v * s for v, s in zip(vars_, strides(out_shape))), 0), Load(ctx.inputs[0], src))
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+
+
+register("Tile", inputs=(2, 2), infer=_tile_infer, lower=_tile_lower,
+         reference=lambda attrs, x, r: np.tile(x, tuple(int(v) for v in r)))
