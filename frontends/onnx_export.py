@@ -8,8 +8,9 @@ from nutshell.compiler.errors import UnsupportedOpError
 from nutshell.compiler.ops import get_op
 
 OPSET = 17
-_ELEM = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE,
-         "int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "bool": onnx.TensorProto.BOOL}
+_ELEM = {dt: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)) for dt in
+         ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16",
+          "uint32", "uint64", "bool")}
 
 
 def _value_info(name, ttype):

@@ -19,8 +19,11 @@ from .onnx_compose import ADAPTERS as COMPOSED
 PROTOBUF_LIMIT = 2 ** 31
 DOMAINS = ("", "ai.onnx", "nutshell")
 _DTYPES = {onnx.TensorProto.FLOAT: DType.float32, onnx.TensorProto.DOUBLE: DType.float64,
-           onnx.TensorProto.INT32: DType.int32, onnx.TensorProto.INT64: DType.int64,
-           onnx.TensorProto.BOOL: DType.bool}
+           onnx.TensorProto.FLOAT16: DType.float16, onnx.TensorProto.INT8: DType.int8,
+           onnx.TensorProto.INT16: DType.int16, onnx.TensorProto.INT32: DType.int32,
+           onnx.TensorProto.INT64: DType.int64, onnx.TensorProto.UINT8: DType.uint8,
+           onnx.TensorProto.UINT16: DType.uint16, onnx.TensorProto.UINT32: DType.uint32,
+           onnx.TensorProto.UINT64: DType.uint64, onnx.TensorProto.BOOL: DType.bool}
 
 
 def read_model(source):
@@ -77,7 +80,7 @@ def _tensor_type(value_info, input_shapes):
     if ttype.elem_type not in _DTYPES:
         raise UnsupportedTypeError(f"value '{name}' has element type "
                                    f"{helper.tensor_dtype_to_string(ttype.elem_type)}, "
-                                   f"not one of float32, float64, int32, int64, bool")
+                                   f"not one of {', '.join(d.value for d in DType)}")
     if name in (input_shapes or {}):
         return _DTYPES[ttype.elem_type], tuple(input_shapes[name])
     if not ttype.HasField("shape"):

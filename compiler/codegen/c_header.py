@@ -1,7 +1,9 @@
 """The C header of an AOT bundle: sizes, shapes and the entry points' prototypes."""
 from .aot import ERRORS, WORKSPACE_ALIGN
 
-_CTYPE = {"float32": "float", "float64": "double", "int32": "int32_t", "int64": "int64_t", "bool": "uint8_t"}
+_CTYPE = {"float32": "float", "float64": "double", "float16": "_Float16", "int8": "int8_t",
+          "int16": "int16_t", "int32": "int32_t", "int64": "int64_t", "uint8": "uint8_t",
+          "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t"}
 
 
 def _tensor_macros(name, kind, index, value):

@@ -9,6 +9,7 @@ depend on the thread count.
 """
 from dataclasses import dataclass
 
+import numpy as np
 from llvmlite import ir
 
 from ..errors import CompileError
@@ -202,8 +203,10 @@ class KernelEmitter:
         lane0 = isinstance(vec, tuple)   # an index evaluated at lane 0 of `vec`
         if isinstance(e, Const):
             value = e.value
-            if e.dtype == DType.int64 and isinstance(value, int) and value >= 1 << 63:
-                value -= 1 << 64          # hash constants are written unsigned
+            if not e.dtype.is_float and e.dtype != DType.bool:
+                bits = 8 * e.dtype.itemsize      # two's complement (hash constants, uint64 values)
+                value = int(value) % (1 << bits)
+                value = value - (1 << bits) if value >= 1 << (bits - 1) else value
             return ir.Constant(H.llvm_type(e.dtype), value)
         if isinstance(e, Var):
             return self._var(e, vec)
@@ -243,15 +246,19 @@ class KernelEmitter:
     def _bin(self, e, vec):
         b = self.builder
         x, y = self._unify([self.expr(e.a, vec), self.expr(e.b, vec)])
-        is_float = e.a.dtype.is_float
+        is_float, unsigned = e.a.dtype.is_float, e.a.dtype.is_unsigned
         if e.op in ("<", "<=", ">", ">=", "==", "!="):
-            return b.fcmp_ordered(e.op, x, y) if is_float else b.icmp_signed(e.op, x, y)
+            if is_float:
+                return b.fcmp_ordered(e.op, x, y)
+            return (b.icmp_unsigned if unsigned else b.icmp_signed)(e.op, x, y)
         if e.op in ("and", "xor", "lshr"):
             return {"and": b.and_, "xor": b.xor, "lshr": b.lshr}[e.op](x, y)
         ops = {"+": ("fadd", "add"), "-": ("fsub", "sub"), "*": ("fmul", "mul"),
                "/": ("fdiv", "sdiv"), "//": (None, "sdiv"), "%": ("frem", "srem")}
         name = ops[e.op][0 if is_float else 1]
         if not is_float and e.op in ("/", "//", "%"):
+            if unsigned:
+                name = "udiv" if name == "sdiv" else "urem"
             return self._safe_int_division(name, x, y)
         return getattr(b, name)(x, y)
 
@@ -263,7 +270,9 @@ class KernelEmitter:
             if isinstance(y.type, ir.VectorType) else ir.Constant(y.type, -1)
         one = ir.Constant(y.type, [1] * y.type.count) if isinstance(y.type, ir.VectorType) \
             else ir.Constant(y.type, 1)
-        bad = b.or_(b.icmp_signed("==", y, zero), b.icmp_signed("==", y, minus_one))
+        bad = b.icmp_signed("==", y, zero)
+        if name.startswith("s"):
+            bad = b.or_(bad, b.icmp_signed("==", y, minus_one))
         result = getattr(b, name)(x, b.select(bad, one, y))
         fixed = b.select(b.icmp_signed("==", y, zero), zero, zero if name == "srem" else b.neg(x))
         return b.select(bad, fixed, result)
@@ -279,7 +288,10 @@ class KernelEmitter:
             return b.fneg(x) if is_float else b.neg(x)
         if fn in ("max", "min"):
             op = ">" if fn == "max" else "<"
-            cmp = b.fcmp_ordered(op, x, args[1]) if is_float else b.icmp_signed(op, x, args[1])
+            if is_float:
+                cmp = b.fcmp_ordered(op, x, args[1])
+            else:
+                cmp = (b.icmp_unsigned if e.args[0].dtype.is_unsigned else b.icmp_signed)(op, x, args[1])
             return b.select(cmp, x, args[1])
         names = {"abs": "llvm.fabs", "exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
                  "tanh": "llvm.tanh", "fma": "llvm.fma", "floor": "llvm.floor",
@@ -301,12 +313,14 @@ class KernelEmitter:
         if src.is_float and dst.is_float:
             return b.fpext(x, ty) if dst.itemsize > src.itemsize else b.fptrunc(x, ty)
         if src.is_float:
-            return b.fptosi(x, ty)
+            return b.fptoui(x, ty) if dst.is_unsigned else b.fptosi(x, ty)
         if dst.is_float:
-            return b.uitofp(x, ty) if src == DType.bool else b.sitofp(x, ty)
+            return b.uitofp(x, ty) if src.is_unsigned else b.sitofp(x, ty)
         if src == DType.bool:
             return b.zext(x, ty)
-        return b.sext(x, ty) if dst.itemsize > src.itemsize else b.trunc(x, ty)
+        if dst.itemsize > src.itemsize:
+            return b.zext(x, ty) if src.is_unsigned else b.sext(x, ty)
+        return b.trunc(x, ty) if dst.itemsize < src.itemsize else x
 
     def _ptr(self, buf, index):
         return self.builder.gep(self.bufs[buf.name], [index],  # not inbounds: masked lanes may point outside
@@ -371,19 +385,23 @@ class KernelEmitter:
 
     def _combine(self, op, dtype):
         b = self.builder
+        compare = b.fcmp_ordered if dtype.is_float else \
+            (b.icmp_unsigned if dtype.is_unsigned else b.icmp_signed)
 
         def combine(x, y):
             if op == "sum":
                 return b.fadd(x, y) if dtype.is_float else b.add(x, y)
-            cmp = (b.fcmp_ordered if dtype.is_float else b.icmp_signed)(">" if op == "max" else "<", x, y)
-            return b.select(cmp, x, y)
+            return b.select(compare(">" if op == "max" else "<", x, y), x, y)
         return combine
 
     def _identity(self, op, dtype, lanes=0):
         ty = H.llvm_type(dtype)
         value = _IDENTITY[op]
         if not dtype.is_float:
-            value = {"sum": 0, "max": -(1 << 62), "min": 1 << 62}[op]
+            info = np.iinfo(dtype.numpy) if dtype != DType.bool else np.iinfo(np.uint8)
+            value = {"sum": 0, "max": int(info.min), "min": int(info.max)}[op]
+            bits = 8 * dtype.itemsize
+            value = value - (1 << bits) if value >= 1 << (bits - 1) else value
         const = ir.Constant(ty, value)
         return ir.Constant(ir.VectorType(ty, lanes), [value] * lanes) if lanes else const
 

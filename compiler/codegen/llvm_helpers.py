@@ -9,8 +9,10 @@ F32, F64 = ir.FloatType(), ir.DoubleType()
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 
-_SCALAR = {DType.float32: F32, DType.float64: F64, DType.int32: I32, DType.int64: I64,
-           DType.bool: I1}
+I16 = ir.IntType(16)
+_SCALAR = {DType.float32: F32, DType.float64: F64, DType.float16: ir.HalfType(),
+           DType.int8: I8, DType.int16: I16, DType.int32: I32, DType.int64: I64,
+           DType.uint8: I8, DType.uint16: I16, DType.uint32: I32, DType.uint64: I64, DType.bool: I1}
 
 
 def llvm_type(dtype):
@@ -34,6 +36,8 @@ def mangle(ty):
         return "f32"
     if ty == F64:
         return "f64"
+    if isinstance(ty, ir.HalfType):
+        return "f16"
     return f"i{ty.width}"
 
 
@@ -72,7 +76,7 @@ def lane_mask(count, lanes):
 def zero(ty):
     if isinstance(ty, ir.VectorType):
         return ir.Constant(ty, [zero(ty.element).constant] * ty.count)
-    return ir.Constant(ty, 0.0 if ty in (F32, F64) else 0)
+    return ir.Constant(ty, 0.0 if isinstance(ty, (ir.FloatType, ir.DoubleType, ir.HalfType)) else 0)
 
 
 def counted_loop(builder, count, body, carried=(), name="loop"):

@@ -13,8 +13,15 @@ MAX_ELEMENTS = 1 << 40        # no tensor this large fits any machine we target
 class DType(Enum):
     float32 = "float32"
     float64 = "float64"
+    float16 = "float16"
+    int8 = "int8"
+    int16 = "int16"
     int32 = "int32"
     int64 = "int64"
+    uint8 = "uint8"
+    uint16 = "uint16"
+    uint32 = "uint32"
+    uint64 = "uint64"
     bool = "bool"
 
     @property
@@ -27,7 +34,11 @@ class DType(Enum):
 
     @property
     def is_float(self):
-        return self in (DType.float32, DType.float64)
+        return self in (DType.float32, DType.float64, DType.float16)
+
+    @property
+    def is_unsigned(self):
+        return self.value.startswith("uint") or self == DType.bool
 
     @staticmethod
     def from_numpy(dt):
