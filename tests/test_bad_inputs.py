@@ -38,8 +38,8 @@ def test_undefined_element_type_names_the_value():
 
 def test_unsupported_element_type_is_named():
     m = make_model([helper.make_node("Relu", ["x"], ["y"])],
-                   [vi("x", [2], TensorProto.FLOAT16)], [vi("y", [2], TensorProto.FLOAT16)])
-    with pytest.raises(ns.UnsupportedTypeError, match="'x'.*FLOAT16"):
+                   [vi("x", [2], TensorProto.BFLOAT16)], [vi("y", [2], TensorProto.BFLOAT16)])
+    with pytest.raises(ns.UnsupportedTypeError, match="'x'.*BFLOAT16"):
         ns.load_onnx(m.SerializeToString())
 
 
