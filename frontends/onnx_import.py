@@ -220,6 +220,19 @@ def _drop_legacy_attrs(*keys):
     return adapt
 
 
+def _dropout(builder, node, attrs, opset, name):
+    """Inference Dropout: the output is the input, the optional mask all true."""
+    attrs.pop("is_test", None)
+    training = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if training is not None and not (training in builder.constants and not builder.constants[training].any()):
+        raise UnsupportedOpError("Dropout", opset, name, "training_mode in an ONNX graph")
+    if len(node.output) < 2 or not node.output[1]:
+        return False
+    builder.add_node("Identity", [node.input[0]], outputs=[node.output[0]], name=name)
+    builder.add_constant(np.ones(builder.types[node.input[0]].shape, bool), node.output[1])
+    return True
+
+
 _ADAPTERS = {**COMPOSED, "Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
-             "Dropout": _drop_legacy_attrs("is_test"),
+             "Dropout": _dropout,
              "BatchNormalization": _drop_legacy_attrs("is_test", "consumed_inputs")}

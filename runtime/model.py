@@ -79,7 +79,8 @@ class CompiledModel:
                         self._workspace().ctypes.data, ctypes.addressof(self._const_ptrs),
                         self.target.threads)
         if code != 0:
-            raise RuntimeError(f"compiled model returned error code {code}")
+            from nutshell.compiler.codegen.aot import ERRORS
+            raise InputError(f"run-time check failed: {ERRORS.get(code, f'error code {code}')}")
 
     def __call__(self, *xs):
         if len(xs) != len(self.inputs):

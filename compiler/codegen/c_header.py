@@ -30,7 +30,7 @@ def _closing(name):
 
 def _errors(name):
     lines = [f"/* Return codes; {name}_error_string(code) describes each. */"]
-    words = {0: "OK", 1: "NULL", 2: "MISALIGNED", 3: "THREADS", 4: "STATE", 5: "LABEL", 6: "INDEX"}
+    words = {0: "OK", 1: "NULL", 2: "MISALIGNED", 3: "THREADS", 4: "STATE", 5: "LABEL", 6: "INDEX", 7: "BAD_INDEX"}
     lines += [f"#define {name.upper()}_{'ERR_' if c else ''}{words[c]} {c}" for c in ERRORS]
     return lines + [f"const char *{name}_error_string(int code);", ""]
 

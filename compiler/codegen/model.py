@@ -80,7 +80,7 @@ def build_model(graph, target, name="model", module=None):
             table_slots.append(len(constants))
             constants.append(array)
         scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
-        calls.append((idx, by_sig[sig].name, table_slots))
+        calls.append((idx, by_sig[sig].name, table_slots, ctx.status_buffer is not None))
 
     plan = plan_memory(graph, scratch_sizes, const_index)
     entry = f"{name}_run"
@@ -101,14 +101,17 @@ def _emit_entry(module, entry, graph, plan, calls):
         slot = b.gep(slots[kind], [ir.Constant(H.I64, where)], source_etype=H.PTR)
         return b.load(slot, typ=H.PTR)
 
-    for idx, kernel_name, table_slots in calls:
+    status = b.gep(workspace, [ir.Constant(H.I64, 0)], source_etype=H.I8)
+    b.store(ir.Constant(H.I32, 0), status)
+    for idx, kernel_name, table_slots, uses_status in calls:
         node = graph.nodes[idx]
         args = [pointer(*plan.storage[v]) for v in node.inputs if v]
         args += [pointer(*plan.storage[v]) for v in node.outputs if v]
         args += [pointer("arena", off) for off in plan.scratch.get(idx, [])]
         args += [pointer("const", slot) for slot in table_slots]
+        args += [status] if uses_status else []
         kernel = module.get_global(kernel_name)
         if len(args) + 1 != len(kernel.args):
             raise CompileError(f"kernel {kernel_name} takes {len(kernel.args) - 1} pointers, got {len(args)}")
         b.call(kernel, args + [threads])
-    b.ret(ir.Constant(H.I32, 0))
+    b.ret(b.load(status, typ=H.I32))

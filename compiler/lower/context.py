@@ -16,6 +16,7 @@ class LowerContext:
                        for i, t in enumerate(in_types)]
         self.outputs = [Buffer(f"out{i}", t.dtype, t.size) for i, t in enumerate(out_types)]
         self.scratch_buffers, self.local_buffers, self.tables = [], [], []
+        self.status_buffer = None
         self.nb = NestBuilder()
 
     def lanes(self, dtype=DType.float32):
@@ -37,6 +38,13 @@ class LowerContext:
         self.local_buffers.append(buf)
         return buf
 
+    def status(self):
+        """The run's status word (int32): a kernel that finds bad data at run time
+        (an index out of range) stores a nonzero code; the entry point returns it."""
+        if self.status_buffer is None:
+            self.status_buffer = Buffer("status", DType.int32, 1)
+        return self.status_buffer
+
     def table(self, array):
         """A constant lookup table computed at compile time (index maps)."""
         from ..ir.types import DType as _D
@@ -47,4 +55,5 @@ class LowerContext:
     def kernel(self):
         params = [b for b in self.inputs if b is not None] + self.outputs + self.scratch_buffers
         params += [b for b, _ in self.tables]
+        params += [self.status_buffer] if self.status_buffer is not None else []
         return Kernel(self.name, params, self.nb.body(), self.local_buffers)

@@ -8,6 +8,7 @@ arena's size and the liveness lower bound are both reported."""
 from dataclasses import dataclass, field
 
 ALIGN = 64
+STATUS_BYTES = ALIGN      # the arena starts with the run's status word (see LowerContext.status)
 
 
 def _align(n):
@@ -51,6 +52,8 @@ def plan_memory(graph, scratch_sizes, const_index):
     for idx, sizes in scratch_sizes.items():
         blocks += [(size, idx, idx, ("scratch", idx, k)) for k, size in enumerate(sizes)]
     offsets, arena = _greedy_by_size(blocks)
+    offsets = {k: v + STATUS_BYTES for k, v in offsets.items()}
+    arena += STATUS_BYTES
     scratch = {}
     for key, off in offsets.items():
         if key[0] == "value":
