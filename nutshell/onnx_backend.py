@@ -33,8 +33,7 @@ class NutshellRep(BackendRep):
         except ShapeError as exc:
             if "constant" not in str(exc):
                 raise
-        first = self.input_names[0] if self.input_names else None
-        baked = tuple(k for k, v in feeds.items() if v.dtype.kind in "iub" or (k != first and v.size <= 16))
+        baked = tuple(k for k, v in feeds.items() if v.dtype.kind in "iub" or v.size <= 16)
         graph = ns.load_onnx(self.bytes, input_shapes=shapes,
                              constant_inputs={k: feeds[k] for k in baked})
         return ns.compile(graph, threads=self.threads), baked

@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.filterwarnings("ignore")
@@ -16,12 +18,17 @@ import conformance  # noqa: E402
 from nutshell import onnx_backend  # noqa: E402
 
 
+def _array(value):
+    """Case data may hold TensorProtos (as onnx's runner normalises them)."""
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+
+
 def check(case):
     rep = onnx_backend.prepare(case.model)
     for inputs, outputs in case.data_sets:
-        got = rep.run([np.asarray(i) for i in inputs])
+        got = rep.run([_array(i) for i in inputs])
         for g, w in zip(got, outputs):
-            w = np.asarray(w)
+            w = _array(w)
             if g.shape != w.shape or g.dtype != w.dtype:
                 raise AssertionError(f"shape/dtype {g.shape} {g.dtype} vs {w.shape} {w.dtype}")
             np.testing.assert_allclose(g, w, rtol=case.rtol, atol=case.atol)

@@ -310,6 +310,8 @@ class KernelEmitter:
         if dst == DType.bool:
             return b.fcmp_unordered("!=", x, H.zero(x.type)) if src.is_float else \
                 b.icmp_signed("!=", x, H.zero(x.type))
+        if src == DType.float64 and dst == DType.float16:   # via float32: no libcall (F16C)
+            x, src = self._cast(x, src, DType.float32), DType.float32
         if src.is_float and dst.is_float:
             return b.fpext(x, ty) if dst.itemsize > src.itemsize else b.fptrunc(x, ty)
         if src.is_float:

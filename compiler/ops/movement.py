@@ -3,7 +3,7 @@ SpaceToDepth, and the compile-time generators ConstantOfShape and Range."""
 import numpy as np
 
 from ..ir.types import DType
-from ..lower.loop_ir import Select, maximum, minimum
+from ..lower.loop_ir import Const, Select, maximum, minimum
 from ..lower.nests import strided_map, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import register
@@ -110,8 +110,9 @@ def _gather_lower(ctx):
     out, nb, status = ctx.outputs[0], ctx.nb, ctx.status()
     with nb.loop(count, hint="j") as j:
         k = ib[j]
-        wrong = Select(k < -n, 1, Select(k >= n, 1, 0))
-        nb.store(status, 0, maximum(status[0], Select(wrong.eq(1), STATUS_BAD_INDEX, 0)))
+        code, ok = Const(STATUS_BAD_INDEX, DType.int32), Const(0, DType.int32)
+        flag = Select(k < -n, code, Select(k >= n, code, ok))
+        nb.store(status, 0, maximum(status[0], flag))
     with nb.loop(outer, hint="o") as o:
         with nb.loop(count, hint="j") as j:
             k = ib[j]
@@ -135,9 +136,9 @@ def _d2s_plan(node, attrs, shape, to_depth):
     n, c, h, w = shape
     if b <= 0 or (to_depth and (h % b or w % b)) or (not to_depth and c % (b * b)):
         fail(node, f"blocksize {b} does not fit {shape}")
-    if to_depth:     # in (n, c, h', i, w', j) -> out (n, i, j, c, h', w')
+    if to_depth:     # in (n, c, h', i, w', j) -> out (n, i, j, c, h', w'), CRD: (n, c, i, j, h', w')
         view = (n, c, h // b, b, w // b, b)
-        order = (0, 3, 5, 1, 2, 4)
+        order = (0, 1, 3, 5, 2, 4) if attrs.get("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
     elif attrs.get("mode", "DCR") == "CRD":     # in (n, c', i, j, h, w) -> out (n, c', h, i, w, j)
         view = (n, c // (b * b), b, b, h, w)
         order = (0, 1, 4, 2, 5, 3)
@@ -167,7 +168,7 @@ def _d2s(to_depth):
 
 
 for _name, _to_depth, _attrs in (("DepthToSpace", False, {"blocksize": None, "mode": "DCR"}),
-                                 ("SpaceToDepth", True, {"blocksize": None})):
+                                 ("SpaceToDepth", True, {"blocksize": None, "mode": "DCR"})):
     _i, _r, _l = _d2s(_to_depth)
     register(_name, attrs=_attrs, infer=_i, reference=_r, lower=_l)
 

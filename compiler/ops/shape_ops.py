@@ -52,7 +52,9 @@ register("Reshape", inputs=(2, 2), attrs={"allowzero": 0}, alias=True, infer=_re
 
 
 def _flatten_shape(node, shape, axis):
-    axis = norm_axis(node, axis, len(shape) + 1) if len(shape) else 0
+    if not -len(shape) <= axis <= len(shape):
+        fail(node, f"Flatten axis {axis} is out of range for rank {len(shape)}")
+    axis = axis + len(shape) if axis < 0 else axis
     return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
 
 

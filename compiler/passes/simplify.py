@@ -2,6 +2,7 @@
 Each is a pure Graph -> Graph function."""
 import numpy as np
 
+from ..ir.graph import Node
 from ..ir.types import TensorType
 from ..ops import get_op
 from ..ops.registry import fold
@@ -11,8 +12,12 @@ def fold_constants(graph):
     """Needs: a verified graph. Gives: every node whose inputs are all constants (or
     whose result depends only on static types, as Shape) replaced by a constant;
     shape subgraphs vanish, the compiled code has no shape logic left."""
-    constants, nodes = dict(graph.constants), []
+    constants, nodes, types = dict(graph.constants), [], dict(graph.types)
+    outputs = set(graph.output_names())
     for node in graph.nodes:
+        if node.op == "Identity" and node.outputs[0] in outputs:
+            nodes.append(node)          # it gives a folded output its own buffer
+            continue
         in_types = [graph.types[i] if i else None for i in node.inputs]
         out_types = [graph.types[o] for o in node.outputs if o]
         values = fold(get_op(node.op), node.attrs, in_types,
@@ -20,8 +25,14 @@ def fold_constants(graph):
         if values is None or len(out_types) != len(node.outputs):
             nodes.append(node)
             continue
-        constants.update(zip(node.outputs, values))
-    return graph.with_nodes(nodes, constants=constants)
+        for name, value in zip(node.outputs, values):
+            if name in outputs:         # an output still needs a node that writes its buffer
+                source = f"{name}/folded"
+                constants[source], types[source] = value, types[name]
+                nodes.append(Node("Identity", (source,), (name,), {}, f"{node.name}/folded"))
+            else:
+                constants[name] = value
+    return graph.with_nodes(nodes, constants=constants, types=types)
 
 
 def eliminate_dead_code(graph):
