@@ -6,12 +6,13 @@ memory plan, and the entry point
 that calls the kernels in order with pointers into the caller's buffers, the
 weights and the arena."""
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
-from ..errors import CompileError, UnsupportedOpError
+from ..errors import CompileError, ShapeError, UnsupportedOpError
 from ..lower.context import LowerContext
 from ..lower.planner import plan_memory
 from ..ops import get_op
@@ -43,9 +44,23 @@ def _signature(node, in_types, out_types, consts, target):
     return h.hexdigest()[:16]
 
 
+MEMORY_BUDGET = int(os.environ.get("NUTSHELL_MEMORY_BUDGET", 16 << 30))   # bytes for one value
+
+
+def check_memory(graph):
+    """A value larger than the budget (a hostile Expand or Tile) is a clean error."""
+    for node in graph.nodes:
+        for out in node.outputs:
+            if out and graph.types[out].nbytes > MEMORY_BUDGET:
+                raise ShapeError(f"node '{node.name}' ({node.op}) would produce {graph.types[out].nbytes:,} "
+                                 f"bytes, over the memory budget of {MEMORY_BUDGET:,} "
+                                 "(NUTSHELL_MEMORY_BUDGET)")
+
+
 def build_model(graph, target, name="model", module=None):
     """Lower, plan and emit `graph` into `module` (a new one by default); kernels and
     the entry point are prefixed with `name`, so several graphs can share a module."""
+    check_memory(graph)
     const_names = list(graph.constants)
     constants = [graph.constants[n] for n in const_names]
     const_index = {n: j for j, n in enumerate(const_names)}

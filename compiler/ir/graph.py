@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import GraphError
+from ..errors import GraphError, ShapeError
 from .types import DType, TensorType
 
 
@@ -113,7 +113,11 @@ class GraphBuilder:
                 raise GraphError(f"node '{name or op}' reads undefined value '{i}'")
         attrs = opdef.normalize_attrs(dict(attrs or {}), len([i for i in inputs if i]))
         in_types = [self.types[i] if i else None for i in inputs]
-        out_types = opdef.infer(attrs, in_types, self._const_inputs(inputs), name or op)
+        try:
+            out_types = opdef.infer(attrs, in_types, self._const_inputs(inputs), name or op)
+        except ShapeError as exc:
+            where = name or op
+            raise (exc if str(exc).startswith(where) else ShapeError(f"{where}: {exc}")) from None
         if outputs is None:
             outputs = [self.fresh(op.lower()) for _ in range(num_outputs)]
         out_types = out_types[:len(outputs)]
