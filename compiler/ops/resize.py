@@ -1,10 +1,18 @@
-"""Resize, nearest mode: index maps per axis computed at compile time, then a gather."""
-import math
+"""Resize (every mode: nearest, linear, cubic; antialias, axes, aspect-ratio policy,
+tf_crop_and_resize) and its deprecated form Upsample.
+
+The resize is separable, so each resized axis is a small matrix of interpolation
+weights: row o lists the input positions (taps) output o reads and their weights.
+Those matrices are computed at compile time by running onnx's own reference
+implementation on identity inputs, so every coordinate rule and filter is exactly
+the specification's; the kernel then gathers the taps and sums their products."""
+import functools
 
 import numpy as np
+import onnx
+from onnx import helper
 
-from ..errors import UnsupportedOpError
-from ..lower.loop_ir import Load
+from ..lower.loop_ir import Const, Load, Reduce, Select
 from ..lower.nests import strides
 from .common import fail, tt
 from .registry import register
@@ -12,58 +20,62 @@ from .registry import register
 ATTRS = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
          "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75, "exclude_outside": 0,
          "extrapolation_value": 0.0, "antialias": 0, "axes": None, "keep_aspect_ratio_policy": "stretch"}
+_ONNX_ATTRS = [k for k in ATTRS if k != "axes"]
 
 
-def _s(v):
-    return v.decode() if isinstance(v, bytes) else v
+def _onnx_resize(x, roi, scales, sizes, attrs):
+    """onnx's reference Resize (the specification's own NumPy code)."""
+    from onnx.reference import ReferenceEvaluator
+    names = ["x", "roi" if roi is not None else "", "scales" if scales is not None else "",
+             "sizes" if sizes is not None else ""]
+    kw = {k: attrs[k] for k in _ONNX_ATTRS if attrs.get(k) is not None}
+    if attrs.get("axes") is not None:
+        kw["axes"] = list(attrs["axes"])
+    node = helper.make_node("Resize", names, ["y"], **kw)
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    inputs = [helper.make_tensor_value_info(n, t, None) for n, t in
+              zip(names, [elem, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.INT64]) if n]
+    graph = helper.make_graph([node], "resize", inputs, [helper.make_tensor_value_info("y", elem, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    feeds = {n: v for n, v in zip(names, [x, roi, scales, sizes]) if n}
+    return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+def _inputs(consts):
+    get = lambda i: consts[i] if len(consts) > i and consts[i] is not None and np.size(consts[i]) else None
+    return get(1), get(2), get(3)
 
 
 def _plan(node, attrs, shape, consts):
-    """(output shape, per-axis scales) from the scales or sizes input."""
-    if _s(attrs["mode"]) != "nearest":
-        raise UnsupportedOpError("Resize", node=node, detail=f"mode '{_s(attrs['mode'])}'")
-    if attrs.get("axes") is not None or attrs.get("antialias"):
-        raise UnsupportedOpError("Resize", node=node, detail="axes / antialias")
-    scales = consts[2] if len(consts) > 2 and consts[2] is not None and consts[2].size else None
-    sizes = consts[3] if len(consts) > 3 and consts[3] is not None and consts[3].size else None
+    roi, scales, sizes = _inputs(consts)
     if (scales is None) == (sizes is None):
         fail(node, "Resize needs exactly one of scales and sizes, as a constant")
-    if sizes is not None:
-        out = tuple(int(v) for v in sizes)
-        if len(out) != len(shape) or min(out) <= 0:
-            fail(node, f"Resize sizes {list(out)} do not fit input {shape}")
-        return out, [o / i for o, i in zip(out, shape)]
-    scales = [float(v) for v in scales]
-    if len(scales) != len(shape) or min(scales) <= 0:
-        fail(node, f"Resize scales {scales} do not fit input {shape}")
-    return tuple(int(math.floor(d * s)) for d, s in zip(shape, scales)), scales
+    rank = len(shape)
+    axes = [a % rank for a in attrs["axes"]] if attrs.get("axes") is not None else list(range(rank))
+    given = scales if scales is not None else sizes
+    if len(given) != len(axes) or (scales is not None and min(scales) <= 0) or \
+            (sizes is not None and min(sizes) <= 0):
+        fail(node, f"Resize {'scales' if sizes is None else 'sizes'} {list(given)} do not fit input {shape}")
+    out = _out_shape(tuple(shape), _key(roi), _key(scales), _key(sizes), _akey(attrs))
+    return out, axes, roi, scales, sizes
 
 
-def source_index(attrs, in_len, out_len, scale):
-    mode = _s(attrs["coordinate_transformation_mode"])
-    x = np.arange(out_len, dtype=np.float64)
-    if mode == "half_pixel":
-        orig = (x + 0.5) / scale - 0.5
-    elif mode == "pytorch_half_pixel":
-        orig = (x + 0.5) / scale - 0.5 if out_len > 1 else np.zeros_like(x)
-    elif mode == "align_corners":
-        orig = x * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(x)
-    elif mode == "asymmetric":
-        orig = x / scale
-    elif mode == "tf_half_pixel_for_nn":
-        orig = (x + 0.5) / scale
-    else:
-        raise UnsupportedOpError("Resize", detail=f"coordinate_transformation_mode '{mode}'")
-    nearest = _s(attrs["nearest_mode"])
-    if nearest == "floor":
-        idx = np.floor(orig)
-    elif nearest == "ceil":
-        idx = np.ceil(orig)
-    elif nearest == "round_prefer_ceil":
-        idx = np.floor(orig + 0.5)
-    else:   # round_prefer_floor
-        idx = np.ceil(orig - 0.5)
-    return np.clip(idx, 0, in_len - 1).astype(np.int64)
+def _key(a):
+    return None if a is None else (a.dtype.str, tuple(np.asarray(a).reshape(-1).tolist()))
+
+
+def _akey(attrs):
+    return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in sorted(attrs.items()))
+
+
+def _unkey(k):
+    return None if k is None else np.asarray(k[1], dtype=np.dtype(k[0]))
+
+
+@functools.lru_cache(maxsize=256)
+def _out_shape(shape, roi, scales, sizes, akey):
+    probe = np.zeros(shape, np.float32)
+    return tuple(_onnx_resize(probe, _unkey(roi), _unkey(scales), _unkey(sizes), dict(akey)).shape)
 
 
 def _infer(attrs, types, consts, node):
@@ -71,25 +83,93 @@ def _infer(attrs, types, consts, node):
 
 
 def _reference(attrs, x, roi=None, scales=None, sizes=None):
-    out, sc = _plan("ref", attrs, x.shape, [x, roi, scales, sizes])
-    for axis, (i, o, s) in enumerate(zip(x.shape, out, sc)):
-        x = np.take(x, source_index(attrs, i, o, s), axis=axis)
-    return x
+    return _onnx_resize(x, roi, scales, sizes, attrs).astype(x.dtype)
+
+
+def axis_taps(attrs, in_len, out_len, axis_roi, scale=None):
+    """(indices [out, T], weights [out, T], valid [out]) of one resized axis; `scale`
+    is the axis's scale factor where the coordinate rule needs it (not out/in)."""
+    eye = np.eye(in_len, dtype=np.float64)
+    kw = dict(attrs, axes=None, keep_aspect_ratio_policy="stretch")
+    roi = np.asarray([axis_roi[0], 0.0, axis_roi[1], 1.0], np.float32) if axis_roi is not None else None
+    sizes = np.asarray([out_len, in_len], np.int64)
+    run = lambda x: _onnx_resize(x, roi, None, sizes, kw)
+    if scale is not None:
+        scales = np.asarray([scale, 1.0], np.float32)
+        probe = _onnx_resize(eye, roi, scales, None, kw)
+        if probe.shape[0] == out_len:
+            run = lambda x: _onnx_resize(x, roi, scales, None, kw)
+    matrix = run(eye)                                                  # [out, in]
+    extrap = float(attrs.get("extrapolation_value", 0.0))
+    valid = np.ones(out_len, bool)
+    if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" and extrap != 0.0:
+        zeros = run(np.zeros_like(eye))
+        valid = ~np.all(zeros == extrap, axis=1)
+        matrix[~valid] = 0.0
+    taps = max(1, int((np.abs(matrix) > 0).sum(axis=1).max()))
+    index = np.zeros((out_len, taps), np.int64)
+    weight = np.zeros((out_len, taps), np.float64)
+    for o in range(out_len):
+        nz = np.nonzero(matrix[o])[0]
+        index[o, :len(nz)], weight[o, :len(nz)] = nz, matrix[o, nz]
+    return index, weight, valid
+
+
+def _axis_scale(attrs, axis, axes, shape, scales, sizes):
+    if axis not in axes:
+        return 1.0
+    k = axes.index(axis)
+    if scales is not None:
+        return float(scales[k])
+    policy = attrs.get("keep_aspect_ratio_policy", "stretch")
+    if policy == "stretch":
+        return None
+    ratios = [float(sizes[i]) / shape[a] for i, a in enumerate(axes)]
+    return min(ratios) if policy == "not_larger" else max(ratios)
 
 
 def _lower(ctx):
-    shape = ctx.in_types[0].shape
-    out, sc = _plan(ctx.node.name, ctx.attrs, shape, ctx.consts)
-    tables = [ctx.table(source_index(ctx.attrs, i, o, s)) for i, o, s in zip(shape, out, sc)]
-    in_strides, out_strides = strides(shape), strides(out)
+    shape, dtype = ctx.in_types[0].shape, ctx.out_types[0].dtype
+    out, axes, roi, scales, sizes = _plan(ctx.node.name, ctx.attrs, shape, ctx.consts)
+    rank = len(shape)
+    in_st, out_st = strides(shape), strides(out)
     nb, scopes, vars_ = ctx.nb, [], []
     for axis, d in enumerate(out):
-        last = axis == len(out) - 1
-        scope = nb.loop(d, "vector" if last else "serial", ctx.lanes() if last else 1)
+        last = axis == rank - 1
+        scope = nb.loop(d, "vector" if last else "serial", ctx.lanes(dtype) if last else 1)
         vars_.append(scope.__enter__())
         scopes.append(scope)
-    src = sum((Load(t, v) * s for t, v, s in zip(tables, vars_, in_strides)), 0)
-    nb.store(ctx.outputs[0], sum((v * s for v, s in zip(vars_, out_strides)), 0), ctx.inputs[0][src])
+    index, weight, valid, taps = 0, None, None, []
+    for axis in range(rank):
+        v = vars_[axis]
+        if out[axis] == shape[axis] and axis not in axes:
+            index = index + v * in_st[axis]
+            continue
+        axis_roi = None
+        if roi is not None and ctx.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+            k = axes.index(axis) if axis in axes else None
+            axis_roi = (roi[k], roi[k + len(axes)]) if k is not None else (0.0, 1.0)
+        idx, w, ok = axis_taps(ctx.attrs, shape[axis], out[axis], axis_roi, _axis_scale(
+            ctx.attrs, axis, axes, shape, scales, sizes))
+        t = nb.var("t")
+        count = idx.shape[1]
+        it = ctx.table(idx.reshape(-1))
+        wt = ctx.table(w.reshape(-1).astype(dtype.numpy if dtype.is_float else np.float32))
+        index = index + Load(it, v * count + t) * in_st[axis]
+        term = Load(wt, v * count + t)
+        weight = term if weight is None else weight * term
+        taps.append((t, count))
+        if not ok.all():
+            vt = ctx.table(ok.astype(np.int32))
+            flag = Load(vt, v).eq(Const(1, vt.dtype))
+            valid = flag if valid is None else valid & flag
+    value = ctx.inputs[0][index]
+    body = value * weight if weight is not None else value
+    for t, count in reversed(taps):
+        body = Reduce("sum", t, count, body)
+    if valid is not None:
+        body = Select(valid, body, float(ctx.attrs.get("extrapolation_value", 0.0)))
+    nb.store(ctx.outputs[0], sum((v * s for v, s in zip(vars_, out_st)), 0), body)
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)
 
