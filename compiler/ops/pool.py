@@ -4,7 +4,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir.types import DType
 from ..lower.loop_ir import Reduce, Select
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import fail, require_float, tt
 from .conv import window_geometry
 from .registry import register
@@ -75,39 +75,51 @@ class _T:   # the part of a TensorType that _geometry reads
 def _pool_lower(pool):
     def lower(ctx):
         x = ctx.in_types[0]
-        if x.rank != 4:
-            raise UnsupportedOpError(pool, detail=f"{x.rank - 2}-D pooling is not lowered yet")
-        (pt, pl), (pb, pr), (sh, sw), (dh, dw), (oh, ow) = _geometry(ctx.node.name, ctx.attrs, x, pool)
-        kh, kw = ctx.attrs["kernel_shape"]
-        n, c, h, w = x.shape
-        xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-        big = n * c * oh * ow * kh * kw >= PARALLEL_MIN_WORK
-        with nb.loop(n * c, "parallel" if big else "serial", hint="nc") as p:
-            with nb.loop(oh, hint="y") as y:
-                with nb.loop(ow, "vector", ctx.lanes(x.dtype), hint="x") as xx:
-                    i, j = nb.var("ki"), nb.var("kj")
-                    iy = y * sh + (i * dh - pt)
-                    ix = xx * sw + (j * dw - pl)
-                    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-                    value = xb.load(p * (h * w) + iy * w + ix, mask=inside)
-                    at = p * (oh * ow) + y * ow + xx
-                    if pool == "MaxPool":
-                        body = Select(inside, value, float("-inf"))
-                        nb.store(out, at, Reduce("max", i, kh, Reduce("max", j, kw, body)))
-                        if len(ctx.outputs) > 1:       # Indices: the first maximum, row-major
-                            flat = p * (h * w) + iy * w + ix
-                            hit = inside & value.eq(out[at])
-                            first = Select(hit, flat, 1 << 62)
-                            nb.store(ctx.outputs[1], at, Reduce("min", i, kh, Reduce("min", j, kw, first)))
-                    else:
-                        total = Reduce("sum", i, kh, Reduce("sum", j, kw, value))
-                        if ctx.attrs.get("count_include_pad", 0):
-                            counted = (iy < h + pb) & (ix < w + pr)
-                        else:
-                            counted = inside
-                        count = Reduce("sum", i, kh, Reduce("sum", j, kw,
-                                                            Select(counted, 1.0, 0.0)))
-                        nb.store(out, at, total / count)
+        begin, end, st, dil, out = _geometry(ctx.node.name, ctx.attrs, x, pool)
+        kernel = ctx.attrs["kernel_shape"]
+        spatial = x.shape[2:]
+        nc = x.shape[0] * x.shape[1]
+        plane, out_plane = int(np.prod(spatial)), int(np.prod(out))
+        xb, out_buf, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
+        big = nc * out_plane * int(np.prod(kernel)) >= PARALLEL_MIN_WORK
+        with nb.loop(nc, "parallel" if big else "serial", hint="nc") as p:
+            scopes, ys = [], []
+            for axis, d in enumerate(out):
+                last = axis == len(out) - 1
+                scope = nb.loop(d, "vector" if last else "serial", ctx.lanes(x.dtype) if last else 1)
+                ys.append(scope.__enter__())
+                scopes.append(scope)
+            ks = [nb.var("k") for _ in kernel]
+            pos = [y * s + (k * d - b) for y, s, k, d, b in zip(ys, st, ks, dil, begin)]
+            inside = None
+            for q, n in zip(pos, spatial):
+                ok = (q >= 0) & (q < n)
+                inside = ok if inside is None else inside & ok
+            flat = p * plane + sum((q * s for q, s in zip(pos, strides(spatial))), 0)
+            value = xb.load(flat, mask=inside)
+            at = p * out_plane + sum((y * s for y, s in zip(ys, strides(out))), 0)
+
+            def over_window(op, body):
+                for k, size in reversed(list(zip(ks, kernel))):
+                    body = Reduce(op, k, size, body)
+                return body
+            if pool == "MaxPool":
+                nb.store(out_buf, at, over_window("max", Select(inside, value, float("-inf"))))
+                if len(ctx.outputs) > 1:       # Indices: the first maximum, row-major
+                    hit = inside & value.eq(out_buf[at])
+                    nb.store(ctx.outputs[1], at, over_window("min", Select(hit, flat, 1 << 62)))
+            else:
+                if ctx.attrs.get("count_include_pad", 0):
+                    counted = None
+                    for q, n, e in zip(pos, spatial, end):
+                        ok = q < n + e
+                        counted = ok if counted is None else counted & ok
+                else:
+                    counted = inside
+                count = over_window("sum", Select(counted, 1.0, 0.0))
+                nb.store(out_buf, at, over_window("sum", value) / count)
+            for scope in reversed(scopes):
+                scope.__exit__(None, None, None)
     return lower
 
 
