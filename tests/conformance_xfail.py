@@ -3,14 +3,6 @@ keeps its list); each is an expected failure in test_onnx_conformance.py.
 Regenerate with tools/update_conformance_xfail.py."""
 
 XFAIL = {
-    'Einsum is not implemented': [
-        'test_einsum_batch_diagonal',
-        'test_einsum_batch_matmul',
-        'test_einsum_inner_prod',
-        'test_einsum_scalar',
-        'test_einsum_sum',
-        'test_einsum_transpose',
-    ],
     'dtype: bfloat16, float8, 2/4-bit, string, sequence and optional values are not supported': [
         'test_cast_BFLOAT16_to_FLOAT',
         'test_cast_FLOAT16_to_FLOAT4E2M1',

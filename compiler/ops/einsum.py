@@ -1,0 +1,84 @@
+"""Einsum as one loop nest: a loop per output letter, a sum per contracted letter,
+and the product of the operands' loads (a repeated letter reads a diagonal)."""
+import string
+
+import numpy as np
+
+from ..lower.loop_ir import Reduce
+from ..lower.nests import strides
+from .common import fail, same_dtype, tt
+from .registry import register
+
+
+def parse(node, equation, shapes):
+    """(input subscripts, output subscript, letter -> size), '...' expanded."""
+    eq = equation.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        fail(node, f"Einsum equation '{equation}' has {len(terms)} operands, got {len(shapes)}")
+    spare = [c for c in string.ascii_letters if c not in eq]
+    ell = None
+    out_terms = []
+    for term, shape in zip(terms, shapes):
+        if "..." in term:
+            n = len(shape) - (len(term) - 3)
+            if ell is None or n > len(ell):
+                ell = "".join(spare[:n]) if ell is None or n > len(ell) else ell
+            term = term.replace("...", ell[len(ell) - n:] if n else "")
+        out_terms.append(term)
+    sizes = {}
+    for term, shape in zip(out_terms, shapes):
+        if len(term) != len(shape):
+            fail(node, f"Einsum term '{term}' does not fit shape {shape}")
+        for c, d in zip(term, shape):
+            if sizes.setdefault(c, d) != d and d != 1 and sizes[c] != 1:
+                fail(node, f"Einsum letter '{c}' has sizes {sizes[c]} and {d}")
+            sizes[c] = max(sizes[c], d)
+    if "->" in eq:
+        out = rhs.replace("...", ell or "")
+    else:
+        counts = {}
+        for c in "".join(out_terms):
+            counts[c] = counts.get(c, 0) + 1
+        out = (ell or "") + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in (ell or "")))
+    return out_terms, out, sizes
+
+
+def _infer(attrs, types, consts, node):
+    dtype = same_dtype(node, types)
+    _, out, sizes = parse(node, attrs["equation"], [t.shape for t in types])
+    return [tt(dtype, [sizes[c] for c in out])]
+
+
+def _reference(attrs, *xs):
+    return np.asarray(np.einsum(attrs["equation"], *xs)).astype(xs[0].dtype)
+
+
+def _lower(ctx):
+    terms, out, sizes = parse(ctx.node.name, ctx.attrs["equation"], [t.shape for t in ctx.in_types])
+    dtype = ctx.out_types[0].dtype
+    nb, scopes, var = ctx.nb, [], {}
+    for k, c in enumerate(out):
+        last = k == len(out) - 1
+        scope = nb.loop(sizes[c], "vector" if last else "serial", ctx.lanes(dtype) if last else 1, hint=c)
+        var[c] = scope.__enter__()
+        scopes.append(scope)
+    summed = [c for c in sizes if c not in out]
+    for c in summed:
+        var[c] = nb.var(c)
+    body = None
+    for buf, term, t in zip(ctx.inputs, terms, ctx.in_types):
+        index = sum((var[c] * s for c, s, d in zip(term, strides(t.shape), t.shape) if d != 1), 0)
+        load = buf[index]
+        body = load if body is None else body * load
+    for c in reversed(summed):
+        body = Reduce("sum", var[c], sizes[c], body)
+    out_shape = [sizes[c] for c in out]
+    nb.store(ctx.outputs[0], sum((var[c] * s for c, s in zip(out, strides(out_shape))), 0), body)
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+
+
+register("Einsum", inputs=(1, 1 << 8), attrs={"equation": None}, infer=_infer, reference=_reference,
+         lower=_lower)
