@@ -80,5 +80,33 @@ def upsample(b, node, attrs, opset, name):
     return True
 
 
-ADAPTERS = {"LayerNormalization": layer_normalization, "InstanceNormalization": instance_normalization,
+def batch_normalization(b, node, attrs, opset, name):
+    """BatchNormalization with training_mode=1: batch statistics, and the running
+    statistics' updates as extra outputs (the ONNX specification's formulas)."""
+    if not attrs.get("training_mode", 0):
+        return False
+    x, scale, bias, mean, var = node.input[:5]
+    rank = b.types[x].rank
+    dtype = b.types[x].dtype
+    momentum = attrs.get("momentum", 0.9)
+    axes = [0] + list(range(2, rank))
+    shape = _const(b, [1, -1] + [1] * (rank - 2), DType.int64)
+    ax = b.add_constant(np.asarray(axes, np.int64))
+    batch_mean = b.add_node("ReduceMean", [x, ax], {"keepdims": 0})
+    centered = b.add_node("Sub", [x, b.add_node("Reshape", [batch_mean, shape])])
+    batch_var = b.add_node("ReduceMean", [b.add_node("Mul", [centered, centered]), ax], {"keepdims": 0})
+    inv_std = b.add_node("Div", [_const(b, 1.0, dtype), b.add_node("Sqrt", [
+        b.add_node("Add", [batch_var, _const(b, attrs.get("epsilon", 1e-5), dtype)])])])
+    y = b.add_node("Mul", [centered, b.add_node("Reshape", [b.add_node("Mul", [scale, inv_std]), shape])])
+    b.add_node("Add", [y, b.add_node("Reshape", [bias, shape])], outputs=[node.output[0]], name=name)
+    outs = list(node.output) + ["", ""]
+    for running, current, out in ((mean, batch_mean, outs[1]), (var, batch_var, outs[2])):
+        if out:
+            kept = b.add_node("Mul", [running, _const(b, momentum, dtype)])
+            b.add_node("Add", [kept, b.add_node("Mul", [current, _const(b, 1 - momentum, dtype)])],
+                       outputs=[out])
+    return True
+
+
+ADAPTERS = {"BatchNormalization": batch_normalization, "LayerNormalization": layer_normalization, "InstanceNormalization": instance_normalization,
             "LRN": lrn, "Upsample": upsample}

@@ -212,19 +212,20 @@ def _softmax_v1(builder, node, attrs, opset, name):
     return True
 
 
-def _drop_legacy_attrs(*keys):
-    def adapt(builder, node, attrs, opset, name):
-        for key in keys:
-            attrs.pop(key, None)
-        return False
-    return adapt
+def _batchnorm(builder, node, attrs, opset, name):
+    for key in ("is_test", "consumed_inputs"):
+        attrs.pop(key, None)
+    return COMPOSED["BatchNormalization"](builder, node, attrs, opset, name)
 
 
 def _dropout(builder, node, attrs, opset, name):
     """Inference Dropout: the output is the input, the optional mask all true."""
     attrs.pop("is_test", None)
     training = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if training is not None and not (training in builder.constants and not builder.constants[training].any()):
+    ratio = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    off = training is None or (training in builder.constants and not builder.constants[training].any())
+    no_drop = ratio in builder.constants and not builder.constants[ratio].any()
+    if not (off or no_drop):    # random masks in an imported graph: train through the DSL instead
         raise UnsupportedOpError("Dropout", opset, name, "training_mode in an ONNX graph")
     if len(node.output) < 2 or not node.output[1]:
         return False
@@ -235,4 +236,4 @@ def _dropout(builder, node, attrs, opset, name):
 
 _ADAPTERS = {**COMPOSED, "Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
              "Dropout": _dropout,
-             "BatchNormalization": _drop_legacy_attrs("is_test", "consumed_inputs")}
+             "BatchNormalization": _batchnorm}

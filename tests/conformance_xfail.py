@@ -68,27 +68,15 @@ XFAIL = {
         'test_identity_sequence',
         'test_range_bfloat16_type_positive_delta',
     ],
-    'integer inputs to Pow and MaxPool': [
-        'test_maxpool_2d_uint8',
-        'test_pow_types_int32_float32',
-        'test_pow_types_int32_int32',
-        'test_pow_types_int64_float32',
-        'test_pow_types_int64_int64',
-    ],
     'other: not yet investigated': [
         'test_convtranspose_output_shape',
         'test_maxpool_with_argmax_2d_precomputed_strides',
-        'test_reduce_max_empty_set',
-        'test_reduce_max_empty_set_bool',
-        'test_reduce_min_empty_set',
     ],
     'pooling/convolution: only 2-D is lowered': [
         'test_convtranspose_1d',
         'test_convtranspose_3d',
     ],
     'training-mode Dropout/BatchNormalization inside an ONNX graph': [
-        'test_batchnorm_epsilon_training_mode',
-        'test_batchnorm_example_training_mode',
         'test_training_dropout',
         'test_training_dropout_default',
         'test_training_dropout_default_mask',

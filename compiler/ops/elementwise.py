@@ -166,14 +166,27 @@ register("Mean", inputs=(1, 1 << 16), infer=_variadic_infer,
          lower=_lower_map(lambda at, *xs: _fold(lambda a, b: a + b)(*xs) * (1.0 / len(xs))))
 
 
-def _float_binary_infer(attrs, types, consts, node):
-    require_float(node, types[0])
+def _pow_infer(attrs, types, consts, node):
     return [tt(types[0].dtype, broadcast(node, types[0].shape, types[1].shape))]
 
 
-register("Pow", inputs=(2, 2), infer=_float_binary_infer,
-         reference=lambda attrs, a, b: np.power(a, b.astype(a.dtype)).astype(a.dtype),
-         lower=_lower_map(lambda at, a, b: Call("pow", (a, b if b.dtype == a.dtype else cast(b, a.dtype)))))
+def _pow_expr(at, a, b):
+    """Float bases use llvm.pow; integer bases go through float64 (exact for the
+    magnitudes an integer result can hold)."""
+    from ..ir.types import DType
+    if a.dtype.is_float:
+        return Call("pow", (a, b if b.dtype == a.dtype else cast(b, a.dtype)))
+    wide = Call("pow", (cast(a, DType.float64), cast(b, DType.float64)))
+    return cast(wide, a.dtype)
+
+
+def _pow_reference(attrs, a, b):
+    if np.issubdtype(a.dtype, np.integer):
+        return np.power(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
+    return np.power(a, b.astype(a.dtype)).astype(a.dtype)
+
+
+register("Pow", inputs=(2, 2), infer=_pow_infer, reference=_pow_reference, lower=_lower_map(_pow_expr))
 register("PRelu", inputs=(2, 2), infer=_binary_infer,
          reference=lambda attrs, x, s: np.where(x < 0, x * s, x).astype(x.dtype),
          lower=_lower_map(lambda at, x, s: Select(x < 0.0, x * s, x)))

@@ -25,7 +25,8 @@ def _geometry(node, attrs, x, pool):
 def _pool_infer(pool):
     def infer(attrs, types, consts, node):
         x = types[0]
-        require_float(node, x)
+        if pool != "MaxPool":
+            require_float(node, x)
         if pool == "MaxPool" and attrs.get("storage_order", 0) != 0:
             raise UnsupportedOpError("MaxPool", node=node, detail="storage_order=1")
         out = _geometry(node, attrs, x, pool)[4]
@@ -38,11 +39,12 @@ def _pool_reference(pool):
     def reference(attrs, x):
         begin, end, strides, dil, out = _geometry("ref", attrs, _T(x.shape), pool)
         kernel = attrs["kernel_shape"]
-        pad_value = -np.inf if pool == "MaxPool" else 0.0
+        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        pad_value = lowest if pool == "MaxPool" else 0.0
         extra = [max((o - 1) * s + (k - 1) * d + 1 - (xs + b + e), 0)
                  for o, s, k, d, xs, b, e in zip(out, strides, kernel, dil, x.shape[2:], begin, end)]
         widths = [(0, 0), (0, 0)] + [(b, e + ex) for b, e, ex in zip(begin, end, extra)]
-        xp = np.pad(x.astype(np.float64), widths, constant_values=pad_value)
+        xp = np.pad(x.astype(np.float64), widths, constant_values=float(pad_value))
         valid = np.pad(np.ones(x.shape[2:]), widths[2:])                      # real input
         padded = np.pad(np.ones([s + b + e for s, b, e in zip(x.shape[2:], begin, end)]),
                         [(0, ex) for ex in extra])                             # input + pads
@@ -104,7 +106,8 @@ def _pool_lower(pool):
                     body = Reduce(op, k, size, body)
                 return body
             if pool == "MaxPool":
-                nb.store(out_buf, at, over_window("max", Select(inside, value, float("-inf"))))
+                lowest = float("-inf") if x.dtype.is_float else int(np.iinfo(x.dtype.numpy).min)
+                nb.store(out_buf, at, over_window("max", Select(inside, value, lowest)))
                 if len(ctx.outputs) > 1:       # Indices: the first maximum, row-major
                     hit = inside & value.eq(out_buf[at])
                     nb.store(ctx.outputs[1], at, over_window("min", Select(hit, flat, 1 << 62)))

@@ -118,8 +118,23 @@ def _composed_lower(pre, post):
 for _name, (_fn, _pre, _post) in COMPOSED.items():
     register(_name, inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(_fn),
              lower=_composed_lower(_pre, _post))
+def _extreme(fn, pick):
+    """max/min that give the identity (-inf / +inf, the integer limits) over an empty axis."""
+    def reduce(x, axis, keepdims):
+        if x.dtype == np.bool_:
+            initial = pick == "min"
+        elif x.dtype.kind == "f":
+            initial = -np.inf if pick == "max" else np.inf
+        else:
+            info = np.iinfo(x.dtype)
+            initial = info.min if pick == "max" else info.max
+        return fn(x, axis=axis, keepdims=keepdims, initial=initial)
+    return reduce
+
+
 for _name, _fn, _op, _mean in (("ReduceSum", np.sum, "sum", False), ("ReduceMean", np.mean, "sum", True),
-                               ("ReduceMax", np.max, "max", False), ("ReduceMin", np.min, "min", False)):
+                               ("ReduceMax", _extreme(np.max, "max"), "max", False),
+                               ("ReduceMin", _extreme(np.min, "min"), "min", False)):
     register(_name, inputs=(1, 2), attrs=ATTRS, infer=_infer, reference=_reference(_fn),
              lower=_lower(_op, _mean))
 
