@@ -108,5 +108,15 @@ def batch_normalization(b, node, attrs, opset, name):
     return True
 
 
-ADAPTERS = {"BatchNormalization": batch_normalization, "LayerNormalization": layer_normalization, "InstanceNormalization": instance_normalization,
+def resize_v10(b, node, attrs, opset, name):
+    """Resize-10 took (X, scales) and resized like Upsample (asymmetric coordinates)."""
+    if opset >= 11:
+        return False
+    b.add_node("Resize", [node.input[0], "", node.input[1]],
+               {"mode": attrs.get("mode", "nearest"), "coordinate_transformation_mode": "asymmetric",
+                "nearest_mode": "floor"}, outputs=[node.output[0]], name=name)
+    return True
+
+
+ADAPTERS = {"Resize": resize_v10, "BatchNormalization": batch_normalization, "LayerNormalization": layer_normalization, "InstanceNormalization": instance_normalization,
             "LRN": lrn, "Upsample": upsample}

@@ -50,3 +50,23 @@ def test_torch_export_matches_onnxruntime(name, opset, rng):
     want = ort_run(model, {"input": x})["output"]
     assert_close(got, want, RTOL, ATOL)
     assert compiled.run({"input": x})["output"].shape == want.shape
+
+
+def test_resize_opset10_takes_scales_as_second_input(rng):
+    from onnx import helper
+    from onnx_models import init, make_model, vi
+    node = helper.make_node("Resize", ["input", "scales"], ["out"], mode="nearest")
+    model = make_model([node], [vi("input", [1, 1, 2, 3])], [vi("out", [1, 1, 4, 6])],
+                       [init("scales", np.array([1, 1, 2, 2], np.float32))], opset=10).SerializeToString()
+    x = rng.standard_normal((1, 1, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(ns.compile(ns.load_onnx(model))(x), ort_run(model, {"input": x})["out"])
+
+
+def test_export_onnx_round_trip(rng, tmp_path):
+    graph = ns.load_onnx(conv_block_model().SerializeToString())
+    ns.export_onnx(graph, tmp_path / "again.onnx")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = ort_run(conv_block_model().SerializeToString(), {"input": x})["out"]
+    got = ort_run(open(tmp_path / "again.onnx", "rb").read(), {"input": x})["out"]
+    assert_close(got, want, RTOL, ATOL)
+    assert_close(ns.compile(ns.load_onnx(tmp_path / "again.onnx"))(x), want, RTOL, ATOL)
