@@ -233,3 +233,20 @@ def _clip_lower(ctx):
 
 register("Clip", inputs=(1, 3), attrs={"min": None, "max": None}, infer=_unary_infer,
          reference=_clip_reference, lower=_clip_lower)
+
+
+def _mod_reference(attrs, a, b):
+    if attrs["fmod"] or a.dtype.kind == "f":
+        return np.fmod(a, b).astype(a.dtype)
+    return np.mod(a, b).astype(a.dtype)          # the divisor's sign, as Python's %
+
+
+def _mod_expr(at, a, b):
+    r = a % b                                   # C remainder: the dividend's sign
+    if at["fmod"] or a.dtype.is_float:
+        return r
+    return Select((r.ne(0)) & ((r < 0).ne(b < 0)), r + b, r)
+
+
+register("Mod", inputs=(2, 2), attrs={"fmod": 0}, infer=_binary_infer, reference=_mod_reference,
+         lower=_lower_map(_mod_expr))
