@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import nutshell as ns
+from nutshell.bench import median_latency
 from nutshell.models import lenet5
 
 
@@ -47,17 +48,6 @@ CASES = {
 }
 
 
-def median_step(step, repeat, warmup=5):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -87,8 +77,8 @@ def main(argv=None):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(theirs(tx), ty).backward()
             opt.step()
-        ours_s = median_step(lambda: trainer.step(x, y), args.repeat)
-        theirs_s = median_step(torch_step, args.repeat)
+        ours_s = median_latency(lambda: trainer.step(x, y), args.repeat, warmup=5)
+        theirs_s = median_latency(torch_step, args.repeat, warmup=5)
         row = dict(net=name, batch=shape[0], threads=args.threads, nutshell_ms=ours_s * 1e3,
                    torch_ms=theirs_s * 1e3, ratio=ours_s / theirs_s, compile_s=compile_s)
         rows.append(row)

@@ -12,7 +12,7 @@ from nutshell.compiler.errors import (GraphError, ModelLoadError, NutshellError,
                                       UnsupportedOpError, UnsupportedTypeError)
 from nutshell.compiler.ir import GraphBuilder, Node
 from nutshell.compiler.ir.types import DType
-from nutshell.compiler.ops import get_op, has_op
+from nutshell.compiler.ops import has_op
 from .external_data import inline_external_data, load_tensors
 from .onnx_compose import ADAPTERS as COMPOSED
 

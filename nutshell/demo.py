@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 import nutshell as ns
+from nutshell.bench import median_latency
 from nutshell.datasets import mnist_split
 from nutshell.models import lenet5
 
@@ -15,15 +16,6 @@ EPOCHS, BATCH, LR, SEED = 5, 64, 1e-3, 0
 
 def ascii_digit(image):
     return "\n".join("".join(SHADES[min(9, int(v * 10))] for v in image[0, r]) for r in range(0, 28, 2))
-
-
-def _median_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def save_plot(history, path, torch_history=None):
@@ -119,8 +111,8 @@ def run_demo(threads=None, plot="nutshell_demo.png", compare_torch=True, out=pri
     out("labels:      " + " ".join(map(str, y_test[:30])))
     out(f"inference model: {(predictions == y_test).mean() * 100:.2f}% of {len(y_test):,} held-out digits")
     xb = x_test[:100]
-    native = _median_time(lambda: model(xb), 20)
-    reference = _median_time(lambda: ns.run_reference(graph, {"input": xb}), 3)
+    native = median_latency(lambda: model(xb), 20)
+    reference = median_latency(lambda: ns.run_reference(graph, {"input": xb}), 3, warmup=1)
     out(f"time per batch of 100: native {native * 1e3:.2f} ms, NumPy reference {reference * 1e3:.2f} ms "
         f"({reference / native:.0f}x)")
     return accuracy

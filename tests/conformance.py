@@ -1,6 +1,5 @@
 """onnx's node conformance cases for the ops the ONNX frontend covers (the
 "expanded" variants left out), as the onnx package generates them."""
-import re
 import warnings
 
 OPS = """Abs Add ArgMax AveragePool BatchNormalization Cast Ceil Celu Clip Concat Constant

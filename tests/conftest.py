@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import nutshell as ns
 from nutshell.compiler.ir import GraphBuilder
 
 

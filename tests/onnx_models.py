@@ -2,7 +2,6 @@
 import io
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 

@@ -1,7 +1,6 @@
 """Ahead-of-time bundles: built with cc, run from C and through ctypes, compared
 with onnxruntime and the JIT; bad pointers, threads, dependencies, other targets."""
 import ctypes
-import os
 import shutil
 import subprocess
 import sys

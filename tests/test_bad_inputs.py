@@ -3,7 +3,6 @@ clear nutshell exception, never a crash, a hang or a wrong answer."""
 import os
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import nutshell as ns
-from nutshell.compiler.ir import GraphBuilder, Node, verify
+from nutshell.compiler.ir import GraphBuilder, verify
 from nutshell.compiler.passes.pipeline import INFERENCE_PIPELINE, run_pipeline
 from nutshell.compiler.passes.simplify import (eliminate_dead_code, fold_constants,
                                                pretranspose_weights, remove_identities)

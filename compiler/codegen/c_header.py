@@ -52,7 +52,7 @@ def inference_header(name, graph, workspace, threads):
               "   OUTPUT_i_SIZE. Weights are inside the library and nothing global changes, so",
               "   threads may call this at once, each with its own workspace. 0 = ok. */",
               f"int {name}_run(const float *const *inputs, float *const *outputs, void *workspace);",
-              f"/* The same with an explicit thread count (>= 1) for the parallel loops. */",
+              "/* The same with an explicit thread count (>= 1) for the parallel loops. */",
               f"int {name}_run_threads(const float *const *inputs, float *const *outputs, void *workspace,",
               f"{' ' * (len(name) + 16)}int num_threads);"]
     return "\n".join(lines + _closing(name))

@@ -4,6 +4,34 @@ from .loop_ir import INDEX, Const, Load
 PARALLEL_MIN_WORK = 1 << 16    # elements; below this a fork/join (~4 us) costs more than it saves
 
 
+class output_loops:
+    """`with output_loops(ctx, shape, dtype) as idx:` opens one loop per dim of
+    `shape`, the innermost vectorised, and gives their variables."""
+
+    def __init__(self, ctx, shape, dtype):
+        self.ctx, self.shape, self.dtype = ctx, tuple(shape), dtype
+
+    def __enter__(self):
+        self.scopes, variables = [], []
+        for axis, d in enumerate(self.shape):
+            last = axis == len(self.shape) - 1
+            scope = self.ctx.nb.loop(d, "vector" if last else "serial",
+                                     self.ctx.lanes(self.dtype) if last else 1)
+            variables.append(scope.__enter__())
+            self.scopes.append(scope)
+        return variables
+
+    def __exit__(self, *exc):
+        for scope in reversed(self.scopes):
+            scope.__exit__(*exc)
+        return False
+
+
+def flat_index(variables, shape):
+    """Row-major offset of `variables` in a tensor of `shape`."""
+    return sum((v * s for v, s in zip(variables, strides(shape))), 0)
+
+
 def strides(shape):
     out, acc = [], 1
     for d in reversed(shape):

@@ -198,7 +198,6 @@ def _transpose_reference(attrs, x, w, b=None):
 
 
 def _transpose_lower(ctx):
-    from .registry import get_op
     conv, shape = transpose_geometry(ctx.node.name, ctx.attrs, ctx.in_types[0].shape, ctx.in_types[1].shape)
     if len(shape) != 4:
         from ..errors import UnsupportedOpError

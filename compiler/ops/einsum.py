@@ -5,7 +5,7 @@ import string
 import numpy as np
 
 from ..lower.loop_ir import Reduce
-from ..lower.nests import strides
+from ..lower.nests import flat_index, output_loops, strides
 from .common import fail, same_dtype, tt
 from .registry import register
 
@@ -57,13 +57,13 @@ def _reference(attrs, *xs):
 
 def _lower(ctx):
     terms, out, sizes = parse(ctx.node.name, ctx.attrs["equation"], [t.shape for t in ctx.in_types])
-    dtype = ctx.out_types[0].dtype
-    nb, scopes, var = ctx.nb, [], {}
-    for k, c in enumerate(out):
-        last = k == len(out) - 1
-        scope = nb.loop(sizes[c], "vector" if last else "serial", ctx.lanes(dtype) if last else 1, hint=c)
-        var[c] = scope.__enter__()
-        scopes.append(scope)
+    out_shape = [sizes[c] for c in out]
+    with output_loops(ctx, out_shape, ctx.out_types[0].dtype) as out_vars:
+        _einsum_body(ctx, terms, out, sizes, dict(zip(out, out_vars)), out_shape)
+
+
+def _einsum_body(ctx, terms, out, sizes, var, out_shape):
+    nb = ctx.nb
     summed = [c for c in sizes if c not in out]
     for c in summed:
         var[c] = nb.var(c)
@@ -74,10 +74,7 @@ def _lower(ctx):
         body = load if body is None else body * load
     for c in reversed(summed):
         body = Reduce("sum", var[c], sizes[c], body)
-    out_shape = [sizes[c] for c in out]
-    nb.store(ctx.outputs[0], sum((var[c] * s for c, s in zip(out, strides(out_shape))), 0), body)
-    for scope in reversed(scopes):
-        scope.__exit__(None, None, None)
+    nb.store(ctx.outputs[0], flat_index([var[c] for c in out], out_shape), body)
 
 
 register("Einsum", inputs=(1, 1 << 8), attrs={"equation": None}, infer=_infer, reference=_reference,

@@ -102,9 +102,10 @@ def _gemm_lower(ctx):
     if c_buf is not None:
         cs = broadcast_strides(ctx.in_types[2].shape, (m, n))
 
-        def bias(r, c):
+        def scaled_c(r, c):
             value = c_buf[sum((v * s for v, s in zip((r, c), cs) if s), 0)]
             return value * beta if beta != 1.0 else value
+        bias = scaled_c
     if alpha == 1.0:        # the bias seeds the accumulators
         store = lambda r, c, v: nb.store(out, r * n + c, v)
         init = bias

@@ -4,7 +4,7 @@ import numpy as np
 
 from ..ir.types import DType
 from ..lower.loop_ir import Const, Select, maximum, minimum
-from ..lower.nests import strided_map, strides
+from ..lower.nests import flat_index, output_loops, strided_map, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import register
 
@@ -68,12 +68,11 @@ def _source(mode, i, n):
 def _pad_lower(ctx):
     begin, end, value, mode = _pad_args(ctx.node.name, ctx.attrs, ctx.in_types, ctx.consts)
     shape, out_shape = ctx.in_types[0].shape, ctx.out_types[0].shape
-    nb, scopes, vars_ = ctx.nb, [], []
-    for axis, d in enumerate(out_shape):
-        last = axis == len(out_shape) - 1
-        scope = nb.loop(d, "vector" if last else "serial", ctx.lanes(ctx.out_types[0].dtype) if last else 1)
-        vars_.append(scope.__enter__())
-        scopes.append(scope)
+    with output_loops(ctx, out_shape, ctx.out_types[0].dtype) as vars_:
+        _pad_body(ctx, vars_, begin, value, mode, shape, out_shape)
+
+
+def _pad_body(ctx, vars_, begin, value, mode, shape, out_shape):
     inside, index = None, 0
     for v, b, n, s in zip(vars_, begin, shape, strides(shape)):
         i = v - b if b else v
@@ -87,9 +86,7 @@ def _pad_lower(ctx):
     dtype = ctx.out_types[0].dtype
     fill = value if dtype.is_float else int(value)
     result = Select(inside, x.load(index, mask=inside), fill) if inside is not None else x[index]
-    nb.store(ctx.outputs[0], sum((v * s for v, s in zip(vars_, strides(out_shape))), 0), result)
-    for scope in reversed(scopes):
-        scope.__exit__(None, None, None)
+    ctx.nb.store(ctx.outputs[0], flat_index(vars_, out_shape), result)
 
 
 register("Pad", inputs=(1, 4), attrs={"mode": "constant", "pads": None, "value": None},

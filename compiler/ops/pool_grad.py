@@ -10,7 +10,7 @@ from ..lower.loop_ir import Reduce, Select
 from ..lower.nests import PARALLEL_MIN_WORK
 from .common import tt
 from .conv_grad import _source
-from .pool import POOL_ATTRS, _T, _geometry, _pool_reference
+from .pool import POOL_ATTRS, _T, _geometry
 from .registry import register
 
 

@@ -1,7 +1,7 @@
 """ReduceSum, ReduceMean and Maxout: nested Reduce expressions over merged axes."""
 import numpy as np
 
-from ..lower.loop_ir import Call, Reduce, Select, cast
+from ..lower.loop_ir import Call, Reduce, Select
 from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import register

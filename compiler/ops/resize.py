@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from ..lower.loop_ir import Const, Load, Reduce, Select
-from ..lower.nests import strides
+from ..lower.nests import flat_index, output_loops, strides
 from .common import fail, tt
 from .registry import register
 
@@ -131,14 +131,12 @@ def _axis_scale(attrs, axis, axes, shape, scales, sizes):
 def _lower(ctx):
     shape, dtype = ctx.in_types[0].shape, ctx.out_types[0].dtype
     out, axes, roi, scales, sizes = _plan(ctx.node.name, ctx.attrs, shape, ctx.consts)
-    rank = len(shape)
-    in_st, out_st = strides(shape), strides(out)
-    nb, scopes, vars_ = ctx.nb, [], []
-    for axis, d in enumerate(out):
-        last = axis == rank - 1
-        scope = nb.loop(d, "vector" if last else "serial", ctx.lanes(dtype) if last else 1)
-        vars_.append(scope.__enter__())
-        scopes.append(scope)
+    with output_loops(ctx, out, dtype) as vars_:
+        _resize_body(ctx, vars_, shape, out, axes, roi, scales, sizes, dtype)
+
+
+def _resize_body(ctx, vars_, shape, out, axes, roi, scales, sizes, dtype):
+    rank, in_st, nb = len(shape), strides(shape), ctx.nb
     index, weight, valid, taps = 0, None, None, []
     for axis in range(rank):
         v = vars_[axis]
@@ -169,9 +167,7 @@ def _lower(ctx):
         body = Reduce("sum", t, count, body)
     if valid is not None:
         body = Select(valid, body, float(ctx.attrs.get("extrapolation_value", 0.0)))
-    nb.store(ctx.outputs[0], sum((v * s for v, s in zip(vars_, out_st)), 0), body)
-    for scope in reversed(scopes):
-        scope.__exit__(None, None, None)
+    nb.store(ctx.outputs[0], flat_index(vars_, out), body)
 
 
 register("Resize", inputs=(1, 4), attrs=ATTRS, infer=_infer, reference=_reference, lower=_lower)

@@ -2,7 +2,7 @@
 the reductions and of Concat use them)."""
 import numpy as np
 
-from ..lower.nests import map_nest, strided_map, strides
+from ..lower.nests import flat_index, map_nest, output_loops, strided_map, strides
 from .common import broadcast, const_ints, fail, norm_axis, tt
 from .registry import register
 
@@ -141,16 +141,9 @@ def _tile_infer(attrs, types, consts, node):
 def _tile_lower(ctx):
     from ..lower.loop_ir import Load
     shape, out_shape = ctx.in_types[0].shape, ctx.out_types[0].shape
-    nb, scopes, vars_ = ctx.nb, [], []
-    for axis, d in enumerate(out_shape):
-        last = axis == len(out_shape) - 1
-        scope = nb.loop(d, "vector" if last else "serial", ctx.lanes(ctx.out_types[0].dtype) if last else 1)
-        vars_.append(scope.__enter__())
-        scopes.append(scope)
-    src = sum(((v % d) * s for v, d, s in zip(vars_, shape, strides(shape))), 0)
-    nb.store(ctx.outputs[0], sum((v * s for v, s in zip(vars_, strides(out_shape))), 0), Load(ctx.inputs[0], src))
-    for scope in reversed(scopes):
-        scope.__exit__(None, None, None)
+    with output_loops(ctx, out_shape, ctx.out_types[0].dtype) as vars_:
+        src = sum(((v % d) * s for v, d, s in zip(vars_, shape, strides(shape))), 0)
+        ctx.nb.store(ctx.outputs[0], flat_index(vars_, out_shape), Load(ctx.inputs[0], src))
 
 
 register("Tile", inputs=(2, 2), infer=_tile_infer, lower=_tile_lower,
