@@ -1,5 +1,7 @@
 """Graph (or ns.nn module) -> ONNX model that onnx's checker accepts and ONNX
 Runtime runs. Ops map one to one; nutshell-only ops are written as standard ones."""
+from dataclasses import replace
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -43,6 +45,12 @@ def _export_node(graph, node, extra_inits):
         return [helper.make_node("Reshape", [x, shape_name], [mid], name=f"{node.name}/reshape"),
                 helper.make_node("ReduceMax", [mid], list(node.outputs), name=node.name, axes=[2],
                                  keepdims=0)]
+    if node.attrs.get("activation") == "Relu":     # a fused epilogue goes back to its own node
+        inner = node.outputs[0] + "/pre_relu"
+        first = replace(node, outputs=(inner,) + tuple(node.outputs[1:]),
+                        attrs={k: v for k, v in node.attrs.items() if k != "activation"})
+        return _export_node(graph, first, extra_inits) + [
+            helper.make_node("Relu", [inner], [node.outputs[0]], name=node.name + "/relu")]
     if node.op in ("DropoutMask", "ConvGradInput", "ConvGradWeight", "MaxPoolGrad", "AveragePoolGrad"):
         raise UnsupportedOpError(node.op, detail="a training-only op has no ONNX form")
     defaults = get_op(node.op).attrs        # ours equal ONNX's; written only when they differ

@@ -74,7 +74,8 @@ def test_fold_constants_pass(rng):
 
 def test_pipeline_verifies_after_every_pass():
     out = run_pipeline(tiny(), INFERENCE_PIPELINE, verify_each=True)
-    assert [n.op for n in out.nodes] == ["Gemm", "Relu", "Softmax"]
+    assert [n.op for n in out.nodes] == ["Gemm", "Softmax"]          # the ReLU is Gemm's epilogue
+    assert out.nodes[0].attrs["activation"] == "Relu"
 
 
 def test_print_after(capsys):
@@ -110,3 +111,24 @@ def test_parser_round_trip():
     assert str(back) == GOLDEN
     after = parse_graph(str(pretranspose_weights(g)), pretranspose_weights(g).constants)
     assert str(after) == str(pretranspose_weights(g))
+
+
+def test_fusion_rewrites_structure_and_numbers(rng):
+    """Conv -> BN -> ReLU becomes one Conv with folded weights and a ReLU epilogue."""
+    from nutshell.compiler.passes.fusion import fuse
+    b = GraphBuilder("cbr", fold=False)
+    x = b.add_input("x", "float32", (2, 3, 6, 6))
+    w = b.add_constant(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    stats = [b.add_constant(v.astype(np.float32), n) for n, v in
+             (("s", rng.uniform(0.5, 2, 4)), ("t", rng.standard_normal(4)), ("m", rng.standard_normal(4)),
+              ("v", rng.uniform(0.5, 2, 4)))]
+    y = b.add_node("Relu", [b.add_node("BatchNormalization", [b.add_node("Conv", [x, w], {"pads": (1, 1, 1, 1)})]
+                                       + stats, {"epsilon": 1e-3})])
+    b.set_outputs([y])
+    g = verify(b.build())
+    fused = verify(fuse(g))
+    assert [n.op for n in fused.nodes] == ["Conv"] and fused.nodes[0].attrs["activation"] == "Relu"
+    feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32)}
+    np.testing.assert_allclose(ns.run_reference(fused, feeds)[y], ns.run_reference(g, feeds)[y], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ns.compile(g, threads=1).run(feeds)[y], ns.run_reference(g, feeds)[y],
+                               rtol=1e-4, atol=1e-5)

@@ -8,6 +8,16 @@ from .registry import register
 
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
               "pads": None, "strides": None}
+EPILOGUE = {"activation": None}     # set by the fusion pass: "Relu" runs in the GEMM's store
+
+
+def epilogue(attrs, value):
+    from ..lower.loop_ir import maximum
+    return maximum(value, 0.0) if attrs.get("activation") == "Relu" else value
+
+
+def apply_activation(attrs, y):
+    return np.maximum(y, 0) if attrs.get("activation") == "Relu" else y
 
 
 def window_geometry(node, attrs, spatial, kernel, ceil_mode=False, dilations=True):
@@ -91,7 +101,7 @@ def conv_reference(attrs, x, w, b=None):
                 "nc...,mc->nm...", patch, ws[(slice(None), slice(None)) + kidx])
     if b is not None:
         y += b.reshape((1, m) + (1,) * rank)
-    return y.astype(x.dtype)
+    return apply_activation(attrs, y).astype(x.dtype)
 
 
 def _conv_lower(ctx):
@@ -124,7 +134,7 @@ def _conv_lower(ctx):
             y_off = ni * (m * ohw) + g * (mg * ohw)
             gemm_nest(ctx, mg, ohw, kc,
                       lambda r, kk: wb[(g * mg + r) * kc + kk], load_b,
-                      lambda r, j, v: nb.store(out, y_off + r * ohw + j, v),
+                      lambda r, j, v: nb.store(out, y_off + r * ohw + j, epilogue(ctx.attrs, v)),
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
                       dtype=out.dtype, parallel=parallel)
     per_image(ctx, n, image)
@@ -163,5 +173,5 @@ def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, par
                                  xb.load(x_off + c * (h * wd) + iy * wd + ix, mask=inside))
 
 
-register("Conv", inputs=(2, 3), attrs=CONV_ATTRS, infer=_conv_infer, reference=conv_reference,
+register("Conv", inputs=(2, 3), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_infer, reference=conv_reference,
          lower=_conv_lower)

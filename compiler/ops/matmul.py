@@ -4,6 +4,7 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.nests import broadcast_strides, strided_map, strides
 from .common import broadcast, fail, same_dtype, tt
+from .conv import EPILOGUE, apply_activation, epilogue
 from .registry import register
 
 
@@ -82,7 +83,7 @@ def _gemm_reference(attrs, a, b, c=None):
     y = attrs["alpha"] * (a @ b)
     if c is not None:
         y = y + attrs["beta"] * c
-    return y.astype(a.dtype)
+    return apply_activation(attrs, y).astype(a.dtype)
 
 
 def _gemm_lower(ctx):
@@ -107,13 +108,13 @@ def _gemm_lower(ctx):
             return value * beta if beta != 1.0 else value
         bias = scaled_c
     if alpha == 1.0:        # the bias seeds the accumulators
-        store = lambda r, c, v: nb.store(out, r * n + c, v)
+        store = lambda r, c, v: nb.store(out, r * n + c, epilogue(at, v))
         init = bias
     else:
-        store = lambda r, c, v: nb.store(out, r * n + c, v * alpha + bias(r, c) if bias else v * alpha)
+        store = lambda r, c, v: nb.store(out, r * n + c, epilogue(at, v * alpha + bias(r, c) if bias else v * alpha))
         init = None
     gemm_nest(ctx, m, n, k, load_a, load_b, store, init=init, dtype=out.dtype)
 
 
-register("Gemm", inputs=(2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
+register("Gemm", inputs=(2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0, **EPILOGUE},
          infer=_gemm_infer, reference=_gemm_reference, lower=_gemm_lower)

@@ -1,6 +1,7 @@
 """The pass pipeline, one commented line per pass (Halide's Lower.cpp style)."""
 from ..ir.printer import print_graph
 from ..ir.verifier import verify
+from .fusion import fuse
 from .simplify import eliminate_dead_code, fold_constants, pretranspose_weights, remove_identities
 
 INFERENCE_PIPELINE = [
@@ -8,6 +9,8 @@ INFERENCE_PIPELINE = [
     remove_identities,       # Identity / inference Dropout read their input directly
     eliminate_dead_code,     # nothing that no output needs
     pretranspose_weights,    # Gemm weights stored K-major so GEMM loads rows contiguously
+    fuse,                    # Conv+BatchNorm folded; Conv/Gemm + ReLU in one kernel (fusion.py)
+    eliminate_dead_code,     # the folded BatchNorm statistics and unfused weights go
 ]
 
 
