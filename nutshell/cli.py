@@ -62,8 +62,9 @@ def cmd_info(args):
     if missing:
         print("unsupported ops: " + ", ".join(f"{op} (opset {v})" for op, v in missing))
         return 1
-    graph = ns.optimize_graph(ns.load_onnx(args.model))
-    stats = graph_stats(graph)
+    loaded = ns.load_onnx(args.model)
+    stats = graph_stats(loaded)                 # the model as written
+    graph = ns.optimize_graph(loaded)           # ... and as it compiles
     opsets = ", ".join(f"{i.domain or 'ai.onnx'} {i.version}" for i in proto.opset_import)
     print(f"model: {args.model} (ir_version {proto.ir_version}; opsets: {opsets})")
     for name, t in stats["inputs"]:
@@ -72,7 +73,9 @@ def cmd_info(args):
         print(f"output {name}: {t}")
     print(f"parameters: {stats['parameters']:,}")
     print(f"FLOPs per run: {stats['flops']:,}")
-    print("ops after simplification: " + ", ".join(f"{op} x{n}" for op, n in stats["ops"].most_common()))
+    print("ops: " + ", ".join(f"{op} x{n}" for op, n in stats["ops"].most_common()))
+    fused = graph_stats(graph)["ops"]
+    print("after folding and fusion: " + ", ".join(f"{op} x{n}" for op, n in fused.most_common()))
     if args.compile:
         model = ns.compile(graph, threads=args.threads)
         plan = model.code.plan
