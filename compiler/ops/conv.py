@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..lower.gemm import gemm_nest
+from ..lower.loop_ir import Reduce
 from ..lower.nests import PARALLEL_MIN_WORK
 from .common import fail, positive_ints, same_dtype, tt
 from .registry import register
@@ -118,6 +119,8 @@ def _conv_lower(ctx):
     xb, wb = ctx.inputs[0], ctx.inputs[1]
     bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
     out, nb = ctx.outputs[0], ctx.nb
+    if cg == 1 and group > 1:
+        return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     col = None if pointwise else ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), x.dtype)
@@ -138,6 +141,32 @@ def _conv_lower(ctx):
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
                       dtype=out.dtype, parallel=parallel)
     per_image(ctx, n, image)
+
+
+def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
+    """One input channel per group (MobileNet's depthwise layers): a direct loop nest,
+    each output channel a weighted window sum, instead of a one-row GEMM."""
+    n, c, h, wd = x_shape
+    m, kh, kw = w_shape
+    (oh, ow), (sh, sw), (dh, dw), (pt, pl) = out, strides, dil, pads
+    per_channel = m // group
+    xb, wb = ctx.inputs[0], ctx.inputs[1]
+    bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    nb = ctx.nb
+    big = n * m * oh * ow * kh * kw >= PARALLEL_MIN_WORK
+    with nb.loop(n * m, "parallel" if big else "serial", hint="nm") as p:
+        with nb.loop(oh, hint="y") as y:
+            with nb.loop(ow, "vector", ctx.lanes(ctx.out_types[0].dtype), hint="x") as xx:
+                i, j = nb.var("ki"), nb.var("kj")
+                iy = y * sh + (i * dh - pt)
+                ix = xx * sw + (j * dw - pl)
+                inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
+                channel = (p // m) * c + (p % m) // per_channel
+                tap = xb.load(channel * (h * wd) + iy * wd + ix, mask=inside) * wb[((p % m) * kh + i) * kw + j]
+                total = Reduce("sum", i, kh, Reduce("sum", j, kw, tap))
+                if bias is not None:
+                    total = total + bias[p % m]
+                nb.store(ctx.outputs[0], p * (oh * ow) + y * ow + xx, epilogue(ctx.attrs, total))
 
 
 def per_image(ctx, n, image):
