@@ -1,4 +1,11 @@
-"""Verify, optimise (O3, new pass manager) and JIT-compile an LLVM module."""
+"""Verify, optimise (O3, new pass manager) and JIT-compile an LLVM module, with an
+on-disk cache of the machine code keyed by the IR and the CPU (NUTSHELL_CACHE=0
+turns it off; NUTSHELL_CACHE_DIR moves it)."""
+import hashlib
+import os
+import tempfile
+
+import llvmlite
 import llvmlite.binding as llvm
 
 from nutshell.compiler.errors import CompileError
@@ -32,13 +39,60 @@ def optimize(llvm_ir, tm, opt=3):
     return mod
 
 
+class ObjectCache:
+    """Compiled objects on disk: the file name is a hash of the IR, the target and the
+    LLVM version; the content carries its own checksum, so a damaged file is ignored."""
+
+    def __init__(self, llvm_ir, target):
+        self.enabled = os.environ.get("NUTSHELL_CACHE", "1") != "0"
+        root = os.environ.get("NUTSHELL_CACHE_DIR") or os.path.join(
+            os.path.expanduser("~"), ".cache", "nutshell")
+        key = hashlib.sha256("|".join([llvm_ir, target.key(), llvmlite.__version__,
+                                       ".".join(map(str, llvm.llvm_version_info))]).encode()).hexdigest()
+        self.path = os.path.join(root, key[:2], key + ".o")
+
+    def load(self):
+        if not self.enabled:
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        digest, obj = data[:32], data[32:]
+        return obj if hashlib.sha256(obj).digest() == digest else None
+
+    def store(self, obj):
+        if not self.enabled:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(hashlib.sha256(obj).digest() + obj)
+            os.replace(tmp, self.path)          # atomic: readers see all or nothing
+        except OSError:
+            pass                                # a read-only home just means no cache
+
+
 class JitModule:
     """Holds an MCJIT engine alive and hands out function addresses."""
 
     def __init__(self, llvm_ir, target):
         self.tm = target_machine(target)
-        self.module = optimize(llvm_ir, self.tm)
+        self.llvm_ir = llvm_ir
+        self.cache = ObjectCache(llvm_ir, target)
+        cached = self.cache.load()
+        self.from_cache = cached is not None
+        if cached is not None:                  # the object is ready: skip O3 and codegen
+            self.module = llvm.parse_assembly(llvm_ir)
+            self.module.triple = self.tm.triple
+            self.module.data_layout = str(self.tm.target_data)
+        else:
+            self.module = optimize(llvm_ir, self.tm)
         self.engine = llvm.create_mcjit_compiler(self.module, self.tm)
+        self.engine.set_object_cache(lambda module, buffer: self.cache.store(bytes(buffer)),
+                                     lambda module: cached)
         self.engine.finalize_object()
         self.engine.run_static_constructors()
 
@@ -48,8 +102,11 @@ class JitModule:
             raise CompileError(f"function {name} not found in the compiled module")
         return addr
 
+    def _optimized(self):
+        return optimize(self.llvm_ir, self.tm) if self.from_cache else self.module
+
     def optimized_ir(self):
-        return str(self.module)
+        return str(self._optimized())
 
     def assembly(self):
-        return self.tm.emit_assembly(self.module)
+        return self.tm.emit_assembly(self._optimized())

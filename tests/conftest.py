@@ -43,3 +43,10 @@ def assert_close(got, want, rtol, atol_scale):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_kernel_cache(tmp_path_factory):
+    """Tests compile into a cache of their own, not the user's ~/.cache/nutshell."""
+    import os
+    os.environ.setdefault("NUTSHELL_CACHE_DIR", str(tmp_path_factory.mktemp("kernel_cache")))

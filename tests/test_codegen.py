@@ -54,3 +54,26 @@ def test_concurrent_runs_from_python_threads(lenet_graph, rng):
         got = list(pool.map(model, xs))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_disk_cache_reuses_machine_code(lenet_graph, tmp_path, monkeypatch, rng):
+    monkeypatch.setenv("NUTSHELL_CACHE_DIR", str(tmp_path))
+    x = rng.random((8, 1, 28, 28)).astype(np.float32)
+    first = ns.compile(lenet_graph, threads=1)
+    assert not first.jit.from_cache and list(tmp_path.rglob("*.o"))
+    second = ns.compile(lenet_graph, threads=1)
+    assert second.jit.from_cache
+    np.testing.assert_array_equal(first(x), second(x))
+    assert "zmm" in second.source("asm") or second.target.vector_bits < 512
+    for f in tmp_path.rglob("*.o"):          # a damaged entry is ignored, never run
+        f.write_bytes(b"\0" * 64)
+    third = ns.compile(lenet_graph, threads=1)
+    assert not third.jit.from_cache
+    np.testing.assert_array_equal(third(x), first(x))
+
+
+def test_cache_off(lenet_graph, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUTSHELL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    ns.compile(lenet_graph, threads=1)
+    assert not list(tmp_path.rglob("*.o"))
