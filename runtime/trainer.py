@@ -95,8 +95,6 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------
     def _check_batch(self, x, labels):
-        x = np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) and \
-            x.dtype == np.float32 else x
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != self._x_type.shape:
             got = f"{getattr(x, 'shape', None)} {getattr(x, 'dtype', type(x).__name__)}"
             raise InputError(f"input: expected {self._x_type.shape} float32, got {got} "

@@ -47,6 +47,16 @@ def test_unsupported_element_type_is_named():
         ns.load_onnx(m.SerializeToString())
 
 
+def external_model(location, offset="0", length="24"):
+    """Add(x, w) with w (2x3 float32) stored as external data at `location`."""
+    w = init("w", np.zeros((2, 3), np.float32))
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    for k, v in (("location", location), ("offset", offset), ("length", length)):
+        w.external_data.add(key=k, value=v)
+    return make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+
+
 # row 3: external data escaping the model's folder, or from bytes
 @pytest.mark.parametrize("location", ["../secret.bin", "a/../../secret.bin", "/etc/passwd", "link.bin"])
 def test_external_data_cannot_escape(tmp_path, location):
@@ -55,12 +65,7 @@ def test_external_data_cannot_escape(tmp_path, location):
     folder = tmp_path / "model"
     folder.mkdir()
     os.symlink(outside, folder / "link.bin")
-    w = init("w", np.zeros((2, 3), np.float32))
-    w.data_location = TensorProto.EXTERNAL
-    w.ClearField("raw_data")
-    for k, v in (("location", location), ("offset", "0"), ("length", "24")):
-        w.external_data.add(key=k, value=v)
-    m = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+    m = external_model(location)
     path = folder / "m.onnx"
     path.write_bytes(m.SerializeToString())
     with pytest.raises(ns.ModelLoadError, match="outside|relative|checker"):
@@ -72,12 +77,7 @@ def test_external_data_cannot_escape(tmp_path, location):
 # row 4: external offset/length past the end
 def test_external_data_offset_past_end(tmp_path):
     (tmp_path / "w.bin").write_bytes(np.ones(6, np.float32).tobytes())
-    w = init("w", np.zeros((2, 3), np.float32))
-    w.data_location = TensorProto.EXTERNAL
-    w.ClearField("raw_data")
-    for k, v in (("location", "w.bin"), ("offset", "16"), ("length", "24")):
-        w.external_data.add(key=k, value=v)
-    m = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+    m = external_model("w.bin", offset="16")
     (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
     with pytest.raises(ns.ModelLoadError, match="does not fit"):
         ns.load_onnx(tmp_path / "m.onnx")
@@ -86,12 +86,7 @@ def test_external_data_offset_past_end(tmp_path):
 def test_external_data_inside_folder_loads(tmp_path, rng):
     data = rng.standard_normal((2, 3)).astype(np.float32)
     (tmp_path / "w.bin").write_bytes(data.tobytes())
-    w = init("w", np.zeros((2, 3), np.float32))
-    w.data_location = TensorProto.EXTERNAL
-    w.ClearField("raw_data")
-    for k, v in (("location", "w.bin"), ("offset", "0"), ("length", "24")):
-        w.external_data.add(key=k, value=v)
-    m = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])], [w])
+    m = external_model("w.bin")
     (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(ns.compile(ns.load_onnx(tmp_path / "m.onnx"))(x), x + data)
