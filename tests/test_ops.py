@@ -31,6 +31,8 @@ CASES = [
     ("MatMul", [(F, (7, 13)), (F, (13, 40))], {}, None),
     ("MatMul", [(F, (64, 100)), (F, (100, 130))], {}, None),
     ("MatMul", [(F, (2, 3, 9, 5)), (F, (5, 17))], {}, None),
+    # B packed into L2-sized blocks of panels: several blocks, an edge block, edge rows
+    ("MatMul", [(F, (50, 600)), (F, (600, 500))], {}, None),
     ("MatMul", [(F, (3, 5)), (F, (2, 5, 4))], {}, None),
     ("MatMul", [(F, (13,)), (F, (13, 6))], {}, None),
     ("MatMul", [(F, (6, 13)), (F, (13,))], {}, None),
@@ -43,6 +45,8 @@ CASES = [
     ("Conv", [(F, (1, 4, 9, 9)), (F, (6, 2, 3, 3)), (F, (6,))], {"group": 2, "dilations": (2, 2)}, {1: "w", 2: "w"}),
     ("Conv", [(F, (1, 8, 6, 6)), (F, (8, 1, 3, 3))], {"group": 8, "pads": (1, 1, 1, 1)}, {1: "w"}),
     ("Conv", [(F, (2, 16, 7, 7)), (F, (32, 16, 1, 1)), (F, (32,))], {}, {1: "w", 2: "w"}),
+    # packed B per thread (one image each) and for the image left over
+    ("Conv", [(F, (3, 32, 20, 20)), (F, (30, 32, 3, 3)), (F, (30,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
     ("Conv", [(F, (1, 3, 10, 10)), (F, (4, 3, 3, 3))], {"auto_pad": "SAME_UPPER", "strides": (2, 2)}, {1: "w"}),
     ("MaxPool", [(F, (2, 3, 8, 8))], {"kernel_shape": (2, 2), "strides": (2, 2)}, None),
     ("MaxPool", [(F, (1, 2, 9, 11))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None),
@@ -131,7 +135,7 @@ def test_op_matches_reference(case, threads, rng):
         assert_close(got[name], want[name], RTOL, ATOL)
 
 
-NARROW = [c for c in CASES if c[0] in ("Add", "Conv", "MaxPool", "Softmax", "Gemm", "ReduceSum")]
+NARROW = [c for c in CASES if c[0] in ("Add", "Conv", "MaxPool", "Softmax", "Gemm", "ReduceSum", "MatMul")]
 
 
 @pytest.mark.parametrize("case", NARROW, ids=[_case_id(c) for c in NARROW])

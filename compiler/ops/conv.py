@@ -139,7 +139,7 @@ def _conv_lower(ctx):
                       lambda r, kk: wb[(g * mg + r) * kc + kk], load_b,
                       lambda r, j, v: nb.store(out, y_off + r * ohw + j, epilogue(ctx.attrs, v)),
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
-                      dtype=out.dtype, parallel=parallel)
+                      dtype=out.dtype, parallel=parallel, slot=None if parallel else slot)
     per_image(ctx, n, image)
 
 

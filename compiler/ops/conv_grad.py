@@ -65,7 +65,7 @@ def _grad_input_lower(ctx):
                       lambda r, kk: wb[(g * mg + kk) * kc + r],
                       lambda kk, j: dyb[dy_off + kk * ohw + j],
                       lambda r, j, v: nb.store(dcol, base + r * ohw + j, v),
-                      dtype=out.dtype, parallel=parallel)
+                      dtype=out.dtype, parallel=parallel, slot=None if parallel else slot)
             kind = "parallel" if parallel and cg * h * wd >= 1 << 14 else "serial"
             with nb.loop(cg, kind, hint="c") as ci:
                 with nb.loop(h, hint="y") as iy:
