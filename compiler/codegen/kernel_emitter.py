@@ -27,6 +27,7 @@ class VecCtx:
     mask: object = None   # <lanes x i1> for the tail, or None
 
 
+LOCAL_PAD = 64          # elements: one vector of the narrowest type at the widest ISA
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
@@ -58,8 +59,10 @@ class KernelEmitter:
         fn.attributes.add("nounwind")
         self.builder = ir.IRBuilder(fn.append_basic_block("entry"))
         self.bufs = dict(params)
-        for buf in self.kernel.locals:   # every function gets its own stack buffers
-            ty = ir.ArrayType(H.memory_type(buf.dtype), buf.size)
+        for buf in self.kernel.locals:   # every function gets its own stack buffers,
+            # padded by a vector so a tail reads and writes them whole, unmasked: a
+            # masked access would keep LLVM from promoting accumulators to registers
+            ty = ir.ArrayType(H.memory_type(buf.dtype), buf.size + LOCAL_PAD)
             self.bufs[buf.name] = H.alloca(self.builder, ty, name=buf.name)
 
     # ---- statements ------------------------------------------------------------
@@ -97,7 +100,13 @@ class KernelEmitter:
         def body(i, _):
             self.env[name] = i
             self.stmts(s.body, vec)
-        H.counted_loop(self.builder, s.extent, body, name=name)
+        count = s.extent
+        if s.limit is not None:       # min(extent, max(limit, 0)), computed at run time
+            b, limit = self.builder, self.expr(s.limit, None)
+            count = b.select(b.icmp_signed("<", limit, ir.Constant(H.I64, s.extent)), limit,
+                             ir.Constant(H.I64, s.extent))
+            count = b.select(b.icmp_signed("<", count, ir.Constant(H.I64, 0)), ir.Constant(H.I64, 0), count)
+        H.counted_loop(self.builder, count, body, name=name)
 
     def vector_loop(self, s):
         lanes, full, rem = s.lanes, s.extent // s.lanes, s.extent % s.lanes
@@ -162,7 +171,7 @@ class KernelEmitter:
     def store(self, s, vec):
         b = self.builder
         value = self.expr(s.value, vec)
-        mask = self._mask(s.mask, vec)
+        mask = self._mask(s.mask, vec, s.buf)
         if vec is not None and isinstance(value.type, ir.VectorType) or \
                 (vec is not None and affine_coeff(s.index, Var(vec.var)) != 0):
             coeff = affine_coeff(s.index, Var(vec.var))
@@ -189,9 +198,10 @@ class KernelEmitter:
         """Evaluate an index at lane 0: the loop var stands for its base."""
         return ("lane0", vec)
 
-    def _mask(self, cond, vec):
-        """Combine an optional predicate with the tail mask of `vec`."""
-        tail = vec.mask if vec is not None else None
+    def _mask(self, cond, vec, buf=None):
+        """Combine an optional predicate with the tail mask of `vec` (none for a
+        padded local buffer)."""
+        tail = vec.mask if vec is not None and not (buf is not None and buf.local) else None
         if cond is None:
             return tail
         m = self.expr(cond, vec)
@@ -355,7 +365,7 @@ class KernelEmitter:
             safe = b.select(ok, index, ir.Constant(H.I64, 0))
             value = self._from_memory(b.load(self._ptr(e.buf, safe), typ=mty), e.buf.dtype)
             return b.select(ok, value, H.zero(value.type))
-        mask = self._mask(e.mask, vec)
+        mask = self._mask(e.mask, vec, e.buf)
         vty = ir.VectorType(mty, vec.lanes)
         if coeff == 1:
             ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))

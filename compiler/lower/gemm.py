@@ -39,10 +39,9 @@ def gemm_schedule(target, n, dtype):
     return GemmSchedule(mr, nr, lanes)
 
 
-def block_columns(s, n, k, itemsize):
-    """NC: the most columns (a multiple of NR) whose k x NC packed block fits L2_BLOCK_BYTES."""
-    panels = max(1, L2_BLOCK_BYTES // (k * s.nr * itemsize))
-    return min(panels * s.nr, -(-n // s.nr) * s.nr)
+def block_panels(s, k, itemsize):
+    """Panels per packed block: as many k x NR panels as fit L2_BLOCK_BYTES (at least one)."""
+    return max(1, L2_BLOCK_BYTES // (k * s.nr * itemsize))
 
 
 def gemm_nest(ctx, m, n, k, load_a, load_b, store_c, init=None, dtype=None, parallel=True,
@@ -63,32 +62,81 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, store_c, init=None, dtype=None, para
 
 
 def _packed(ctx, s, acc, m, n, k, load_a, load_b, store_c, init, dtype, parallel, slot):
+    """One fork for the whole GEMM: each of T threads packs every block of B into its
+    own buffer and computes its share of the row blocks (the last thread also the edge
+    rows). Packing twice costs k*n copies per thread against m*n*k/T FMAs; a fork per
+    block would cost more (GOMP wakes sleeping threads: tens of microseconds).
+    The partial panel at N's edge joins the last block, so A's rows are read once."""
     nb = ctx.nb
-    nc = block_columns(s, n, k, dtype.itemsize)
-    size = nc * k
-    packed = ctx.scratch(size * (ctx.threads if slot is not None else 1), dtype)
-    base = slot * size if slot is not None else 0
+    per_block, edge = block_panels(s, k, dtype.itemsize), n % s.nr
+    full_blocks, last = divmod(n // s.nr, per_block)
+    if edge and not last and full_blocks:
+        full_blocks, last = full_blocks - 1, per_block
+    size = (per_block + 1) * s.nr * k
+    teams = ctx.threads if parallel and ctx.threads > 1 else 1
+    packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), dtype)
+    row_blocks = m // s.mr
+    share = -(-row_blocks // teams)
 
-    def block(n0, ncols):
-        panels = ncols // s.nr
-        copy = "parallel" if parallel and panels > 1 and k * ncols >= 1 << 16 else "serial"
-        for p0, count, width in ((0, panels, s.nr), (panels, 1, ncols % s.nr)):
-            if count and width:
-                with nb.loop(count, copy, hint="p") as pj:
+    def block(t, base, n0, panels, width):
+        """Pack `panels` whole panels and a partial one `width` wide, then compute them."""
+        parts = [(0, panels, s.nr), (panels, 1, width)]
+        for p0, count, nr in parts:
+            if count and nr:
+                with nb.loop(count, hint="p") as pj:
                     with nb.loop(k, hint="k") as kk:
-                        with nb.loop(width, "vector", s.lanes, hint="c") as jj:
-                            nb.store(packed, base + ((pj + p0) * k + kk) * s.nr + jj,
-                                     load_b(kk, n0 + (pj + p0) * s.nr + jj))
-        _tiles(ctx, s, acc, m, ncols, k, load_a,
-               lambda kk, bj, jj, col: packed[base + (bj * k + kk) * s.nr + jj],
-               lambda r, c, v: store_c(r, c + n0, v),
-               (lambda r, c: init(r, c + n0)) if init else None, parallel)
+                        at = base + ((pj + p0) * k + kk) * s.nr
+                        with nb.loop(nr, "vector", s.lanes, hint="c") as jj:
+                            nb.store(packed, at + jj, load_b(kk, n0 + (pj + p0) * s.nr + jj))
+                        with nb.loop(s.nr - nr, "vector", s.lanes, hint="z") as jj:
+                            nb.store(packed, at + nr + jj, Const(0.0, dtype))   # the edge's padding
+        rows = [(t * share if teams > 1 else 0, share, row_blocks - t * share if teams > 1 else None, s.mr),
+                (row_blocks, 1, t - (teams - 2) if teams > 1 else None, m % s.mr)]
+        for first, count, limit, mr in rows:
+            if count and mr:
+                _tile_loops(ctx, s, acc, (first, count, limit, mr), [p for p in parts if p[1] and p[2]],
+                            k, load_a, lambda kk, bj, jj: packed[base + (bj * k + kk) * s.nr + jj],
+                            lambda r, c, v: store_c(r, c + n0, v),
+                            (lambda r, c: init(r, c + n0)) if init else None)
 
-    if n // nc:
-        with nb.loop(n // nc, hint="nb") as jb:
-            block(jb * nc, nc)
-    if n % nc:
-        block(n // nc * nc, n % nc)
+    def blocks(t):
+        base = (slot if slot is not None else t) * size
+        if full_blocks:
+            with nb.loop(full_blocks, hint="nb") as jb:
+                block(t, base, jb * (per_block * s.nr), per_block, 0)
+        if last or edge:
+            block(t, base, full_blocks * per_block * s.nr, last, edge)
+
+    if teams > 1:
+        with nb.loop(teams, "parallel", hint="t") as t:
+            blocks(t)
+    else:
+        blocks(0)
+
+
+def _tile_loops(ctx, s, acc, rows, panel_parts, k, load_a, load_b, store_c, init):
+    """Row blocks (first, count, limit, MR) x panels [(first, count, NR)]: the
+    micro-kernel over packed B, rows outermost so the MR rows of A stay in L1 across
+    every panel of the block."""
+    nb = ctx.nb
+    first, count, limit, mr = rows
+    with nb.loop(count, hint="m", limit=limit) as bi:
+        for p0, pcount, nr in panel_parts:
+            with nb.loop(pcount, hint="n") as bj:
+                panel = bj + p0 if p0 else bj
+                row0 = (first + bi) * s.mr
+
+                def tile(body, width=nr):
+                    with nb.loop(mr, "unroll", hint="r") as ii:
+                        with nb.loop(width, "vector", s.lanes, hint="c") as jj:
+                            body(ii * s.nr + jj, row0 + ii, panel * s.nr + jj, jj)
+
+                tile(lambda a, row, col, jj: nb.store(acc, a, init(row, col) if init else
+                                                      Const(0.0, acc.dtype)))
+                with nb.loop(k, hint="k") as kk:    # full width even at the edge: zero padded
+                    tile(lambda a, row, col, jj: nb.store(
+                        acc, a, fma(load_a(row, kk), load_b(kk, panel, jj), acc[a])), s.nr)
+                tile(lambda a, row, col, jj: store_c(row, col, acc[a]))
 
 
 def _tiles(ctx, s, acc, m, n, k, load_a, load_b, store_c, init, parallel):

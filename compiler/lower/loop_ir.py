@@ -185,6 +185,8 @@ class For:
     body: list
     kind: str = "serial"     # serial | unroll | parallel | vector
     lanes: int = 1
+    limit: Optional[Expr] = None   # serial only: run min(extent, max(limit, 0)) trips,
+                                   # a thread's share of a split its index decides
 
 
 @dataclass(eq=False)
@@ -210,8 +212,10 @@ class NestBuilder:
         self._n += 1
         return Var(f"{hint}{self._n}")
 
-    def loop(self, extent, kind="serial", lanes=1, hint="i"):
+    def loop(self, extent, kind="serial", lanes=1, hint="i", limit=None):
         builder = self
+        if limit is not None and kind != "serial":
+            raise ValueError("only serial loops take a run-time limit")
 
         class _Scope:
             def __enter__(self_inner):
@@ -222,7 +226,8 @@ class NestBuilder:
             def __exit__(self_inner, *exc):
                 body = builder.stack.pop()
                 if exc[0] is None and int(extent) > 0:
-                    builder.emit(For(self_inner.var, int(extent), body, kind, lanes))
+                    builder.emit(For(self_inner.var, int(extent), body, kind, lanes,
+                                     None if limit is None else as_expr(limit, INDEX)))
                 return False
         return _Scope()
 

@@ -28,7 +28,8 @@ def _stmts(stmts, indent, out):
     for s in stmts:
         if isinstance(s, For):
             lanes = f" x{s.lanes}" if s.kind == "vector" else ""
-            out.append(f"{pad}for {s.var.name} in {s.kind}({s.extent}){lanes}:")
+            limit = f" while < {expr_str(s.limit)}" if s.limit is not None else ""
+            out.append(f"{pad}for {s.var.name} in {s.kind}({s.extent}){lanes}{limit}:")
             _stmts(s.body, indent + 1, out)
         elif isinstance(s, Store):
             mask = f" if {expr_str(s.mask)}" if s.mask is not None else ""
