@@ -33,6 +33,9 @@ CASES = [
     ("MatMul", [(F, (2, 3, 9, 5)), (F, (5, 17))], {}, None),
     # B packed into L2-sized blocks of panels: several blocks, an edge block, edge rows
     ("MatMul", [(F, (50, 600)), (F, (600, 500))], {}, None),
+    # ... and in three k blocks (C resumed from memory, the epilogue only on the last)
+    ("MatMul", [(F, (30, 1400)), (F, (1400, 90))], {}, None),
+    ("Gemm", [(F, (40, 1300)), (F, (70, 1300)), (F, (70,))], {"transB": 1, "activation": "Relu"}, {1: "w", 2: "w"}),
     ("MatMul", [(F, (3, 5)), (F, (2, 5, 4))], {}, None),
     ("MatMul", [(F, (13,)), (F, (13, 6))], {}, None),
     ("MatMul", [(F, (6, 13)), (F, (13,))], {}, None),

@@ -1,25 +1,30 @@
 """Register-blocked GEMM loop nest, the workhorse of MatMul, Gemm and Conv.
 
-C[row, col] = init(row, col) + sum_k A(row, k) * B(k, col), then an optional
-epilogue. The micro-kernel: MR rows x NR columns of accumulators (NR = 2 vectors)
-held in registers across the k loop, each k one broadcast of A and NR/lanes
-vector loads of B; edges in M are a second nest with fewer rows, edges in N a
-masked vector tail. The outer block loop with more blocks runs in parallel.
+C[row, col] = finish(init(row, col) + sum_k A(row, k) * B(k, col)). The micro-kernel:
+MR rows x NR columns of accumulators (NR = 2 vectors) held in registers across the
+k loop, each k one broadcast of A per row and NR/lanes vector loads of B; the M
+edge is a nest with fewer rows, the N edge a masked vector tail.
 
-When B is large, it is packed first (Goto's scheme, with B in the role of BLIS's
-A because our vectors run along N): a block of NC columns is copied into panels
-of NR columns, each panel k x NR contiguous, sized so the block stays in L2.
-The micro-kernel then streams one panel sequentially instead of striding
-through B's rows (a page per k step at n = 1024) and every A row block reuses
-the packed block from cache. Edges need no slow path: the last block and the
-last panel are just narrower nests over the same packed layout.
+When B is large it is packed first (Goto's scheme, with B in the role of BLIS's A
+because our vectors run along N): blocks of KC x NC, each panel KC x NR contiguous,
+sized so a block stays in L2 and the MR x KC strip of A it meets stays in L1. The
+micro-kernel then streams a panel sequentially instead of striding through B's
+rows (a page per k step at n = 1024). k blocks after the first resume from C;
+only the last applies `finish` (the epilogue). The partial panel at N's edge is
+padded with zeros and joins the last block, so its loop needs no mask.
+
+Threads: one fork per GEMM. Each thread takes a share of the column blocks (no
+shared data) when there are enough of them, else packs every block itself and
+takes a share of the row blocks; a fork per block would cost more (GOMP wakes
+sleeping threads: tens of microseconds).
 """
 from dataclasses import dataclass
 
 from .loop_ir import Const, fma
 
 GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
-L2_BLOCK_BYTES = 256 << 10         # packed B block: a quarter of a 1 MiB L2 (measured best)
+L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
+KC_TARGET = 512                    # k per block: 6 x 512 floats of A is 12 KiB of L1
 PACK_MIN_B_BYTES = 64 << 10        # below this B sits in L1/L2 anyway: packing only costs
 
 
@@ -39,138 +44,150 @@ def gemm_schedule(target, n, dtype):
     return GemmSchedule(mr, nr, lanes)
 
 
-def block_panels(s, k, itemsize):
-    """Panels per packed block: as many k x NR panels as fit L2_BLOCK_BYTES (at least one)."""
-    return max(1, L2_BLOCK_BYTES // (k * s.nr * itemsize))
+def _plus(a, b):
+    return a if isinstance(b, int) and b == 0 else b if isinstance(a, int) and a == 0 else a + b
 
 
-def gemm_nest(ctx, m, n, k, load_a, load_b, store_c, init=None, dtype=None, parallel=True,
-              slot=None):
-    """Emit the loops into ctx.nb. load_a(row, kk) and load_b(kk, col) return loop-IR
-    expressions, store_c(row, col, value) emits the store; rows/cols are Exprs.
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None,
+              parallel=True, slot=None):
+    """Emit C = finish(init + A @ B) into ctx.nb. load_a(row, kk) and load_b(kk, col)
+    return loop-IR expressions; C[row, col] is out[c_index(row, col)]; init(row, col)
+    seeds the sum (a bias), finish(row, col, value) is the epilogue.
     slot: when the caller already runs this nest on several threads (one image per
     thread), the thread's index, so each gets its own packing buffer."""
-    from ..ir.types import DType
-    dtype = dtype or DType.float32
-    s = gemm_schedule(ctx.target, n, dtype)
-    acc = ctx.local(s.mr * s.nr, dtype)
+    g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
     parallel = parallel and m * n * k >= GEMM_PARALLEL_MIN_MACS
-    if m >= 4 * s.mr and n > s.nr and k * n * dtype.itemsize >= PACK_MIN_B_BYTES:
-        return _packed(ctx, s, acc, m, n, k, load_a, load_b, store_c, init, dtype, parallel, slot)
-    _tiles(ctx, s, acc, m, n, k, load_a, lambda kk, bj, jj, col: load_b(kk, col), store_c, init,
-           parallel)
+    if m >= 4 * g.s.mr and n > g.s.nr and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
+        return g.packed(load_b, parallel, slot)
+    g.direct(load_b, parallel)
 
 
-def _packed(ctx, s, acc, m, n, k, load_a, load_b, store_c, init, dtype, parallel, slot):
-    """One fork for the whole GEMM: each of T threads packs every block of B into its
-    own buffer and computes its share of the row blocks (the last thread also the edge
-    rows). Packing twice costs k*n copies per thread against m*n*k/T FMAs; a fork per
-    block would cost more (GOMP wakes sleeping threads: tens of microseconds).
-    The partial panel at N's edge joins the last block, so A's rows are read once."""
-    nb = ctx.nb
-    per_block, edge = block_panels(s, k, dtype.itemsize), n % s.nr
-    full_blocks, last = divmod(n // s.nr, per_block)
-    if edge and not last and full_blocks:
-        full_blocks, last = full_blocks - 1, per_block
-    size = (per_block + 1) * s.nr * k
-    teams = ctx.threads if parallel and ctx.threads > 1 else 1
-    packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), dtype)
-    row_blocks = m // s.mr
-    share = -(-row_blocks // teams)
+class _Gemm:
+    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish):
+        self.ctx, self.nb, self.m, self.n, self.k = ctx, ctx.nb, m, n, k
+        self.load_a, self.out, self.c_index, self.init = load_a, out, c_index, init
+        self.finish = finish or (lambda r, c, v: v)
+        self.s = gemm_schedule(ctx.target, n, out.dtype)
+        self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
-    def block(t, base, n0, panels, width):
-        """Pack `panels` whole panels and a partial one `width` wide, then compute them."""
-        parts = [(0, panels, s.nr), (panels, 1, width)]
-        for p0, count, nr in parts:
-            if count and nr:
+    def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None):
+        """One MR x NR tile: seed, the k loop (load_b(kk, lane) for kk in [0, kc)), store."""
+        nb, s, acc = self.nb, self.s, self.acc
+
+        def each(body, width):
+            with nb.loop(mr, "unroll", hint="r") as ii:
+                with nb.loop(width, "vector", s.lanes, hint="c") as jj:
+                    body(ii * s.nr + jj, row0 + ii, col0 + jj, jj)
+
+        if first:
+            seed = self.init or (lambda r, c: Const(0.0, acc.dtype))
+        else:
+            seed = lambda r, c: self.out[self.c_index(r, c)]
+        each(lambda a, r, c, jj: nb.store(acc, a, seed(r, c)), nr)
+        with nb.loop(kc, hint="k") as kk:
+            each(lambda a, r, c, jj: nb.store(acc, a, fma(self.load_a(r, _plus(k0, kk)),
+                                                          load_b(kk, jj), acc[a])), k_width or nr)
+        done = self.finish if last else (lambda r, c, v: v)
+        each(lambda a, r, c, jj: nb.store(self.out, self.c_index(r, c), done(r, c, acc[a])), nr)
+
+    # ---- B read in place: small problems -------------------------------------------
+    def direct(self, load_b, parallel):
+        s, m, n = self.s, self.m, self.n
+        m_parts = [(0, m // s.mr, s.mr), (m // s.mr * s.mr, 1, m % s.mr)]
+        n_parts = [(0, n // s.nr, s.nr), (n // s.nr * s.nr, 1, n % s.nr)]
+        rows_outer = m // s.mr >= n // s.nr
+        for m0, mcount, mr in m_parts:
+            for n0, ncount, nr in n_parts:
+                if not (mcount and mr and ncount and nr):
+                    continue
+                outer = [(mcount, "m"), (ncount, "n")] if rows_outer else [(ncount, "n"), (mcount, "m")]
+                kind = "parallel" if parallel and outer[0][0] > 1 else "serial"
+                with self.nb.loop(outer[0][0], kind, hint=outer[0][1]) as b0:
+                    with self.nb.loop(outer[1][0], hint=outer[1][1]) as b1:
+                        bi, bj = (b0, b1) if rows_outer else (b1, b0)
+                        col0 = _plus(bj * s.nr, n0)
+                        self.tile(_plus(bi * mr, m0), mr, col0, nr, 0, self.k,
+                                  lambda kk, jj: load_b(kk, col0 + jj))
+
+    # ---- B packed into L2-sized blocks ---------------------------------------------
+    def packed(self, load_b, parallel, slot):
+        ctx, nb, s, m, n, k = self.ctx, self.nb, self.s, self.m, self.n, self.k
+        k_blocks = max(1, round(k / KC_TARGET))
+        kc = _ceil(k, k_blocks)
+        k_blocks = _ceil(k, kc)
+        per_block = max(1, L2_BLOCK_BYTES // (kc * s.nr * self.out.dtype.itemsize))
+        edge = n % s.nr
+        full_blocks, last = divmod(n // s.nr, per_block)
+        if edge and not last and full_blocks:
+            full_blocks, last = full_blocks - 1, per_block
+        size = (per_block + 1) * s.nr * kc
+        teams = ctx.threads if parallel and ctx.threads > 1 else 1
+        packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), self.out.dtype)
+        by_columns = teams > 1 and full_blocks >= 2 * teams
+        row_blocks = m // s.mr
+        share = _ceil(row_blocks, teams) if teams > 1 and not by_columns else row_blocks
+        block_cols = per_block * s.nr
+
+        def block(t, base, n0, panels, width):
+            parts = [(p0, count, nr) for p0, count, nr in ((0, panels, s.nr), (panels, 1, width))
+                     if count and nr]
+            k_parts = [(0, kc, True, k_blocks == 1)]
+            if k_blocks > 2:
+                k_parts.append(("loop", kc, False, False))
+            if k_blocks > 1:
+                k_parts.append(((k_blocks - 1) * kc, k - (k_blocks - 1) * kc, False, True))
+            for k0, kcur, first, last_k in k_parts:
+                if k0 == "loop":
+                    with nb.loop(k_blocks - 2, hint="kb") as kb:
+                        compute(t, base, n0, parts, kc + kb * kc, kcur, first, last_k)
+                else:
+                    compute(t, base, n0, parts, k0, kcur, first, last_k)
+
+        def compute(t, base, n0, parts, k0, kcur, first, last_k):
+            for p0, count, nr in parts:
                 with nb.loop(count, hint="p") as pj:
-                    with nb.loop(k, hint="k") as kk:
-                        at = base + ((pj + p0) * k + kk) * s.nr
+                    with nb.loop(kcur, hint="k") as kk:
+                        at = base + ((pj + p0) * kc + kk) * s.nr
                         with nb.loop(nr, "vector", s.lanes, hint="c") as jj:
-                            nb.store(packed, at + jj, load_b(kk, n0 + (pj + p0) * s.nr + jj))
+                            nb.store(packed, at + jj, load_b(_plus(k0, kk), n0 + (pj + p0) * s.nr + jj))
                         with nb.loop(s.nr - nr, "vector", s.lanes, hint="z") as jj:
-                            nb.store(packed, at + nr + jj, Const(0.0, dtype))   # the edge's padding
-        rows = [(t * share if teams > 1 else 0, share, row_blocks - t * share if teams > 1 else None, s.mr),
-                (row_blocks, 1, t - (teams - 2) if teams > 1 else None, m % s.mr)]
-        for first, count, limit, mr in rows:
-            if count and mr:
-                _tile_loops(ctx, s, acc, (first, count, limit, mr), [p for p in parts if p[1] and p[2]],
-                            k, load_a, lambda kk, bj, jj: packed[base + (bj * k + kk) * s.nr + jj],
-                            lambda r, c, v: store_c(r, c + n0, v),
-                            (lambda r, c: init(r, c + n0)) if init else None)
+                            nb.store(packed, at + nr + jj, Const(0.0, packed.dtype))   # edge padding
+            split = teams > 1 and not by_columns
+            rows = [(t * share if split else 0, share, row_blocks - t * share if split else None, s.mr),
+                    (row_blocks, 1, t - (teams - 2) if split else None, m % s.mr)]
+            for first_row, count, limit, mr in rows:
+                if not (count and mr):
+                    continue
+                with nb.loop(count, hint="m", limit=limit) as bi:   # A's rows stay in L1
+                    for p0, pcount, nr in parts:
+                        with nb.loop(pcount, hint="n") as bj:
+                            panel = _plus(bj, p0)
+                            self.tile(_plus(first_row, bi) * s.mr, mr, n0 + panel * s.nr, nr, k0, kcur,
+                                      lambda kk, jj: packed[base + (panel * kc + kk) * s.nr + jj],
+                                      first, last_k, k_width=s.nr)
 
-    def blocks(t):
-        base = (slot if slot is not None else t) * size
-        if full_blocks:
-            with nb.loop(full_blocks, hint="nb") as jb:
-                block(t, base, jb * (per_block * s.nr), per_block, 0)
-        if last or edge:
-            block(t, base, full_blocks * per_block * s.nr, last, edge)
+        def blocks(t):
+            base = (slot if slot is not None else t) * size
+            if full_blocks and by_columns:
+                per = _ceil(full_blocks, teams)
+                with nb.loop(per, hint="nb", limit=full_blocks - t * per) as j:
+                    block(t, base, (t * per + j) * block_cols, per_block, 0)
+            elif full_blocks:
+                with nb.loop(full_blocks, hint="nb") as jb:
+                    block(t, base, jb * block_cols, per_block, 0)
+            if last or edge:
+                if by_columns:     # the last, narrower block: the last thread's
+                    with nb.loop(1, hint="nl", limit=t - (teams - 2)):
+                        block(t, base, full_blocks * block_cols, last, edge)
+                else:
+                    block(t, base, full_blocks * block_cols, last, edge)
 
-    if teams > 1:
-        with nb.loop(teams, "parallel", hint="t") as t:
-            blocks(t)
-    else:
-        blocks(0)
-
-
-def _tile_loops(ctx, s, acc, rows, panel_parts, k, load_a, load_b, store_c, init):
-    """Row blocks (first, count, limit, MR) x panels [(first, count, NR)]: the
-    micro-kernel over packed B, rows outermost so the MR rows of A stay in L1 across
-    every panel of the block."""
-    nb = ctx.nb
-    first, count, limit, mr = rows
-    with nb.loop(count, hint="m", limit=limit) as bi:
-        for p0, pcount, nr in panel_parts:
-            with nb.loop(pcount, hint="n") as bj:
-                panel = bj + p0 if p0 else bj
-                row0 = (first + bi) * s.mr
-
-                def tile(body, width=nr):
-                    with nb.loop(mr, "unroll", hint="r") as ii:
-                        with nb.loop(width, "vector", s.lanes, hint="c") as jj:
-                            body(ii * s.nr + jj, row0 + ii, panel * s.nr + jj, jj)
-
-                tile(lambda a, row, col, jj: nb.store(acc, a, init(row, col) if init else
-                                                      Const(0.0, acc.dtype)))
-                with nb.loop(k, hint="k") as kk:    # full width even at the edge: zero padded
-                    tile(lambda a, row, col, jj: nb.store(
-                        acc, a, fma(load_a(row, kk), load_b(kk, panel, jj), acc[a])), s.nr)
-                tile(lambda a, row, col, jj: store_c(row, col, acc[a]))
-
-
-def _tiles(ctx, s, acc, m, n, k, load_a, load_b, store_c, init, parallel):
-    """All MR x NR tiles of C, with the M and N edges as narrower nests.
-    load_b(kk, panel, lane, col) gets the panel index and the column within it too."""
-    m_parts = [(0, m // s.mr, s.mr), (m // s.mr * s.mr, 1, m % s.mr)]
-    n_parts = [(0, n // s.nr, s.nr), (n // s.nr, 1, n % s.nr)]
-    rows_outer = m // s.mr >= n // s.nr
-    for mpart in m_parts:
-        for npart in n_parts:
-            if mpart[1] and mpart[2] and npart[1] and npart[2]:
-                _block_nest(ctx, s, acc, mpart, npart, k, load_a, load_b, store_c, init,
-                            parallel, rows_outer)
-
-
-def _block_nest(ctx, s, acc, mpart, npart, k, load_a, load_b, store_c, init, parallel, rows_outer):
-    nb = ctx.nb
-    (m0, mcount, mr), (p0, ncount, nr) = mpart, npart
-    outer = [(mcount, "m"), (ncount, "n")] if rows_outer else [(ncount, "n"), (mcount, "m")]
-    kinds = ["parallel" if parallel and outer[0][0] > 1 else "serial", "serial"]
-    with nb.loop(outer[0][0], kinds[0], hint=outer[0][1]) as b0:
-        with nb.loop(outer[1][0], kinds[1], hint=outer[1][1]) as b1:
-            bi, bj = (b0, b1) if rows_outer else (b1, b0)
-            panel = bj + p0 if p0 else bj
-
-            def tile(body):
-                with nb.loop(mr, "unroll", hint="r") as ii:
-                    with nb.loop(nr, "vector", s.lanes, hint="c") as jj:
-                        row = bi * mr + ii + m0 if m0 else bi * mr + ii
-                        body(ii * s.nr + jj, row, panel * s.nr + jj, jj)
-
-            tile(lambda a, row, col, jj: nb.store(acc, a, init(row, col) if init else
-                                                  Const(0.0, acc.dtype)))
-            with nb.loop(k, hint="k") as kk:
-                tile(lambda a, row, col, jj: nb.store(
-                    acc, a, fma(load_a(row, kk), load_b(kk, panel, jj, col), acc[a])))
-            tile(lambda a, row, col, jj: store_c(row, col, acc[a]))
+        if teams > 1:
+            with nb.loop(teams, "parallel", hint="t") as t:
+                blocks(t)
+        else:
+            blocks(0)

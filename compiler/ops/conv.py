@@ -137,9 +137,10 @@ def _conv_lower(ctx):
             y_off = ni * (m * ohw) + g * (mg * ohw)
             gemm_nest(ctx, mg, ohw, kc,
                       lambda r, kk: wb[(g * mg + r) * kc + kk], load_b,
-                      lambda r, j, v: nb.store(out, y_off + r * ohw + j, epilogue(ctx.attrs, v)),
+                      out, lambda r, j: y_off + r * ohw + j,
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
-                      dtype=out.dtype, parallel=parallel, slot=None if parallel else slot)
+                      finish=lambda r, j, v: epilogue(ctx.attrs, v),
+                      parallel=parallel, slot=None if parallel else slot)
     per_image(ctx, n, image)
 
 

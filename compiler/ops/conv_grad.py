@@ -64,8 +64,8 @@ def _grad_input_lower(ctx):
             gemm_nest(ctx, kc, ohw, mg,
                       lambda r, kk: wb[(g * mg + kk) * kc + r],
                       lambda kk, j: dyb[dy_off + kk * ohw + j],
-                      lambda r, j, v: nb.store(dcol, base + r * ohw + j, v),
-                      dtype=out.dtype, parallel=parallel, slot=None if parallel else slot)
+                      dcol, lambda r, j: base + r * ohw + j,
+                      parallel=parallel, slot=None if parallel else slot)
             kind = "parallel" if parallel and cg * h * wd >= 1 << 14 else "serial"
             with nb.loop(cg, kind, hint="c") as ci:
                 with nb.loop(h, hint="y") as iy:
@@ -139,7 +139,7 @@ def _grad_weight_lower(ctx):
         else:
             load_a = lambda r, kk: dyb[(kk // ohw) * (m * ohw) + (g * mg + r) * ohw + kk % ohw]
         gemm_nest(ctx, mg, kc, n * ohw, load_a, lambda kk, j: col_t[kk * kc + j],
-                  lambda r, j, v: nb.store(out, (g * mg + r) * kc + j, v), dtype=out.dtype)
+                  out, lambda r, j: (g * mg + r) * kc + j)
 
 
 register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,

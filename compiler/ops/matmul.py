@@ -49,7 +49,7 @@ def _matmul_lower(ctx):
     gemm_nest(ctx, m, n, k,
               lambda r, kk: a_buf[a_off + r * k + kk],
               lambda kk, c: b_buf[b_off + kk * n + c],
-              lambda r, c, v: nb.store(out, c_off + r * n + c, v), dtype=out.dtype)
+              out, lambda r, c: c_off + r * n + c)
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)
 
@@ -108,12 +108,12 @@ def _gemm_lower(ctx):
             return value * beta if beta != 1.0 else value
         bias = scaled_c
     if alpha == 1.0:        # the bias seeds the accumulators
-        store = lambda r, c, v: nb.store(out, r * n + c, epilogue(at, v))
+        finish = lambda r, c, v: epilogue(at, v)
         init = bias
     else:
-        store = lambda r, c, v: nb.store(out, r * n + c, epilogue(at, v * alpha + bias(r, c) if bias else v * alpha))
+        finish = lambda r, c, v: epilogue(at, v * alpha + bias(r, c) if bias else v * alpha)
         init = None
-    gemm_nest(ctx, m, n, k, load_a, load_b, store, init=init, dtype=out.dtype)
+    gemm_nest(ctx, m, n, k, load_a, load_b, out, lambda r, c: r * n + c, init=init, finish=finish)
 
 
 register("Gemm", inputs=(2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0, **EPILOGUE},
