@@ -11,7 +11,7 @@ sized so a block stays in L2 and the MR x KC strip of A it meets stays in L1. Th
 micro-kernel then streams a panel sequentially instead of striding through B's
 rows (a page per k step at n = 1024). k blocks after the first resume from C;
 only the last applies `finish` (the epilogue). The partial panel at N's edge is
-padded with zeros and joins the last block, so its loop needs no mask.
+padded with zeros and joins the last block, so its k loop needs no mask.
 
 Threads: one fork per GEMM. Each thread takes a share of the column blocks (no
 shared data) when there are enough of them, else packs every block itself and
@@ -20,7 +20,7 @@ sleeping threads: tens of microseconds).
 """
 from dataclasses import dataclass
 
-from .loop_ir import Const, fma
+from .loop_ir import Const, Select, fma
 
 GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
 L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
@@ -74,8 +74,10 @@ class _Gemm:
         self.s = gemm_schedule(ctx.target, n, out.dtype)
         self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
-    def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None):
-        """One MR x NR tile: seed, the k loop (load_b(kk, lane) for kk in [0, kc)), store."""
+    def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None,
+             k_limit=None):
+        """One MR x NR tile: seed, the k loop (load_b(kk, lane) for kk in [0, kc)), store.
+        first/last: True, or a run-time condition (resume from C / apply finish)."""
         nb, s, acc = self.nb, self.s, self.acc
 
         def each(body, width):
@@ -83,15 +85,17 @@ class _Gemm:
                 with nb.loop(width, "vector", s.lanes, hint="c") as jj:
                     body(ii * s.nr + jj, row0 + ii, col0 + jj, jj)
 
-        if first:
-            seed = self.init or (lambda r, c: Const(0.0, acc.dtype))
-        else:
-            seed = lambda r, c: self.out[self.c_index(r, c)]
+        def seed(r, c):
+            fresh = self.init(r, c) if self.init else Const(0.0, acc.dtype)
+            return fresh if first is True else Select(first, fresh, self.out[self.c_index(r, c)])
+
+        def done(r, c, v):
+            return self.finish(r, c, v) if last is True else Select(last, self.finish(r, c, v), v)
+
         each(lambda a, r, c, jj: nb.store(acc, a, seed(r, c)), nr)
-        with nb.loop(kc, hint="k") as kk:
+        with nb.loop(kc, hint="k", limit=k_limit) as kk:
             each(lambda a, r, c, jj: nb.store(acc, a, fma(self.load_a(r, _plus(k0, kk)),
                                                           load_b(kk, jj), acc[a])), k_width or nr)
-        done = self.finish if last else (lambda r, c, v: v)
         each(lambda a, r, c, jj: nb.store(self.out, self.c_index(r, c), done(r, c, acc[a])), nr)
 
     # ---- B read in place: small problems -------------------------------------------
@@ -115,76 +119,67 @@ class _Gemm:
 
     # ---- B packed into L2-sized blocks ---------------------------------------------
     def packed(self, load_b, parallel, slot):
+        """One code path for every block and k block: trip counts that differ at the
+        edges (the last block's panels, the last k block) are run-time limits, and
+        whether a k block starts from init or from C is a select, so the code stays
+        one micro-kernel per (rows, panel) edge case: compile time matters too."""
         ctx, nb, s, m, n, k = self.ctx, self.nb, self.s, self.m, self.n, self.k
         k_blocks = max(1, round(k / KC_TARGET))
         kc = _ceil(k, k_blocks)
         k_blocks = _ceil(k, kc)
         per_block = max(1, L2_BLOCK_BYTES // (kc * s.nr * self.out.dtype.itemsize))
-        edge = n % s.nr
-        full_blocks, last = divmod(n // s.nr, per_block)
-        if edge and not last and full_blocks:
-            full_blocks, last = full_blocks - 1, per_block
+        panels, edge = divmod(n, s.nr)
+        n_blocks = max(1, _ceil(panels, per_block))    # the partial panel joins the last
         size = (per_block + 1) * s.nr * kc
         teams = ctx.threads if parallel and ctx.threads > 1 else 1
         packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), self.out.dtype)
-        by_columns = teams > 1 and full_blocks >= 2 * teams
+        by_columns = teams > 1 and n_blocks >= 2 * teams
+        split_rows = teams > 1 and not by_columns
         row_blocks = m // s.mr
-        share = _ceil(row_blocks, teams) if teams > 1 and not by_columns else row_blocks
-        block_cols = per_block * s.nr
+        share = _ceil(row_blocks, teams) if split_rows else row_blocks
 
-        def block(t, base, n0, panels, width):
-            parts = [(p0, count, nr) for p0, count, nr in ((0, panels, s.nr), (panels, 1, width))
-                     if count and nr]
-            k_parts = [(0, kc, True, k_blocks == 1)]
-            if k_blocks > 2:
-                k_parts.append(("loop", kc, False, False))
-            if k_blocks > 1:
-                k_parts.append(((k_blocks - 1) * kc, k - (k_blocks - 1) * kc, False, True))
-            for k0, kcur, first, last_k in k_parts:
-                if k0 == "loop":
-                    with nb.loop(k_blocks - 2, hint="kb") as kb:
-                        compute(t, base, n0, parts, kc + kb * kc, kcur, first, last_k)
-                else:
-                    compute(t, base, n0, parts, k0, kcur, first, last_k)
+        def block(t, base, jb):
+            n0 = jb * (per_block * s.nr)
+            parts = [(0, per_block, s.nr, panels - jb * per_block)]
+            if edge:     # only in the last block, after its whole panels
+                parts.append((panels - (n_blocks - 1) * per_block, 1, edge,
+                              jb - (n_blocks - 2) if n_blocks > 1 else None))
+            if k_blocks == 1:
+                return compute(t, base, n0, parts, 0, True, True, None)
+            with nb.loop(k_blocks, hint="kb") as kb:
+                compute(t, base, n0, parts, kb * kc, kb.eq(0), kb.eq(k_blocks - 1), k - kb * kc)
 
-        def compute(t, base, n0, parts, k0, kcur, first, last_k):
-            for p0, count, nr in parts:
-                with nb.loop(count, hint="p") as pj:
-                    with nb.loop(kcur, hint="k") as kk:
+        def compute(t, base, n0, parts, k0, first, last, k_limit):
+            for p0, count, nr, limit in parts:
+                with nb.loop(count, hint="p", limit=limit) as pj:
+                    with nb.loop(kc, hint="k", limit=k_limit) as kk:
                         at = base + ((pj + p0) * kc + kk) * s.nr
                         with nb.loop(nr, "vector", s.lanes, hint="c") as jj:
                             nb.store(packed, at + jj, load_b(_plus(k0, kk), n0 + (pj + p0) * s.nr + jj))
                         with nb.loop(s.nr - nr, "vector", s.lanes, hint="z") as jj:
                             nb.store(packed, at + nr + jj, Const(0.0, packed.dtype))   # edge padding
-            split = teams > 1 and not by_columns
-            rows = [(t * share if split else 0, share, row_blocks - t * share if split else None, s.mr),
-                    (row_blocks, 1, t - (teams - 2) if split else None, m % s.mr)]
-            for first_row, count, limit, mr in rows:
+            rows = [(t * share if split_rows else 0, share, row_blocks - t * share if split_rows else None, s.mr),
+                    (row_blocks, 1, t - (teams - 2) if split_rows else None, m % s.mr)]
+            for first_row, count, row_limit, mr in rows:
                 if not (count and mr):
                     continue
-                with nb.loop(count, hint="m", limit=limit) as bi:   # A's rows stay in L1
-                    for p0, pcount, nr in parts:
-                        with nb.loop(pcount, hint="n") as bj:
+                with nb.loop(count, hint="m", limit=row_limit) as bi:   # A's rows stay in L1
+                    for p0, pcount, nr, limit in parts:
+                        with nb.loop(pcount, hint="n", limit=limit) as bj:
                             panel = _plus(bj, p0)
-                            self.tile(_plus(first_row, bi) * s.mr, mr, n0 + panel * s.nr, nr, k0, kcur,
+                            self.tile(_plus(first_row, bi) * s.mr, mr, n0 + panel * s.nr, nr, k0, kc,
                                       lambda kk, jj: packed[base + (panel * kc + kk) * s.nr + jj],
-                                      first, last_k, k_width=s.nr)
+                                      first, last, k_width=s.nr, k_limit=k_limit)
 
         def blocks(t):
             base = (slot if slot is not None else t) * size
-            if full_blocks and by_columns:
-                per = _ceil(full_blocks, teams)
-                with nb.loop(per, hint="nb", limit=full_blocks - t * per) as j:
-                    block(t, base, (t * per + j) * block_cols, per_block, 0)
-            elif full_blocks:
-                with nb.loop(full_blocks, hint="nb") as jb:
-                    block(t, base, jb * block_cols, per_block, 0)
-            if last or edge:
-                if by_columns:     # the last, narrower block: the last thread's
-                    with nb.loop(1, hint="nl", limit=t - (teams - 2)):
-                        block(t, base, full_blocks * block_cols, last, edge)
-                else:
-                    block(t, base, full_blocks * block_cols, last, edge)
+            if by_columns:
+                per = _ceil(n_blocks, teams)
+                with nb.loop(per, hint="nb", limit=n_blocks - t * per) as j:
+                    block(t, base, t * per + j)
+            else:
+                with nb.loop(n_blocks, hint="nb") as jb:
+                    block(t, base, jb)
 
         if teams > 1:
             with nb.loop(teams, "parallel", hint="t") as t:
