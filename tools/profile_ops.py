@@ -1,0 +1,90 @@
+"""Where the time goes: every node of an optimised model compiled and timed alone.
+
+    python tools/profile_ops.py MODEL.onnx [--threads 1] [--repeat 10] [--top 25]
+    python tools/profile_ops.py --bench resnet50        # a model of benchmarks/models.py
+
+Prints the nodes by time with their GFLOP/s (Conv, Gemm, MatMul) and the sum by op.
+A node alone runs on cold inputs, so the sum is a little above the model's latency."""
+import argparse
+import collections
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+
+import nutshell as ns  # noqa: E402
+from nutshell.api import optimize_graph  # noqa: E402
+from nutshell.bench import median_latency  # noqa: E402
+from nutshell.compiler.ir.graph import GraphBuilder  # noqa: E402
+
+
+def node_graph(graph, node):
+    b = GraphBuilder(f"{node.op.lower()}_alone", fold=False)
+    names = []
+    for i, name in enumerate(node.inputs):
+        if not name:
+            names.append("")
+        elif name in graph.constants:
+            names.append(b.add_constant(graph.constants[name], f"c{i}"))
+        else:
+            t = graph.types[name]
+            names.append(b.add_input(f"x{i}", t.dtype, t.shape))
+    outs = b.add_node(node.op, names, dict(node.attrs), num_outputs=len(node.outputs))
+    b.set_outputs([outs] if isinstance(outs, str) else list(outs))
+    return b.build()
+
+
+def flops(graph, node):
+    out = graph.types[node.outputs[0]]
+    if node.op == "Conv":
+        w = graph.types[node.inputs[1]].shape
+        return 2 * out.size * int(np.prod(w[1:]))
+    if node.op in ("Gemm", "MatMul"):
+        a = graph.types[node.inputs[0]].shape
+        k = a[0] if node.op == "Gemm" and node.attrs.get("transA") else a[-1]
+        return 2 * out.size * k
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?")
+    p.add_argument("--bench")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--top", type=int, default=25)
+    args = p.parse_args(argv)
+    if args.bench:
+        from models import export
+        source = export(args.bench)[0]
+    else:
+        source = args.model
+    graph = optimize_graph(ns.load_onnx(source))
+    rng = np.random.default_rng(0)
+    rows, by_op = [], collections.Counter()
+    for node in graph.nodes:
+        single = node_graph(graph, node)
+        model = ns.compile(single, threads=args.threads)
+        feeds = {v.name: rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy)
+                 if v.type.dtype.is_float else np.zeros(v.type.shape, v.type.dtype.numpy)
+                 for v in single.inputs}
+        seconds = median_latency(lambda: model.run(feeds), args.repeat)
+        rows.append((seconds, node, flops(graph, node)))
+        by_op[node.op] += seconds
+    total = sum(r[0] for r in rows)
+    print(f"{'ms':>8} {'%':>5} {'GF/s':>6}  node")
+    for seconds, node, f in sorted(rows, key=lambda r: -r[0])[:args.top]:
+        shapes = " ".join(str(graph.types[i].shape) for i in node.inputs if i and i not in graph.constants)
+        kernel = graph.types[node.inputs[1]].shape if node.op == "Conv" else ""
+        rate = f"{f / seconds / 1e9:6.1f}" if f else " " * 6
+        print(f"{seconds * 1e3:8.3f} {100 * seconds / total:5.1f} {rate}  {node.op} {node.name} {shapes} "
+              f"{kernel} {dict((k, v) for k, v in node.attrs.items() if v not in (None, 0, 1))}")
+    print(f"\ntotal {total * 1e3:.2f} ms over {len(rows)} nodes; by op:")
+    for op, seconds in by_op.most_common():
+        print(f"  {op:<20} {seconds * 1e3:8.3f} ms {100 * seconds / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
