@@ -1,12 +1,13 @@
 """ns.compile: any model (DSL module, Graph, ONNX path) -> CompiledModel."""
 import re
 
-from nutshell.compiler.codegen.model import build_model
+from nutshell.compiler.codegen.model import build_model, check_memory
 from nutshell.compiler.ir import Graph, verify
 from nutshell.compiler.lower.target import host_target
 from nutshell.compiler.passes.pipeline import run_pipeline
 from nutshell.runtime.jit import JitModule
 from nutshell.runtime.model import CompiledModel
+from nutshell.runtime.model_cache import ModelCache
 
 
 def to_graph(model, input_shape=None, input_name="input"):
@@ -43,5 +44,13 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
     """
     graph = optimize_graph(to_graph(model, input_shape), verify_each, tuple(print_after))
     target = host_target(threads, vector_cap)
-    code = build_model(graph, target, c_identifier(name or graph.name))
-    return CompiledModel(graph, code, JitModule(code.llvm_ir, target), target)
+    name = c_identifier(name or graph.name)
+    check_memory(graph)
+    cache = ModelCache(graph, target, name)
+    hit = cache.load_code(graph)
+    if hit is not None:              # the same graph compiled before: link its object
+        return CompiledModel(graph, hit[1], JitModule.from_object(hit[0], target), target)
+    code = build_model(graph, target, name)
+    jit = JitModule(code.llvm_ir, target)
+    cache.store_code(graph, code, jit.object)
+    return CompiledModel(graph, code, jit, target)

@@ -79,7 +79,7 @@ def cmd_info(args):
     if args.compile:
         model = ns.compile(graph, threads=args.threads)
         plan = model.code.plan
-        print(f"kernels: {len(model.code.kernels)} distinct, {model.code.num_calls} calls; arena "
+        print(f"kernels: {len(model.lowered().kernels)} distinct, {model.code.num_calls} calls; arena "
               f"{plan.arena_size:,} bytes (liveness lower bound {plan.lower_bound:,})")
     return 0
 

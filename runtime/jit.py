@@ -1,6 +1,7 @@
 """Verify, optimise (O3, new pass manager) and JIT-compile an LLVM module, with an
 on-disk cache of the machine code keyed by the IR and the CPU (NUTSHELL_CACHE=0
-turns it off; NUTSHELL_CACHE_DIR moves it)."""
+turns it off; NUTSHELL_CACHE_DIR moves it). runtime/model_cache.py keys whole
+compiled models by their graph, so a hit skips lowering too."""
 import hashlib
 import os
 import tempfile
@@ -39,17 +40,22 @@ def optimize(llvm_ir, tm, opt=3):
     return mod
 
 
-class ObjectCache:
-    """Compiled objects on disk: the file name is a hash of the IR, the target and the
-    LLVM version; the content carries its own checksum, so a damaged file is ignored."""
+def cache_root():
+    return os.environ.get("NUTSHELL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nutshell")
 
-    def __init__(self, llvm_ir, target):
-        self.enabled = os.environ.get("NUTSHELL_CACHE", "1") != "0"
-        root = os.environ.get("NUTSHELL_CACHE_DIR") or os.path.join(
-            os.path.expanduser("~"), ".cache", "nutshell")
-        key = hashlib.sha256("|".join([llvm_ir, target.key(), llvmlite.__version__,
-                                       ".".join(map(str, llvm.llvm_version_info))]).encode()).hexdigest()
-        self.path = os.path.join(root, key[:2], key + ".o")
+
+def cache_enabled():
+    return os.environ.get("NUTSHELL_CACHE", "1") != "0"
+
+
+class DiskCache:
+    """One checksummed file per key under the cache root; a damaged file reads as a
+    miss, writes are atomic (readers see all or nothing), a read-only home just
+    means no cache."""
+
+    def __init__(self, key, suffix):
+        self.enabled = cache_enabled()
+        self.path = os.path.join(cache_root(), key[:2], key + suffix)
 
     def load(self):
         if not self.enabled:
@@ -59,20 +65,32 @@ class ObjectCache:
                 data = f.read()
         except OSError:
             return None
-        digest, obj = data[:32], data[32:]
-        return obj if hashlib.sha256(obj).digest() == digest else None
+        digest, payload = data[:32], data[32:]
+        return payload if hashlib.sha256(payload).digest() == digest else None
 
-    def store(self, obj):
+    def store(self, payload):
         if not self.enabled:
             return
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path))
             with os.fdopen(fd, "wb") as f:
-                f.write(hashlib.sha256(obj).digest() + obj)
-            os.replace(tmp, self.path)          # atomic: readers see all or nothing
+                f.write(hashlib.sha256(payload).digest() + payload)
+            os.replace(tmp, self.path)
         except OSError:
-            pass                                # a read-only home just means no cache
+            pass
+
+
+def llvm_version():
+    return f"{llvmlite.__version__}|{'.'.join(map(str, llvm.llvm_version_info))}"
+
+
+class ObjectCache(DiskCache):
+    """Compiled objects keyed by the IR, the target and the LLVM version."""
+
+    def __init__(self, llvm_ir, target):
+        key = hashlib.sha256("|".join([llvm_ir, target.key(), llvm_version()]).encode()).hexdigest()
+        super().__init__(key, ".o")
 
 
 class JitModule:
@@ -90,11 +108,28 @@ class JitModule:
             self.module.data_layout = str(self.tm.target_data)
         else:
             self.module = optimize(llvm_ir, self.tm)
+        self.object = cached
         self.engine = llvm.create_mcjit_compiler(self.module, self.tm)
-        self.engine.set_object_cache(lambda module, buffer: self.cache.store(bytes(buffer)),
-                                     lambda module: cached)
+        self.engine.set_object_cache(self._compiled, lambda module: cached)
         self.engine.finalize_object()
         self.engine.run_static_constructors()
+
+    def _compiled(self, module, buffer):
+        self.object = bytes(buffer)
+        self.cache.store(self.object)
+
+    @classmethod
+    def from_object(cls, obj, target):
+        """Machine code from a cache: an empty module plus the object, no IR at all."""
+        self = cls.__new__(cls)
+        self.tm, self.llvm_ir, self.object, self.from_cache = target_machine(target), None, obj, True
+        self.module = llvm.parse_assembly("")
+        self.module.triple = self.tm.triple
+        self.engine = llvm.create_mcjit_compiler(self.module, self.tm)
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self.engine.finalize_object()
+        self.engine.run_static_constructors()
+        return self
 
     def address(self, name):
         addr = self.engine.get_function_address(name)

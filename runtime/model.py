@@ -98,9 +98,20 @@ class CompiledModel:
         return export_inference(self.graph, out_dir, c_identifier(name or self.graph.name),
                                 self.target.threads, target_cpu, triple)
 
+    def lowered(self):
+        """The full ModelCode (IR, loop kernels): a model from the graph cache has only
+        its machine code, so it is lowered again here, on request."""
+        if self.code.llvm_ir is None:
+            from nutshell.compiler.codegen.model import build_model
+            self.code = build_model(self.graph, self.target, self.code.entry[:-len("_run")])
+            self.jit.llvm_ir = self.code.llvm_ir
+        return self.code
+
     def source(self, kind="llvm"):
         """'llvm': the generated LLVM IR; 'optimized': after O3; 'asm': machine code;
         'loops': the loop IR; 'graph': the compiled graph's text form."""
+        if kind in ("llvm", "optimized", "asm", "loops"):
+            self.lowered()
         if kind == "llvm":
             return self.code.llvm_ir
         if kind == "optimized":

@@ -4,6 +4,8 @@ import pytest
 
 import nutshell as ns
 from nutshell.models import lenet5
+from nutshell.compiler.ir.graph import GraphBuilder
+from nutshell.compiler.ir.types import DType
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +66,31 @@ def test_disk_cache_reuses_machine_code(lenet_graph, tmp_path, monkeypatch, rng)
     second = ns.compile(lenet_graph, threads=1)
     assert second.jit.from_cache
     np.testing.assert_array_equal(first(x), second(x))
+    assert second.code.llvm_ir is None          # the graph-keyed entry: no lowering at all
     assert "zmm" in second.source("asm") or second.target.vector_bits < 512
-    for f in tmp_path.rglob("*.o"):          # a damaged entry is ignored, never run
+    assert "kernel" in second.source("loops")   # lowered again on request
+    for f in tmp_path.rglob("*.*"):          # a damaged entry is ignored, never run
         f.write_bytes(b"\0" * 64)
     third = ns.compile(lenet_graph, threads=1)
     assert not third.jit.from_cache
     np.testing.assert_array_equal(third(x), first(x))
+
+
+def test_model_cache_keys_on_weights(tmp_path, monkeypatch, rng):
+    """Same graph text, other weights: a miss, never the other model's answer."""
+    monkeypatch.setenv("NUTSHELL_CACHE_DIR", str(tmp_path))
+    x = rng.random((2, 3)).astype(np.float32)
+    results = []
+    for scale in (1.0, 2.0, 1.0):
+        b = GraphBuilder("same_name")
+        y = b.add_node("Mul", [b.add_input("x", DType.float32, (2, 3)),
+                               b.add_constant(np.full((3,), scale, np.float32), "w")])
+        b.set_outputs([y])
+        model = ns.compile(b.build(), threads=1)
+        results.append((model.code.llvm_ir is None, model(x)))
+    assert [hit for hit, _ in results] == [False, False, True]
+    np.testing.assert_array_equal(results[1][1], 2 * x)
+    np.testing.assert_array_equal(results[2][1], x)
 
 
 def test_cache_off(lenet_graph, tmp_path, monkeypatch):
