@@ -38,7 +38,7 @@ def graph_key(graph, target, name):
     for cname, array in graph.constants.items():
         array = np.ascontiguousarray(array)
         h.update(f"{cname}|{array.dtype.str}|{array.shape}".encode())
-        h.update(memoryview(array).cast("B"))
+        h.update(array.tobytes() if array.size == 0 else memoryview(array).cast("B"))
     return h.hexdigest()
 
 
