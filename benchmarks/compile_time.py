@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
-from models import MODELS, export  # noqa: E402
+from models import MODELS, export_isolated as export  # noqa: E402
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """Inference latency, nutshell vs onnxruntime, side by side in one run.
 
     python benchmarks/inference.py [--models lenet5 resnet18] [--threads 1 2] [--repeat 20] [--json out.json]
+    python benchmarks/inference.py --torchvision      # issue 5's list (needs torchvision)
 
 Prints one row per model and thread count: median latency of each (after warm-up)
 and the ratio nutshell/onnxruntime (below 1: nutshell is faster)."""
@@ -18,16 +19,19 @@ warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
 from nutshell.bench import median_latency, ort_session  # noqa: E402
-from models import MODELS, export  # noqa: E402
+from models import MODELS, TORCHVISION, export_isolated as export  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--torchvision", action="store_true", help="the torchvision architectures")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.torchvision:
+        args.models = TORCHVISION
     rows = []
     print(f"{'model':<12} {'threads':>7} {'nutshell ms':>12} {'ort ms':>10} {'ratio':>7} {'compile s':>10} {'max err':>9}")
     for name in args.models:
@@ -47,6 +51,12 @@ def main(argv=None):
             rows.append(row)
             print(f"{name:<12} {threads:>7} {ours * 1e3:>12.3f} {theirs * 1e3:>10.3f} "
                   f"{ours / theirs:>7.2f} {compile_s:>10.2f} {err:>9.2e}", flush=True)
+    for threads in args.threads:
+        ratios = [r["ratio"] for r in rows if r["threads"] == threads]
+        if ratios:
+            print(f"geometric mean of the ratios at {threads} thread(s): "
+                  f"{float(np.exp(np.mean(np.log(ratios)))):.2f} over {len(ratios)} models, "
+                  f"max {max(ratios):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -1,6 +1,10 @@
 """Models for the benchmarks, defined in plain torch (torchvision is not needed) and
 exported locally to ONNX."""
 import io
+import os
+import subprocess
+import sys
+import tempfile
 
 import torch
 from torch import nn
@@ -96,11 +100,58 @@ MODELS = {"lenet5": (lenet5, (1, 1, 28, 28)), "lenet5-b64": (lenet5, (64, 1, 28,
           "resnet50-b8": (ResNet50, (8, 3, 224, 224))}
 
 
+# issue 5's list: torchvision architectures with random weights ("tv:NAME[-bN]"), as
+# `torch.onnx.export` writes them; needs torchvision (not a CI dependency)
+TORCHVISION = ["tv:resnet18", "tv:resnet50-b8", "tv:mobilenet_v2", "tv:mobilenet_v3_small",
+               "tv:efficientnet_b0", "tv:squeezenet1_1", "tv:shufflenet_v2_x1_0", "tv:regnet_y_400mf",
+               "tv:googlenet", "tv:densenet121", "tv:convnext_tiny", "tv:vit_b_16"]
+
+
+def _torchvision(name):
+    import torchvision
+    arch, _, batch = name[3:].partition("-b")
+    kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
+    model = getattr(torchvision.models, arch)(weights=None, **kwargs)
+    with torch.no_grad():     # zero-initialised layers (ViT's head) would hide errors
+        for p in model.parameters():
+            if p.numel() > 1 and float(p.abs().max()) == 0.0:
+                p.normal_(0.0, 0.02)
+    if hasattr(torch.backends, "mha"):
+        torch.backends.mha.set_fastpath_enabled(False)   # fused attention has no ONNX export
+    return model, (int(batch or 1), 3, 224, 224)
+
+
 def export(name, opset=17):
     torch.manual_seed(0)
-    factory, shape = MODELS[name]
+    if name.startswith("tv:"):
+        model, shape = _torchvision(name)
+        opset = 18 if "vit" in name else opset    # ViT's attention exports at 14 or 18, not 17
+    else:
+        factory, shape = MODELS[name]
+        model = factory()
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(factory().eval(), torch.randn(shape), buf, opset_version=opset,
+        torch.onnx.export(model.eval(), torch.randn(shape), buf, opset_version=opset,
                           input_names=["input"], output_names=["output"], dynamo=False)
     return buf.getvalue(), shape
+
+
+def export_isolated(name, opset=17):
+    """export() in a child process: torch's own OpenMP threads never start in the
+    benchmark's process, where they would spin beside nutshell's and ORT's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), name, path, str(opset)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"exporting {name} failed:\n{done.stderr[-2000:]}")
+        with open(path, "rb") as f:
+            data = f.read()
+    return data, tuple(int(d) for d in done.stdout.split())
+
+
+if __name__ == "__main__":
+    data, shape = export(sys.argv[1], int(sys.argv[3]))
+    with open(sys.argv[2], "wb") as f:
+        f.write(data)
+    print(*shape)

@@ -2,6 +2,7 @@
 
     python tools/profile_ops.py MODEL.onnx [--threads 1] [--repeat 10] [--top 25]
     python tools/profile_ops.py --bench resnet50        # a model of benchmarks/models.py
+    python tools/profile_ops.py --training cnn_bn       # a training step of benchmarks/training.py
 
 Prints the nodes by time with their GFLOP/s (Conv, Gemm, MatMul) and the sum by op.
 A node alone runs on cold inputs, so the sum is a little above the model's latency."""
@@ -52,32 +53,39 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?")
     p.add_argument("--bench")
+    p.add_argument("--training")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
-    if args.bench:
-        from models import export
-        source = export(args.bench)[0]
+    if args.training:
+        from training import CASES
+        from nutshell.training import build_training_graph
+        ours, _, shape, optimizer, _ = CASES[args.training]
+        graph = optimize_graph(build_training_graph(ours(), shape, optimizer=optimizer())[0])
     else:
-        source = args.model
-    graph = optimize_graph(ns.load_onnx(source))
+        if args.bench:
+            from models import export_isolated as export
+            source = export(args.bench)[0]
+        else:
+            source = args.model
+        graph = optimize_graph(ns.load_onnx(source))
     rng = np.random.default_rng(0)
     rows, by_op = [], collections.Counter()
     for node in graph.nodes:
         single = node_graph(graph, node)
         model = ns.compile(single, threads=args.threads)
-        feeds = {v.name: rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy)
+        feeds = {v.name: rng.uniform(0.5, 1.5, v.type.shape).astype(v.type.dtype.numpy)
                  if v.type.dtype.is_float else np.zeros(v.type.shape, v.type.dtype.numpy)
-                 for v in single.inputs}
+                 for v in single.inputs}      # positive: a sqrt or log on its own stays finite
         seconds = median_latency(lambda: model.run(feeds), args.repeat)
         rows.append((seconds, node, flops(graph, node)))
         by_op[node.op] += seconds
     total = sum(r[0] for r in rows)
     print(f"{'ms':>8} {'%':>5} {'GF/s':>6}  node")
     for seconds, node, f in sorted(rows, key=lambda r: -r[0])[:args.top]:
-        shapes = " ".join(str(graph.types[i].shape) for i in node.inputs if i and i not in graph.constants)
-        kernel = graph.types[node.inputs[1]].shape if node.op == "Conv" else ""
+        shapes = " ".join(str(graph.types[i].shape) for i in node.inputs if i)
+        kernel = ""
         rate = f"{f / seconds / 1e9:6.1f}" if f else " " * 6
         print(f"{seconds * 1e3:8.3f} {100 * seconds / total:5.1f} {rate}  {node.op} {node.name} {shapes} "
               f"{kernel} {dict((k, v) for k, v in node.attrs.items() if v not in (None, 0, 1))}")

@@ -17,6 +17,7 @@ from ..ir.types import DType
 from ..lower.loop_ir import (Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
                              affine_coeff, depends_on)
 from . import llvm_helpers as H
+from .vector_math import VECTOR_MATH
 
 
 @dataclass
@@ -303,6 +304,8 @@ class KernelEmitter:
             else:
                 cmp = (b.icmp_unsigned if e.args[0].dtype.is_unsigned else b.icmp_signed)(op, x, args[1])
             return b.select(cmp, x, args[1])
+        if fn in VECTOR_MATH and isinstance(x.type, ir.VectorType) and x.type.element == H.F32:
+            return VECTOR_MATH[fn](b, self.module, x)
         names = {"abs": "llvm.fabs", "exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
                  "tanh": "llvm.tanh", "fma": "llvm.fma", "floor": "llvm.floor",
                  "ceil": "llvm.ceil", "pow": "llvm.pow"}

@@ -126,6 +126,10 @@ def _grad_weight_lower(ctx):
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     col = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
     col_t = ctx.scratch(n * ohw * kc, out.dtype)
+    if n > 1:     # dY as [M, N*OH*OW]: the GEMM's k runs over the batch with no div/mod
+        dy_t = ctx.scratch(m * n * ohw, out.dtype)
+        strided_map(ctx, dy_t, (m, n, ohw), [dyb], [(ohw, m * ohw, 1)], lambda v: v)
+        dyb = dy_t
     with nb.loop(group, hint="g") as g:
         def image(ni, slot, parallel):
             base = slot * (kc * ohw)
@@ -134,11 +138,8 @@ def _grad_weight_lower(ctx):
             strided_map(ctx, col_t, (ohw, kc), [col], [(1, ohw)], lambda v: v,
                         out_offset=ni * (ohw * kc), in_offsets=[base])
         per_image(ctx, n, image)
-        if n == 1:
-            load_a = lambda r, kk: dyb[(g * mg + r) * ohw + kk]
-        else:
-            load_a = lambda r, kk: dyb[(kk // ohw) * (m * ohw) + (g * mg + r) * ohw + kk % ohw]
-        gemm_nest(ctx, mg, kc, n * ohw, load_a, lambda kk, j: col_t[kk * kc + j],
+        gemm_nest(ctx, mg, kc, n * ohw, lambda r, kk: dyb[(g * mg + r) * (n * ohw) + kk],
+                  lambda kk, j: col_t[kk * kc + j],
                   out, lambda r, j: (g * mg + r) * kc + j)
 
 
