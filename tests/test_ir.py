@@ -132,3 +132,26 @@ def test_fusion_rewrites_structure_and_numbers(rng):
     np.testing.assert_allclose(ns.run_reference(fused, feeds)[y], ns.run_reference(g, feeds)[y], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ns.compile(g, threads=1).run(feeds)[y], ns.run_reference(g, feeds)[y],
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_silu_fusion_structure_and_numbers(rng, swap):
+    """Conv -> y; Mul(y, Sigmoid(y)) (EfficientNet's swish) becomes one Conv with a SiLU
+    epilogue; a second user of y keeps the pattern unfused."""
+    from nutshell.compiler.passes.fusion import fuse
+    for extra_user in (False, True):
+        b = GraphBuilder("swish", fold=False)
+        x = b.add_input("x", "float32", (2, 3, 6, 6))
+        w = b.add_constant(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+        y = b.add_node("Conv", [x, w], {"pads": (1, 1, 1, 1)})
+        s = b.add_node("Sigmoid", [y])
+        out = b.add_node("Mul", [s, y] if swap else [y, s])
+        b.set_outputs([out, b.add_node("Relu", [y])] if extra_user else [out])
+        g = verify(b.build())
+        fused = verify(fuse(g))
+        want_ops = ["Conv", "Sigmoid", "Mul", "Relu"] if extra_user else ["Conv"]
+        assert [n.op for n in fused.nodes] == want_ops
+        feeds = {"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32)}
+        want = ns.run_reference(g, feeds)[out]
+        np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ns.compile(g, threads=1).run(feeds)[out], want, rtol=1e-5, atol=1e-6)

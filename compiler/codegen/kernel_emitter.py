@@ -28,6 +28,7 @@ class VecCtx:
     mask: object = None   # <lanes x i1> for the tail, or None
 
 
+MAX_SHUFFLE_STRIDE = 4   # strided vector loads up to this stride: a wide load + shuffle
 LOCAL_PAD = 64          # elements: one vector of the narrowest type at the widest ISA
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
@@ -39,6 +40,7 @@ class KernelEmitter:
         self.builder = None
         self.env = {}            # loop var name -> i64 value
         self.bufs = {}           # buffer name -> ptr value (params and locals)
+        self._memo = {}          # id(expr) -> [(vec, value)] within one statement
         self._workers = 0
         self.in_worker = False   # a parallel loop inside a worker runs serially
 
@@ -103,6 +105,7 @@ class KernelEmitter:
             self.stmts(s.body, vec)
         count = s.extent
         if s.limit is not None:       # min(extent, max(limit, 0)), computed at run time
+            self._memo = {}
             b, limit = self.builder, self.expr(s.limit, None)
             count = b.select(b.icmp_signed("<", limit, ir.Constant(H.I64, s.extent)), limit,
                              ir.Constant(H.I64, s.extent))
@@ -171,6 +174,7 @@ class KernelEmitter:
 
     def store(self, s, vec):
         b = self.builder
+        self._memo = {}      # per statement: values computed in its own blocks only
         value = self.expr(s.value, vec)
         mask = self._mask(s.mask, vec, s.buf)
         if vec is not None and isinstance(value.type, ir.VectorType) or \
@@ -223,18 +227,29 @@ class KernelEmitter:
             return self._var(e, vec)
         if isinstance(e, Bin):
             return self._bin(e, vec)
-        if isinstance(e, Call):
-            return self._call(e, vec)
+        if isinstance(e, (Call, Reduce)):     # shared subtrees (x * sigmoid(x)) emitted once
+            for seen_vec, value in self._memo.get(id(e), ()):
+                if seen_vec is vec:
+                    return value
+            value = self._call(e, vec) if isinstance(e, Call) else self._reduce_expr(e, vec, lane0)
+            self._memo.setdefault(id(e), []).append((vec, value))
+            return value
         if isinstance(e, Select):
             c, a, x = self._unify([self.expr(e.cond, vec), self.expr(e.a, vec), self.expr(e.b, vec)])
             return self.builder.select(c, a, x)
         if isinstance(e, Load):
             return self._load(e, vec)
-        if isinstance(e, Reduce):
-            if lane0:
-                raise CompileError("a reduction inside an index expression")
-            return self._reduce(e, vec)
         raise CompileError(f"unknown loop IR expression {e!r}")
+
+    def _reduce_expr(self, e, vec, lane0):
+        if lane0:
+            raise CompileError("a reduction inside an index expression")
+        outer = self._memo
+        self._memo = dict(outer)     # values made inside the reduction's loop stay there
+        try:
+            return self._reduce(e, vec)
+        finally:
+            self._memo = outer
 
     def _var(self, e, vec):
         if isinstance(vec, tuple):
@@ -379,7 +394,31 @@ class KernelEmitter:
                                  [H.PTR, H.I32, mask.type, vty])
                 value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), mask, H.zero(vty)])
             return self._from_memory(value, e.buf.dtype)
+        if isinstance(coeff, int) and 2 <= coeff <= MAX_SHUFFLE_STRIDE:
+            return self._strided(e, vec, mask, vty, coeff)
         return self._gather(e, vec, mask, vty)
+
+    def _strided(self, e, vec, mask, vty, stride):
+        """Every stride-th element (a stride-2 convolution or pooling window): one masked
+        load `stride` vectors wide, enabling only the wanted lanes (nothing past them is
+        touched), then a shuffle picks them out. A gather would be `lanes` scalar loads."""
+        b, lanes = self.builder, vec.lanes
+        wide = ir.VectorType(vty.element, lanes * stride)
+        bools = ir.VectorType(H.I1, lanes)
+        if mask is None:
+            wide_mask = ir.Constant(ir.VectorType(H.I1, lanes * stride),
+                                    [int(j % stride == 0) for j in range(lanes * stride)])
+        else:
+            spread = [j // stride if j % stride == 0 else lanes for j in range(lanes * stride)]
+            wide_mask = b.shuffle_vector(mask, ir.Constant(bools, [0] * lanes),
+                                         ir.Constant(ir.VectorType(H.I32, lanes * stride), spread))
+        ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
+        fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(wide)}.p0", wide,
+                         [H.PTR, H.I32, wide_mask.type, wide])
+        value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), wide_mask, H.zero(wide)])
+        picked = b.shuffle_vector(value, H.zero(wide), ir.Constant(ir.VectorType(H.I32, lanes),
+                                                                    [i * stride for i in range(lanes)]))
+        return self._from_memory(picked, e.buf.dtype)
 
     def _gather(self, e, vec, mask, vty):
         """Per-lane loads; masked-off lanes read element 0 (always valid) and give 0."""

@@ -9,16 +9,26 @@ from .registry import register
 
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
               "pads": None, "strides": None}
-EPILOGUE = {"activation": None}     # set by the fusion pass: "Relu" runs in the GEMM's store
+EPILOGUE = {"activation": None}     # set by the fusion pass: "Relu"/"Silu" run in the GEMM's store
 
 
 def epilogue(attrs, value):
-    from ..lower.loop_ir import maximum
-    return maximum(value, 0.0) if attrs.get("activation") == "Relu" else value
+    from ..lower.loop_ir import Call, maximum
+    act = attrs.get("activation")
+    if act == "Relu":
+        return maximum(value, 0.0)
+    if act == "Silu":          # x * sigmoid(x), as ONNX's Mul(x, Sigmoid(x))
+        return value * (1.0 / (1.0 + Call("exp", (-value,))))
+    return value
 
 
 def apply_activation(attrs, y):
-    return np.maximum(y, 0) if attrs.get("activation") == "Relu" else y
+    act = attrs.get("activation")
+    if act == "Relu":
+        return np.maximum(y, 0)
+    if act == "Silu":
+        return y * (1 / (1 + np.exp(-y)))
+    return y
 
 
 def window_geometry(node, attrs, spatial, kernel, ceil_mode=False, dilations=True):

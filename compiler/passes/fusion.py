@@ -2,7 +2,9 @@
 names a chain of ops, a condition and a replacement; one driver applies them.
 
     fold_batchnorm   Conv -> BatchNormalization      => Conv (weights and bias scaled)
-    fuse_activation  Conv|Gemm|MatMul -> Relu        => the op with a Relu epilogue
+    fuse_*_relu      Conv|Gemm -> Relu               => the op with a Relu epilogue
+    fuse_*_silu      Conv|Gemm -> y; Mul(y, Sigmoid(y)) => the op with a SiLU epilogue
+                     (EfficientNet's swish; its value has two users, so it is not a chain)
 """
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -18,6 +20,7 @@ class Rewrite:
     chain: tuple             # op names, each node's output 0 feeding the next's input 0
     condition: Callable      # (graph, nodes) -> bool
     apply: Callable          # (graph, nodes, constants, types) -> replacement node
+    matches: Callable = None  # (graph, chain) -> node lists, for patterns other than chains
 
 
 def _chains(graph, chain):
@@ -44,7 +47,7 @@ def apply_rewrites(graph, rewrites):
     for rw in rewrites:
         constants, types = dict(graph.constants), dict(graph.types)
         replaced, new_nodes = {}, {}
-        for match in _chains(graph, rw.chain):
+        for match in (rw.matches or _chains)(graph, rw.chain):
             if any(id(n) in replaced for n in match) or not rw.condition(graph, match):
                 continue
             new_nodes[id(match[0])] = rw.apply(graph, match, constants, types)
@@ -85,14 +88,40 @@ def _fuse_relu(graph, nodes, constants, types):
     return replace(op, outputs=act.outputs, attrs={**op.attrs, "activation": "Relu"})
 
 
+def _swish(graph, chain):
+    """[producer, Sigmoid, Mul] where Mul(y, Sigmoid(y)) and y, Sigmoid(y) have no
+    other users and are not outputs."""
+    users, outputs = graph.consumers(), set(graph.output_names())
+    producers = graph.producers()
+    for sig in graph.nodes:
+        if sig.op != "Sigmoid":
+            continue
+        y = sig.inputs[0]
+        src = producers.get(y)
+        if src is None or src.op != chain[0] or src.outputs[0] != y or y in outputs \
+                or sig.outputs[0] in outputs:
+            continue
+        mul = users.get(sig.outputs[0], [])
+        if len(mul) == 1 and mul[0].op == "Mul" and set(mul[0].inputs) == {y, sig.outputs[0]} and \
+                {id(n) for n in users.get(y, [])} == {id(sig), id(mul[0])}:
+            yield [src, sig, mul[0]]
+
+
+def _fuse_silu(graph, nodes, constants, types):
+    op, _, mul = nodes
+    return replace(op, outputs=mul.outputs, attrs={**op.attrs, "activation": "Silu"})
+
+
 REWRITES = [
     Rewrite("fold_batchnorm", ("Conv", "BatchNormalization"), _bn_foldable, _fold_bn),
     Rewrite("fuse_conv_relu", ("Conv", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
     Rewrite("fuse_gemm_relu", ("Gemm", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
+    Rewrite("fuse_conv_silu", ("Conv",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),
+    Rewrite("fuse_gemm_silu", ("Gemm",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),
 ]
 
 
 def fuse(graph):
-    """Needs: constants folded. Gives: BatchNorm folded into convolutions and ReLU
-    applied in the producing kernel's epilogue (one pass over memory fewer)."""
+    """Needs: constants folded. Gives: BatchNorm folded into convolutions and ReLU or
+    SiLU applied in the producing kernel's epilogue (passes over memory fewer)."""
     return apply_rewrites(graph, REWRITES)
