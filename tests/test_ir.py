@@ -155,3 +155,27 @@ def test_silu_fusion_structure_and_numbers(rng, swap):
         want = ns.run_reference(g, feeds)[out]
         np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ns.compile(g, threads=1).run(feeds)[out], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_residual_fusion_structure_and_numbers(rng, depthwise):
+    """Relu(Add(Conv(x), r)) (ResNet's block end) becomes one Conv reading r in its
+    epilogue, even when r is computed after the Conv."""
+    from nutshell.compiler.passes.fusion import fuse
+    b = GraphBuilder("residual", fold=False)
+    x = b.add_input("x", "float32", (2, 4, 6, 6))
+    w = b.add_constant(rng.standard_normal((4, 1 if depthwise else 4, 3, 3)).astype(np.float32), "w")
+    y = b.add_node("Conv", [x, w], {"pads": (1, 1, 1, 1), "group": 4 if depthwise else 1})
+    r = b.add_node("Sigmoid", [x])                       # the skip branch, after the Conv
+    out = b.add_node("Relu", [b.add_node("Add", [r, y])])
+    b.set_outputs([out])
+    g = verify(b.build())
+    fused = verify(fuse(g))
+    assert [n.op for n in fused.nodes] == ["Sigmoid", "Conv"]
+    conv = fused.nodes[1]
+    assert conv.inputs[3] == r and conv.attrs["activation"] == "Relu"
+    feeds = {"x": rng.standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)[out]
+    np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5, atol=1e-6)
+    for threads in (1, 2):
+        np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[out], want, rtol=1e-5, atol=1e-5)

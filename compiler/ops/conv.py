@@ -89,10 +89,13 @@ def _conv_infer(attrs, types, consts, node):
     if len(types) > 2 and types[2] is not None and types[2].shape != (m,):
         fail(node, f"Conv bias must have shape ({m},), got {types[2].shape}")
     out = window_geometry(node, attrs, x.shape[2:], kernel)[4]
-    return [tt(dtype, (n, m) + out)]
+    result = tt(dtype, (n, m) + out)
+    if len(types) > 3 and types[3] is not None and types[3] != result:
+        fail(node, f"fused residual must be {result}, got {types[3]}")
+    return [result]
 
 
-def conv_reference(attrs, x, w, b=None):
+def conv_reference(attrs, x, w, b=None, residual=None):
     """Direct NCHW convolution in NumPy (any spatial rank), the oracle for Conv."""
     rank = x.ndim - 2
     begin, end, strides, dil, out = window_geometry("ref", attrs, x.shape[2:], w.shape[2:])
@@ -112,6 +115,8 @@ def conv_reference(attrs, x, w, b=None):
                 "nc...,mc->nm...", patch, ws[(slice(None), slice(None)) + kidx])
     if b is not None:
         y += b.reshape((1, m) + (1,) * rank)
+    if residual is not None:      # the fusion pass's Add, before the activation
+        y += residual
     return apply_activation(attrs, y).astype(x.dtype)
 
 
@@ -128,6 +133,8 @@ def _conv_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     xb, wb = ctx.inputs[0], ctx.inputs[1]
     bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
+    plus_residual = (lambda at, v: v + residual[at]) if residual is not None else (lambda at, v: v)
     out, nb = ctx.outputs[0], ctx.nb
     if cg == 1 and group > 1:
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
@@ -149,7 +156,7 @@ def _conv_lower(ctx):
                       lambda r, kk: wb[(g * mg + r) * kc + kk], load_b,
                       out, lambda r, j: y_off + r * ohw + j,
                       init=(lambda r, j: bias[g * mg + r]) if bias is not None else None,
-                      finish=lambda r, j, v: epilogue(ctx.attrs, v),
+                      finish=lambda r, j, v: epilogue(ctx.attrs, plus_residual(y_off + r * ohw + j, v)),
                       parallel=parallel, slot=None if parallel else slot)
     per_image(ctx, n, image)
 
@@ -163,6 +170,7 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     per_channel = m // group
     xb, wb = ctx.inputs[0], ctx.inputs[1]
     bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
     nb = ctx.nb
     big = n * m * oh * ow * kh * kw >= PARALLEL_MIN_WORK
     with nb.loop(n * m, "parallel" if big else "serial", hint="nm") as p:
@@ -177,7 +185,10 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
                 total = Reduce("sum", i, kh, Reduce("sum", j, kw, tap))
                 if bias is not None:
                     total = total + bias[p % m]
-                nb.store(ctx.outputs[0], p * (oh * ow) + y * ow + xx, epilogue(ctx.attrs, total))
+                at = p * (oh * ow) + y * ow + xx
+                if residual is not None:
+                    total = total + residual[at]
+                nb.store(ctx.outputs[0], at, epilogue(ctx.attrs, total))
 
 
 def per_image(ctx, n, image):
@@ -213,5 +224,5 @@ def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, par
                                  xb.load(x_off + c * (h * wd) + iy * wd + ix, mask=inside))
 
 
-register("Conv", inputs=(2, 3), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_infer, reference=conv_reference,
+register("Conv", inputs=(2, 4), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_infer, reference=conv_reference,
          lower=_conv_lower)

@@ -2,6 +2,7 @@
 names a chain of ops, a condition and a replacement; one driver applies them.
 
     fold_batchnorm   Conv -> BatchNormalization      => Conv (weights and bias scaled)
+    fuse_conv_residual  Add(Conv(x), r)              => Conv(x, w, b, r): r added in the epilogue
     fuse_*_relu      Conv|Gemm -> Relu               => the op with a Relu epilogue
     fuse_*_silu      Conv|Gemm -> y; Mul(y, Sigmoid(y)) => the op with a SiLU epilogue
                      (EfficientNet's swish; its value has two users, so it is not a chain)
@@ -107,6 +108,29 @@ def _swish(graph, chain):
             yield [src, sig, mul[0]]
 
 
+def _residual(graph, chain):
+    """[Add, producer] where Add(y, r) adds a same-typed r to the producer's only use
+    y. The fused node takes Add's place: r may be computed after the producer."""
+    users, outputs = graph.consumers(), set(graph.output_names())
+    producers = graph.producers()
+    for add in graph.nodes:
+        if add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+            continue
+        for y, r in (add.inputs, add.inputs[::-1]):
+            src = producers.get(y)
+            if src is not None and src.op == chain[0] and src.outputs[0] == y and y not in outputs \
+                    and len(users.get(y, [])) == 1 and graph.types[r] == graph.types[y]:
+                yield [add, src]
+                break
+
+
+def _fuse_residual(graph, nodes, constants, types):
+    add, op = nodes
+    r = add.inputs[1] if add.inputs[0] == op.outputs[0] else add.inputs[0]
+    inputs = tuple(op.inputs) + ("",) * (3 - len(op.inputs)) + (r,)
+    return replace(op, inputs=inputs, outputs=add.outputs)
+
+
 def _fuse_silu(graph, nodes, constants, types):
     op, _, mul = nodes
     return replace(op, outputs=mul.outputs, attrs={**op.attrs, "activation": "Silu"})
@@ -114,6 +138,8 @@ def _fuse_silu(graph, nodes, constants, types):
 
 REWRITES = [
     Rewrite("fold_batchnorm", ("Conv", "BatchNormalization"), _bn_foldable, _fold_bn),
+    Rewrite("fuse_conv_residual", ("Conv",), lambda g, n: "activation" not in n[1].attrs and len(n[1].inputs) < 4,
+            _fuse_residual, _residual),
     Rewrite("fuse_conv_relu", ("Conv", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
     Rewrite("fuse_gemm_relu", ("Gemm", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
     Rewrite("fuse_conv_silu", ("Conv",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),
