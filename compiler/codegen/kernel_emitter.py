@@ -7,7 +7,6 @@ splatted, others become per-lane gathers. `parallel` loops are outlined into a
 worker run by libgomp's GOMP_parallel with a static split, so results do not
 depend on the thread count.
 """
-from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -17,23 +16,15 @@ from ..ir.types import DType
 from ..lower.loop_ir import (Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
                              affine_coeff, depends_on)
 from . import llvm_helpers as H
+from .memory_access import MemoryAccess, VecCtx
 from .vector_math import VECTOR_MATH
 
 
-@dataclass
-class VecCtx:
-    var: str
-    base: ir.Value        # i64 index of lane 0
-    lanes: int
-    mask: object = None   # <lanes x i1> for the tail, or None
-
-
-MAX_SHUFFLE_STRIDE = 4   # strided vector loads up to this stride: a wide load + shuffle
 LOCAL_PAD = 64          # elements: one vector of the narrowest type at the widest ISA
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
-class KernelEmitter:
+class KernelEmitter(MemoryAccess):
     def __init__(self, module, kernel, threads=1, has_gomp=False):
         self.module, self.kernel = module, kernel
         self.threads, self.has_gomp = threads, has_gomp
@@ -351,91 +342,6 @@ class KernelEmitter:
         if dst.itemsize > src.itemsize:
             return b.zext(x, ty) if src.is_unsigned else b.sext(x, ty)
         return b.trunc(x, ty) if dst.itemsize < src.itemsize else x
-
-    def _ptr(self, buf, index):
-        return self.builder.gep(self.bufs[buf.name], [index],  # not inbounds: masked lanes may point outside
-                                source_etype=H.memory_type(buf.dtype))
-
-    def _from_memory(self, value, dtype):
-        if dtype != DType.bool:
-            return value
-        return self.builder.icmp_signed("!=", value, H.zero(value.type))
-
-    def _to_memory(self, value, dtype):
-        if dtype != DType.bool:
-            return value
-        ty = H.I8 if not isinstance(value.type, ir.VectorType) else ir.VectorType(H.I8, value.type.count)
-        return self.builder.zext(value, ty)
-
-    def _load(self, e, vec):
-        b = self.builder
-        mty = H.memory_type(e.buf.dtype)
-        vector = isinstance(vec, VecCtx)     # not None, nor a lane-0 index evaluation
-        coeff = affine_coeff(e.index, Var(vec.var)) if vector else 0
-        guard = vector and e.mask is not None and depends_on(e.mask, Var(vec.var))
-        if coeff == 0 and not guard:             # invariant in the vector loop: scalar
-            index = self.expr(e.index, vec)
-            if e.mask is None:
-                return self._from_memory(b.load(self._ptr(e.buf, index), typ=mty), e.buf.dtype)
-            ok = self.expr(e.mask, vec)
-            if isinstance(ok.type, ir.VectorType):
-                ok = b.extract_element(ok, ir.Constant(H.I32, 0))
-            safe = b.select(ok, index, ir.Constant(H.I64, 0))
-            value = self._from_memory(b.load(self._ptr(e.buf, safe), typ=mty), e.buf.dtype)
-            return b.select(ok, value, H.zero(value.type))
-        mask = self._mask(e.mask, vec, e.buf)
-        vty = ir.VectorType(mty, vec.lanes)
-        if coeff == 1:
-            ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
-            if mask is None:
-                value = b.load(ptr, typ=vty, align=e.buf.dtype.itemsize)
-            else:
-                fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty,
-                                 [H.PTR, H.I32, mask.type, vty])
-                value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), mask, H.zero(vty)])
-            return self._from_memory(value, e.buf.dtype)
-        if isinstance(coeff, int) and 2 <= coeff <= MAX_SHUFFLE_STRIDE:
-            return self._strided(e, vec, mask, vty, coeff)
-        return self._gather(e, vec, mask, vty)
-
-    def _strided(self, e, vec, mask, vty, stride):
-        """Every stride-th element (a stride-2 convolution or pooling window): one masked
-        load `stride` vectors wide, enabling only the wanted lanes (nothing past them is
-        touched), then a shuffle picks them out. A gather would be `lanes` scalar loads."""
-        b, lanes = self.builder, vec.lanes
-        wide = ir.VectorType(vty.element, lanes * stride)
-        bools = ir.VectorType(H.I1, lanes)
-        if mask is None:
-            wide_mask = ir.Constant(ir.VectorType(H.I1, lanes * stride),
-                                    [int(j % stride == 0) for j in range(lanes * stride)])
-        else:
-            spread = [j // stride if j % stride == 0 else lanes for j in range(lanes * stride)]
-            wide_mask = b.shuffle_vector(mask, ir.Constant(bools, [0] * lanes),
-                                         ir.Constant(ir.VectorType(H.I32, lanes * stride), spread))
-        ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
-        fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(wide)}.p0", wide,
-                         [H.PTR, H.I32, wide_mask.type, wide])
-        value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), wide_mask, H.zero(wide)])
-        picked = b.shuffle_vector(value, H.zero(wide), ir.Constant(ir.VectorType(H.I32, lanes),
-                                                                    [i * stride for i in range(lanes)]))
-        return self._from_memory(picked, e.buf.dtype)
-
-    def _gather(self, e, vec, mask, vty):
-        """Per-lane loads; masked-off lanes read element 0 (always valid) and give 0."""
-        b = self.builder
-        index = self.expr(e.index, vec)
-        if not isinstance(index.type, ir.VectorType):
-            index = H.splat(b, index, vec.lanes)
-        if mask is not None:
-            index = b.select(mask, index, H.zero(index.type))
-        result = H.zero(vty)
-        for lane in range(vec.lanes):
-            i = b.extract_element(index, ir.Constant(H.I32, lane))
-            result = b.insert_element(result, b.load(self._ptr(e.buf, i), typ=vty.element),
-                                      ir.Constant(H.I32, lane))
-        if mask is not None:
-            result = b.select(mask, result, H.zero(vty))
-        return self._from_memory(result, e.buf.dtype)
 
     def _combine(self, op, dtype):
         b = self.builder
