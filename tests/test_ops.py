@@ -94,6 +94,9 @@ CASES = [
     ("ConvGradInput", [(F, (3, 5, 8, 8)), (F, (5, 3, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (3, 3, 8, 8)}, {1: "w"}),
     ("ConvGradWeight", [(F, (2, 4, 9, 9)), (F, (2, 6, 5, 3))], {"group": 2, "strides": (2, 2), "pads": (1, 0, 1, 1), "dilations": (1, 2), "weight_shape": (6, 2, 3, 3)}, None),
     ("ConvGradWeight", [(F, (3, 3, 8, 8)), (F, (3, 5, 8, 8))], {"pads": (1, 1, 1, 1), "weight_shape": (5, 3, 3, 3)}, None),
+    # B packed (k*n large), a batch that leaves an image for the threads to share, and 1x1 without im2col
+    ("ConvGradWeight", [(F, (3, 8, 16, 16)), (F, (3, 70, 16, 16))], {"pads": (1, 1, 1, 1), "weight_shape": (70, 8, 3, 3)}, None),
+    ("ConvGradWeight", [(F, (4, 7, 6, 5)), (F, (4, 9, 6, 5))], {"weight_shape": (9, 7, 1, 1)}, None),
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 8, 8)}, "pool_indices"),
     ("AveragePoolGrad", [(F, (1, 2, 4, 4))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "input_shape": (1, 2, 7, 7)}, None),
     ("DropoutMask", [("int64", (1,))], {"ratio": 0.25, "seed": 3, "shape": (7, 300)}, None),

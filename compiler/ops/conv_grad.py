@@ -3,12 +3,12 @@
 ConvGradInput(dY, W) -> dX: per image dcol = W^T dY (the blocked GEMM), then
 col2im as a gather: each input pixel sums the dcol entries of the windows that
 cover it, so no two threads write one element and the order is fixed.
-ConvGradWeight(X, dY) -> dW: im2col per image, transposed so the GEMM reads
-rows contiguously, then dW = dY colT with K = batch x output pixels."""
+ConvGradWeight(X, dY) -> dW: per image dW^T += col dY^T (im2col as A, dY
+transposed into a small buffer as B), a partial sum per thread."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
-from ..lower.loop_ir import Reduce
+from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
 from .common import fail, tt
 from .conv import CONV_ATTRS, _im2col, per_image, window_geometry
@@ -114,6 +114,11 @@ def _grad_weight_reference(attrs, x, dy):
 
 
 def _grad_weight_lower(ctx):
+    """dW^T = sum over images of col (kc x ohw, im2col's natural layout, read as A)
+    times dY^T (ohw x mg, transposed per image into a small hot buffer, read as B):
+    each thread accumulates its images into its own partial dW^T (the GEMM resumes
+    from it), and the partials are summed into dW at the end. No batch-sized
+    scratch, and the GEMM's long dimension is the kc rows of A, not the batch."""
     at = ctx.attrs
     x_t, w_shape = ctx.in_types[0], tuple(at["weight_shape"])
     (pt, pl), _, (sh, sw), (dh, dw), (oh, ow) = _geometry(at, x_t.shape, w_shape, ctx.node.name)
@@ -123,24 +128,35 @@ def _grad_weight_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     xb, dyb = ctx.inputs
     out, nb = ctx.outputs[0], ctx.nb
+    pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    col = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
-    col_t = ctx.scratch(n * ohw * kc, out.dtype)
-    if n > 1:     # dY as [M, N*OH*OW]: the GEMM's k runs over the batch with no div/mod
-        dy_t = ctx.scratch(m * n * ohw, out.dtype)
-        strided_map(ctx, dy_t, (m, n, ohw), [dyb], [(ohw, m * ohw, 1)], lambda v: v)
-        dyb = dy_t
+    slots = max(1, min(ctx.threads, n))
+    col = None if pointwise else ctx.scratch(kc * ohw * slots, out.dtype)
+    dy_t = ctx.scratch(ohw * mg * slots, out.dtype)
+    partial = ctx.scratch(kc * mg * slots, out.dtype)
     with nb.loop(group, hint="g") as g:
+        with nb.loop(kc * mg * slots, "vector", ctx.lanes(out.dtype), hint="z") as i:
+            nb.store(partial, i, Const(0.0, out.dtype))
+
         def image(ni, slot, parallel):
-            base = slot * (kc * ohw)
-            _im2col(ctx, xb, ni * (c * h * wd) + g * (cg * h * wd), col, base, *geometry,
-                    parallel=parallel)
-            strided_map(ctx, col_t, (ohw, kc), [col], [(1, ohw)], lambda v: v,
-                        out_offset=ni * (ohw * kc), in_offsets=[base])
+            x_off = ni * (c * h * wd) + g * (cg * h * wd)
+            if col is None:
+                load_a = lambda r, kk: xb[x_off + r * ohw + kk]
+            else:
+                base = slot * (kc * ohw)
+                _im2col(ctx, xb, x_off, col, base, *geometry, parallel=parallel)
+                load_a = lambda r, kk: col[base + r * ohw + kk]
+            strided_map(ctx, dy_t, (ohw, mg), [dyb], [(1, ohw)], lambda v: v,
+                        out_offset=slot * (ohw * mg), in_offsets=[ni * (m * ohw) + g * (mg * ohw)])
+            own = lambda r, j: slot * (kc * mg) + r * mg + j
+            gemm_nest(ctx, kc, mg, ohw, load_a, lambda kk, j: dy_t[slot * (ohw * mg) + kk * mg + j],
+                      partial, own, init=lambda r, j: partial[own(r, j)],
+                      parallel=parallel, slot=None if parallel else slot)
         per_image(ctx, n, image)
-        gemm_nest(ctx, mg, kc, n * ohw, lambda r, kk: dyb[(g * mg + r) * (n * ohw) + kk],
-                  lambda kk, j: col_t[kk * kc + j],
-                  out, lambda r, j: (g * mg + r) * kc + j)
+        with nb.loop(mg, hint="m") as j:
+            with nb.loop(kc, "vector", ctx.lanes(out.dtype), hint="r") as r:
+                s = nb.var("s")
+                nb.store(out, (g * mg + j) * kc + r, Reduce("sum", s, slots, partial[s * (kc * mg) + r * mg + j]))
 
 
 register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,
