@@ -4,7 +4,8 @@ import time
 import numpy as np
 
 
-def median_latency(fn, repeat, warmup=3):
+def latencies(fn, repeat, warmup=3):
+    """Seconds per call of `fn`, `repeat` calls after `warmup`."""
     for _ in range(warmup):
         fn()
     times = []
@@ -12,7 +13,11 @@ def median_latency(fn, repeat, warmup=3):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return times
+
+
+def median_latency(fn, repeat, warmup=3):
+    return float(np.median(latencies(fn, repeat, warmup)))
 
 
 def ort_session(model_bytes_or_path, threads):

@@ -50,6 +50,9 @@ CASES = [
     ("Conv", [(F, (2, 16, 7, 7)), (F, (32, 16, 1, 1)), (F, (32,))], {}, {1: "w", 2: "w"}),
     # packed B per thread (one image each) and for the image left over
     ("Conv", [(F, (3, 32, 20, 20)), (F, (30, 32, 3, 3)), (F, (30,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
+    # Winograd F(2x2, 3x3) with weights transformed at run time (they are inputs), odd
+    # sizes and one-sided pads (partial 4x4 tiles at every edge)
+    ("Conv", [(F, (3, 17, 17, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 0, 0, 1)}, None),
     ("Conv", [(F, (1, 3, 10, 10)), (F, (4, 3, 3, 3))], {"auto_pad": "SAME_UPPER", "strides": (2, 2)}, {1: "w"}),
     ("MaxPool", [(F, (2, 3, 8, 8))], {"kernel_shape": (2, 2), "strides": (2, 2)}, None),
     ("MaxPool", [(F, (1, 2, 9, 11))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None),
@@ -92,12 +95,20 @@ CASES = [
     ("Slice", [(F, (5, 40)), ("int64", (2,)), ("int64", (2,))], {}, {1: np.array([1, 3]), 2: np.array([4, -2])}),
     ("ConvGradInput", [(F, (2, 6, 5, 3)), (F, (6, 2, 3, 3))], {"group": 2, "strides": (2, 2), "pads": (1, 0, 1, 1), "dilations": (1, 2), "input_shape": (2, 4, 9, 9)}, {1: "w"}),
     ("ConvGradInput", [(F, (3, 5, 8, 8)), (F, (5, 3, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (3, 3, 8, 8)}, {1: "w"}),
+    # through Winograd (dY convolved with W flipped), pads 0 and one-sided
+    ("ConvGradInput", [(F, (3, 16, 15, 14)), (F, (16, 18, 3, 3))], {"input_shape": (3, 18, 17, 16)}, {1: "w"}),
+    ("ConvGradInput", [(F, (2, 20, 16, 15)), (F, (20, 17, 3, 3))], {"pads": (1, 0, 0, 1), "input_shape": (2, 17, 17, 16)}, {1: "w"}),
     ("ConvGradWeight", [(F, (2, 4, 9, 9)), (F, (2, 6, 5, 3))], {"group": 2, "strides": (2, 2), "pads": (1, 0, 1, 1), "dilations": (1, 2), "weight_shape": (6, 2, 3, 3)}, None),
     ("ConvGradWeight", [(F, (3, 3, 8, 8)), (F, (3, 5, 8, 8))], {"pads": (1, 1, 1, 1), "weight_shape": (5, 3, 3, 3)}, None),
     # B packed (k*n large), a batch that leaves an image for the threads to share, and 1x1 without im2col
     ("ConvGradWeight", [(F, (3, 8, 16, 16)), (F, (3, 70, 16, 16))], {"pads": (1, 1, 1, 1), "weight_shape": (70, 8, 3, 3)}, None),
     ("ConvGradWeight", [(F, (4, 7, 6, 5)), (F, (4, 9, 6, 5))], {"weight_shape": (9, 7, 1, 1)}, None),
+    ("ConvGradWeight", [(F, (1, 8, 12, 12)), (F, (1, 40, 12, 12))], {"pads": (1, 1, 1, 1), "weight_shape": (40, 8, 3, 3)}, None),
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 8, 8)}, "pool_indices"),
+    # windows that do not tile: the general path (each pixel sums the windows covering it)
+    ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "pads": (1, 1, 0, 0), "input_shape": (2, 3, 7, 7)}, "pool_indices"),
+    # tiling windows with a row and column left over (they get no gradient)
+    ("MaxPoolGrad", [(F, (2, 3, 4, 3)), ("int64", (2, 3, 4, 3))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 9, 7)}, "pool_indices"),
     ("AveragePoolGrad", [(F, (1, 2, 4, 4))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "input_shape": (1, 2, 7, 7)}, None),
     ("DropoutMask", [("int64", (1,))], {"ratio": 0.25, "seed": 3, "shape": (7, 300)}, None),
 ]
@@ -105,12 +116,16 @@ CASES = [
 
 def _consts(case, rng):
     op, specs, attrs, consts = case
-    if consts == "pool_indices":     # indices a 2x2/2 MaxPool over 8x8 planes could give
+    if consts == "pool_indices":     # indices a 2x2/2 MaxPool over these planes could give
         n, c, oh, ow = specs[0][1]
-        base = (np.arange(n * c) * 64).reshape(n, c, 1, 1)
+        h, w = attrs["input_shape"][2:]
+        top, left = (attrs.get("pads") or (0, 0))[:2]
+        base = (np.arange(n * c) * (h * w)).reshape(n, c, 1, 1)
         oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
         pick = rng.integers(0, 2, (n, c, oh, ow, 2))
-        return {1: (base + (2 * oy + pick[..., 0]) * 8 + 2 * ox + pick[..., 1]).astype(np.int64)}
+        iy = np.clip(2 * oy - top + pick[..., 0], 0, h - 1)     # a padded tap picks the pixel beside it
+        ix = np.clip(2 * ox - left + pick[..., 1], 0, w - 1)
+        return {1: (base + iy * w + ix).astype(np.int64)}
     if consts == "bn":
         c = specs[0][1][1]
         return {1: rng.uniform(0.5, 1.5, c).astype(np.float32), 2: rng.normal(size=c).astype(np.float32),

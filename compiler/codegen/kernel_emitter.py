@@ -16,7 +16,7 @@ from ..ir.types import DType
 from ..lower.loop_ir import (Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
                              affine_coeff, depends_on)
 from . import llvm_helpers as H
-from .memory_access import MemoryAccess, VecCtx
+from .memory_access import MAX_SHUFFLE_STRIDE, MemoryAccess, VecCtx
 from .vector_math import VECTOR_MATH
 
 
@@ -171,13 +171,15 @@ class KernelEmitter(MemoryAccess):
         if vec is not None and isinstance(value.type, ir.VectorType) or \
                 (vec is not None and affine_coeff(s.index, Var(vec.var)) != 0):
             coeff = affine_coeff(s.index, Var(vec.var))
-            if coeff != 1:
-                raise CompileError(f"store to {s.buf.name} is not contiguous in vector loop "
-                                   f"'{vec.var}'")
             if not isinstance(value.type, ir.VectorType):
                 value = H.splat(b, value, vec.lanes)
             ptr = self._ptr(s.buf, self.expr(s.index, self._lane0(vec)))
             value = self._to_memory(value, s.buf.dtype)
+            if isinstance(coeff, int) and 2 <= coeff <= MAX_SHUFFLE_STRIDE:
+                return self._strided_store(value, ptr, mask, vec.lanes, coeff, s.buf.dtype.itemsize)
+            if coeff != 1:
+                raise CompileError(f"store to {s.buf.name} is not contiguous in vector loop "
+                                   f"'{vec.var}'")
             if mask is None:
                 b.store(value, ptr, align=s.buf.dtype.itemsize)
             else:
@@ -216,15 +218,21 @@ class KernelEmitter(MemoryAccess):
             return ir.Constant(H.llvm_type(e.dtype), value)
         if isinstance(e, Var):
             return self._var(e, vec)
+        # shared subtrees (x * sigmoid(x), a fused loop's DAG) are emitted once
+        for seen_vec, value in self._memo.get(id(e), ()):
+            if seen_vec is vec:
+                return value
+        value = self._compound(e, vec, lane0)
+        self._memo.setdefault(id(e), []).append((vec, value))
+        return value
+
+    def _compound(self, e, vec, lane0):
         if isinstance(e, Bin):
             return self._bin(e, vec)
-        if isinstance(e, (Call, Reduce)):     # shared subtrees (x * sigmoid(x)) emitted once
-            for seen_vec, value in self._memo.get(id(e), ()):
-                if seen_vec is vec:
-                    return value
-            value = self._call(e, vec) if isinstance(e, Call) else self._reduce_expr(e, vec, lane0)
-            self._memo.setdefault(id(e), []).append((vec, value))
-            return value
+        if isinstance(e, Call):
+            return self._call(e, vec)
+        if isinstance(e, Reduce):
+            return self._reduce_expr(e, vec, lane0)
         if isinstance(e, Select):
             c, a, x = self._unify([self.expr(e.cond, vec), self.expr(e.a, vec), self.expr(e.b, vec)])
             return self.builder.select(c, a, x)

@@ -1,5 +1,6 @@
 """Loads and stores of the kernel emitter: contiguous (masked) vector loads,
-strided ones as a wide load + shuffle, gathers for the rest, bool as i8 in memory."""
+strided ones as a wide load + shuffle (stores: shuffle + wide masked store),
+gathers for the rest, bool as i8 in memory."""
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -68,20 +69,36 @@ class MemoryAccess:
             return self._strided(e, vec, mask, vty, coeff)
         return self._gather(e, vec, mask, vty)
 
+    def _wide_mask(self, mask, lanes, stride):
+        """Lane j of a `stride`-times wider vector is on when j % stride == 0 and
+        `mask` (the narrow tail mask, or None) has lane j // stride on."""
+        if mask is None:
+            return ir.Constant(ir.VectorType(H.I1, lanes * stride),
+                               [int(j % stride == 0) for j in range(lanes * stride)])
+        spread = [j // stride if j % stride == 0 else lanes for j in range(lanes * stride)]
+        return self.builder.shuffle_vector(mask, ir.Constant(ir.VectorType(H.I1, lanes), [0] * lanes),
+                                           ir.Constant(ir.VectorType(H.I32, lanes * stride), spread))
+
+    def _strided_store(self, value, ptr, mask, lanes, stride, align):
+        """The store twin of _strided: spread the lanes `stride` apart with a shuffle and
+        store them with one masked store (the other elements are not touched)."""
+        b = self.builder
+        wide = ir.VectorType(value.type.element, lanes * stride)
+        spread = b.shuffle_vector(value, H.zero(value.type), ir.Constant(
+            ir.VectorType(H.I32, lanes * stride),
+            [j // stride if j % stride == 0 else lanes for j in range(lanes * stride)]))
+        wide_mask = self._wide_mask(mask, lanes, stride)
+        fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(wide)}.p0", H.VOID,
+                         [wide, H.PTR, H.I32, wide_mask.type])
+        b.call(fn, [spread, ptr, ir.Constant(H.I32, align), wide_mask])
+
     def _strided(self, e, vec, mask, vty, stride):
         """Every stride-th element (a stride-2 convolution or pooling window): one masked
         load `stride` vectors wide, enabling only the wanted lanes (nothing past them is
         touched), then a shuffle picks them out. A gather would be `lanes` scalar loads."""
         b, lanes = self.builder, vec.lanes
         wide = ir.VectorType(vty.element, lanes * stride)
-        bools = ir.VectorType(H.I1, lanes)
-        if mask is None:
-            wide_mask = ir.Constant(ir.VectorType(H.I1, lanes * stride),
-                                    [int(j % stride == 0) for j in range(lanes * stride)])
-        else:
-            spread = [j // stride if j % stride == 0 else lanes for j in range(lanes * stride)]
-            wide_mask = b.shuffle_vector(mask, ir.Constant(bools, [0] * lanes),
-                                         ir.Constant(ir.VectorType(H.I32, lanes * stride), spread))
+        wide_mask = self._wide_mask(mask, lanes, stride)
         ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
         fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(wide)}.p0", wide,
                          [H.PTR, H.I32, wide_mask.type, wide])

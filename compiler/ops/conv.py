@@ -4,6 +4,7 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import Reduce
 from ..lower.nests import PARALLEL_MIN_WORK
+from . import winograd
 from .common import fail, positive_ints, same_dtype, tt
 from .registry import register
 
@@ -138,6 +139,12 @@ def _conv_lower(ctx):
     out, nb = ctx.outputs[0], ctx.nb
     if cg == 1 and group > 1:
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
+    if winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)):
+        def finish(ni, mm, oy, ox, v):
+            at = (ni * m + mm) * ohw + oy * ow + ox
+            return epilogue(ctx.attrs, plus_residual(at, v + bias[mm] if bias is not None else v))
+        return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m), finish,
+                                      weight=lambda mm, ci, i, j: wb[((mm * c + ci) * 3 + i) * 3 + j])
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     col = None if pointwise else ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), x.dtype)
@@ -206,9 +213,37 @@ def per_image(ctx, n, image):
         image(j + per_thread * ctx.threads if per_thread else j, 0, parallel=True)
 
 
-def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel):
-    """col[base + (c, i, j), (y, x)] = X[c, y*s - p + i*d, x*s - p + j*d], 0 outside."""
+def image_plan(ctx, n, fits):
+    """How a batch is shared out: (teams, per_team, chunk). Each of `teams` threads
+    takes per_team images, `chunk` at a time (the largest divisor of per_team with
+    fits(chunk), at least 1); the images left over are shared by all threads."""
+    teams = max(1, min(ctx.threads, n))
+    per_team = n // teams
+    chunk = max(d for d in range(1, per_team + 1) if per_team % d == 0 and (d == 1 or fits(d)))
+    return teams, per_team, chunk
+
+
+def for_image_chunks(ctx, n, plan, body):
+    """Emit body(first_image, count, slot, parallel) over the batch as `plan` says:
+    slot is the thread's own scratch, parallel whether the body should split itself."""
+    teams, per_team, chunk = plan
+    nb = ctx.nb
+    if teams > 1:
+        with nb.loop(teams, "parallel", hint="t") as t:
+            with nb.loop(per_team // chunk, hint="n") as j:
+                body(t * per_team + j * chunk, chunk, t, False)
+        with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
+            body(j + per_team * teams, 1, 0, True)
+    else:
+        with nb.loop(n // chunk, hint="n") as j:
+            body(j * chunk, chunk, 0, ctx.threads > 1)
+
+
+def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel, row_stride=None):
+    """col[base + (c, i, j) * row_stride + (y, x)] = X[c, y*s - p + i*d, x*s - p + j*d],
+    0 outside; row_stride defaults to oh * ow (one image's columns)."""
     (cg, h, wd), (kh, kw), (oh, ow) = chw, kernel, out
+    row_stride = row_stride or oh * ow
     nb = ctx.nb
     big = parallel and cg * kh * kw * oh * ow >= PARALLEL_MIN_WORK
     with nb.loop(cg, "parallel" if big else "serial", hint="c") as c:
@@ -220,7 +255,7 @@ def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, par
                         ix = xx * strides[1] + (j * dil[1] - pads[1])
                         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
                         row = (c * kh + i) * kw + j
-                        nb.store(col, base + row * (oh * ow) + y * ow + xx,
+                        nb.store(col, base + row * row_stride + y * ow + xx,
                                  xb.load(x_off + c * (h * wd) + iy * wd + ix, mask=inside))
 
 

@@ -10,8 +10,9 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
+from . import winograd
 from .common import fail, tt
-from .conv import CONV_ATTRS, _im2col, per_image, window_geometry
+from .conv import CONV_ATTRS, _im2col, for_image_chunks, image_plan, per_image, window_geometry
 from .registry import register
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
@@ -55,6 +56,12 @@ def _grad_input_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     dyb, wb = ctx.inputs[:2]
     out, nb = ctx.outputs[0], ctx.nb
+    if winograd.eligible((n, m, oh, ow), (c, m, kh, kw), (sh, sw), (dh, dw), group, (h, wd)):
+        # dX is the convolution of dY with W transposed and flipped, padded by 2 - pad
+        return winograd.winograd_conv(
+            ctx, dyb, None, out, (n, oh, ow), (h, wd), (kh - 1 - pt, kw - 1 - pl), (m, c),
+            lambda ni, ci, y, x, v: v,
+            weight=lambda ci, mm, i, j: wb[((mm * cg + ci) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)])
     dcol = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
 
     def image(ni, slot, parallel):
@@ -113,12 +120,15 @@ def _grad_weight_reference(attrs, x, dy):
     return dw.astype(x.dtype)
 
 
+GRAD_WEIGHT_K = 1024   # images per GEMM so its k (images x pixels) reaches this
+
+
 def _grad_weight_lower(ctx):
-    """dW^T = sum over images of col (kc x ohw, im2col's natural layout, read as A)
-    times dY^T (ohw x mg, transposed per image into a small hot buffer, read as B):
-    each thread accumulates its images into its own partial dW^T (the GEMM resumes
-    from it), and the partials are summed into dW at the end. No batch-sized
-    scratch, and the GEMM's long dimension is the kc rows of A, not the batch."""
+    """dW^T = sum over images of col (kc x pixels, im2col's natural layout, read as A)
+    times dY^T (pixels x mg, transposed into a small hot buffer, read as B). Each
+    thread takes a few images per GEMM (so k is long enough to pay for the GEMM's
+    setup), accumulates into its own partial dW^T (the GEMM resumes from it), and
+    the partials are summed into dW at the end: no batch-sized scratch."""
     at = ctx.attrs
     x_t, w_shape = ctx.in_types[0], tuple(at["weight_shape"])
     (pt, pl), _, (sh, sw), (dh, dw), (oh, ow) = _geometry(at, x_t.shape, w_shape, ctx.node.name)
@@ -130,33 +140,40 @@ def _grad_weight_lower(ctx):
     out, nb = ctx.outputs[0], ctx.nb
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    slots = max(1, min(ctx.threads, n))
-    col = None if pointwise else ctx.scratch(kc * ohw * slots, out.dtype)
-    dy_t = ctx.scratch(ohw * mg * slots, out.dtype)
-    partial = ctx.scratch(kc * mg * slots, out.dtype)
-    with nb.loop(group, hint="g") as g:
-        with nb.loop(kc * mg * slots, "vector", ctx.lanes(out.dtype), hint="z") as i:
-            nb.store(partial, i, Const(0.0, out.dtype))
+    plan = image_plan(ctx, n, lambda count: count * ohw <= GRAD_WEIGHT_K)
+    teams, _, chunk = plan
+    k_len = chunk * ohw
+    col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
+    dy_t = ctx.scratch(k_len * mg * teams, out.dtype)
+    partial = ctx.scratch(kc * mg * teams, out.dtype)
 
-        def image(ni, slot, parallel):
+    def images(g, first, count, slot, parallel):
+        base = slot * (kc * k_len)
+        with nb.loop(count, hint="i") as i:
+            ni, p0 = first + i, i * ohw
             x_off = ni * (c * h * wd) + g * (cg * h * wd)
-            if col is None:
-                load_a = lambda r, kk: xb[x_off + r * ohw + kk]
-            else:
-                base = slot * (kc * ohw)
-                _im2col(ctx, xb, x_off, col, base, *geometry, parallel=parallel)
-                load_a = lambda r, kk: col[base + r * ohw + kk]
+            if col is not None:
+                _im2col(ctx, xb, x_off, col, base + p0, *geometry, parallel=parallel, row_stride=k_len)
             strided_map(ctx, dy_t, (ohw, mg), [dyb], [(1, ohw)], lambda v: v,
-                        out_offset=slot * (ohw * mg), in_offsets=[ni * (m * ohw) + g * (mg * ohw)])
-            own = lambda r, j: slot * (kc * mg) + r * mg + j
-            gemm_nest(ctx, kc, mg, ohw, load_a, lambda kk, j: dy_t[slot * (ohw * mg) + kk * mg + j],
-                      partial, own, init=lambda r, j: partial[own(r, j)],
-                      parallel=parallel, slot=None if parallel else slot)
-        per_image(ctx, n, image)
+                        out_offset=slot * (k_len * mg) + p0 * mg,
+                        in_offsets=[ni * (m * ohw) + g * (mg * ohw)])
+        if col is None:     # 1x1: X itself is A (one image per GEMM)
+            load_a = lambda r, kk: xb[first * (c * h * wd) + g * (cg * h * wd) + r * ohw + kk]
+        else:
+            load_a = lambda r, kk: col[base + r * k_len + kk]
+        own = lambda r, j: slot * (kc * mg) + r * mg + j
+        gemm_nest(ctx, kc, mg, count * ohw, load_a, lambda kk, j: dy_t[slot * (k_len * mg) + kk * mg + j],
+                  partial, own, init=lambda r, j: partial[own(r, j)],
+                  parallel=parallel, slot=None if parallel else slot)
+
+    with nb.loop(group, hint="g") as g:
+        with nb.loop(kc * mg * teams, "vector", ctx.lanes(out.dtype), hint="z") as i:
+            nb.store(partial, i, Const(0.0, out.dtype))
+        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args))
         with nb.loop(mg, hint="m") as j:
             with nb.loop(kc, "vector", ctx.lanes(out.dtype), hint="r") as r:
                 s = nb.var("s")
-                nb.store(out, (g * mg + j) * kc + r, Reduce("sum", s, slots, partial[s * (kc * mg) + r * mg + j]))
+                nb.store(out, (g * mg + j) * kc + r, Reduce("sum", s, teams, partial[s * (kc * mg) + r * mg + j]))
 
 
 register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,

@@ -34,6 +34,11 @@ def _lower_map(fn):
     return lower
 
 
+def _map(expr):
+    """register()'s arguments of an element-wise op: its loop and its fusable expression."""
+    return {"lower": _lower_map(expr), "expr": expr}
+
+
 def _int_div(a, b):
     if np.issubdtype(np.result_type(a), np.integer):
         return (np.trunc(a / b)).astype(np.result_type(a))   # C semantics, as ONNX
@@ -48,7 +53,7 @@ BINARY = {
 }
 
 for _name, (_np, _expr) in BINARY.items():
-    register(_name, infer=_binary_infer, inputs=(2, 2), lower=_lower_map(_expr),
+    register(_name, infer=_binary_infer, inputs=(2, 2), **_map(_expr),
              reference=(lambda f: lambda attrs, a, b: np.asarray(f(a, b)).astype(a.dtype))(_np))
 
 
@@ -137,7 +142,7 @@ UNARY = {
 for _name, (_attrs, _float, _ref, _expr) in UNARY.items():
     register(_name, attrs=_attrs, infer=_float_unary_infer if _float else _unary_infer,
              reference=(lambda r: lambda attrs, x: np.asarray(r(attrs, x)))(_ref),
-             lower=_lower_map(_expr))
+             **_map(_expr))
 
 
 def _variadic_infer(attrs, types, consts, node):
@@ -160,10 +165,10 @@ VARIADIC = {
 for _name, (_np, _expr) in VARIADIC.items():
     register(_name, inputs=(1, 1 << 16), infer=_variadic_infer,
              reference=(lambda f: lambda attrs, *xs: _fold(f)(*xs).astype(xs[0].dtype))(_np),
-             lower=_lower_map((lambda f: lambda at, *xs: _fold(f)(*xs))(_expr)))
+             **_map((lambda f: lambda at, *xs: _fold(f)(*xs))(_expr)))
 register("Mean", inputs=(1, 1 << 16), infer=_variadic_infer,
          reference=lambda attrs, *xs: (_fold(np.add)(*xs) / len(xs)).astype(xs[0].dtype),
-         lower=_lower_map(lambda at, *xs: _fold(lambda a, b: a + b)(*xs) * (1.0 / len(xs))))
+         **_map(lambda at, *xs: _fold(lambda a, b: a + b)(*xs) * (1.0 / len(xs))))
 
 
 def _pow_infer(attrs, types, consts, node):
@@ -186,10 +191,10 @@ def _pow_reference(attrs, a, b):
     return np.power(a, b.astype(a.dtype)).astype(a.dtype)
 
 
-register("Pow", inputs=(2, 2), infer=_pow_infer, reference=_pow_reference, lower=_lower_map(_pow_expr))
+register("Pow", inputs=(2, 2), infer=_pow_infer, reference=_pow_reference, **_map(_pow_expr))
 register("PRelu", inputs=(2, 2), infer=_binary_infer,
          reference=lambda attrs, x, s: np.where(x < 0, x * s, x).astype(x.dtype),
-         lower=_lower_map(lambda at, x, s: Select(x < 0.0, x * s, x)))
+         **_map(lambda at, x, s: Select(x < 0.0, x * s, x)))
 
 
 def _clip_bounds(attrs, consts):
@@ -249,4 +254,4 @@ def _mod_expr(at, a, b):
 
 
 register("Mod", inputs=(2, 2), attrs={"fmod": 0}, infer=_binary_infer, reference=_mod_reference,
-         lower=_lower_map(_mod_expr))
+         **_map(_mod_expr))

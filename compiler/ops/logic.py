@@ -28,6 +28,7 @@ def _map_lower(fn):
 
 for _name, (_np, _expr) in COMPARE.items():
     register(_name, inputs=(2, 2), infer=_compare_infer, lower=_map_lower(_expr),
+             expr=(lambda f: lambda attrs, a, b: f(a, b))(_expr),
              reference=(lambda f: lambda attrs, a, b: f(a, b))(_np))
 
 
@@ -39,4 +40,5 @@ def _where_infer(attrs, types, consts, node):
 
 
 register("Where", inputs=(3, 3), infer=_where_infer, lower=_map_lower(lambda c, a, b: Select(c, a, b)),
+         expr=lambda attrs, c, a, b: Select(c, a, b),
          reference=lambda attrs, c, a, b: np.where(c, a, b))

@@ -65,6 +65,9 @@ def _lower(pool):
         if pool == "AveragePool":
             scale = ctx.table((1.0 / _window_count(plain, shape)).astype(out.dtype.numpy).reshape(-1))
         kind = "parallel" if n * c * h * w >= PARALLEL_MIN_WORK else "serial"
+        if pool == "MaxPool" and (kh, kw) == (sh, sw) and (pt, pl, dh, dw) == (0, 0, 1, 1) and \
+                not any(plain.get("pads") or ()):
+            return _tiled_maxpool_grad(ctx, shape, (kh, kw), (oh, ow), kind)
         with nb.loop(n * c, kind, hint="nc") as p:
             with nb.loop(h, hint="y") as iy:
                 with nb.loop(w, "vector", ctx.lanes(out.dtype), hint="x") as ix:
@@ -82,6 +85,24 @@ def _lower(pool):
                     nb.store(out, p * (h * w) + iy * w + ix,
                              Reduce("sum", i, kh, Reduce("sum", j, kw, grad)))
     return lower
+
+
+def _tiled_maxpool_grad(ctx, shape, kernel, out, kind):
+    """Windows that tile the input (kernel == stride, no padding: the usual 2x2/2):
+    each input pixel lies in at most one window, so it reads one gradient, not kh x kw
+    masked ones."""
+    n, c, h, w = shape
+    (kh, kw), (oh, ow) = kernel, out
+    dyb, indices, out_buf, nb = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], ctx.nb
+    with nb.loop(n * c, kind, hint="nc") as p:
+        with nb.loop(h, hint="y") as iy:
+            with nb.loop(w, "vector", ctx.lanes(out_buf.dtype), hint="x") as ix:
+                oy, ox = iy // kh, ix // kw
+                ok = (oy < oh) & (ox < ow)
+                at = p * (oh * ow) + oy * ow + ox
+                here = p * (h * w) + iy * w + ix
+                mine = ok & indices.load(at, mask=ok).eq(here)
+                nb.store(out_buf, here, Select(mine, dyb.load(at, mask=ok), 0.0))
 
 
 register("MaxPoolGrad", inputs=(2, 2), attrs=dict(POOL_ATTRS, storage_order=0, input_shape=None),

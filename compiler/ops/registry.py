@@ -26,6 +26,8 @@ class OpDef:
     alias: bool = False        # output is input 0 reinterpreted (Reshape & co.): no copy
     domain: str = ""
     type_fold: Optional[Callable] = None   # (attrs, in_types) -> array: Shape & co.
+    expr: Optional[Callable] = None  # (attrs, *loop-IR values) -> value: an element-wise op,
+    #                                  fusable into one loop with its neighbours
 
     def normalize_attrs(self, attrs, num_inputs):
         unknown = set(attrs) - set(self.attrs)
@@ -64,11 +66,11 @@ def fold(opdef, attrs, in_types, consts, out_types, node_name):
 
 
 def register(name, *, infer, reference, lower=None, attrs=None, inputs=(1, 1), alias=False,
-             domain="", type_fold=None):
+             domain="", type_fold=None, expr=None):
     if name in _REGISTRY:
         raise ValueError(f"op {name} registered twice")
     _REGISTRY[name] = OpDef(name, infer, reference, lower, None, dict(attrs or {}), inputs,
-                            alias, domain, type_fold)
+                            alias, domain, type_fold, expr)
     return _REGISTRY[name]
 
 

@@ -223,4 +223,5 @@ register("Cast", attrs={"to": None, "saturate": 1, "round_mode": None},
          reference=lambda attrs, x: x.astype(_cast_dtype(attrs).numpy),
          lower=lambda ctx: strided_map(ctx, ctx.outputs[0], ctx.out_types[0].shape, [ctx.inputs[0]],
                                        [strides(ctx.in_types[0].shape)],
-                                       lambda v: cast(v, ctx.out_types[0].dtype)))
+                                       lambda v: cast(v, ctx.out_types[0].dtype)),
+         expr=lambda attrs, v: cast(v, _cast_dtype(attrs)))

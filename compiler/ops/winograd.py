@@ -1,0 +1,182 @@
+"""Winograd F(2x2, 3x3) convolution (Lavin & Gray 2016): 3x3 stride-1 convolutions
+with 2.25x fewer multiplications than the direct GEMM.
+
+Each 2x2 output tile comes from a 4x4 input tile d: Y = A^T [sum_c U_c * V_c] A with
+V = B^T d B (input transform) and U = G g G^T (weight transform), so the sum over
+input channels becomes 16 independent GEMMs, one per element xi of the 4x4 tile:
+    M[xi][m, tile] = sum_c U[xi][m, c] V[xi][c, tile]
+Constant weights are transformed once at compile time (passes/winograd.py makes a
+WinogradConv node holding U); weights that change (training) are transformed at run
+time. Layouts per thread: V [16][C][tiles], M [16][M][tiles], U [16][M][C].
+Stride-2 accesses (tile corners) are wide masked loads/stores plus a shuffle."""
+import numpy as np
+
+from ..lower.gemm import gemm_nest
+from ..lower.nests import PARALLEL_MIN_WORK
+
+B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+MIN_OUT_PIXELS = 14 * 14     # below this the 4x4 tiles waste too much of the edge
+MIN_CHANNELS = 16            # the 16 GEMMs' k (and m) need some depth
+TILE_COLUMNS = 512           # images per thread batched until the GEMMs' n reaches this
+
+
+def eligible(x_shape, w_shape, strides, dil, group, out):
+    return len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3) and tuple(strides) == (1, 1) and \
+        tuple(dil) == (1, 1) and group == 1 and out[0] * out[1] >= MIN_OUT_PIXELS and \
+        min(w_shape[0], w_shape[1]) >= MIN_CHANNELS
+
+
+def transform_weights(w):
+    """U[xi, m, c] = (G w[m, c] G^T)[xi] in float64, rounded once to w's dtype."""
+    g = np.array(G)
+    u = np.einsum("ai,mcij,bj->abmc", g, w.astype(np.float64), g)
+    return u.reshape(16, w.shape[0], w.shape[1]).astype(w.dtype)
+
+
+def untransform_weights(u):
+    """The 3x3 weights back from U (G has a left inverse): the reference's way in."""
+    gp = np.linalg.pinv(np.array(G))
+    w = np.einsum("ia,abmc,jb->mcij", gp, u.astype(np.float64).reshape((4, 4) + u.shape[1:]), gp)
+    return w.astype(u.dtype)
+
+
+def _combine(coeffs, terms):
+    """sum(c * t) for coefficients 0 and +/-1, as adds and subtracts."""
+    total = None
+    for c, t in zip(coeffs, terms):
+        if c:
+            total = (t if c > 0 else -t) if total is None else (total + t if c > 0 else total - t)
+    return total
+
+
+def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None):
+    """y[n, m, oy, ox] = finish(n, m, oy, ox, sum) of the 3x3 stride-1 convolution
+    of x ([n, C, h, w], zero outside) with pads (top, left).
+    u: a [16, M, C] buffer of transformed weights, or None with weight(m, c, i, j)
+    giving the raw 3x3 weights as loop-IR expressions (transformed here, at run time)."""
+    from .conv import for_image_chunks, image_plan
+    nb = ctx.nb
+    n, h, w = in_shape
+    oh, ow = out_shape
+    c_in, m_out = channels
+    pt, pl = pads
+    ty_n, tx_n = -(-oh // 2), -(-ow // 2)
+    tiles = ty_n * tx_n
+    lanes = ctx.lanes(y.dtype)
+    if u is None:
+        u = ctx.scratch(16 * m_out * c_in, y.dtype)
+        _transform_weights_at_run_time(ctx, u, weight, m_out, c_in)
+
+    plan = image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
+    teams, _, chunk = plan
+    cols = chunk * tiles
+    v_buf = ctx.scratch(16 * c_in * cols * teams, y.dtype)
+    m_buf = ctx.scratch(16 * m_out * cols * teams, y.dtype)
+
+    def body(first, count, slot, parallel):
+        v_off, m_off = slot * (16 * c_in * cols), slot * (16 * m_out * cols)
+        big = parallel and c_in * tiles >= PARALLEL_MIN_WORK // 16
+        with nb.loop(count, hint="i") as img:
+            with nb.loop(c_in, "parallel" if big else "serial", hint="c") as c:
+                with nb.loop(ty_n, hint="ty") as ty:
+                    with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
+                        def d(i, j):
+                            iy, ix = ty * 2 + (i - pt), tx * 2 + (j - pl)
+                            ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                            return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
+                        rows = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)]
+                                for a in range(4)]
+                        for a in range(4):
+                            for b in range(4):
+                                at = v_off + ((a * 4 + b) * c_in + c) * cols + img * tiles + ty * tx_n + tx
+                                nb.store(v_buf, at, _combine(B_T[b], rows[a]))
+        with nb.loop(16, hint="xi") as xi:
+            gemm_nest(ctx, m_out, count * tiles, c_in,
+                      lambda r, kk: u[(xi * m_out + r) * c_in + kk],
+                      lambda kk, j: v_buf[v_off + (xi * c_in + kk) * cols + j],
+                      m_buf, lambda r, j: m_off + (xi * m_out + r) * cols + j,
+                      parallel=parallel, slot=None if parallel else slot)
+        big = parallel and m_out * tiles >= PARALLEL_MIN_WORK // 16
+        with nb.loop(count, hint="i") as img:
+            with nb.loop(m_out, "parallel" if big else "serial", hint="m") as m:
+                with nb.loop(ty_n, hint="ty") as ty:
+                    with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
+                        at = m_off + m * cols + img * tiles + ty * tx_n + tx
+                        tile = [[m_buf[at + (a * 4 + b) * (m_out * cols)] for b in range(4)] for a in range(4)]
+                        for p in range(2):
+                            row = [_combine(A_T[p], [tile[a][b] for a in range(4)]) for b in range(4)]
+                            for q in range(2):
+                                oy, ox = ty * 2 + p, tx * 2 + q
+                                value = finish(first + img, m, oy, ox, _combine(A_T[q], row))
+                                nb.store(y, ((first + img) * m_out + m) * (oh * ow) + oy * ow + ox, value,
+                                         mask=(oy < oh) & (ox < ow))
+
+    for_image_chunks(ctx, n, plan, body)
+
+
+def _transform_weights_at_run_time(ctx, u, weight, m_out, c_in):
+    nb = ctx.nb
+    kind = "parallel" if m_out * c_in * 16 >= PARALLEL_MIN_WORK else "serial"
+    with nb.loop(m_out, kind, hint="m") as m:
+        with nb.loop(c_in, "vector", ctx.lanes(u.dtype), hint="c") as c:
+            g = [[weight(m, c, i, j) for j in range(3)] for i in range(3)]
+            rows = [[_mul_sum(G[a], [g[i][j] for i in range(3)]) for j in range(3)] for a in range(4)]
+            for a in range(4):
+                for b in range(4):
+                    nb.store(u, ((a * 4 + b) * m_out + m) * c_in + c, _mul_sum(G[b], rows[a]))
+
+
+def _mul_sum(coeffs, terms):
+    """sum(k * t) over nonzero k (G's rows: at least one)."""
+    parts = [t if k == 1 else t * float(k) for k, t in zip(coeffs, terms) if k]
+    return sum(parts[1:], parts[0])
+
+
+# ---- WinogradConv: a Conv whose constant weights are already transformed --------
+def _conv_attrs(attrs):
+    return {"pads": tuple(attrs["pads"]), "activation": attrs.get("activation")}
+
+
+def _infer(attrs, types, consts, node):
+    from .common import fail, same_dtype, tt
+    x, u = types[0], types[1]
+    same_dtype(node, [t for t in types if t is not None])
+    pt, pl, pb, pr = attrs["pads"]
+    if x.rank != 4 or u.rank != 3 or u.shape[0] != 16 or u.shape[2] != x.shape[1]:
+        fail(node, f"WinogradConv input {x.shape} and transformed weights {u.shape} do not fit")
+    out = (x.shape[0], u.shape[1], x.shape[2] + pt + pb - 2, x.shape[3] + pl + pr - 2)
+    if min(out[2:]) <= 0:
+        fail(node, f"WinogradConv output {out} is empty")
+    return [tt(x.dtype, out)]
+
+
+def _reference(attrs, x, u, b=None, residual=None):
+    from .conv import conv_reference
+    return conv_reference(_conv_attrs(attrs), x, untransform_weights(u), b, residual)
+
+
+def _lower(ctx):
+    from .conv import epilogue
+    n, c, h, w = ctx.in_types[0].shape
+    _, m, oh, ow = ctx.out_types[0].shape
+    bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
+
+    def finish(ni, mm, oy, ox, v):
+        at = (ni * m + mm) * (oh * ow) + oy * ow + ox
+        v = v + bias[mm] if bias is not None else v
+        return epilogue(ctx.attrs, v + residual[at] if residual is not None else v)
+    pt, pl = ctx.attrs["pads"][:2]
+    winograd_conv(ctx, ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], (n, h, w), (oh, ow), (pt, pl),
+                  (c, m), finish)
+
+
+def _register():
+    from .registry import register
+    register("WinogradConv", inputs=(2, 4), attrs={"pads": None, "activation": None}, infer=_infer,
+             reference=_reference, lower=_lower, domain="nutshell")
+
+
+_register()

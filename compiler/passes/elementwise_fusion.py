@@ -1,0 +1,90 @@
+"""Element-wise fusion (XLA's loop fusion, TVM's injective fusion): connected
+element-wise ops of one output size become one FusedElementwise node.
+
+A group grows from a root (the last op of a chain, walking backwards) over producers
+whose every user is already in the group and whose value is the root's size, so no
+intermediate is written to memory and none is computed twice. Smaller values (a
+per-channel scale) stay separate ops and are read with broadcasting; an Expand of a
+constant shape is read as its source, broadcast (it costs nothing in the loop)."""
+import math
+
+from ..ir.graph import Node
+from ..ops import get_op
+
+
+def _elementwise(node):
+    return node is not None and len(node.outputs) == 1 and get_op(node.op).expr is not None
+
+
+def _broadcasts_to(shape, target):
+    return len(shape) <= len(target) and all(
+        d in (1, t) for d, t in zip(shape[::-1], target[::-1]))
+
+
+def _groups(graph):
+    """Lists of member nodes, the root first."""
+    users, producers = graph.consumers(), graph.producers()
+    outputs = set(graph.output_names())
+    taken = set()
+    for root in reversed(graph.nodes):
+        if id(root) in taken or not _elementwise(root):
+            continue
+        shape = graph.types[root.outputs[0]].shape
+        members, ids = [root], {id(root)}
+        grown = True
+        while grown:                      # until no producer can join
+            grown = False
+            for member in list(members):
+                for v in member.inputs:
+                    p = producers.get(v)
+                    if not _elementwise(p) or id(p) in ids or id(p) in taken or v in outputs:
+                        continue
+                    t = graph.types[v]
+                    if math.prod(t.shape) == math.prod(shape) and _broadcasts_to(t.shape, shape) and \
+                            all(id(u) in ids for u in users[v]):
+                        members.append(p)
+                        ids.add(id(p))
+                        grown = True
+        taken |= ids
+        yield members
+
+
+def _source(graph, producers, value, shape):
+    """The value a fused loop reads for `value`: an Expand's input when that is free."""
+    p = producers.get(value)
+    while p is not None and p.op == "Expand" and p.inputs[1] in graph.constants and \
+            _broadcasts_to(graph.types[p.outputs[0]].shape, shape):
+        value = p.inputs[0]
+        p = producers.get(value)
+    return value
+
+
+def fuse_elementwise(graph):
+    """Needs: epilogue fusion done (Conv/Gemm take their activations first).
+    Gives: each group of two or more element-wise ops (or one reading an Expand) as
+    one FusedElementwise node at the root's place; the others are removed."""
+    producers = graph.producers()
+    replaced, removed = {}, set()
+    for members in _groups(graph):
+        root = members[0]
+        shape = graph.types[root.outputs[0]].shape
+        order = [n for n in graph.nodes if any(n is m for m in members)]
+        step_of, inputs, program = {}, [], []
+
+        def arg(v):
+            if v in step_of:
+                return f"s{step_of[v]}"
+            v = _source(graph, producers, v, shape)
+            if v not in inputs:
+                inputs.append(v)
+            return f"i{inputs.index(v)}"
+
+        for node in order:
+            program.append((node.op, tuple(sorted(node.attrs.items())), tuple(arg(v) for v in node.inputs)))
+            step_of[node.outputs[0]] = len(program) - 1
+        if len(members) == 1 and all(_source(graph, producers, v, shape) == v for v in root.inputs):
+            continue                       # nothing gained
+        replaced[id(root)] = Node("FusedElementwise", tuple(inputs), root.outputs,
+                                  {"program": tuple(program), "shape": tuple(shape)}, f"{root.name}/fused")
+        removed |= {id(m) for m in members[1:]}
+    return graph.with_nodes([replaced.get(id(n), n) for n in graph.nodes if id(n) not in removed])

@@ -1,0 +1,32 @@
+"""Winograd weights: a 3x3 stride-1 Conv with constant weights becomes a
+WinogradConv holding G w G^T, computed once here instead of at every run."""
+from dataclasses import replace
+
+from ..ir.types import TensorType
+from ..ops import winograd
+from ..ops.conv import window_geometry
+
+
+def winograd_weights(graph):
+    """Needs: BatchNorm folded and epilogues fused (they ride along). Gives: eligible
+    convolutions (ops/winograd.py's rule) as WinogradConv over transformed weights."""
+    constants, types, nodes = dict(graph.constants), dict(graph.types), []
+    for node in graph.nodes:
+        w = graph.constants.get(node.inputs[1]) if node.op == "Conv" else None
+        x_t = graph.types[node.inputs[0]] if w is not None else None
+        if w is None or x_t.rank != 4 or not graph.types[node.inputs[1]].dtype.is_float:
+            nodes.append(node)
+            continue
+        begin, end, strides, dil, out = window_geometry(node.name, node.attrs, x_t.shape[2:], w.shape[2:])
+        if not winograd.eligible(x_t.shape, w.shape, strides, dil, node.attrs.get("group", 1), out):
+            nodes.append(node)
+            continue
+        name = f"{node.name}/winograd_w"
+        constants[name] = winograd.transform_weights(w)
+        types[name] = TensorType(graph.types[node.inputs[1]].dtype, constants[name].shape)
+        attrs = {"pads": tuple(begin) + tuple(end)}
+        if node.attrs.get("activation"):
+            attrs["activation"] = node.attrs["activation"]
+        nodes.append(replace(node, op="WinogradConv", inputs=(node.inputs[0], name) + tuple(node.inputs[2:]),
+                             attrs=attrs))
+    return graph.with_nodes(nodes, constants=constants, types=types)
