@@ -179,3 +179,77 @@ def test_residual_fusion_structure_and_numbers(rng, depthwise):
     np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5, atol=1e-6)
     for threads in (1, 2):
         np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[out], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act, attrs, bounds", [("Clip", {}, (0.0, 6.0)), ("Clip", {}, (None, 0.5)),
+                                                 ("HardSwish", {}, None), ("LeakyRelu", {"alpha": 0.2}, None)])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_activation_epilogue_structure_and_numbers(rng, act, attrs, bounds, depthwise):
+    """Conv -> Clip (ReLU6) / HardSwish / LeakyRelu becomes one Conv whose epilogue is
+    the activation's own loop expression (Clip's constant bounds as attributes)."""
+    from nutshell.compiler.passes.fusion import fuse
+    b = GraphBuilder("act", fold=False)
+    x = b.add_input("x", "float32", (2, 4, 6, 6))
+    w = b.add_constant(rng.standard_normal((4, 1 if depthwise else 4, 3, 3)).astype(np.float32), "w")
+    y = b.add_node("Conv", [x, w], {"pads": (1, 1, 1, 1), "group": 4 if depthwise else 1})
+    extra = [b.add_constant(np.array(v, np.float32), f"bound{i}") if v is not None else ""
+             for i, v in enumerate(bounds)] if bounds else []
+    out = b.add_node(act, [y] + extra, attrs)
+    b.set_outputs([out])
+    g = verify(b.build())
+    fused = verify(fuse(g))
+    assert [n.op for n in fused.nodes] == ["Conv"] and fused.nodes[0].attrs["activation"][0] == act
+    feeds = {"x": rng.standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)[out]
+    np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ns.compile(g, threads=1).run(feeds)[out], want, rtol=1e-5, atol=1e-5)
+
+
+def test_elementwise_fusion_structure_and_numbers(rng):
+    """A chain with a shared operand, an Expand read as its broadcast source, and a
+    value used outside the chain: one FusedElementwise for the private part only."""
+    from nutshell.compiler.passes.elementwise_fusion import fuse_elementwise
+    b = GraphBuilder("chain", fold=False)
+    x = b.add_input("x", "float32", (3, 4, 5))
+    s = b.add_input("s", "float32", (1, 4, 1))
+    shape = b.add_constant(np.array([3, 4, 5], np.int64), "shape")
+    d = b.add_node("Sub", [x, b.add_node("Expand", [s, shape])])
+    sq = b.add_node("Mul", [d, d])                      # d used twice by one node
+    kept = b.add_node("Exp", [x])                      # a second user below: stays a value
+    z = b.add_node("Add", [b.add_node("Sqrt", [b.add_node("Add", [sq, kept])]), kept])
+    b.set_outputs([z, b.add_node("ReduceSum", [kept])])
+    g = verify(b.build())
+    fused = verify(fuse_elementwise(g))
+    ops = [n.op for n in fused.nodes]
+    assert ops.count("FusedElementwise") == 1 and "Sub" not in ops and "Exp" in ops
+    node = next(n for n in fused.nodes if n.op == "FusedElementwise")
+    assert s in node.inputs and [p[0] for p in node.attrs["program"]] == ["Sub", "Mul", "Add", "Sqrt", "Add"]
+    feeds = {"x": rng.standard_normal((3, 4, 5)).astype(np.float32),
+             "s": rng.standard_normal((1, 4, 1)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)
+    np.testing.assert_allclose(ns.run_reference(fused, feeds)[z], want[z], rtol=1e-6)
+    for threads in (1, 2):
+        np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[z], want[z], rtol=1e-5, atol=1e-6)
+
+
+def test_winograd_pass_structure_and_numbers(rng):
+    """A 3x3 stride-1 Conv with constant weights becomes a WinogradConv over G w G^T
+    (16 x M x C), its epilogue kept; the reference recovers w exactly enough."""
+    from nutshell.compiler.passes.fusion import fuse
+    from nutshell.compiler.passes.winograd import winograd_weights
+    b = GraphBuilder("wino", fold=False)
+    x = b.add_input("x", "float32", (2, 16, 9, 10))
+    w = b.add_constant(rng.standard_normal((24, 16, 3, 3)).astype(np.float32), "w")
+    bias = b.add_constant(rng.standard_normal(24).astype(np.float32), "b")
+    out = b.add_node("Relu", [b.add_node("Conv", [x, w, bias], {"pads": (1, 0, 1, 2)})])
+    b.set_outputs([out])
+    g = verify(b.build())
+    wino = verify(winograd_weights(fuse(g)))
+    node = wino.nodes[0]
+    assert node.op == "WinogradConv" and node.attrs["activation"] == "Relu"
+    assert wino.types[node.inputs[1]].shape == (16, 24, 16)
+    feeds = {"x": rng.standard_normal((2, 16, 9, 10)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)[out]
+    np.testing.assert_allclose(ns.run_reference(wino, feeds)[out], want, rtol=1e-4, atol=1e-4)
+    for threads in (1, 2):
+        np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[out], want, rtol=1e-4, atol=1e-4)

@@ -2,7 +2,6 @@
 import numpy as np
 
 from ..lower.gemm import gemm_nest
-from ..lower.loop_ir import Reduce
 from ..lower.nests import PARALLEL_MIN_WORK
 from . import winograd
 from .common import fail, positive_ints, same_dtype, tt
@@ -10,7 +9,15 @@ from .registry import register
 
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
               "pads": None, "strides": None}
-EPILOGUE = {"activation": None}     # set by the fusion pass: "Relu"/"Silu" run in the GEMM's store
+EPILOGUE = {"activation": None}     # set by the fusion pass: applied in the GEMM's store
+# "Relu", "Silu" (x * sigmoid(x), EfficientNet's swish), or (op, attrs as pairs) for a
+# registered element-wise op of one input (Clip's bounds as attrs, HardSwish, ...)
+
+
+def _activation_op(act):
+    from .registry import get_op
+    op, items = act
+    return get_op(op), dict(items)
 
 
 def epilogue(attrs, value):
@@ -20,6 +27,9 @@ def epilogue(attrs, value):
         return maximum(value, 0.0)
     if act == "Silu":          # x * sigmoid(x), as ONNX's Mul(x, Sigmoid(x))
         return value * (1.0 / (1.0 + Call("exp", (-value,))))
+    if act:
+        opdef, at = _activation_op(act)
+        return opdef.expr(at, value)
     return value
 
 
@@ -29,6 +39,9 @@ def apply_activation(attrs, y):
         return np.maximum(y, 0)
     if act == "Silu":
         return y * (1 / (1 + np.exp(-y)))
+    if act:
+        opdef, at = _activation_op(act)
+        return opdef.reference(at, y)
     return y
 
 
@@ -170,7 +183,9 @@ def _conv_lower(ctx):
 
 def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     """One input channel per group (MobileNet's depthwise layers): a direct loop nest,
-    each output channel a weighted window sum, instead of a one-row GEMM."""
+    each output channel a weighted window sum, instead of a one-row GEMM. Each plane
+    is first copied with its zero border into a per-thread scratch, so the taps are
+    plain (unmasked, unrolled) loads instead of bounds-checked ones."""
     n, c, h, wd = x_shape
     m, kh, kw = w_shape
     (oh, ow), (sh, sw), (dh, dw), (pt, pl) = out, strides, dil, pads
@@ -178,24 +193,33 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     xb, wb = ctx.inputs[0], ctx.inputs[1]
     bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
     residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
-    nb = ctx.nb
-    big = n * m * oh * ow * kh * kw >= PARALLEL_MIN_WORK
-    with nb.loop(n * m, "parallel" if big else "serial", hint="nm") as p:
-        with nb.loop(oh, hint="y") as y:
-            with nb.loop(ow, "vector", ctx.lanes(ctx.out_types[0].dtype), hint="x") as xx:
-                i, j = nb.var("ki"), nb.var("kj")
-                iy = y * sh + (i * dh - pt)
-                ix = xx * sw + (j * dw - pl)
-                inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
-                channel = (p // m) * c + (p % m) // per_channel
-                tap = xb.load(channel * (h * wd) + iy * wd + ix, mask=inside) * wb[((p % m) * kh + i) * kw + j]
-                total = Reduce("sum", i, kh, Reduce("sum", j, kw, tap))
-                if bias is not None:
-                    total = total + bias[p % m]
-                at = p * (oh * ow) + y * ow + xx
-                if residual is not None:
-                    total = total + residual[at]
-                nb.store(ctx.outputs[0], at, epilogue(ctx.attrs, total))
+    nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    planes = n * m
+    teams = max(1, min(ctx.threads, planes)) if planes * oh * ow * kh * kw >= PARALLEL_MIN_WORK else 1
+    per = -(-planes // teams)
+    padded = ctx.scratch(hp * wp * teams, xb.dtype)
+    with nb.loop(teams, "parallel" if teams > 1 else "serial", hint="t") as t:
+        with nb.loop(per, hint="nm", limit=planes - t * per if teams > 1 else None) as q:
+            p = t * per + q
+            base = t * (hp * wp)
+            channel = (p // m) * c + (p % m) // per_channel
+            with nb.loop(hp, hint="py") as py:
+                with nb.loop(wp, "vector", lanes, hint="px") as px:
+                    iy, ix = py - pt, px - pl
+                    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
+                    nb.store(padded, base + py * wp + px, xb.load(channel * (h * wd) + iy * wd + ix, mask=inside))
+            with nb.loop(oh, hint="y") as y:
+                with nb.loop(ow, "vector", lanes, hint="x") as xx:
+                    taps = [padded[base + (y * sh + i * dh) * wp + xx * sw + j * dw] * wb[((p % m) * kh + i) * kw + j]
+                            for i in range(kh) for j in range(kw)]
+                    total = sum(taps[1:], taps[0])
+                    if bias is not None:
+                        total = total + bias[p % m]
+                    at = p * (oh * ow) + y * ow + xx
+                    if residual is not None:
+                        total = total + residual[at]
+                    nb.store(ctx.outputs[0], at, epilogue(ctx.attrs, total))
 
 
 def per_image(ctx, n, image):

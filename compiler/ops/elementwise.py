@@ -237,7 +237,19 @@ def _clip_lower(ctx):
 
 
 register("Clip", inputs=(1, 3), attrs={"min": None, "max": None}, infer=_unary_infer,
-         reference=_clip_reference, lower=_clip_lower)
+         reference=_clip_reference, lower=_clip_lower,
+         expr=lambda at, x, lo=None, hi=None: _clip_expr(at, x, lo, hi))
+
+
+def _clip_expr(at, v, lo, hi):
+    """Bounds from the inputs (opset 11+) or, as a fused epilogue, from attributes."""
+    lo = lo if lo is not None else at.get("min")
+    hi = hi if hi is not None else at.get("max")
+    if lo is not None:
+        v = maximum(v, lo)
+    if hi is not None:
+        v = minimum(v, hi)
+    return v
 
 
 def _mod_reference(attrs, a, b):

@@ -13,7 +13,8 @@ from ..ops import get_op
 
 
 def _elementwise(node):
-    return node is not None and len(node.outputs) == 1 and get_op(node.op).expr is not None
+    return node is not None and len(node.outputs) == 1 and get_op(node.op).expr is not None and \
+        all(node.inputs)         # an omitted optional input has no place in a program
 
 
 def _broadcasts_to(shape, target):

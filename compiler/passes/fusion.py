@@ -6,6 +6,8 @@ names a chain of ops, a condition and a replacement; one driver applies them.
     fuse_*_relu      Conv|Gemm -> Relu               => the op with a Relu epilogue
     fuse_*_silu      Conv|Gemm -> y; Mul(y, Sigmoid(y)) => the op with a SiLU epilogue
                      (EfficientNet's swish; its value has two users, so it is not a chain)
+    fuse_*_activation  Conv|Gemm -> Clip|HardSwish|...  => the op with that epilogue
+                     (ReLU6 of MobileNet v2, hard-swish of v3; Clip's bounds as attributes)
 """
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -136,6 +138,33 @@ def _fuse_silu(graph, nodes, constants, types):
     return replace(op, outputs=mul.outputs, attrs={**op.attrs, "activation": "Silu"})
 
 
+ACTIVATIONS = ("Clip", "HardSwish", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu",
+               "Softplus", "Mish", "Gelu")
+
+
+def _activation(graph, chain):
+    """[producer, act] for a one-input activation (Clip with constant scalar bounds)
+    that is the producer's only user."""
+    users, outputs = graph.consumers(), set(graph.output_names())
+    for src in graph.nodes:
+        if src.op != chain[0] or src.outputs[0] in outputs:
+            continue
+        nxt = users.get(src.outputs[0], [])
+        if len(nxt) == 1 and nxt[0].op in ACTIVATIONS and nxt[0].inputs[0] == src.outputs[0] and \
+                all(i == "" or (i in graph.constants and graph.constants[i].size == 1)
+                    for i in nxt[0].inputs[1:]):
+            yield [src, nxt[0]]
+
+
+def _fuse_activation(graph, nodes, constants, types):
+    op, act = nodes
+    attrs = dict(act.attrs)
+    for key, name in zip(("min", "max"), act.inputs[1:]):     # Clip's bounds become attributes
+        if name:
+            attrs[key] = float(graph.constants[name].reshape(()))
+    return replace(op, outputs=act.outputs, attrs={**op.attrs, "activation": (act.op, tuple(sorted(attrs.items())))})
+
+
 REWRITES = [
     Rewrite("fold_batchnorm", ("Conv", "BatchNormalization"), _bn_foldable, _fold_bn),
     Rewrite("fuse_conv_residual", ("Conv",), lambda g, n: "activation" not in n[1].attrs and len(n[1].inputs) < 4,
@@ -144,6 +173,10 @@ REWRITES = [
     Rewrite("fuse_gemm_relu", ("Gemm", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
     Rewrite("fuse_conv_silu", ("Conv",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),
     Rewrite("fuse_gemm_silu", ("Gemm",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),
+    Rewrite("fuse_conv_activation", ("Conv",), lambda g, n: "activation" not in n[0].attrs, _fuse_activation,
+            _activation),
+    Rewrite("fuse_gemm_activation", ("Gemm",), lambda g, n: "activation" not in n[0].attrs, _fuse_activation,
+            _activation),
 ]
 
 
