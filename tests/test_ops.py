@@ -37,6 +37,10 @@ CASES = [
     ("MatMul", [(F, (30, 1400)), (F, (1400, 90))], {}, None),
     ("Gemm", [(F, (40, 1300)), (F, (70, 1300)), (F, (70,))], {"transB": 1, "activation": "Relu"}, {1: "w", 2: "w"}),
     ("MatMul", [(F, (3, 5)), (F, (2, 5, 4))], {}, None),
+    # per-entry GEMMs shared out among threads: B batched, broadcast along one dim, A broadcast
+    ("MatMul", [(F, (4, 3, 9, 5)), (F, (4, 3, 5, 17))], {}, None),
+    ("MatMul", [(F, (2, 3, 9, 5)), (F, (1, 3, 5, 7))], {}, None),
+    ("MatMul", [(F, (1, 9, 5)), (F, (5, 5, 7))], {}, None),
     ("MatMul", [(F, (13,)), (F, (13, 6))], {}, None),
     ("MatMul", [(F, (6, 13)), (F, (13,))], {}, None),
     ("Gemm", [(F, (5, 7)), (F, (7, 9)), (F, (9,))], {}, None),

@@ -30,28 +30,51 @@ def _matmul_infer(attrs, types, consts, node):
 
 
 def _matmul_lower(ctx):
+    """One GEMM over all of A's rows when B is shared by the whole batch (a
+    projection of [seq, batch, hidden] activations); else one GEMM per batch entry,
+    the entries shared out among the threads (one fork) when there are enough."""
     a_shape, b_shape, batch, _ = _matmul_shapes(ctx.node.name, ctx.in_types[0].shape,
                                                 ctx.in_types[1].shape)
     (m, k), n = a_shape[-2:], b_shape[-1]
     a_buf, b_buf = ctx.inputs
     out = ctx.outputs[0]
+    total = int(np.prod(batch, dtype=np.int64))
+    if all(d == 1 for d in b_shape[:-2]) and tuple(a_shape[:-2]) == tuple(batch):
+        return gemm_nest(ctx, total * m, n, k, lambda r, kk: a_buf[r * k + kk],
+                         lambda kk, c: b_buf[kk * n + c], out, lambda r, c: r * n + c)
     sa = broadcast_strides(a_shape[:-2], batch)
     sb = broadcast_strides(b_shape[:-2], batch)
     so = strides(batch)
-    nb, vars_, scopes = ctx.nb, [], []
-    for d in batch:
-        scope = nb.loop(d, hint="b")
-        vars_.append(scope.__enter__())
-        scopes.append(scope)
-    a_off = sum((v * (s * m * k) for v, s in zip(vars_, sa) if s), 0)
-    b_off = sum((v * (s * k * n) for v, s in zip(vars_, sb) if s), 0)
-    c_off = sum((v * (s * m * n) for v, s in zip(vars_, so) if s), 0)
-    gemm_nest(ctx, m, n, k,
-              lambda r, kk: a_buf[a_off + r * k + kk],
-              lambda kk, c: b_buf[b_off + kk * n + c],
-              out, lambda r, c: c_off + r * n + c)
-    for scope in reversed(scopes):
-        scope.__exit__(None, None, None)
+    nb = ctx.nb
+
+    def entry(flat, parallel, slot):
+        vars_ = _unflatten(flat, batch)
+        a_off = sum((v * (s * m * k) for v, s in zip(vars_, sa) if s), 0)
+        b_off = sum((v * (s * k * n) for v, s in zip(vars_, sb) if s), 0)
+        c_off = sum((v * (s * m * n) for v, s in zip(vars_, so) if s), 0)
+        gemm_nest(ctx, m, n, k,
+                  lambda r, kk: a_buf[a_off + r * k + kk],
+                  lambda kk, c: b_buf[b_off + kk * n + c],
+                  out, lambda r, c: c_off + r * n + c, parallel=parallel, slot=slot)
+    teams = ctx.threads if ctx.threads > 1 and total >= ctx.threads else 1
+    if teams > 1:
+        per = -(-total // teams)
+        with nb.loop(teams, "parallel", hint="t") as t:
+            with nb.loop(per, hint="b", limit=total - t * per) as j:
+                entry(t * per + j, False, t)
+    else:
+        with nb.loop(total, hint="b") as j:
+            entry(j, True, None)
+
+
+def _unflatten(flat, shape):
+    """Index variables of each batch dim from a flat index (row-major)."""
+    out, rest = [], flat
+    for i, d in enumerate(shape):
+        inner = int(np.prod(shape[i + 1:], dtype=np.int64))
+        out.append(rest // inner if inner > 1 else rest)
+        rest = rest % inner if inner > 1 else 0
+    return [v if d > 1 else 0 for v, d in zip(out, shape)]
 
 
 register("MatMul", inputs=(2, 2), infer=_matmul_infer, lower=_matmul_lower,
