@@ -186,3 +186,45 @@ class _Gemm:
                 blocks(t)
         else:
             blocks(0)
+
+
+DOT_MR = DOT_NR = 4      # 16 vector accumulators + 8 loads per k step: FMA-bound
+
+
+def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
+    """partial[p_index(row, col) + lane] += lane-wise partial sums of
+    sum_k A(row, k) * B(col, k), with both operands read along k (a weight
+    gradient: dY rows and im2col rows), so neither needs a transposed copy.
+    DOT_MR x DOT_NR dot products at once, each a vector accumulator over k; the
+    caller sums the lanes once at the very end. A tail of k reads masked (zero) lanes."""
+    nb, lanes = ctx.nb, ctx.lanes(partial.dtype)
+    acc = ctx.local(DOT_MR * DOT_NR * lanes, partial.dtype)
+    chunks, tail = divmod(k, lanes)
+
+    def block(row0, mr, col0, nr):
+        def each(body, width=lanes):
+            with nb.loop(mr, "unroll", hint="a") as a:
+                with nb.loop(nr, "unroll", hint="b") as b:
+                    with nb.loop(width, "vector", lanes, hint="l") as lane:
+                        body(row0 + a, col0 + b, (a * DOT_NR + b) * lanes + lane, lane)
+        each(lambda r, c, at, lane: nb.store(acc, at, Const(0.0, acc.dtype)))
+        for count, start, width in ((chunks, 0, lanes), (1 if tail else 0, chunks * lanes, tail)):
+            if count:
+                with nb.loop(count, hint="kc") as kc:
+                    each(lambda r, c, at, lane: nb.store(acc, at, fma(
+                        load_a(r, kc * lanes + (lane + start)), load_b(c, kc * lanes + (lane + start)), acc[at])),
+                        width)
+        each(lambda r, c, at, lane: nb.store(partial, p_index(r, c) + lane,
+                                             partial[p_index(r, c) + lane] + acc[at]))
+
+    m_parts = [(0, m // DOT_MR, DOT_MR), (m // DOT_MR * DOT_MR, 1, m % DOT_MR)]
+    n_parts = [(0, n // DOT_NR, DOT_NR), (n // DOT_NR * DOT_NR, 1, n % DOT_NR)]
+    for m0, mcount, mr in m_parts:
+        if not (mcount and mr):
+            continue
+        kind = "parallel" if parallel and mcount > 1 and m * n * k >= GEMM_PARALLEL_MIN_MACS else "serial"
+        with nb.loop(mcount, kind, hint="m") as bi:
+            for n0, ncount, nr in n_parts:
+                if ncount and nr:
+                    with nb.loop(ncount, hint="n") as bj:
+                        block(_plus(bi * mr, m0), mr, _plus(bj * nr, n0), nr)

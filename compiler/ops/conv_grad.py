@@ -7,7 +7,7 @@ ConvGradWeight(X, dY) -> dW: per image dW^T += col dY^T (im2col as A, dY
 transposed into a small buffer as B), a partial sum per thread."""
 import numpy as np
 
-from ..lower.gemm import gemm_nest
+from ..lower.gemm import dot_gemm, gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
 from . import winograd
@@ -120,15 +120,17 @@ def _grad_weight_reference(attrs, x, dy):
     return dw.astype(x.dtype)
 
 
-GRAD_WEIGHT_K = 1024   # images per GEMM so its k (images x pixels) reaches this
+GRAD_WEIGHT_K = 1024   # images per step so k (images x pixels) reaches this
+DOT_MAX_ROWS = 64      # im2col rows up to which dot products beat transposing dY
 
 
 def _grad_weight_lower(ctx):
-    """dW^T = sum over images of col (kc x pixels, im2col's natural layout, read as A)
-    times dY^T (pixels x mg, transposed into a small hot buffer, read as B). Each
-    thread takes a few images per GEMM (so k is long enough to pay for the GEMM's
-    setup), accumulates into its own partial dW^T (the GEMM resumes from it), and
-    the partials are summed into dW at the end: no batch-sized scratch."""
+    """dW[mm, r] = sum over images and pixels of dY[mm, p] col[r, p]. Each thread takes a
+    few images per step (side by side, so k is long) and keeps partial sums of its own,
+    summed into dW at the end: no batch-sized scratch. With few im2col rows (a first
+    layer's 3 channels) dY's transpose would cost more than the products, so both
+    operands are read along p as dot products (dot_gemm); else the blocked GEMM
+    computes dW^T = col dY^T with dY transposed per image into a small hot buffer."""
     at = ctx.attrs
     x_t, w_shape = ctx.in_types[0], tuple(at["weight_shape"])
     (pt, pl), _, (sh, sw), (dh, dw), (oh, ow) = _geometry(at, x_t.shape, w_shape, ctx.node.name)
@@ -136,11 +138,18 @@ def _grad_weight_lower(ctx):
     m, cg, kh, kw = w_shape
     group = at.get("group", 1)
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
-    xb, dyb = ctx.inputs
-    out, nb = ctx.outputs[0], ctx.nb
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     plan = image_plan(ctx, n, lambda count: count * ohw <= GRAD_WEIGHT_K)
+    lower = _grad_weight_dot if kc <= DOT_MAX_ROWS else _grad_weight_gemm
+    lower(ctx, plan, (n, c, h, wd), (m, mg, kc, ohw), group, geometry, pointwise)
+
+
+def _grad_weight_gemm(ctx, plan, x_shape, sizes, group, geometry, pointwise):
+    (n, c, h, wd), (m, mg, kc, ohw) = x_shape, sizes
+    cg = geometry[0][0]
+    xb, dyb = ctx.inputs
+    out, nb = ctx.outputs[0], ctx.nb
     teams, _, chunk = plan
     k_len = chunk * ohw
     col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
@@ -174,6 +183,49 @@ def _grad_weight_lower(ctx):
             with nb.loop(kc, "vector", ctx.lanes(out.dtype), hint="r") as r:
                 s = nb.var("s")
                 nb.store(out, (g * mg + j) * kc + r, Reduce("sum", s, teams, partial[s * (kc * mg) + r * mg + j]))
+
+
+def _grad_weight_dot(ctx, plan, x_shape, sizes, group, geometry, pointwise):
+    (n, c, h, wd), (m, mg, kc, ohw) = x_shape, sizes
+    cg = geometry[0][0]
+    xb, dyb = ctx.inputs
+    out, nb = ctx.outputs[0], ctx.nb
+    lanes = ctx.lanes(out.dtype)
+    teams, _, chunk = plan
+    k_len = chunk * ohw
+    col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
+    dy_rows = None if chunk == 1 else ctx.scratch(mg * k_len * teams, out.dtype)
+    partial = ctx.scratch(mg * kc * lanes * teams, out.dtype)
+
+    def images(g, first, count, slot, parallel):
+        base = slot * (kc * k_len)
+        with nb.loop(count, hint="i") as i:
+            x_off = (first + i) * (c * h * wd) + g * (cg * h * wd)
+            if col is not None:
+                _im2col(ctx, xb, x_off, col, base + i * ohw, *geometry, parallel=parallel, row_stride=k_len)
+            if dy_rows is not None:      # the images' dY rows side by side (a copy, no transpose)
+                strided_map(ctx, dy_rows, (mg, ohw), [dyb], [(ohw, 1)], lambda v: v,
+                            out_offset=slot * (mg * k_len) + i * ohw, out_strides=(k_len, 1),
+                            in_offsets=[(first + i) * (m * ohw) + g * (mg * ohw)])
+        if col is None:     # 1x1, one image: X itself holds the rows
+            load_b = lambda r, kk: xb[first * (c * h * wd) + g * (cg * h * wd) + r * ohw + kk]
+        else:
+            load_b = lambda r, kk: col[base + r * k_len + kk]
+        if dy_rows is None:
+            load_a = lambda mm, kk: dyb[first * (m * ohw) + (g * mg + mm) * ohw + kk]
+        else:
+            load_a = lambda mm, kk: dy_rows[slot * (mg * k_len) + mm * k_len + kk]
+        dot_gemm(ctx, mg, kc, count * ohw, load_a, load_b, partial,
+                 lambda mm, r: ((slot * mg + mm) * kc + r) * lanes, parallel=parallel)
+
+    with nb.loop(group, hint="g") as g:
+        with nb.loop(mg * kc * lanes * teams, "vector", lanes, hint="z") as i:
+            nb.store(partial, i, Const(0.0, out.dtype))
+        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args))
+        with nb.loop(mg * kc, hint="o") as o:
+            s, lane = nb.var("s"), nb.var("l")
+            nb.store(out, g * (mg * kc) + o, Reduce("sum", s, teams, Reduce(
+                "sum", lane, lanes, partial[(s * (mg * kc) + o) * lanes + lane])))
 
 
 register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,
