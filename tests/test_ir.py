@@ -253,3 +253,27 @@ def test_winograd_pass_structure_and_numbers(rng):
     np.testing.assert_allclose(ns.run_reference(wino, feeds)[out], want, rtol=1e-4, atol=1e-4)
     for threads in (1, 2):
         np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[out], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op, axes, keepdims", [("ReduceMean", (0, 2, 3), 1), ("ReduceSum", (1,), 0),
+                                                ("ReduceSum", (3,), 1)])
+def test_reduction_fusion_structure_and_numbers(rng, op, axes, keepdims):
+    """A reduction of an element-wise value used nowhere else (BatchNorm's variance:
+    ReduceMean((x - mean)^2)) becomes one FusedReduce: the squares are never stored."""
+    from nutshell.compiler.passes.elementwise_fusion import fuse_elementwise
+    b = GraphBuilder("stats", fold=False)
+    x = b.add_input("x", "float32", (4, 6, 5, 7))
+    mean = b.add_input("mean", "float32", (1, 6, 1, 1))
+    d = b.add_node("Sub", [x, mean])
+    axes_c = b.add_constant(np.array(axes, np.int64), "axes")
+    out = b.add_node(op, [b.add_node("Mul", [d, d]), axes_c], {"keepdims": keepdims})
+    b.set_outputs([out])
+    g = verify(b.build())
+    fused = verify(fuse_elementwise(g))
+    assert [n.op for n in fused.nodes] == ["FusedReduce"]
+    feeds = {"x": rng.standard_normal((4, 6, 5, 7)).astype(np.float32),
+             "mean": rng.standard_normal((1, 6, 1, 1)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)[out]
+    np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5)
+    for threads in (1, 2):
+        np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[out], want, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,6 @@
-"""FusedElementwise: a DAG of element-wise ops evaluated in one loop nest.
+"""FusedElementwise: a DAG of element-wise ops evaluated in one loop nest;
+FusedReduce: a sum or mean over axes of such a DAG (BatchNorm's statistics and
+gradients), the summed values never stored.
 
 Built by passes/elementwise_fusion.py. `program` lists the steps in order, each
 (op, attrs as pairs, args) where an arg "i<k>" is the node's k-th input and "s<j>"
@@ -8,7 +10,8 @@ registered op itself (its shape rule, NumPy reference and `expr`), so nothing
 about an op is declared twice."""
 import numpy as np
 
-from ..lower.nests import map_nest
+from ..lower.loop_ir import INDEX, Const, Load, Reduce
+from ..lower.nests import PARALLEL_MIN_WORK, broadcast_strides, coalesce, map_nest, strides
 from .common import broadcast, fail, tt
 from .registry import get_op, register
 
@@ -43,3 +46,62 @@ def _lower(ctx):
 
 register("FusedElementwise", inputs=(1, 1 << 16), attrs={"program": None, "shape": None},
          infer=_infer, reference=_reference, lower=_lower, domain="nutshell")
+
+
+# ---- FusedReduce: a sum (or mean) over axes of such a program ----------------------
+def _reduce_infer(attrs, types, consts, node):
+    shape, axes = tuple(attrs["shape"]), set(attrs["axes"])
+    dtype = _infer(attrs, types, consts, node)[0].dtype
+    if attrs["keepdims"]:
+        return [tt(dtype, tuple(1 if i in axes else d for i, d in enumerate(shape)))]
+    return [tt(dtype, tuple(d for i, d in enumerate(shape) if i not in axes))]
+
+
+def _reduce_reference(attrs, *xs):
+    y = _reference(attrs, *xs)
+    fn = np.mean if attrs["mean"] else np.sum
+    return np.asarray(fn(y, axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"]))).astype(y.dtype)
+
+
+def _reduce_lower(ctx):
+    """Loops over the kept axes, a Reduce over the reduced ones (vectorised when the
+    innermost axis is reduced), the program evaluated inside: the reduced value is
+    never written to memory."""
+    shape, axes = tuple(ctx.attrs["shape"]), set(ctx.attrs["axes"])
+    kept = strides([d for i, d in enumerate(shape) if i not in axes])
+    out_strides, j = [], 0
+    for i in range(len(shape)):
+        out_strides.append(0 if i in axes else kept[j])
+        j += i not in axes
+    dims, sets = coalesce(shape, [out_strides] + [broadcast_strides(t.shape, shape) for t in ctx.in_types])
+    nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
+    total = int(np.prod(shape, dtype=np.int64))
+    scopes, kept_vars, reduced = [], [], []
+    for i, d in enumerate(dims):
+        if sets[0][i] == 0 and d > 1:
+            reduced.append((nb.var("k"), d, i))
+            continue
+        last = i == len(dims) - 1
+        kind = "vector" if last else ("parallel" if not kept_vars and total >= PARALLEL_MIN_WORK else "serial")
+        scope = nb.loop(d, kind, lanes if last else 1)
+        kept_vars.append((scope.__enter__(), i))
+        scopes.append(scope)
+    every = kept_vars + [(v, i) for v, _, i in reduced]
+
+    def index(k):
+        terms = [v * sets[k][i] for v, i in every if sets[k][i]]
+        return sum(terms[1:], terms[0]) if terms else Const(0, INDEX)
+    loads = [Load(buf, index(k + 1)) for k, buf in enumerate(ctx.inputs)]
+    body = run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs))
+    for n, (v, d, i) in enumerate(reversed(reduced)):
+        body = Reduce("sum", v, d, body, lanes if n == 0 and i == len(dims) - 1 else 1)
+    if ctx.attrs["mean"]:
+        body = body * (1.0 / int(np.prod([shape[a] for a in axes], dtype=np.int64)))
+    nb.store(ctx.outputs[0], index(0), body)
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)
+
+
+register("FusedReduce", inputs=(1, 1 << 16),
+         attrs={"program": None, "shape": None, "axes": None, "keepdims": 1, "mean": 0},
+         infer=_reduce_infer, reference=_reduce_reference, lower=_reduce_lower, domain="nutshell")

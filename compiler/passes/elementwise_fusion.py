@@ -63,7 +63,12 @@ def _source(graph, producers, value, shape):
 def fuse_elementwise(graph):
     """Needs: epilogue fusion done (Conv/Gemm take their activations first).
     Gives: each group of two or more element-wise ops (or one reading an Expand) as
-    one FusedElementwise node at the root's place; the others are removed."""
+    one FusedElementwise node at the root's place, the others removed; then a
+    ReduceSum/ReduceMean of such a value (its only use) as one FusedReduce."""
+    return _fuse_reductions(_fuse_maps(graph))
+
+
+def _fuse_maps(graph):
     producers = graph.producers()
     replaced, removed = {}, set()
     for members in _groups(graph):
@@ -88,4 +93,38 @@ def fuse_elementwise(graph):
         replaced[id(root)] = Node("FusedElementwise", tuple(inputs), root.outputs,
                                   {"program": tuple(program), "shape": tuple(shape)}, f"{root.name}/fused")
         removed |= {id(m) for m in members[1:]}
+    return graph.with_nodes([replaced.get(id(n), n) for n in graph.nodes if id(n) not in removed])
+
+
+def _program_of(node):
+    """(program, inputs) of a fused node or of a single element-wise op."""
+    if node.op == "FusedElementwise":
+        return node.attrs["program"], node.inputs
+    return ((node.op, tuple(sorted(node.attrs.items())), tuple(f"i{k}" for k in range(len(node.inputs)))),), \
+        node.inputs
+
+
+def _fuse_reductions(graph):
+    from ..ops.reduce import reduce_axes
+    users, producers = graph.consumers(), graph.producers()
+    outputs = set(graph.output_names())
+    replaced, removed = {}, set()
+    for node in graph.nodes:
+        if node.op not in ("ReduceSum", "ReduceMean"):
+            continue
+        x = node.inputs[0]
+        p = producers.get(x)
+        if not (p is not None and (p.op == "FusedElementwise" or _elementwise(p))) or x in outputs or \
+                len(users[x]) != 1 or (len(node.inputs) > 1 and node.inputs[1] not in graph.constants):
+            continue
+        types = [graph.types[i] if i else None for i in node.inputs]
+        axes = reduce_axes(node.name, node.attrs, types, [graph.constants.get(i) for i in node.inputs])
+        if not axes:
+            continue
+        program, inputs = _program_of(p)
+        replaced[id(node)] = Node("FusedReduce", tuple(inputs), node.outputs, {
+            "program": program, "shape": graph.types[x].shape, "axes": tuple(axes),
+            "keepdims": node.attrs.get("keepdims", 1), "mean": int(node.op == "ReduceMean")},
+            f"{node.name}/fused")
+        removed.add(id(p))
     return graph.with_nodes([replaced.get(id(n), n) for n in graph.nodes if id(n) not in removed])
