@@ -52,6 +52,9 @@ CASES = [
     ("Conv", [(F, (1, 4, 9, 9)), (F, (6, 2, 3, 3)), (F, (6,))], {"group": 2, "dilations": (2, 2)}, {1: "w", 2: "w"}),
     ("Conv", [(F, (1, 8, 6, 6)), (F, (8, 1, 3, 3))], {"group": 8, "pads": (1, 1, 1, 1)}, {1: "w"}),
     ("Conv", [(F, (2, 16, 7, 7)), (F, (32, 16, 1, 1)), (F, (32,))], {}, {1: "w", 2: "w"}),
+    # squeeze-excitation 1x1 convs on 1x1 maps: rows as dot products (n == 1), one image per thread
+    ("Conv", [(F, (1, 40, 1, 1)), (F, (70, 40, 1, 1)), (F, (70,))], {}, {1: "w", 2: "w"}),
+    ("Conv", [(F, (3, 37, 1, 1)), (F, (21, 37, 1, 1)), (F, (21,))], {}, {1: "w", 2: "w"}),
     # packed B per thread (one image each) and for the image left over
     ("Conv", [(F, (3, 32, 20, 20)), (F, (30, 32, 3, 3)), (F, (30,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
     # Winograd F(2x2, 3x3) with weights transformed at run time (they are inputs), odd

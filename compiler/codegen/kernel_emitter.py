@@ -318,8 +318,12 @@ class KernelEmitter(MemoryAccess):
             else:
                 cmp = (b.icmp_unsigned if e.args[0].dtype.is_unsigned else b.icmp_signed)(op, x, args[1])
             return b.select(cmp, x, args[1])
-        if fn in VECTOR_MATH and isinstance(x.type, ir.VectorType) and x.type.element == H.F32:
+        if fn in VECTOR_MATH and isinstance(x.type, ir.VectorType) and x.type.element == H.F32 and \
+                (fn != "recip" or self.module.triple.startswith("x86_64")):
             return VECTOR_MATH[fn](b, self.module, x)
+        if fn == "recip":
+            return b.fdiv(ir.Constant(x.type, [1.0] * x.type.count) if isinstance(x.type, ir.VectorType)
+                          else ir.Constant(x.type, 1.0), x)
         names = {"abs": "llvm.fabs", "exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
                  "tanh": "llvm.tanh", "fma": "llvm.fma", "floor": "llvm.floor",
                  "ceil": "llvm.ceil", "pow": "llvm.pow"}

@@ -3,8 +3,8 @@
 LLVM has no vector libm here: llvm.exp.v16f32 becomes 16 calls to expf, which made
 sigmoid/SiLU/GELU/softmax layers (EfficientNet, ViT) many times slower than their
 matmuls. These stay in registers. Accuracy: within 2 ulp of libm on normal
-results; exp flushes results below 2^-126 to 0 (no denormals), overflow gives
-inf, NaN propagates."""
+results; exp flushes results below 2^-126 to 0 (AVX-512's vscalefps gives the
+denormals instead), overflow gives inf, NaN propagates."""
 from llvmlite import ir
 
 from . import llvm_helpers as H
@@ -39,6 +39,8 @@ def _select_lt(b, x, bound, then, other):
 
 
 def exp_f32(b, module, x):
+    if x.type.count == 16 and module.triple.startswith("x86_64"):
+        return _exp_scalef(b, module, x)
     ty = x.type
     clamped = b.call(H.overloaded(module, "llvm.maxnum", ty, 2),
                      [b.call(H.overloaded(module, "llvm.minnum", ty, 2), [x, _c(ty, 88.72283)]),
@@ -56,6 +58,25 @@ def exp_f32(b, module, x):
     y = b.fmul(b.fmul(y, scale(half)), scale(rest))
     y = b.select(b.fcmp_ordered(">", x, _c(ty, 88.72283)), _c(ty, float("inf")), y)
     y = _select_lt(b, x, -87.33654, _c(ty, 0.0), y)
+    return b.select(b.fcmp_unordered("uno", x, x), x, y)
+
+
+def _exp_scalef(b, module, x):
+    """AVX-512: the same reduction and polynomial, then y * 2^n by vscalefps, which
+    gives inf, denormals and 0 at the ends itself: a third fewer instructions than
+    building 2^n in the exponent bits (sigmoid/SiLU layers are bound by this)."""
+    ty = x.type
+    clamped = b.call(H.overloaded(module, "llvm.maxnum", ty, 2),
+                     [b.call(H.overloaded(module, "llvm.minnum", ty, 2), [x, _c(ty, 89.0)]),
+                      _c(ty, -104.0)])
+    n = b.call(H.overloaded(module, "llvm.rint", ty), [b.fmul(clamped, _c(ty, 1.44269504088896341))])
+    r = _fma(b, module, n, _c(ty, 2.12194440e-4), _fma(b, module, n, _c(ty, -0.693359375), clamped))
+    p = _poly(b, r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                     1.6666665459e-1, 5.0000001201e-1], module)
+    y = b.fadd(_fma(b, module, p, b.fmul(r, r), r), _c(ty, 1.0))
+    scalef = H.intrinsic(module, "llvm.x86.avx512.mask.scalef.ps.512", ty,
+                         [ty, ty, ty, ir.IntType(16), H.I32])
+    y = b.call(scalef, [y, n, H.zero(ty), ir.Constant(ir.IntType(16), -1), ir.Constant(H.I32, 4)])
     return b.select(b.fcmp_unordered("uno", x, x), x, y)
 
 
@@ -101,4 +122,22 @@ def tanh_f32(b, module, x):
     return b.select(b.fcmp_unordered("uno", x, x), x, y)
 
 
-VECTOR_MATH = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32}
+def recip_f32(b, module, x):
+    """1 / x from the hardware estimate (AVX-512: 14 bits, AVX: 12) and one Newton
+    step, r + r (1 - x r): within 2 ulp, a third of a vdivps's time (sigmoid's
+    division). An estimate of 0 (x huge or infinite) stays 0: the Newton step
+    would make it NaN."""
+    lanes = x.type.count
+    if lanes == 16:
+        fn = H.intrinsic(module, "llvm.x86.avx512.rcp14.ps.512", x.type, [x.type, x.type, ir.IntType(16)])
+        r = b.call(fn, [x, H.zero(x.type), ir.Constant(ir.IntType(16), -1)])
+    elif lanes == 8:
+        r = b.call(H.intrinsic(module, "llvm.x86.avx.rcp.ps.256", x.type, [x.type]), [x])
+    else:
+        return b.fdiv(_c(x.type, 1.0), x)
+    err = _fma(b, module, b.fneg(x), r, _c(x.type, 1.0))
+    refined = _fma(b, module, r, err, r)
+    return b.select(b.fcmp_ordered("==", r, H.zero(x.type)), r, refined)
+
+
+VECTOR_MATH = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32, "recip": recip_f32}

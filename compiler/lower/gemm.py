@@ -20,7 +20,7 @@ sleeping threads: tens of microseconds).
 """
 from dataclasses import dataclass
 
-from .loop_ir import Const, Select, fma
+from .loop_ir import Const, Load, Reduce, Select, Var, affine_coeff, fma
 
 GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
 L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
@@ -59,11 +59,38 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     seeds the sum (a bias), finish(row, col, value) is the epilogue.
     slot: when the caller already runs this nest on several threads (one image per
     thread), the thread's index, so each gets its own packing buffer."""
-    g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
     parallel = parallel and m * n * k >= GEMM_PARALLEL_MIN_MACS
+    if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
+        return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
+    g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
     if m >= 4 * g.s.mr and n > g.s.nr and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
+
+
+def _along_k(load):
+    """Whether load(k) reads consecutive elements as k steps (a row of A, B's column
+    when n == 1)."""
+    e = load(Var("gemv_k"))
+    return isinstance(e, Load) and e.mask is None and affine_coeff(e.index, Var("gemv_k")) == 1
+
+
+def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot):
+    """n == 1 (a squeeze-excitation 1x1 conv on a 1x1 map): the tiles would use one
+    lane in 16, so each row is a dot product along k instead (dot_gemm), its lanes
+    summed at the end with the epilogue."""
+    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
+    copies = ctx.threads if slot is not None else 1
+    partial = ctx.scratch(m * lanes * copies, out.dtype)
+    base = slot * (m * lanes) if slot is not None else 0
+    with nb.loop(m * lanes, "vector", lanes, hint="z") as i:
+        nb.store(partial, base + i, Const(0.0, out.dtype))
+    dot_gemm(ctx, m, 1, k, load_a, lambda c, kk: load_b(kk, c), partial, lambda r, c: base + r * lanes, parallel)
+    with nb.loop(m, hint="r") as r:
+        lane = nb.var("l")
+        total = Reduce("sum", lane, lanes, partial[base + r * lanes + lane])
+        total = init(r, 0) + total if init else total
+        nb.store(out, c_index(r, 0), finish(r, 0, total) if finish else total)
 
 
 class _Gemm:

@@ -105,6 +105,13 @@ def maximum(a, b):
     return Call("max", (a, as_expr(b, a.dtype)))
 
 
+def sigmoid(x):
+    """1 / (1 + e^-x). In float32 the division is the reciprocal estimate refined by
+    a Newton step ("recip", within 2 ulp): SiLU layers spent as long dividing as in exp."""
+    d = 1.0 + Call("exp", (-x,))
+    return Call("recip", (d,)) if x.dtype == DType.float32 else 1.0 / d
+
+
 def minimum(a, b):
     a = as_expr(a, b.dtype if isinstance(b, Expr) else DType.float32)
     return Call("min", (a, as_expr(b, a.dtype)))

@@ -21,12 +21,12 @@ def _activation_op(act):
 
 
 def epilogue(attrs, value):
-    from ..lower.loop_ir import Call, maximum
+    from ..lower.loop_ir import maximum, sigmoid
     act = attrs.get("activation")
     if act == "Relu":
         return maximum(value, 0.0)
     if act == "Silu":          # x * sigmoid(x), as ONNX's Mul(x, Sigmoid(x))
-        return value * (1.0 / (1.0 + Call("exp", (-value,))))
+        return value * sigmoid(value)
     if act:
         opdef, at = _activation_op(act)
         return opdef.expr(at, value)

@@ -4,7 +4,7 @@ Each is a NumPy reference plus a scalar loop-IR expression; `map_nest` turns the
 expression into a vectorised, broadcasting loop nest."""
 import numpy as np
 
-from ..lower.loop_ir import Call, Select, maximum, minimum
+from ..lower.loop_ir import Call, Select, maximum, minimum, sigmoid
 from ..lower.nests import map_nest
 from .common import broadcast, require_float, same_dtype, tt
 from ..lower.loop_ir import cast
@@ -58,7 +58,7 @@ for _name, (_np, _expr) in BINARY.items():
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + Call("exp", (-x,)))
+    return sigmoid(x)
 
 
 def _softplus(x):
