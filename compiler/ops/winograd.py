@@ -75,8 +75,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     v_buf = ctx.scratch(16 * c_in * cols * teams, y.dtype)
     m_buf = ctx.scratch(16 * m_out * cols * teams, y.dtype)
 
-    def body(first, count, slot, parallel):
-        v_off, m_off = slot * (16 * c_in * cols), slot * (16 * m_out * cols)
+    def transform_input(first, count, v_off, parallel):      # V = B^T d B per 4x4 tile
         big = parallel and c_in * tiles >= PARALLEL_MIN_WORK // 16
         with nb.loop(count, hint="i") as img:
             with nb.loop(c_in, "parallel" if big else "serial", hint="c") as c:
@@ -92,13 +91,15 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
                             for b in range(4):
                                 at = v_off + ((a * 4 + b) * c_in + c) * cols + img * tiles + ty * tx_n + tx
                                 nb.store(v_buf, at, _combine(B_T[b], rows[a]))
+
+    def products(count, v_off, m_off, slot, parallel):       # M[xi] = U[xi] V[xi], 16 GEMMs
         def gemm(xi, own_slot):
             gemm_nest(ctx, m_out, count * tiles, c_in,
                       lambda r, kk: u[(xi * m_out + r) * c_in + kk],
                       lambda kk, j: v_buf[v_off + (xi * c_in + kk) * cols + j],
                       m_buf, lambda r, j: m_off + (xi * m_out + r) * cols + j,
                       parallel=False, slot=own_slot)
-        if parallel and ctx.threads > 1:     # the 16 GEMMs shared out: one fork, not 16
+        if parallel and ctx.threads > 1:     # shared out among the threads: one fork, not 16
             per = -(-16 // ctx.threads)
             with nb.loop(ctx.threads, "parallel", hint="t") as t:
                 with nb.loop(per, hint="xi", limit=16 - t * per) as j:
@@ -106,6 +107,8 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
         else:
             with nb.loop(16, hint="xi") as xi:
                 gemm(xi, slot)
+
+    def transform_output(first, count, m_off, parallel):     # Y = A^T M A, then the epilogue
         big = parallel and m_out * tiles >= PARALLEL_MIN_WORK // 16
         with nb.loop(count, hint="i") as img:
             with nb.loop(m_out, "parallel" if big else "serial", hint="m") as m:
@@ -116,10 +119,16 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
                         for p in range(2):
                             row = [_combine(A_T[p], [tile[a][b] for a in range(4)]) for b in range(4)]
                             for q in range(2):
-                                oy, ox = ty * 2 + p, tx * 2 + q
+                                oy, ox = ty * 2 + p, tx * 2 + q   # stride-2 stores: wide, masked
                                 value = finish(first + img, m, oy, ox, _combine(A_T[q], row))
                                 nb.store(y, ((first + img) * m_out + m) * (oh * ow) + oy * ow + ox, value,
                                          mask=(oy < oh) & (ox < ow))
+
+    def body(first, count, slot, parallel):
+        v_off, m_off = slot * (16 * c_in * cols), slot * (16 * m_out * cols)
+        transform_input(first, count, v_off, parallel)
+        products(count, v_off, m_off, slot, parallel)
+        transform_output(first, count, m_off, parallel)
 
     for_image_chunks(ctx, n, plan, body)
 
