@@ -42,6 +42,7 @@ CASES = [
     ("MatMul", [(F, (2, 3, 9, 5)), (F, (1, 3, 5, 7))], {}, None),
     ("MatMul", [(F, (1, 9, 5)), (F, (5, 5, 7))], {}, None),
     ("MatMul", [(F, (13,)), (F, (13, 6))], {}, None),
+    ("MatMul", [(F, (1, 70)), (F, (70, 300))], {}, None),     # one row: 8-vector tiles, an edge
     ("MatMul", [(F, (6, 13)), (F, (13,))], {}, None),
     ("Gemm", [(F, (5, 7)), (F, (7, 9)), (F, (9,))], {}, None),
     ("Gemm", [(F, (7, 5)), (F, (9, 7)), (F, (5, 9))], {"transA": 1, "transB": 1, "alpha": 0.5, "beta": 2.0}, None),

@@ -35,12 +35,14 @@ class GemmSchedule:
     lanes: int
 
 
-def gemm_schedule(target, n, dtype):
+def gemm_schedule(target, n, dtype, m=None):
     lanes = target.lanes(dtype)
     mr = 6 if lanes > 1 else 4
     nr = 2 * lanes if lanes > 1 else 4
     if n <= lanes:                       # a narrow C (a classifier's 10 outputs)
         nr, mr = lanes, 8 if lanes > 1 else 4
+    elif m == 1 and lanes > 1:           # one row (a batch-1 classifier): B streams by rows,
+        nr, mr = min(8 * lanes, -(-n // lanes) * lanes), 1   # eight vectors of it per k
     return GemmSchedule(mr, nr, lanes)
 
 
@@ -98,7 +100,7 @@ class _Gemm:
         self.ctx, self.nb, self.m, self.n, self.k = ctx, ctx.nb, m, n, k
         self.load_a, self.out, self.c_index, self.init = load_a, out, c_index, init
         self.finish = finish or (lambda r, c, v: v)
-        self.s = gemm_schedule(ctx.target, n, out.dtype)
+        self.s = gemm_schedule(ctx.target, n, out.dtype, m)
         self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
     def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None,
