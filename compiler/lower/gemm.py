@@ -26,6 +26,7 @@ GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
 L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
 KC_TARGET = 512                    # k per block: 6 x 512 floats of A is 12 KiB of L1
 PACK_MIN_B_BYTES = 64 << 10        # below this B sits in L1/L2 anyway: packing only costs
+PACK_MIN_K = 64                    # a short k (a first layer's 3 x 3 x 3) reads B's rows in place
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if m >= 4 * g.s.mr and n > g.s.nr and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
+    if m >= 4 * g.s.mr and n > g.s.nr and k >= PACK_MIN_K and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 
