@@ -66,7 +66,7 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if m >= 4 * g.s.mr and n > g.s.nr and k >= PACK_MIN_K and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
+    if m >= 4 * g.s.mr and n >= g.s.nr and k >= PACK_MIN_K and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 
