@@ -2,8 +2,9 @@
 element-wise ops of one output size become one FusedElementwise node.
 
 A group grows from a root (the last op of a chain, walking backwards) over producers
-whose every user is already in the group and whose value is the root's size, so no
-intermediate is written to memory and none is computed twice. Smaller values (a
+of the root's size whose every user is already in the group, so the intermediate is
+never written to memory, or that are one cheap op reading at most one value of that
+size (recomputed here too: reading its input costs what reading its result would). Smaller values (a
 per-channel scale) stay separate ops and are read with broadcasting; an Expand of a
 constant shape is read as its source, broadcast (it costs nothing in the loop)."""
 import math
@@ -41,13 +42,40 @@ def _groups(graph):
                     if not _elementwise(p) or id(p) in ids or id(p) in taken or v in outputs:
                         continue
                     t = graph.types[v]
-                    if math.prod(t.shape) == math.prod(shape) and _broadcasts_to(t.shape, shape) and \
-                            all(id(u) in ids for u in users[v]):
+                    if math.prod(t.shape) != math.prod(shape) or not _broadcasts_to(t.shape, shape):
+                        continue
+                    if all(id(u) in ids for u in users[v]) or _cheap_copy(graph, p, shape):
                         members.append(p)
                         ids.add(id(p))
                         grown = True
-        taken |= ids
-        yield members
+        gone = _absorbed(members, users)
+        taken |= gone | {id(root)}
+        yield members, gone
+
+
+def _absorbed(members, users):
+    """Members whose nodes go: every user is the root or another that goes (a value
+    also read outside keeps its node, and so do the values it reads)."""
+    gone = {id(m) for m in members[1:]}
+    changed = True
+    while changed:
+        keep = {id(m) for m in members[1:] if id(m) in gone and
+                any(id(u) not in gone and u is not members[0] for u in users[m.outputs[0]])}
+        changed = bool(keep)
+        gone -= keep
+    return gone
+
+
+CHEAP = {"Add", "Sub", "Mul", "Neg", "Relu", "Greater", "Less", "Where", "Cast"}
+
+
+def _cheap_copy(graph, node, shape):
+    """Whether a value used outside the group may be recomputed inside it as well
+    (BatchNorm's x - mean, read by its statistics, its output and the backward
+    pass): one cheap op reading at most one value of the group's size, so reading
+    that instead of the op's result costs no more memory traffic."""
+    size = math.prod(shape)
+    return node.op in CHEAP and sum(math.prod(graph.types[i].shape) == size for i in set(node.inputs)) <= 1
 
 
 def _source(graph, producers, value, shape):
@@ -71,7 +99,7 @@ def fuse_elementwise(graph):
 def _fuse_maps(graph):
     producers = graph.producers()
     replaced, removed = {}, set()
-    for members in _groups(graph):
+    for members, gone in _groups(graph):
         root = members[0]
         shape = graph.types[root.outputs[0]].shape
         order = [n for n in graph.nodes if any(n is m for m in members)]
@@ -92,7 +120,7 @@ def _fuse_maps(graph):
             continue                       # nothing gained
         replaced[id(root)] = Node("FusedElementwise", tuple(inputs), root.outputs,
                                   {"program": tuple(program), "shape": tuple(shape)}, f"{root.name}/fused")
-        removed |= {id(m) for m in members[1:]}
+        removed |= gone
     return graph.with_nodes([replaced.get(id(n), n) for n in graph.nodes if id(n) not in removed])
 
 
