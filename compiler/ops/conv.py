@@ -153,10 +153,8 @@ def _conv_lower(ctx):
     if cg == 1 and group > 1:
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
     if winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)):
-        def finish(ni, mm, oy, ox, v):
-            at = (ni * m + mm) * ohw + oy * ow + ox
-            return epilogue(ctx.attrs, plus_residual(at, v + bias[mm] if bias is not None else v))
-        return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m), finish,
+        return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
+                                      winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
                                       weight=lambda mm, ci, i, j: wb[((mm * c + ci) * 3 + i) * 3 + j])
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
@@ -226,15 +224,8 @@ def per_image(ctx, n, image):
     """Whole images per thread when the batch allows it (one fork per op, a private
     scratch slot per thread); the images left over parallelise inside instead.
     image(index, slot, parallel) emits the loops for one image."""
-    per_thread = n // ctx.threads if ctx.threads > 1 else 0
-    nb = ctx.nb
-    if per_thread:
-        with nb.loop(ctx.threads, "parallel", hint="t") as t:
-            with nb.loop(per_thread, hint="n") as j:
-                image(t * per_thread + j, t, parallel=False)
-    rest = n - per_thread * ctx.threads
-    with nb.loop(rest, hint="n") as j:
-        image(j + per_thread * ctx.threads if per_thread else j, 0, parallel=True)
+    for_image_chunks(ctx, n, image_plan(ctx, n, lambda count: False),
+                     lambda first, count, slot, parallel: image(first, slot, parallel))
 
 
 def image_plan(ctx, n, fits):

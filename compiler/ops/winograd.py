@@ -174,20 +174,26 @@ def _reference(attrs, x, u, b=None, residual=None):
     return conv_reference(_conv_attrs(attrs), x, untransform_weights(u), b, residual)
 
 
-def _lower(ctx):
+def conv_finish(attrs, bias, residual, m, out):
+    """A convolution's epilogue for winograd_conv: bias, residual, activation."""
     from .conv import epilogue
+    oh, ow = out
+
+    def finish(ni, mm, oy, ox, v):
+        v = v + bias[mm] if bias is not None else v
+        v = v + residual[(ni * m + mm) * (oh * ow) + oy * ow + ox] if residual is not None else v
+        return epilogue(attrs, v)
+    return finish
+
+
+def _lower(ctx):
     n, c, h, w = ctx.in_types[0].shape
     _, m, oh, ow = ctx.out_types[0].shape
     bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
     residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
-
-    def finish(ni, mm, oy, ox, v):
-        at = (ni * m + mm) * (oh * ow) + oy * ow + ox
-        v = v + bias[mm] if bias is not None else v
-        return epilogue(ctx.attrs, v + residual[at] if residual is not None else v)
     pt, pl = ctx.attrs["pads"][:2]
     winograd_conv(ctx, ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], (n, h, w), (oh, ow), (pt, pl),
-                  (c, m), finish)
+                  (c, m), conv_finish(ctx.attrs, bias, residual, m, (oh, ow)))
 
 
 def _register():
