@@ -51,6 +51,12 @@ def _plus(a, b):
     return a if isinstance(b, int) and b == 0 else b if isinstance(a, int) and a == 0 else a + b
 
 
+def _parts(size, block):
+    """(start, count, width): the whole blocks, then the edge block (count 0 or width 0
+    when there is none)."""
+    return [(0, size // block, block), (size // block * block, 1, size % block)]
+
+
 def _ceil(a, b):
     return -(-a // b)
 
@@ -131,8 +137,7 @@ class _Gemm:
     # ---- B read in place: small problems -------------------------------------------
     def direct(self, load_b, parallel):
         s, m, n = self.s, self.m, self.n
-        m_parts = [(0, m // s.mr, s.mr), (m // s.mr * s.mr, 1, m % s.mr)]
-        n_parts = [(0, n // s.nr, s.nr), (n // s.nr * s.nr, 1, n % s.nr)]
+        m_parts, n_parts = _parts(m, s.mr), _parts(n, s.nr)
         rows_outer = m // s.mr >= n // s.nr
         for m0, mcount, mr in m_parts:
             for n0, ncount, nr in n_parts:
@@ -247,8 +252,7 @@ def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
         each(lambda r, c, at, lane: nb.store(partial, p_index(r, c) + lane,
                                              partial[p_index(r, c) + lane] + acc[at]))
 
-    m_parts = [(0, m // DOT_MR, DOT_MR), (m // DOT_MR * DOT_MR, 1, m % DOT_MR)]
-    n_parts = [(0, n // DOT_NR, DOT_NR), (n // DOT_NR * DOT_NR, 1, n % DOT_NR)]
+    m_parts, n_parts = _parts(m, DOT_MR), _parts(n, DOT_NR)
     for m0, mcount, mr in m_parts:
         if not (mcount and mr):
             continue

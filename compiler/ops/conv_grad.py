@@ -129,7 +129,7 @@ def _grad_weight_lower(ctx):
     few images per step (side by side, so k is long) and keeps partial sums of its own,
     summed into dW at the end: no batch-sized scratch. With few im2col rows (a first
     layer's 3 channels) dY's transpose would cost more than the products, so both
-    operands are read along p as dot products (dot_gemm); else the blocked GEMM
+    operands are read along p as dot products (_DotProducts); else the blocked GEMM
     computes dW^T = col dY^T with dY transposed per image into a small hot buffer."""
     at = ctx.attrs
     x_t, w_shape = ctx.in_types[0], tuple(at["weight_shape"])
@@ -138,94 +138,98 @@ def _grad_weight_lower(ctx):
     m, cg, kh, kw = w_shape
     group = at.get("group", 1)
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
+    xb, dyb = ctx.inputs
+    out, nb = ctx.outputs[0], ctx.nb
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     plan = image_plan(ctx, n, lambda count: count * ohw <= GRAD_WEIGHT_K)
-    lower = _grad_weight_dot if kc <= DOT_MAX_ROWS else _grad_weight_gemm
-    lower(ctx, plan, (n, c, h, wd), (m, mg, kc, ohw), group, geometry, pointwise)
-
-
-def _grad_weight_gemm(ctx, plan, x_shape, sizes, group, geometry, pointwise):
-    (n, c, h, wd), (m, mg, kc, ohw) = x_shape, sizes
-    cg = geometry[0][0]
-    xb, dyb = ctx.inputs
-    out, nb = ctx.outputs[0], ctx.nb
     teams, _, chunk = plan
     k_len = chunk * ohw
     col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
-    dy_t = ctx.scratch(k_len * mg * teams, out.dtype)
-    partial = ctx.scratch(kc * mg * teams, out.dtype)
+    way = (_DotProducts if kc <= DOT_MAX_ROWS else _TransposedGemm)(ctx, mg, kc, ohw, k_len, teams)
 
     def images(g, first, count, slot, parallel):
         base = slot * (kc * k_len)
+        dy_at = lambda ni: ni * (m * ohw) + g * (mg * ohw)
         with nb.loop(count, hint="i") as i:
-            ni, p0 = first + i, i * ohw
-            x_off = ni * (c * h * wd) + g * (cg * h * wd)
             if col is not None:
-                _im2col(ctx, xb, x_off, col, base + p0, *geometry, parallel=parallel, row_stride=k_len)
-            strided_map(ctx, dy_t, (ohw, mg), [dyb], [(1, ohw)], lambda v: v,
-                        out_offset=slot * (k_len * mg) + p0 * mg,
-                        in_offsets=[ni * (m * ohw) + g * (mg * ohw)])
-        if col is None:     # 1x1: X itself is A (one image per GEMM)
-            load_a = lambda r, kk: xb[first * (c * h * wd) + g * (cg * h * wd) + r * ohw + kk]
+                x_off = (first + i) * (c * h * wd) + g * (cg * h * wd)
+                _im2col(ctx, xb, x_off, col, base + i * ohw, *geometry, parallel=parallel, row_stride=k_len)
+            way.stage(dyb, dy_at(first + i), slot, i * ohw)
+        if col is None:     # 1x1, one image: X itself holds the rows
+            col_row = lambda r, kk: xb[first * (c * h * wd) + g * (cg * h * wd) + r * ohw + kk]
         else:
-            load_a = lambda r, kk: col[base + r * k_len + kk]
-        own = lambda r, j: slot * (kc * mg) + r * mg + j
-        gemm_nest(ctx, kc, mg, count * ohw, load_a, lambda kk, j: dy_t[slot * (k_len * mg) + kk * mg + j],
-                  partial, own, init=lambda r, j: partial[own(r, j)],
+            col_row = lambda r, kk: col[base + r * k_len + kk]
+        way.product(col_row, dyb, dy_at(first), count * ohw, slot, parallel)
+
+    with nb.loop(group, hint="g") as g:
+        with nb.loop(way.partial.size, "vector", ctx.lanes(out.dtype), hint="z") as i:
+            nb.store(way.partial, i, Const(0.0, out.dtype))
+        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args))
+        way.finish(out, g)
+
+
+class _TransposedGemm:
+    """dW^T[r, mm] += col[r, :] . dY^T[:, mm] by the blocked GEMM; partials [team][kc][mg]."""
+
+    def __init__(self, ctx, mg, kc, ohw, k_len, teams):
+        self.ctx, self.mg, self.kc, self.ohw, self.k_len, self.teams = ctx, mg, kc, ohw, k_len, teams
+        self.dy_t = ctx.scratch(k_len * mg * teams, ctx.out_types[0].dtype)
+        self.partial = ctx.scratch(kc * mg * teams, ctx.out_types[0].dtype)
+
+    def stage(self, dyb, dy_off, slot, p0):
+        strided_map(self.ctx, self.dy_t, (self.ohw, self.mg), [dyb], [(1, self.ohw)], lambda v: v,
+                    out_offset=slot * (self.k_len * self.mg) + p0 * self.mg, in_offsets=[dy_off])
+
+    def product(self, col_row, dyb, dy_off, k, slot, parallel):
+        own = lambda r, j: slot * (self.kc * self.mg) + r * self.mg + j
+        gemm_nest(self.ctx, self.kc, self.mg, k, col_row,
+                  lambda kk, j: self.dy_t[slot * (self.k_len * self.mg) + kk * self.mg + j],
+                  self.partial, own, init=lambda r, j: self.partial[own(r, j)],
                   parallel=parallel, slot=None if parallel else slot)
 
-    with nb.loop(group, hint="g") as g:
-        with nb.loop(kc * mg * teams, "vector", ctx.lanes(out.dtype), hint="z") as i:
-            nb.store(partial, i, Const(0.0, out.dtype))
-        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args))
+    def finish(self, out, g):
+        nb, mg, kc = self.ctx.nb, self.mg, self.kc
         with nb.loop(mg, hint="m") as j:
-            with nb.loop(kc, "vector", ctx.lanes(out.dtype), hint="r") as r:
+            with nb.loop(kc, "vector", self.ctx.lanes(out.dtype), hint="r") as r:
                 s = nb.var("s")
-                nb.store(out, (g * mg + j) * kc + r, Reduce("sum", s, teams, partial[s * (kc * mg) + r * mg + j]))
+                nb.store(out, (g * mg + j) * kc + r,
+                         Reduce("sum", s, self.teams, self.partial[s * (kc * mg) + r * mg + j]))
 
 
-def _grad_weight_dot(ctx, plan, x_shape, sizes, group, geometry, pointwise):
-    (n, c, h, wd), (m, mg, kc, ohw) = x_shape, sizes
-    cg = geometry[0][0]
-    xb, dyb = ctx.inputs
-    out, nb = ctx.outputs[0], ctx.nb
-    lanes = ctx.lanes(out.dtype)
-    teams, _, chunk = plan
-    k_len = chunk * ohw
-    col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
-    dy_rows = None if chunk == 1 else ctx.scratch(mg * k_len * teams, out.dtype)
-    partial = ctx.scratch(mg * kc * lanes * teams, out.dtype)
+class _DotProducts:
+    """dW[mm, r] += dY[mm, :] . col[r, :] by dot_gemm, both read along the pixels;
+    lane-wise partials [team][mg][kc][lane]. With several images per step their dY
+    rows are copied side by side (no transpose); with one, dY is read in place."""
 
-    def images(g, first, count, slot, parallel):
-        base = slot * (kc * k_len)
-        with nb.loop(count, hint="i") as i:
-            x_off = (first + i) * (c * h * wd) + g * (cg * h * wd)
-            if col is not None:
-                _im2col(ctx, xb, x_off, col, base + i * ohw, *geometry, parallel=parallel, row_stride=k_len)
-            if dy_rows is not None:      # the images' dY rows side by side (a copy, no transpose)
-                strided_map(ctx, dy_rows, (mg, ohw), [dyb], [(ohw, 1)], lambda v: v,
-                            out_offset=slot * (mg * k_len) + i * ohw, out_strides=(k_len, 1),
-                            in_offsets=[(first + i) * (m * ohw) + g * (mg * ohw)])
-        if col is None:     # 1x1, one image: X itself holds the rows
-            load_b = lambda r, kk: xb[first * (c * h * wd) + g * (cg * h * wd) + r * ohw + kk]
+    def __init__(self, ctx, mg, kc, ohw, k_len, teams):
+        self.ctx, self.mg, self.kc, self.ohw, self.k_len, self.teams = ctx, mg, kc, ohw, k_len, teams
+        self.lanes = ctx.lanes(ctx.out_types[0].dtype)
+        dtype = ctx.out_types[0].dtype
+        self.dy_rows = None if k_len == ohw else ctx.scratch(mg * k_len * teams, dtype)
+        self.partial = ctx.scratch(mg * kc * self.lanes * teams, dtype)
+
+    def stage(self, dyb, dy_off, slot, p0):
+        if self.dy_rows is not None:
+            strided_map(self.ctx, self.dy_rows, (self.mg, self.ohw), [dyb], [(self.ohw, 1)], lambda v: v,
+                        out_offset=slot * (self.mg * self.k_len) + p0, out_strides=(self.k_len, 1),
+                        in_offsets=[dy_off])
+
+    def product(self, col_row, dyb, dy_off, k, slot, parallel):
+        mg, kc, k_len = self.mg, self.kc, self.k_len
+        if self.dy_rows is None:
+            dy_row = lambda mm, kk: dyb[dy_off + mm * self.ohw + kk]
         else:
-            load_b = lambda r, kk: col[base + r * k_len + kk]
-        if dy_rows is None:
-            load_a = lambda mm, kk: dyb[first * (m * ohw) + (g * mg + mm) * ohw + kk]
-        else:
-            load_a = lambda mm, kk: dy_rows[slot * (mg * k_len) + mm * k_len + kk]
-        dot_gemm(ctx, mg, kc, count * ohw, load_a, load_b, partial,
-                 lambda mm, r: ((slot * mg + mm) * kc + r) * lanes, parallel=parallel)
+            dy_row = lambda mm, kk: self.dy_rows[slot * (mg * k_len) + mm * k_len + kk]
+        dot_gemm(self.ctx, mg, kc, k, dy_row, col_row, self.partial,
+                 lambda mm, r: ((slot * mg + mm) * kc + r) * self.lanes, parallel=parallel)
 
-    with nb.loop(group, hint="g") as g:
-        with nb.loop(mg * kc * lanes * teams, "vector", lanes, hint="z") as i:
-            nb.store(partial, i, Const(0.0, out.dtype))
-        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args))
-        with nb.loop(mg * kc, hint="o") as o:
+    def finish(self, out, g):
+        nb, size = self.ctx.nb, self.mg * self.kc
+        with nb.loop(size, hint="o") as o:
             s, lane = nb.var("s"), nb.var("l")
-            nb.store(out, g * (mg * kc) + o, Reduce("sum", s, teams, Reduce(
-                "sum", lane, lanes, partial[(s * (mg * kc) + o) * lanes + lane])))
+            nb.store(out, g * size + o, Reduce("sum", s, self.teams, Reduce(
+                "sum", lane, self.lanes, self.partial[(s * size + o) * self.lanes + lane])))
 
 
 register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,
