@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
-from nutshell.bench import median_latency, ort_session  # noqa: E402
+from nutshell.bench import alternating_medians, ort_session  # noqa: E402
 from models import MODELS, TORCHVISION, export_isolated as export  # noqa: E402
 
 
@@ -41,15 +41,12 @@ def main(argv=None):
             t = time.perf_counter()
             compiled = ns.compile(ns.load_onnx(model_bytes), threads=threads)
             compile_s = time.perf_counter() - t
-            # each timed while the other's threads do not exist: ORT's intra-op workers
-            # spin after a run and would take a core from ours (and the reverse)
-            ours = median_latency(lambda: compiled(x), args.repeat)
-            got = compiled(x)
-            del compiled
             sess = ort_session(model_bytes, threads)
-            theirs = median_latency(lambda: sess.run(None, {"input": x}), args.repeat)
-            err = float(np.abs(got - sess.run(None, {"input": x})[0]).max())
-            del sess
+            # alternating blocks: the machine's slow spells fall on both sides
+            ours, theirs = alternating_medians(lambda: compiled(x), lambda: sess.run(None, {"input": x}),
+                                               args.repeat)
+            err = float(np.abs(compiled(x) - sess.run(None, {"input": x})[0]).max())
+            del compiled, sess
             row = dict(model=name, batch=shape[0], threads=threads, nutshell_ms=ours * 1e3,
                        ort_ms=theirs * 1e3, ratio=ours / theirs, compile_s=compile_s, max_abs_err=err,
                        repeat=args.repeat)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import nutshell as ns
-from nutshell.bench import latencies
+from nutshell.bench import alternating_medians
 from nutshell.models import lenet5
 
 
@@ -47,18 +47,6 @@ CASES = {
     "cnn_bn": (lambda: cnn(ns.nn), lambda: cnn(torch.nn), (64, 3, 32, 32),
                lambda: ns.optim.Adam(lr=1e-3), lambda p: torch.optim.Adam(p, lr=1e-3)),
 }
-
-
-def alternating_medians(ours, theirs, repeat, rounds=3):
-    """Medians over `rounds` alternating blocks of each: the shared machine's slow
-    spells fall on both sides. A pause between blocks lets the other's spinning
-    worker threads go to sleep first."""
-    times = ([], [])
-    for _ in range(rounds):
-        for fn, out in zip((ours, theirs), times):
-            time.sleep(0.3)
-            out.extend(latencies(fn, -(-repeat // rounds), warmup=3))
-    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def main(argv=None):

@@ -20,6 +20,18 @@ def median_latency(fn, repeat, warmup=3):
     return float(np.median(latencies(fn, repeat, warmup)))
 
 
+def alternating_medians(ours, theirs, repeat, rounds=3):
+    """Medians over `rounds` alternating blocks of each: the shared machine's slow
+    spells fall on both sides. A pause between blocks lets the other's spinning
+    worker threads go to sleep first."""
+    times = ([], [])
+    for _ in range(rounds):
+        for fn, out in zip((ours, theirs), times):
+            time.sleep(0.3)
+            out.extend(latencies(fn, -(-repeat // rounds), warmup=3))
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
 def ort_session(model_bytes_or_path, threads):
     import onnxruntime as ort
     opts = ort.SessionOptions()

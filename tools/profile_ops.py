@@ -42,6 +42,11 @@ def flops(graph, node):
     if node.op == "Conv":
         w = graph.types[node.inputs[1]].shape
         return 2 * out.size * int(np.prod(w[1:]))
+    if node.op == "ConvBlocked":     # real channels only, not the last block's padding
+        kh, kw = node.attrs["kernel_shape"]
+        pixels = out.size // (out.shape[1] * out.shape[4])
+        reach = kh * kw if node.attrs["depthwise"] else node.attrs["channels"]
+        return 2 * pixels * node.attrs["out_channels"] * reach
     if node.op in ("Gemm", "MatMul"):
         a = graph.types[node.inputs[0]].shape
         k = a[0] if node.op == "Gemm" and node.attrs.get("transA") else a[-1]

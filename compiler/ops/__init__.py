@@ -1,6 +1,6 @@
 """The op registry. Importing this package registers every op family."""
 from .registry import OpDef, all_ops, get_op, has_op, register
-from . import (elementwise, matmul, conv, pool, norm, softmax, reduce, shape_ops, resize,  # noqa: F401
+from . import (elementwise, matmul, conv, blocked, pool, norm, softmax, reduce, shape_ops, resize,  # noqa: F401
                logic, slicing, conv_grad, pool_grad, random, movement, einsum, grads, fused)
 
 __all__ = ["OpDef", "all_ops", "get_op", "has_op", "register"]

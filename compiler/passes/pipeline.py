@@ -3,6 +3,7 @@ from ..ir.printer import print_graph
 from ..ir.verifier import verify
 from .elementwise_fusion import fuse_elementwise
 from .fusion import fuse
+from .layout import block_channels
 from .simplify import eliminate_dead_code, fold_constants, pretranspose_weights, remove_identities
 from .winograd import winograd_weights
 
@@ -12,6 +13,7 @@ INFERENCE_PIPELINE = [
     eliminate_dead_code,     # nothing that no output needs
     pretranspose_weights,    # Gemm weights stored K-major so GEMM loads rows contiguously
     fuse,                    # Conv+BatchNorm folded; Conv/Gemm + ReLU in one kernel (fusion.py)
+    block_channels,          # MobileNet-style regions in the blocked-channel layout (layout.py)
     fuse_elementwise,        # chains of element-wise ops in one loop (elementwise_fusion.py)
     winograd_weights,        # 3x3 stride-1 Conv weights pre-transformed for Winograd F(2x2, 3x3)
     eliminate_dead_code,     # the folded BatchNorm statistics and unfused weights go

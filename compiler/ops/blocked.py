@@ -1,0 +1,324 @@
+"""The blocked-channel layout (oneDNN's nChw16c): [N, C, H, W] held as
+[N, ceil(C/16), H, W, 16], so one vector is 16 channels of one pixel.
+
+MobileNet-style layers are pointwise and depthwise convolutions on small maps; in
+NCHW their vectors run along rows of 7 or 14 pixels and waste most lanes. Blocked,
+both vectorise over channels: a pointwise convolution is a GEMM whose rows are
+pixels and whose columns are output channels, a depthwise one 16 independent
+window sums per vector. passes/layout.py decides where the layout is used.
+
+Channels past C (the last block's padding) may hold anything: every kernel here
+reads across channels only up to C, and element-wise ops work lane by lane, so
+those lanes never reach a real channel. ToBlocked writes zeros there."""
+import numpy as np
+
+from ..lower.loop_ir import Const, fma
+from ..lower.nests import PARALLEL_MIN_WORK
+from .common import fail, tt
+from .conv import conv_reference, epilogue
+from .registry import register
+
+BLOCK = 16
+DENSE_ACCUMULATORS = 28     # of AVX-512's 32 registers: the rest hold B and A
+
+
+def blocks(c):
+    return -(-c // BLOCK)
+
+
+def to_blocked(x):
+    n, c = x.shape[:2]
+    padded = np.zeros((n, blocks(c) * BLOCK) + x.shape[2:], x.dtype)
+    padded[:, :c] = x
+    return np.ascontiguousarray(np.moveaxis(padded.reshape((n, blocks(c), BLOCK) + x.shape[2:]), 2, -1))
+
+
+def from_blocked(x, c):
+    n, cb = x.shape[:2]
+    return np.ascontiguousarray(np.moveaxis(x, -1, 2).reshape((n, cb * BLOCK) + x.shape[2:-1])[:, :c])
+
+
+def _parallel(work):
+    return "parallel" if work >= PARALLEL_MIN_WORK else "serial"
+
+
+# ---- ToBlocked / FromBlocked: the reorders at a blocked region's edges ------------
+def _to_infer(attrs, types, consts, node):
+    x = types[0]
+    if x.rank != 4:
+        fail(node, f"ToBlocked needs NCHW, got {x.shape}")
+    n, c, h, w = x.shape
+    return [tt(x.dtype, (n, blocks(c), h, w, BLOCK))]
+
+
+def _to_lower(ctx):
+    n, c, h, w = ctx.in_types[0].shape
+    hw, cb = h * w, blocks(c)
+    xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
+    with nb.loop(n * cb, _parallel(n * cb * hw * BLOCK), hint="q") as q:
+        with nb.loop(hw, hint="p") as p:
+            with nb.loop(BLOCK, "vector", ctx.lanes(out.dtype), hint="l") as lane:
+                channel = (q % cb) * BLOCK + lane
+                nb.store(out, (q * hw + p) * BLOCK + lane,
+                         xb.load(((q // cb) * c + channel) * hw + p, mask=channel < c))
+
+
+def _from_infer(attrs, types, consts, node):
+    x, c = types[0], attrs["channels"]
+    if x.rank != 5 or x.shape[4] != BLOCK or blocks(c) != x.shape[1]:
+        fail(node, f"FromBlocked of {c} channels does not fit {x.shape}")
+    return [tt(x.dtype, (x.shape[0], c) + x.shape[2:4])]
+
+
+def _from_lower(ctx):
+    n, cb, h, w, _ = ctx.in_types[0].shape
+    c, hw = ctx.attrs["channels"], h * w
+    xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
+    with nb.loop(n * c, _parallel(n * c * hw), hint="q") as q:
+        with nb.loop(hw, "vector", ctx.lanes(out.dtype), hint="p") as p:
+            image, channel = q // c, q % c
+            nb.store(out, q * hw + p, xb[(((image * cb + channel // BLOCK) * hw) + p) * BLOCK + channel % BLOCK])
+
+
+register("ToBlocked", infer=_to_infer, reference=lambda attrs, x: to_blocked(x), lower=_to_lower,
+         domain="nutshell")
+register("FromBlocked", attrs={"channels": None}, infer=_from_infer,
+         reference=lambda attrs, x: from_blocked(x, attrs["channels"]), lower=_from_lower, domain="nutshell")
+
+
+# ---- ConvBlocked: convolutions with a blocked output -----------------------------
+# dense (group 1) from a blocked input: pointwise (1x1, stride 1, no padding);
+# dense from a plain NCHW input of few channels (an image: the network's stem), any
+# window; depthwise from a blocked input, any window.
+def pack_dense(w):
+    """[M, C, kh, kw] -> [Mb, C*kh*kw, 16]: each output block's weights, one row per tap."""
+    m, k = w.shape[0], w[0].size
+    packed = np.zeros((blocks(m) * BLOCK, k), w.dtype)
+    packed[:m] = w.reshape(m, k)
+    return np.ascontiguousarray(packed.reshape(blocks(m), BLOCK, k).transpose(0, 2, 1))
+
+
+def pack_depthwise(w):
+    """[C, 1, kh, kw] -> [Cb, kh, kw, 16]."""
+    return to_blocked(w.transpose(1, 0, 2, 3))[0]
+
+
+def pack_bias(b):
+    out = np.zeros(blocks(b.shape[0]) * BLOCK, b.dtype)
+    out[:b.shape[0]] = b
+    return out
+
+
+CONV_BLOCKED_ATTRS = {"depthwise": 0, "channels": None, "out_channels": None, "kernel_shape": (1, 1),
+                      "strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "activation": None}
+
+
+def _geometry(attrs, h, w):
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel_shape"], attrs["strides"], attrs["dilations"]
+    pt, pl, pb, pr = attrs["pads"]
+    return ((h + pt + pb - (kh - 1) * dh - 1) // sh + 1, (w + pl + pr - (kw - 1) * dw - 1) // sw + 1)
+
+
+def _pointwise_window(attrs):
+    return tuple(attrs["kernel_shape"]) == (1, 1) and tuple(attrs["strides"]) == (1, 1) and \
+        not any(attrs["pads"])
+
+
+def _conv_infer(attrs, types, consts, node):
+    x, wt = types[0], types[1]
+    c, m, depthwise = attrs["channels"], attrs["out_channels"], attrs["depthwise"]
+    plain = x.rank == 4
+    if (x.shape[1] != c if plain else (x.rank != 5 or x.shape[1] != blocks(c) or x.shape[4] != BLOCK)) or \
+            (plain and depthwise) or not (plain or depthwise or _pointwise_window(attrs)):
+        fail(node, f"ConvBlocked has no kernel for input {x.shape} ({c} channels) with {attrs}")
+    kh, kw = attrs["kernel_shape"]
+    want = (blocks(c), kh, kw, BLOCK) if depthwise else (blocks(m), c * kh * kw, BLOCK)
+    if wt.shape != want or (depthwise and m != c):
+        fail(node, f"ConvBlocked weights {wt.shape}, expected {want}")
+    oh, ow = _geometry(attrs, *x.shape[2:4])
+    if oh <= 0 or ow <= 0:
+        fail(node, f"ConvBlocked output {oh}x{ow} is empty")
+    result = tt(x.dtype, (x.shape[0], blocks(m), oh, ow, BLOCK))
+    if len(types) > 3 and types[3] is not None and types[3] != result:
+        fail(node, f"fused residual must be {result}, got {types[3]}")
+    return [result]
+
+
+def _conv_reference(attrs, x, w, b=None, residual=None):
+    c, m = attrs["channels"], attrs["out_channels"]
+    kh, kw = attrs["kernel_shape"]
+    if attrs["depthwise"]:
+        plain = from_blocked(w[None], c).transpose(1, 0, 2, 3)
+    else:
+        plain = w.transpose(0, 2, 1).reshape(-1, c, kh, kw)[:m]
+    conv = {"group": c if attrs["depthwise"] else 1, "activation": attrs.get("activation")}
+    conv.update({k: tuple(attrs[k]) for k in ("kernel_shape", "strides", "pads", "dilations")})
+    y = conv_reference(conv, x if x.ndim == 4 else from_blocked(x, c), plain, None if b is None else b[:m],
+                       None if residual is None else from_blocked(residual, m))
+    return to_blocked(y)
+
+
+def _conv_lower(ctx):
+    n, _, h, w = ctx.in_types[0].shape[:4]
+    (_, mb, oh, ow, _) = ctx.out_types[0].shape
+    bias = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
+
+    def finish(at, lane, block, value):      # bias, residual, activation at out[at]
+        value = value + bias[block * BLOCK + lane] if bias is not None else value
+        value = value + residual[at] if residual is not None else value
+        return epilogue(ctx.attrs, value)
+    if ctx.attrs["depthwise"]:
+        return _depthwise(ctx, (n, mb, h, w), (oh, ow), finish)
+    if ctx.in_types[0].rank == 5:
+        return _dense(ctx, n, mb, (1, oh * ow), finish, _pointwise_reduction(ctx, oh * ow))
+    _dense(ctx, n, mb, (oh, ow), finish, _direct_reduction(ctx, (h, w), (oh, ow)))
+
+
+def _pointwise_reduction(ctx, pixels):
+    """Channel c of pixel r: x[n, c // 16, x0 + r, c % 16] (the output's one row is every pixel)."""
+    c, xb = ctx.attrs["channels"], ctx.inputs[0]
+    cb, nb = blocks(c), ctx.nb
+
+    def reduction(step, image, y, x0):
+        def channel(kb, ci):
+            step(lambda r: xb[((image * cb + kb) * pixels + x0 + r) * BLOCK + ci], kb * BLOCK + ci)
+        with nb.loop(c // BLOCK, hint="kb") as kb:
+            with nb.loop(BLOCK, hint="ci") as ci:
+                channel(kb, ci)
+        with nb.loop(c % BLOCK, hint="ci") as ci:
+            channel(c // BLOCK, ci)
+    return reduction
+
+
+def _direct_reduction(ctx, in_hw, out_hw):
+    """Tap (c, i, j) of output pixel (y, x0 + r), read from a zero-bordered copy of the
+    image made first (a stem's three channels: a small copy, no bounds in the loop)."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    n, c = ctx.in_types[0].shape[:2]
+    (kh, kw), (sh, sw), (dh, dw) = ctx.attrs["kernel_shape"], ctx.attrs["strides"], ctx.attrs["dilations"]
+    pt, pl = ctx.attrs["pads"][:2]
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    xb, nb = ctx.inputs[0], ctx.nb
+    padded = ctx.scratch(n * c * hp * wp, xb.dtype)
+    with nb.loop(n * c, _parallel(n * c * hp * wp), hint="q") as q:
+        with nb.loop(hp, hint="py") as py:
+            with nb.loop(wp, "vector", ctx.lanes(xb.dtype), hint="px") as px:
+                iy, ix = py - pt, px - pl
+                inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                nb.store(padded, (q * hp + py) * wp + px, xb.load((q * h + iy) * w + ix, mask=inside))
+
+    def reduction(step, image, y, x0):
+        with nb.loop(c, hint="c") as ci:
+            for i in range(kh):
+                for j in range(kw):
+                    row = ((image * c + ci) * hp + y * sh + i * dh) * wp
+                    step(lambda r: padded[row + (x0 + r) * sw + j * dw], (ci * kh + i) * kw + j)
+    return reduction
+
+
+def _dense(ctx, n, mb, out_hw, finish, reduction):
+    """A GEMM whose rows are output pixels and whose columns are output channels:
+    tiles of R pixels of an output row x B output blocks (B the largest divisor of Mb
+    up to 4, so no block edge) kept in registers over the reduction, each of its
+    steps R broadcasts of A, B vector loads of the packed weights and R*B FMAs.
+    reduction(step, image, y, x0) emits the reduction's loops, calling step(a, k)
+    with a(r) pixel r's A value and k the weights' row."""
+    oh, ow = out_hw
+    k_rows = ctx.in_types[1].shape[1]
+    nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
+    wb, out = ctx.inputs[1], ctx.outputs[0]
+    group = max(d for d in range(1, 5) if mb % d == 0)
+    cap = min(ow, DENSE_ACCUMULATORS // group)
+    rows = max(d for d in range(1, cap + 1) if ow % d == 0)
+    rows = rows if 2 * rows >= cap else cap        # a divisor of the row, unless a poor one
+    tiles, edge = divmod(ow, rows)
+    groups = mb // group
+    acc = ctx.local(rows * group * BLOCK, out.dtype)
+
+    def tile(image, m0, y, x0, height):
+        def each(body):
+            with nb.loop(height, "unroll", hint="r") as r:
+                with nb.loop(group, "unroll", hint="b") as b:
+                    with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
+                        body((r * group + b) * BLOCK + lane, r, b, lane)
+
+        def step(a_of, k):
+            each(lambda a, r, b, lane: nb.store(acc, a, fma(a_of(r), wb[((m0 + b) * k_rows + k) * BLOCK + lane],
+                                                            acc[a])))
+        each(lambda a, r, b, lane: nb.store(acc, a, Const(0.0, acc.dtype)))
+        reduction(step, image, y, x0)
+
+        def store(a, r, b, lane):
+            at = (((image * mb + m0 + b) * oh + y) * ow + x0 + r) * BLOCK + lane
+            nb.store(out, at, finish(at, lane, m0 + b, acc[a]))
+        each(store)
+
+    kind = _parallel(n * mb * oh * ow * k_rows)
+    per_image = groups * oh * tiles
+    with nb.loop(n * per_image, kind, hint="q") as q:
+        image, rest = q // per_image, q % per_image
+        tile(image, (rest // (oh * tiles)) * group, (rest % (oh * tiles)) // tiles, (q % tiles) * rows, rows)
+    if edge:
+        with nb.loop(n * groups * oh, kind if n * groups * oh > 1 else "serial", hint="q") as q:
+            tile(q // (groups * oh), ((q // oh) % groups) * group, q % oh, tiles * rows, edge)
+
+
+DEPTHWISE_ROW_TILE = 8     # outputs of a row summed at once: independent FMA chains
+
+
+def _depthwise(ctx, shape, out_hw, finish):
+    """Each (image, channel block) plane is copied with its zero border into a
+    per-thread scratch [hp, wp, 16]; every output vector is then a sum of kh*kw
+    plain vector loads times the block's tap weights, 8 outputs of a row at once."""
+    n, cb, h, w = shape
+    oh, ow = out_hw
+    (kh, kw), (sh, sw), (dh, dw) = ctx.attrs["kernel_shape"], ctx.attrs["strides"], ctx.attrs["dilations"]
+    pt, pl = ctx.attrs["pads"][:2]
+    nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
+    xb, wb, out = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    planes = n * cb
+    work = planes * oh * ow * kh * kw * BLOCK
+    teams = max(1, min(ctx.threads, planes)) if work >= PARALLEL_MIN_WORK * 4 else 1
+    per = -(-planes // teams)
+    padded = ctx.scratch(hp * wp * BLOCK * teams, xb.dtype)
+    acc = ctx.local(DEPTHWISE_ROW_TILE * BLOCK, out.dtype)
+    with nb.loop(teams, "parallel" if teams > 1 else "serial", hint="t") as t:
+        with nb.loop(per, hint="q", limit=planes - t * per if teams > 1 else None) as q:
+            plane = t * per + q
+            block = plane % cb
+            base = t * (hp * wp * BLOCK)
+            with nb.loop(hp, hint="py") as py:
+                with nb.loop(wp, hint="px") as px:
+                    with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
+                        iy, ix = py - pt, px - pl
+                        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                        nb.store(padded, base + (py * wp + px) * BLOCK + lane,
+                                 xb.load(((plane * h + iy) * w + ix) * BLOCK + lane, mask=inside))
+
+            def outputs(y, x0, count):
+                def each(body):
+                    with nb.loop(count, "unroll", hint="x") as xr:
+                        with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
+                            body(xr * BLOCK + lane, x0 + xr, lane)
+                each(lambda a, x, lane: nb.store(acc, a, Const(0.0, acc.dtype)))
+                for i in range(kh):
+                    for j in range(kw):
+                        each(lambda a, x, lane: nb.store(acc, a, fma(
+                            padded[base + ((y * sh + i * dh) * wp + x * sw + j * dw) * BLOCK + lane],
+                            wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])))
+
+                def store(a, x, lane):
+                    at = ((plane * oh + y) * ow + x) * BLOCK + lane
+                    nb.store(out, at, finish(at, lane, block, acc[a]))
+                each(store)
+            with nb.loop(oh, hint="y") as y:
+                with nb.loop(ow // DEPTHWISE_ROW_TILE, hint="xt") as xt:
+                    outputs(y, xt * DEPTHWISE_ROW_TILE, DEPTHWISE_ROW_TILE)
+                if ow % DEPTHWISE_ROW_TILE:
+                    outputs(y, ow // DEPTHWISE_ROW_TILE * DEPTHWISE_ROW_TILE, ow % DEPTHWISE_ROW_TILE)
+
+
+register("ConvBlocked", inputs=(2, 4), attrs=CONV_BLOCKED_ATTRS, infer=_conv_infer, reference=_conv_reference,
+         lower=_conv_lower, domain="nutshell")

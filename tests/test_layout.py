@@ -1,0 +1,150 @@
+"""The blocked-channel layout: ToBlocked/FromBlocked/ConvBlocked against NumPy, and
+the layout pass's structure (which regions change) and numbers at 1 and 2 threads."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir import GraphBuilder, verify
+from nutshell.compiler.ops.blocked import from_blocked, pack_dense, pack_depthwise, to_blocked
+from nutshell.compiler.passes.pipeline import run_pipeline
+
+TOL = dict(rtol=1e-4, atol=1e-4)     # float32 sums of up to 600 products vs float64
+
+
+def _const(b, rng, shape, scale=0.3):
+    return b.add_constant((rng.standard_normal(shape) * scale).astype(np.float32))
+
+
+def inverted_residual(rng, n=1, c=24, hw=(14, 14), expand=72, k=5, stride=1, se=True):
+    """MobileNet v3's block: 1x1 expand, HardSwish, depthwise kxk, squeeze-excitation,
+    1x1 project, residual Add."""
+    b = GraphBuilder("block", fold=False)
+    x = b.add_input("x", "float32", (n, c) + hw)
+    y = b.add_node("HardSwish", [b.add_node("Conv", [x, _const(b, rng, (expand, c, 1, 1)),
+                                                      _const(b, rng, (expand,))])])
+    y = b.add_node("Relu", [b.add_node("Conv", [y, _const(b, rng, (expand, 1, k, k)), _const(b, rng, (expand,))],
+                                       {"group": expand, "pads": (k // 2,) * 4, "strides": (stride, stride)})])
+    if se:
+        s = b.add_node("Relu", [b.add_node("Conv", [b.add_node("GlobalAveragePool", [y]),
+                                                    _const(b, rng, (8, expand, 1, 1)), _const(b, rng, (8,))])])
+        s = b.add_node("HardSigmoid", [b.add_node("Conv", [s, _const(b, rng, (expand, 8, 1, 1)),
+                                                           _const(b, rng, (expand,))])])
+        y = b.add_node("Mul", [y, s])
+    z = b.add_node("Conv", [y, _const(b, rng, (c, expand, 1, 1)), _const(b, rng, (c,))])
+    if stride == 1:
+        z = b.add_node("Add", [z, x])
+    b.set_outputs([z])
+    return verify(b.build()), z
+
+
+def _check(g, out, rng, threads=(1, 2)):
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
+    want = ns.run_reference(g, feeds)[out]
+    optimised = run_pipeline(g, verify_each=True)
+    np.testing.assert_allclose(ns.run_reference(optimised, feeds)[out], want, **TOL)
+    for t in threads:
+        np.testing.assert_allclose(ns.compile(g, threads=t).run(feeds)[out], want, **TOL)
+    return optimised
+
+
+def test_reorders_round_trip(rng):
+    x = rng.standard_normal((2, 21, 3, 5)).astype(np.float32)
+    blocked = to_blocked(x)
+    assert blocked.shape == (2, 2, 3, 5, 16) and not blocked[:, 1, ..., 5:].any()   # zero padding
+    np.testing.assert_array_equal(from_blocked(blocked, 21), x)
+    b = GraphBuilder("reorder", fold=False)
+    v = b.add_input("x", "float32", x.shape)
+    mid = b.add_node("ToBlocked", [v])
+    out = b.add_node("FromBlocked", [b.add_node("Exp", [mid])], {"channels": 21})
+    b.set_outputs([mid, out])
+    got = ns.compile(b.build(), threads=2).run({"x": x})
+    np.testing.assert_array_equal(got[mid], blocked)
+    np.testing.assert_allclose(got[out], np.exp(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2), dict(n=2, c=16, expand=40, k=3, hw=(9, 7)),
+                                dict(se=False, c=3, expand=20, hw=(5, 5)), dict(c=32, expand=96, hw=(7, 7))])
+def test_inverted_residual_runs_blocked(rng, kw):
+    g, out = inverted_residual(rng, **kw)
+    optimised = _check(g, out, rng)
+    ops = [n.op for n in optimised.nodes]
+    assert ops.count("ToBlocked") == 1 and ops.count("FromBlocked") == 1 and "Conv" not in ops
+    assert ops.count("ConvBlocked") == (5 if kw.get("se", True) else 3)
+
+
+@pytest.mark.parametrize("cout, k, stride, hw", [(16, 3, 2, 224), (32, 3, 2, 33), (24, 5, 1, 17)])
+def test_stem_writes_blocked(rng, cout, k, stride, hw):
+    """A 3-channel first convolution reads the NCHW image and writes blocked output."""
+    b = GraphBuilder("stem", fold=False)
+    x = b.add_input("x", "float32", (2, 3, hw, hw))
+    y = b.add_node("Relu", [b.add_node("Conv", [x, _const(b, rng, (cout, 3, k, k)), _const(b, rng, (cout,))],
+                                       {"pads": (k // 2,) * 4, "strides": (stride, stride)})])
+    y = b.add_node("Conv", [y, _const(b, rng, (cout, 1, 3, 3))], {"group": cout, "pads": (1,) * 4})
+    z = b.add_node("Conv", [y, _const(b, rng, (8, cout, 1, 1))])
+    b.set_outputs([z])
+    optimised = _check(verify(b.build()), z, rng)
+    assert [n.op for n in optimised.nodes] == ["ConvBlocked"] * 3 + ["FromBlocked"]
+
+
+def test_values_read_outside_are_rebuilt(rng):
+    """A value inside a region that is also an output, or read by an op with no
+    blocked form (Softmax over channels), is rebuilt in NCHW there."""
+    b = GraphBuilder("outside", fold=False)
+    x = b.add_input("x", "float32", (1, 20, 6, 6))
+    y = b.add_node("Relu", [b.add_node("Conv", [x, _const(b, rng, (20, 20, 1, 1))])])
+    d = b.add_node("Conv", [y, _const(b, rng, (20, 1, 3, 3))], {"group": 20, "pads": (1,) * 4})
+    z = b.add_node("Conv", [d, _const(b, rng, (12, 20, 1, 1))])
+    b.set_outputs([y, b.add_node("Softmax", [d], {"axis": 1}), z])
+    g = verify(b.build())
+    optimised = _check(g, z, rng)
+    assert [n.op for n in optimised.nodes].count("FromBlocked") == 3
+    feeds = {"x": rng.standard_normal((1, 20, 6, 6)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)
+    got = ns.compile(g, threads=1).run(feeds)
+    for name in g.output_names():
+        np.testing.assert_allclose(got[name], want[name], **TOL)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's padding lanes
+def test_padding_lanes_never_reach_real_channels(rng):
+    """0 / 0 in the padding lanes (channels 20..31) is NaN there; the next pointwise
+    convolution reads only real channels, so its output is exact."""
+    b = GraphBuilder("nan", fold=False)
+    x = b.add_input("x", "float32", (1, 20, 5, 5))
+    y = b.add_node("Conv", [x, _const(b, rng, (20, 20, 1, 1))])
+    d = b.add_node("Conv", [y, _const(b, rng, (20, 1, 3, 3))], {"group": 20, "pads": (1,) * 4})
+    q = b.add_node("Div", [d, b.add_node("Add", [b.add_node("Abs", [d]), b.add_constant(np.float32(1))])])
+    q = b.add_node("Div", [q, b.add_node("Abs", [y])])      # a real 1/|y|, NaN in the padding
+    z = b.add_node("Conv", [q, _const(b, rng, (7, 20, 1, 1))])
+    b.set_outputs([z])
+    optimised = _check(verify(b.build()), z, rng)
+    assert [n.op for n in optimised.nodes].count("FromBlocked") == 1     # the Divs ran blocked
+
+
+def test_regions_without_both_kinds_stay_nchw(rng):
+    """ResNet's 1x1 and 3x3 layers, or ConvNeXt's lone depthwise layer: no reorders."""
+    b = GraphBuilder("resnet_like", fold=False)
+    x = b.add_input("x", "float32", (1, 16, 8, 8))
+    y = b.add_node("Relu", [b.add_node("Conv", [x, _const(b, rng, (16, 16, 1, 1))])])
+    y = b.add_node("Conv", [y, _const(b, rng, (16, 16, 3, 3))], {"pads": (1,) * 4})
+    y = b.add_node("Conv", [y, _const(b, rng, (16, 1, 7, 7))], {"group": 16, "pads": (3,) * 4})
+    b.set_outputs([b.add_node("Transpose", [y], {"perm": (0, 2, 3, 1)})])
+    optimised = run_pipeline(verify(b.build()))
+    assert not {"ConvBlocked", "ToBlocked", "FromBlocked"} & {n.op for n in optimised.nodes}
+
+
+def test_conv_blocked_reference_matches_conv(rng):
+    """ConvBlocked's NumPy reference unpacks its weights back to the Conv's."""
+    from nutshell.compiler.ops import get_op
+    w = rng.standard_normal((20, 3, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    attrs = dict(depthwise=0, channels=3, out_channels=20, kernel_shape=(3, 3), strides=(2, 2),
+                 pads=(1, 1, 1, 1), dilations=(1, 1), activation=None)
+    got = get_op("ConvBlocked").reference(attrs, x, pack_dense(w))
+    want = get_op("Conv").reference({"pads": (1, 1, 1, 1), "strides": (2, 2)}, x, w)
+    np.testing.assert_allclose(from_blocked(got, 20), want, rtol=1e-6)
+    wd = rng.standard_normal((20, 1, 3, 3)).astype(np.float32)
+    xb = to_blocked(rng.standard_normal((1, 20, 6, 6)).astype(np.float32))
+    got = get_op("ConvBlocked").reference(dict(attrs, depthwise=1, channels=20, strides=(1, 1)), xb, pack_depthwise(wd))
+    want = get_op("Conv").reference({"pads": (1, 1, 1, 1), "group": 20}, from_blocked(xb, 20), wd)
+    np.testing.assert_allclose(from_blocked(got, 20), want, rtol=1e-6)
