@@ -61,6 +61,9 @@ CASES = [
     # Winograd F(2x2, 3x3) with weights transformed at run time (they are inputs), odd
     # sizes and one-sided pads (partial 4x4 tiles at every edge)
     ("Conv", [(F, (3, 17, 17, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 0, 0, 1)}, None),
+    # one image on two threads: bands of tile rows (7 rows: 4 and 3), constant and run-time weights
+    ("Conv", [(F, (1, 17, 13, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
+    ("Conv", [(F, (1, 16, 14, 9)), (F, (16, 16, 3, 3))], {"pads": (0, 1, 1, 0)}, None),
     ("Conv", [(F, (1, 3, 10, 10)), (F, (4, 3, 3, 3))], {"auto_pad": "SAME_UPPER", "strides": (2, 2)}, {1: "w"}),
     ("MaxPool", [(F, (2, 3, 8, 8))], {"kernel_shape": (2, 2), "strides": (2, 2)}, None),
     ("MaxPool", [(F, (1, 2, 9, 11))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None),

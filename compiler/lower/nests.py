@@ -91,9 +91,8 @@ def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, ou
         last = axis == len(dims) - 1
         kind = "vector" if last else ("parallel" if axis == 0 and total >= PARALLEL_MIN_WORK
                                       else "serial")
-        if last and len(dims) == 1 and total >= PARALLEL_MIN_WORK * 4 and ctx.threads > 1 \
-                and not out_offset and not any(in_offsets) and sets[0][0] == 1:
-            return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes)
+        if last and len(dims) == 1 and total >= PARALLEL_MIN_WORK and ctx.threads > 1 and sets[0][0] == 1:
+            return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes, out_offset, in_offsets)
         scope = nb.loop(d, kind, lanes if last else 1)
         vars_.append(scope.__enter__())
         scopes.append(scope)
@@ -110,8 +109,9 @@ def _idx(vars_, st):
     return sum(terms[1:], terms[0])
 
 
-def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes):
-    """A long flat map: parallel over chunks, each chunk one vector loop."""
+def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes, out_offset=0, in_offsets=None):
+    """A long flat map (or a Concat's part of one): parallel over chunks, each chunk
+    one vector loop."""
     chunk = -(-size // (ctx.threads * 4))
     chunk = -(-chunk // lanes) * lanes
     full, rem = size // chunk, size % chunk
@@ -122,5 +122,6 @@ def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes):
         with nb.loop(count, "parallel") as c:
             with nb.loop(extent, "vector", lanes) as i:
                 flat = c * chunk + i + base if base else c * chunk + i
-                loads = [Load(b, flat if st[0] else _idx([], [])) for b, st in zip(in_bufs, sets[1:])]
-                nb.store(out_buf, flat, fn(*loads))
+                loads = [Load(b, (flat + off if off else flat) if st[0] else Const(off, INDEX))
+                         for b, st, off in zip(in_bufs, sets[1:], in_offsets or [0] * len(in_bufs))]
+                nb.store(out_buf, flat + out_offset if out_offset else flat, fn(*loads))

@@ -2,6 +2,8 @@
 names a chain of ops, a condition and a replacement; one driver applies them.
 
     fold_batchnorm   Conv -> BatchNormalization      => Conv (weights and bias scaled)
+    batchnorm_affine BatchNormalization (any other)  => Mul, Add by per-channel constants, which
+                     element-wise fusion joins to their neighbours (DenseNet's BN -> ReLU)
     fuse_conv_residual  Add(Conv(x), r)              => Conv(x, w, b, r): r added in the epilogue
     fuse_*_relu      Conv|Gemm -> Relu               => the op with a Relu epilogue
     fuse_*_silu      Conv|Gemm -> y; Mul(y, Sigmoid(y)) => the op with a SiLU epilogue
@@ -22,7 +24,7 @@ class Rewrite:
     name: str
     chain: tuple             # op names, each node's output 0 feeding the next's input 0
     condition: Callable      # (graph, nodes) -> bool
-    apply: Callable          # (graph, nodes, constants, types) -> replacement node
+    apply: Callable          # (graph, nodes, constants, types) -> replacement node or nodes
     matches: Callable = None  # (graph, chain) -> node lists, for patterns other than chains
 
 
@@ -55,8 +57,11 @@ def apply_rewrites(graph, rewrites):
                 continue
             new_nodes[id(match[0])] = rw.apply(graph, match, constants, types)
             replaced.update({id(n): match for n in match})
-        nodes = [new_nodes.get(id(n), None) if id(n) in replaced else n for n in graph.nodes]
-        graph = graph.with_nodes([n for n in nodes if n is not None], constants=constants, types=types)
+        nodes = []
+        for n in graph.nodes:
+            new = new_nodes.get(id(n)) if id(n) in replaced else n
+            nodes.extend(new if isinstance(new, list) else [new] if new is not None else [])
+        graph = graph.with_nodes(nodes, constants=constants, types=types)
     return graph
 
 
@@ -165,8 +170,34 @@ def _fuse_activation(graph, nodes, constants, types):
     return replace(op, outputs=act.outputs, attrs={**op.attrs, "activation": (act.op, tuple(sorted(attrs.items())))})
 
 
+def _bn_constant(graph, nodes):
+    bn = nodes[0]
+    return graph.types[bn.inputs[0]].rank >= 2 and graph.types[bn.inputs[0]].dtype.is_float and \
+        not bn.attrs.get("training_mode") and len(bn.outputs) == 1 and \
+        all(i in graph.constants for i in bn.inputs[1:5])
+
+
+def _bn_affine(graph, nodes, constants, types):
+    bn = nodes[0]
+    x = graph.types[bn.inputs[0]]
+    scale, bias, mean, var = (graph.constants[i].astype(np.float64) for i in bn.inputs[1:5])
+    a = scale / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    shape = (-1,) + (1,) * (x.rank - 2)
+    names = []
+    for suffix, value in (("scale", a), ("shift", bias - mean * a)):
+        name = f"{bn.name or bn.outputs[0]}/{suffix}"
+        constants[name] = value.astype(x.dtype.numpy).reshape(shape)
+        types[name] = TensorType(x.dtype, constants[name].shape)
+        names.append(name)
+    scaled = f"{bn.outputs[0]}/scaled"
+    types[scaled] = x
+    return [replace(bn, op="Mul", inputs=(bn.inputs[0], names[0]), outputs=(scaled,), attrs={}),
+            replace(bn, op="Add", inputs=(scaled, names[1]), attrs={}, name=f"{bn.name}/shift")]
+
+
 REWRITES = [
     Rewrite("fold_batchnorm", ("Conv", "BatchNormalization"), _bn_foldable, _fold_bn),
+    Rewrite("batchnorm_affine", ("BatchNormalization",), _bn_constant, _bn_affine),
     Rewrite("fuse_conv_residual", ("Conv",), lambda g, n: "activation" not in n[1].attrs and len(n[1].inputs) < 4,
             _fuse_residual, _residual),
     Rewrite("fuse_conv_relu", ("Conv", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
