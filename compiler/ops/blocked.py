@@ -19,7 +19,7 @@ from .conv import conv_reference, epilogue
 from .registry import register
 
 BLOCK = 16
-DENSE_ACCUMULATORS = 28     # of AVX-512's 32 registers: the rest hold B and A
+DENSE_ACCUMULATORS = 24        # of AVX-512's 32 registers: the rest hold B and A (28 spills)
 
 
 def blocks(c):
@@ -267,37 +267,44 @@ def _dense(ctx, n, mb, out_hw, finish, reduction):
 DEPTHWISE_ROW_TILE = 8     # outputs of a row summed at once: independent FMA chains
 
 
+def _interior(out, pad, stride, dil, k, size):
+    """[lo, hi): the outputs whose whole window lies inside an input of `size`."""
+    lo = min(out, -(-pad // stride))
+    hi = (size - 1 - (k - 1) * dil + pad) // stride + 1
+    return lo, max(lo, min(hi, out))
+
+
 def _depthwise(ctx, shape, out_hw, finish):
-    """Each (image, channel block) plane is copied with its zero border into a
-    per-thread scratch [hp, wp, 16]; every output vector is then a sum of kh*kw
-    plain vector loads times the block's tap weights, 8 outputs of a row at once."""
+    """Every output vector is a sum of kh*kw vector loads (16 channels of one input
+    pixel) times the block's tap weights, 8 outputs of a row at once. Outputs whose
+    window lies inside the input read without bounds; only the border's windows
+    test each tap (a mask uniform across the lanes)."""
     n, cb, h, w = shape
     oh, ow = out_hw
     (kh, kw), (sh, sw), (dh, dw) = ctx.attrs["kernel_shape"], ctx.attrs["strides"], ctx.attrs["dilations"]
     pt, pl = ctx.attrs["pads"][:2]
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     xb, wb, out = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
-    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    y_lo, y_hi = _interior(oh, pt, sh, dh, kh, h)
+    x_lo, x_hi = _interior(ow, pl, sw, dw, kw, w)
     planes = n * cb
     work = planes * oh * ow * kh * kw * BLOCK
     teams = max(1, min(ctx.threads, planes)) if work >= PARALLEL_MIN_WORK * 4 else 1
     per = -(-planes // teams)
-    padded = ctx.scratch(hp * wp * BLOCK * teams, xb.dtype)
     acc = ctx.local(DEPTHWISE_ROW_TILE * BLOCK, out.dtype)
     with nb.loop(teams, "parallel" if teams > 1 else "serial", hint="t") as t:
         with nb.loop(per, hint="q", limit=planes - t * per if teams > 1 else None) as q:
             plane = t * per + q
             block = plane % cb
-            base = t * (hp * wp * BLOCK)
-            with nb.loop(hp, hint="py") as py:
-                with nb.loop(wp, hint="px") as px:
-                    with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
-                        iy, ix = py - pt, px - pl
-                        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-                        nb.store(padded, base + (py * wp + px) * BLOCK + lane,
-                                 xb.load(((plane * h + iy) * w + ix) * BLOCK + lane, mask=inside))
 
-            def outputs(y, x0, count):
+            def tap(y, x, i, j, lane, bounded):
+                iy, ix = y * sh + (i * dh - pt), x * sw + (j * dw - pl)
+                at = ((plane * h + iy) * w + ix) * BLOCK + lane
+                if not bounded:
+                    return xb[at]
+                return xb.load(at, mask=(iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
+
+            def outputs(y, x0, count, bounded):
                 def each(body):
                     with nb.loop(count, "unroll", hint="x") as xr:
                         with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
@@ -306,18 +313,29 @@ def _depthwise(ctx, shape, out_hw, finish):
                 for i in range(kh):
                     for j in range(kw):
                         each(lambda a, x, lane: nb.store(acc, a, fma(
-                            padded[base + ((y * sh + i * dh) * wp + x * sw + j * dw) * BLOCK + lane],
-                            wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])))
+                            tap(y, x, i, j, lane, bounded), wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])))
 
                 def store(a, x, lane):
                     at = ((plane * oh + y) * ow + x) * BLOCK + lane
                     nb.store(out, at, finish(at, lane, block, acc[a]))
                 each(store)
-            with nb.loop(oh, hint="y") as y:
-                with nb.loop(ow // DEPTHWISE_ROW_TILE, hint="xt") as xt:
-                    outputs(y, xt * DEPTHWISE_ROW_TILE, DEPTHWISE_ROW_TILE)
-                if ow % DEPTHWISE_ROW_TILE:
-                    outputs(y, ow // DEPTHWISE_ROW_TILE * DEPTHWISE_ROW_TILE, ow % DEPTHWISE_ROW_TILE)
+
+            def span(y, start, length, bounded):
+                tile = DEPTHWISE_ROW_TILE
+                with nb.loop(length // tile, hint="xt") as xt:
+                    outputs(y, start + xt * tile, tile, bounded)
+                if length % tile:
+                    outputs(y, start + length // tile * tile, length % tile, bounded)
+
+            for first, count, inner in ((0, y_lo, False), (y_lo, y_hi - y_lo, True), (y_hi, oh - y_hi, False)):
+                with nb.loop(count, hint="y") as yy:
+                    y = first + yy if first else yy
+                    if not inner:
+                        span(y, 0, ow, True)
+                        continue
+                    span(y, 0, x_lo, True)
+                    span(y, x_lo, x_hi - x_lo, False)
+                    span(y, x_hi, ow - x_hi, True)
 
 
 register("ConvBlocked", inputs=(2, 4), attrs=CONV_BLOCKED_ATTRS, infer=_conv_infer, reference=_conv_reference,
