@@ -148,3 +148,42 @@ def test_conv_blocked_reference_matches_conv(rng):
     got = get_op("ConvBlocked").reference(dict(attrs, depthwise=1, channels=20, strides=(1, 1)), xb, pack_depthwise(wd))
     want = get_op("Conv").reference({"pads": (1, 1, 1, 1), "group": 20}, from_blocked(xb, 20), wd)
     np.testing.assert_allclose(from_blocked(got, 20), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("vector_cap", [256, 32])
+def test_blocked_kernels_on_narrower_vectors(rng, vector_cap):
+    """AVX2 (two 8-lane vectors per block) and scalar code give the same numbers."""
+    g, out = inverted_residual(rng, n=2, c=20, expand=40, k=3, hw=(6, 9), stride=2)
+    feeds = {"x": rng.standard_normal((2, 20, 6, 9)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)[out]
+    np.testing.assert_allclose(ns.compile(g, threads=1, vector_cap=vector_cap).run(feeds)[out], want, **TOL)
+
+
+def test_batchnorm_becomes_affine_and_fuses_with_relu(rng):
+    """A BatchNorm that follows no Conv (DenseNet's pre-activation) is a per-channel
+    Mul and Add, one loop with its ReLU."""
+    b = GraphBuilder("bn", fold=False)
+    x = b.add_input("x", "float32", (2, 5, 4, 4))
+    stats = [b.add_constant(v.astype(np.float32)) for v in
+             (rng.standard_normal(5), rng.standard_normal(5), rng.standard_normal(5), rng.random(5) + 0.5)]
+    y = b.add_node("Relu", [b.add_node("BatchNormalization", [x] + stats, {"epsilon": 1e-3})])
+    b.set_outputs([y])
+    g = verify(b.build())
+    optimised = _check(g, y, rng)
+    assert [n.op for n in optimised.nodes] == ["FusedElementwise"]
+    assert [step[0] for step in optimised.nodes[0].attrs["program"]] == ["Mul", "Add", "Relu"]
+
+
+@pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="needs a C compiler")
+def test_blocked_model_in_an_aot_bundle(rng, tmp_path):
+    """The blocked kernels link into a C bundle like any other and give the JIT's bits."""
+    from nutshell.runtime.aot import AotModel
+    from nutshell.runtime.model import aligned_empty
+    g, out = inverted_residual(rng, n=1, c=16, expand=48, k=3, hw=(10, 10))
+    model = ns.compile(g, threads=2)
+    assert "ConvBlocked" in {n.op for n in model.graph.nodes}
+    model.export(tmp_path, name="mb")
+    lib = AotModel(tmp_path / "libmb.so", "mb", model.graph)
+    x = rng.standard_normal((1, 16, 10, 10)).astype(np.float32)
+    got = lib.run({"x": x}, aligned_empty(model.arena_size), threads=2)[out]
+    np.testing.assert_array_equal(got, model.run({"x": x})[out])
