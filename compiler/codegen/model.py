@@ -69,10 +69,10 @@ def build_model(graph, target, name="model", module=None):
         module.triple = target.triple
 
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
-    plan_copies = plan_memory(graph, {}, const_index).copies
+    first_plan = plan_memory(graph, {}, const_index)
     for idx, node in enumerate(graph.nodes):
         opdef = get_op(node.op)
-        if opdef.alias and idx not in plan_copies:
+        if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
             continue
         lower = copy_lower if opdef.alias else opdef.lower
         if lower is None:

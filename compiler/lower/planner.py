@@ -2,7 +2,9 @@
 
 Graph inputs and outputs are the caller's buffers, constants are weights, and
 every intermediate (and each kernel's scratch) gets an offset in one arena.
-Aliasing ops (Reshape, Flatten, ...) share their input's storage. Offsets are
+Aliasing ops (Reshape, Flatten, ...) share their input's storage, and a Concat
+whose parts are contiguous slices of its result (batch 1, or axis 0) has them
+written in place by their producers when it is their only reader. Offsets are
 packed greedily by size over liveness intervals (TFLite's greedy-by-size); the
 arena's size and the liveness lower bound are both reported."""
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ class Plan:
     arena_size: int
     lower_bound: int        # max over time of live bytes: no packing can beat it
     copies: set = field(default_factory=set)   # alias nodes that must copy instead
+    elided: set = field(default_factory=set)   # Concats whose parts were written in place
 
 
 def plan_memory(graph, scratch_sizes, const_index):
@@ -40,10 +43,11 @@ def plan_memory(graph, scratch_sizes, const_index):
                 copies.add(idx)          # the caller's buffer must receive the bytes
             else:
                 root[out] = root.get(src, src)
+    offset_in_root, elided = _concats_in_place(graph, root, storage, outputs)
     intervals = {}                       # storage root -> [first, last, bytes]
     for idx, node in enumerate(graph.nodes):
         for name in [o for o in node.outputs if o] + [i for i in node.inputs if i]:
-            r = root.get(name, name)
+            r = _resolve(name, root, offset_in_root)[0]
             if r in storage and storage[r][0] != "arena":
                 continue
             span = intervals.setdefault(r, [idx, idx, graph.types[r].nbytes])
@@ -60,10 +64,47 @@ def plan_memory(graph, scratch_sizes, const_index):
             storage[key[1]] = ("arena", off)
         else:
             scratch.setdefault(key[1], []).append((key[2], off))
-    for name, r in root.items():
-        storage[name] = storage[r]
+    for name in root:
+        r, offset = _resolve(name, root, offset_in_root)
+        kind, where = storage[r]
+        storage[name] = (kind, where + offset) if kind == "arena" else (kind, where)
     scratch = {i: [off for _, off in sorted(v)] for i, v in scratch.items()}
-    return Plan(storage, scratch, arena, _lower_bound(blocks, len(graph.nodes)), copies)
+    return Plan(storage, scratch, arena, _lower_bound(blocks, len(graph.nodes)), copies, elided)
+
+
+def _resolve(name, root, offset_in_root):
+    """(storage root, byte offset in it): a Concat's part inside a part is nested."""
+    offset = 0
+    while name in root:
+        offset += offset_in_root.get(name, 0)
+        name = root[name]
+    return name, offset
+
+
+def _concats_in_place(graph, root, storage, outputs):
+    """Concats whose every part can live in their result: the part is written by one
+    node, read only by the Concat, and a contiguous slice (all dims before the axis
+    are 1). Each part becomes an alias of the result at its byte offset."""
+    from ..ops.common import norm_axis
+    users = graph.consumers()
+    offsets, elided = {}, set()
+    aliased = set(root.values())
+    for idx, node in enumerate(graph.nodes):
+        if node.op != "Concat" or node.outputs[0] in outputs or node.outputs[0] in storage:
+            continue
+        out_t = graph.types[node.outputs[0]]
+        axis = norm_axis(node.name, node.attrs["axis"], out_t.rank)
+        parts = list(node.inputs)
+        if any(d != 1 for d in out_t.shape[:axis]) or len(set(parts)) != len(parts) or any(
+                v in storage or v in root or v in aliased or v in offsets or len(users.get(v, [])) != 1
+                for v in parts):
+            continue
+        at = 0
+        for v in parts:
+            root[v], offsets[v] = node.outputs[0], at
+            at += graph.types[v].nbytes
+        elided.add(idx)
+    return offsets, elided
 
 
 def _greedy_by_size(blocks):
