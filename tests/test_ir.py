@@ -277,3 +277,27 @@ def test_reduction_fusion_structure_and_numbers(rng, op, axes, keepdims):
     np.testing.assert_allclose(ns.run_reference(fused, feeds)[out], want, rtol=1e-5)
     for threads in (1, 2):
         np.testing.assert_allclose(ns.compile(g, threads=threads).run(feeds)[out], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, k, n, vector_cap", [((49,), 768, 300, 512), ((2, 25), 1000, 33, 256),
+                                                   ((26,), 64, 300, 32)])
+def test_prepacked_matmul_structure_and_numbers(rng, rows, k, n, vector_cap):
+    """A MatMul by a constant B becomes MatMulPacked over B in the GEMM's panels
+    (k blocks of about 512, 32-column panels, zero edges); the reference unpacks it."""
+    from nutshell.compiler.lower.gemm import PANEL, k_blocking
+    from nutshell.compiler.passes.simplify import prepack_weights
+    b = GraphBuilder("mm", fold=False)
+    x = b.add_input("x", "float32", rows + (k,))
+    y = b.add_node("MatMul", [x, b.add_constant(rng.standard_normal((k, n)).astype(np.float32), "w")])
+    b.set_outputs([y])
+    g = verify(b.build())
+    packed = verify(prepack_weights(g))
+    node = packed.nodes[0]
+    kc, k_blocks = k_blocking(k)
+    assert node.op == "MatMulPacked" and packed.types[node.inputs[1]].shape == (k_blocks, -(-n // PANEL), kc, PANEL)
+    feeds = {"x": rng.standard_normal(rows + (k,)).astype(np.float32)}
+    want = ns.run_reference(g, feeds)[y]
+    np.testing.assert_allclose(ns.run_reference(packed, feeds)[y], want, rtol=1e-5, atol=1e-5)
+    for threads in (1, 2):
+        got = ns.compile(g, threads=threads, vector_cap=vector_cap).run(feeds)[y]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

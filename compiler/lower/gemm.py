@@ -27,6 +27,7 @@ L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 Mi
 KC_TARGET = 512                    # k per block: 6 x 512 floats of A is 12 KiB of L1
 PACK_MIN_B_BYTES = 64 << 10        # below this B sits in L1/L2 anyway: packing only costs
 PACK_MIN_K = 64                    # a short k (a first layer's 3 x 3 x 3) reads B's rows in place
+PACK_MIN_ROW_TILES = 4             # fewer row tiles than this read B in place: packing would not pay
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,13 @@ class GemmSchedule:
     lanes: int
 
 
-def gemm_schedule(target, n, dtype, m=None):
+def gemm_schedule(target, n, dtype, m=None, prepacked=False):
     lanes = target.lanes(dtype)
     mr = 6 if lanes > 1 else 4
     nr = 2 * lanes if lanes > 1 else 4
     if n <= lanes:                       # a narrow C (a classifier's 10 outputs)
         nr, mr = lanes, 8 if lanes > 1 else 4
-    elif m == 1 and lanes > 1:           # one row (a batch-1 classifier): B streams by rows,
+    elif m == 1 and lanes > 1 and not prepacked:   # one row (a batch-1 classifier): B streams by rows,
         nr, mr = min(8 * lanes, -(-n // lanes) * lanes), 1   # eight vectors of it per k
     return GemmSchedule(mr, nr, lanes)
 
@@ -61,18 +62,44 @@ def _ceil(a, b):
     return -(-a // b)
 
 
+PANEL = 32      # columns of a compile-time packed B panel: a multiple of every target's nr
+
+
+def k_blocking(k):
+    """(kc, k_blocks): the k loop in blocks of about KC_TARGET."""
+    k_blocks = max(1, round(k / KC_TARGET))
+    kc = _ceil(k, k_blocks)
+    return kc, _ceil(k, kc)
+
+
+def prepack(b):
+    """B [k, n] as [k_blocks, ceil(n / PANEL), kc, PANEL], zero-padded: the panels the
+    GEMM would pack at run time, made once at compile time for constant weights."""
+    import numpy as np
+    k, n = b.shape
+    kc, k_blocks = k_blocking(k)
+    padded = np.zeros((k_blocks * kc, _ceil(n, PANEL) * PANEL), b.dtype)
+    padded[:k, :n] = b
+    return np.ascontiguousarray(padded.reshape(k_blocks, kc, -1, PANEL).transpose(0, 2, 1, 3))
+
+
 def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None,
-              parallel=True, slot=None):
+              parallel=True, slot=None, prepacked=None):
     """Emit C = finish(init + A @ B) into ctx.nb. load_a(row, kk) and load_b(kk, col)
     return loop-IR expressions; C[row, col] is out[c_index(row, col)]; init(row, col)
     seeds the sum (a bias), finish(row, col, value) is the epilogue.
     slot: when the caller already runs this nest on several threads (one image per
-    thread), the thread's index, so each gets its own packing buffer."""
+    thread), the thread's index, so each gets its own packing buffer.
+    prepacked: a buffer holding B as prepack() lays it out (load_b is then unused)."""
     parallel = parallel and m * n * k >= GEMM_PARALLEL_MIN_MACS
+    if prepacked is not None:
+        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, prepacked=True)
+        return g.packed(None, parallel, slot, prepacked)
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if m >= 4 * g.s.mr and n >= g.s.nr and k >= PACK_MIN_K and k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
+    if m >= PACK_MIN_ROW_TILES * g.s.mr and n >= g.s.nr and k >= PACK_MIN_K and \
+            k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 
@@ -103,11 +130,11 @@ def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parall
 
 
 class _Gemm:
-    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish):
+    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, prepacked=False):
         self.ctx, self.nb, self.m, self.n, self.k = ctx, ctx.nb, m, n, k
         self.load_a, self.out, self.c_index, self.init = load_a, out, c_index, init
         self.finish = finish or (lambda r, c, v: v)
-        self.s = gemm_schedule(ctx.target, n, out.dtype, m)
+        self.s = gemm_schedule(ctx.target, n, out.dtype, m, prepacked)
         self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
     def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None,
@@ -153,21 +180,21 @@ class _Gemm:
                                   lambda kk, jj: load_b(kk, col0 + jj))
 
     # ---- B packed into L2-sized blocks ---------------------------------------------
-    def packed(self, load_b, parallel, slot):
+    def packed(self, load_b, parallel, slot, prepacked=None):
         """One code path for every block and k block: trip counts that differ at the
         edges (the last block's panels, the last k block) are run-time limits, and
         whether a k block starts from init or from C is a select, so the code stays
-        one micro-kernel per (rows, panel) edge case: compile time matters too."""
+        one micro-kernel per (rows, panel) edge case: compile time matters too.
+        With `prepacked` the panels are read from it instead of packed here."""
         ctx, nb, s, m, n, k = self.ctx, self.nb, self.s, self.m, self.n, self.k
-        k_blocks = max(1, round(k / KC_TARGET))
-        kc = _ceil(k, k_blocks)
-        k_blocks = _ceil(k, kc)
+        kc, k_blocks = k_blocking(k)
         per_block = max(1, L2_BLOCK_BYTES // (kc * s.nr * self.out.dtype.itemsize))
         panels, edge = divmod(n, s.nr)
         n_blocks = max(1, _ceil(panels, per_block))    # the partial panel joins the last
         size = (per_block + 1) * s.nr * kc
         teams = ctx.threads if parallel and ctx.threads > 1 else 1
-        packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), self.out.dtype)
+        if prepacked is None:
+            packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), self.out.dtype)
         by_columns = teams > 1 and n_blocks >= 2 * teams
         split_rows = teams > 1 and not by_columns
         row_blocks = m // s.mr
@@ -184,7 +211,14 @@ class _Gemm:
             with nb.loop(k_blocks, hint="kb") as kb:
                 compute(t, base, n0, parts, kb * kc, kb.eq(0), kb.eq(k_blocks - 1), k - kb * kc)
 
-        def compute(t, base, n0, parts, k0, first, last, k_limit):
+        def panel_load(base, k0, panel, col0):
+            """B's tile at column col0: the block's packed panel, or the prepacked one."""
+            if prepacked is None:
+                return lambda kk, jj: packed[base + (panel * kc + kk) * s.nr + jj]
+            at = ((k0 // kc * _ceil(n, PANEL) + col0 // PANEL) * kc) * PANEL + col0 % PANEL
+            return lambda kk, jj: prepacked[at + kk * PANEL + jj]
+
+        def pack(base, n0, parts, k0, k_limit):
             for p0, count, nr, limit in parts:
                 with nb.loop(count, hint="p", limit=limit) as pj:
                     with nb.loop(kc, hint="k", limit=k_limit) as kk:
@@ -193,6 +227,10 @@ class _Gemm:
                             nb.store(packed, at + jj, load_b(_plus(k0, kk), n0 + (pj + p0) * s.nr + jj))
                         with nb.loop(s.nr - nr, "vector", s.lanes, hint="z") as jj:
                             nb.store(packed, at + nr + jj, Const(0.0, packed.dtype))   # edge padding
+
+        def compute(t, base, n0, parts, k0, first, last, k_limit):
+            if prepacked is None:
+                pack(base, n0, parts, k0, k_limit)
             rows = [(t * share if split_rows else 0, share, row_blocks - t * share if split_rows else None, s.mr),
                     (row_blocks, 1, t - (teams - 2) if split_rows else None, m % s.mr)]
             for first_row, count, row_limit, mr in rows:
@@ -203,7 +241,7 @@ class _Gemm:
                         with nb.loop(pcount, hint="n", limit=limit) as bj:
                             panel = _plus(bj, p0)
                             self.tile(_plus(first_row, bi) * s.mr, mr, n0 + panel * s.nr, nr, k0, kc,
-                                      lambda kk, jj: packed[base + (panel * kc + kk) * s.nr + jj],
+                                      panel_load(base, k0, panel, n0 + panel * s.nr),
                                       first, last, k_width=s.nr, k_limit=k_limit)
 
         def blocks(t):

@@ -141,3 +141,34 @@ def _gemm_lower(ctx):
 
 register("Gemm", inputs=(2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0, **EPILOGUE},
          infer=_gemm_infer, reference=_gemm_reference, lower=_gemm_lower)
+
+
+# ---- MatMulPacked: a MatMul whose constant B is already in the GEMM's panels ----
+def _packed_infer(attrs, types, consts, node):
+    from ..lower.gemm import PANEL, k_blocking
+    a, bp = types[0], types[1]
+    n = attrs["n"]
+    k = a.shape[-1] if a.rank else 0
+    kc, k_blocks = k_blocking(max(k, 1))
+    if a.rank < 1 or bp.shape != (k_blocks, -(-n // PANEL), kc, PANEL):
+        fail(node, f"MatMulPacked of {a.shape} does not fit packed weights {bp.shape} for n = {n}")
+    return [tt(same_dtype(node, types), tuple(a.shape[:-1]) + (n,))]
+
+
+def unpack(bp, k, n):
+    """B [k, n] back from prepack()'s panels (the reference's way in)."""
+    return bp.transpose(0, 2, 1, 3).reshape(bp.shape[0] * bp.shape[2], -1)[:k, :n]
+
+
+def _packed_lower(ctx):
+    a = ctx.in_types[0]
+    k, n = a.shape[-1], ctx.attrs["n"]
+    rows = a.size // k
+    a_buf = ctx.inputs[0]
+    gemm_nest(ctx, rows, n, k, lambda r, kk: a_buf[r * k + kk], None, ctx.outputs[0], lambda r, c: r * n + c,
+              prepacked=ctx.inputs[1])
+
+
+register("MatMulPacked", inputs=(2, 2), attrs={"n": None}, infer=_packed_infer, lower=_packed_lower,
+         reference=lambda attrs, a, bp: np.matmul(a, unpack(bp, a.shape[-1], attrs["n"])).astype(a.dtype),
+         domain="nutshell")

@@ -4,7 +4,7 @@ from ..ir.verifier import verify
 from .elementwise_fusion import fuse_elementwise
 from .fusion import fuse
 from .layout import block_channels
-from .simplify import eliminate_dead_code, fold_constants, pretranspose_weights, remove_identities
+from .simplify import eliminate_dead_code, fold_constants, prepack_weights, pretranspose_weights, remove_identities
 from .winograd import winograd_weights
 
 INFERENCE_PIPELINE = [
@@ -16,6 +16,7 @@ INFERENCE_PIPELINE = [
     block_channels,          # MobileNet-style regions in the blocked-channel layout (layout.py)
     fuse_elementwise,        # chains of element-wise ops in one loop (elementwise_fusion.py)
     winograd_weights,        # 3x3 stride-1 Conv weights pre-transformed for Winograd F(2x2, 3x3)
+    prepack_weights,         # constant MatMul weights in the GEMM's panels, packed once (MatMulPacked)
     eliminate_dead_code,     # the folded BatchNorm statistics and unfused weights go
 ]
 
