@@ -141,3 +141,20 @@ def test_vector_math_within_two_ulp(op, ref, positive):
     assert ulp.max() <= 2
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+
+
+def test_process_exits_cleanly_with_spinning_workers():
+    """OMP_WAIT_POLICY=active keeps libgomp's workers spinning after a run; the exit
+    must not free their pool under them (it segfaulted before the atexit join)."""
+    import os
+    import subprocess
+    import sys
+    script = ("import numpy as np, nutshell as ns\n"
+              "from nutshell.compiler.ir import GraphBuilder\n"
+              "b = GraphBuilder('t', fold=False)\n"
+              "x = b.add_input('x', 'float32', (1 << 18,))\n"
+              "b.set_outputs([b.add_node('Exp', [x])])\n"
+              "ns.compile(b.build(), threads=2).run({'x': np.ones(1 << 18, np.float32)})\n")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, OMP_WAIT_POLICY="active"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

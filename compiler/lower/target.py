@@ -1,4 +1,5 @@
 """The CPU we generate code for, read from llvmlite's host query."""
+import atexit
 import ctypes.util
 import os
 from dataclasses import dataclass
@@ -19,7 +20,18 @@ def _init_llvm():
             llvm.load_library_permanently(gomp)
         except RuntimeError:
             gomp = None
+        else:
+            atexit.register(_stop_workers, ctypes.CDLL(gomp))
     return bool(gomp)
+
+
+def _stop_workers(lib):
+    """Join libgomp's worker threads before the process exits: with
+    OMP_WAIT_POLICY=active they spin on the thread pool, which libgomp's own
+    destructor frees under them (a segfault at exit)."""
+    pause = getattr(lib, "omp_pause_resource_all", None)     # OpenMP 5.0
+    if pause is not None:
+        pause(2)                                             # omp_pause_hard
 
 
 @dataclass(frozen=True)
