@@ -187,3 +187,15 @@ def test_blocked_model_in_an_aot_bundle(rng, tmp_path):
     x = rng.standard_normal((1, 16, 10, 10)).astype(np.float32)
     got = lib.run({"x": x}, aligned_empty(model.arena_size), threads=2)[out]
     np.testing.assert_array_equal(got, model.run({"x": x})[out])
+
+
+def test_one_channel_value_is_broadcast_in_nchw(rng):
+    """A 1-channel map (a spatial attention) times a 20-channel one broadcasts over
+    channels in NCHW; blocked it would not, so that Mul reads NCHW values."""
+    b = GraphBuilder("attention", fold=False)
+    x = b.add_input("x", "float32", (1, 20, 6, 6))
+    y = b.add_node("Conv", [x, _const(b, rng, (20, 1, 3, 3))], {"group": 20, "pads": (1,) * 4})
+    a = b.add_node("Sigmoid", [b.add_node("Conv", [y, _const(b, rng, (1, 20, 1, 1))])])
+    z = b.add_node("Conv", [b.add_node("Mul", [y, a]), _const(b, rng, (8, 20, 1, 1))])
+    b.set_outputs([z])
+    _check(verify(b.build()), z, rng)

@@ -52,7 +52,7 @@ def _blockable(graph, node):
 
 
 def _regions(graph):
-    """Ids of the blockable nodes in regions with a depthwise convolution."""
+    """Ids of the blockable nodes in regions with pointwise and depthwise convolutions."""
     producers = graph.producers()
     parent = {}
 
@@ -116,10 +116,12 @@ class _Rewriter:
 
     def operand(self, v, channels):
         """A blocked element-wise operand: a blocked value, a constant made blocked
-        (per-channel or scalar), or None when the value has no blocked form."""
-        if v in self.blocked:
-            return self.blocked[v]
+        (per-channel or scalar), or None when the value has no blocked form. A
+        value of one channel broadcasts across channels in NCHW but not blocked
+        (its channel is lane 0 of one block): only `channels` channels are blocked."""
         t = self.graph.types[v]
+        if v in self.blocked:
+            return self.blocked[v] if t.shape[1] == channels else None
         if not t.dtype.is_float:
             return None
         if v in self.graph.constants:
@@ -179,7 +181,7 @@ class _Rewriter:
 
 def block_channels(graph):
     """Needs: BatchNorm folded and epilogues fused (they ride along into ConvBlocked).
-    Gives: regions with a depthwise Conv in the blocked layout (see above), NCHW
+    Gives: regions with pointwise and depthwise Convs in the blocked layout (see above), NCHW
     values rebuilt where read outside; dead code elimination removes the rest."""
     region = _regions(graph)
     if not region:
