@@ -83,6 +83,12 @@ def prepack(b):
     return np.ascontiguousarray(padded.reshape(k_blocks, kc, -1, PANEL).transpose(0, 2, 1, 3))
 
 
+def packs_b(m, n, k, itemsize, mr=6, nr=PANEL):
+    """Whether the GEMM packs B into panels (else it reads B in place). The defaults
+    are the vector targets' row tile and a panel: the compile-time packing's test."""
+    return m >= PACK_MIN_ROW_TILES * mr and n >= nr and k >= PACK_MIN_K and k * n * itemsize >= PACK_MIN_B_BYTES
+
+
 def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None,
               parallel=True, slot=None, prepacked=None):
     """Emit C = finish(init + A @ B) into ctx.nb. load_a(row, kk) and load_b(kk, col)
@@ -98,8 +104,7 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if m >= PACK_MIN_ROW_TILES * g.s.mr and n >= g.s.nr and k >= PACK_MIN_K and \
-            k * n * out.dtype.itemsize >= PACK_MIN_B_BYTES:
+    if packs_b(m, n, k, out.dtype.itemsize, g.s.mr, g.s.nr):
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 

@@ -43,7 +43,7 @@ def plan_memory(graph, scratch_sizes, const_index):
                 copies.add(idx)          # the caller's buffer must receive the bytes
             else:
                 root[out] = root.get(src, src)
-    offset_in_root, elided = _concats_in_place(graph, root, storage, outputs)
+    offset_in_root, elided = _concats_in_place(graph, root, storage)
     intervals = {}                       # storage root -> [first, last, bytes]
     for idx, node in enumerate(graph.nodes):
         for name in [o for o in node.outputs if o] + [i for i in node.inputs if i]:
@@ -81,7 +81,7 @@ def _resolve(name, root, offset_in_root):
     return name, offset
 
 
-def _concats_in_place(graph, root, storage, outputs):
+def _concats_in_place(graph, root, storage):
     """Concats whose every part can live in their result: the part is written by one
     node, read only by the Concat, and a contiguous slice (all dims before the axis
     are 1). Each part becomes an alias of the result at its byte offset."""
@@ -90,7 +90,7 @@ def _concats_in_place(graph, root, storage, outputs):
     offsets, elided = {}, set()
     aliased = set(root.values())
     for idx, node in enumerate(graph.nodes):
-        if node.op != "Concat" or node.outputs[0] in outputs or node.outputs[0] in storage:
+        if node.op != "Concat" or node.outputs[0] in storage:      # an output: the caller's buffer
             continue
         out_t = graph.types[node.outputs[0]]
         axis = norm_axis(node.name, node.attrs["axis"], out_t.rank)

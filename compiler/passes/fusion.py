@@ -75,17 +75,23 @@ def _bn_foldable(graph, nodes):
         graph.types[conv.inputs[1]].dtype.is_float
 
 
+def _bn_affine_coefficients(graph, bn):
+    """(a, b) in float64 with BatchNorm(x) = a[c] * x + b[c], from constant statistics."""
+    scale, bias, mean, var = (graph.constants[i].astype(np.float64) for i in bn.inputs[1:5])
+    a = scale / np.sqrt(var + bn.attrs["epsilon"])
+    return a, bias - mean * a
+
+
 def _fold_bn(graph, nodes, constants, types):
     conv, bn = nodes
     w = graph.constants[conv.inputs[1]].astype(np.float64)
     b = graph.constants[conv.inputs[2]].astype(np.float64) if len(conv.inputs) > 2 and conv.inputs[2] \
         else np.zeros(w.shape[0])
-    scale, shift, mean, var = (graph.constants[i].astype(np.float64) for i in bn.inputs[1:5])
-    a = scale / np.sqrt(var + bn.attrs["epsilon"])
+    a, shift = _bn_affine_coefficients(graph, bn)
     dtype = graph.types[conv.inputs[1]].dtype.numpy
     wname, bname = f"{conv.name}/folded_w", f"{conv.name}/folded_b"
     constants[wname] = (w * a.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype)
-    constants[bname] = ((b - mean) * a + shift).astype(dtype)
+    constants[bname] = (b * a + shift).astype(dtype)
     types[wname] = TensorType(graph.types[conv.inputs[1]].dtype, w.shape)
     types[bname] = TensorType(graph.types[conv.inputs[1]].dtype, (w.shape[0],))
     return replace(conv, inputs=(conv.inputs[0], wname, bname), outputs=bn.outputs)
@@ -180,11 +186,9 @@ def _bn_constant(graph, nodes):
 def _bn_affine(graph, nodes, constants, types):
     bn = nodes[0]
     x = graph.types[bn.inputs[0]]
-    scale, bias, mean, var = (graph.constants[i].astype(np.float64) for i in bn.inputs[1:5])
-    a = scale / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
     shape = (-1,) + (1,) * (x.rank - 2)
     names = []
-    for suffix, value in (("scale", a), ("shift", bias - mean * a)):
+    for suffix, value in zip(("scale", "shift"), _bn_affine_coefficients(graph, bn)):
         name = f"{bn.name or bn.outputs[0]}/{suffix}"
         constants[name] = value.astype(x.dtype.numpy).reshape(shape)
         types[name] = TensorType(x.dtype, constants[name].shape)

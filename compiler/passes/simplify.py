@@ -89,8 +89,6 @@ def pretranspose_weights(graph):
     return eliminate_dead_code(graph.with_nodes(nodes, constants=constants, types=types))
 
 
-PREPACK_MIN_ROWS = 24     # gemm.py packs B at run time from 4 row tiles of 6 up
-
 
 def prepack_weights(graph):
     """Gives: a MatMul by a constant 2-D float32 B that the GEMM would pack into
@@ -98,7 +96,7 @@ def prepack_weights(graph):
     (a transformer's or ConvNeXt's Linear layers: 5-15% of their time)."""
     from dataclasses import replace
     from ..ir.types import DType
-    from ..lower.gemm import PACK_MIN_B_BYTES, PACK_MIN_K, PANEL, prepack
+    from ..lower.gemm import packs_b, prepack
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     users = graph.consumers()
     for node in graph.nodes:
@@ -106,8 +104,7 @@ def prepack_weights(graph):
         if b in constants and types[b].rank == 2 and types[a].rank >= 2 and types[b].dtype == DType.float32 \
                 and types[a].dtype == DType.float32 and len(users.get(b, [])) == 1:
             k, n = types[b].shape
-            if types[a].size // k >= PREPACK_MIN_ROWS and n >= PANEL and k >= PACK_MIN_K and \
-                    k * n * 4 >= PACK_MIN_B_BYTES:
+            if packs_b(types[a].size // k, n, k, 4):
                 new = b + "/packed"
                 constants[new] = prepack(constants[b])
                 types[new] = TensorType(types[b].dtype, constants[new].shape)
