@@ -133,6 +133,34 @@ def test_regions_without_both_kinds_stay_nchw(rng):
     assert not {"ConvBlocked", "ToBlocked", "FromBlocked"} & {n.op for n in optimised.nodes}
 
 
+@pytest.mark.parametrize("pool, attrs", [
+    ("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    ("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "ceil_mode": 1}),        # GoogLeNet's
+    ("AveragePool", {"kernel_shape": (2, 2), "strides": (2, 2), "pads": (0, 0, 1, 1), "count_include_pad": 1})])
+def test_stem_chain_runs_blocked_up_to_its_pool(rng, pool, attrs):
+    """ResNet's 7x7 stem: the conv, its activation and pool run blocked (a 3-D pool whose
+    lane axis has a window of 1), one reorder after the pool; the next 3x3 stays NCHW."""
+    b = GraphBuilder("stem", fold=False)
+    x = b.add_input("x", "float32", (2, 3, 23, 23))
+    y = b.add_node("Conv", [x, _const(b, rng, (20, 3, 7, 7)), _const(b, rng, (20,))],
+                   {"strides": (2, 2), "pads": (3,) * 4})
+    y = b.add_node(pool, [b.add_node("Relu", [y])], attrs)
+    z = b.add_node("Conv", [y, _const(b, rng, (8, 20, 3, 3))], {"pads": (1,) * 4})
+    b.set_outputs([z])
+    ops = [n.op for n in _check(verify(b.build()), z, rng).nodes]
+    assert ops.count("ConvBlocked") == 1 and ops.count("FromBlocked") == 1 and "Conv" in ops
+    assert ops.index("ConvBlocked") < ops.index(pool) < ops.index("FromBlocked")
+
+
+def test_small_stem_stays_nchw(rng):
+    """A 3x3 stem outside a MobileNet region: im2col's GEMM wins (measured), no reorders."""
+    b = GraphBuilder("small_stem", fold=False)
+    x = b.add_input("x", "float32", (1, 3, 16, 16))
+    y = b.add_node("Conv", [x, _const(b, rng, (16, 3, 3, 3))], {"strides": (2, 2), "pads": (1,) * 4})
+    b.set_outputs([b.add_node("MaxPool", [y], {"kernel_shape": (3, 3), "strides": (2, 2)})])
+    assert "ConvBlocked" not in {n.op for n in run_pipeline(verify(b.build())).nodes}
+
+
 def test_conv_blocked_reference_matches_conv(rng):
     """ConvBlocked's NumPy reference unpacks its weights back to the Conv's."""
     from nutshell.compiler.ops import get_op

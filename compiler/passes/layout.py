@@ -4,11 +4,14 @@ at their edges.
 
 A region is a connected set of ops that have a blocked form: pointwise (1x1,
 stride 1), depthwise and stem (few input channels) convolutions with constant
-weights, element-wise ops, and GlobalAveragePool (a ReduceMean over the blocked
-spatial axes). Only regions with both pointwise and depthwise convolutions change:
-that is where NCHW vectors waste lanes (MobileNet's inverted residuals); elsewhere
-the reorders into and out of a region cost more than they win (a ResNet's 1x1
-layers between 3x3 ones, ConvNeXt's lone depthwise layers between transposes).
+weights, element-wise ops, GlobalAveragePool (a ReduceMean over the blocked
+spatial axes) and pools (3-D, the lane axis's window 1). Only regions with both
+pointwise and depthwise convolutions change: that is where NCHW vectors waste
+lanes (MobileNet's inverted residuals); elsewhere the reorders into and out of a
+region cost more than they win (a ResNet's 1x1 layers between 3x3 ones,
+ConvNeXt's lone depthwise layers between transposes).
+Outside such regions a large-window stem (ResNet's 7x7) runs blocked with its
+activation and pool (_stem), and the reorder after the pool is a quarter of its size.
 Every value keeps its NCHW name; its blocked twin is NAME/b16, and the NCHW one
 is rebuilt (FromBlocked) only where an op outside a region, or an output, reads it."""
 from ..ir.graph import Node
@@ -19,6 +22,8 @@ from ..ops.conv import window_geometry
 
 
 DIRECT_MAX_CHANNELS = 4    # a stem's image channels: read in NCHW, written blocked
+STEM_MIN_TAPS = 3 * 7 * 7  # a direct stem outside a MobileNet region: where it beats im2col (measured)
+POOLS = ("MaxPool", "AveragePool")
 
 
 def _conv_kind(graph, node):
@@ -46,9 +51,24 @@ def _blockable(graph, node):
     out = graph.types[node.outputs[0]] if len(node.outputs) == 1 else None
     if out is None or out.rank != 4 or not out.dtype.is_float:
         return False
-    if node.op == "GlobalAveragePool":
+    if node.op in ("GlobalAveragePool", "MaxPool", "AveragePool"):
         return True
     return get_op(node.op).expr is not None and all(node.inputs)
+
+
+def _stem(graph, node, consumers):
+    """A large-window stem convolution (ResNet's 7x7 on the image) and the chain of
+    sole readers after it up to its pooling: im2col's K (3 x 7 x 7) is too short
+    for the GEMM, and the pooled map is a quarter of the reorder's traffic."""
+    if _conv_kind(graph, node) != "direct" or graph.constants[node.inputs[1]][0].size < STEM_MIN_TAPS:
+        return []
+    chain = [node]
+    while len(consumers.get(chain[-1].outputs[0], ())) == 1 and chain[-1].op not in POOLS:
+        nxt = consumers[chain[-1].outputs[0]][0]
+        if not _blockable(graph, nxt) or _conv_kind(graph, nxt) or len(nxt.inputs) != 1:
+            break
+        chain.append(nxt)
+    return chain
 
 
 def _regions(graph):
@@ -73,7 +93,22 @@ def _regions(graph):
     for n in nodes:
         kinds.setdefault(find(id(n)), set()).add(_conv_kind(graph, n))
     wanted = {root for root, found in kinds.items() if {"depthwise", "pointwise"} <= found}
-    return {id(n) for n in nodes if find(id(n)) in wanted}
+    chosen = {id(n) for n in nodes if find(id(n)) in wanted}
+    consumers = graph.consumers()
+    for n in nodes:
+        if id(n) not in chosen:
+            chosen.update(id(m) for m in _stem(graph, n, consumers))
+    return chosen
+
+
+def _lane_pool(attrs):
+    attrs = dict(attrs)
+    pads = attrs.get("pads") or (0, 0, 0, 0)
+    attrs["kernel_shape"] = tuple(attrs["kernel_shape"]) + (1,)
+    attrs["pads"] = tuple(pads[:2]) + (0,) + tuple(pads[2:]) + (0,)
+    for key in ("strides", "dilations"):
+        attrs[key] = tuple(attrs.get(key) or (1, 1)) + (1,)
+    return attrs
 
 
 class _Rewriter:
@@ -171,6 +206,10 @@ class _Rewriter:
             if node.op == "GlobalAveragePool":
                 self.blocked[out] = self.add("ReduceMean", [self.blocked[node.inputs[0]]],
                                              {"axes": (2, 3), "keepdims": 1}, f"{out}/b16", f"{node.name}/b16")
+                return
+            if node.op in POOLS:      # a 3-D pool whose third axis (the 16 lanes) has a window of 1
+                self.blocked[out] = self.add(node.op, [self.blocked[node.inputs[0]]], _lane_pool(node.attrs),
+                                             f"{out}/b16", f"{node.name}/b16")
                 return
             operands = [self.operand(v, channels) for v in node.inputs]
             if all(o is not None for o in operands):
