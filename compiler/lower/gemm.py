@@ -195,9 +195,12 @@ class _Gemm:
         kc, k_blocks = k_blocking(k)
         per_block = max(1, L2_BLOCK_BYTES // (kc * s.nr * self.out.dtype.itemsize))
         panels, edge = divmod(n, s.nr)
+        teams = ctx.threads if parallel and ctx.threads > 1 else 1
+        if teams > 1 and panels >= 2 * teams * per_block:    # blocks split by thread: the
+            per_block = min(range(max(1, per_block // 2), per_block + 1),     # size whose busiest thread
+                            key=lambda p: (_ceil(_ceil(panels, p), teams) * p, -p))   # has the fewest panels
         n_blocks = max(1, _ceil(panels, per_block))    # the partial panel joins the last
         size = (per_block + 1) * s.nr * kc
-        teams = ctx.threads if parallel and ctx.threads > 1 else 1
         if prepacked is None:
             packed = ctx.scratch(size * (ctx.threads if slot is not None else teams), self.out.dtype)
         by_columns = teams > 1 and n_blocks >= 2 * teams
