@@ -4,8 +4,9 @@ Scalar code is the default; inside a `vector` For every expression is evaluated
 for `lanes` consecutive values of the loop variable: loads whose index moves by
 1 per lane become (masked) vector loads, invariant ones stay scalar and are
 splatted, others become per-lane gathers. `parallel` loops are outlined into a
-worker run by libgomp's GOMP_parallel with a static split, so results do not
-depend on the thread count.
+worker run by libgomp's GOMP_parallel, its threads taking chunks of iterations
+from a shared counter; each iteration is the same code whoever runs it, so
+results do not depend on the thread count or the schedule.
 """
 
 import numpy as np
@@ -13,13 +14,14 @@ from llvmlite import ir
 
 from ..errors import CompileError
 from ..ir.types import DType
-from ..lower.loop_ir import (Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
+from ..lower.loop_ir import (THREAD_INDEX, Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
                              affine_coeff, depends_on)
 from . import llvm_helpers as H
 from .memory_access import MAX_SHUFFLE_STRIDE, MemoryAccess, VecCtx
 from .vector_math import VECTOR_MATH
 
 
+CHUNKS_PER_THREAD = 4   # a parallel loop's chunks per thread: some to rebalance, few atomics
 LOCAL_PAD = 64          # elements: one vector of the narrowest type at the widest ISA
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
@@ -45,6 +47,7 @@ class KernelEmitter(MemoryAccess):
             arg.add_attribute("noalias")
         self.nthreads = fn.args[-1]
         self._begin(fn, {b.name: a for b, a in zip(self.kernel.params, fn.args)})
+        self.env[THREAD_INDEX.name] = ir.Constant(H.I64, 0)
         self.stmts(self.kernel.body, None)
         self.builder.ret_void()
         return fn
@@ -119,13 +122,20 @@ class KernelEmitter(MemoryAccess):
                                       H.lane_mask(rem, lanes)))
 
     def parallel_loop(self, s):
-        """Outline the loop body into a worker(ptr data) and call GOMP_parallel."""
+        """Outline the loop body into a worker(ptr data) run by GOMP_parallel. The
+        workers take chunks of iterations from a shared counter until none are left
+        (dynamic scheduling): on a shared machine a thread whose core is busy
+        elsewhere takes fewer chunks instead of holding the others at the join.
+        Each iteration runs once whoever runs it, so results never depend on the
+        schedule; THREAD_INDEX names the running thread (its scratch slot)."""
         b = self.builder
         params = list(self.kernel.params)
         vars_ = sorted(self.env)
-        struct_ty = ir.LiteralStructType([H.PTR] * len(params) + [H.I64] * len(vars_))
+        struct_ty = ir.LiteralStructType([H.PTR] * (len(params) + 1) + [H.I64] * len(vars_))
         data = H.alloca(b, struct_ty)
-        values = [self.bufs[p.name] for p in params] + [self.env[v] for v in vars_]
+        counter = H.alloca(b, H.I64)
+        b.store(ir.Constant(H.I64, 0), counter)
+        values = [self.bufs[p.name] for p in params] + [counter] + [self.env[v] for v in vars_]
         for k, value in enumerate(values):
             b.store(value, b.gep(data, [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
                                  source_etype=struct_ty))
@@ -138,28 +148,38 @@ class KernelEmitter(MemoryAccess):
         self._begin(worker, {})
         wb = self.builder
         fields = [wb.load(wb.gep(worker.args[0], [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
-                                 source_etype=struct_ty), typ=H.PTR if k < len(params) else H.I64)
+                                 source_etype=struct_ty), typ=H.I64 if k > len(params) else H.PTR)
                   for k in range(len(values))]
         self.bufs.update({p.name: f for p, f in zip(params, fields)})
-        self.env.update(dict(zip(vars_, fields[len(params):])))
-        tid = wb.sext(wb.call(H.intrinsic(self.module, "omp_get_thread_num", H.I32, []), []), H.I64)
+        self.env.update(dict(zip(vars_, fields[len(params) + 1:])))
+        self.env[THREAD_INDEX.name] = wb.sext(
+            wb.call(H.intrinsic(self.module, "omp_get_thread_num", H.I32, []), []), H.I64)
         nth = wb.sext(wb.call(H.intrinsic(self.module, "omp_get_num_threads", H.I32, []), []), H.I64)
         extent = ir.Constant(H.I64, s.extent)
-        chunk = wb.sdiv(wb.sub(wb.add(extent, nth), ir.Constant(H.I64, 1)), nth)
-        start = wb.mul(tid, chunk)
-        stop = wb.select(wb.icmp_signed("<", wb.add(start, chunk), extent), wb.add(start, chunk), extent)
-        count = wb.select(wb.icmp_signed(">", stop, start), wb.sub(stop, start), ir.Constant(H.I64, 0))
+        grain = wb.sdiv(extent, wb.mul(nth, ir.Constant(H.I64, CHUNKS_PER_THREAD)))
+        grain = wb.select(wb.icmp_signed("<", grain, ir.Constant(H.I64, 1)), ir.Constant(H.I64, 1), grain)
+        grab = wb.append_basic_block("grab")
+        work = wb.append_basic_block("work")
+        done = wb.append_basic_block("done")
+        wb.branch(grab)
+        wb.position_at_end(grab)
+        start = wb.atomic_rmw("add", fields[len(params)], grain, "monotonic")
+        wb.cbranch(wb.icmp_signed("<", start, extent), work, done)
+        wb.position_at_end(work)
+        stop = wb.select(wb.icmp_signed("<", wb.add(start, grain), extent), wb.add(start, grain), extent)
 
         def body(i, _):
             self.env[s.var.name] = self.builder.add(start, i)
             self.stmts(s.body, None)
-        H.counted_loop(wb, count, body, name=s.var.name)
+        H.counted_loop(wb, wb.sub(stop, start), body, name=s.var.name)
+        self.builder.branch(grab)
+        self.builder.position_at_end(done)
         self.builder.ret_void()
         self.builder, self.bufs, self.env = saved
         self.in_worker = False
         gomp = H.intrinsic(self.module, "GOMP_parallel", H.VOID, [H.PTR, H.PTR, H.I32, H.I32])
-        extent = ir.Constant(H.I32, s.extent)
-        team = b.select(b.icmp_signed("<", self.nthreads, extent), self.nthreads, extent)
+        team = ir.Constant(H.I32, min(s.extent, self.threads))    # scratch has a slot per compiled thread
+        team = b.select(b.icmp_signed("<", self.nthreads, team), self.nthreads, team)
         team = b.select(b.icmp_signed("<", team, ir.Constant(H.I32, 1)), ir.Constant(H.I32, 1), team)
         b.call(gomp, [worker, data, team, ir.Constant(H.I32, 0)])
 

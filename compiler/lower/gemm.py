@@ -13,14 +13,14 @@ rows (a page per k step at n = 1024). k blocks after the first resume from C;
 only the last applies `finish` (the epilogue). The partial panel at N's edge is
 padded with zeros and joins the last block, so its k loop needs no mask.
 
-Threads: one fork per GEMM. Each thread takes a share of the column blocks (no
-shared data) when there are enough of them, else packs every block itself and
-takes a share of the row blocks; a fork per block would cost more (GOMP wakes
-sleeping threads: tens of microseconds).
+Threads: one fork per GEMM. The threads take column blocks as they come, each
+packing into its own buffer (no shared data), when there are enough of them;
+else each packs every block itself and takes a share of the row blocks. A fork
+per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
 from dataclasses import dataclass
 
-from .loop_ir import Const, Load, Reduce, Select, Var, affine_coeff, fma
+from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 
 GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
 L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
@@ -253,16 +253,13 @@ class _Gemm:
                                       first, last, k_width=s.nr, k_limit=k_limit)
 
         def blocks(t):
-            base = (slot if slot is not None else t) * size
-            if by_columns:
-                per = _ceil(n_blocks, teams)
-                with nb.loop(per, hint="nb", limit=n_blocks - t * per) as j:
-                    block(t, base, t * per + j)
-            else:
-                with nb.loop(n_blocks, hint="nb") as jb:
-                    block(t, base, jb)
+            with nb.loop(n_blocks, hint="nb") as jb:
+                block(t, (slot if slot is not None else t) * size, jb)
 
-        if teams > 1:
+        if by_columns:       # the threads take column blocks as they come (dynamic scheduling)
+            with nb.loop(n_blocks, "parallel", hint="nb") as jb:
+                block(None, THREAD_INDEX * size, jb)
+        elif teams > 1:
             with nb.loop(teams, "parallel", hint="t") as t:
                 blocks(t)
         else:

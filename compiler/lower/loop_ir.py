@@ -66,6 +66,10 @@ class Var(Expr):
     dtype: DType = INDEX
 
 
+# The running thread's index inside a parallel loop (0 outside one): a per-thread
+# scratch slot when a parallel loop has more iterations than threads.
+THREAD_INDEX = Var("thread")
+
 COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 
 

@@ -289,53 +289,49 @@ def _depthwise(ctx, shape, out_hw, finish):
     x_lo, x_hi = _interior(ow, pl, sw, dw, kw, w)
     planes = n * cb
     work = planes * oh * ow * kh * kw * BLOCK
-    teams = max(1, min(ctx.threads, planes)) if work >= PARALLEL_MIN_WORK * 4 else 1
-    per = -(-planes // teams)
     acc = ctx.local(DEPTHWISE_ROW_TILE * BLOCK, out.dtype)
-    with nb.loop(teams, "parallel" if teams > 1 else "serial", hint="t") as t:
-        with nb.loop(per, hint="q", limit=planes - t * per if teams > 1 else None) as q:
-            plane = t * per + q
-            block = plane % cb
+    with nb.loop(planes, "parallel" if work >= PARALLEL_MIN_WORK * 4 else "serial", hint="q") as plane:
+        block = plane % cb
 
-            def tap(y, x, i, j, lane, bounded):
-                iy, ix = y * sh + (i * dh - pt), x * sw + (j * dw - pl)
-                at = ((plane * h + iy) * w + ix) * BLOCK + lane
-                if not bounded:
-                    return xb[at]
-                return xb.load(at, mask=(iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
+        def tap(y, x, i, j, lane, bounded):
+            iy, ix = y * sh + (i * dh - pt), x * sw + (j * dw - pl)
+            at = ((plane * h + iy) * w + ix) * BLOCK + lane
+            if not bounded:
+                return xb[at]
+            return xb.load(at, mask=(iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
 
-            def outputs(y, x0, count, bounded):
-                def each(body):
-                    with nb.loop(count, "unroll", hint="x") as xr:
-                        with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
-                            body(xr * BLOCK + lane, x0 + xr, lane)
-                each(lambda a, x, lane: nb.store(acc, a, Const(0.0, acc.dtype)))
-                for i in range(kh):
-                    for j in range(kw):
-                        each(lambda a, x, lane: nb.store(acc, a, fma(
-                            tap(y, x, i, j, lane, bounded), wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])))
+        def outputs(y, x0, count, bounded):
+            def each(body):
+                with nb.loop(count, "unroll", hint="x") as xr:
+                    with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
+                        body(xr * BLOCK + lane, x0 + xr, lane)
+            each(lambda a, x, lane: nb.store(acc, a, Const(0.0, acc.dtype)))
+            for i in range(kh):
+                for j in range(kw):
+                    each(lambda a, x, lane: nb.store(acc, a, fma(
+                        tap(y, x, i, j, lane, bounded), wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])))
 
-                def store(a, x, lane):
-                    at = ((plane * oh + y) * ow + x) * BLOCK + lane
-                    nb.store(out, at, finish(at, lane, block, acc[a]))
-                each(store)
+            def store(a, x, lane):
+                at = ((plane * oh + y) * ow + x) * BLOCK + lane
+                nb.store(out, at, finish(at, lane, block, acc[a]))
+            each(store)
 
-            def span(y, start, length, bounded):
-                tile = 1 if bounded else DEPTHWISE_ROW_TILE     # border windows: less code (compile time)
-                with nb.loop(length // tile, hint="xt") as xt:
-                    outputs(y, start + xt * tile, tile, bounded)
-                if length % tile:
-                    outputs(y, start + length // tile * tile, length % tile, bounded)
+        def span(y, start, length, bounded):
+            tile = 1 if bounded else DEPTHWISE_ROW_TILE     # border windows: less code (compile time)
+            with nb.loop(length // tile, hint="xt") as xt:
+                outputs(y, start + xt * tile, tile, bounded)
+            if length % tile:
+                outputs(y, start + length // tile * tile, length % tile, bounded)
 
-            for first, count, inner in ((0, y_lo, False), (y_lo, y_hi - y_lo, True), (y_hi, oh - y_hi, False)):
-                with nb.loop(count, hint="y") as yy:
-                    y = first + yy if first else yy
-                    if not inner:
-                        span(y, 0, ow, True)
-                        continue
-                    span(y, 0, x_lo, True)
-                    span(y, x_lo, x_hi - x_lo, False)
-                    span(y, x_hi, ow - x_hi, True)
+        for first, count, inner in ((0, y_lo, False), (y_lo, y_hi - y_lo, True), (y_hi, oh - y_hi, False)):
+            with nb.loop(count, hint="y") as yy:
+                y = first + yy if first else yy
+                if not inner:
+                    span(y, 0, ow, True)
+                    continue
+                span(y, 0, x_lo, True)
+                span(y, x_lo, x_hi - x_lo, False)
+                span(y, x_hi, ow - x_hi, True)
 
 
 register("ConvBlocked", inputs=(2, 4), attrs=CONV_BLOCKED_ATTRS, infer=_conv_infer, reference=_conv_reference,

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..lower.gemm import gemm_nest
+from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import PARALLEL_MIN_WORK
 from . import winograd
 from .common import fail, positive_ints, same_dtype, tt
@@ -194,30 +195,27 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     planes = n * m
-    teams = max(1, min(ctx.threads, planes)) if planes * oh * ow * kh * kw >= PARALLEL_MIN_WORK else 1
-    per = -(-planes // teams)
-    padded = ctx.scratch(hp * wp * teams, xb.dtype)
-    with nb.loop(teams, "parallel" if teams > 1 else "serial", hint="t") as t:
-        with nb.loop(per, hint="nm", limit=planes - t * per if teams > 1 else None) as q:
-            p = t * per + q
-            base = t * (hp * wp)
-            channel = (p // m) * c + (p % m) // per_channel
-            with nb.loop(hp, hint="py") as py:
-                with nb.loop(wp, "vector", lanes, hint="px") as px:
-                    iy, ix = py - pt, px - pl
-                    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
-                    nb.store(padded, base + py * wp + px, xb.load(channel * (h * wd) + iy * wd + ix, mask=inside))
-            with nb.loop(oh, hint="y") as y:
-                with nb.loop(ow, "vector", lanes, hint="x") as xx:
-                    taps = [padded[base + (y * sh + i * dh) * wp + xx * sw + j * dw] * wb[((p % m) * kh + i) * kw + j]
-                            for i in range(kh) for j in range(kw)]
-                    total = sum(taps[1:], taps[0])
-                    if bias is not None:
-                        total = total + bias[p % m]
-                    at = p * (oh * ow) + y * ow + xx
-                    if residual is not None:
-                        total = total + residual[at]
-                    nb.store(ctx.outputs[0], at, epilogue(ctx.attrs, total))
+    parallel = planes * oh * ow * kh * kw >= PARALLEL_MIN_WORK
+    padded = ctx.scratch(hp * wp * (min(ctx.threads, planes) if parallel else 1), xb.dtype)
+    with nb.loop(planes, "parallel" if parallel else "serial", hint="nm") as p:
+        base = THREAD_INDEX * (hp * wp)
+        channel = (p // m) * c + (p % m) // per_channel
+        with nb.loop(hp, hint="py") as py:
+            with nb.loop(wp, "vector", lanes, hint="px") as px:
+                iy, ix = py - pt, px - pl
+                inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
+                nb.store(padded, base + py * wp + px, xb.load(channel * (h * wd) + iy * wd + ix, mask=inside))
+        with nb.loop(oh, hint="y") as y:
+            with nb.loop(ow, "vector", lanes, hint="x") as xx:
+                taps = [padded[base + (y * sh + i * dh) * wp + xx * sw + j * dw] * wb[((p % m) * kh + i) * kw + j]
+                        for i in range(kh) for j in range(kw)]
+                total = sum(taps[1:], taps[0])
+                if bias is not None:
+                    total = total + bias[p % m]
+                at = p * (oh * ow) + y * ow + xx
+                if residual is not None:
+                    total = total + residual[at]
+                nb.store(ctx.outputs[0], at, epilogue(ctx.attrs, total))
 
 
 def per_image(ctx, n, image):
@@ -238,15 +236,22 @@ def image_plan(ctx, n, fits):
     return teams, per_team, chunk
 
 
-def for_image_chunks(ctx, n, plan, body):
+def for_image_chunks(ctx, n, plan, body, accumulates=False):
     """Emit body(first_image, count, slot, parallel) over the batch as `plan` says:
-    slot is the thread's own scratch, parallel whether the body should split itself."""
+    slot is the thread's own scratch, parallel whether the body should split itself.
+    The threads take chunks as they come; a body that accumulates into its slot
+    (weight gradients) gets each team's fixed images instead, so the sums' order,
+    and so the result, never depends on the schedule."""
     teams, per_team, chunk = plan
     nb = ctx.nb
-    if teams > 1:
+    if teams > 1 and accumulates:
         with nb.loop(teams, "parallel", hint="t") as t:
             with nb.loop(per_team // chunk, hint="n") as j:
                 body(t * per_team + j * chunk, chunk, t, False)
+    elif teams > 1:
+        with nb.loop(teams * per_team // chunk, "parallel", hint="n") as j:
+            body(j * chunk, chunk, THREAD_INDEX, False)
+    if teams > 1:
         with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
             body(j + per_team * teams, 1, 0, True)
     else:

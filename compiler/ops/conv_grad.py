@@ -165,7 +165,7 @@ def _grad_weight_lower(ctx):
     with nb.loop(group, hint="g") as g:
         with nb.loop(way.partial.size, "vector", ctx.lanes(out.dtype), hint="z") as i:
             nb.store(way.partial, i, Const(0.0, out.dtype))
-        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args))
+        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args), accumulates=True)
         way.finish(out, g)
 
 
