@@ -137,13 +137,15 @@ def test_regions_without_both_kinds_stay_nchw(rng):
     ("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
     ("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "ceil_mode": 1}),        # GoogLeNet's
     ("AveragePool", {"kernel_shape": (2, 2), "strides": (2, 2), "pads": (0, 0, 1, 1), "count_include_pad": 1})])
-def test_stem_chain_runs_blocked_up_to_its_pool(rng, pool, attrs):
-    """ResNet's 7x7 stem: the conv, its activation and pool run blocked (a 3-D pool whose
-    lane axis has a window of 1), one reorder after the pool; the next 3x3 stays NCHW."""
+@pytest.mark.parametrize("k", [7, 3])
+def test_stem_chain_runs_blocked_up_to_its_pool(rng, pool, attrs, k):
+    """ResNet's 7x7 stem, SqueezeNet's 3x3: the conv, its activation and pool run blocked
+    (a 3-D pool whose lane axis has a window of 1), one reorder after the pool; the
+    next 3x3 stays NCHW."""
     b = GraphBuilder("stem", fold=False)
     x = b.add_input("x", "float32", (2, 3, 23, 23))
-    y = b.add_node("Conv", [x, _const(b, rng, (20, 3, 7, 7)), _const(b, rng, (20,))],
-                   {"strides": (2, 2), "pads": (3,) * 4})
+    y = b.add_node("Conv", [x, _const(b, rng, (20, 3, k, k)), _const(b, rng, (20,))],
+                   {"strides": (2, 2), "pads": (k // 2,) * 4})
     y = b.add_node(pool, [b.add_node("Relu", [y])], attrs)
     z = b.add_node("Conv", [y, _const(b, rng, (8, 20, 3, 3))], {"pads": (1,) * 4})
     b.set_outputs([z])
@@ -152,12 +154,15 @@ def test_stem_chain_runs_blocked_up_to_its_pool(rng, pool, attrs):
     assert ops.index("ConvBlocked") < ops.index(pool) < ops.index("FromBlocked")
 
 
-def test_small_stem_stays_nchw(rng):
-    """A 3x3 stem outside a MobileNet region: im2col's GEMM wins (measured), no reorders."""
-    b = GraphBuilder("small_stem", fold=False)
-    x = b.add_input("x", "float32", (1, 3, 16, 16))
-    y = b.add_node("Conv", [x, _const(b, rng, (16, 3, 3, 3))], {"strides": (2, 2), "pads": (1,) * 4})
-    b.set_outputs([b.add_node("MaxPool", [y], {"kernel_shape": (3, 3), "strides": (2, 2)})])
+def test_stem_without_a_pool_stays_nchw(rng):
+    """A stem whose chain reaches no pool (RegNet's 3x3, ViT's 16x16 patches): the
+    reorder of its whole map would cost more than the direct kernel wins, no reorders."""
+    b = GraphBuilder("unpooled_stem", fold=False)
+    x = b.add_input("x", "float32", (1, 3, 32, 32))
+    y = b.add_node("Relu", [b.add_node("Conv", [x, _const(b, rng, (16, 3, 3, 3))],
+                                       {"strides": (2, 2), "pads": (1,) * 4})])
+    patches = b.add_node("Conv", [x, _const(b, rng, (24, 3, 16, 16))], {"strides": (16, 16)})
+    b.set_outputs([b.add_node("Conv", [y, _const(b, rng, (8, 16, 3, 3))]), patches])
     assert "ConvBlocked" not in {n.op for n in run_pipeline(verify(b.build())).nodes}
 
 

@@ -10,8 +10,9 @@ pointwise and depthwise convolutions change: that is where NCHW vectors waste
 lanes (MobileNet's inverted residuals); elsewhere the reorders into and out of a
 region cost more than they win (a ResNet's 1x1 layers between 3x3 ones,
 ConvNeXt's lone depthwise layers between transposes).
-Outside such regions a large-window stem (ResNet's 7x7) runs blocked with its
-activation and pool (_stem), and the reorder after the pool is a quarter of its size.
+Outside such regions a stem convolution followed by a pool (ResNet's 7x7, SqueezeNet's
+3x3) runs blocked with its activation and pool (_stem): the reorder after the pool
+is a quarter of the size.
 Every value keeps its NCHW name; its blocked twin is NAME/b16, and the NCHW one
 is rebuilt (FromBlocked) only where an op outside a region, or an output, reads it."""
 from ..ir.graph import Node
@@ -22,7 +23,7 @@ from ..ops.conv import window_geometry
 
 
 DIRECT_MAX_CHANNELS = 4    # a stem's image channels: read in NCHW, written blocked
-STEM_MIN_TAPS = 3 * 7 * 7  # a direct stem outside a MobileNet region: where it beats im2col (measured)
+STEM_MIN_TAPS = 3 * 3 * 3  # a pooled stem outside a MobileNet region: 0.7x ResNet's, 0.8-1.0x 3x3 ones
 POOLS = ("MaxPool", "AveragePool")
 
 
@@ -57,9 +58,10 @@ def _blockable(graph, node):
 
 
 def _stem(graph, node, consumers):
-    """A large-window stem convolution (ResNet's 7x7 on the image) and the chain of
-    sole readers after it up to its pooling: im2col's K (3 x 7 x 7) is too short
-    for the GEMM, and the pooled map is a quarter of the reorder's traffic."""
+    """A stem convolution (ResNet's 7x7 on the image) and the chain of sole readers
+    after it up to its pooling, or nothing when no pool ends the chain: im2col's K
+    (3 x 7 x 7) is short for the GEMM, and the pooled map is a quarter of the
+    reorder's traffic (unpooled, the reorder costs more than the direct kernel wins)."""
     if _conv_kind(graph, node) != "direct" or graph.constants[node.inputs[1]][0].size < STEM_MIN_TAPS:
         return []
     chain = [node]
@@ -68,7 +70,7 @@ def _stem(graph, node, consumers):
         if not _blockable(graph, nxt) or _conv_kind(graph, nxt) or len(nxt.inputs) != 1:
             break
         chain.append(nxt)
-    return chain
+    return chain if chain[-1].op in POOLS else []
 
 
 def _regions(graph):
