@@ -208,10 +208,10 @@ def _direct_reduction(ctx, in_hw, out_hw):
                 inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
                 nb.store(padded, (q * hp + py) * wp + px, xb.load((q * h + iy) * w + ix, mask=inside))
 
-    def reduction(step, image, y, x0):
+    def reduction(step, image, y, x0):      # loops, not unrolled taps: a 7x7 stem's code stays small
         with nb.loop(c, hint="c") as ci:
-            for i in range(kh):
-                for j in range(kw):
+            with nb.loop(kh, hint="i") as i:
+                with nb.loop(kw, hint="j") as j:
                     row = ((image * c + ci) * hp + y * sh + i * dh) * wp
                     step(lambda r: padded[row + (x0 + r) * sw + j * dw], (ci * kh + i) * kw + j)
     return reduction
