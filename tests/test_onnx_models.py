@@ -31,7 +31,9 @@ def test_shape_subgraph_folds_away():
     graph = ns.optimize_graph(ns.load_onnx(conv_block_model().SerializeToString()))
     ops = [n.op for n in graph.nodes]
     assert not {"Shape", "Gather", "Unsqueeze", "Concat"} & set(ops)
-    assert ops == ["Conv", "MaxPool", "Reshape", "Gemm", "Softmax"]      # BN folded, ReLU fused
+    # BN folded, ReLU fused; the pooled 3-channel stem runs blocked up to its pool
+    assert ops == ["ConvBlocked", "MaxPool", "FromBlocked", "Reshape", "Gemm", "Softmax"]
+    assert graph.nodes[0].attrs["activation"] == "Relu"
 
 
 TORCH_MODELS = ["lenet", "mlp", "tiny_resnet", "unet_bit"]
