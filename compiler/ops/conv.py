@@ -244,19 +244,19 @@ def for_image_chunks(ctx, n, plan, body, accumulates=False):
     and so the result, never depends on the schedule."""
     teams, per_team, chunk = plan
     nb = ctx.nb
-    if teams > 1 and accumulates:
+    if teams == 1:
+        with nb.loop(n // chunk, hint="n") as j:
+            body(j * chunk, chunk, 0, ctx.threads > 1)
+        return
+    if accumulates:
         with nb.loop(teams, "parallel", hint="t") as t:
             with nb.loop(per_team // chunk, hint="n") as j:
                 body(t * per_team + j * chunk, chunk, t, False)
-    elif teams > 1:
+    else:
         with nb.loop(teams * per_team // chunk, "parallel", hint="n") as j:
             body(j * chunk, chunk, THREAD_INDEX, False)
-    if teams > 1:
-        with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
-            body(j + per_team * teams, 1, 0, True)
-    else:
-        with nb.loop(n // chunk, hint="n") as j:
-            body(j * chunk, chunk, 0, ctx.threads > 1)
+    with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
+        body(j + per_team * teams, 1, 0, True)
 
 
 def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel, row_stride=None):

@@ -52,7 +52,7 @@ def _blockable(graph, node):
     out = graph.types[node.outputs[0]] if len(node.outputs) == 1 else None
     if out is None or out.rank != 4 or not out.dtype.is_float:
         return False
-    if node.op in ("GlobalAveragePool", "MaxPool", "AveragePool"):
+    if node.op == "GlobalAveragePool" or node.op in POOLS:
         return True
     return get_op(node.op).expr is not None and all(node.inputs)
 
