@@ -94,6 +94,35 @@ def test_concat_parts_are_written_in_place(rng):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
 
 
+def test_prefix_concats_share_the_longest_ones_storage(rng):
+    """DenseNet's block: layer i concatenates the block's input and every earlier
+    layer's output. Each Concat is a prefix of the last one, so all of them live in
+    its storage and none copies; a part also read by another op keeps the copies."""
+    from nutshell.compiler.ir import GraphBuilder
+
+    def block(extra_reader):
+        b = GraphBuilder("dense", fold=False)
+        x = b.add_input("x", "float32", (1, 2, 4, 4))
+        parts, results = [b.add_node("Relu", [x])], []
+        for layer in range(3):
+            cat = b.add_node("Concat", list(parts), {"axis": 1})
+            parts.append(b.add_node("ReduceMean", [b.add_node("Tanh", [cat])], {"axes": [1], "keepdims": 1}))
+        results.append(b.add_node("Sigmoid", [b.add_node("Concat", list(parts), {"axis": 1})]))
+        if extra_reader:
+            results.append(b.add_node("Exp", [parts[1]]))
+        b.set_outputs(results)
+        return b.build()
+
+    feeds = {"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    for extra_reader in (False, True):
+        g = block(extra_reader)
+        model = ns.compile(g, threads=2)
+        assert len(model.code.plan.elided) == (0 if extra_reader else 4)     # of 4 Concats
+        want, got = ns.run_reference(g, feeds), model.run(feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
+
+
 def test_concurrent_runs_from_python_threads(lenet_graph, rng):
     from concurrent.futures import ThreadPoolExecutor
     model = ns.compile(lenet_graph, threads=1)

@@ -4,7 +4,8 @@ Graph inputs and outputs are the caller's buffers, constants are weights, and
 every intermediate (and each kernel's scratch) gets an offset in one arena.
 Aliasing ops (Reshape, Flatten, ...) share their input's storage, and a Concat
 whose parts are contiguous slices of its result (batch 1, or axis 0) has them
-written in place by their producers when it is their only reader. Offsets are
+written in place by their producers when it is their only reader (or the other
+readers are Concats of a prefix of those parts, which then alias the result). Offsets are
 packed greedily by size over liveness intervals (TFLite's greedy-by-size); the
 arena's size and the liveness lower bound are both reported."""
 from dataclasses import dataclass, field
@@ -84,26 +85,45 @@ def _resolve(name, root, offset_in_root):
 def _concats_in_place(graph, root, storage):
     """Concats whose every part can live in their result: the part is written by one
     node, read only by the Concat, and a contiguous slice (all dims before the axis
-    are 1). Each part becomes an alias of the result at its byte offset."""
+    are 1). Each part becomes an alias of the result at its byte offset.
+    A family of Concats whose parts are prefixes of the longest one's (a DenseNet
+    block: each layer concatenates the block's input and every earlier layer's
+    output) lives in the longest one's result: the shorter ones are its prefixes,
+    and a part may be read by any of them."""
     from ..ops.common import norm_axis
     users = graph.consumers()
-    offsets, elided = {}, set()
-    aliased = set(root.values())
+    candidates = {}                      # node index -> (axis, parts)
     for idx, node in enumerate(graph.nodes):
         if node.op != "Concat" or node.outputs[0] in storage:      # an output: the caller's buffer
             continue
         out_t = graph.types[node.outputs[0]]
         axis = norm_axis(node.name, node.attrs["axis"], out_t.rank)
-        parts = list(node.inputs)
-        if any(d != 1 for d in out_t.shape[:axis]) or len(set(parts)) != len(parts) or any(
-                v in storage or v in root or v in aliased or v in offsets or len(users.get(v, [])) != 1
-                for v in parts):
+        if all(d == 1 for d in out_t.shape[:axis]) and len(set(node.inputs)) == len(node.inputs):
+            candidates[idx] = (axis, tuple(node.inputs))
+    families = {}                        # the longest Concat's index -> its prefixes' indices
+    claimed = set()
+    for idx in sorted(candidates, key=lambda i: -len(candidates[i][1])):
+        if idx not in claimed:
+            axis, parts = candidates[idx]
+            families[idx] = [j for j in candidates if j not in claimed and j != idx and
+                             candidates[j] == (axis, parts[:len(candidates[j][1])])]
+            claimed.update(families[idx] + [idx])
+    offsets, elided = {}, set()
+    aliased = set(root.values())
+    for idx in sorted(families):         # graph order: an inner Concat before the one it is part of
+        node = graph.nodes[idx]
+        members = [j for j in families[idx] if graph.nodes[j].outputs[0] not in root]
+        readers = {id(graph.nodes[j]) for j in members + [idx]}
+        if any(v in storage or v in root or v in aliased or v in offsets or
+               any(id(u) not in readers for u in users.get(v, [])) for v in node.inputs):
             continue
         at = 0
-        for v in parts:
+        for v in node.inputs:
             root[v], offsets[v] = node.outputs[0], at
             at += graph.types[v].nbytes
-        elided.add(idx)
+        for j in members:
+            root[graph.nodes[j].outputs[0]] = node.outputs[0]
+        elided.update(members + [idx])
     return offsets, elided
 
 
