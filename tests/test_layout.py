@@ -47,19 +47,25 @@ def _check(g, out, rng, threads=(1, 2)):
     return optimised
 
 
-def test_reorders_round_trip(rng):
-    x = rng.standard_normal((2, 21, 3, 5)).astype(np.float32)
+@pytest.mark.parametrize("shape", [(2, 21, 3, 5), (1, 35, 7, 9), (3, 16, 16, 2)])
+@pytest.mark.parametrize("vector_cap", [512, 256, 32])
+def test_reorders_round_trip(rng, shape, vector_cap):
+    """Register-tile transposes: full and edge tiles along pixels and channels, the
+    padding channels written as zeros, 16/8/1-lane vectors, 1 and 2 threads."""
+    x = rng.standard_normal(shape).astype(np.float32)
     blocked = to_blocked(x)
-    assert blocked.shape == (2, 2, 3, 5, 16) and not blocked[:, 1, ..., 5:].any()   # zero padding
-    np.testing.assert_array_equal(from_blocked(blocked, 21), x)
+    c = shape[1]
+    assert blocked.shape == (shape[0], -(-c // 16)) + shape[2:] + (16,) and not blocked[:, -1, ..., c % 16 or 16:].any()
+    np.testing.assert_array_equal(from_blocked(blocked, c), x)
     b = GraphBuilder("reorder", fold=False)
     v = b.add_input("x", "float32", x.shape)
     mid = b.add_node("ToBlocked", [v])
-    out = b.add_node("FromBlocked", [b.add_node("Exp", [mid])], {"channels": 21})
+    out = b.add_node("FromBlocked", [b.add_node("Exp", [mid])], {"channels": c})
     b.set_outputs([mid, out])
-    got = ns.compile(b.build(), threads=2).run({"x": x})
-    np.testing.assert_array_equal(got[mid], blocked)
-    np.testing.assert_allclose(got[out], np.exp(x), rtol=1e-6)
+    for threads in (1, 2):
+        got = ns.compile(b.build(), threads=threads, vector_cap=vector_cap).run({"x": x})
+        np.testing.assert_array_equal(got[mid], blocked)
+        np.testing.assert_allclose(got[out], np.exp(x), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(stride=2), dict(n=2, c=16, expand=40, k=3, hw=(9, 7)),

@@ -82,6 +82,12 @@ CASES = [
     ("Flatten", [(F, (2, 3, 4))], {"axis": 2}, None),
     ("Transpose", [(F, (2, 3, 4))], {"perm": (2, 0, 1)}, None),
     ("Transpose", [(F, (5, 37))], {}, None),
+    # register tiles: full and edge tiles, NCHW <-> NHWC, an outer axis, 64-bit lanes
+    ("Transpose", [(F, (37, 45))], {}, None),
+    ("Transpose", [(F, (2, 20, 5, 33))], {"perm": (0, 2, 3, 1)}, None),
+    ("Transpose", [(F, (1, 7, 9, 96))], {"perm": (0, 3, 1, 2)}, None),
+    ("Transpose", [(F, (3, 40, 70))], {"perm": (2, 0, 1)}, None),
+    ("Transpose", [("int64", (19, 33))], {}, None),
     ("Concat", [(F, (2, 3, 4)), (F, (2, 5, 4)), (F, (2, 1, 4))], {"axis": 1}, None),
     ("Concat", [(F, (2, 3)), (F, (2, 20))], {"axis": -1}, None),
     ("ReduceMean", [(F, (2, 3, 4, 5))], {"axes": (2, 3)}, None),
@@ -167,7 +173,8 @@ def test_op_matches_reference(case, threads, rng):
         assert_close(got[name], want[name], RTOL, ATOL)
 
 
-NARROW = [c for c in CASES if c[0] in ("Add", "Conv", "MaxPool", "Softmax", "Gemm", "ReduceSum", "MatMul")]
+NARROW = [c for c in CASES if c[0] in ("Add", "Conv", "MaxPool", "Softmax", "Gemm", "ReduceSum", "MatMul",
+                                       "Transpose")]
 
 
 @pytest.mark.parametrize("case", NARROW, ids=[_case_id(c) for c in NARROW])

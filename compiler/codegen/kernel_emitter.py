@@ -14,8 +14,8 @@ from llvmlite import ir
 
 from ..errors import CompileError
 from ..ir.types import DType
-from ..lower.loop_ir import (THREAD_INDEX, Bin, Call, Const, For, Load, Reduce, Select, Store, Var,
-                             affine_coeff, depends_on)
+from ..lower.loop_ir import (THREAD_INDEX, Bin, Call, Const, For, Load, Reduce, Select, Store, Transpose,
+                             Var, affine_coeff, depends_on)
 from . import llvm_helpers as H
 from .memory_access import MAX_SHUFFLE_STRIDE, MemoryAccess, VecCtx
 from .vector_math import VECTOR_MATH
@@ -69,6 +69,8 @@ class KernelEmitter(MemoryAccess):
                 self.store(s, vec)
             elif isinstance(s, For):
                 self.loop(s, vec)
+            elif isinstance(s, Transpose) and vec is None:
+                self.transpose(s)
             else:
                 raise CompileError(f"unknown loop IR statement {s!r}")
 

@@ -123,3 +123,49 @@ class MemoryAccess:
         if mask is not None:
             result = b.select(mask, result, H.zero(vty))
         return self._from_memory(result, e.buf.dtype)
+
+    def transpose(self, s):
+        """A Transpose tile: the rows as (masked) vector loads, log2(lanes) rounds of
+        two-vector shuffles, the columns as (masked) vector stores. Round k swaps
+        bit k of the row index with bit k of the lane index, so after all rounds
+        vector c holds column c."""
+        b, lanes = self.builder, s.lanes
+        self._memo = {}
+        mty = H.memory_type(s.src.dtype)
+        vty = ir.VectorType(mty, lanes)
+        src, src_stride = self.expr(s.src_index, None), self.expr(s.src_stride, None)
+        dst, dst_stride = self.expr(s.dst_index, None), self.expr(s.dst_stride, None)
+        at = lambda base, stride, i: b.add(base, b.mul(stride, ir.Constant(H.I64, i)))
+        if lanes == 1:
+            value = b.load(self._ptr(s.src, src), typ=mty) if s.rows else H.zero(mty)
+            b.store(value, self._ptr(s.dst, dst))
+            return
+        vectors = [self._masked_load(vty, self._ptr(s.src, at(src, src_stride, r)), s.cols, s.src.dtype)
+                   if r < s.rows else H.zero(vty) for r in range(lanes)]
+        step = 1
+        while step < lanes:
+            low = [L + lanes - step if L & step else L for L in range(lanes)]     # [i][L] = V[i | L&step][L & ~step]
+            high = [L + lanes if L & step else L + step for L in range(lanes)]    # [i|step][L] = V[i | L&step][L | step]
+            for i in range(lanes):
+                if not i & step:
+                    a, c = vectors[i], vectors[i | step]
+                    vectors[i] = b.shuffle_vector(a, c, ir.Constant(ir.VectorType(H.I32, lanes), low))
+                    vectors[i | step] = b.shuffle_vector(a, c, ir.Constant(ir.VectorType(H.I32, lanes), high))
+            step *= 2
+        for c in range(s.cols):
+            ptr = self._ptr(s.dst, at(dst, dst_stride, c))
+            if s.store_rows >= lanes:
+                b.store(vectors[c], ptr, align=s.dst.dtype.itemsize)
+            else:
+                mask = H.lane_mask(s.store_rows, lanes)
+                fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(vty)}.p0", H.VOID,
+                                 [vty, H.PTR, H.I32, mask.type])
+                b.call(fn, [vectors[c], ptr, ir.Constant(H.I32, s.dst.dtype.itemsize), mask])
+
+    def _masked_load(self, vty, ptr, count, dtype):
+        if count >= vty.count:
+            return self.builder.load(ptr, typ=vty, align=dtype.itemsize)
+        mask = H.lane_mask(count, vty.count)
+        fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty,
+                         [H.PTR, H.I32, mask.type, vty])
+        return self.builder.call(fn, [ptr, ir.Constant(H.I32, dtype.itemsize), mask, H.zero(vty)])

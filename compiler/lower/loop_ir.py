@@ -190,6 +190,30 @@ class Store:
 
 
 @dataclass(eq=False)
+class Transpose:
+    """dst[dst_index + c * dst_stride + r] = src[src_index + r * src_stride + c] for
+    r < rows, c < cols (both at most `lanes`): a tile moved through registers, one
+    vector load per row and one vector store per column, instead of a gather per
+    element (the blocked layout's reorders, NCHW <-> NHWC). Lanes rows..store_rows
+    of each stored column are written as zeros (a blocked tensor's padding)."""
+    src: Buffer
+    src_index: Expr
+    src_stride: Expr
+    dst: Buffer
+    dst_index: Expr
+    dst_stride: Expr
+    rows: int
+    cols: int
+    lanes: int
+    store_rows: int = 0          # 0: rows
+
+    def __post_init__(self):
+        for name in ("src_index", "src_stride", "dst_index", "dst_stride"):
+            setattr(self, name, as_expr(getattr(self, name), INDEX))
+        self.store_rows = max(self.store_rows, self.rows)
+
+
+@dataclass(eq=False)
 class For:
     var: Var
     extent: int
@@ -247,6 +271,9 @@ class NestBuilder:
 
     def store(self, buf, index, value, mask=None):
         self.emit(Store(buf, as_expr(index, INDEX), value, mask))
+
+    def transpose(self, *args, **kw):
+        self.emit(Transpose(*args, **kw))
 
     def body(self):
         assert len(self.stack) == 1

@@ -1,5 +1,5 @@
 """Text form of loop IR kernels (what `model.source("loops")` shows)."""
-from .loop_ir import Bin, Call, Const, For, Load, Reduce, Select, Store, Var
+from .loop_ir import Bin, Call, Const, For, Load, Reduce, Select, Store, Transpose, Var
 
 
 def expr_str(e):
@@ -34,6 +34,10 @@ def _stmts(stmts, indent, out):
         elif isinstance(s, Store):
             mask = f" if {expr_str(s.mask)}" if s.mask is not None else ""
             out.append(f"{pad}{s.buf.name}[{expr_str(s.index)}] = {expr_str(s.value)}{mask}")
+        elif isinstance(s, Transpose):
+            out.append(f"{pad}{s.dst.name}[{expr_str(s.dst_index)} + c * {expr_str(s.dst_stride)} + r] = "
+                       f"{s.src.name}[{expr_str(s.src_index)} + r * {expr_str(s.src_stride)} + c] "
+                       f"for r < {s.rows} (zeros to {s.store_rows}), c < {s.cols}")
 
 
 def print_kernel(kernel):

@@ -125,3 +125,56 @@ def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes, out_offset=0, 
                 loads = [Load(b, (flat + off if off else flat) if st[0] else Const(off, INDEX))
                          for b, st, off in zip(in_bufs, sets[1:], in_offsets or [0] * len(in_bufs))]
                 nb.store(out_buf, flat + out_offset if out_offset else flat, fn(*loads))
+
+
+def transpose_tiles(ctx, src, src_at, src_stride, dst, dst_at, dst_stride, rows, cols, parallel=False,
+                    pad_rows=0):
+    """dst[dst_at + c * dst_stride + r] = src[src_at + r * src_stride + c] for r < rows,
+    c < cols, in register tiles of lanes x lanes (loop_ir.Transpose); the edge tiles
+    are their own loops. Rows from `rows` up to pad_rows (a blocked tensor's
+    padding channels) are written as zeros. parallel: split the column tiles
+    across threads."""
+    nb, lanes = ctx.nb, ctx.lanes(src.dtype)
+    if pad_rows:      # a few rows (one channel block): each row tile spelled out
+        row_parts = [(r0, 1, min(max(rows - r0, 0), lanes), min(lanes, pad_rows - r0))
+                     for r0 in range(0, pad_rows, lanes)]
+    else:
+        row_parts = [(0, rows // lanes, lanes, 0), (rows // lanes * lanes, 1, rows % lanes, 0)]
+    col_parts = [(0, cols // lanes, lanes), (cols // lanes * lanes, 1, cols % lanes)]
+    for c0, ccount, cw in col_parts:
+        kind = "parallel" if parallel and ccount > 1 else "serial"
+        for r0, rcount, rw, stored in row_parts:
+            if not (ccount and cw and rcount and (rw or stored)):
+                continue
+            with nb.loop(ccount, kind, hint="tc") as tc:
+                with nb.loop(rcount, hint="tr") as tr:
+                    r, c = tr * lanes + r0, tc * lanes + c0
+                    nb.transpose(src, src_at + r * src_stride + c, src_stride, dst, dst_at + c * dst_stride + r,
+                                 dst_stride, rw, cw, lanes, stored)
+
+
+def permute_nest(ctx, out_buf, out_shape, src, in_strides):
+    """out[idx] = src[idx . in_strides] (a Transpose). When the output's contiguous
+    axis is strided in the input and both it and the input's contiguous axis are
+    long, lanes x lanes register tiles move the data (transpose_tiles); otherwise a
+    strided map (gathers)."""
+    dims, (out_st, in_st) = coalesce(out_shape, [strides(out_shape), tuple(in_strides)])
+    lanes, last = ctx.lanes(src.dtype), len(dims) - 1
+    inner = [a for a in range(last) if in_st[a] == 1]
+    if lanes == 1 or in_st[last] == 1 or not inner or min(dims[last], dims[inner[0]]) < lanes // 2:
+        return strided_map(ctx, out_buf, out_shape, [src], [in_strides], lambda v: v)
+    a = inner[0]
+    outer = [axis for axis in range(last) if axis != a]
+    total = 1
+    for d in dims:
+        total *= d
+    nb, scopes, vars_ = ctx.nb, [], []
+    for k, axis in enumerate(outer):
+        scope = nb.loop(dims[axis], "parallel" if k == 0 and total >= PARALLEL_MIN_WORK else "serial")
+        vars_.append(scope.__enter__())
+        scopes.append(scope)
+    at = lambda st: _idx(vars_, [st[axis] for axis in outer]) if outer else Const(0, INDEX)
+    transpose_tiles(ctx, src, at(in_st), in_st[last], out_buf, at(out_st), out_st[a], dims[last], dims[a],
+                    parallel=not outer and total >= PARALLEL_MIN_WORK)
+    for scope in reversed(scopes):
+        scope.__exit__(None, None, None)

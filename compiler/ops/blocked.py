@@ -13,7 +13,7 @@ those lanes never reach a real channel. ToBlocked writes zeros there."""
 import numpy as np
 
 from ..lower.loop_ir import Const, fma
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..lower.nests import PARALLEL_MIN_WORK, transpose_tiles
 from .common import fail, tt
 from .conv import conv_reference, epilogue
 from .registry import register
@@ -52,15 +52,17 @@ def _to_infer(attrs, types, consts, node):
 
 
 def _to_lower(ctx):
+    """Per image and channel block, its [16, H*W] plane transposed to [H*W, 16];
+    the last block's missing channels are zeros."""
     n, c, h, w = ctx.in_types[0].shape
     hw, cb = h * w, blocks(c)
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    with nb.loop(n * cb, _parallel(n * cb * hw * BLOCK), hint="q") as q:
-        with nb.loop(hw, hint="p") as p:
-            with nb.loop(BLOCK, "vector", ctx.lanes(out.dtype), hint="l") as lane:
-                channel = (q % cb) * BLOCK + lane
-                nb.store(out, (q * hw + p) * BLOCK + lane,
-                         xb.load(((q // cb) * c + channel) * hw + p, mask=channel < c))
+    for first, count, width in ((0, c // BLOCK, BLOCK), (c // BLOCK, 1 if c % BLOCK else 0, c % BLOCK)):
+        if count:
+            with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
+                image, block = q // count, q % count + first
+                transpose_tiles(ctx, xb, (image * c + block * BLOCK) * hw, hw, out,
+                                (image * cb + block) * hw * BLOCK, BLOCK, width, hw, pad_rows=BLOCK)
 
 
 def _from_infer(attrs, types, consts, node):
@@ -71,13 +73,17 @@ def _from_infer(attrs, types, consts, node):
 
 
 def _from_lower(ctx):
+    """Per image and channel block, its [H*W, 16] plane transposed to [16, H*W]
+    (the last block: only its real channels)."""
     n, cb, h, w, _ = ctx.in_types[0].shape
     c, hw = ctx.attrs["channels"], h * w
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    with nb.loop(n * c, _parallel(n * c * hw), hint="q") as q:
-        with nb.loop(hw, "vector", ctx.lanes(out.dtype), hint="p") as p:
-            image, channel = q // c, q % c
-            nb.store(out, q * hw + p, xb[(((image * cb + channel // BLOCK) * hw) + p) * BLOCK + channel % BLOCK])
+    for first, count, width in ((0, c // BLOCK, BLOCK), (c // BLOCK, 1 if c % BLOCK else 0, c % BLOCK)):
+        if count:
+            with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
+                image, block = q // count, q % count + first
+                transpose_tiles(ctx, xb, (image * cb + block) * hw * BLOCK, BLOCK, out,
+                                (image * c + block * BLOCK) * hw, hw, hw, width)
 
 
 register("ToBlocked", infer=_to_infer, reference=lambda attrs, x: to_blocked(x), lower=_to_lower,

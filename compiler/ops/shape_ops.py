@@ -6,7 +6,7 @@ import onnx.helper
 from ..errors import ShapeError, UnsupportedTypeError
 from ..ir.types import DType, checked_size
 from ..lower.loop_ir import cast
-from ..lower.nests import strided_map, strides
+from ..lower.nests import permute_nest, strided_map, strides
 from .common import const_ints, fail, norm_axis, same_dtype, tt
 from .registry import register
 
@@ -118,8 +118,7 @@ def _transpose_lower(ctx):
     t = ctx.in_types[0]
     perm = _perm(ctx.node.name, ctx.attrs, t.rank)
     in_strides = strides(t.shape)
-    strided_map(ctx, ctx.outputs[0], ctx.out_types[0].shape, [ctx.inputs[0]],
-                [tuple(in_strides[p] for p in perm)], lambda v: v)
+    permute_nest(ctx, ctx.outputs[0], ctx.out_types[0].shape, ctx.inputs[0], tuple(in_strides[p] for p in perm))
 
 
 register("Transpose", attrs={"perm": None}, lower=_transpose_lower,
