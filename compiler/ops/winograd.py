@@ -74,9 +74,12 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     teams, _, chunk = plan
     # batch 1 on several threads: by bands of tile rows when each thread's V and M
     # outweigh U, which every band reads whole (measured: 0.75x at 16 -> 64 channels on
-    # 55x55, 1.8x at 512 channels on 7x7)
-    split = n < ctx.threads and ctx.threads > 1 and ty_n >= 2 * ctx.threads and \
-        tiles * (c_in + m_out) >= BAND_MIN_RATIO * c_in * m_out
+    # 55x55, 1.8x at 512 channels on 7x7), or when the output has at most half the
+    # channels (DenseNet's 128 -> 32: 0.84-0.95x on 7x7 to 28x28; the other way round,
+    # 32 -> 128 on 27x27, 1.2x): the shared steps' forks and small output transform
+    # cost more than U read twice
+    split = n < ctx.threads and ctx.threads > 1 and ty_n >= 2 * ctx.threads and (
+        tiles * (c_in + m_out) >= BAND_MIN_RATIO * c_in * m_out or 2 * m_out <= c_in)
     per_team = -(-ty_n // ctx.threads) if split else ty_n
     cols = per_team * tx_n if split else chunk * tiles
     copies = ctx.threads if split else teams
