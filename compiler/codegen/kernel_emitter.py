@@ -130,7 +130,8 @@ class KernelEmitter(MemoryAccess):
         stealing): on a shared machine a thread whose core is busy elsewhere does
         less instead of holding the others at the join, and on a quiet one every
         thread works on the same part of the data in consecutive ops (their caches
-        hold it: 0.85x the time of one shared counter for a chain of softmaxes).
+        hold it: a chain of 512 x 1024 softmaxes took 0.5x the time of one shared
+        counter).
         Each iteration runs once whoever runs it, so results never depend on the
         schedule; THREAD_INDEX names the running thread (its scratch slot)."""
         b = self.builder

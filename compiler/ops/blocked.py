@@ -51,18 +51,22 @@ def _to_infer(attrs, types, consts, node):
     return [tt(x.dtype, (n, blocks(c), h, w, BLOCK))]
 
 
+def _full_and_last_blocks(c):
+    """(first block, count, channels each): the whole blocks, then a partial last one."""
+    return [part for part in ((0, c // BLOCK, BLOCK), (c // BLOCK, 1, c % BLOCK)) if part[1] and part[2]]
+
+
 def _to_lower(ctx):
     """Per image and channel block, its [16, H*W] plane transposed to [H*W, 16];
     the last block's missing channels are zeros."""
     n, c, h, w = ctx.in_types[0].shape
     hw, cb = h * w, blocks(c)
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    for first, count, width in ((0, c // BLOCK, BLOCK), (c // BLOCK, 1 if c % BLOCK else 0, c % BLOCK)):
-        if count:
-            with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
-                image, block = q // count, q % count + first
-                transpose_tiles(ctx, xb, (image * c + block * BLOCK) * hw, hw, out,
-                                (image * cb + block) * hw * BLOCK, BLOCK, width, hw, pad_rows=BLOCK)
+    for first, count, width in _full_and_last_blocks(c):
+        with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
+            image, block = q // count, q % count + first
+            transpose_tiles(ctx, xb, (image * c + block * BLOCK) * hw, hw, out,
+                            (image * cb + block) * hw * BLOCK, BLOCK, width, hw, pad_rows=BLOCK)
 
 
 def _from_infer(attrs, types, consts, node):
@@ -78,12 +82,11 @@ def _from_lower(ctx):
     n, cb, h, w, _ = ctx.in_types[0].shape
     c, hw = ctx.attrs["channels"], h * w
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    for first, count, width in ((0, c // BLOCK, BLOCK), (c // BLOCK, 1 if c % BLOCK else 0, c % BLOCK)):
-        if count:
-            with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
-                image, block = q // count, q % count + first
-                transpose_tiles(ctx, xb, (image * cb + block) * hw * BLOCK, BLOCK, out,
-                                (image * c + block * BLOCK) * hw, hw, hw, width)
+    for first, count, width in _full_and_last_blocks(c):
+        with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
+            image, block = q // count, q % count + first
+            transpose_tiles(ctx, xb, (image * cb + block) * hw * BLOCK, BLOCK, out,
+                            (image * c + block * BLOCK) * hw, hw, hw, width)
 
 
 register("ToBlocked", infer=_to_infer, reference=lambda attrs, x: to_blocked(x), lower=_to_lower,
