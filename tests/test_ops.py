@@ -58,6 +58,11 @@ CASES = [
     ("Conv", [(F, (3, 37, 1, 1)), (F, (21, 37, 1, 1)), (F, (21,))], {}, {1: "w", 2: "w"}),
     # packed B per thread (one image each) and for the image left over
     ("Conv", [(F, (3, 32, 20, 20)), (F, (30, 32, 3, 3)), (F, (30,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
+    # small maps at batch > 1: several images' columns in one GEMM (pointwise with a
+    # fused residual and ReLU; im2col with an image left over at 2 threads)
+    ("Conv", [(F, (4, 24, 7, 7)), (F, (40, 24, 1, 1)), (F, (40,)), (F, (4, 40, 7, 7))], {"activation": "Relu"},
+     {1: "w", 2: "w"}),
+    ("Conv", [(F, (5, 16, 9, 9)), (F, (20, 16, 3, 3))], {"strides": (2, 2), "pads": (1, 1, 1, 1)}, {1: "w"}),
     # Winograd F(2x2, 3x3) with weights transformed at run time (they are inputs), odd
     # sizes and one-sided pads (partial 4x4 tiles at every edge)
     ("Conv", [(F, (3, 17, 17, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 0, 0, 1)}, None),
