@@ -66,6 +66,8 @@ CASES = [
     # Winograd F(2x2, 3x3) with weights transformed at run time (they are inputs), odd
     # sizes and one-sided pads (partial 4x4 tiles at every edge)
     ("Conv", [(F, (3, 17, 17, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 0, 0, 1)}, None),
+    # several images' tiles in one set of GEMMs (4 per thread at 1 thread, 2 at 2)
+    ("Conv", [(F, (4, 16, 7, 7)), (F, (16, 16, 3, 3)), (F, (16,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
     # one image on two threads: bands of tile rows (7 rows: 4 and 3), constant and run-time weights
     ("Conv", [(F, (1, 17, 13, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
     ("Conv", [(F, (1, 16, 14, 9)), (F, (16, 16, 3, 3))], {"pads": (0, 1, 1, 0)}, None),

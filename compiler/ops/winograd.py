@@ -19,7 +19,9 @@ G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
 MIN_OUT_PIXELS = 7 * 7        # 16 tiles for 49 outputs still wins (measured: 0.7x at 512 channels)
 MIN_CHANNELS = 16            # the 16 GEMMs' k (and m) need some depth
-TILE_COLUMNS = 512           # images per thread batched until the GEMMs' n reaches this
+TILE_COLUMNS = 128           # images per thread batched until the GEMMs' n reaches this: V and M
+# stay near L2 (512 took 1.5x the time for 128 channels on 28x28 at batch 8, 1.8x for a
+# 64-channel training step's 16x16 maps; 64 is 1.05-1.09x)
 BAND_MIN_RATIO = 16         # tiles x (C + M) over C x M: data per weight for row bands
 
 
