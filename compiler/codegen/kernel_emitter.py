@@ -4,9 +4,9 @@ Scalar code is the default; inside a `vector` For every expression is evaluated
 for `lanes` consecutive values of the loop variable: loads whose index moves by
 1 per lane become (masked) vector loads, invariant ones stay scalar and are
 splatted, others become per-lane gathers. `parallel` loops are outlined into a
-worker run by libgomp's GOMP_parallel, its threads taking chunks of iterations
-from a shared counter; each iteration is the same code whoever runs it, so
-results do not depend on the thread count or the schedule.
+worker run by libgomp's GOMP_parallel (parallel.py), its threads taking chunks of
+iterations; each iteration is the same code whoever runs it, so results do not
+depend on the thread count or the schedule.
 """
 
 import numpy as np
@@ -18,15 +18,15 @@ from ..lower.loop_ir import (THREAD_INDEX, Bin, Call, Const, For, Load, Reduce, 
                              Var, affine_coeff, depends_on)
 from . import llvm_helpers as H
 from .memory_access import MAX_SHUFFLE_STRIDE, MemoryAccess, VecCtx
+from .parallel import ParallelLoops
 from .vector_math import VECTOR_MATH
 
 
-CHUNKS_PER_THREAD = 4   # a parallel loop's chunks per thread: some to rebalance, few atomics
 LOCAL_PAD = 64          # elements: one vector of the narrowest type at the widest ISA
 _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
-class KernelEmitter(MemoryAccess):
+class KernelEmitter(MemoryAccess, ParallelLoops):
     def __init__(self, module, kernel, threads=1, has_gomp=False):
         self.module, self.kernel = module, kernel
         self.threads, self.has_gomp = threads, has_gomp
@@ -122,83 +122,6 @@ class KernelEmitter(MemoryAccess):
         if rem:
             self.stmts(s.body, VecCtx(name, ir.Constant(H.I64, full * lanes), lanes,
                                       H.lane_mask(rem, lanes)))
-
-    def parallel_loop(self, s):
-        """Outline the loop body into a worker(ptr data) run by GOMP_parallel. Each
-        thread owns an equal range of iterations and takes it in chunks from the
-        range's counter; when done it takes chunks from the other ranges (work
-        stealing): on a shared machine a thread whose core is busy elsewhere does
-        less instead of holding the others at the join, and on a quiet one every
-        thread works on the same part of the data in consecutive ops (their caches
-        hold it: a chain of 512 x 1024 softmaxes took 0.5x the time of one shared
-        counter).
-        Each iteration runs once whoever runs it, so results never depend on the
-        schedule; THREAD_INDEX names the running thread (its scratch slot)."""
-        b = self.builder
-        params = list(self.kernel.params)
-        vars_ = sorted(self.env)
-        struct_ty = ir.LiteralStructType([H.PTR] * (len(params) + 1) + [H.I64] * len(vars_))
-        data = H.alloca(b, struct_ty)
-        counters_ty = ir.ArrayType(H.I64, self.threads)     # chunks taken of each thread's range
-        counter = H.alloca(b, counters_ty)
-        for r in range(self.threads):
-            b.store(ir.Constant(H.I64, 0), b.gep(counter, [ir.Constant(H.I32, 0), ir.Constant(H.I32, r)],
-                                                 source_etype=counters_ty))
-        values = [self.bufs[p.name] for p in params] + [counter] + [self.env[v] for v in vars_]
-        for k, value in enumerate(values):
-            b.store(value, b.gep(data, [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
-                                 source_etype=struct_ty))
-        self._workers += 1
-        worker = ir.Function(self.module, ir.FunctionType(H.VOID, [H.PTR]),
-                             name=f"{self.kernel.name}.par{self._workers}")
-        worker.linkage = "internal"
-        saved = (self.builder, self.bufs, dict(self.env))
-        self.in_worker = True
-        self._begin(worker, {})
-        wb = self.builder
-        fields = [wb.load(wb.gep(worker.args[0], [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
-                                 source_etype=struct_ty), typ=H.I64 if k > len(params) else H.PTR)
-                  for k in range(len(values))]
-        self.bufs.update({p.name: f for p, f in zip(params, fields)})
-        self.env.update(dict(zip(vars_, fields[len(params) + 1:])))
-        self.env[THREAD_INDEX.name] = wb.sext(
-            wb.call(H.intrinsic(self.module, "omp_get_thread_num", H.I32, []), []), H.I64)
-        nth = wb.sext(wb.call(H.intrinsic(self.module, "omp_get_num_threads", H.I32, []), []), H.I64)
-        extent = ir.Constant(H.I64, s.extent)
-        one = ir.Constant(H.I64, 1)
-        per = wb.sdiv(wb.add(extent, wb.sub(nth, one)), nth)
-        grain = wb.sdiv(per, ir.Constant(H.I64, CHUNKS_PER_THREAD))
-        grain = wb.select(wb.icmp_signed("<", grain, one), one, grain)
-
-        def each_range(k, _):         # its own range first, then the others'
-            cb = self.builder
-            r = cb.srem(cb.add(self.env[THREAD_INDEX.name], k), nth)
-            lo, counter_r = cb.mul(r, per), cb.gep(fields[len(params)], [ir.Constant(H.I32, 0), r],
-                                                   source_etype=counters_ty)
-            hi = cb.select(cb.icmp_signed("<", cb.add(lo, per), extent), cb.add(lo, per), extent)
-            grab, work, done = (cb.append_basic_block(n) for n in ("grab", "work", "next"))
-            cb.branch(grab)
-            cb.position_at_end(grab)
-            start = cb.add(lo, cb.atomic_rmw("add", counter_r, grain, "monotonic"))
-            cb.cbranch(cb.icmp_signed("<", start, hi), work, done)
-            cb.position_at_end(work)
-            stop = cb.select(cb.icmp_signed("<", cb.add(start, grain), hi), cb.add(start, grain), hi)
-
-            def body(i, _):
-                self.env[s.var.name] = self.builder.add(start, i)
-                self.stmts(s.body, None)
-            H.counted_loop(cb, cb.sub(stop, start), body, name=s.var.name)
-            self.builder.branch(grab)
-            self.builder.position_at_end(done)
-        H.counted_loop(wb, nth, each_range, name="range")
-        self.builder.ret_void()
-        self.builder, self.bufs, self.env = saved
-        self.in_worker = False
-        gomp = H.intrinsic(self.module, "GOMP_parallel", H.VOID, [H.PTR, H.PTR, H.I32, H.I32])
-        team = ir.Constant(H.I32, min(s.extent, self.threads))    # scratch has a slot per compiled thread
-        team = b.select(b.icmp_signed("<", self.nthreads, team), self.nthreads, team)
-        team = b.select(b.icmp_signed("<", team, ir.Constant(H.I32, 1)), ir.Constant(H.I32, 1), team)
-        b.call(gomp, [worker, data, team, ir.Constant(H.I32, 0)])
 
     def store(self, s, vec):
         b = self.builder
