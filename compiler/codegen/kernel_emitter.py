@@ -140,13 +140,7 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
             if coeff != 1:
                 raise CompileError(f"store to {s.buf.name} is not contiguous in vector loop "
                                    f"'{vec.var}'")
-            if mask is None:
-                b.store(value, ptr, align=s.buf.dtype.itemsize)
-            else:
-                fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(value.type)}.p0",
-                                 H.VOID, [value.type, H.PTR, H.I32, mask.type])
-                b.call(fn, [value, ptr, ir.Constant(H.I32, s.buf.dtype.itemsize), mask])
-            return
+            return self._vector_store(value, ptr, mask, s.buf.dtype.itemsize)
         if mask is not None:
             raise CompileError("masked store of a loop-invariant value")
         b.store(self._to_memory(value, s.buf.dtype), self._ptr(s.buf, self.expr(s.index, None)))

@@ -58,13 +58,7 @@ class MemoryAccess:
         vty = ir.VectorType(mty, vec.lanes)
         if coeff == 1:
             ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
-            if mask is None:
-                value = b.load(ptr, typ=vty, align=e.buf.dtype.itemsize)
-            else:
-                fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty,
-                                 [H.PTR, H.I32, mask.type, vty])
-                value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), mask, H.zero(vty)])
-            return self._from_memory(value, e.buf.dtype)
+            return self._from_memory(self._vector_load(vty, ptr, mask, e.buf.dtype.itemsize), e.buf.dtype)
         if isinstance(coeff, int) and 2 <= coeff <= MAX_SHUFFLE_STRIDE:
             return self._strided(e, vec, mask, vty, coeff)
         return self._gather(e, vec, mask, vty)
@@ -83,14 +77,10 @@ class MemoryAccess:
         """The store twin of _strided: spread the lanes `stride` apart with a shuffle and
         store them with one masked store (the other elements are not touched)."""
         b = self.builder
-        wide = ir.VectorType(value.type.element, lanes * stride)
         spread = b.shuffle_vector(value, H.zero(value.type), ir.Constant(
             ir.VectorType(H.I32, lanes * stride),
             [j // stride if j % stride == 0 else lanes for j in range(lanes * stride)]))
-        wide_mask = self._wide_mask(mask, lanes, stride)
-        fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(wide)}.p0", H.VOID,
-                         [wide, H.PTR, H.I32, wide_mask.type])
-        b.call(fn, [spread, ptr, ir.Constant(H.I32, align), wide_mask])
+        self._vector_store(spread, ptr, self._wide_mask(mask, lanes, stride), align)
 
     def _strided(self, e, vec, mask, vty, stride):
         """Every stride-th element (a stride-2 convolution or pooling window): one masked
@@ -100,9 +90,7 @@ class MemoryAccess:
         wide = ir.VectorType(vty.element, lanes * stride)
         wide_mask = self._wide_mask(mask, lanes, stride)
         ptr = self._ptr(e.buf, self.expr(e.index, self._lane0(vec)))
-        fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(wide)}.p0", wide,
-                         [H.PTR, H.I32, wide_mask.type, wide])
-        value = b.call(fn, [ptr, ir.Constant(H.I32, e.buf.dtype.itemsize), wide_mask, H.zero(wide)])
+        value = self._vector_load(wide, ptr, wide_mask, e.buf.dtype.itemsize)
         picked = b.shuffle_vector(value, H.zero(wide), ir.Constant(ir.VectorType(H.I32, lanes),
                                                                     [i * stride for i in range(lanes)]))
         return self._from_memory(picked, e.buf.dtype)
@@ -140,7 +128,8 @@ class MemoryAccess:
             value = b.load(self._ptr(s.src, src), typ=mty) if s.rows else H.zero(mty)
             b.store(value, self._ptr(s.dst, dst))
             return
-        vectors = [self._masked_load(vty, self._ptr(s.src, at(src, src_stride, r)), s.cols, s.src.dtype)
+        load_mask = H.lane_mask(s.cols, lanes) if s.cols < lanes else None
+        vectors = [self._vector_load(vty, self._ptr(s.src, at(src, src_stride, r)), load_mask, s.src.dtype.itemsize)
                    if r < s.rows else H.zero(vty) for r in range(lanes)]
         step = 1
         while step < lanes:
@@ -152,20 +141,22 @@ class MemoryAccess:
                     vectors[i] = b.shuffle_vector(a, c, ir.Constant(ir.VectorType(H.I32, lanes), low))
                     vectors[i | step] = b.shuffle_vector(a, c, ir.Constant(ir.VectorType(H.I32, lanes), high))
             step *= 2
+        store_mask = H.lane_mask(s.store_rows, lanes) if s.store_rows < lanes else None
         for c in range(s.cols):
-            ptr = self._ptr(s.dst, at(dst, dst_stride, c))
-            if s.store_rows >= lanes:
-                b.store(vectors[c], ptr, align=s.dst.dtype.itemsize)
-            else:
-                mask = H.lane_mask(s.store_rows, lanes)
-                fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(vty)}.p0", H.VOID,
-                                 [vty, H.PTR, H.I32, mask.type])
-                b.call(fn, [vectors[c], ptr, ir.Constant(H.I32, s.dst.dtype.itemsize), mask])
+            self._vector_store(vectors[c], self._ptr(s.dst, at(dst, dst_stride, c)), store_mask,
+                               s.dst.dtype.itemsize)
 
-    def _masked_load(self, vty, ptr, count, dtype):
-        if count >= vty.count:
-            return self.builder.load(ptr, typ=vty, align=dtype.itemsize)
-        mask = H.lane_mask(count, vty.count)
-        fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty,
-                         [H.PTR, H.I32, mask.type, vty])
-        return self.builder.call(fn, [ptr, ir.Constant(H.I32, dtype.itemsize), mask, H.zero(vty)])
+    def _vector_load(self, vty, ptr, mask, align):
+        """A vector load; with a mask, llvm.masked.load (off lanes read nothing, give 0)."""
+        if mask is None:
+            return self.builder.load(ptr, typ=vty, align=align)
+        fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty, [H.PTR, H.I32, mask.type, vty])
+        return self.builder.call(fn, [ptr, ir.Constant(H.I32, align), mask, H.zero(vty)])
+
+    def _vector_store(self, value, ptr, mask, align):
+        """A vector store; with a mask, llvm.masked.store (off lanes are not touched)."""
+        if mask is None:
+            return self.builder.store(value, ptr, align=align)
+        fn = H.intrinsic(self.module, f"llvm.masked.store.{H.mangle(value.type)}.p0", H.VOID,
+                         [value.type, H.PTR, H.I32, mask.type])
+        self.builder.call(fn, [value, ptr, ir.Constant(H.I32, align), mask])

@@ -21,6 +21,7 @@ per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 from dataclasses import dataclass
 
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
+from .nests import parts as _parts
 
 GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
 L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
@@ -50,12 +51,6 @@ def gemm_schedule(target, n, dtype, m=None, prepacked=False):
 
 def _plus(a, b):
     return a if isinstance(b, int) and b == 0 else b if isinstance(a, int) and a == 0 else a + b
-
-
-def _parts(size, block):
-    """(start, count, width): the whole blocks, then the edge block (count 0 or width 0
-    when there is none)."""
-    return [(0, size // block, block), (size // block * block, 1, size % block)]
 
 
 def _ceil(a, b):

@@ -127,6 +127,12 @@ def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes, out_offset=0, 
                 nb.store(out_buf, flat + out_offset if out_offset else flat, fn(*loads))
 
 
+def parts(size, block):
+    """(start, count, width): the whole blocks, then the edge block (count 0 or width 0
+    when there is none)."""
+    return [(0, size // block, block), (size // block * block, 1, size % block)]
+
+
 def transpose_tiles(ctx, src, src_at, src_stride, dst, dst_at, dst_stride, rows, cols, parallel=False,
                     pad_rows=0):
     """dst[dst_at + c * dst_stride + r] = src[src_at + r * src_stride + c] for r < rows,
@@ -139,9 +145,8 @@ def transpose_tiles(ctx, src, src_at, src_stride, dst, dst_at, dst_stride, rows,
         row_parts = [(r0, 1, min(max(rows - r0, 0), lanes), min(lanes, pad_rows - r0))
                      for r0 in range(0, pad_rows, lanes)]
     else:
-        row_parts = [(0, rows // lanes, lanes, 0), (rows // lanes * lanes, 1, rows % lanes, 0)]
-    col_parts = [(0, cols // lanes, lanes), (cols // lanes * lanes, 1, cols % lanes)]
-    for c0, ccount, cw in col_parts:
+        row_parts = [p + (0,) for p in parts(rows, lanes)]
+    for c0, ccount, cw in parts(cols, lanes):
         kind = "parallel" if parallel and ccount > 1 else "serial"
         for r0, rcount, rw, stored in row_parts:
             if not (ccount and cw and rcount and (rw or stored)):

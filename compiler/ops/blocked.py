@@ -13,7 +13,7 @@ those lanes never reach a real channel. ToBlocked writes zeros there."""
 import numpy as np
 
 from ..lower.loop_ir import Const, fma
-from ..lower.nests import PARALLEL_MIN_WORK, transpose_tiles
+from ..lower.nests import PARALLEL_MIN_WORK, parts, transpose_tiles
 from .common import fail, tt
 from .conv import conv_reference, epilogue
 from .registry import register
@@ -53,7 +53,7 @@ def _to_infer(attrs, types, consts, node):
 
 def _full_and_last_blocks(c):
     """(first block, count, channels each): the whole blocks, then a partial last one."""
-    return [part for part in ((0, c // BLOCK, BLOCK), (c // BLOCK, 1, c % BLOCK)) if part[1] and part[2]]
+    return [(start // BLOCK, count, width) for start, count, width in parts(c, BLOCK) if count and width]
 
 
 def _to_lower(ctx):
