@@ -131,9 +131,9 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def __call__(self, *args):
-        if args and isinstance(args[0], Tensor):
-            return self.forward(*args)
+    def __call__(self, *args, **kwargs):
+        if any(isinstance(a, Tensor) for a in list(args) + list(kwargs.values())):
+            return self.forward(*args, **kwargs)
         raise TypeError("call a module on a traced Tensor; compile it with ns.compile(module, "
                         "input_shape=...) to run it on arrays")
 
@@ -199,9 +199,14 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def trace(self, input_shape, input_name="input", dtype=DType.float32, name=None,
-              mode="inference", builder=None):
-        """The static Graph of forward() at `input_shape`.
+    def trace(self, input_shape=None, input_name="input", dtype=DType.float32, name=None,
+              mode="inference", builder=None, example_inputs=None):
+        """The static Graph of forward() at `input_shape`, or called on
+        `example_inputs` (an array, an InputSpec, or a tuple/list of them: one
+        graph input each, named `input` when there is one and `input_0`,
+        `input_1`, ... when there are several; float64 arrays trace as float32,
+        as torch's default dtype). forward may return a tensor or a (nested)
+        tuple/list of tensors: one graph output each, in order.
 
         mode "inference": parameters and buffers are constants named by their
         state_dict keys, BatchNorm uses running statistics, Dropout is identity.
@@ -209,21 +214,22 @@ class Module:
         state); layers whose `training` flag is set use batch statistics and
         dropout masks, and record their buffer updates in `trace_state`.
         mode "state": parameters and buffers are inputs, layers act as in inference
-        (a trainer's evaluation model, reading the live state)."""
+        (a trainer's evaluation model, reading the live state).
+        The data inputs' names are in `graph.trace_state.inputs`."""
         if mode not in ("inference", "training", "state"):
             raise ValueError(f"unknown trace mode '{mode}'")
+        specs = input_specs(input_shape, dtype, example_inputs, input_name)
         builder = builder or GraphBuilder(name or type(self).__name__.lower())
         builder.trace = TraceState(mode == "training", mode != "inference")
         if mode == "training":
             builder.trace.step = builder.add_input("step", DType.int64, (1,))
-        x = Tensor(builder, builder.add_input(input_name, dtype, tuple(input_shape)))
+        xs = [Tensor(builder, builder.add_input(n, t, s)) for n, s, t in specs]
+        builder.trace.inputs = [x.name for x in xs]
         names = {id(p): n for n, p in self.named_parameters()}
         for prefix, mod in self.named_modules():
             object.__setattr__(mod, "_trace_names", names)
             object.__setattr__(mod, "_trace_prefix", f"{prefix}." if prefix else "")
-        out = self.forward(x)
-        outs = out if isinstance(out, (tuple, list)) else [out]
-        builder.set_outputs([o.name for o in outs])
+        builder.set_outputs(output_names(builder, self.forward(*xs)))
         graph = builder.build()
         graph.trace_state = builder.trace
         return graph
@@ -264,3 +270,67 @@ class TraceState:
         self.params = []           # state inputs that get gradients
         self.buffers = []          # state inputs updated by layers (running statistics)
         self.updates = {}          # buffer name -> value name of its next value
+        self.inputs = []           # the data inputs' names, in forward's argument order
+
+
+class InputSpec:
+    """An example input given by shape and dtype alone (no data needed)."""
+
+    def __init__(self, shape, dtype=DType.float32):
+        self.shape, self.dtype = tuple(int(d) for d in shape), as_dtype(dtype)
+
+    def __repr__(self):
+        return f"InputSpec({self.shape}, {self.dtype.value})"
+
+
+def as_dtype(dtype):
+    """A DType from a DType, a NumPy dtype or its name; float64 stays float64."""
+    if isinstance(dtype, DType):
+        return dtype
+    return DType.from_numpy(getattr(dtype, "numpy_dtype", dtype))
+
+
+def _example_spec(example):
+    if isinstance(example, InputSpec):
+        return example.shape, example.dtype
+    if hasattr(example, "detach") and hasattr(example, "numpy"):     # a torch tensor
+        example = example.detach().cpu().numpy()
+    array = example if hasattr(example, "shape") and hasattr(example, "dtype") else np.asarray(example)
+    dtype = DType.float32 if np.dtype(array.dtype) == np.float64 else as_dtype(array.dtype)
+    return tuple(int(d) for d in array.shape), dtype
+
+
+def input_specs(input_shape, dtype, example_inputs, input_name="input"):
+    """[(name, shape, dtype)] of the traced graph's data inputs."""
+    if example_inputs is None:
+        if input_shape is None:
+            raise ValueError("tracing needs input_shape=... or example_inputs=...")
+        return [(input_name, tuple(input_shape), as_dtype(dtype))]
+    if input_shape is not None:
+        raise ValueError("give input_shape or example_inputs, not both")
+    if isinstance(example_inputs, (tuple, list)):
+        examples = [_example_spec(e) for e in example_inputs]
+        if len(examples) == 1:
+            return [(input_name,) + examples[0]]
+        return [(f"input_{i}",) + e for i, e in enumerate(examples)]
+    return [(input_name,) + _example_spec(example_inputs)]
+
+
+def _flatten_outputs(out):
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten_outputs(o)]
+    if not isinstance(out, Tensor):
+        raise TypeError(f"forward must return tensors (or tuples of them), got {type(out).__name__}")
+    return [out]
+
+
+def output_names(builder, out):
+    """The graph outputs for forward's result; an input, a constant or a value
+    returned twice gets an Identity so that each output has its own buffer."""
+    names, inputs = [], {v.name for v in builder.inputs}
+    for t in _flatten_outputs(out):
+        name = t.name
+        if name in names or name in inputs or name in builder.constants:
+            name = builder.add_node("Identity", [name])
+        names.append(name)
+    return names

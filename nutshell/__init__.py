@@ -11,7 +11,8 @@ from nutshell.compiler.errors import (CompileError, GraphError, InputError, Mode
 from nutshell.compiler.ir import Graph, print_graph, verify
 from nutshell.api import compile, optimize_graph, to_graph
 from nutshell.runtime.reference import run_reference
-from nutshell.frontends.dsl import manual_seed
+from nutshell.frontends.dsl import InputSpec, manual_seed
+from nutshell.compiler.ir.types import DType
 from nutshell import augment, nn, optim
 from nutshell.training import compile_training
 
@@ -28,8 +29,12 @@ def export_onnx(model, path, input_shape=None):
     return _export(model, path, input_shape)
 
 
+float32, float64, int32, int64, bool = (DType.float32, DType.float64, DType.int32, DType.int64,
+                                       DType.bool)
+float, long = float32, int64   # noqa: A001  (torch.float / torch.long)
+
 __version__ = "0.1.0"
 __all__ = ["compile", "compile_training", "load_onnx", "nn", "optim", "Graph", "print_graph", "verify", "run_reference",
-           "manual_seed", "export_onnx", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
+           "manual_seed", "InputSpec", "export_onnx", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
            "UnsupportedOpError", "UnsupportedTypeError", "ShapeError", "GraphError",
            "CompileError", "InputError"]
