@@ -1,9 +1,13 @@
-"""Initializers, with external data read only from inside the model's folder.
+"""Tensors, with external data read only from inside the model's folder.
 
-onnx's own loader is never allowed to follow `external_data.location`: paths are
-canonicalised (symlinks resolved) and must stay inside the model's folder, and
-offsets and lengths are checked against the file before anything is allocated
-(BAD_INPUTS rows 3 and 4; CVE-2022-25882, CVE-2024-27318)."""
+onnx's own loader is never allowed to follow `external_data.location`: every
+TensorProto anywhere in the model (initializers, sparse initializers, attribute
+tensors such as Constant's and ConstantOfShape's, subgraphs, functions) is found
+here and read with the same rules: paths are canonicalised (symlinks resolved)
+and must stay inside the model's folder, a model loaded from bytes has no folder
+and so no external data, and offsets and lengths are checked against the file
+before anything is allocated (BAD_INPUTS rows 3, 4 and 25; CVE-2022-25882,
+CVE-2024-27318)."""
 import os
 
 import numpy as np
@@ -18,9 +22,8 @@ def _external_info(tensor):
     return {e.key: e.value for e in tensor.external_data}
 
 
-def _read_external(tensor, base_dir):
+def _read_external(tensor, base_dir, where):
     info = _external_info(tensor)
-    where = f"initializer '{tensor.name}'"
     if base_dir is None:
         raise ModelLoadError(f"{where} uses external data, but the model was loaded from bytes")
     location = info.get("location", "")
@@ -55,25 +58,80 @@ def _read_external(tensor, base_dir):
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
-def inline_external_data(graph, base_dir):
-    """Read every external initializer (confined to base_dir) into the proto itself."""
-    for tensor in graph.initializer:
+def _graph_tensors(graph, where):
+    """(TensorProto, description) for the graph's own tensors; subgraphs are returned
+    separately so that the walk needs no recursion (nesting depth is the model's)."""
+    tensors, subgraphs = [], []
+    for t in graph.initializer:
+        tensors.append((t, f"{where}initializer '{t.name}'"))
+    for s in graph.sparse_initializer:
+        tensors += [(s.values, f"{where}sparse initializer '{s.values.name}'"),
+                    (s.indices, f"{where}sparse initializer '{s.values.name}' (indices)")]
+    for node in graph.node:
+        t, g = _node_tensors(node, where)
+        tensors += t
+        subgraphs += g
+    return tensors, subgraphs
+
+
+def _node_tensors(node, where):
+    tensors, subgraphs = [], []
+    for a in node.attribute:
+        here = f"{where}attribute '{a.name}' of node '{node.name or node.op_type}'"
+        sparse = ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors)
+        tensors += [(t, here) for t in ([a.t] if a.HasField("t") else []) + list(a.tensors)]
+        tensors += [(t, here) for s in sparse for t in (s.values, s.indices)]
+        subgraphs += [(g, f"{here}: ") for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+    return tensors, subgraphs
+
+
+def all_tensors(model):
+    """Every TensorProto in the model, wherever it sits, with a description of where."""
+    graphs = [(model.graph, "")]
+    graphs += [(t.initialization, "training initialization: ") for t in model.training_info]
+    graphs += [(t.algorithm, "training algorithm: ") for t in model.training_info]
+    found = []
+    for f in model.functions:
+        for node in f.node:
+            t, g = _node_tensors(node, f"function '{f.name}': ")
+            found += t
+            graphs += g
+    while graphs:
+        graph, where = graphs.pop()
+        t, g = _graph_tensors(graph, where)
+        found += t
+        graphs += g
+    return found
+
+
+def inline_external_data(model, base_dir):
+    """Read every external tensor anywhere in the model (confined to base_dir; none at
+    all when base_dir is None) into the proto itself, so nothing downstream (onnx's
+    checker, numpy_helper) ever resolves a path."""
+    for tensor, where in all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            data = _read_external(tensor, base_dir)
+            data = _read_external(tensor, base_dir, where)
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
             tensor.raw_data = data.tobytes()
+
+
+def decode_tensor(tensor, where):
+    """The inline tensor as an array; sizes checked before numpy allocates anything."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:   # inline_external_data missed it
+        raise ModelLoadError(f"{where} uses external data that was not confined")
+    checked_size(tuple(tensor.dims))
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise ModelLoadError(f"{where} cannot be decoded: {exc}") from None
 
 
 def load_tensors(initializers):
     """name -> np.ndarray for every (inline) initializer, with checked sizes and types."""
     out = {}
     for tensor in initializers:
-        checked_size(tuple(tensor.dims))
-        try:
-            array = numpy_helper.to_array(tensor)
-        except Exception as exc:
-            raise ModelLoadError(f"initializer '{tensor.name}' cannot be decoded: {exc}") from None
+        array = decode_tensor(tensor, f"initializer '{tensor.name}'")
         try:
             DType.from_numpy(array.dtype)
         except UnsupportedTypeError:

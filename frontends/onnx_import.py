@@ -13,7 +13,7 @@ from nutshell.compiler.errors import (GraphError, ModelLoadError, NutshellError,
 from nutshell.compiler.ir import GraphBuilder, Node
 from nutshell.compiler.ir.types import DType
 from nutshell.compiler.ops import has_op
-from .external_data import inline_external_data, load_tensors
+from .external_data import decode_tensor, inline_external_data, load_tensors
 from .onnx_compose import ADAPTERS as COMPOSED
 
 PROTOBUF_LIMIT = 2 ** 31
@@ -49,7 +49,7 @@ def read_model(source):
         raise ModelLoadError(f"cannot read model: {exc}") from None
     except Exception as exc:   # protobuf raises several types for garbage
         raise ModelLoadError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from None
-    inline_external_data(model.graph, base_dir)   # confined reads; onnx never follows paths
+    inline_external_data(model, base_dir)          # confined reads; onnx never follows paths
     known = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
     ordered = sorted_nodes(model.graph, known)      # ONNX Runtime takes unsorted graphs too
     del model.graph.node[:]
@@ -95,10 +95,10 @@ def _tensor_type(value_info, input_shapes):
     return _DTYPES[ttype.elem_type], tuple(shape)
 
 
-def _attr_value(attr):
+def _attr_value(attr, node_name):
     value = helper.get_attribute_value(attr)
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return decode_tensor(value, f"attribute '{attr.name}' of node '{node_name}'")
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, list):
@@ -179,7 +179,7 @@ def _convert_node(builder, node, opset):
     if node.domain not in DOMAINS or not (has_op(node.op_type) or node.op_type in _ADAPTERS):
         raise UnsupportedOpError(node.op_type if not node.domain else f"{node.domain}.{node.op_type}",
                                  opset, name)
-    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    attrs = {a.name: _attr_value(a, name) for a in node.attribute}
     if node.op_type == "Split":           # the output count is a (hidden) attribute
         attrs["_outputs"] = len(node.output)
     if node.op_type == "Constant":

@@ -92,6 +92,63 @@ def test_external_data_inside_folder_loads(tmp_path, rng):
     np.testing.assert_allclose(ns.compile(ns.load_onnx(tmp_path / "m.onnx"))(x), x + data)
 
 
+def external(tensor, location, length):
+    """`tensor` with its data moved out to `location` (offset 0)."""
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
+        tensor.external_data.add(key=k, value=v)
+    return tensor
+
+
+def constant_model(location, op="Constant"):
+    """A Constant (or ConstantOfShape) whose attribute tensor lives at `location`."""
+    shape, inputs = ((2, 3), []) if op == "Constant" else ((1,), [vi("s", [2], TensorProto.INT64)])
+    value = external(init("v", np.zeros(shape, np.float32)), location, 4 * int(np.prod(shape)))
+    node = helper.make_node(op, [i.name for i in inputs], ["y"], value=value)
+    return make_model([node], inputs, [any_vi("y")])
+
+
+def sparse_model(location):
+    values = external(init("vals", np.zeros(2, np.float32)), location, 8)
+    sparse = helper.make_sparse_tensor(values, init("idx", np.array([0, 3], np.int64)), [2, 3])
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])])
+    m.graph.sparse_initializer.append(sparse)
+    return m
+
+
+def subgraph_model(location):
+    inner = helper.make_graph([helper.make_node("Constant", [], ["k"], value=external(
+        init("v", np.zeros(2, np.float32)), location, 8))], "then", [], [any_vi("k")])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)
+    return make_model([node], [vi("c", [], TensorProto.BOOL)], [any_vi("y")])
+
+
+# row 25: external data on any tensor anywhere, confined like initializers
+@pytest.mark.parametrize("build", [constant_model, lambda loc: constant_model(loc, "ConstantOfShape"),
+                                   sparse_model, subgraph_model],
+                         ids=["Constant", "ConstantOfShape", "sparse", "subgraph"])
+def test_external_data_anywhere_is_confined(tmp_path, monkeypatch, build):
+    secret = np.arange(6, dtype=np.float32)
+    (tmp_path / "secret.bin").write_bytes(secret.tobytes())
+    monkeypatch.chdir(tmp_path)              # a relative path must not resolve against the cwd
+    with pytest.raises(ns.ModelLoadError, match="loaded from bytes"):
+        ns.load_onnx(build("secret.bin").SerializeToString())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for location in ("../secret.bin", str(tmp_path / "secret.bin")):
+        (folder / "m.onnx").write_bytes(build(location).SerializeToString())
+        with pytest.raises(ns.ModelLoadError, match="outside|relative"):
+            ns.load_onnx(folder / "m.onnx")
+
+
+def test_constant_external_data_inside_folder_loads(tmp_path):
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (tmp_path / "v.bin").write_bytes(data.tobytes())
+    (tmp_path / "m.onnx").write_bytes(constant_model("v.bin").SerializeToString())
+    np.testing.assert_array_equal(ns.compile(ns.load_onnx(tmp_path / "m.onnx"), threads=1)(), data)
+
+
 # rows 7, 8, 14: huge, negative dims, enormous rank
 @pytest.mark.parametrize("shape", [[2 ** 62, 4], [-3, 2], [1] * 100])
 def test_bad_dimensions_rejected(shape):
