@@ -26,7 +26,7 @@ def to_graph(model, input_shape=None, input_name="input"):
 
 
 def c_identifier(name):
-    ident = re.sub(r"\W", "_", str(name)) or "model"
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", str(name)) or "model"   # ASCII: C and file names
     return ident if not ident[0].isdigit() else "m_" + ident
 
 

@@ -67,6 +67,8 @@ def confined_paths(out_dir, name):
 
 def export_inference(graph, out_dir, name, threads=None, target_cpu=None, triple=None):
     """Compile `graph` ahead of time into out_dir; returns a dict of what was written."""
+    from nutshell.api import c_identifier
+    name = c_identifier(name)        # it names C symbols and files: never anything else
     target = bundle_target(threads, target_cpu, triple)
     module = ir.Module(name=name)
     module.triple = target.triple
@@ -90,9 +92,10 @@ def export_inference(graph, out_dir, name, threads=None, target_cpu=None, triple
 def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     """The trainer's step and its evaluation model as one bundle over a state region
     that starts from the trainer's current values."""
-    from nutshell.api import optimize_graph
+    from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.codegen.aot_train import add_training_api
     from nutshell.compiler.codegen.c_header import training_header
+    name = c_identifier(name)
     target = bundle_target(trainer.threads, target_cpu, triple)
     tgraph = trainer.model.graph
     egraph = optimize_graph(trainer.module.trace(trainer.input_shape, mode="state"))

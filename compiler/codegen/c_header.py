@@ -1,4 +1,8 @@
-"""The C header of an AOT bundle: sizes, shapes and the entry points' prototypes."""
+"""The C header of an AOT bundle: sizes, shapes and the entry points' prototypes.
+
+Names come from the model, which may be hostile: they reach the header only
+through c_string (a literal) or c_comment (comment text), so a name with quotes,
+newlines, `*/` or `??/` trigraphs can never write code (BAD_INPUTS row 24)."""
 from .aot import ERRORS, WORKSPACE_ALIGN
 
 _CTYPE = {"float32": "float", "float64": "double", "float16": "_Float16", "int8": "int8_t",
@@ -6,12 +10,37 @@ _CTYPE = {"float32": "float", "float64": "double", "float16": "_Float16", "int8"
           "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t"}
 
 
+def _escape(text):
+    """Printable ASCII kept; quotes, backslashes and '?' (trigraphs) escaped; every
+    other byte of the UTF-8 as a three-digit octal escape (never extended by a digit)."""
+    out = []
+    for byte in str(text).encode("utf-8", "surrogatepass"):
+        ch = chr(byte)
+        if ch in '"\\?':
+            out.append("\\" + ch)
+        elif 0x20 <= byte < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
+
+
+def c_string(text):
+    """A C string literal whose value is `text`'s UTF-8 bytes."""
+    return f'"{_escape(text)}"'
+
+
+def c_comment(text):
+    """`text` as safe comment content: escaped like a literal, and no '*/' or '/*'."""
+    return _escape(text).replace("*/", "*\\/").replace("/*", "/\\*")
+
+
 def _tensor_macros(name, kind, index, value):
     t = value.type
     key = f"{name.upper()}_{kind}_{index}"
     dims = ", ".join(map(str, t.shape)) or "1"
-    return [f"#define {key}_SIZE {t.size}  /* {t.dtype.value}[{', '.join(map(str, t.shape))}] '{value.name}' */",
-            f"#define {key}_NAME \"{value.name}\"",
+    return [f"#define {key}_SIZE {t.size}  /* {t.dtype.value}[{', '.join(map(str, t.shape))}] {c_comment(value.name)} */",
+            f"#define {key}_NAME {c_string(value.name)}",
             f"#define {key}_DTYPE \"{t.dtype.value}\"  /* C type: {_CTYPE[t.dtype.value]} */",
             f"#define {key}_RANK {t.rank}",
             f"static const long {key}_SHAPE[] = {{{dims}}};"]
@@ -76,7 +105,7 @@ def training_header(name, train_graph, layout, numbers, threads):
               f"#define {n}_NUM_PARAMS {len(layout['params'])}"]
     for i, p in enumerate(layout["params"]):
         t = train_graph.types[p]
-        lines += [f"#define {n}_PARAM_{i}_NAME \"{p}\"",
+        lines += [f"#define {n}_PARAM_{i}_NAME {c_string(p)}",
                   f"#define {n}_PARAM_{i}_SIZE {t.size}  /* float32[{', '.join(map(str, t.shape))}] */"]
     lines += [""] + _errors(name)
     lines += ["/* Fill `state` with the initial parameters and optimizer state. */",
