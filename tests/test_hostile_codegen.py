@@ -74,3 +74,49 @@ def test_onnx_export_keeps_hostile_names_as_data(tmp_path):
     export_onnx(graph, path)
     back = ns.load_onnx(str(path))
     assert [v.name for v in back.inputs] == [INJECTION] and [v.name for v in back.outputs] == [HOSTILE_NAMES[2]]
+
+
+def echo_models():
+    """Outputs that no kernel writes into their own buffer: a graph input, a weight,
+    and one name listed twice (issue 14, item 3; BAD_INPUTS row 26)."""
+    relu = [helper.make_node("Relu", ["x"], ["y"])]
+    weight = helper.make_tensor("w", 1, [2], [1.5, -2.5])
+    return {"input": make_model(relu, [vi("x", [2, 3])], [vi("y", [2, 3]), vi("x", [2, 3])]),
+            "twice": make_model(relu, [vi("x", [2, 3])], [vi("y", [2, 3]), vi("y", [2, 3])]),
+            "weight": make_model(relu, [vi("x", [2, 3])], [vi("y", [2, 3]), vi("w", [2])], [weight])}
+
+
+X = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+EXPECTED = {"x": X, "y": np.maximum(X, 0), "w": np.array([1.5, -2.5], np.float32)}
+
+
+def call_native(fn, model, extra=()):
+    """Call an entry point with every output buffer full of NaN; returns the buffers."""
+    from nutshell.runtime.model import _pointer_array
+    outs = [np.full(v.type.shape, np.nan, np.float32) for v in model.outputs]
+    ins, outp = _pointer_array([X]), _pointer_array(outs)
+    code = fn(ctypes.addressof(ins), ctypes.addressof(outp), *extra)
+    assert code == 0
+    return outs
+
+
+@pytest.mark.parametrize("kind", ["input", "twice", "weight"])
+def test_every_output_is_written_by_the_jit(kind):
+    model = ns.compile(ns.load_onnx(echo_models()[kind].SerializeToString()), threads=1)
+    ws = model._workspace().ctypes.data
+    outs = call_native(model._fn, model, (ws, ctypes.addressof(model._const_ptrs), 1))
+    for v, got in zip(model.outputs, outs):
+        np.testing.assert_array_equal(got, EXPECTED[v.name])
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["input", "twice", "weight"])
+def test_every_output_is_written_by_the_aot_bundle(kind, tmp_path):
+    model = ns.compile(ns.load_onnx(echo_models()[kind].SerializeToString()), threads=1)
+    model.export(tmp_path, name="echo")
+    lib = ctypes.CDLL(str(tmp_path / "libecho.so"))
+    run = lib.echo_run_threads
+    run.argtypes, run.restype = [ctypes.c_void_p] * 3 + [ctypes.c_int], ctypes.c_int
+    outs = call_native(run, model, (aligned_empty(max(model.arena_size, 64)).ctypes.data, 1))
+    for v, got in zip(model.outputs, outs):
+        np.testing.assert_array_equal(got, EXPECTED[v.name])

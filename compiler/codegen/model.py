@@ -129,4 +129,20 @@ def _emit_entry(module, entry, graph, plan, calls):
         if len(args) + 1 != len(kernel.args):
             raise CompileError(f"kernel {kernel_name} takes {len(kernel.args) - 1} pointers, got {len(args)}")
         b.call(kernel, args + [threads])
+    _copy_stray_outputs(module, b, graph, plan, pointer)
     b.ret(b.load(status, typ=H.I32))
+
+
+def _copy_stray_outputs(module, b, graph, plan, pointer):
+    """An output that lives elsewhere (a graph input, a weight, or a name listed twice,
+    which the planner gives its last slot) is copied into its caller's buffer, which
+    would otherwise return uninitialised memory (BAD_INPUTS row 26)."""
+    move = H.intrinsic(module, "llvm.memmove.p0.p0.i64", H.VOID, [H.PTR, H.PTR, H.I64, H.I1])
+    for j, v in enumerate(graph.outputs):
+        where = plan.storage[v.name]
+        if where == ("output", j):
+            continue
+        if where[0] == "arena":          # the arena is reused: its bytes may be stale by now
+            raise CompileError(f"output '{v.name}' was planned in the arena, not the caller's buffer")
+        b.call(move, [pointer("output", j), pointer(*where), ir.Constant(H.I64, v.type.nbytes),
+                      ir.Constant(H.I1, 0)])
