@@ -2,6 +2,7 @@
 import numpy as np
 
 from .dsl import Module, Parameter, Tensor, apply, constant, next_seed
+from .layer_checks import check_width, conv_pads, positive, require
 from .init import bias_init, fans, ones, weight_init, zeros
 
 
@@ -11,12 +12,14 @@ def _pair(v):
 
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, init="torch"):
+        require("Linear", positive, in_features=in_features, out_features=out_features)
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter((out_features, in_features), weight_init(init))
         self.bias = Parameter((out_features,), bias_init(init, in_features)) if bias else None
 
     def forward(self, x):
+        check_width(self, x, -1, self.in_features, "in_features")
         b = x.builder
         w = self.param(b, self.weight)
         inputs = [x, w] + ([self.param(b, self.bias)] if self.bias is not None else [])
@@ -29,24 +32,28 @@ class Linear(Module):
 class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, init="torch"):
+        require("Conv2d", positive, in_channels=in_channels, out_channels=out_channels,
+                kernel_size=kernel_size, stride=stride, dilation=dilation)
         super().__init__()
         if groups <= 0 or in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         kh, kw = _pair(kernel_size)
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.groups = groups
+        self.stride, self.dilation = _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.pads = conv_pads(self.padding, (kh, kw), self.dilation, self.stride)
+        self.in_channels, self.groups = in_channels, groups
         shape = (out_channels, in_channels // groups, kh, kw)
         self.weight = Parameter(shape, weight_init(init))
         self.bias = Parameter((out_channels,), bias_init(init, fans(shape)[0])) if bias else None
 
     def forward(self, x):
+        check_width(self, x, 1, self.in_channels, "in_channels")
         b = x.builder
         inputs = [x, self.param(b, self.weight)]
         if self.bias is not None:
             inputs.append(self.param(b, self.bias))
-        ph, pw = self.padding
-        return apply("Conv", inputs, strides=self.stride, pads=(ph, pw, ph, pw),
+        return apply("Conv", inputs, strides=self.stride, pads=self.pads,
                      dilations=self.dilation, group=self.groups)
 
 

@@ -252,3 +252,42 @@ def test_onnx_graph_with_batchnorm_trains_like_the_dsl(rng, tmp_path):
     want, got = dsl.state_dict(), net.state_dict()
     for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "4.bias"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7)
+
+
+# ---- issue 14 item 12: trainer and layer traps ------------------------------------
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.Conv2d(1, 6, 0), "kernel_size must be a positive integer, got 0"),
+    (lambda: nn.Conv2d(0, 6, 3), "in_channels"),
+    (lambda: nn.Conv2d(1, 6, 3, stride=0), "stride"),
+    (lambda: nn.Conv2d(1, 6, 3, padding=-1), "padding must be a non-negative integer"),
+    (lambda: nn.Conv2d(1, 6, 3, padding="full"), "'same', 'valid'"),
+    (lambda: nn.Conv2d(1, 6, 3, stride=2, padding="same"), "strided"),
+    (lambda: nn.Linear(-3, 5), "Linear: in_features must be a positive integer, got -3"),
+    (lambda: nn.Linear(3, 0), "out_features")])
+def test_bad_layer_arguments_are_rejected(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (4, 1), ((2, 5), 2)])
+def test_conv_padding_same_and_valid_match_pytorch(kernel, dilation, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    for padding in ("same", "valid"):
+        ns.manual_seed(0)
+        conv = nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation)
+        ref = torch.nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation)
+        ref.load_state_dict({k: torch.from_numpy(v) for k, v in conv.state_dict().items()})
+        got = ns.compile(conv, input_shape=x.shape, threads=1)(x)
+        want = ref(torch.from_numpy(x)).detach().numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_input_width_names_the_layer():
+    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(1176, 10))
+    with pytest.raises(ns.ShapeError, match=r"Linear '3': expected in_features 1176, got 1200"):
+        ns.compile(net, input_shape=(1, 1, 24, 14))
+    with pytest.raises(ns.ShapeError, match=r"Conv2d '0': expected in_channels 1, got 3"):
+        ns.compile(net, input_shape=(1, 3, 28, 28))
