@@ -15,6 +15,7 @@ from nutshell.compiler.ir.types import DType
 from nutshell.compiler.ops import has_op
 from .external_data import decode_tensor, inline_external_data, load_tensors
 from .onnx_compose import ADAPTERS as COMPOSED
+from nutshell.compiler.passes.expand import ADAPTERS as EXPANDED   # LSTM, GRU, RNN, Trilu
 
 PROTOBUF_LIMIT = 2 ** 31
 DOMAINS = ("", "ai.onnx", "nutshell")
@@ -234,6 +235,6 @@ def _dropout(builder, node, attrs, opset, name):
     return True
 
 
-_ADAPTERS = {**COMPOSED, "Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
+_ADAPTERS = {**COMPOSED, **EXPANDED, "Softmax": _softmax_v1, "LogSoftmax": _softmax_v1,
              "Dropout": _dropout,
              "BatchNormalization": _batchnorm}

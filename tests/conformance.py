@@ -5,11 +5,11 @@ import warnings
 OPS = """Abs Add ArgMax AveragePool BatchNormalization Cast Ceil Celu Clip Concat Constant
 ConstantOfShape Conv ConvTranspose DepthToSpace Div Dropout Einsum Elu Equal Erf Exp Expand
 Flatten Floor Gather Gelu Gemm GlobalAveragePool GlobalMaxPool Greater HardSigmoid HardSwish
-Identity InstanceNormalization LayerNormalization LeakyRelu Less Log LogSoftmax LRN MatMul Max
+Identity InstanceNormalization LayerNormalization LeakyRelu Less Log LogSoftmax LRN LSTM GRU RNN MatMul Max
 MaxPool Mean Min Mish Mul Neg Pad Pow PRelu Range Reciprocal ReduceL2 ReduceLogSumExp ReduceMax
 ReduceMean ReduceMin ReduceSum ReduceSumSquare Relu Reshape Resize Selu Shape Shrink Sigmoid Sign
 Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tanh ThresholdedRelu Tile
-Transpose Unsqueeze Upsample Where""".split()
+Transpose Trilu Unsqueeze Upsample Where""".split()
 
 
 def cases():

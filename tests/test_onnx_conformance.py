@@ -1,6 +1,6 @@
 """onnx's own node conformance cases, run by onnx's BackendTest against
 nutshell.onnx_backend, as ONNX Runtime runs them: an explicit include list (the
-ONNX frontend's ops, 613 cases without the "expanded" variants) and an xfail list
+ONNX frontend's ops, 649 cases without the "expanded" variants) and an xfail list
 grouped by reason (tests/conformance_xfail.py). The cases come from
 onnx.backend.test.case.node.collect_testcases (the wheel ships no node data)."""
 import re
@@ -39,6 +39,6 @@ globals().update(backend_test.test_cases)
 
 def test_case_count():
     """The selection is the one the issue counts (ONNX Runtime 1.32 passes 535)."""
-    assert len(CASES) == 613
+    assert len(CASES) == 649
     expected_failures = sum(len(v) for v in XFAIL.values())
     assert len(CASES) - expected_failures >= 540     # ONNX Runtime 1.32: 535

