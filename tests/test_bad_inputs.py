@@ -289,6 +289,19 @@ def test_enormous_constant_fold_is_a_clean_error():
         ns.load_onnx(m.SerializeToString())
 
 
+def test_folded_constants_have_a_total_budget(monkeypatch):
+    """Twelve folds, each under the per-node budget, add up past the total (scaled
+    down from 12 x 0.93 GiB against 1 GiB / 4 GiB so the test stays small)."""
+    from nutshell.compiler.ops import registry
+    monkeypatch.setattr(registry, "FOLD_BUDGET_BYTES", 1 << 20)
+    monkeypatch.setattr(registry, "FOLD_TOTAL_BUDGET_BYTES", 4 << 20)
+    nodes = [helper.make_node("Tile", ["c", "r"], [f"y{i}"], name=f"tile{i}") for i in range(12)]
+    m = make_model(nodes, [], [any_vi(f"y{i}") for i in range(12)],
+                   [init("c", np.ones((1, 1), np.float32)), init("r", np.array([244, 1000], np.int64))])
+    with pytest.raises(ns.ShapeError, match=r"tile4.*total budget"):
+        ns.load_onnx(m.SerializeToString())
+
+
 def test_too_many_elements_names_the_node():
     m = make_model([helper.make_node("Expand", ["x", "s"], ["y"], name="way_too_big")], [vi("x", [1])],
                    [any_vi("y")], [init("s", np.array([2 ** 30, 2 ** 30, 64], np.int64))])

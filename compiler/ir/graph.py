@@ -76,6 +76,7 @@ class GraphBuilder:
         self.inputs, self.outputs, self.nodes = [], [], []
         self.constants, self.types = {}, {}
         self._counter = 0
+        self.fold_budget = None           # a FoldBudget, made on the first fold
 
     def fresh(self, hint="v"):
         self._counter += 1
@@ -105,7 +106,7 @@ class GraphBuilder:
 
     def add_node(self, op, inputs, attrs=None, outputs=None, num_outputs=1, name=""):
         from ..ops import get_op
-        from ..ops.registry import fold
+        from ..ops.registry import FoldBudget, fold
         opdef = get_op(op)
         inputs = tuple(inputs)
         for i in inputs:
@@ -121,8 +122,9 @@ class GraphBuilder:
         if outputs is None:
             outputs = [self.fresh(op.lower()) for _ in range(num_outputs)]
         out_types = out_types[:len(outputs)]
-        values = fold(opdef, attrs, in_types, self._const_inputs(inputs), out_types, name or op) \
-            if self.fold and all(outputs) else None
+        self.fold_budget = self.fold_budget or FoldBudget()
+        values = fold(opdef, attrs, in_types, self._const_inputs(inputs), out_types, name or op,
+                      self.fold_budget) if self.fold and all(outputs) else None
         if values is not None:        # known at compile time: a constant, not a node
             for out, value in zip(outputs, values):
                 self.add_constant(value, out)

@@ -42,20 +42,37 @@ class OpDef:
 
 
 FOLD_BUDGET_BYTES = 1 << 30    # a folded constant larger than this is a hostile model
+FOLD_TOTAL_BUDGET_BYTES = 4 << 30    # ... and so are a graph's folded constants together
 
 
-def fold(opdef, attrs, in_types, consts, out_types, node_name):
+class FoldBudget:
+    """Bytes folded so far in one graph: many folds, each under the per-node budget,
+    must not add up to unbounded memory (BAD_INPUTS row 15)."""
+
+    def __init__(self):
+        self.spent = 0
+
+    def charge(self, nbytes, op, node_name):
+        if nbytes > FOLD_BUDGET_BYTES:
+            raise ShapeError(f"node '{node_name}' ({op}) would make a constant of {nbytes} "
+                             f"bytes, over the budget of {FOLD_BUDGET_BYTES}")
+        if self.spent + nbytes > FOLD_TOTAL_BUDGET_BYTES:
+            raise ShapeError(f"node '{node_name}' ({op}) would bring the folded constants to "
+                             f"{self.spent + nbytes} bytes, over the total budget of "
+                             f"{FOLD_TOTAL_BUDGET_BYTES}")
+        self.spent += nbytes
+
+
+def fold(opdef, attrs, in_types, consts, out_types, node_name, budget=None):
     """The node's outputs as arrays if they are known at compile time (all inputs
-    constant, or a result that depends only on types, as Shape's), else None."""
+    constant, or a result that depends only on types, as Shape's), else None.
+    `budget` (one FoldBudget per graph) bounds the bytes of all folds together."""
     if opdef.type_fold is not None:
         return [opdef.type_fold(attrs, in_types)]
     present = [c for t, c in zip(in_types, consts) if t is not None]
     if any(c is None for c in present):
         return None
-    total = sum(t.nbytes for t in out_types)
-    if total > FOLD_BUDGET_BYTES:
-        raise ShapeError(f"node '{node_name}' ({opdef.name}) would make a constant of {total} "
-                         f"bytes, over the budget of {FOLD_BUDGET_BYTES}")
+    (budget or FoldBudget()).charge(sum(t.nbytes for t in out_types), opdef.name, node_name)
     args = list(consts)
     while args and args[-1] is None:
         args.pop()

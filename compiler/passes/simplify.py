@@ -5,7 +5,7 @@ import numpy as np
 from ..ir.graph import Node
 from ..ir.types import TensorType
 from ..ops import get_op
-from ..ops.registry import fold
+from ..ops.registry import FoldBudget, fold
 
 
 def fold_constants(graph):
@@ -13,7 +13,7 @@ def fold_constants(graph):
     whose result depends only on static types, as Shape) replaced by a constant;
     shape subgraphs vanish, the compiled code has no shape logic left."""
     constants, nodes, types = dict(graph.constants), [], dict(graph.types)
-    outputs = set(graph.output_names())
+    outputs, budget = set(graph.output_names()), FoldBudget()
     for node in graph.nodes:
         if node.op == "Identity" and node.outputs[0] in outputs:
             nodes.append(node)          # it gives a folded output its own buffer
@@ -21,7 +21,7 @@ def fold_constants(graph):
         in_types = [graph.types[i] if i else None for i in node.inputs]
         out_types = [graph.types[o] for o in node.outputs if o]
         values = fold(get_op(node.op), node.attrs, in_types,
-                      [constants.get(i) if i else None for i in node.inputs], out_types, node.name)
+                      [constants.get(i) if i else None for i in node.inputs], out_types, node.name, budget)
         if values is None or len(out_types) != len(node.outputs):
             nodes.append(node)
             continue
