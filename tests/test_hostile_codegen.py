@@ -120,3 +120,82 @@ def test_every_output_is_written_by_the_aot_bundle(kind, tmp_path):
     outs = call_native(run, model, (aligned_empty(max(model.arena_size, 64)).ctypes.data, 1))
     for v, got in zip(model.outputs, outs):
         np.testing.assert_array_equal(got, EXPECTED[v.name])
+
+
+def train_bundle(tmp_path, name, hidden):
+    ns.manual_seed(0)
+    net = ns.nn.Sequential(ns.nn.Linear(4, hidden), ns.nn.ReLU(), ns.nn.Linear(hidden, 3))
+    trainer = ns.compile_training(net, (2, 4), optimizer=ns.optim.Adam(lr=1e-2), threads=1)
+    info = trainer.export(tmp_path, name=name)
+    lib = ctypes.CDLL(str(tmp_path / f"lib{name}.so"))
+    getattr(lib, f"{name}_train_step").argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 2
+    for fn in ("init_state", "run", "get_param", "set_param"):
+        getattr(lib, f"{name}_{fn}").argtypes = None
+    return lib, info
+
+
+class Guarded:
+    """A state region with canary bytes on both sides: nothing may touch them."""
+
+    def __init__(self, size, extra=4096):
+        self.raw = aligned_empty(size + 2 * extra)
+        self.raw[:] = 0xA5
+        self.extra, self.size = extra, size
+
+    @property
+    def ptr(self):
+        return ctypes.c_void_p(self.raw.ctypes.data + self.extra)
+
+    def header(self, dtype, at):
+        return self.raw[self.extra + at:].view(dtype)[:1]
+
+    def canaries_intact(self):
+        return (self.raw[:self.extra] == 0xA5).all() and (self.raw[self.extra + self.size:] == 0xA5).all()
+
+
+@needs_cc
+def test_a_foreign_or_corrupted_training_state_is_refused(tmp_path):
+    small, s_info = train_bundle(tmp_path, "small", 5)
+    big, b_info = train_bundle(tmp_path, "big", 64)
+    ws = aligned_empty(max(s_info["workspace"], b_info["workspace"]))
+    x, y = np.ones((2, 4), np.float32), np.zeros(2, np.int64)
+    loss, out, param = np.zeros(1, np.float32), np.zeros((2, 3), np.float32), np.zeros(64 * 4, np.float32)
+
+    def calls(lib, name, ptr):
+        lr = ctypes.c_float(0.1)
+        return [getattr(lib, f"{name}_train_step")(ptr, x.ctypes.data, y.ctypes.data, lr, ws.ctypes.data,
+                                                   loss.ctypes.data),
+                getattr(lib, f"{name}_run")(ptr, ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data),
+                                            ctypes.c_void_p(ws.ctypes.data)),
+                getattr(lib, f"{name}_get_param")(ptr, 0, ctypes.c_void_p(param.ctypes.data)),
+                getattr(lib, f"{name}_set_param")(ptr, 0, ctypes.c_void_p(param.ctypes.data))]
+
+    state = Guarded(s_info["state_size"])
+    assert small.small_init_state(state.ptr) == 0
+    assert calls(small, "small", state.ptr) == [0, 0, 0, 0]
+    assert calls(big, "big", state.ptr) == [4, 4, 4, 4]          # another bundle's (smaller) state
+    for dtype, at, bad in ((np.int32, 16, 2), (np.int32, 16, -1), (np.int64, 24, 1 << 40), (np.int64, 8, -5)):
+        field = state.header(dtype, at)
+        good = field[0]
+        field[0] = bad                                           # live-copy word, size, step counter
+        assert calls(small, "small", state.ptr) == [4, 4, 4, 4], (at, bad)
+        field[0] = good
+    assert calls(small, "small", state.ptr) == [0, 0, 0, 0] and state.canaries_intact()
+
+
+@needs_cc
+def test_training_entry_points_refuse_null_and_misaligned_pointers(tmp_path):
+    lib, info = train_bundle(tmp_path, "nul", 5)
+    state, ws = aligned_empty(info["state_size"] + 64), aligned_empty(info["workspace"] + 64)
+    buf = aligned_empty(4 * 64)
+    p = lambda a, off=0: ctypes.c_void_p(a.ctypes.data + off)
+    assert lib.nul_init_state(None) == 1 and lib.nul_init_state(p(state, 8)) == 2
+    assert lib.nul_init_state(p(state)) == 0
+    step = lambda s, xx, yy, w, l: lib.nul_train_step(s, xx, yy, ctypes.c_float(0.1), w, l)
+    assert step(p(state), None, p(buf), p(ws), p(buf)) == 1
+    assert step(p(state), p(buf, 2), p(buf), p(ws), p(buf)) == 2
+    assert step(p(state), p(buf), p(buf, 4), p(ws), p(buf)) == 2          # int64 labels: 8-byte aligned
+    assert step(p(state), p(buf), p(buf), p(ws, 32), p(buf)) == 2
+    assert step(None, p(buf), p(buf), p(ws), p(buf)) == 1
+    assert lib.nul_run(p(state), p(buf), None, p(ws)) == 1
+    assert lib.nul_get_param(p(state), 0, p(buf, 1)) == 2 and lib.nul_set_param(p(state), 0, None) == 1

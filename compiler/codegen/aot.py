@@ -13,7 +13,7 @@ from . import llvm_helpers as H
 
 ERRORS = {0: "ok", 1: "a NULL pointer argument", 2: "a misaligned pointer argument (workspace: 64 "
           "bytes, tensors: their element size)", 3: "the thread count must be at least 1",
-          4: "the state is not initialised (call NAME_init_state first)",
+          4: "the state is not one NAME_init_state filled, or is corrupted (call NAME_init_state)",
           5: "a label is outside [0, number of classes)", 6: "no parameter has that index",
           7: "an index is out of range (Gather)"}
 WORKSPACE_ALIGN = 64

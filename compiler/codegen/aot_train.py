@@ -2,17 +2,22 @@
 one caller-owned state region, so a C program keeps training with no Python.
 
 State region (NAME_STATE_SIZE bytes, 64-byte aligned):
-    [0, 64)   header: magic, step counter, which copy is live
+    [0, 64)   header: magic (a hash of this bundle's layout, so a state from another
+              bundle is refused), step counter, which copy is live (0 or 1), the
+              region's size; every entry point checks them all before it reads
+              or writes through the state (BAD_INPUTS row 32)
     then two copies of every state tensor (parameters, optimizer slots, running
     statistics); a step reads the live copy, writes the other and flips."""
+import hashlib
+
 import numpy as np
 from llvmlite import ir
 
 from . import llvm_helpers as H
 from .aot import Checks, add_constants, add_error_strings
 
-MAGIC = 0x4E55545354415445          # "NUTSTATE"
 HEADER = 64
+MAGIC_AT, STEP_AT, LIVE_AT, SIZE_AT = 0, 8, 16, 24     # header fields' byte offsets
 ERR_STATE, ERR_LABEL, ERR_INDEX = 4, 5, 6
 
 
@@ -23,6 +28,14 @@ def state_layout(graph, names):
         offsets[n] = size
         size += -(-graph.types[n].nbytes // 64) * 64
     return offsets, max(size, 64)
+
+
+def layout_magic(name, graph, offsets, copy_size):
+    """64 bits that change with the bundle's name and every state tensor's name,
+    type and offset: a state from another bundle fails the check."""
+    h = hashlib.sha256(repr((name, copy_size, [(n, str(graph.types[n]), off)
+                                               for n, off in offsets.items()])).encode())
+    return int.from_bytes(h.digest()[:8], "little") | 1      # never 0, the value of zeroed memory
 
 
 class _Fn:
@@ -43,18 +56,23 @@ class _Fn:
 
     def live_copy(self, state, copy_size, flip=False):
         """Pointer to the live copy (or the other one)."""
-        parity = self.load(state, 16, H.I32)
+        parity = self.load(state, LIVE_AT, H.I32)
         if flip:
             parity = self.b.xor(parity, ir.Constant(H.I32, 1))
         off = self.b.add(ir.Constant(H.I64, HEADER),
                          self.b.mul(self.b.zext(parity, H.I64), ir.Constant(H.I64, copy_size)))
         return self.b.gep(state, [off], source_etype=H.I8)
 
-    def check_state(self, state):
+    def check_state(self, state, magic, state_size):
+        """This bundle's initialised state, uncorrupted: else ERR_STATE, nothing touched."""
         self.check.null(state)
         self.check.aligned(state, 64)
-        magic = self.load(state, 0, H.I64)
-        self.check.fail_if(self.b.icmp_unsigned("!=", magic, ir.Constant(H.I64, MAGIC)), ERR_STATE)
+        for at, ty, cmp, value in ((MAGIC_AT, H.I64, "!=", magic), (SIZE_AT, H.I64, "!=", state_size),
+                                   (LIVE_AT, H.I32, ">", 1)):
+            field = self.load(state, at, ty)
+            self.check.fail_if(self.b.icmp_unsigned(cmp, field, ir.Constant(ty, value)), ERR_STATE)
+        step = self.load(state, STEP_AT, H.I64)
+        self.check.fail_if(self.b.icmp_signed("<", step, ir.Constant(H.I64, 0)), ERR_STATE)
 
     def pointer_table(self, pointers):
         table = H.alloca(self.b, ir.ArrayType(H.PTR, max(1, len(pointers))))
@@ -69,6 +87,7 @@ def add_training_api(module, name, train, evaluate, layout, initial, threads):
     tgraph, tcode = train
     egraph, ecode = evaluate
     offsets, copy_size = state_layout(tgraph, layout["state"])
+    magic, state_size = layout_magic(name, tgraph, offsets, copy_size), HEADER + 2 * copy_size
     memcpy = H.intrinsic(module, "llvm.memcpy.p0.p0.i64", H.VOID, [H.PTR, H.PTR, H.I64, H.I1])
     blob = np.zeros(copy_size, np.uint8)
     for n, off in offsets.items():
@@ -87,16 +106,17 @@ def add_training_api(module, name, train, evaluate, layout, initial, threads):
     src = f.b.load(f.b.gep(init_blob, [ir.Constant(H.I64, 0)], source_etype=H.PTR), typ=H.PTR)
     f.b.call(memcpy, [f.b.gep(state, [ir.Constant(H.I64, HEADER)], source_etype=H.I8), src,
                       ir.Constant(H.I64, copy_size), false])
-    f.store(ir.Constant(H.I64, MAGIC), state, 0)
-    f.store(ir.Constant(H.I64, 0), state, 8)
-    f.store(ir.Constant(H.I32, 0), state, 16)
+    f.store(ir.Constant(H.I64, magic), state, MAGIC_AT)
+    f.store(ir.Constant(H.I64, 0), state, STEP_AT)
+    f.store(ir.Constant(H.I32, 0), state, LIVE_AT)
+    f.store(ir.Constant(H.I64, state_size), state, SIZE_AT)
     f.b.ret(ir.Constant(H.I32, 0))
 
     # int NAME_train_step(void *state, const float *input, const int64_t *labels,
     #                     float learning_rate, void *workspace, float *loss)
     f = _Fn(module, f"{name}_train_step", [H.PTR, H.PTR, H.PTR, H.F32, H.PTR, H.PTR])
     state, x, labels, lr, workspace, loss = f.fn.args
-    f.check_state(state)
+    f.check_state(state, magic, state_size)
     for p, align in ((x, 4), (labels, 8 if layout["class_labels"] else 4), (loss, 4), (workspace, 64)):
         f.check.null(p)
         f.check.aligned(p, align)
@@ -107,19 +127,19 @@ def add_training_api(module, name, train, evaluate, layout, initial, threads):
     f.b.store(lr, lr_slot)
     at = lambda base, n: f.b.gep(base, [ir.Constant(H.I64, offsets[n])], source_etype=H.I8)
     special = {layout["input"]: x, layout["labels"]: labels, layout["lr"]: lr_slot,
-               layout["step"]: f.field(state, 8, H.I64)[0]}
+               layout["step"]: f.field(state, STEP_AT, H.I64)[0]}
     ins = [special[v.name] if v.name in special else at(live, v.name) for v in tgraph.inputs]
     outs = [loss] + [at(other, n) for n in layout["state"]]
     code = f.b.call(module.get_global(tcode.entry), [f.pointer_table(ins), f.pointer_table(outs),
                                                      workspace, t_consts, ir.Constant(H.I32, threads)])
-    f.store(f.b.xor(f.load(state, 16, H.I32), ir.Constant(H.I32, 1)), state, 16)
-    f.store(f.b.add(f.load(state, 8, H.I64), ir.Constant(H.I64, 1)), state, 8)
+    f.store(f.b.xor(f.load(state, LIVE_AT, H.I32), ir.Constant(H.I32, 1)), state, LIVE_AT)
+    f.store(f.b.add(f.load(state, STEP_AT, H.I64), ir.Constant(H.I64, 1)), state, STEP_AT)
     f.b.ret(code)
 
     # int NAME_run(const void *state, const float *input, float *output, void *workspace)
     f = _Fn(module, f"{name}_run", [H.PTR, H.PTR, H.PTR, H.PTR])
     state, x, y, workspace = f.fn.args
-    f.check_state(state)
+    f.check_state(state, magic, state_size)
     for p, align in ((x, 4), (y, 4), (workspace, 64)):
         f.check.null(p)
         f.check.aligned(p, align)
@@ -134,8 +154,9 @@ def add_training_api(module, name, train, evaluate, layout, initial, threads):
     for verb in ("get", "set"):
         f = _Fn(module, f"{name}_{verb}_param", [H.PTR, H.I32, H.PTR])
         state, index, buf = f.fn.args
-        f.check_state(state)
+        f.check_state(state, magic, state_size)
         f.check.null(buf)
+        f.check.aligned(buf, 4)
         f.check.fail_if(f.b.icmp_unsigned(">=", index, ir.Constant(H.I32, len(params))), ERR_INDEX)
         live = f.live_copy(state, copy_size)
         offs = _table(module, f"{name}_param_offsets", [offsets[p] for p in params])
@@ -148,7 +169,7 @@ def add_training_api(module, name, train, evaluate, layout, initial, threads):
         f.b.call(memcpy, [dst, src, nbytes, false])
         f.b.ret(ir.Constant(H.I32, 0))
     add_error_strings(module, name)
-    return {"state_size": HEADER + 2 * copy_size,
+    return {"state_size": state_size,
             "workspace": max(tcode.plan.arena_size, ecode.plan.arena_size)}
 
 
