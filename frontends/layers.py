@@ -238,3 +238,13 @@ __all__ = ["Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d", "MaxPool2d", "AvgPo
            "AdaptiveAvgPool2d", "Flatten", "Dropout", "ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh",
            "Softmax", "LogSoftmax", "Maxout", "Identity", "Sequential", "Module", "Parameter",
            "constant"]
+
+# The rest of PyTorch's layers, one file per family (each under ~400 lines).
+from .layers_act import *  # noqa: E402,F401,F403
+from .layers_attention import *  # noqa: E402,F401,F403
+from .layers_containers import *  # noqa: E402,F401,F403
+from .layers_conv import *  # noqa: E402,F401,F403
+from .layers_norm import *  # noqa: E402,F401,F403
+from . import layers_act, layers_attention, layers_containers, layers_conv, layers_norm  # noqa: E402
+__all__ += (layers_act.__all__ + layers_attention.__all__ + layers_containers.__all__ +
+            layers_conv.__all__ + layers_norm.__all__)

@@ -1,0 +1,156 @@
+"""Convolution-family layers with PyTorch's arguments and weight layouts:
+ConvTranspose2d (weight [in, out/groups, kh, kw], as ONNX's ConvTranspose),
+Conv1d (run as a 1 x k Conv2d, the compiler's fast path) and Upsample."""
+import numpy as np
+
+from .dsl import Module, Parameter, apply
+from .init import bias_init, fans, weight_init
+from .layers_ops import as_tensor, ints, reshape
+
+
+def _tuple(v, n):
+    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+def _check_groups(in_channels, out_channels, groups):
+    if groups <= 0 or in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+
+
+def _check_sizes(kind, in_channels, out_channels, kernel):
+    if in_channels <= 0 or out_channels <= 0 or min(kernel) <= 0:
+        raise ValueError(f"{kind} needs positive channels and kernel size, got in_channels="
+                         f"{in_channels}, out_channels={out_channels}, kernel_size={kernel}")
+
+
+class ConvTranspose2d(Module):
+    """The gradient of a Conv2d with respect to its input, as a layer (decoders,
+    segmentation heads): output = (in - 1) * stride - 2 * padding +
+    dilation * (k - 1) + output_padding + 1."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 init="torch"):
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError("ConvTranspose2d supports padding_mode='zeros' only")
+        kernel = _tuple(kernel_size, 2)
+        _check_sizes("ConvTranspose2d", in_channels, out_channels, kernel)
+        _check_groups(in_channels, out_channels, groups)
+        self.stride, self.padding = _tuple(stride, 2), _tuple(padding, 2)
+        self.output_padding, self.dilation = _tuple(output_padding, 2), _tuple(dilation, 2)
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"output_padding {self.output_padding} must be smaller than stride "
+                             f"{self.stride} or dilation {self.dilation}")
+        self.groups = groups
+        shape = (in_channels, out_channels // groups) + kernel
+        self.weight = Parameter(shape, weight_init(init))
+        self.bias = Parameter((out_channels,), bias_init(init, fans(shape)[0])) if bias else None
+
+    def forward(self, x):
+        b = x.builder
+        inputs = [x, self.param(b, self.weight)]
+        if self.bias is not None:
+            inputs.append(self.param(b, self.bias))
+        ph, pw = self.padding
+        return apply("ConvTranspose", inputs, strides=self.stride, pads=(ph, pw, ph, pw),
+                     dilations=self.dilation, group=self.groups, output_padding=self.output_padding)
+
+
+class Conv1d(Module):
+    """Conv over [N, C, L]; weight [out, in/groups, k] as PyTorch's."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", init="torch"):
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError("Conv1d supports padding_mode='zeros' only")
+        (k,) = _tuple(kernel_size, 1)
+        _check_sizes("Conv1d", in_channels, out_channels, (k,))
+        _check_groups(in_channels, out_channels, groups)
+        (self.stride,), (self.dilation,) = _tuple(stride, 1), _tuple(dilation, 1)
+        self.groups = groups
+        self.padding = self._pads(padding, k)
+        shape = (out_channels, in_channels // groups, k)
+        self.weight = Parameter(shape, weight_init(init))
+        self.bias = Parameter((out_channels,), bias_init(init, fans(shape)[0])) if bias else None
+
+    def _pads(self, padding, k):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            if self.stride != 1:
+                raise ValueError("padding='same' needs stride 1")
+            total = self.dilation * (k - 1)
+            return (total // 2, total - total // 2)
+        (p,) = _tuple(padding, 1)
+        if p < 0:
+            raise ValueError(f"padding must be >= 0, got {p}")
+        return (p, p)
+
+    def forward(self, x):
+        if len(x.shape) != 3:
+            raise ValueError(f"Conv1d takes [N, C, L] input, got {x.shape}")
+        b = x.builder
+        out_c, in_c, k = self.weight.shape
+        n, _, length = x.shape
+        w = reshape(self.param(b, self.weight), (out_c, in_c, 1, k))
+        inputs = [reshape(x, (n, x.shape[1], 1, length)), w]
+        if self.bias is not None:
+            inputs.append(self.param(b, self.bias))
+        left, right = self.padding
+        y = apply("Conv", inputs, strides=(1, self.stride), pads=(0, left, 0, right),
+                  dilations=(1, self.dilation), group=self.groups)
+        return reshape(y, (n, out_c, y.shape[3]))
+
+
+_RESIZE_MODES = {"nearest": ("nearest", "asymmetric", "floor"),
+                 "nearest-exact": ("nearest", "half_pixel", "round_prefer_ceil"),
+                 "linear": ("linear", None, None), "bilinear": ("linear", None, None),
+                 "trilinear": ("linear", None, None), "bicubic": ("cubic", None, None)}
+
+
+def resize(x, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """PyTorch's interpolate(): the spatial dims (all after N and C) resized."""
+    if mode not in _RESIZE_MODES:
+        raise ValueError(f"unsupported interpolation mode {mode!r} (choose from {sorted(_RESIZE_MODES)})")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
+    op_mode, coords, nearest = _RESIZE_MODES[mode]
+    if align_corners is not None and op_mode == "nearest":
+        raise ValueError("align_corners only applies to linear and cubic modes")
+    if coords is None:
+        coords = "align_corners" if align_corners else "pytorch_half_pixel"
+    spatial = len(x.shape) - 2
+    if spatial < 1:
+        raise ValueError(f"interpolation needs [N, C, ...] input, got {x.shape}")
+    attrs = dict(mode=op_mode, coordinate_transformation_mode=coords)
+    if nearest:
+        attrs["nearest_mode"] = nearest
+    if op_mode == "cubic":
+        attrs["cubic_coeff_a"] = -0.75
+    if size is not None:
+        sizes = ints(x, list(x.shape[:2]) + list(_tuple(size, spatial)))
+        return apply("Resize", [x, None, None, sizes], **attrs)
+    factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * spatial
+    if len(factors) != spatial or min(factors) <= 0:
+        raise ValueError(f"scale_factor {scale_factor} does not fit input {x.shape}")
+    scales = np.asarray([1.0, 1.0] + [float(f) for f in factors], np.float32)
+    return apply("Resize", [x, None, as_tensor(x, scales)], **attrs)
+
+
+class Upsample(Module):
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        super().__init__()
+        self.size, self.scale_factor = size, scale_factor
+        self.mode, self.align_corners = mode, align_corners
+        if mode not in _RESIZE_MODES:
+            raise ValueError(f"unsupported Upsample mode {mode!r}")
+
+    def forward(self, x):
+        return resize(x, self.size, self.scale_factor, self.mode, self.align_corners)
+
+
+__all__ = ["ConvTranspose2d", "Conv1d", "Upsample"]

@@ -1,0 +1,199 @@
+"""PyTorch's layers in nutshell: the same state_dict loaded into both, the
+nutshell module compiled, outputs compared with torch's on random inputs.
+
+Tolerances (float32): rtol 1e-4 with atol 1e-5 times the output's magnitude,
+except where a test says otherwise (attention's softmax over sums: 1e-4)."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir.types import DType
+from tests_support_layers import assert_matches, run_module, slice_inputs
+
+torch = pytest.importorskip("torch", reason="torch is a test extra (pip install torch)")
+tnn = torch.nn
+nn = ns.nn
+
+
+def _pair(tlayer, nlayer):
+    """Copy torch's state_dict into the nutshell layer, which must take every key."""
+    nlayer.load_state_dict({k: v.detach().numpy() for k, v in tlayer.state_dict().items()})
+    return tlayer.eval(), nlayer.eval()
+
+
+def _torch(tlayer, *xs):
+    with torch.no_grad():
+        out = tlayer(*[torch.from_numpy(x) for x in xs])
+    return out
+
+
+@pytest.mark.parametrize("kw", [
+    dict(kernel_size=3),
+    dict(kernel_size=2, stride=2),
+    dict(kernel_size=3, stride=2, padding=1, output_padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+    dict(kernel_size=3, stride=2, groups=2, bias=False),
+])
+def test_conv_transpose2d(rng, kw):
+    t, n = _pair(tnn.ConvTranspose2d(4, 6, **kw), nn.ConvTranspose2d(4, 6, **kw))
+    assert n.weight.shape == tuple(t.weight.shape)
+    x = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=5, stride=2, padding=2),
+                                dict(kernel_size=3, padding="same", dilation=2, groups=3)])
+def test_conv1d(rng, kw):
+    t, n = _pair(tnn.Conv1d(3, 6, **kw), nn.Conv1d(3, 6, **kw))
+    x = rng.standard_normal((2, 3, 17)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("kw", [
+    dict(scale_factor=2), dict(scale_factor=2, mode="bilinear"),
+    dict(scale_factor=2, mode="bilinear", align_corners=True), dict(size=(7, 5), mode="nearest"),
+    dict(size=(9, 11), mode="bilinear"), dict(scale_factor=3, mode="nearest-exact"),
+    dict(scale_factor=(2, 1.5), mode="bicubic"),
+])
+def test_upsample(rng, kw):
+    t, n = tnn.Upsample(**kw), nn.Upsample(**kw)
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("padding_idx", [None, 1])
+def test_embedding(rng, padding_idx):
+    t, n = _pair(tnn.Embedding(10, 4, padding_idx=padding_idx), nn.Embedding(10, 4, padding_idx=padding_idx))
+    idx = rng.integers(0, 10, (3, 5)).astype(np.int64)
+    got = run_module(n, idx, dtype=DType.int64)
+    np.testing.assert_array_equal(got, _torch(t, idx).numpy())
+
+
+def test_embedding_padding_row_starts_at_zero():
+    assert not nn.Embedding(5, 3, padding_idx=-1).weight.data[4].any()
+
+
+@pytest.mark.parametrize("shape,kw", [((8,), {}), ((3, 8), dict(eps=1e-3)),
+                                      ((8,), dict(elementwise_affine=False)), ((8,), dict(bias=False))])
+def test_layer_norm(rng, shape, kw):
+    t, n = _pair(tnn.LayerNorm(shape, **kw), nn.LayerNorm(shape, **kw))
+    if t.weight is not None:          # non-trivial affine parameters
+        n.load_state_dict({k: rng.standard_normal(v.shape).astype(np.float32)
+                           for k, v in n.state_dict().items()})
+        t.load_state_dict({k: torch.from_numpy(v) for k, v in n.state_dict().items()})
+    x = rng.standard_normal((2, 5, 3, 8)).astype(np.float32) * 3 + 1
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("groups,affine", [(2, True), (1, False), (6, True)])
+def test_group_norm(rng, groups, affine):
+    t, n = _pair(tnn.GroupNorm(groups, 6, affine=affine), nn.GroupNorm(groups, 6, affine=affine))
+    x = rng.standard_normal((2, 6, 4, 5)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (4, 6, 5)])
+def test_batch_norm1d(rng, shape):
+    t, n = tnn.BatchNorm1d(6), nn.BatchNorm1d(6)
+    t.running_mean.uniform_(-1, 1), t.running_var.uniform_(0.5, 2), t.weight.data.uniform_(0.5, 2)
+    t, n = _pair(t, n)
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: m.GELU(), lambda m: m.GELU(approximate="tanh"), lambda m: m.SiLU(),
+    lambda m: m.Softplus(), lambda m: m.Softplus(beta=2.0, threshold=3.0), lambda m: m.Mish(),
+    lambda m: m.Hardswish(), lambda m: m.Hardsigmoid(), lambda m: m.PReLU(),
+    lambda m: m.PReLU(num_parameters=3, init=0.1), lambda m: m.Identity(),
+], ids=["gelu", "gelu_tanh", "silu", "softplus", "softplus_beta", "mish", "hardswish",
+        "hardsigmoid", "prelu", "prelu_channels", "identity"])
+def test_activations(rng, make):
+    t, n = _pair(make(tnn), make(nn))
+    x = (rng.standard_normal((2, 3, 4, 5)) * 4).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+def test_containers_and_unflatten(rng):
+    def build(m):
+        class Net(m.Module):
+            def __init__(self):
+                super().__init__()
+                self.blocks = m.ModuleList([m.Linear(12, 12) for _ in range(2)])
+                self.blocks.append(m.Linear(12, 6))
+                self.heads = m.ModuleDict({"act": m.Tanh(), "proj": m.Linear(6, 6)})
+                self.unflat = m.Unflatten(1, (2, 3))
+
+            def forward(self, x):
+                for block in self.blocks:
+                    x = block(x)
+                return self.unflat(self.heads["proj"](self.heads["act"](x)))
+        return Net()
+    torch.manual_seed(0)
+    t, n = _pair(build(tnn), build(nn))
+    assert list(n.state_dict()) == list(t.state_dict())
+    assert len(n.blocks) == 3 and "act" in n.heads and list(n.heads) == ["act", "proj"]
+    x = rng.standard_normal((4, 12)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+def _mha_pair(rng, **kw):
+    t = tnn.MultiheadAttention(**kw)
+    n = nn.MultiheadAttention(**kw)
+    for p in t.parameters():        # biases start at zero in torch: make them matter
+        p.data.uniform_(-0.5, 0.5)
+    return _pair(t, n)
+
+
+class _SelfAttention:
+    """Wraps a MultiheadAttention as one-input modules (output and weights)."""
+
+    @staticmethod
+    def make(module, **call):
+        class Wrap(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.attn = module
+
+            def forward(self, x):
+                out, w = self.attn(x, x, x, **call)
+                return (out, w) if w is not None else out
+        return Wrap()
+
+
+@pytest.mark.parametrize("call", [
+    dict(), dict(need_weights=False), dict(average_attn_weights=False),
+    dict(attn_mask=np.triu(np.ones((5, 5), bool), 1)),
+    dict(attn_mask=np.random.default_rng(1).standard_normal((5, 5)).astype(np.float32)),
+    dict(key_padding_mask=np.array([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]], bool)),
+], ids=["plain", "no_weights", "per_head", "bool_mask", "float_mask", "key_padding"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_self_attention(rng, call, batch_first):
+    t, n = _mha_pair(rng, embed_dim=8, num_heads=2, batch_first=batch_first)
+    assert list(n.state_dict()) == list(t.state_dict())
+    shape = (2, 5, 8) if batch_first else (5, 2, 8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    tcall = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in call.items()}
+    with torch.no_grad():
+        want_out, want_w = t(*[torch.from_numpy(x)] * 3, **tcall)
+    got = run_module(_SelfAttention.make(n, **call), x)
+    if want_w is None:
+        assert_matches(got, want_out.numpy(), 1e-4)
+    else:
+        assert_matches(got[0], want_out.numpy(), 1e-4)
+        assert_matches(got[1], want_w.numpy(), 1e-4)
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_multihead_cross_attention(rng, kdim):
+    t, n = _mha_pair(rng, embed_dim=8, num_heads=4, batch_first=True, kdim=kdim, vdim=kdim)
+    q = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    kv = rng.standard_normal((2, 7, kdim or 8)).astype(np.float32)
+    want = _torch(t, q, kv, kv)[0].numpy()
+    if kdim is None:
+        model = slice_inputs(n, lambda m, a, b: m(a, b, b, need_weights=False)[0], split=3)
+        assert_matches(run_module(model, np.concatenate([q, kv], 1)), want, 1e-4)
+    else:
+        assert list(n.state_dict()) == list(t.state_dict())
+        model = slice_inputs(n, lambda m, a, b: m(a, b, b, need_weights=False)[0], split=3, kv=kv)
+        assert_matches(run_module(model, q), want, 1e-4)
