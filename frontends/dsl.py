@@ -9,7 +9,12 @@ from collections import OrderedDict
 import numpy as np
 
 from nutshell.compiler.ir import GraphBuilder
-from nutshell.compiler.ir.types import DType, TensorType
+from nutshell.compiler.ir.types import DType
+
+from .module_repr import module_repr
+from .tensor import (Tensor, TraceContext, active_builder, apply, as_dtype, constant,  # noqa: F401
+                     param_value, traced_param)
+from .tracing import InputSpec, TraceState, input_specs, output_names  # noqa: F401
 
 _seed = {"base": 0, "counter": itertools.count()}
 
@@ -26,12 +31,25 @@ def next_seed():
 
 class Parameter:
     """A trainable tensor, created lazily from its seeded initializer so that large
-    models (AlexNet's 62M) cost nothing until their values are needed."""
+    models (AlexNet's 62M) cost nothing until their values are needed.
 
-    def __init__(self, shape, init):
-        self.shape = tuple(int(d) for d in shape)
-        self._init, self._rng_key = init, (_seed["base"], next(_seed["counter"]))
-        self._data = None
+    Parameter(shape, init) as the layers make them, or Parameter(array) as torch
+    code does (`nn.Parameter(torch.zeros(1, 1, d))`). Inside forward() it acts
+    as a tensor (`x @ self.w`, `self.w.t()`). requires_grad=False freezes it:
+    trainers read it and never update it."""
+
+    def __init__(self, shape, init=None, requires_grad=True):
+        if init is None or isinstance(init, bool):          # Parameter(data[, requires_grad])
+            data = shape.data if isinstance(shape, Parameter) else shape
+            requires_grad = requires_grad if init is None else init
+            self._init, self._rng_key = None, None
+            self._data = np.array(data, dtype=np.float32, order="C")
+            self.shape = self._data.shape
+        else:
+            self.shape = tuple(int(d) for d in shape)
+            self._init, self._rng_key = init, (_seed["base"], next(_seed["counter"]))
+            self._data = None
+        self.requires_grad = bool(requires_grad)
 
     @property
     def data(self):
@@ -51,66 +69,55 @@ class Parameter:
     def size(self):
         return int(np.prod(self.shape, dtype=np.int64))
 
+    def numel(self):
+        return self.size
 
-class Tensor:
-    """A symbolic value during tracing: `.shape`, `.dtype`, arithmetic operators."""
+    def dim(self):
+        return len(self.shape)
 
-    def __init__(self, builder, name):
-        self.builder, self.name = builder, name
+    ndim = property(dim)
+    dtype = DType.float32
 
-    @property
-    def type(self) -> TensorType:
-        return self.builder.types[self.name]
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = bool(requires_grad)
+        return self
 
-    @property
-    def shape(self):
-        return self.type.shape
+    def __getstate__(self):        # pickle the values, not the initializer (often a closure)
+        state = dict(self.__dict__)
+        state["_data"], state["_init"] = self.data, None
+        return state
 
-    @property
-    def dtype(self):
-        return self.type.dtype
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
-    def _other(self, other):
-        if isinstance(other, Tensor):
-            return other
-        return constant(self.builder, np.asarray(other, dtype=self.dtype.numpy))
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, requires_grad={self.requires_grad})"
 
-    def __add__(self, o): return apply("Add", [self, self._other(o)])
-    def __radd__(self, o): return apply("Add", [self._other(o), self])
-    def __sub__(self, o): return apply("Sub", [self, self._other(o)])
-    def __rsub__(self, o): return apply("Sub", [self._other(o), self])
-    def __mul__(self, o): return apply("Mul", [self, self._other(o)])
-    def __rmul__(self, o): return apply("Mul", [self._other(o), self])
-    def __truediv__(self, o): return apply("Div", [self, self._other(o)])
-    def __rtruediv__(self, o): return apply("Div", [self._other(o), self])
-    def __matmul__(self, o): return apply("MatMul", [self, self._other(o)])
-    def __neg__(self): return apply("Neg", [self])
+    def _traced(self):
+        return traced_param(self)
 
-    def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return apply("Reshape", [self, constant(self.builder, np.asarray(shape, dtype=np.int64))])
-
-    def flatten(self, start_dim=1):
-        return apply("Flatten", [self], axis=start_dim)
+    def __getattr__(self, name):    # tensor methods inside forward(): self.w.t(), self.w.T ...
+        if name.startswith("_") or active_builder() is None:
+            raise AttributeError(f"'Parameter' object has no attribute '{name}' (tensor methods "
+                                 "work on it inside forward() while tracing)")
+        return getattr(self._traced(), name)
 
 
-def constant(builder, array, name=None):
-    return Tensor(builder, builder.add_constant(array, name))
+def _param_operator(name):
+    def method(self, *args):
+        return getattr(self._traced(), name)(*args)
+    method.__name__ = name
+    return method
 
 
-def apply(op, inputs, outputs=1, **attrs):
-    """Append `op` to the graph being traced; returns the output Tensor(s)."""
-    builder = inputs[0].builder
-    names = builder.add_node(op, [t.name if t is not None else "" for t in inputs], attrs,
-                             num_outputs=outputs)
-    if isinstance(names, tuple):
-        return tuple(Tensor(builder, n) for n in names)
-    return Tensor(builder, names)
+for _op in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "matmul", "rmatmul",
+            "neg", "pow", "rpow", "getitem", "lt", "gt", "le", "ge"):
+    setattr(Parameter, f"__{_op}__", _param_operator(f"__{_op}__"))
 
 
 class Module:
     """Base class of layers, as torch.nn.Module: parameters, buffers, children,
-    state_dict with PyTorch's names, train()/eval()."""
+    state_dict with PyTorch's names, train()/eval(), print and pickle."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -123,32 +130,81 @@ class Module:
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
+        elif name in self.__dict__.get("_buffers", ()):
+            self._buffers[name] = np.asarray(value, order="C")
+            return
+        else:
+            for registry in ("_parameters", "_modules"):
+                self.__dict__.get(registry, {}).pop(name, None)
         object.__setattr__(self, name, value)
 
-    def register_buffer(self, name, array):
+    def __getattr__(self, name):
+        """Buffers as attributes (torch's `self.mask`): a graph value inside a
+        trace, the NumPy array outside."""
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers:
+            builder = active_builder()
+            if builder is not None and "_trace_prefix" in self.__dict__:
+                return self.buffer(builder, name)
+            return buffers[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def register_buffer(self, name, array, persistent=True):
         self._buffers[name] = np.asarray(array, order="C")
+
+    def register_parameter(self, name, param):
+        setattr(self, name, param)
+
+    def add_module(self, name, module):
+        setattr(self, name, module)
+
+    register_module = add_module
 
     def forward(self, x):
         raise NotImplementedError
 
     def __call__(self, *args, **kwargs):
-        if any(isinstance(a, Tensor) for a in list(args) + list(kwargs.values())):
+        if active_builder() is not None or any(isinstance(a, Tensor) for a in args + tuple(kwargs.values())):
             return self.forward(*args, **kwargs)
         raise TypeError("call a module on a traced Tensor; compile it with ns.compile(module, "
                         "input_shape=...) to run it on arrays")
 
-    def children(self):
-        return iter(self._modules.values())
-
-    def named_modules(self, prefix=""):
+    def _walk(self, prefix=""):
+        """Every (name, module) pair, shared submodules under each of their names."""
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            if child is not None:
+                yield from child._walk(f"{prefix}.{name}" if prefix else name)
+
+    def named_modules(self, prefix=""):
+        seen = set()
+        for name, mod in self._walk(prefix):
+            if id(mod) not in seen:
+                seen.add(id(mod))
+                yield name, mod
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_children(self):
+        return ((n, m) for n, m in self._modules.items() if m is not None)
+
+    def children(self):
+        return (m for _, m in self.named_children())
 
     def named_parameters(self):
-        for prefix, mod in self.named_modules():
+        """Each parameter once, under its first name (a tied weight appears once)."""
+        seen = set()
+        for full, p in self._all_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield full, p
+
+    def _all_parameters(self):
+        for prefix, mod in self._walk():
             for name, p in mod._parameters.items():
-                yield (f"{prefix}.{name}" if prefix else name), p
+                if p is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), p
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -158,30 +214,74 @@ class Module:
             for name in mod._buffers:
                 yield (f"{prefix}.{name}" if prefix else name), mod, name
 
+    def buffers(self):
+        return [mod._buffers[name] for _, mod, name in self.named_buffers()]
+
     def num_parameters(self):
         """Trainable parameter count (what torch's sum(p.numel()) gives)."""
         return sum(p.size for p in self.parameters())
 
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze every parameter; trainers never update frozen ones."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def apply(self, fn):
+        """fn(module) on every submodule, children first, then self (torch's order)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, *args, **kwargs):      # one device, float32 parameters: nothing to move
+        return self
+
+    def cpu(self):
+        return self
+
+    def zero_grad(self, set_to_none=True):
+        """Gradients live inside the compiled training step; nothing to clear."""
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return module_repr(self)
+
+    def __dir__(self):
+        return list(super().__dir__()) + list(self._buffers)
+
+    def __getstate__(self):     # tracing leaves per-trace bookkeeping behind; pickle without it
+        return {k: v for k, v in self.__dict__.items() if k not in ("_trace_names", "_trace_prefix")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def state_dict(self):
         state = OrderedDict()
-        for prefix, mod in self.named_modules():
+        for prefix, mod in self._walk():
             dot = f"{prefix}." if prefix else ""
             for name, p in mod._parameters.items():
-                state[dot + name] = p.data.copy()
+                if p is not None:
+                    state[dot + name] = p.data.copy()
             for name, b in mod._buffers.items():
                 state[dot + name] = b.copy()
         return state
 
     def load_state_dict(self, state, strict=True):
         """Take NumPy arrays (e.g. a torch state_dict converted with .numpy())."""
-        own = dict(self.named_parameters())
-        buffers = {full: (mod, name) for full, mod, name in self.named_buffers()}
+        own = dict(self._all_parameters())
+        buffers = {}
+        for prefix, mod in self._walk():
+            for name in mod._buffers:
+                buffers[f"{prefix}.{name}" if prefix else name] = (mod, name)
         missing = [k for k in list(own) + list(buffers) if k not in state]
         unexpected = [k for k in state if k not in own and k not in buffers]
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
         for key, value in state.items():
-            value = np.asarray(value)
+            value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
             if key in own:
                 own[key].data = value
             elif key in buffers:
@@ -215,7 +315,8 @@ class Module:
         dropout masks, and record their buffer updates in `trace_state`.
         mode "state": parameters and buffers are inputs, layers act as in inference
         (a trainer's evaluation model, reading the live state).
-        The data inputs' names are in `graph.trace_state.inputs`."""
+        `graph.trace_state` lists the data inputs (`inputs`), the parameters
+        (`params`, of which `frozen` have requires_grad False) and buffers."""
         if mode not in ("inference", "training", "state"):
             raise ValueError(f"unknown trace mode '{mode}'")
         specs = input_specs(input_shape, dtype, example_inputs, input_name)
@@ -229,21 +330,15 @@ class Module:
         for prefix, mod in self.named_modules():
             object.__setattr__(mod, "_trace_names", names)
             object.__setattr__(mod, "_trace_prefix", f"{prefix}." if prefix else "")
-        builder.set_outputs(output_names(builder, self.forward(*xs)))
+        with TraceContext(builder, names):
+            builder.set_outputs(output_names(builder, self.forward(*xs)))
         graph = builder.build()
         graph.trace_state = builder.trace
         return graph
 
     def param(self, builder, p):
         """The graph value for parameter `p` (a constant, or a state input when training)."""
-        name = self._trace_names[id(p)]
-        if name not in builder.types:
-            if builder.trace.state_inputs:
-                builder.add_input(name, DType.float32, p.shape)
-                builder.trace.params.append(name)
-            else:
-                builder.add_constant(p.data, name)
-        return Tensor(builder, name)
+        return param_value(builder, self._trace_names[id(p)], p)
 
     def buffer(self, builder, bname):
         full = self._trace_prefix + bname
@@ -259,78 +354,3 @@ class Module:
     def training_now(self, x):
         """True when this layer runs in training mode in the graph being traced."""
         return self.training and x.builder.trace.training
-
-
-class TraceState:
-    """What a training trace collects: the state inputs and their per-step updates."""
-
-    def __init__(self, training, state_inputs):
-        self.training, self.state_inputs = training, state_inputs
-        self.step = None           # the int64 step counter input (dropout masks, schedules)
-        self.params = []           # state inputs that get gradients
-        self.buffers = []          # state inputs updated by layers (running statistics)
-        self.updates = {}          # buffer name -> value name of its next value
-        self.inputs = []           # the data inputs' names, in forward's argument order
-
-
-class InputSpec:
-    """An example input given by shape and dtype alone (no data needed)."""
-
-    def __init__(self, shape, dtype=DType.float32):
-        self.shape, self.dtype = tuple(int(d) for d in shape), as_dtype(dtype)
-
-    def __repr__(self):
-        return f"InputSpec({self.shape}, {self.dtype.value})"
-
-
-def as_dtype(dtype):
-    """A DType from a DType, a NumPy dtype or its name; float64 stays float64."""
-    if isinstance(dtype, DType):
-        return dtype
-    return DType.from_numpy(getattr(dtype, "numpy_dtype", dtype))
-
-
-def _example_spec(example):
-    if isinstance(example, InputSpec):
-        return example.shape, example.dtype
-    if hasattr(example, "detach") and hasattr(example, "numpy"):     # a torch tensor
-        example = example.detach().cpu().numpy()
-    array = example if hasattr(example, "shape") and hasattr(example, "dtype") else np.asarray(example)
-    dtype = DType.float32 if np.dtype(array.dtype) == np.float64 else as_dtype(array.dtype)
-    return tuple(int(d) for d in array.shape), dtype
-
-
-def input_specs(input_shape, dtype, example_inputs, input_name="input"):
-    """[(name, shape, dtype)] of the traced graph's data inputs."""
-    if example_inputs is None:
-        if input_shape is None:
-            raise ValueError("tracing needs input_shape=... or example_inputs=...")
-        return [(input_name, tuple(input_shape), as_dtype(dtype))]
-    if input_shape is not None:
-        raise ValueError("give input_shape or example_inputs, not both")
-    if isinstance(example_inputs, (tuple, list)):
-        examples = [_example_spec(e) for e in example_inputs]
-        if len(examples) == 1:
-            return [(input_name,) + examples[0]]
-        return [(f"input_{i}",) + e for i, e in enumerate(examples)]
-    return [(input_name,) + _example_spec(example_inputs)]
-
-
-def _flatten_outputs(out):
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flatten_outputs(o)]
-    if not isinstance(out, Tensor):
-        raise TypeError(f"forward must return tensors (or tuples of them), got {type(out).__name__}")
-    return [out]
-
-
-def output_names(builder, out):
-    """The graph outputs for forward's result; an input, a constant or a value
-    returned twice gets an Identity so that each output has its own buffer."""
-    names, inputs = [], {v.name for v in builder.inputs}
-    for t in _flatten_outputs(out):
-        name = t.name
-        if name in names or name in inputs or name in builder.constants:
-            name = builder.add_node("Identity", [name])
-        names.append(name)
-    return names

@@ -14,6 +14,8 @@ from nutshell.runtime.reference import run_reference
 from nutshell.frontends.dsl import InputSpec, manual_seed
 from nutshell.compiler.ir.types import DType
 from nutshell import augment, nn, optim
+from nutshell.frontends.torch_functions import *  # noqa: F401,F403,A004  (torch.* names: cat, zeros, ...)
+from nutshell.frontends import torch_functions as _torch_functions
 from nutshell.training import compile_training
 
 
@@ -37,4 +39,5 @@ __version__ = "0.1.0"
 __all__ = ["compile", "compile_training", "load_onnx", "nn", "optim", "Graph", "print_graph", "verify", "run_reference",
            "manual_seed", "InputSpec", "export_onnx", "optimize_graph", "to_graph", "NutshellError", "ModelLoadError",
            "UnsupportedOpError", "UnsupportedTypeError", "ShapeError", "GraphError",
-           "CompileError", "InputError"]
+           "CompileError", "InputError", "float32", "float64", "int32", "int64", "bool", "float",
+           "long"] + _torch_functions.__all__

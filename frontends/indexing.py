@@ -1,0 +1,100 @@
+"""Tensor indexing as torch does it: ints, slices (with steps), None, `...`, and
+one integer index tensor (or list), composed from Slice, a row gather and one
+Reshape."""
+import numpy as np
+
+from nutshell.compiler.errors import UnsupportedOpError
+from nutshell.compiler.ir.types import DType
+from nutshell.compiler.ops import get_op
+
+from . import tensor as T
+from .tensor_ops import axis as norm_axis, permute, reshape
+
+
+def _expand_ellipsis(x, index):
+    """The index with `...` (or the missing trailing dims) as full slices."""
+    at = [k for k, i in enumerate(index) if i is Ellipsis]
+    consuming = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if len(at) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if consuming > x.ndim:
+        raise IndexError(f"too many indices ({consuming}) for a tensor of rank {x.ndim}")
+    fill = (slice(None),) * (x.ndim - consuming)
+    return index[:at[0]] + fill + index[at[0] + 1:] if at else index + fill
+
+
+def getitem(x, index):
+    index = index if isinstance(index, tuple) else (index,)
+    index = _expand_ellipsis(x, index)
+    starts, ends, axes, steps = [], [], [], []
+    gathered, final, d = None, [], 0
+    for item in index:
+        if item is None:
+            final.append(1)
+            continue
+        n = x.shape[d]
+        if isinstance(item, (bool, np.bool_)):
+            raise UnsupportedOpError("getitem", detail="boolean scalar indices")
+        if isinstance(item, (int, np.integer)):
+            i = int(item)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for dimension {d} with size {n}")
+            i %= n
+            starts, ends, axes, steps = starts + [i], ends + [i + 1], axes + [d], steps + [1]
+        elif isinstance(item, slice):
+            start, stop, step = item.indices(n)
+            if step <= 0:
+                raise ValueError("step must be greater than zero")
+            if (start, stop, step) != (0, n, 1):
+                starts, ends, axes, steps = starts + [start], ends + [stop], axes + [d], steps + [step]
+            final.append(len(range(start, stop, step)))
+        else:
+            if gathered is not None:
+                raise UnsupportedOpError("getitem", detail="more than one index tensor")
+            idx = T.tensor_of(item, x.builder, DType.int64)
+            if idx.dtype not in (DType.int64, DType.int32):
+                raise UnsupportedOpError("getitem", detail=f"{idx.dtype.value} index tensors "
+                                         "(boolean masks give data-dependent shapes; use where)")
+            gathered = (d, idx)
+            final.extend(idx.shape)
+        d += 1
+    if starts:
+        x = T.apply("Slice", [x] + [_ints(x, v) for v in (starts, ends, axes, steps)])
+    if gathered is not None:
+        x = take(x, gathered[1], gathered[0])
+    return reshape(x, final)
+
+
+def _ints(x, values):
+    return T.constant(x.builder, np.asarray(values, np.int64))
+
+
+def take(x, idx, dim=0):
+    """x's entries at the integer tensor `idx` along `dim`: the result has idx's
+    dimensions in place of `dim` (torch's x[..., idx, ...] and embedding lookup).
+    Negative indices count from the end."""
+    d = norm_axis(dim, x.ndim)
+    n = x.shape[d]
+    idx = T.tensor_of(idx, x.builder, DType.int64)
+    if get_op("Gather").lower is not None:
+        return T.apply("Gather", [x, idx], axis=d)
+    return _take_one_hot(x, idx, d, n)
+
+
+def _take_one_hot(x, idx, d, n):
+    """Gather as a one-hot matrix product: exact (one 1 per row), and it trains
+    through MatMul's gradient rule."""
+    idx = idx.long()
+    idx = T.apply("Where", [idx < 0, idx + n, idx])
+    rows = reshape(idx, (-1, 1))
+    one_hot = (rows == T.constant(x.builder, np.arange(n, dtype=np.int64))).to(
+        x.dtype if x.dtype.is_float else DType.float32)
+    rest = [i for i in range(x.ndim) if i != d]
+    moved = reshape(permute(x, [d] + rest), (n, -1))
+    data = moved if moved.dtype == one_hot.dtype else moved.to(one_hot.dtype)
+    out = T.apply("MatMul", [one_hot, data])
+    out = out if out.dtype == x.dtype else out.to(x.dtype)
+    out = reshape(out, idx.shape + tuple(x.shape[i] for i in rest))
+    k = idx.ndim
+    order = list(range(k, k + d)) + list(range(k)) + list(range(k + d, out.ndim))
+    return permute(out, order)
