@@ -1,8 +1,13 @@
 """Losses, composed from primitive ops so autodiff differentiates them like any
 other graph. Each takes a GradContext, the network's output and the target
-input and returns the name of a scalar (shape ()) mean loss."""
+input and returns the name of a scalar (shape ()) mean loss, with PyTorch's
+shapes: class losses take logits (N, C, d1, ...) and labels (N, d1, ...).
+
+attach_loss adds the targets and the loss (a built-in name or a callable
+written with the tracing API) to a traced forward graph."""
 import numpy as np
 
+from nutshell.compiler.errors import ShapeError
 from nutshell.compiler.ir.types import DType
 
 ONNX_FLOAT = 1      # TensorProto.FLOAT, for Cast
@@ -13,27 +18,48 @@ def _mean_all(g, x):
     return g.scale(total, 1.0 / g.b.types[x].size)
 
 
-def _one_hot(g, labels, classes):
-    n = g.shape(labels)[0]
-    column = g.reshape(labels, (n, 1))
-    hit = g.op("Equal", [column, g.const(np.arange(classes, dtype=np.int64), DType.int64)])
-    return g.op("Cast", [hit], to=ONNX_FLOAT)
+def _per_class(g, labels, logits):
+    """Labels (N, d...) as (N, 1, d...) beside the class indices (C,) laid along dim 1."""
+    shape = g.shape(logits)
+    column = g.reshape(labels, (shape[0], 1) + tuple(shape[2:]))
+    classes = np.arange(shape[1], dtype=np.int64).reshape((shape[1],) + (1,) * (len(shape) - 2))
+    return column, g.const(classes, DType.int64)
 
 
-def cross_entropy(g, logits, labels, label_smoothing=0.0):
-    """Mean of -log softmax(logits)[label] (torch.nn.functional.cross_entropy),
-    with optional label smoothing."""
-    n, classes = g.shape(logits)
-    logp = g.op("LogSoftmax", [logits], axis=1)
-    target = _one_hot(g, labels, classes)
+def _one_hot(g, labels, logits):
+    column, classes = _per_class(g, labels, logits)
+    return g.op("Cast", [g.op("Equal", [column, classes])], to=ONNX_FLOAT)
+
+
+def _class_mean(g, logp, labels, label_smoothing=0.0, ignore_index=None):
+    """Mean over the (not ignored) positions of -sum_c target_c log p_c, the
+    target one-hot (mixed with the uniform distribution by label_smoothing)."""
+    classes = g.shape(logp)[1]
+    target, valid = _one_hot(g, labels, logp), None
+    if ignore_index is not None:               # ignored positions count for nothing
+        column, _ = _per_class(g, labels, logp)
+        ignored = g.op("Equal", [column, g.const(np.int64(ignore_index), DType.int64)])
+        valid = g.sub(g.scalar(1.0, target), g.op("Cast", [ignored], to=ONNX_FLOAT))
+        target = g.mul(target, valid)
     if label_smoothing:
-        target = g.add(g.scale(target, 1.0 - label_smoothing), g.scalar(label_smoothing / classes, target))
-    return g.scale(g.op("ReduceSum", [g.mul(target, logp)], keepdims=0), -1.0 / n)
+        uniform = g.scalar(label_smoothing / classes, target) if valid is None else \
+            g.scale(valid, label_smoothing / classes)
+        target = g.add(g.scale(target, 1.0 - label_smoothing), uniform)
+    total = g.op("ReduceSum", [g.mul(target, logp)], keepdims=0)
+    if valid is None:
+        return g.scale(total, -classes / g.b.types[logp].size)
+    return g.div(g.neg(total), g.op("ReduceSum", [valid], keepdims=0))
 
 
-def nll(g, logp, labels):
-    n, classes = g.shape(logp)
-    return g.scale(g.op("ReduceSum", [g.mul(_one_hot(g, labels, classes), logp)], keepdims=0), -1.0 / n)
+def cross_entropy(g, logits, labels, label_smoothing=0.0, ignore_index=None):
+    """torch.nn.functional.cross_entropy: the mean of -log softmax(logits)[label]
+    over dim 1, with optional label smoothing and an ignored label value."""
+    logp = g.op("LogSoftmax", [logits], axis=1)
+    return _class_mean(g, logp, labels, label_smoothing, ignore_index)
+
+
+def nll(g, logp, labels, ignore_index=None):
+    return _class_mean(g, logp, labels, 0.0, ignore_index)
 
 
 def mse(g, y, t):
@@ -65,6 +91,7 @@ def bce_with_logits(g, x, t):
 LOSSES = {"cross_entropy": cross_entropy, "nll": nll, "mse": mse, "l1": l1, "huber": huber,
           "bce_with_logits": bce_with_logits}
 CLASS_LABELS = {"cross_entropy", "nll"}      # these take int64 class indices
+OPTIONS = {"cross_entropy": ("label_smoothing", "ignore_index"), "nll": ("ignore_index",)}
 
 
 def get_loss(name):
@@ -72,5 +99,104 @@ def get_loss(name):
         return name
     try:
         return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss '{name}' (choose from {sorted(LOSSES)})") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss {name!r} (choose from {sorted(LOSSES)}, or pass a "
+                         "callable (output, target) -> scalar)") from None
+
+
+# ---- targets and the loss on a traced graph -----------------------------------------
+
+def data_specs(examples, prefix):
+    """[(name, shape, DType)] for example arrays (one, or a tuple of several):
+    integers become int64, floats float32 (torch's default dtype)."""
+    items = list(examples) if isinstance(examples, (tuple, list)) else [examples]
+    names = [prefix] if len(items) == 1 else [f"{prefix}_{i}" for i in range(len(items))]
+    specs = []
+    for name, item in zip(names, items):
+        if hasattr(item, "detach") and hasattr(item, "numpy"):       # a torch tensor
+            item = item.detach().cpu().numpy()
+        array = item if hasattr(item, "shape") and hasattr(item, "dtype") else np.asarray(item)
+        kind = np.dtype(getattr(array.dtype, "numpy", array.dtype)).kind
+        dtype = {"i": DType.int64, "u": DType.int64, "b": DType.bool, "f": DType.float32}.get(kind)
+        if dtype is None:
+            raise TypeError(f"{name}: examples must be integer, bool or float arrays, got {array.dtype}")
+        specs.append((name, tuple(int(d) for d in array.shape), dtype))
+    return specs
+
+
+def _flatten(result):
+    if isinstance(result, (tuple, list)):
+        return [t for r in result for t in _flatten(r)]
+    return [result]
+
+
+def _default_target(loss, output):
+    """The target a built-in loss takes when no example_targets are given."""
+    shape = output.type.shape
+    if loss in CLASS_LABELS:
+        return ("labels", tuple(shape[:1]) + tuple(shape[2:]), DType.int64)
+    return ("labels", tuple(shape), DType.float32)
+
+
+def _check_pair(loss, output, target):
+    name, shape, dtype = target
+    out = output.type.shape
+    if loss in CLASS_LABELS:
+        want = tuple(out[:1]) + tuple(out[2:])
+        if len(out) < 2 or dtype != DType.int64 or tuple(shape) != want:
+            raise ShapeError(f"loss '{loss}': output {out} takes int64 class labels of shape {want} "
+                             f"(dim 1 holds the classes), got {dtype.value} {tuple(shape)} for {name}")
+        return out[1]
+    if dtype != DType.float32 or tuple(shape) != tuple(out):
+        raise ShapeError(f"loss '{loss}': output {out} takes float targets of the same shape, "
+                         f"got {dtype.value} {tuple(shape)} for {name}")
+    return None
+
+
+def attach_loss(b, result, targets, loss, options, targets_as_tuple=False):
+    """Add the target inputs and the loss to builder `b`, whose forward returned
+    `result` (Tensors). targets: [(name, shape, DType)], or None for a built-in
+    loss's default. Returns (loss value name, the target specs,
+    {target name: (classes, ignore_index)} for class labels to range-check)."""
+    from nutshell.compiler.passes.autodiff import GradContext
+    from nutshell.frontends.dsl import Tensor
+    outputs = _flatten(result)
+    if targets is None:
+        if callable(loss):
+            raise TypeError("a callable loss needs example_targets=... (what its target is)")
+        if len(outputs) != 1:
+            raise TypeError(f"forward returns {len(outputs)} outputs: give example_targets=... "
+                            "(a tuple, one per output) or a callable loss")
+        targets = [_default_target(loss, outputs[0])]
+    names = [b.add_input(n, d, s) for n, s, d in targets]
+    if callable(loss):
+        given = [Tensor(b, n) for n in names]
+        value = loss(result, tuple(given) if targets_as_tuple else given[0])
+        return _scalar(b, value), targets, {}
+    fn = get_loss(loss)
+    allowed = OPTIONS.get(loss, ())
+    if any(k not in allowed for k in options):
+        raise ValueError(f"loss '{loss}' takes no {sorted(set(options) - set(allowed))}")
+    if len(outputs) != len(names):
+        raise TypeError(f"loss '{loss}' pairs each output with a target: forward returns "
+                        f"{len(outputs)}, example_targets has {len(names)} (or pass a callable loss)")
+    g, total, classes = GradContext(b), None, {}
+    for out, spec in zip(outputs, targets):
+        count = _check_pair(loss, out, spec)
+        if count is not None:
+            classes[spec[0]] = (count, options.get("ignore_index"))
+        value = fn(g, out.name, spec[0], **options)
+        total = value if total is None else g.add(total, value)
+    return total, targets, classes
+
+
+def _scalar(b, value):
+    from nutshell.frontends.dsl import Tensor
+    if not isinstance(value, Tensor):
+        raise TypeError(f"the loss function must return a traced Tensor, got {type(value).__name__}")
+    shape = value.type.shape
+    if int(np.prod(shape, dtype=np.int64)) != 1 or not value.type.dtype.is_float:
+        raise ShapeError(f"the loss function must return a float scalar, got {value.type.dtype.value} "
+                         f"of shape {shape} (reduce it with .mean() or .sum())")
+    return value.name if shape == () else b.add_node(
+        "Reshape", [value.name, b.add_constant(np.zeros(0, np.int64))])

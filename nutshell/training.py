@@ -3,41 +3,118 @@
 The module is traced in training mode (parameters and buffers become state
 inputs), the loss is appended, the autodiff pass adds the backward graph, the
 optimizer adds its update as graph ops, and the whole step (forward, loss,
-backward, regularisation, update) compiles to one function."""
+backward, regularisation, update) compiles to one function.
+
+Any model trains: `example_inputs=` gives its inputs (an array or a tuple of
+them, int64 token ids included), `example_targets=` its targets, and `loss=` is a
+built-in name or a callable (output, target) -> scalar written with the tracing
+API. Frozen parameters (requires_grad False) are inputs the step reads and never
+updates, so trainers sharing submodules (a GAN's) see each other's updates."""
+import math
+
+from nutshell.compiler.errors import CompileError
 from nutshell.compiler.ir.graph import GraphBuilder
 from nutshell.compiler.ir.types import DType
 from nutshell.compiler.passes.autodiff import GradContext, differentiate
-from nutshell.frontends.losses import CLASS_LABELS, get_loss
-from nutshell.frontends.optim import SGD
+from nutshell.frontends import optim
+from nutshell.frontends.losses import attach_loss, data_specs
 
-def build_training_graph(module, input_shape, loss="cross_entropy", optimizer=None,
-                         label_smoothing=0.0, l1=0.0, l2=0.0, clip_norm=None, clip_value=None,
+OPTIMIZERS = {"sgd": lambda: optim.SGD(lr=0.01), "adam": optim.Adam, "adamw": optim.AdamW,
+              "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
+REGULARISATION = {"l1": 0.0, "l2": 0.0, "clip_norm": None, "clip_value": None, "max_norm": None}
+LOSS_OPTIONS = {"label_smoothing": 0.0, "ignore_index": None}
+
+
+class Recipe:
+    """How a trainer's graphs are traced: the module, its example inputs and targets
+    and the loss. Kept so that evaluation models can be traced at any batch size."""
+
+    def __init__(self, module, input_shape, example_inputs, example_targets, loss, loss_options):
+        if (input_shape is None) == (example_inputs is None):
+            raise TypeError("compile_training needs input_shape=(N, ...) or example_inputs=..., "
+                            "not both")
+        self.module, self.loss, self.loss_options = module, loss, loss_options
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.example_inputs = example_inputs
+        self.targets = data_specs(example_targets, "target") if example_targets is not None else None
+        self.targets_as_tuple = isinstance(example_targets, (tuple, list))
+        self.inputs = None           # [(name, shape, DType)], known after the first trace
+
+    def trace(self, mode, batch=None):
+        """(builder, forward's result as Tensors) of the module traced in `mode`,
+        with `batch` rows (default: the examples')."""
+        b = GraphBuilder(type(self.module).__name__.lower() + ("_train" if mode == "training" else ""))
+        result, module = {}, self.module
+        forward, had_own = module.forward, "forward" in vars(module)
+
+        def recording(*args, **kwargs):          # forward's result, tuples kept as they are
+            result["out"] = forward(*args, **kwargs)
+            return result["out"]
+
+        object.__setattr__(module, "forward", recording)
+        try:
+            graph = module.trace(**self._shapes(batch), mode=mode, builder=b)
+        finally:
+            object.__setattr__(module, "forward", forward) if had_own else object.__delattr__(module, "forward")
+        if self.inputs is None:
+            names = getattr(graph.trace_state, "inputs", None) or ["input"]
+            self.inputs = [(n, b.types[n].shape, b.types[n].dtype) for n in names]
+        return b, result["out"]
+
+    def _shapes(self, batch):
+        if batch is None:
+            return ({"input_shape": self.input_shape} if self.input_shape is not None else
+                    {"example_inputs": self.example_inputs})
+        if self.input_shape is not None:
+            return {"input_shape": (batch,) + self.input_shape[1:]}
+        from nutshell.frontends.dsl import InputSpec
+        return {"example_inputs": [InputSpec((batch,) + s[1:], d) for _, s, d in self.inputs]}
+
+    def add_loss(self, b, result, batch=None):
+        """Append the targets and the loss to `b`; fixes the target specs on first use."""
+        targets = self.targets
+        if targets is not None and batch is not None:
+            targets = [(n, (batch,) + s[1:], d) for n, s, d in targets]
+        loss, resolved, classes = attach_loss(b, result, targets, self.loss, self.loss_options,
+                                              self.targets_as_tuple)
+        if self.targets is None:
+            self.targets = resolved
+        return loss, [n for n, _, _ in resolved], classes
+
+    def eval_graph(self, batch, with_loss):
+        """Forward (and the loss) reading the state as inputs, layers in inference mode."""
+        b, result = self.trace("state", batch)
+        if with_loss:
+            loss, _, _ = self.add_loss(b, result, batch)
+            if loss in [v.name for v in b.outputs]:
+                loss = b.add_node("Identity", [loss])
+            b.set_outputs([v.name for v in b.outputs] + [loss])
+        return b.build()
+
+
+def build_training_graph(recipe, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip_value=None,
                          max_norm=None):
     """The training-step Graph and its layout: which inputs are state, data, scalars."""
-    optimizer = optimizer or SGD(lr=0.01)
-    forward = module.trace(input_shape, mode="training")
-    ts = forward.trace_state
-    output = forward.outputs[0]
-    loss_fn = get_loss(loss)
-    b = GraphBuilder(forward.name + "_train")
-    b.inputs, b.nodes = list(forward.inputs), list(forward.nodes)
-    b.constants, b.types = dict(forward.constants), dict(forward.types)
+    b, result = recipe.trace("training")
+    ts = b.trace
+    loss_value, targets, classes = recipe.add_loss(b, result)
+    params = dict(recipe.module.named_parameters())
+    frozen = [p for p in ts.params if p in getattr(ts, "frozen", ()) or
+              not getattr(params[p], "requires_grad", True)]
+    trainable = [p for p in ts.params if p not in frozen]
+    if not trainable:
+        raise CompileError("nothing to train: every parameter the model uses is frozen "
+                           "(requires_grad False)")
     g = GradContext(b)
-    if loss in CLASS_LABELS:
-        labels = b.add_input("labels", DType.int64, (input_shape[0],))
-    else:
-        labels = b.add_input("labels", DType.float32, output.type.shape)
-    kwargs = {"label_smoothing": label_smoothing} if label_smoothing else {}
-    loss_value = loss_fn(g, output.name, labels, **kwargs)
     objective = loss_value
-    weights = [p for p in ts.params if len(b.types[p].shape) >= 2]
+    weights = [p for p in trainable if len(b.types[p].shape) >= 2]
     for coef, term in ((l2, lambda p: g.mul(p, p)), (l1, lambda p: g.op("Abs", [p]))):
         if coef:
             for p in weights:
                 objective = g.add(objective, g.scale(g.op("ReduceSum", [term(p)], keepdims=0), coef))
 
     graph = b.build()
-    b, grads = differentiate(graph, objective, ts.params)
+    b, grads = differentiate(graph, objective, trainable, stop=getattr(ts, "detached", ()))
     g = GradContext(b)
     grads = _clip(g, grads, clip_norm, clip_value)
 
@@ -45,7 +122,7 @@ def build_training_graph(module, input_shape, loss="cross_entropy", optimizer=No
     t = g.op("Cast", [ts.step], to=1)
     scalar_names = optimizer.scalars(g, ts.step, t, lr)
     state_inputs, next_values = [], {}
-    for p in ts.params:
+    for p in trainable:
         slots = {}
         for slot in optimizer.slots:
             slots[slot] = b.add_input(f"{p}.{slot}", DType.float32, b.types[p].shape)
@@ -56,7 +133,7 @@ def build_training_graph(module, input_shape, loss="cross_entropy", optimizer=No
         next_values[p] = new_p
         next_values.update({slots[k]: v for k, v in new_slots.items()})
     next_values.update(ts.updates)
-    state = ts.params + ts.buffers + state_inputs
+    state = trainable + ts.buffers + state_inputs
     outputs = [loss_value]
     for s in state:
         value = next_values.get(s, s)
@@ -64,10 +141,14 @@ def build_training_graph(module, input_shape, loss="cross_entropy", optimizer=No
             value = b.add_node("Identity", [value])
         outputs.append(value)
     b.set_outputs(outputs)
-    layout = {"state": state, "params": list(ts.params), "buffers": list(ts.buffers),
-              "slots": state_inputs, "lr": lr, "step": ts.step,
-              "input": forward.inputs[1].name, "labels": labels, "loss": loss_value,
-              "class_labels": loss in CLASS_LABELS, "classes": output.type.shape[-1]}
+    inputs = [n for n, _, _ in recipe.inputs]
+    first_classes = classes.get(targets[0], (None, None))[0]
+    layout = {"state": state, "params": trainable, "frozen": frozen, "buffers": list(ts.buffers),
+              "slots": state_inputs, "lr": lr, "step": ts.step, "inputs": inputs,
+              "targets": targets, "class_targets": classes, "loss": loss_value,
+              # the one-input, one-target form the C bundle (Trainer.export) is built on
+              "input": inputs[0], "labels": targets[0],
+              "class_labels": first_classes is not None, "classes": first_classes}
     return b.build(), layout
 
 
@@ -98,24 +179,62 @@ def _max_norm(g, w, limit):
                             g.scalar(1.0, norm)))
 
 
-def compile_training(module, input_shape, loss="cross_entropy", optimizer=None, threads=None,
-                     check_nan=False, **regularisation):
+def as_optimizer(optimizer):
+    """An Optimizer from an instance, a class or a name ("sgd", "adam", ...)."""
+    if optimizer is None:
+        return optim.SGD(lr=0.01)
+    if isinstance(optimizer, str):
+        make = OPTIMIZERS.get(optimizer.lower())
+        if make is None:
+            raise ValueError(f"unknown optimizer '{optimizer}' (choose from {sorted(OPTIMIZERS)}, "
+                             "or pass one such as ns.optim.Adam(lr=1e-3))")
+        optimizer = make()
+    elif isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer):
+        optimizer = optimizer()
+    if not isinstance(optimizer, optim.Optimizer):
+        raise TypeError(f"optimizer must be an ns.optim optimizer such as ns.optim.Adam(lr=1e-3) "
+                        f"or one of {sorted(OPTIMIZERS)}, got {type(optimizer).__name__}")
+    if not math.isfinite(optimizer.lr):
+        raise ValueError(f"learning rate must be finite, got {optimizer.lr}")
+    return optimizer
+
+
+def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=None, threads=None,
+                     check_nan=False, example_inputs=None, example_targets=None, **options):
     """Compile the whole training step of `module` to one native function.
 
-    loss: cross_entropy | nll | mse | l1 | huber | bce_with_logits (or a callable).
-    regularisation: label_smoothing, l1, l2, clip_norm, clip_value, max_norm.
-    check_nan: after each step, a non-finite loss raises FloatingPointError naming
-    the first op that produced it, and the parameters stay at their last good values."""
+    input_shape: the one float32 input's shape, or example_inputs: an array or a
+    tuple of arrays (any dtypes: int64 token ids too) as forward takes them.
+    example_targets: an array or a tuple (default: class labels for cross_entropy
+    and nll, float targets of the output's shape otherwise).
+    loss: cross_entropy | nll | mse | l1 | huber | bce_with_logits, or a callable
+    (output, target) -> scalar Tensor, output as forward returns it.
+    optimizer: an ns.optim optimizer or a name ("sgd", "adam", "adamw", ...).
+    options: label_smoothing, ignore_index (built-in class losses); l1, l2,
+    clip_norm, clip_value, max_norm (regularisation).
+    check_nan: a step whose loss or new state holds NaN or Inf raises
+    FloatingPointError naming the first op that produced it, and is refused: the
+    parameters keep the values they had before it."""
     from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.codegen.model import build_model
     from nutshell.compiler.lower.target import host_target
     from nutshell.runtime.jit import JitModule
     from nutshell.runtime.model import CompiledModel
     from nutshell.runtime.trainer import Trainer
-    optimizer = optimizer or SGD(lr=0.01)
-    graph, layout = build_training_graph(module, input_shape, loss, optimizer, **regularisation)
+    unknown = sorted(set(options) - set(REGULARISATION) - set(LOSS_OPTIONS))
+    if unknown:
+        accepted = ["input_shape", "loss", "optimizer", "threads", "check_nan", "example_inputs",
+                    "example_targets"] + list(LOSS_OPTIONS) + list(REGULARISATION)
+        raise TypeError(f"compile_training got unexpected keyword argument(s) {unknown}; "
+                        f"accepted: {', '.join(accepted)}")
+    optimizer = as_optimizer(optimizer)
+    loss_options = {k: options[k] for k in LOSS_OPTIONS
+                    if k in options and options[k] != LOSS_OPTIONS[k]}
+    regularisation = {k: options[k] for k in REGULARISATION if k in options}
+    recipe = Recipe(module, input_shape, example_inputs, example_targets, loss, loss_options)
+    graph, layout = build_training_graph(recipe, optimizer, **regularisation)
     graph = optimize_graph(graph)
     target = host_target(threads)
     code = build_model(graph, target, c_identifier(graph.name))
     model = CompiledModel(graph, code, JitModule(code.llvm_ir, target), target)
-    return Trainer(module, model, layout, optimizer, tuple(input_shape), threads, check_nan)
+    return Trainer(recipe, model, layout, optimizer, threads, check_nan)

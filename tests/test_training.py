@@ -291,3 +291,110 @@ def test_wrong_input_width_names_the_layer():
         ns.compile(net, input_shape=(1, 1, 24, 14))
     with pytest.raises(ns.ShapeError, match=r"Conv2d '0': expected in_channels 1, got 3"):
         ns.compile(net, input_shape=(1, 3, 28, 28))
+
+
+@pytest.mark.parametrize("loss", ["l1", "huber", "bce_with_logits"])
+def test_evaluate_and_val_loss_use_the_trainers_loss(loss, rng):
+    torch = pytest.importorskip("torch")
+    fn = {"l1": torch.nn.functional.l1_loss, "huber": torch.nn.functional.huber_loss,
+          "bce_with_logits": torch.nn.functional.binary_cross_entropy_with_logits}[loss]
+    x = rng.standard_normal((10, 6)).astype(np.float32)
+    y = (rng.random((10, 3)) if loss == "bce_with_logits" else rng.standard_normal((10, 3)) * 3).astype(np.float32)
+    trainer = ns.compile_training(small_mlp(), (4, 6), loss=loss, threads=1)
+    got, accuracy = trainer.evaluate(x, y)           # 4 + 4 + 2 rows
+    want = fn(torch.from_numpy(trainer.predict(x)), torch.from_numpy(y)).item()
+    assert accuracy is None and abs(got - want) < 1e-5 * max(1.0, abs(want))
+    history = trainer.fit(x[:8], y[:8], epochs=1, batch_size=4, validation_data=(x, y), progress=False)
+    want = fn(torch.from_numpy(trainer.predict(x)), torch.from_numpy(y)).item()
+    assert abs(history["val_loss"][0] - want) < 1e-5 * max(1.0, abs(want))
+
+
+def test_load_state_dict_after_compile_training_is_used(rng):
+    net = small_mlp()
+    checkpoint = net.state_dict()
+    trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=0.5), threads=1)
+    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0])
+    trainer.step(x, y)
+    trained = net.state_dict()
+    net.load_state_dict(checkpoint)                      # restore: predict and evaluate see it
+    fresh = ns.compile(net, input_shape=(4, 6), threads=1)
+    np.testing.assert_allclose(trainer.predict(x), fresh(x), rtol=1e-6)
+    np.testing.assert_array_equal(trainer.parameters()["0.weight"], checkpoint["0.weight"])
+    net.load_state_dict(trained)
+    logits = ns.compile(net, input_shape=(4, 6), threads=1)(x)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert abs(trainer.evaluate(x, y)[0] + logp[np.arange(4), y].mean()) < 1e-5
+    np.testing.assert_array_equal(trainer.state()["2.bias"], trained["2.bias"])
+
+
+@pytest.mark.parametrize("rows,batch_size", [(1, None), (3, None), (9, None), (4, 2), (5, 8)])
+def test_predict_takes_any_number_of_rows(rows, batch_size, rng):
+    net = small_mlp()
+    trainer = ns.compile_training(net, (4, 6), threads=1)
+    x = rng.standard_normal((rows, 6)).astype(np.float32)
+    want = np.concatenate([ns.compile(net, input_shape=(1, 6), threads=1)(x[i:i + 1]) for i in range(rows)])
+    np.testing.assert_allclose(trainer.predict(x, batch_size=batch_size), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ns.InputError, match=r"rows of shape \(6,\)"):
+        trainer.predict(x[0])
+
+
+def test_fit_takes_the_augmentation_functions_as_they_are(rng):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    trainer = ns.compile_training(net, (4, 1, 8, 8), threads=1)
+    x = rng.standard_normal((8, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    for augment in (ns.augment.random_shift, ns.augment.random_flip, ns.augment.random_crop,
+                    lambda xb, rng: xb[..., ::-1]):
+        history = trainer.fit(x, y, epochs=1, batch_size=4, augment=augment, progress=False)
+        assert np.isfinite(history["loss"][0])
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", "SGD"), ("adam", "Adam"), ("AdamW", "AdamW"),
+                                      ("rmsprop", "RMSprop"), ("adagrad", "Adagrad")])
+def test_optimizer_by_name(name, cls, rng):
+    trainer = ns.compile_training(small_mlp(), (4, 6), optimizer=name, threads=1)
+    assert type(trainer.optimizer).__name__ == cls
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    assert np.isfinite(trainer.step(x, np.array([0, 1, 2, 0])))
+
+
+def test_bad_optimizer_and_keywords_are_named():
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamm'.*'adam'"):
+        ns.compile_training(small_mlp(), (4, 6), optimizer="adamm")
+    with pytest.raises(TypeError, match=r"optimizer must be an ns.optim optimizer"):
+        ns.compile_training(small_mlp(), (4, 6), optimizer=0.01)
+    with pytest.raises(ValueError, match="learning rate must be finite"):
+        ns.compile_training(small_mlp(), (4, 6), optimizer=ns.optim.SGD(lr=float("nan")))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['weight_decay'\]; "
+                                        r"accepted: .*label_smoothing.*clip_norm"):
+        ns.compile_training(small_mlp(), (4, 6), weight_decay=0.1)
+
+
+# ---- issue 14 item 6: check_nan sees NaN inputs and non-finite new parameters --------
+
+def test_check_nan_refuses_a_nan_input(rng):
+    net = small_mlp()
+    trainer = ns.compile_training(net, (4, 6), threads=1, check_nan=True)
+    before = net.state_dict()
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(FloatingPointError, match="input holds NaN or Inf at step 0.*refused"):
+        trainer.step(x, np.array([0, 1, 2, 0]))
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert trainer.step_count == 0
+
+
+def test_check_nan_refuses_a_step_whose_new_parameters_overflow(rng):
+    net = small_mlp()
+    trainer = ns.compile_training(net, (4, 6), optimizer=ns.optim.SGD(lr=3e38), threads=1, check_nan=True)
+    before = net.state_dict()
+    x = rng.standard_normal((4, 6)).astype(np.float32) * 100
+    with pytest.raises(FloatingPointError, match=r"non-finite new value of .* at step 0.*refused"):
+        trainer.step(x, np.array([0, 1, 2, 0]))        # the loss is finite, the update is not
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert all(np.all(np.isfinite(v)) for v in trainer.parameters().values())
+    trainer.schedule = lambda step, lr: float("nan")
+    with pytest.raises(ValueError, match="learning rate at step 0 is nan"):
+        trainer.step(x, np.array([0, 1, 2, 0]))

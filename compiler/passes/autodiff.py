@@ -70,8 +70,9 @@ class GradContext:
         return self.reshape(summed, shape)
 
 
-def differentiate(graph, loss, wrt):
-    """Append the gradient of scalar `loss` with respect to each name in `wrt`.
+def differentiate(graph, loss, wrt, stop=()):
+    """Append the gradient of scalar `loss` with respect to each name in `wrt`;
+    no gradient flows through the values in `stop` (torch's .detach()).
     Returns (builder holding forward + backward, {name: gradient value name})."""
     b = GraphBuilder(graph.name)
     b.inputs, b.nodes = list(graph.inputs), list(graph.nodes)
@@ -80,7 +81,7 @@ def differentiate(graph, loss, wrt):
     needs = set(wrt)
     for node in graph.nodes:           # values that depend on what we differentiate
         if any(i in needs for i in node.inputs if i):
-            needs.update(o for o in node.outputs if o)
+            needs.update(o for o in node.outputs if o and o not in stop)
     if loss not in needs:
         raise CompileError(f"the loss '{loss}' does not depend on {sorted(wrt)}")
     grads = {loss: g.const(np.ones(graph.types[loss].shape), graph.types[loss].dtype)}
