@@ -157,7 +157,9 @@ def load_onnx(source, input_shapes=None, constant_inputs=None):
     if missing:
         raise GraphError(f"graph outputs {missing} are never produced")
     builder.set_outputs([o.name for o in g.output])
-    return materialize_outputs(builder)
+    graph = materialize_outputs(builder)
+    graph.onnx_source = (source, input_shapes, constant_inputs)   # ns.nn.from_graph re-imports it
+    return graph
 
 
 def materialize_outputs(builder):
