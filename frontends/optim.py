@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+FLOAT, DOUBLE = 1, 11              # ONNX Cast's element types
+
 
 class Optimizer:
     slots = ()                     # per-parameter state, e.g. ("exp_avg", "exp_avg_sq")
@@ -67,13 +69,18 @@ class Adam(Optimizer):
         self.betas, self.eps = tuple(betas), eps
 
     def scalars(self, g, step, t, lr):
+        """The bias corrections 1 - beta**(t+1) in float64: in float32, 1 - 0.999**1
+        keeps only three or four digits, and every update inherits the error."""
         b1, b2 = self.betas
-        count = g.add(t, g.scalar(1.0, t))
-        power = lambda b: g.op("Exp", [g.scale(count, math.log(b))]) if b > 0 else g.scalar(0.0, t)
-        one = g.scalar(1.0, t)
-        return {"lr": lr, "step_size": g.div(lr, g.sub(one, power(b1))),
-                "inv_bc2_sqrt": g.div(one, g.op("Sqrt", [g.sub(one, power(b2))])),
-                "decay": g.sub(one, g.scale(lr, self.weight_decay))}
+        count = g.op("Cast", [g.add(step, g.scalar(1, step))], to=DOUBLE)
+        one = g.scalar(1.0, count)
+
+        def correction(b):             # 1 - b**count, as 1 - exp(count * log b)
+            return g.sub(one, g.op("Exp", [g.scale(count, math.log(b))])) if b > 0 else one
+        inv_bc1 = g.op("Cast", [g.div(one, correction(b1))], to=FLOAT)
+        inv_bc2_sqrt = g.op("Cast", [g.div(one, g.op("Sqrt", [correction(b2)]))], to=FLOAT)
+        return {"lr": lr, "step_size": g.mul(lr, inv_bc1), "inv_bc2_sqrt": inv_bc2_sqrt,
+                "decay": g.sub(g.scalar(1.0, t), g.scale(lr, self.weight_decay))}
 
     def update(self, g, p, grad, state, s):
         b1, b2 = self.betas
