@@ -133,3 +133,125 @@ def test_trilu_node(upper, k, rng):
         feeds["k"] = np.array(k, np.int64)
     want = (np.triu if upper else np.tril)(feeds["x"], k or 0)
     np.testing.assert_array_equal(ns.compile(graph, threads=1).run(feeds)[graph.output_names()[0]], want)
+
+
+# ----- PyTorch's layers and exporter -----
+
+class _Flat(ns.nn.Module):
+    """(output, state) flattened into a tuple of outputs, for tracing."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        out, state = self.rnn(x)
+        return (out,) + (state if isinstance(state, tuple) else (state,))
+
+
+def _torch():
+    return pytest.importorskip("torch", reason="torch compares nn.LSTM/GRU with PyTorch's")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_layers_match_torch(kind, batch_first):
+    """2 layers, bidirectional: same state_dict keys and order, same outputs and states."""
+    torch = _torch()
+    torch.manual_seed(0)
+    t = getattr(torch.nn, kind)(5, 4, num_layers=2, bidirectional=True, batch_first=batch_first)
+    m = getattr(ns.nn, kind)(5, 4, num_layers=2, bidirectional=True, batch_first=batch_first)
+    assert list(m.state_dict()) == list(t.state_dict())
+    assert m.num_parameters() == sum(p.numel() for p in t.parameters())
+    m.load_state_dict({k: v.detach().numpy() for k, v in t.state_dict().items()})
+    shape = (3, 4, 5) if batch_first else (4, 3, 5)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    got = list(ns.compile(_Flat(m), input_shape=shape, threads=1).run({"input": x}).values())
+    with torch.no_grad():
+        out, state = t(torch.from_numpy(x))
+    for g, w in zip(got, (out,) + (state if isinstance(state, tuple) else (state,))):
+        np.testing.assert_allclose(g, w.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_lstm_with_initial_state_unbatched():
+    """A given (h_0, c_0) and an unbatched [T, I] input, as PyTorch takes them."""
+    torch = _torch()
+    t = torch.nn.LSTM(3, 2, num_layers=2)
+    m = ns.nn.LSTM(3, 2, num_layers=2)
+    m.load_state_dict({k: v.detach().numpy() for k, v in t.state_dict().items()})
+    rng = np.random.default_rng(1)
+    x, h0, c0 = (rng.standard_normal(s).astype(np.float32) for s in ((5, 3), (2, 2), (2, 2)))
+
+    class WithState(ns.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = m
+
+        def forward(self, x):
+            b = x.builder
+            h, c = (ns.nn.constant(b, v) for v in (h0, c0))
+            out, (hn, cn) = self.lstm(x, (h, c))
+            return out, hn, cn
+
+    got = list(ns.compile(WithState(), input_shape=x.shape, threads=1).run({"input": x}).values())
+    with torch.no_grad():
+        out, (hn, cn) = t(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    for g, w in zip(got, (out, hn, cn)):
+        np.testing.assert_allclose(g, w.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def _export_and_compare(model, x):
+    """torch.onnx.export (opset 17) -> ns.load_onnx, against onnxruntime on the same file."""
+    import io
+    torch = _torch()
+    ort = pytest.importorskip("onnxruntime")
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.from_numpy(x),), f, opset_version=17, dynamo=False,
+                          input_names=["x"])
+    data = f.getvalue()
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ns.compile(ns.load_onnx(data), threads=1).run({"x": x})
+    assert len(got) == len(want)
+    for g, w in zip(got.values(), want):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    return data
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_export_matches_onnxruntime(kind):
+    torch = _torch()
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, kind)(5, 4, num_layers=2, bidirectional=True, batch_first=True)
+
+        def forward(self, x):
+            out, state = self.rnn(x)
+            return (out,) + (state if isinstance(state, tuple) else (state,))
+
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    _export_and_compare(Net(), x)
+
+
+def test_torch_transformer_with_triu_mask_matches_onnxruntime():
+    import onnx
+    torch = _torch()
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tr = torch.nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                                           dim_feedforward=32, dropout=0.0, batch_first=True)
+
+        def forward(self, x):
+            causal = torch.triu(torch.full((x.shape[1], x.shape[1]), float("-inf")), diagonal=1)
+            return self.tr(x, x, tgt_mask=causal)
+
+    x = np.random.default_rng(0).standard_normal((2, 7, 16)).astype(np.float32)
+    data = _export_and_compare(Net(), x)
+    assert "Trilu" in {n.op_type for n in onnx.load_from_string(data).graph.node}
