@@ -19,7 +19,7 @@ from ..lower.loop_ir import (THREAD_INDEX, Bin, Call, Const, For, Load, Reduce, 
 from . import llvm_helpers as H
 from .memory_access import MAX_SHUFFLE_STRIDE, MemoryAccess, VecCtx
 from .parallel import ParallelLoops
-from .vector_math import VECTOR_MATH
+from .vector_math import VECTOR_MATH, nan_extreme
 
 
 LOCAL_PAD = 64          # elements: one vector of the narrowest type at the widest ISA
@@ -227,8 +227,8 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
         x, y = self._unify([self.expr(e.a, vec), self.expr(e.b, vec)])
         is_float, unsigned = e.a.dtype.is_float, e.a.dtype.is_unsigned
         if e.op in ("<", "<=", ">", ">=", "==", "!="):
-            if is_float:
-                return b.fcmp_ordered(e.op, x, y)
+            if is_float:     # IEEE: NaN != NaN holds, every other comparison with NaN fails
+                return (b.fcmp_unordered if e.op == "!=" else b.fcmp_ordered)(e.op, x, y)
             return (b.icmp_unsigned if unsigned else b.icmp_signed)(e.op, x, y)
         if e.op in ("and", "xor", "lshr"):
             return {"and": b.and_, "xor": b.xor, "lshr": b.lshr}[e.op](x, y)
@@ -268,9 +268,11 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
         if fn in ("max", "min"):
             op = ">" if fn == "max" else "<"
             if is_float:
-                cmp = b.fcmp_ordered(op, x, args[1])
-            else:
-                cmp = (b.icmp_unsigned if e.args[0].dtype.is_unsigned else b.icmp_signed)(op, x, args[1])
+                number = [isinstance(a, Const) and a.value == a.value for a in e.args]
+                if number[0] and not number[1]:     # the constant second: one instruction
+                    return nan_extreme(b, self.module, op, args[1], x, True)
+                return nan_extreme(b, self.module, op, x, args[1], number[1])
+            cmp = (b.icmp_unsigned if e.args[0].dtype.is_unsigned else b.icmp_signed)(op, x, args[1])
             return b.select(cmp, x, args[1])
         if fn in VECTOR_MATH and isinstance(x.type, ir.VectorType) and x.type.element == H.F32 and \
                 (fn != "recip" or self.module.triple.startswith("x86_64")):
@@ -317,6 +319,8 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
         def combine(x, y):
             if op == "sum":
                 return b.fadd(x, y) if dtype.is_float else b.add(x, y)
+            if dtype.is_float:
+                return nan_extreme(b, self.module, ">" if op == "max" else "<", x, y)   # x: the accumulator
             return b.select(compare(">" if op == "max" else "<", x, y), x, y)
         return combine
 
@@ -362,9 +366,19 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
                 value = self.builder.select(mask, value, identity)
             return combine(acc, value)
 
+        # max/min are exact in any order: four accumulators, four short chains
+        ways = 4 if e.op != "sum" and full >= 8 else 1
+
         def body(i, carried):
-            return [chunk(self.builder.mul(i, ir.Constant(H.I64, lanes)), carried[0])]
-        acc = H.counted_loop(self.builder, full, body, [identity], name=e.var.name)[0]
+            base = self.builder.mul(i, ir.Constant(H.I64, lanes * ways))
+            return [chunk(self.builder.add(base, ir.Constant(H.I64, w * lanes)), acc)
+                    for w, acc in enumerate(carried)]
+        accs = H.counted_loop(self.builder, full // ways, body, [identity] * ways, name=e.var.name)
+        acc = accs[0]
+        for other in accs[1:]:
+            acc = combine(acc, other)
+        for c in range(full - full % ways, full):
+            acc = chunk(ir.Constant(H.I64, c * lanes), acc)
         if rem:
             acc = chunk(ir.Constant(H.I64, full * lanes), acc, H.lane_mask(rem, lanes))
         return H.horizontal(self.builder, acc, combine)

@@ -140,4 +140,36 @@ def recip_f32(b, module, x):
     return b.select(b.fcmp_ordered("==", r, H.zero(x.type)), r, refined)
 
 
+def nan_extreme(b, module, op, x, y, y_is_number=False):
+    """max (op '>') or min ('<') of floats that propagates NaN, as IEEE maximum,
+    NumPy and PyTorch do (llvm.maxnum and a bare compare-select drop it).
+    `y op x ? y : x` is one vmaxps/vminps and gives x when either is NaN: enough
+    when y is a constant number (ReLU's 0). Otherwise a NaN y is blended in after
+    it; on x86 the vmaxps is the intrinsic, so LLVM cannot merge the two selects
+    into compare, compare, or, blend: a reduction passes its accumulator as x,
+    whose chain stays vmaxps + blend."""
+    if y_is_number:
+        return b.select(b.fcmp_ordered(op, y, x), y, x)
+    pick = _x86_extreme(b, module, op, y, x) or b.select(b.fcmp_ordered(op, y, x), y, x)
+    return b.select(b.fcmp_unordered("uno", y, y), y, pick)
+
+
+_X86_EXTREME = {(16, 32): "avx512.{}.ps.512", (8, 64): "avx512.{}.pd.512",
+                (8, 32): "avx.{}.ps.256", (4, 64): "avx.{}.pd.256"}
+
+
+def _x86_extreme(b, module, op, a, c):
+    """vmaxps/vminps(a, c): a op c ? a : c, c when either is NaN; None off x86."""
+    ty = a.type
+    if not (isinstance(ty, ir.VectorType) and module.triple.startswith("x86_64")):
+        return None
+    name = _X86_EXTREME.get((ty.count, 32 if ty.element == H.F32 else 64))
+    if name is None or ty.element not in (H.F32, H.F64):
+        return None
+    wide = name.startswith("avx512")
+    fn = H.intrinsic(module, "llvm.x86." + name.format("max" if op == ">" else "min"), ty,
+                     [ty, ty] + ([H.I32] if wide else []))
+    return b.call(fn, [a, c] + ([ir.Constant(H.I32, 4)] if wide else []))
+
+
 VECTOR_MATH = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32, "recip": recip_f32}

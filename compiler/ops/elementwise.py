@@ -108,7 +108,7 @@ UNARY = {
     "Reciprocal": ({}, True, lambda at, x: (1 / x).astype(x.dtype), lambda at, x: 1.0 / x),
     "Sign": ({}, False, lambda at, x: np.sign(x),
              lambda at, x: Select(x > 0, 1, Select(x < 0, -1, 0)) if not x.dtype.is_float else
-             Select(x > 0.0, 1.0, Select(x < 0.0, -1.0, 0.0))),
+             Select(x > 0.0, 1.0, Select(x < 0.0, -1.0, x))),     # x: 0 or NaN
     "Erf": ({}, True, lambda at, x: _np_erf(x).astype(x.dtype), lambda at, x: _erf(x)),
     "Softplus": ({}, True, lambda at, x: np.logaddexp(0, x).astype(x.dtype), lambda at, x: _softplus(x)),
     "Softsign": ({}, True, lambda at, x: (x / (1 + np.abs(x))).astype(x.dtype),

@@ -3,7 +3,7 @@ SpaceToDepth, and the compile-time generators ConstantOfShape and Range."""
 import numpy as np
 
 from ..ir.types import DType
-from ..lower.loop_ir import Const, Select, maximum, minimum
+from ..lower.loop_ir import Const, Select, cast, maximum, minimum
 from ..lower.nests import flat_index, output_loops, strided_map, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import register
@@ -33,11 +33,26 @@ def _pad_args(node, attrs, types, consts):
 def _pad_infer(attrs, types, consts, node):
     if len(types) > 1 and types[1] is not None and consts[1] is None:
         fail(node, "Pad pads must be a constant")
-    begin, end, _, _ = _pad_args(node, attrs, types, consts)
+    begin, end, _, mode = _pad_args(node, attrs, types, consts)
     shape = [d + b + e for d, b, e in zip(types[0].shape, begin, end)]
     if min(shape, default=1) < 0:
         fail(node, f"Pad removes more than the input has: {shape}")
+    _check_source_pads(node, mode, types[0].shape, begin, end)
     return [tt(types[0].dtype, shape)]
+
+
+def _check_source_pads(node, mode, shape, begin, end):
+    """edge, wrap and reflect read their pads from the input (after any cropping by
+    negative pads): an empty axis has nothing to read, and reflect needs pads
+    shorter than the axis (ONNX Runtime refuses both)."""
+    for axis, (d, b, e) in enumerate(zip(shape, begin, end)):
+        kept = d - max(-b, 0) - max(-e, 0)
+        pad = max(b, e, 0)
+        if mode != "constant" and pad and kept == 0:
+            fail(node, f"Pad mode '{mode}' cannot pad axis {axis} of length 0")
+        if mode == "reflect" and pad and pad >= kept:
+            fail(node, f"Pad reflect pads {max(b, 0)}, {max(e, 0)} of axis {axis} must be less "
+                       f"than its length {kept}")
 
 
 def _pad_reference(attrs, x, pads=None, value=None, axes=None):
@@ -69,18 +84,19 @@ def _pad_lower(ctx):
     begin, end, value, mode = _pad_args(ctx.node.name, ctx.attrs, ctx.in_types, ctx.consts)
     shape, out_shape = ctx.in_types[0].shape, ctx.out_types[0].shape
     with output_loops(ctx, out_shape, ctx.out_types[0].dtype) as vars_:
-        _pad_body(ctx, vars_, begin, value, mode, shape, out_shape)
+        _pad_body(ctx, vars_, begin, end, value, mode, shape, out_shape)
 
 
-def _pad_body(ctx, vars_, begin, value, mode, shape, out_shape):
+def _pad_body(ctx, vars_, begin, end, value, mode, shape, out_shape):
     inside, index = None, 0
-    for v, b, n, s in zip(vars_, begin, shape, strides(shape)):
+    for v, b, e, n, s in zip(vars_, begin, end, shape, strides(shape)):
         i = v - b if b else v
         if mode == "constant":
             ok = (i >= 0) & (i < n)
             inside = ok if inside is None else inside & ok
-        else:
-            i = _source(mode, i, n)
+        elif b or e:      # edge, wrap, reflect: over the axis left after negative pads crop it
+            lo = max(-b, 0)
+            i = _source(mode, v - max(b, 0), n - lo - max(-e, 0)) + lo
         index = index + i * s
     x = ctx.inputs[0]
     dtype = ctx.out_types[0].dtype
@@ -105,14 +121,17 @@ def _gather_lower(ctx):
     count = idx_t.size
     xb, ib = ctx.inputs
     out, nb, status = ctx.outputs[0], ctx.nb, ctx.status()
+    index = lambda j: cast(ib[j], DType.int64)        # int32 indices too
     with nb.loop(count, hint="j") as j:
-        k = ib[j]
+        k = index(j)
         code, ok = Const(STATUS_BAD_INDEX, DType.int32), Const(0, DType.int32)
         flag = Select(k < -n, code, Select(k >= n, code, ok))
         nb.store(status, 0, maximum(status[0], flag))
+    if n == 0:        # every index is out of range: the status says so, and nothing is read
+        return
     with nb.loop(outer, hint="o") as o:
         with nb.loop(count, hint="j") as j:
-            k = ib[j]
+            k = index(j)
             k = Select(k < 0, k + n, k)
             k = maximum(minimum(k, n - 1), 0)
             with nb.loop(inner, "vector", ctx.lanes(out.dtype), hint="i") as i:

@@ -7,6 +7,7 @@ from ..lower.loop_ir import Reduce, Select
 from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import fail, require_float, tt
 from .conv import window_geometry
+from .reduce import nan_equal
 from .registry import register
 
 POOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": None, "kernel_shape": None,
@@ -57,7 +58,8 @@ def _pool_reference(pool):
                        for k, d, o, s in zip(kidx, dil, out, strides))
             patch = xp[(slice(None), slice(None)) + sl]
             if pool == "MaxPool":
-                better = patch > acc            # strict: the first maximum keeps its index
+                # strict: the first maximum keeps its index; a NaN is the maximum
+                better = (patch > acc) | (np.isnan(patch) & ~np.isnan(acc))
                 index = np.where(better, flat[(slice(None), slice(None)) + sl], index)
                 acc = np.maximum(acc, patch)
             else:
@@ -109,7 +111,7 @@ def _pool_lower(pool):
                 lowest = float("-inf") if x.dtype.is_float else int(np.iinfo(x.dtype.numpy).min)
                 nb.store(out_buf, at, over_window("max", Select(inside, value, lowest)))
                 if len(ctx.outputs) > 1:       # Indices: the first maximum, row-major
-                    hit = inside & value.eq(out_buf[at])
+                    hit = inside & nan_equal(value, out_buf[at])
                     nb.store(ctx.outputs[1], at, over_window("min", Select(hit, flat, 1 << 62)))
             else:
                 if ctx.attrs.get("count_include_pad", 0):

@@ -197,9 +197,15 @@ def _arg_lower(op):
                 k = nb.var("k")
                 at = lambda kk: xb[(o * e + kk) * inner + i]
                 nb.store(best, o * inner + i, Reduce(op, k, e, at(k)))
-                hit = Select(at(k).eq(best[o * inner + i]), k, -1 if last else e)
+                hit = Select(nan_equal(at(k), best[o * inner + i]), k, -1 if last else e)
                 nb.store(out, o * inner + i, Reduce("max" if last else "min", k, e, hit))
     return lower
+
+
+def nan_equal(value, best):
+    """value == best, where a NaN best (max and min propagate it) is hit by a NaN:
+    the index of the first NaN, as NumPy and PyTorch give."""
+    return Select(best.ne(best), value.ne(value), value.eq(best))
 
 
 ARG_ATTRS = {"axis": 0, "keepdims": 1, "select_last_index": 0}

@@ -14,7 +14,7 @@ from onnx import helper
 
 from ..lower.loop_ir import Const, Load, Reduce, Select
 from ..lower.nests import flat_index, output_loops, strides
-from .common import fail, tt
+from .common import fail, norm_axis, tt
 from .registry import register
 
 ATTRS = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
@@ -51,13 +51,29 @@ def _plan(node, attrs, shape, consts):
     if (scales is None) == (sizes is None):
         fail(node, "Resize needs exactly one of scales and sizes, as a constant")
     rank = len(shape)
-    axes = [a % rank for a in attrs["axes"]] if attrs.get("axes") is not None else list(range(rank))
+    axes = [norm_axis(node, a, rank, "axes") for a in attrs["axes"]] if attrs.get("axes") is not None \
+        else list(range(rank))
     given = scales if scales is not None else sizes
     if len(given) != len(axes) or (scales is not None and min(scales) <= 0) or \
-            (sizes is not None and min(sizes) <= 0):
+            (sizes is not None and any(z < 0 or z == 0 < shape[a] for z, a in zip(sizes, axes))):
         fail(node, f"Resize {'scales' if sizes is None else 'sizes'} {list(given)} do not fit input {shape}")
-    out = _out_shape(tuple(shape), _key(roi), _key(scales), _key(sizes), _akey(attrs))
+    if 0 in tuple(shape):
+        out = _empty_out(node, attrs, tuple(shape), axes, roi, scales, sizes)
+    else:
+        out = _out_shape(tuple(shape), _key(roi), _key(scales), _key(sizes), _akey(attrs))
     return out, axes, roi, scales, sizes
+
+
+def _empty_out(node, attrs, shape, axes, roi, scales, sizes):
+    """An empty input gives an empty output: a length-0 axis scales to length 0 and
+    cannot be sized to more (ONNX Runtime refuses that too); the other axes' lengths
+    are those of a probe with 1 in place of each 0."""
+    for k, a in enumerate(axes):
+        if shape[a] == 0 and sizes is not None and sizes[k]:
+            fail(node, f"Resize cannot size axis {a} of length 0 to {int(sizes[k])}")
+    probe = tuple(d or 1 for d in shape)
+    out = _out_shape(probe, _key(roi), _key(scales), _key(sizes), _akey(attrs))
+    return tuple(0 if d == 0 else o for d, o in zip(shape, out))
 
 
 def _key(a):
@@ -83,6 +99,8 @@ def _infer(attrs, types, consts, node):
 
 
 def _reference(attrs, x, roi=None, scales=None, sizes=None):
+    if x.size == 0:
+        return np.zeros(_plan("Resize", attrs, x.shape, [x, roi, scales, sizes])[0], x.dtype)
     return _onnx_resize(x, roi, scales, sizes, attrs).astype(x.dtype)
 
 
@@ -131,6 +149,8 @@ def _axis_scale(attrs, axis, axes, shape, scales, sizes):
 def _lower(ctx):
     shape, dtype = ctx.in_types[0].shape, ctx.out_types[0].dtype
     out, axes, roi, scales, sizes = _plan(ctx.node.name, ctx.attrs, shape, ctx.consts)
+    if 0 in out:      # nothing to write (and no taps to read)
+        return
     with output_loops(ctx, out, dtype) as vars_:
         _resize_body(ctx, vars_, shape, out, axes, roi, scales, sizes, dtype)
 
