@@ -245,8 +245,10 @@ from .layers_attention import *  # noqa: E402,F401,F403
 from .layers_containers import *  # noqa: E402,F401,F403
 from .layers_conv import *  # noqa: E402,F401,F403
 from .layers_norm import *  # noqa: E402,F401,F403
-from . import layers_act, layers_attention, layers_containers, layers_conv, layers_norm  # noqa: E402
+from .layers_transformer import *  # noqa: E402,F401,F403
+from . import (layers_act, layers_attention, layers_containers, layers_conv, layers_norm,  # noqa: E402
+               layers_transformer)
 __all__ += (layers_act.__all__ + layers_attention.__all__ + layers_containers.__all__ +
-            layers_conv.__all__ + layers_norm.__all__)
+            layers_conv.__all__ + layers_norm.__all__ + layers_transformer.__all__)
 from .layers_recurrent import GRU, LSTM, RNN  # noqa: E402  (the recurrent layers)
 __all__ += ["LSTM", "GRU", "RNN"]

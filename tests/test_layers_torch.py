@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import nutshell as ns
-from nutshell.compiler.ir.types import DType
-from tests_support_layers import assert_matches, run_module, slice_inputs
+from tests_support_layers import assert_matches, calling, run_module
 
 torch = pytest.importorskip("torch", reason="torch is a test extra (pip install torch)")
 tnn = torch.nn
@@ -65,7 +64,7 @@ def test_upsample(rng, kw):
 def test_embedding(rng, padding_idx):
     t, n = _pair(tnn.Embedding(10, 4, padding_idx=padding_idx), nn.Embedding(10, 4, padding_idx=padding_idx))
     idx = rng.integers(0, 10, (3, 5)).astype(np.int64)
-    got = run_module(n, idx, dtype=DType.int64)
+    got = run_module(n, idx)
     np.testing.assert_array_equal(got, _torch(t, idx).numpy())
 
 
@@ -145,22 +144,6 @@ def _mha_pair(rng, **kw):
     return _pair(t, n)
 
 
-class _SelfAttention:
-    """Wraps a MultiheadAttention as one-input modules (output and weights)."""
-
-    @staticmethod
-    def make(module, **call):
-        class Wrap(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.attn = module
-
-            def forward(self, x):
-                out, w = self.attn(x, x, x, **call)
-                return (out, w) if w is not None else out
-        return Wrap()
-
-
 @pytest.mark.parametrize("call", [
     dict(), dict(need_weights=False), dict(average_attn_weights=False),
     dict(attn_mask=np.triu(np.ones((5, 5), bool), 1)),
@@ -176,11 +159,11 @@ def test_multihead_self_attention(rng, call, batch_first):
     tcall = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in call.items()}
     with torch.no_grad():
         want_out, want_w = t(*[torch.from_numpy(x)] * 3, **tcall)
-    got = run_module(_SelfAttention.make(n, **call), x)
-    if want_w is None:
-        assert_matches(got, want_out.numpy(), 1e-4)
-    else:
-        assert_matches(got[0], want_out.numpy(), 1e-4)
+    got = run_module(calling(n, **call), x, x, x)
+    got = got if isinstance(got, tuple) else (got,)
+    assert len(got) == (1 if want_w is None else 2)
+    assert_matches(got[0], want_out.numpy(), 1e-4)
+    if want_w is not None:
         assert_matches(got[1], want_w.numpy(), 1e-4)
 
 
@@ -190,10 +173,61 @@ def test_multihead_cross_attention(rng, kdim):
     q = rng.standard_normal((2, 3, 8)).astype(np.float32)
     kv = rng.standard_normal((2, 7, kdim or 8)).astype(np.float32)
     want = _torch(t, q, kv, kv)[0].numpy()
-    if kdim is None:
-        model = slice_inputs(n, lambda m, a, b: m(a, b, b, need_weights=False)[0], split=3)
-        assert_matches(run_module(model, np.concatenate([q, kv], 1)), want, 1e-4)
-    else:
-        assert list(n.state_dict()) == list(t.state_dict())
-        model = slice_inputs(n, lambda m, a, b: m(a, b, b, need_weights=False)[0], split=3, kv=kv)
-        assert_matches(run_module(model, q), want, 1e-4)
+    assert list(n.state_dict()) == list(t.state_dict())
+    assert_matches(run_module(calling(n, need_weights=False), q, kv, kv), want, 1e-4)
+
+
+def _randomize(t):
+    """Non-default parameters (LayerNorm starts at ones and zeros, attention biases at 0)."""
+    with torch.no_grad():
+        for p in t.parameters():
+            p.uniform_(-0.5, 0.5) if p.ndim == 1 else p.mul_(1.5)
+    return t
+
+
+_CAUSAL = np.triu(np.ones((5, 5), bool), 1)
+
+
+@pytest.mark.parametrize("kw,call", [
+    (dict(), dict()),
+    (dict(norm_first=True, activation="gelu"), dict(src_mask=_CAUSAL)),
+    (dict(batch_first=False), dict(src_key_padding_mask=np.array([[0, 0, 0, 1, 1], [0] * 5], bool))),
+    (dict(bias=False), dict(is_causal=True, src_mask=_CAUSAL)),
+], ids=["post_norm", "pre_norm_gelu_causal", "seq_first_padding", "no_bias"])
+def test_transformer_encoder_layer(rng, kw, call):
+    kw = dict(dict(d_model=8, nhead=2, dim_feedforward=16, batch_first=True), **kw)
+    t, n = _pair(_randomize(tnn.TransformerEncoderLayer(**kw)), nn.TransformerEncoderLayer(**kw))
+    assert list(n.state_dict()) == list(t.state_dict())
+    shape = (2, 5, 8) if kw["batch_first"] else (5, 2, 8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    tcall = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in call.items()}
+    with torch.no_grad():
+        want = t(torch.from_numpy(x), **tcall).numpy()
+    assert_matches(run_module(calling(n, **call), x), want, 1e-4)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_decoder_stack(rng, norm_first):
+    def build(m):
+        layer = m.TransformerDecoderLayer(8, 2, dim_feedforward=16, batch_first=True,
+                                          norm_first=norm_first)
+        return m.TransformerDecoder(layer, num_layers=2, norm=m.LayerNorm(8))
+    torch.manual_seed(0)
+    t, n = _pair(_randomize(build(tnn)), build(nn))
+    assert list(n.state_dict()) == list(t.state_dict())
+    tgt = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    memory = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    causal = np.triu(np.ones((4, 4), bool), 1)
+    with torch.no_grad():
+        want = t(torch.from_numpy(tgt), torch.from_numpy(memory), tgt_mask=torch.from_numpy(causal)).numpy()
+    assert_matches(run_module(calling(n, tgt_mask=causal), tgt, memory), want, 1e-4)
+
+
+def test_transformer_encoder_stack(rng):
+    def build(m):
+        return m.TransformerEncoder(m.TransformerEncoderLayer(8, 2, 16, batch_first=True), 3)
+    torch.manual_seed(0)
+    t, n = _pair(_randomize(build(tnn)), build(nn))
+    assert list(n.state_dict()) == list(t.state_dict())
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy(), 1e-4)

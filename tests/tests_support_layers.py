@@ -2,13 +2,12 @@
 import numpy as np
 
 import nutshell as ns
-from nutshell.compiler.ir.types import DType
 
 
-def run_module(module, x, dtype=DType.float32):
-    """module traced at x's shape (inference mode), compiled, run on x."""
-    graph = module.trace(x.shape, dtype=dtype)
-    return ns.compile(graph, threads=1)(x)
+def run_module(module, *xs):
+    """module traced on the example arrays xs (inference mode), compiled, run on them."""
+    graph = module.trace(example_inputs=xs if len(xs) > 1 else xs[0])
+    return ns.compile(graph, threads=1)(*xs)
 
 
 def assert_matches(got, want, atol_scale=1e-5, rtol=1e-4):
@@ -19,19 +18,15 @@ def assert_matches(got, want, atol_scale=1e-5, rtol=1e-4):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
-def slice_inputs(module, fn, split, kv=None):
-    """A one-input module holding `module` and calling fn(module, a, b): a = x[:, :split],
-    b = x[:, split:] (or the constant kv), so two-input layers compile through the
-    one-input trace."""
-    from nutshell.frontends.layers_ops import as_tensor, narrow
-
-    class Two(ns.nn.Module):
+def calling(module, **call):
+    """A module whose forward(*xs) is module(*xs, **call), returning the tensors of
+    the result (a tuple's None entries dropped), so keyword calls compile."""
+    class Call(ns.nn.Module):
         def __init__(self):
             super().__init__()
             self.inner = module
 
-        def forward(self, x):
-            if kv is not None:
-                return fn(self.inner, x, as_tensor(x, kv))
-            return fn(self.inner, narrow(x, 1, 0, split), narrow(x, 1, split, x.shape[1]))
-    return Two()
+        def forward(self, *xs):
+            out = self.inner(*xs, **call)
+            return tuple(o for o in out if o is not None) if isinstance(out, tuple) else out
+    return Call()
