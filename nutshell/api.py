@@ -38,7 +38,7 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
             vector_cap=512):
     """Compile `model` to native code for this CPU and return a CompiledModel.
 
-    threads: worker threads for parallel loops (default: all cores).
+    threads: worker threads for parallel loops, 1 to 1024 (default: all cores, at most 1024).
     print_after: pass names (or "all") whose IR is printed, like --print-after.
     vector_cap: 256 or 32 ask for AVX2-wide or scalar code instead of AVX-512.
     """

@@ -307,3 +307,22 @@ def test_too_many_elements_names_the_node():
                    [any_vi("y")], [init("s", np.array([2 ** 30, 2 ** 30, 64], np.int64))])
     with pytest.raises(ns.ShapeError, match="way_too_big"):
         ns.load_onnx(m.SerializeToString())
+
+
+# row 30: threads of 0, negative, 2**31 or not a number
+@pytest.mark.parametrize("threads", [0, -1, 2 ** 31, 1.5, True])
+def test_bad_thread_counts_are_clean_errors(threads):
+    graph = ns.load_onnx(relu_model().SerializeToString())
+    with pytest.raises(ns.CompileError, match="threads must be an integer from 1 to 1024"):
+        ns.compile(graph, threads=threads)
+
+
+def test_generated_code_does_not_grow_with_threads():
+    """A parallel loop's per-thread counters were one store per thread: 2**31 threads
+    never finished compiling. The IR must not depend on the count (beyond its digits)."""
+    from nutshell.compiler.codegen.model import build_model
+    from nutshell.compiler.lower.target import host_target
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [512, 1024])], [vi("y", [512, 1024])])
+    graph = ns.optimize_graph(ns.load_onnx(m.SerializeToString()))
+    small, large = (build_model(graph, host_target(t), "m").llvm_ir for t in (2, 1024))
+    assert ".par" in small and abs(len(large) - len(small)) < 100

@@ -30,9 +30,7 @@ class ParallelLoops:
         data = H.alloca(b, struct_ty)
         counters_ty = ir.ArrayType(H.I64, self.threads)     # chunks taken of each thread's range
         counter = H.alloca(b, counters_ty)
-        for r in range(self.threads):
-            b.store(ir.Constant(H.I64, 0), b.gep(counter, [ir.Constant(H.I32, 0), ir.Constant(H.I32, r)],
-                                                 source_etype=counters_ty))
+        b.store(ir.Constant(counters_ty, None), counter)    # zeroinitializer: IR size independent of threads
         values = [self.bufs[p.name] for p in params] + [counter] + [self.env[v] for v in vars_]
         for k, value in enumerate(values):
             b.store(value, b.gep(data, [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],

@@ -1,11 +1,14 @@
 """The CPU we generate code for, read from llvmlite's host query."""
 import atexit
 import ctypes.util
+import numbers
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import llvmlite.binding as llvm
+
+from ..errors import CompileError
 
 
 @lru_cache(maxsize=None)
@@ -64,12 +67,23 @@ class CpuTarget:
         return f"{self.triple}|{self.cpu}|{self.features}|t{self.threads}"
 
 
+MAX_THREADS = 1024     # per-thread slots live on the stack and in the arena: a bound keeps them small
+
+
+def checked_threads(threads):
+    """`threads` as an int in [1, MAX_THREADS]; None means every core (capped)."""
+    if threads is None:
+        return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) \
+            or not 1 <= threads <= MAX_THREADS:
+        raise CompileError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+    return int(threads)
+
+
 def host_target(threads=None, vector_cap=512):
     """The host CPU; `vector_cap` (256, 32) asks for AVX2-wide or scalar code."""
     has_gomp = _init_llvm()
-    threads = os.cpu_count() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    threads = checked_threads(threads)
     features = llvm.get_host_cpu_features().flatten()
     if vector_cap < 512:     # AVX2-class code: LLVM must not widen anything to zmm either
         features = ",".join("-" + f[1:] if f.startswith("+avx512") else f for f in features.split(","))
