@@ -37,7 +37,7 @@ EXTRA = {
                         f"bias={m.bias is not None}",
     "Conv2d": _conv,
     "BatchNorm2d": lambda m: f"{m.weight.shape[0]}, eps={m.eps}, momentum={m.momentum}, affine=True, "
-                             "track_running_stats=True",
+                             "bias=True, track_running_stats=True",     # torch 2.13's wording
     "MaxPool2d": _pool, "AvgPool2d": _pool,
     "AdaptiveAvgPool2d": lambda m: "output_size=1",
     "Flatten": lambda m: f"start_dim={m.start_dim}, end_dim={getattr(m, 'end_dim', -1)}",

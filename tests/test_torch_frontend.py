@@ -130,12 +130,244 @@ def test_traced_code_matches_torch(name, fn, args):
     check(reference_run(fn, arrays), torch_run(fn, arrays), rtol=1e-5, atol=1e-6)
 
 
+# --- nn.functional ---------------------------------------------------------------------------
+
+def F(lib):
+    return lib.nn.functional
+
+
+ACTIVATIONS = ["relu", "relu6", "elu", "selu", "celu", "gelu", "silu", "softplus", "mish", "hardswish",
+               "hardsigmoid", "hardtanh", "softsign", "logsigmoid", "sigmoid", "tanh"]
+
+FUNCTIONAL_CASES = [
+    ("activations", lambda t, x: tuple(getattr(F(t), a)(x * 4) for a in ACTIVATIONS), "x"),
+    ("activation_args", lambda t, x: (F(t).leaky_relu(x, 0.2), F(t).elu(x, alpha=0.5), F(t).gelu(x, approximate="tanh"),
+                                      F(t).softplus(x * 8, beta=2, threshold=3), F(t).hardtanh(x, -0.5, 0.3)), "x"),
+    ("prelu", lambda t, img, s: (F(t).prelu(img, s), F(t).prelu(img, s[:1])), "img s"),
+    ("softmax", lambda t, x: (F(t).softmax(x, dim=-1), F(t).log_softmax(x, 1), F(t).softmin(x, 0)), "x"),
+    ("linear", lambda t, x, w, b5, logits: (F(t).linear(x, w.T), F(t).linear(logits, w.T, b5), F(t).linear(x, w.T, b5)),
+     "x w b5 logits"),
+    ("conv2d", lambda t, img, k, kb, kd: (F(t).conv2d(img, k, kb), F(t).conv2d(img, k, None, 2, 1),
+                                          F(t).conv2d(img, k, kb, padding="same", dilation=2),
+                                          F(t).conv2d(img, kd, groups=3, padding=1)), "img k kb kd"),
+    ("conv1d", lambda t, seq, k1: (F(t).conv1d(seq, k1), F(t).conv1d(seq, k1, stride=2, padding=1)), "seq k1"),
+    ("conv_transpose2d", lambda t, img, kt: F(t).conv_transpose2d(img, kt, stride=2, padding=1, output_padding=1),
+     "img kt"),
+    ("pools", lambda t, img: (F(t).max_pool2d(img, 2), F(t).max_pool2d(img, 3, 2, 1), F(t).avg_pool2d(img, 2),
+                              F(t).avg_pool2d(img, 3, 1, 1, count_include_pad=False), F(t).avg_pool2d(img, 3, 2, 1),
+                              F(t).adaptive_avg_pool2d(img, 1), F(t).adaptive_avg_pool2d(img, (3, 2)),
+                              F(t).adaptive_max_pool2d(img, 1)), "img"),
+    ("dropout_eval", lambda t, x: (F(t).dropout(x, 0.3, training=False), F(t).dropout(x, 0.0)), "x"),
+    ("embedding", lambda t, ids, w: (F(t).embedding(ids, w), F(t).one_hot(ids, 5)), "ids w"),
+    ("norms", lambda t, x, w4, b5, img, s, s_pos: (
+        F(t).layer_norm(x, (4,), w4, w4 * 0.5), F(t).layer_norm(x, (3, 4)), F(t).group_norm(img, 3, s, s_pos),
+        F(t).group_norm(img, 1), F(t).batch_norm(img, s, s_pos, s_pos, s), F(t).batch_norm(img, s, s_pos, training=True),
+        F(t).normalize(x, dim=-1), F(t).normalize(x, p=1, dim=1), F(t).cosine_similarity(x, x * 2 + 1, dim=-1),
+        F(t).pairwise_distance(x[0], x[1])), "x w4 b5 img s s_pos"),
+    ("interpolate", lambda t, img: (F(t).interpolate(img, scale_factor=2), F(t).interpolate(img, size=(9, 7)),
+                                    F(t).interpolate(img, size=(4, 5)), F(t).interpolate(img, scale_factor=2, mode="bilinear"),
+                                    F(t).interpolate(img, size=(9, 4), mode="bilinear", align_corners=True),
+                                    F(t).interpolate(img, size=(4, 5), mode="bilinear", align_corners=False),
+                                    F(t).interpolate(img, size=(9, 7), mode="nearest-exact")), "img"),
+    ("pad", lambda t, img: (F(t).pad(img, (1, 2)), F(t).pad(img, (1, 1, 2, 0), value=3.0),
+                            F(t).pad(img, (1, 2, 2, 1), mode="reflect"), F(t).pad(img, (2, 1, 0, 3), mode="replicate"),
+                            F(t).pad(img, (1, 2, 2, 1), mode="circular")), "img"),
+]
+
+LOSS_CASES = [
+    ("cross_entropy", lambda t, z, y, w: (F(t).cross_entropy(z, y), F(t).cross_entropy(z, y, reduction="sum"),
+                                          F(t).cross_entropy(z, y, reduction="none"), F(t).cross_entropy(z * 30, y),
+                                          F(t).cross_entropy(z, y, weight=w), F(t).cross_entropy(z, y, label_smoothing=0.1),
+                                          F(t).cross_entropy(z, y, weight=w, label_smoothing=0.2, reduction="none"),
+                                          F(t).cross_entropy(z, y, weight=w, label_smoothing=0.2),
+                                          F(t).cross_entropy(z, y, ignore_index=1)), "logits labels w4p"),
+    ("cross_entropy_ignore", lambda t, z, y, w: (F(t).cross_entropy(z, y), F(t).cross_entropy(z, y, weight=w),
+                                                 F(t).cross_entropy(z, y, label_smoothing=0.1, weight=w),
+                                                 F(t).cross_entropy(z, y, reduction="none", label_smoothing=0.3)),
+     "logits labels_ig w4p"),
+    ("cross_entropy_nd", lambda t, z, y, w: (F(t).cross_entropy(z, y), F(t).cross_entropy(z, y, weight=w, label_smoothing=0.1),
+                                             F(t).cross_entropy(z, y, reduction="none"),
+                                             F(t).cross_entropy(z.transpose(1, 2).reshape(-1, 4), y.reshape(-1))),
+     "seq_logits seq_labels w4p"),
+    ("cross_entropy_probs", lambda t, z, p, w: (F(t).cross_entropy(z, p.softmax(-1)), F(t).cross_entropy(z, p, weight=w),
+                                                F(t).cross_entropy(z, p.softmax(-1), label_smoothing=0.2, reduction="sum")),
+     "logits prob w4p"),
+    ("nll_loss", lambda t, z, y, yi, w: (F(t).nll_loss(F(t).log_softmax(z, 1), y), F(t).nll_loss(z.log_softmax(1), yi, weight=w),
+                                         F(t).nll_loss(z.log_softmax(-1), y, reduction="none")), "logits labels labels_ig w4p"),
+    ("regression", lambda t, x, y: (F(t).mse_loss(x, y), F(t).l1_loss(x, y, reduction="sum"), F(t).smooth_l1_loss(x, y),
+                                    F(t).smooth_l1_loss(x, y, beta=0.5, reduction="none"), F(t).smooth_l1_loss(x, y, beta=0.0),
+                                    F(t).huber_loss(x, y), F(t).huber_loss(x, y, delta=0.7, reduction="sum"),
+                                    F(t).mse_loss(x, y, reduction="none")), "x y"),
+    ("binary", lambda t, p, z, bits, w: (F(t).binary_cross_entropy(p, bits), F(t).binary_cross_entropy(p, bits, weight=w),
+                                         F(t).binary_cross_entropy_with_logits(z * 40, bits),
+                                         F(t).binary_cross_entropy_with_logits(z, bits, pos_weight=w, reduction="none"),
+                                         F(t).binary_cross_entropy_with_logits(z, p, weight=w, pos_weight=w),
+                                         F(t).soft_margin_loss(z, bits * 2 - 1)), "prob logits bits w4p"),
+    ("kl_div", lambda t, z, p: (F(t).kl_div(z.log_softmax(-1), p.softmax(-1), reduction="batchmean"),
+                                F(t).kl_div(z.log_softmax(-1), p.log(), reduction="sum", log_target=True)), "logits prob"),
+]
+
+F_CASES = FUNCTIONAL_CASES + LOSS_CASES
+
+
 @needs_torch
-@pytest.mark.parametrize("table", ["tensor", "functions"])
+@pytest.mark.parametrize("name,fn,args", F_CASES, ids=[c[0] for c in F_CASES])
+def test_functional_matches_torch(name, fn, args):
+    """float32 through the reference interpreter: rtol 1e-5 / atol 1e-5."""
+    data = inputs()
+    arrays = [data[n] for n in args.split()]
+    check(reference_run(fn, arrays), torch_run(fn, arrays), rtol=1e-5, atol=1e-5)
+
+
+@needs_torch
+@pytest.mark.parametrize("name,fn,args", LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+def test_losses_match_torch_in_float64(name, fn, args):
+    """The losses' formulas are torch's, not approximations of them: float64, rtol 1e-10."""
+    data = inputs()
+    arrays = [data[n].astype(np.float64) if data[n].dtype == np.float32 else data[n] for n in args.split()]
+    check(reference_run(fn, arrays, float64=True), torch_run(fn, arrays), rtol=1e-10, atol=1e-12)
+
+
+# --- whole modules written for torch ------------------------------------------------------------
+
+def tiny_gpt(lib, vocab=7, d=8, heads=2, T=5):
+    """Model code as a PyTorch user writes it; `lib` is torch or nutshell."""
+    nn, F = lib.nn, lib.nn.functional
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.register_buffer("mask", lib.tril(lib.ones(T, T)))
+
+        def forward(self, x):
+            B, L, C = x.shape
+            q, k, v = self.qkv(x).split(C, dim=2)
+            q, k, v = (z.view(B, L, heads, C // heads).transpose(1, 2) for z in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / (C // heads) ** 0.5)
+            att = att.masked_fill(self.mask[:L, :L] == 0, float("-inf"))
+            y = F.softmax(att, dim=-1) @ v
+            return self.proj(y.transpose(1, 2).contiguous().view(B, L, C))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(vocab, d)
+            self.pos = nn.Parameter(lib.zeros(1, T, d))
+            self.attn, self.norm = Attention(), nn.LayerNorm(d)
+            self.head = nn.Linear(d, vocab, bias=False)
+
+        def forward(self, ids, targets):
+            x = self.tok(ids) + self.pos[:, :ids.size(1)]
+            x = x + self.attn(self.norm(x))
+            logits = self.head(F.gelu(x))
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+    return GPT()
+
+
+@needs_torch
+def test_a_module_written_for_torch_compiles_and_matches():
+    """Multi-input (int64 ids and targets), tuple output, a Parameter and a buffer
+    used in forward, torch's state_dict loaded; float32, rtol 1e-4 / atol 1e-5."""
+    torch.manual_seed(0)
+    ref = tiny_gpt(torch)
+    net = tiny_gpt(ns)
+    net.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 7, (3, 5)), rng.integers(-1, 7, (3, 5))
+    model = ns.compile(net.trace(example_inputs=(ids, targets)))
+    logits, loss = model(ids, targets)
+    ref_logits, ref_loss = ref(torch.from_numpy(ids), torch.from_numpy(targets))
+    np.testing.assert_allclose(logits, ref_logits.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
+
+
+def small_net(lib):
+    nn = lib.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(),
+                                          nn.MaxPool2d(2), nn.Dropout(0.1))
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 4 * 4, 10), nn.LeakyReLU(0.2))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+    return Net()
+
+
+@needs_torch
+def test_module_tree_prints_walks_and_applies_as_torch():
+    net, ref = small_net(ns), small_net(torch)
+    assert str(net) == str(ref)
+    assert [n for n, _ in net.named_children()] == [n for n, _ in ref.named_children()]
+    assert [type(m).__name__ for m in net.modules()] == [type(m).__name__ for m in ref.modules()]
+    seen, ref_seen = [], []
+    net.apply(lambda m: seen.append(type(m).__name__))
+    ref.apply(lambda m: ref_seen.append(type(m).__name__))
+    assert seen == ref_seen
+
+
+class PicklableNet(ns.nn.Module):      # pickle finds classes by module-level name
+    def __init__(self):
+        super().__init__()
+        self.body = small_net(ns).features
+        self.scale = ns.nn.Parameter(ns.ones(6, 1, 1))
+
+    def forward(self, x):
+        return self.body(x) * self.scale
+
+
+def test_pickle_round_trips_parameters_and_compiles_the_same():
+    import pickle
+    net = PicklableNet().eval()
+    copy = pickle.loads(pickle.dumps(net))
+    for (k, a), (k2, b) in zip(net.state_dict().items(), copy.state_dict().items()):
+        assert k == k2 and np.array_equal(a, b)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(ns.compile(net, input_shape=x.shape)(x), ns.compile(copy, input_shape=x.shape)(x))
+
+
+def test_requires_grad_freezes_parameters_in_the_training_trace():
+    net = small_net(ns)
+    net.features.requires_grad_(False)
+    net.head[1].bias.requires_grad = False
+    graph = net.trace((2, 1, 8, 8), mode="training")
+    frozen = set(graph.trace_state.frozen)
+    assert frozen == {"features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias",
+                      "head.1.bias"}
+    assert set(graph.trace_state.params) - frozen == {"head.1.weight"}
+    assert all(not p.requires_grad for p in net.features.parameters())
+
+
+def test_tensor_misuse_gets_clear_errors():
+    class Bad(ns.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+    for fn, error in [(lambda x: x if x.sum() > 0 else -x, ns.InputError),
+                      (lambda x: x.reshape(5, -1), ns.ShapeError),
+                      (lambda x: x[0, 0, 0, 0], IndexError),
+                      (lambda x: x[x > 0], ns.UnsupportedOpError),
+                      (lambda x: x.view(-1, -1), ns.ShapeError)]:
+        with pytest.raises(error):
+            Bad(fn).trace((2, 3, 4))
+    with pytest.raises(TypeError):
+        Bad(lambda x: x)(np.zeros(3))
+
+
+@needs_torch
+@pytest.mark.parametrize("table", ["tensor", "functions", "functional", "losses"])
 def test_compiled_tables_match_torch(table):
     """A whole table compiled as one native model; rtol 1e-5 / atol 1e-5
     (compiled transcendental functions are polynomial approximations)."""
-    cases = TENSOR_CASES if table == "tensor" else FUNCTION_CASES
+    cases = {"tensor": TENSOR_CASES, "functions": FUNCTION_CASES, "functional": FUNCTIONAL_CASES,
+             "losses": LOSS_CASES}[table]
     data = inputs(1)
     got = compiled_run([(fn, args.split()) for _, fn, args in cases], data)
     expected = [v for _, fn, args in cases for v in torch_run(fn, [data[n] for n in args.split()])]

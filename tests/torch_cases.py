@@ -23,6 +23,9 @@ def inputs(seed=0):
         "img": f(2, 3, 6, 6), "logits": f(5, 4), "labels": rng.integers(0, 4, (5,)).astype(np.int64),
         "prob": rng.uniform(0.05, 0.95, (5, 4)).astype(np.float32),
         "seq_logits": f(2, 4, 3), "seq_labels": rng.integers(0, 4, (2, 3)).astype(np.int64),
+        "labels_ig": np.array([0, -100, 3, 1, -100], np.int64), "bits": (rng.random((5, 4)) < 0.5).astype(np.float32),
+        "b5": f(5), "w4": f(4), "w4p": (rng.random(4) + 0.5).astype(np.float32), "s_pos": (rng.random(3) + 0.5).astype(np.float32),
+        "k": f(4, 3, 3, 3), "kb": f(4), "kd": f(3, 1, 3, 3), "seq": f(2, 3, 10), "k1": f(4, 3, 3), "kt": f(3, 2, 3, 3),
     }
 
 
@@ -45,12 +48,14 @@ def torch_run(fn, arrays):
     return _torch_value(fn(torch, *[torch.from_numpy(a.copy()) for a in arrays]))
 
 
-def trace(fn, arrays):
-    return Case(fn, ns).trace(example_inputs=tuple(arrays))
+def trace(fn, arrays, float64=False):
+    """float64=True keeps float64 arrays float64 (otherwise they trace as float32)."""
+    examples = [ns.InputSpec(a.shape, ns.float64) if float64 and a.dtype == np.float64 else a for a in arrays]
+    return Case(fn, ns).trace(example_inputs=tuple(examples))
 
 
-def reference_run(fn, arrays):
-    graph = trace(fn, arrays)
+def reference_run(fn, arrays, float64=False):
+    graph = trace(fn, arrays, float64)
     outs = ns.run_reference(graph, dict(zip(graph.trace_state.inputs, arrays)))
     return [outs[v.name] for v in graph.outputs]
 
