@@ -2,6 +2,7 @@
 never followed by onnx itself), sorts the nodes, converts attributes, maps
 each op onto the registry and infers every type statically."""
 import os
+import stat
 
 import networkx as nx
 import numpy as np
@@ -27,6 +28,28 @@ _DTYPES = {onnx.TensorProto.FLOAT: DType.float32, onnx.TensorProto.DOUBLE: DType
            onnx.TensorProto.UINT64: DType.uint64, onnx.TensorProto.BOOL: DType.bool}
 
 
+def _read_regular_file(path):
+    """The bytes of a regular file. Opened without blocking and checked on the open
+    descriptor: a FIFO, a device (/dev/zero) or a folder is refused at once, never
+    read until memory runs out or waited on forever (BAD_INPUTS row 31)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                    else "not a regular file")
+            raise ModelLoadError(f"{path} is {kind}, not a model file")
+        if info.st_size >= PROTOBUF_LIMIT:
+            raise ModelLoadError(f"{path} is {info.st_size} bytes, over protobuf's 2 GiB limit: save "
+                                 "the weights as external data (onnx.save(..., "
+                                 "save_as_external_data=True))")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(info.st_size)      # never more than was there when we looked
+    finally:
+        os.close(fd)
+
+
 def read_model(source):
     """ModelProto from a path or bytes; garbage and invalid models are ModelLoadErrors."""
     base_dir = None
@@ -35,13 +58,7 @@ def read_model(source):
             data = bytes(source)
         else:
             path = os.fspath(source)
-            size = os.path.getsize(path)
-            if size >= PROTOBUF_LIMIT:
-                raise ModelLoadError(f"{path} is {size} bytes, over protobuf's 2 GiB limit: save "
-                                     "the weights as external data (onnx.save(..., "
-                                     "save_as_external_data=True))")
-            with open(path, "rb") as f:
-                data = f.read()
+            data = _read_regular_file(path)
             base_dir = os.path.dirname(os.path.abspath(path))
         model = onnx.load_model_from_string(data)
     except NutshellError:

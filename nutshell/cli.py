@@ -12,6 +12,21 @@ def _load(path, threads):
     return ns.compile(ns.load_onnx(path), threads=threads)
 
 
+def _write_new(folder, filename, text):
+    """folder/filename as a new file: an existing entry (a symlink or hard link
+    leading elsewhere) is removed, never written through (BAD_INPUTS row 5)."""
+    from nutshell.compiler.errors import CompileError
+    path = os.path.join(os.path.realpath(folder), filename)
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise CompileError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def cmd_compile(args):
     import nutshell as ns
     from nutshell.api import c_identifier
@@ -24,8 +39,7 @@ def cmd_compile(args):
     written = model.export(args.output, name=name, target_cpu=args.target_cpu, triple=args.triple)
     if args.emit_llvm:
         for ext, kind in ((".ll", "llvm"), (".s", "asm")):
-            with open(os.path.join(os.path.dirname(written["header"]), name + ext), "w") as f:
-                f.write(model.source(kind))
+            _write_new(os.path.dirname(written["header"]), name + ext, model.source(kind))
     files = [written[k] for k in ("header", "object", "shared") if k in written]
     print(f"compiled {args.model} in {time.perf_counter() - t:.2f} s: " + ", ".join(files))
     print(f"code {written['object_bytes'] - written['weights_bytes']:,} bytes beside "

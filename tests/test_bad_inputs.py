@@ -1,6 +1,7 @@
 """Rows of shared/BAD_INPUTS.md that the skeleton owes: each hostile input gets a
 clear nutshell exception, never a crash, a hang or a wrong answer."""
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -326,3 +327,54 @@ def test_generated_code_does_not_grow_with_threads():
     graph = ns.optimize_graph(ns.load_onnx(m.SerializeToString()))
     small, large = (build_model(graph, host_target(t), "m").llvm_ir for t in (2, 1024))
     assert ".par" in small and abs(len(large) - len(small)) < 100
+
+
+# row 31: a device, FIFO or folder as the model path: a clean error at once
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_model_path_that_is_not_a_file(tmp_path, kind):
+    path = {"fifo": tmp_path / "pipe.onnx", "device": "/dev/zero", "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    errors = []
+
+    def load():
+        try:
+            ns.load_onnx(path)
+        except ns.ModelLoadError as exc:
+            errors.append(str(exc))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive() and kind == "fifo":     # unblock the reader so the thread ends
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert not worker.is_alive() and errors and f"is a {kind}" in errors[0].lower()
+
+
+# row 5 (and --emit-llvm): outputs never written through links leading out of the folder
+def test_emit_llvm_does_not_follow_links(tmp_path):
+    from nutshell.cli import main
+    model, out = tmp_path / "m.onnx", tmp_path / "out"
+    model.write_bytes(relu_model().SerializeToString())
+    out.mkdir()
+    victims = {ext: tmp_path / f"victim{ext}" for ext in (".ll", ".s")}
+    for ext, victim in victims.items():
+        victim.write_text("precious")
+    os.symlink(victims[".ll"], out / "m.ll")
+    os.link(victims[".s"], out / "m.s")
+    assert main(["compile", str(model), "-o", str(out), "--emit-llvm", "--threads", "1"]) == 0
+    assert all(v.read_text() == "precious" for v in victims.values())
+    assert not (out / "m.ll").is_symlink() and "define" in (out / "m.ll").read_text()
+    assert os.stat(out / "m.s").st_nlink == 1
+
+
+def test_bundle_outputs_are_confined(tmp_path):
+    from nutshell.cli import main
+    model, out = tmp_path / "m.onnx", tmp_path / "out"
+    model.write_bytes(relu_model().SerializeToString())
+    out.mkdir()
+    assert main(["compile", str(model), "-o", str(out), "--name", "../m", "--threads", "1"]) == 0
+    assert not (tmp_path / "m.h").exists() and (out / "___m.h").exists()
+    os.symlink(tmp_path / "elsewhere.h", out / "m.h")
+    assert main(["compile", str(model), "-o", str(out), "--threads", "1"]) == 2
+    assert not (tmp_path / "elsewhere.h").exists()
