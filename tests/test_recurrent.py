@@ -255,3 +255,46 @@ def test_torch_transformer_with_triu_mask_matches_onnxruntime():
     x = np.random.default_rng(0).standard_normal((2, 7, 16)).astype(np.float32)
     data = _export_and_compare(Net(), x)
     assert "Trilu" in {n.op_type for n in onnx.load_from_string(data).graph.node}
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_three_training_steps_match_torch(kind):
+    """2 layers, bidirectional, batch_first, a Linear head, mse, SGD with momentum:
+    parameters after 3 steps equal PyTorch's float64 run to rtol 2e-3 / atol 1e-5
+    (test_training_parity.py's tolerance)."""
+    torch = _torch()
+    if get_op("Split").grad is None:
+        pytest.skip("waits for the Split gradient rule")
+    torch.manual_seed(0)
+
+    def build(m, dtype=None):
+        class Net(m.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = getattr(m, kind)(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+                self.head = m.Linear(8, 2)
+
+            def forward(self, x):
+                return self.head(self.rnn(x)[0])
+        return Net()
+
+    ours, theirs = build(ns.nn), build(torch.nn)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    exact = theirs.double()
+    shape = (2, 3, 3)
+    trainer = ns.compile_training(ours, shape, loss="mse", optimizer=ns.optim.SGD(lr=0.1, momentum=0.9),
+                                  threads=1)
+    opt = torch.optim.SGD(exact.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.standard_normal(shape).astype(np.float32)
+        y = rng.standard_normal((2, 3, 2)).astype(np.float32)
+        loss = trainer.step(x, y)
+        opt.zero_grad()
+        tloss = torch.nn.functional.mse_loss(exact(torch.from_numpy(x).double()), torch.from_numpy(y).double())
+        tloss.backward()
+        opt.step()
+        assert abs(loss - tloss.item()) <= 2e-3 * abs(tloss.item()) + 1e-5
+    got = ours.state_dict()
+    for name, want in exact.state_dict().items():
+        np.testing.assert_allclose(got[name], want.numpy(), rtol=2e-3, atol=1e-5, err_msg=name)
