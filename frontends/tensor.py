@@ -8,7 +8,7 @@ than a line of logic live in tensor_ops.py."""
 import numpy as np
 import onnx
 
-from nutshell.compiler.errors import InputError, UnsupportedOpError
+from nutshell.compiler.errors import InputError, ShapeError, UnsupportedOpError
 from nutshell.compiler.ir.types import DType, TensorType
 
 from . import tensor_ops as ops
@@ -190,6 +190,12 @@ class Tensor:
         raise InputError("a traced tensor has no value: Python control flow on tensor values "
                          "(if/while on a tensor) cannot be traced; use ns.where")
 
+    def item(self):
+        raise InputError("a traced tensor has no value while tracing: .item() cannot be traced; "
+                         "return the tensor from forward instead")
+
+    tolist = numpy = __float__ = __int__ = __index__ = item
+
     @property
     def type(self) -> TensorType:
         return self.builder.types[self.name]
@@ -335,7 +341,7 @@ class Tensor:
         return self
 
     def clone(self, *args, **kwargs):
-        return self
+        return Tensor(self.builder, self.name)     # its own object, for in-place methods
 
     def cpu(self):
         return self
@@ -349,6 +355,28 @@ class Tensor:
         out = apply("Identity", [self])
         self.builder.trace.detached.append(out.name)
         return out
+
+
+def _in_place(name):
+    """x.add_(y) and x += y: the Python object now names the new value (the graph
+    stays pure; other views of the old value do not change, unlike torch)."""
+    def method(self, *args, **kwargs):
+        out = getattr(self, name)(*args, **kwargs) if name else \
+            ops.new_full(self, self.shape, args[0]) if args else ops.new_zeros(self, self.shape)
+        if out.shape != self.shape:
+            raise ShapeError(f"in-place {name or 'fill'} would change the shape {self.shape} to {out.shape}")
+        self.name = out.to(self.dtype).name
+        return self
+    return method
+
+
+for _name in ("add", "sub", "mul", "div", "clamp", "masked_fill", "relu", "sigmoid", "tanh", "exp",
+              "log", "pow", "neg", "abs", "sqrt", "clip"):
+    setattr(Tensor, _name + "_", _in_place(_name))
+for _name, _op in (("iadd", "__add__"), ("isub", "__sub__"), ("imul", "__mul__"), ("itruediv", "__truediv__")):
+    setattr(Tensor, f"__{_name}__", _in_place(_op))
+Tensor.fill_ = _in_place(None)
+Tensor.zero_ = lambda self: Tensor.fill_(self, 0)
 
 
 def _delegate(name):

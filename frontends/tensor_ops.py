@@ -25,7 +25,8 @@ METHODS = [
     "relu", "floor", "ceil", "sign", "erf", "reciprocal", "square", "pow", "softmax", "log_softmax",
     "masked_fill", "where", "matmul", "mm", "bmm", "add", "sub", "mul", "div", "maximum", "minimum",
     "eq", "ne", "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_not", "triu", "tril",
-    "new_zeros", "new_ones", "new_full", "new_tensor",
+    "new_zeros", "new_ones", "new_full", "new_tensor", "narrow", "index_select", "flip", "gather",
+    "cumsum",
 ]
 
 
@@ -257,6 +258,49 @@ def norm(x, p="fro", dim=None, keepdim=False):
     if p in (float("inf"), "inf"):
         return amax(abs(x), dim, keepdim)
     return power(sum(power(abs(x), p), dim, keepdim), 1.0 / p)
+
+
+def narrow(x, dim, start, length):
+    d = axis(dim, x.ndim)
+    return getitem(x, (slice(None),) * d + (slice(start, start + length),))
+
+
+def index_select(x, dim, index):
+    from .indexing import take
+    return take(x, index, dim)
+
+
+def flip(x, *dims):
+    for d in sorted({axis(d, x.ndim) for d in _sizes(dims)}):      # one reversed axis per Slice
+        x = T.apply("Slice", [x, _ints(x.builder, [-1]), _ints(x.builder, [-(1 << 62)]),
+                              _ints(x.builder, [d]), _ints(x.builder, [-1])])
+    return x
+
+
+def gather(x, dim, index):
+    """torch.gather: out[..i..] = x[..index[..i..]..] along `dim`, as a one-hot
+    product summed over x's `dim` (static shapes, and MatMul-free gradients)."""
+    d = axis(dim, x.ndim)
+    index = T.tensor_of(index, x.builder, DType.int64).long()
+    if index.ndim != x.ndim or any(index.shape[i] > x.shape[i] for i in range(x.ndim) if i != d):
+        raise ShapeError(f"gather index of shape {index.shape} does not fit input {x.shape} on dim {d}")
+    x = getitem(x, tuple(slice(0, index.shape[i]) if i != d else slice(None) for i in range(x.ndim)))
+    n = x.shape[d]
+    index = T.apply("Where", [index < 0, index + n, index])
+    classes = np.arange(n, dtype=np.int64).reshape([n if i == d + 1 else 1 for i in range(x.ndim + 1)])
+    data = x if x.dtype.is_float else x.float()
+    hit = (unsqueeze(index, d + 1) == T.constant(x.builder, classes)).to(data.dtype)
+    return sum(unsqueeze(data, d) * hit, d + 1).to(x.dtype)
+
+
+def cumsum(x, dim, dtype=None):
+    """Running sum along `dim`: a product with an upper-triangular matrix of ones."""
+    d = axis(dim, x.ndim)
+    x = x.to(dtype) if dtype is not None else (x if x.dtype.is_float else x.long())
+    n = x.shape[d]
+    data = x if x.dtype.is_float else x.float()
+    ones = T.constant(x.builder, np.triu(np.ones((n, n), data.dtype.numpy)))
+    return transpose(transpose(data, d, -1) @ ones, d, -1).to(x.dtype)
 
 
 def getitem(x, index):

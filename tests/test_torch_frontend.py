@@ -47,6 +47,19 @@ from torch_cases import check, compiled_run, inputs, reference_run, torch, torch
 
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (test extra)")
 
+def in_place_chain(t, x, y):
+    z = x.clone()
+    z.add_(y)
+    z.mul_(2)
+    z += 1
+    z -= y
+    z.clamp_(-1, 1)
+    z.masked_fill_(y > 0, 0.5)
+    w = y.clone()
+    w.zero_()
+    return z, x, w, y.clone().fill_(3.0)
+
+
 TENSOR_CASES = [
     ("shape", lambda t, x: x.reshape(x.shape[0], -1) * x.size(1) + x.dim() + x.ndim + x.numel() + x.size()[2], "x"),
     ("view", lambda t, x: x.view(-1, 4).view(4, 6), "x"),
@@ -98,6 +111,10 @@ TENSOR_CASES = [
                                  x.eq(y), x.ne(y), x.lt(0), x.gt(y), x.le(y), x.ge(y)), "x y"),
     ("logic", lambda t, x, y, m: ((x > 0) & m, (x > 0) | (y > 0), ~m, m & ~(x < y)), "x y mask"),
     ("triu_tril", lambda t, w: (w.triu(), w.tril(-1), t.triu(w, 1), t.tril(w)), "w"),
+    ("gather_cumsum", lambda t, x, i: (x.gather(2, i.clamp(0, 3)), x.gather(1, i[:, :2].clamp(0, 2)), x.cumsum(1),
+                                       i.cumsum(-1), x.flip(0, 2), x.flip(-1), x.narrow(2, 1, 2),
+                                       x.index_select(1, t.tensor([2, 0]))), "x i"),
+    ("in_place", in_place_chain, "x y"),
     ("new", lambda t, x: (x + x.new_zeros(4), x * x.new_ones((3, 4)), x + x.new_full((4,), 2.0)), "x"),
 ]
 
