@@ -153,13 +153,16 @@ def _check_pair(loss, output, target):
     return None
 
 
-def attach_loss(b, result, targets, loss, options, targets_as_tuple=False):
+def attach_loss(b, result, targets, loss, options, targets_as_tuple=False, param_names=None):
     """Add the target inputs and the loss to builder `b`, whose forward returned
     `result` (Tensors). targets: [(name, shape, DType)], or None for a built-in
-    loss's default. Returns (loss value name, the target specs,
-    {target name: (classes, ignore_index)} for class labels to range-check)."""
+    loss's default. A callable loss runs as forward does (ns.* constructors and
+    the module's Parameters work in it; param_names: id -> state_dict name).
+    Returns (loss value name, the target specs, {target name: (classes,
+    ignore_index)} for class labels to range-check)."""
     from nutshell.compiler.passes.autodiff import GradContext
     from nutshell.frontends.dsl import Tensor
+    from nutshell.frontends.tensor import TraceContext
     outputs = _flatten(result)
     if targets is None:
         if callable(loss):
@@ -171,7 +174,8 @@ def attach_loss(b, result, targets, loss, options, targets_as_tuple=False):
     names = [b.add_input(n, d, s) for n, s, d in targets]
     if callable(loss):
         given = [Tensor(b, n) for n in names]
-        value = loss(result, tuple(given) if targets_as_tuple else given[0])
+        with TraceContext(b, param_names or {}):
+            value = loss(result, tuple(given) if targets_as_tuple else given[0])
         return _scalar(b, value), targets, {}
     fn = get_loss(loss)
     allowed = OPTIONS.get(loss, ())

@@ -75,8 +75,9 @@ class Recipe:
         targets = self.targets
         if targets is not None and batch is not None:
             targets = [(n, (batch,) + s[1:], d) for n, s, d in targets]
+        names = {id(p): n for n, p in self.module.named_parameters()}
         loss, resolved, classes = attach_loss(b, result, targets, self.loss, self.loss_options,
-                                              self.targets_as_tuple)
+                                              self.targets_as_tuple, names)
         if self.targets is None:
             self.targets = resolved
         return loss, [n for n, _, _ in resolved], classes
@@ -99,7 +100,9 @@ def build_training_graph(recipe, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip
     ts = b.trace
     loss_value, targets, classes = recipe.add_loss(b, result)
     params = dict(recipe.module.named_parameters())
-    frozen = [p for p in ts.params if p in getattr(ts, "frozen", ()) or
+    stop = set(getattr(ts, "detached", ()))
+    reached = _reached(b.nodes, loss_value, stop)
+    frozen = [p for p in ts.params if p in getattr(ts, "frozen", ()) or p not in reached or
               not getattr(params[p], "requires_grad", True)]
     trainable = [p for p in ts.params if p not in frozen]
     if not trainable:
@@ -114,7 +117,7 @@ def build_training_graph(recipe, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip
                 objective = g.add(objective, g.scale(g.op("ReduceSum", [term(p)], keepdims=0), coef))
 
     graph = b.build()
-    b, grads = differentiate(graph, objective, trainable, stop=getattr(ts, "detached", ()))
+    b, grads = differentiate(graph, objective, trainable, stop=stop)
     g = GradContext(b)
     grads = _clip(g, grads, clip_norm, clip_value)
 
@@ -150,6 +153,17 @@ def build_training_graph(recipe, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip
               "input": inputs[0], "labels": targets[0],
               "class_labels": first_classes is not None, "classes": first_classes}
     return b.build(), layout
+
+
+def _reached(nodes, loss, stop):
+    """The values the loss's gradient reaches, not through `stop` (detached) values.
+    A parameter it misses is read, never updated, as torch's optimizers skip a
+    parameter whose .grad is None (a GAN's generator behind .detach())."""
+    reached = {loss}
+    for node in reversed(nodes):
+        if any(o in reached and o not in stop for o in node.outputs if o):
+            reached.update(i for i in node.inputs if i)
+    return reached
 
 
 def _clip(g, grads, clip_norm, clip_value):

@@ -1,0 +1,329 @@
+"""compile_training for any model (issue 15): several inputs, int64 token ids,
+N-D cross_entropy with ignore_index and label smoothing, callable losses, tuple
+outputs, frozen parameters, and a GAN's two trainers on shared modules.
+
+Each is compared with PyTorch run in float64 from the same start over three
+steps: losses to 1e-3 relative, parameters to 2e-3 relative + 1e-5 (float32
+against float64, as tests/test_training_parity.py)."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+
+torch = pytest.importorskip("torch")
+nn, tnn, TF = ns.nn, torch.nn, torch.nn.functional
+
+
+def _load_into_torch(ours, theirs):
+    theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+    return theirs.double()
+
+
+def _t(a):
+    a = torch.from_numpy(np.asarray(a))
+    return a.double() if a.dtype == torch.float32 else a
+
+
+def _close_loss(got, want):
+    assert abs(got - want) <= 1e-3 * abs(want) + 1e-6, (got, want)
+
+
+def _close_params(ours, theirs, names=None):
+    got = ours.state_dict()
+    for name, want in theirs.state_dict().items():
+        if names is None or name in names:
+            want = want.detach().numpy()
+            assert np.all(np.abs(got[name] - want) <= 2e-3 * np.abs(want) + 1e-5), name
+
+
+def _cross_entropy(logits, y, classes):
+    """cross_entropy over the last dim, written with the tracing API's Tensor methods."""
+    hit = (y.unsqueeze(-1) == ns.arange(classes)).float()
+    return -(logits.log_softmax(-1) * hit).sum() / y.numel()
+
+
+# ---- two inputs: masked imputation -------------------------------------------------
+
+def both(build):
+    """The same model class on ns.nn and on torch.nn: build(m) -> an instance."""
+    return lambda m=nn: build(m)
+
+
+@both
+def Imputer(m):
+    class Imputer(m.Module):
+        def __init__(self):
+            super().__init__()
+            self.values, self.known, self.out = m.Linear(8, 16), m.Linear(8, 16), m.Linear(16, 8)
+
+        def forward(self, x, mask):
+            return self.out((self.values(x * mask) + self.known(mask)).tanh())
+    return Imputer()
+
+
+def _masked_mse(out, y, mask):
+    missing = 1 - mask
+    return ((out - y) ** 2 * missing).sum() / missing.sum()
+
+
+def _imputation_data(rng, n=6):
+    y = rng.standard_normal((n, 8)).astype(np.float32)
+    mask = (rng.random((n, 8)) < 0.6).astype(np.float32)
+    return y * mask, mask, y
+
+
+def test_two_inputs_masked_imputation_matches_pytorch(rng):
+    ns.manual_seed(0)
+    ours = Imputer()
+    theirs = _load_into_torch(ours, Imputer(tnn))
+    x, mask, y = _imputation_data(rng)
+    trainer = ns.compile_training(ours, example_inputs=(x, mask), example_targets=(y, mask),
+                                  loss=lambda out, t: _masked_mse(out, t[0], t[1]),
+                                  optimizer=ns.optim.Adam(lr=1e-2), threads=1)
+    opt = torch.optim.Adam(theirs.parameters(), lr=1e-2)
+    for _ in range(3):
+        x, mask, y = _imputation_data(rng)
+        got = trainer.step((x, mask), (y, mask))
+        opt.zero_grad()
+        want = _masked_mse(theirs(_t(x), _t(mask)), _t(y), _t(mask))
+        want.backward()
+        opt.step()
+        _close_loss(got, want.item())
+    _close_params(ours, theirs)
+    # predict, evaluate and fit take the tuples too, any number of rows
+    x, mask, y = _imputation_data(rng, 9)
+    want_out = theirs(_t(x), _t(mask)).detach().numpy()
+    np.testing.assert_allclose(trainer.predict((x, mask)), want_out, rtol=2e-3, atol=1e-4)
+    loss, accuracy = trainer.evaluate((x, mask), (y, mask))
+    first = _masked_mse(*map(_t, (want_out[:6], y[:6], mask[:6]))).item()
+    last = _masked_mse(*map(_t, (want_out[6:], y[6:], mask[6:]))).item()
+    assert accuracy is None and abs(loss - (6 * first + 3 * last) / 9) < 1e-3 * abs(loss)
+    history = trainer.fit((x, mask), (y, mask), epochs=2, batch_size=6, progress=False,
+                          validation_data=((x, mask), (y, mask)))
+    assert len(history["val_loss"]) == 2 and trainer.step_count == 5
+
+
+def test_compile_with_several_example_inputs(rng):
+    ns.manual_seed(0)
+    net = Imputer()
+    x, mask, _ = _imputation_data(rng, 3)
+    model = ns.compile(net, example_inputs=(x, mask), threads=1)
+    want = _load_into_torch(net, Imputer(tnn))(_t(x), _t(mask)).detach().numpy()
+    np.testing.assert_allclose(model(x, mask), want, rtol=1e-5, atol=1e-6)
+
+
+# ---- int64 token ids, N-D cross_entropy ---------------------------------------------
+
+V, D = 11, 6
+needs_gather_grad = pytest.mark.skipif(
+    __import__("nutshell.compiler.ops", fromlist=["get_op"]).get_op("Gather").grad is None,
+    reason="Embedding's Gather has no gradient rule yet")
+
+
+@both
+def Tagger(m):
+    class Tagger(m.Module):
+        """Token ids (N, T) -> logits (N, V, T), the layout cross_entropy takes."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = m.Embedding(V, D), m.Linear(D, V)
+
+        def forward(self, tokens):
+            return self.head(self.embed(tokens).tanh()).permute(0, 2, 1)
+    return Tagger()
+
+
+@needs_gather_grad
+@pytest.mark.parametrize("options", [{}, {"ignore_index": 0}, {"ignore_index": 0, "label_smoothing": 0.1},
+                                     {"label_smoothing": 0.2}])
+def test_token_ids_and_nd_cross_entropy_match_pytorch(options, rng):
+    ns.manual_seed(1)
+    ours = Tagger()
+    theirs = _load_into_torch(ours, Tagger(tnn))
+    tokens = rng.integers(0, V, (4, 5))
+    trainer = ns.compile_training(ours, example_inputs=tokens, loss="cross_entropy",
+                                  optimizer=ns.optim.SGD(lr=0.5, momentum=0.9), threads=1, **options)
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        tokens, labels = rng.integers(0, V, (4, 5)), rng.integers(0, V, (4, 5))
+        labels[0, :2] = 0
+        got = trainer.step(tokens, labels)
+        opt.zero_grad()
+        want = TF.cross_entropy(theirs(_t(tokens)), _t(labels), **options)
+        want.backward()
+        opt.step()
+        _close_loss(got, want.item())
+    _close_params(ours, theirs)
+    if "ignore_index" in options:            # the ignored value passes the range check
+        labels[1, 1] = V
+        with pytest.raises(ns.InputError, match=r"\[0, 11\) or 0 \(ignore_index\)"):
+            trainer.step(tokens, labels)
+
+
+@needs_gather_grad
+def test_callable_loss_on_tuple_outputs_and_two_token_inputs(rng):
+    """The design's example: (src, tgt_in) -> logits, loss on reshaped logits."""
+    @both
+    def Seq2Seq(m):
+        class Seq2Seq(m.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed, self.head = m.Embedding(V, D), m.Linear(D, V)
+
+            def forward(self, src, tgt_in):
+                context = self.embed(src).mean(1, keepdim=True)
+                return self.head((self.embed(tgt_in) + context).tanh()), context
+        return Seq2Seq()
+
+    ns.manual_seed(2)
+    ours = Seq2Seq()
+    theirs = _load_into_torch(ours, Seq2Seq(tnn))
+    src, tgt_in, tgt_out = (rng.integers(0, V, (3, n)) for n in (4, 5, 5))
+    trainer = ns.compile_training(
+        ours, example_inputs=(src, tgt_in), example_targets=tgt_out,
+        loss=lambda out, y: _cross_entropy(out[0].reshape(-1, V), y.reshape(-1), V) + 0.1 * (out[1] ** 2).mean(),
+        optimizer=ns.optim.Adam(lr=3e-2), threads=1)
+    opt = torch.optim.Adam(theirs.parameters(), lr=3e-2)
+    for _ in range(3):
+        src, tgt_in, tgt_out = (rng.integers(0, V, (3, n)) for n in (4, 5, 5))
+        got = trainer.step((src, tgt_in), tgt_out)
+        opt.zero_grad()
+        logits, context = theirs(_t(src), _t(tgt_in))
+        want = TF.cross_entropy(logits.reshape(-1, V), _t(tgt_out).reshape(-1)) + 0.1 * (context ** 2).mean()
+        want.backward()
+        opt.step()
+        _close_loss(got, want.item())
+    _close_params(ours, theirs)
+    logits, context = trainer.predict((src, tgt_in))
+    assert logits.shape == (3, 5, V) and context.shape == (3, 1, D)
+
+
+def test_loss_errors_are_clear(rng):
+    tokens = rng.integers(0, V, (4, 5))
+    with pytest.raises(ns.ShapeError, match=r"float scalar.*\.mean\(\)"):
+        ns.compile_training(Tagger(), example_inputs=tokens, example_targets=tokens,
+                            loss=lambda out, y: out)
+    with pytest.raises(ns.ShapeError, match=r"int64 class labels of shape \(4, 5\)"):
+        ns.compile_training(Tagger(), example_inputs=tokens, example_targets=tokens[:, :3])
+    with pytest.raises(TypeError, match="callable loss needs example_targets"):
+        ns.compile_training(Tagger(), example_inputs=tokens, loss=lambda out, y: out.sum())
+    with pytest.raises(ValueError, match=r"loss 'mse' takes no \['ignore_index'\]"):
+        ns.compile_training(nn.Linear(3, 2), (4, 3), loss="mse", ignore_index=0)
+
+
+# ---- frozen parameters ------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["module", "parameter"])
+def test_frozen_parameters_are_read_never_updated(how, rng):
+    ns.manual_seed(3)
+    ours = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    theirs = _load_into_torch(ours, tnn.Sequential(tnn.Linear(6, 8), tnn.Tanh(), tnn.Linear(8, 3)))
+    if how == "module":
+        ours[0].requires_grad_(False)
+    else:
+        ours[0].weight.requires_grad = False
+    theirs[0].requires_grad_(how != "module")
+    theirs[0].weight.requires_grad_(False)
+    before = ours.state_dict()
+    trainer = ns.compile_training(ours, (5, 6), optimizer=ns.optim.Adam(lr=1e-2, weight_decay=0.1),
+                                  threads=1, l2=0.0)
+    assert "0.weight" in trainer.layout["frozen"] and "0.weight" not in trainer.layout["state"]
+    opt = torch.optim.Adam([p for p in theirs.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        x, y = rng.standard_normal((5, 6)).astype(np.float32), rng.integers(0, 3, 5)
+        got = trainer.step(x, y)
+        opt.zero_grad()
+        want = TF.cross_entropy(theirs(_t(x)), _t(y))
+        want.backward()
+        opt.step()
+        _close_loss(got, want.item())
+    np.testing.assert_array_equal(ours.state_dict()["0.weight"], before["0.weight"])
+    _close_params(ours, theirs)
+    ours[0].weight.data = np.zeros((8, 6), np.float32)      # read afresh at every step
+    trainer.step(x, y)
+    assert not np.any(ours.state_dict()["0.weight"])
+
+
+def test_everything_frozen_is_an_error():
+    net = nn.Linear(3, 2).requires_grad_(False)
+    with pytest.raises(ns.CompileError, match="nothing to train"):
+        ns.compile_training(net, (4, 3))
+
+
+# ---- a GAN: two trainers on shared modules ----------------------------------------
+
+def Generator(m):
+    return m.Sequential(m.Linear(4, 8), m.Tanh(), m.Linear(8, 6))
+
+
+def Discriminator(m):
+    return m.Sequential(m.Linear(6, 8), m.LeakyReLU(0.2), m.Linear(8, 1))
+
+
+class DiscriminatorStep(nn.Module):
+    """Logits for generated and real samples (the generator frozen or detached)."""
+
+    def __init__(self, g, d, detach):
+        super().__init__()
+        self.g, self.d, self.detach = g, d, detach
+
+    def forward(self, z, real):
+        fake = self.g(z)
+        return self.d(fake.detach() if self.detach else fake), self.d(real)
+
+
+class GeneratorStep(nn.Module):
+    def __init__(self, g, d):
+        super().__init__()
+        self.g, self.d = g, d
+
+    def forward(self, z):
+        return self.d(self.g(z))
+
+
+def _bce_logits(x, t):
+    """binary_cross_entropy_with_logits written with Tensor methods (torch's stable form)."""
+    return (x * (x > 0).float() - x * t + (1 + (-x.abs()).exp()).log()).mean()
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["frozen", "detached"])
+def test_gan_trainers_share_modules_like_a_pytorch_loop(detach, rng):
+    ns.manual_seed(4)
+    g, d = Generator(nn), Discriminator(nn)
+    tg, td = _load_into_torch(g, Generator(tnn)), _load_into_torch(d, Discriminator(tnn))
+    n = 8
+    z, real = rng.standard_normal((n, 4)).astype(np.float32), rng.standard_normal((n, 6)).astype(np.float32)
+    ones, zeros = np.ones((n, 1), np.float32), np.zeros((n, 1), np.float32)
+    if not detach:
+        g.requires_grad_(False)
+    d_trainer = ns.compile_training(DiscriminatorStep(g, d, detach), example_inputs=(z, real),
+                                    example_targets=(zeros, ones), optimizer=ns.optim.Adam(lr=2e-2),
+                                    loss=lambda out, t: _bce_logits(out[0], t[0]) + _bce_logits(out[1], t[1]),
+                                    threads=1)
+    g.requires_grad_(True)
+    d.requires_grad_(False)
+    g_trainer = ns.compile_training(GeneratorStep(g, d), example_inputs=z, example_targets=ones,
+                                    loss=lambda out, t: _bce_logits(out, t),
+                                    optimizer=ns.optim.Adam(lr=2e-2), threads=1)
+    d.requires_grad_(True)
+    assert sorted(d_trainer.layout["params"]) == ["d.0.bias", "d.0.weight", "d.2.bias", "d.2.weight"]
+    opt_d, opt_g = torch.optim.Adam(td.parameters(), lr=2e-2), torch.optim.Adam(tg.parameters(), lr=2e-2)
+    bce = TF.binary_cross_entropy_with_logits
+    for _ in range(3):
+        z = rng.standard_normal((n, 4)).astype(np.float32)
+        real = rng.standard_normal((n, 6)).astype(np.float32)
+        d_loss = d_trainer.step((z, real), (zeros, ones))
+        opt_d.zero_grad()
+        want = bce(td(tg(_t(z)).detach()), _t(zeros)) + bce(td(_t(real)), _t(ones))
+        want.backward()
+        opt_d.step()
+        _close_loss(d_loss, want.item())
+        g_loss = g_trainer.step(z, ones)
+        opt_g.zero_grad()
+        want = bce(td(tg(_t(z))), _t(ones))
+        want.backward()
+        opt_g.step()
+        _close_loss(g_loss, want.item())
+    _close_params(g, tg)
+    _close_params(d, td)
