@@ -71,11 +71,11 @@ MATRIX = [
     ("LSTM", {"direction": "reverse", "layout": 1, "input_forget": 1, "clip": 0.7}, {}),
     ("LSTM", {"activations": ("HardSigmoid", "Affine", "ScaledTanh"), "activation_alpha": (0.3, 0.5, 1.5),
               "activation_beta": (0.4, 0.1, 0.8)}, {"state": False}),
-    ("LSTM", {}, {"seq_lens": True}),
+    ("LSTM", {"direction": "bidirectional", "layout": 1}, {"seq_lens": True}),
     ("GRU", {}, {}), ("GRU", {"linear_before_reset": 1, "direction": "bidirectional"}, {}),
     ("GRU", {"layout": 1, "activations": ("Sigmoid", "Relu", "LeakyRelu", "Softsign"),
              "direction": "bidirectional"}, {"state": False}),
-    ("GRU", {"linear_before_reset": 1}, {"seq_lens": True}),
+    ("GRU", {"linear_before_reset": 1, "direction": "reverse"}, {"seq_lens": True}),
     ("RNN", {"direction": "bidirectional", "clip": 1.0}, {}), ("RNN", {"activations": ("Relu",)}, {}),
 ]
 
@@ -106,9 +106,27 @@ def test_unsupported_attributes(attrs, detail):
         _cell_graph("LSTM", attrs)
 
 
-def test_sequence_lens_backwards_is_refused():
-    with pytest.raises(ns.UnsupportedOpError, match="sequence_lens"):
-        _cell_graph("GRU", {"direction": "reverse"}, seq_lens=True)
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_sequence_lens_match_onnxruntime(op, rng):
+    """Shorter sequences in both directions (the reverse pass starts at each one's
+    end): outputs zero past the end, states from the last valid step, as ORT."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto as TP
+    from onnx import helper
+    T, B, I, H, G = 5, 3, 4, 3, {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    specs = [("X", TP.FLOAT, (T, B, I)), ("W", TP.FLOAT, (2, G * H, I)), ("R", TP.FLOAT, (2, G * H, H)),
+             ("B", TP.FLOAT, (2, 2 * G * H)), ("L", TP.INT32, (B,)), ("H0", TP.FLOAT, (2, B, H))]
+    outs = ["Y", "Yh"] + (["Yc"] if op == "LSTM" else [])
+    node = helper.make_node(op, [s[0] for s in specs], outs, hidden_size=H, direction="bidirectional")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*s) for s in specs],
+                              [helper.make_tensor_value_info(o, TP.FLOAT, [None]) for o in outs])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString()
+    feeds = {n: rng.uniform(-1, 1, shape).astype(np.float32) for n, t, shape in specs if t == TP.FLOAT}
+    feeds["L"] = np.array([5, 1, 3], np.int32)
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ns.compile(ns.load_onnx(data), threads=1).run(feeds)
+    for out, w in zip(outs, want):
+        np.testing.assert_allclose(got[out], w, rtol=RTOL, atol=ATOL)
 
 
 def test_bad_shapes():

@@ -137,9 +137,8 @@ def check_inputs(op, attrs, types, consts, node):
     if any(t is not None and t.dtype != dtype for i, t in enumerate(types) if i != 4):
         fail(node, f"{op} inputs mix element types")
     seq = types[4] if len(types) > 4 else None
-    if seq is not None and cell.directions != ("forward",) and not full_lengths(consts[4], steps):
-        _unsupported(op, node, "sequence_lens with direction "
-                               f"'{attrs.get('direction')}' (only forward masks shorter sequences)")
+    if seq is not None and seq.dtype.value not in ("int32", "int64"):
+        fail(node, f"{op} sequence_lens must be int32 or int64, got {seq.dtype.value}")
     return cell, steps, batch, x.shape[2]
 
 

@@ -139,7 +139,8 @@ def _direction(em, cell, d, x2d, steps, batch, wt, h, c, masks, order):
         h_new, c_new = STEPS[cell.op](em, cell, cell.activations[d], xps[t], h, c, r_t, wt, order)
         if masks is None:
             h, c, ys[t] = h_new, c_new, h_new
-        else:              # past a sequence's length: the state holds, the output is zero
+        else:              # past a sequence's length (a reverse pass starts there) the state
+            #                holds and the output is zero, as ONNX Runtime does
             m = masks[t]
             h = em.add(h, em.mul(m, em.sub(h_new, h)))
             c = c if cell.op != "LSTM" else em.add(c, em.mul(m, em.sub(c_new, c)))
