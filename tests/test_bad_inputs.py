@@ -167,6 +167,10 @@ def test_bad_dimensions_rejected(shape):
     (helper.make_node("Reshape", ["x", "s"], ["y"]), [init("s", np.array([5, -1], np.int64))]),
     (helper.make_node("Reshape", ["x", "s"], ["y"]), [init("s", np.array([-1, -1], np.int64))]),
     (helper.make_node("Conv", ["x", "w"], ["y"], group=0), [init("w", np.ones((2, 2, 1, 1), np.float32))]),
+    (helper.make_node("ReduceMean", ["x"], ["y"], keepdims=2), []),       # found by tools/fuzz_loader.py
+    (helper.make_node("Resize", ["x", "", "k"], ["y"], mode="edge"), [init("k", np.ones(4, np.float32))]),
+    (helper.make_node("Resize", ["x", "", "k"], ["y"], coordinate_transformation_mode=""),
+     [init("k", np.ones(4, np.float32))]),
 ])
 def test_bad_attributes_rejected(node, inits):
     m = make_model([node], [vi("x", [1, 2, 4, 4])], [any_vi("y")], inits)

@@ -22,6 +22,9 @@ def reduce_axes(node, attrs, types, consts):
 
 
 def _infer(attrs, types, consts, node):
+    for flag in ("keepdims", "noop_with_empty_axes"):     # ONNX Runtime reads 2 as 0: refuse it
+        if attrs.get(flag, 0) not in (0, 1):
+            fail(node, f"{flag} must be 0 or 1, got {attrs[flag]}")
     axes = reduce_axes(node, attrs, types, consts)
     shape = types[0].shape
     if attrs.get("keepdims", 1):

@@ -46,7 +46,18 @@ def _inputs(consts):
     return get(1), get(2), get(3)
 
 
+CHOICES = {"mode": ("nearest", "linear", "cubic"),
+           "coordinate_transformation_mode": ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
+                                              "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+                                              "tf_crop_and_resize"),
+           "nearest_mode": ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"),
+           "keep_aspect_ratio_policy": ("stretch", "not_larger", "not_smaller")}
+
+
 def _plan(node, attrs, shape, consts):
+    for name, allowed in CHOICES.items():     # onnx's reference raises ValueError on others
+        if attrs.get(name) not in allowed:
+            fail(node, f"Resize {name} '{attrs.get(name)}' is not one of {', '.join(allowed)}")
     roi, scales, sizes = _inputs(consts)
     if (scales is None) == (sizes is None):
         fail(node, "Resize needs exactly one of scales and sizes, as a constant")
