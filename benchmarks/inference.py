@@ -1,7 +1,7 @@
 """Inference latency, nutshell vs onnxruntime, side by side in one run.
 
     python benchmarks/inference.py [--models lenet5 resnet18] [--threads 1 2] [--repeat 20] [--json out.json]
-    python benchmarks/inference.py --torchvision      # issue 5's list (needs torchvision)
+    python benchmarks/inference.py --torchvision      # torchvision's architectures too (needs torchvision)
 
 Prints one row per model and thread count: median latency of each (after warm-up)
 and the ratio nutshell/onnxruntime (below 1: nutshell is faster)."""

@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 MODELS = ["lenet5", "lenet5-b64", "resnet18", "resnet50", "resnet50-b8"]
-# issue 5's list: torchvision architectures with random weights ("tv:NAME[-bN]"); needs
+# torchvision architectures with random weights ("tv:NAME[-bN]"); needs
 # torchvision (not a CI dependency)
 TORCHVISION = ["tv:resnet18", "tv:resnet50-b8", "tv:mobilenet_v2", "tv:mobilenet_v3_small",
                "tv:efficientnet_b0", "tv:squeezenet1_1", "tv:shufflenet_v2_x1_0", "tv:regnet_y_400mf",

@@ -3,7 +3,7 @@
     python benchmarks/training.py [--threads 2] [--repeat 30] [--json out.json]
 
 Steps alternate in blocks (ours, torch, ours, ...) so that the noise of a
-shared machine falls on both. Networks (the training issue's parity set): an MLP 784-512-256-10 (batch 128,
+shared machine falls on both. Networks: an MLP 784-512-256-10 (batch 128,
 Adam), LeNet-5 (batch 64, SGD with momentum) and a 4-conv CNN with BatchNorm on
 3x32x32 (batch 64, Adam). Each row: median step time of each after warm-up and
 the ratio nutshell/PyTorch (below 1: nutshell is faster)."""

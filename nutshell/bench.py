@@ -41,9 +41,9 @@ def ort_session(model_bytes_or_path, threads):
     return ort.InferenceSession(model_bytes_or_path, opts, providers=["CPUExecutionProvider"])
 
 
-def bench_onnx(path, threads=1, repeat=20):
+def bench_onnx(path, threads=1, repeat=20, input_shapes=None):
     import nutshell as ns
-    graph = ns.load_onnx(path)
+    graph = ns.load_onnx(path, input_shapes=input_shapes)
     model = ns.compile(graph, threads=threads)
     rng = np.random.default_rng(0)
     feeds = {v.name: rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy) for v in graph.inputs}

@@ -6,10 +6,64 @@ import time
 
 import numpy as np
 
+SHAPE_HELP = ("fix input NAME's shape, e.g. a symbolic batch dimension: NAME=1,3,224,224 "
+              "(repeat for several inputs)")
 
-def _load(path, threads):
+
+def _shape_arg(text):
+    """argparse type of --input-shape NAME=D1,D2,...: (name, shape)."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims else ()
+    except ValueError:
+        shape = None
+    if not sep or not name or shape is None or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"expected NAME=D1,D2,... with positive dimensions, got '{text}'")
+    return name, shape
+
+
+def _threads_arg(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a thread count of at least 1, got '{text}'")
+    return n
+
+
+def _target_arg(text):
+    if text != "host":
+        raise argparse.ArgumentTypeError(f"'{text}' is not available: nutshell compiles for CPUs only "
+                                         "(there is no CUDA or other GPU backend yet); use --target-cpu "
+                                         "and --triple to choose the CPU")
+    return text
+
+
+def _pass_names():
+    from nutshell.compiler.passes.pipeline import INFERENCE_PIPELINE
+    return sorted({p.__name__ for p in INFERENCE_PIPELINE}) + ["all"]
+
+
+def _load_graph(path, shapes):
+    """The model with --input-shape applied; a symbolic dimension names the option."""
     import nutshell as ns
-    return ns.compile(ns.load_onnx(path), threads=threads)
+    try:
+        graph = ns.load_onnx(path, input_shapes=shapes or None)
+    except ns.ShapeError as exc:
+        if "symbolic" in str(exc):
+            raise ns.ShapeError(f"{exc} (on the command line: --input-shape NAME=D1,D2,...)") from None
+        raise
+    unknown = sorted(set(shapes or ()) - {v.name for v in graph.inputs})
+    if unknown:
+        raise ns.InputError(f"--input-shape names {unknown}, but the model's inputs are "
+                            f"{[v.name for v in graph.inputs]}")
+    return graph
+
+
+def _compile(path, shapes, **options):
+    import nutshell as ns
+    return ns.compile(_load_graph(path, shapes), **options)
 
 
 def _write_new(folder, filename, text):
@@ -28,14 +82,11 @@ def _write_new(folder, filename, text):
 
 
 def cmd_compile(args):
-    import nutshell as ns
     from nutshell.api import c_identifier
-    if args.target != "host":
-        raise ns.CompileError(f"--target {args.target} is not available yet (host only)")
     name = c_identifier(args.name or os.path.splitext(os.path.basename(args.model))[0])
     t = time.perf_counter()
-    model = ns.compile(ns.load_onnx(args.model), threads=args.threads, name=name,
-                       print_after=tuple(args.print_after or ()))
+    model = _compile(args.model, dict(args.input_shape or ()), threads=args.threads, name=name,
+                     print_after=tuple(args.print_after or ()))
     written = model.export(args.output, name=name, target_cpu=args.target_cpu, triple=args.triple)
     if args.emit_llvm:
         for ext, kind in ((".ll", "llvm"), (".s", "asm")):
@@ -46,14 +97,37 @@ def cmd_compile(args):
           f"{written['weights_bytes']:,} bytes of weights")
 
 
-def cmd_run(args):
-    model = _load(args.model, args.threads)
+def _read_inputs(items):
+    """--input NAME=FILE.npy, each read now: a missing or broken file is an InputError."""
+    from nutshell.compiler.errors import InputError
     feeds = {}
-    for item in args.input or []:
-        if "=" not in item:
-            raise SystemExit(f"--input takes NAME=FILE.npy, got '{item}'")
-        name, path = item.split("=", 1)
-        feeds[name] = np.load(path)
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--input takes NAME=FILE.npy, got '{item}'")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--input {name}: cannot read '{path}' as a .npy array ({exc})") from None
+    return feeds
+
+
+def _symbolic_inputs(path):
+    """Names of the model's inputs that have a dimension without a fixed value."""
+    from nutshell.frontends.onnx_import import read_model
+    proto, _ = read_model(path)
+    weights = {t.name for t in proto.graph.initializer}
+    return {vi.name for vi in proto.graph.input if vi.name not in weights and (
+        not vi.type.tensor_type.HasField("shape") or
+        any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim))}
+
+
+def cmd_run(args):
+    feeds = _read_inputs(args.input)
+    shapes = dict(args.input_shape or ())
+    if set(feeds) - set(shapes):           # a symbolic dimension takes its size from the .npy
+        shapes.update({n: feeds[n].shape for n in _symbolic_inputs(args.model) if n in feeds and n not in shapes})
+    model = _compile(args.model, shapes, threads=args.threads)
     if not feeds and len(model.inputs) == 1 and args.random:
         v = model.inputs[0]
         feeds[v.name] = np.random.default_rng(0).standard_normal(v.type.shape).astype(v.type.dtype.numpy)
@@ -76,7 +150,7 @@ def cmd_info(args):
     if missing:
         print("unsupported ops: " + ", ".join(f"{op} (opset {v})" for op, v in missing))
         return 1
-    loaded = ns.load_onnx(args.model)
+    loaded = _load_graph(args.model, dict(args.input_shape or ()))
     stats = graph_stats(loaded)                 # the model as written
     graph = ns.optimize_graph(loaded)           # ... and as it compiles
     opsets = ", ".join(f"{i.domain or 'ai.onnx'} {i.version}" for i in proto.opset_import)
@@ -100,51 +174,61 @@ def cmd_info(args):
 
 def cmd_bench(args):
     from nutshell.bench import bench_onnx
-    for line in bench_onnx(args.model, threads=args.threads, repeat=args.repeat):
+    for line in bench_onnx(args.model, threads=args.threads, repeat=args.repeat,
+                           input_shapes=dict(args.input_shape or ()) or None):
         print(line)
 
 
 def cmd_demo(args):
     from nutshell.demo import run_demo
-    run_demo(threads=args.threads, plot=args.plot, compare_torch=not args.no_torch)
+    run_demo(threads=args.threads, plot=args.plot, compare_torch=not args.no_torch,
+             out=lambda line: print(line, flush=True))
+
+
+def _common(parser, threads_help="worker threads for parallel loops (default: all cores)", **threads):
+    parser.add_argument("model", help="the ONNX model file")
+    parser.add_argument("--threads", type=_threads_arg, help=threads_help, **threads)
+    parser.add_argument("--input-shape", action="append", type=_shape_arg, metavar="NAME=D1,D2,...",
+                        help=SHAPE_HELP)
 
 
 def build_parser():
+    from nutshell import __version__
     p = argparse.ArgumentParser(prog="nutshell", description="A neural-network graph compiler: "
                                 "ONNX or the Python DSL in, SIMD machine code out.")
+    p.add_argument("--version", action="version", version=f"nutshell {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="compile an ONNX model ahead of time: NAME.h, NAME.o, libNAME.so")
-    c.add_argument("model")
+    _common(c)
     c.add_argument("-o", "--output", required=True, help="output folder")
     c.add_argument("--name", help="C identifier for the model (default: the file's stem)")
-    c.add_argument("--threads", type=int)
-    c.add_argument("--target", default="host", choices=["host", "cuda"])
-    c.add_argument("--target-cpu", help="emit for this CPU (x86-64-v3, x86-64-v4, znver4, generic, ...)")
+    c.add_argument("--target", default="host", type=_target_arg,
+                   help="what to compile for: 'host', the CPU family (the only backend for now)")
+    c.add_argument("--target-cpu", help="emit for this CPU: host, x86-64-v3, x86-64-v4, znver4, znver5, "
+                   "skylake-avx512, generic, ... (default: this machine's)")
     c.add_argument("--triple", help="emit an object for another machine (aarch64-linux-gnu, ...)")
     c.add_argument("--emit-llvm", action="store_true", help="also write NAME.ll and NAME.s")
-    c.add_argument("--print-after", action="append", metavar="PASS",
-                   help="print the IR after this pass ('all' for every pass)")
+    c.add_argument("--print-after", action="append", metavar="PASS", choices=_pass_names(),
+                   help="print the IR after this pass: " + ", ".join(_pass_names()))
     c.set_defaults(fn=cmd_compile)
-    r = sub.add_parser("run", help="run an ONNX model on .npy inputs")
-    r.add_argument("model")
-    r.add_argument("--input", action="append", metavar="NAME=FILE.npy")
-    r.add_argument("--save", metavar="OUT.npz")
-    r.add_argument("--threads", type=int)
+    r = sub.add_parser("run", help="run an ONNX model on .npy inputs and print a summary of its outputs")
+    _common(r)
+    r.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                   help="an input's value (repeat for several); a symbolic dimension takes the file's size")
+    r.add_argument("--save", metavar="OUT.npz", help="save every output, by name, in this .npz file")
     r.add_argument("--random", action="store_true", help="feed a random input if none is given")
     r.set_defaults(fn=cmd_run)
     i = sub.add_parser("info", help="ops, parameters, FLOPs and unsupported ops of a model")
-    i.add_argument("model")
+    _common(i, "worker threads for --compile")
     i.add_argument("--compile", action="store_true", help="also compile: kernels and arena size")
-    i.add_argument("--threads", type=int)
     i.set_defaults(fn=cmd_info)
     b = sub.add_parser("bench", help="latency, beside onnxruntime when it is installed")
-    b.add_argument("model")
-    b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--repeat", type=int, default=20)
+    _common(b, "worker threads for both (default: 1)", default=1)
+    b.add_argument("--repeat", type=int, default=20, help="timed runs; the median is reported")
     b.set_defaults(fn=cmd_bench)
     d = sub.add_parser("demo", help="train LeNet-5 with a compiled training step on real MNIST "
                        "digits, then classify the held-out ones")
-    d.add_argument("--threads", type=int)
+    d.add_argument("--threads", type=_threads_arg, help="worker threads (default: all cores)")
     d.add_argument("--plot", default="nutshell_demo.png", help="PNG for the loss/accuracy curves")
     d.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     d.set_defaults(fn=cmd_demo)
@@ -158,6 +242,9 @@ def main(argv=None):
         return args.fn(args) or 0
     except NutshellError as exc:
         print(f"nutshell: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:            # an output folder that cannot be written, ...
+        print(f"nutshell: error: {exc}", file=sys.stderr)
         return 2
 
 

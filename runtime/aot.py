@@ -17,15 +17,21 @@ from nutshell.compiler.lower.target import CpuTarget, host_target
 from nutshell.runtime.jit import optimize, target_machine
 
 # vector width implied by a named CPU when no feature list is given
-_CPU_VECTOR_BITS = {"x86-64": 128, "x86-64-v2": 128, "x86-64-v3": 256, "x86-64-v4": 512,
-                    "generic": 128, "znver4": 512, "znver3": 256, "skylake-avx512": 512,
-                    "icelake-server": 512, "sapphirerapids": 512, "haswell": 256, "skylake": 256}
+_CPU_VECTOR_BITS = {"x86-64": 128, "x86-64-v2": 128, "x86-64-v3": 256, "x86-64-v4": 512, "generic": 128,
+                    "haswell": 256, "broadwell": 256, "skylake": 256, "alderlake": 256, "raptorlake": 256,
+                    "meteorlake": 256, "arrowlake": 256, "znver1": 256, "znver2": 256, "znver3": 256,
+                    "skylake-avx512": 512, "cascadelake": 512, "cooperlake": 512, "icelake-client": 512,
+                    "icelake-server": 512, "tigerlake": 512, "rocketlake": 512, "sapphirerapids": 512,
+                    "emeraldrapids": 512, "graniterapids": 512, "znver4": 512, "znver5": 512}
+HOST_CPU = ("host", "native")        # this machine, with its own feature list
 
 
 def bundle_target(threads, target_cpu=None, triple=None):
     """The CpuTarget to emit for: the host, a named CPU, or another triple."""
     host = host_target(threads)
-    if target_cpu is None and triple is None:
+    if target_cpu in HOST_CPU and triple not in (None, host.triple):
+        raise CompileError(f"--target-cpu {target_cpu} means this machine; name a CPU for --triple {triple}")
+    if target_cpu in HOST_CPU or (target_cpu is None and triple is None):
         return host
     triple = triple or host.triple
     cpu = target_cpu or "generic"
@@ -33,7 +39,8 @@ def bundle_target(threads, target_cpu=None, triple=None):
         return CpuTarget(triple, cpu, "+neon", host.threads, True, 128)
     bits = _CPU_VECTOR_BITS.get(cpu)
     if bits is None:
-        raise CompileError(f"unknown --target-cpu '{cpu}' (known: {', '.join(sorted(_CPU_VECTOR_BITS))})")
+        raise CompileError(f"unknown --target-cpu '{cpu}' (known: {', '.join(HOST_CPU)}, "
+                           f"{', '.join(sorted(_CPU_VECTOR_BITS))})")
     features = {512: "+avx512f", 256: "+avx2", 128: "+sse2"}[bits]
     return CpuTarget(triple, cpu, features, host.threads, True, bits)
 

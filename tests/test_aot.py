@@ -87,6 +87,7 @@ def test_bundle_files_and_header(block):
                   f"BLK_WORKSPACE_SIZE {model.arena_size}", "BLK_INPUT_0_SHAPE[] = {2, 3, 8, 8}"):
         assert macro in header
     assert "int blk_run(const float *const *inputs, float *const *outputs, void *workspace);" in header
+    assert "cc app.c blk.o -lgomp -lm" in header          # how to link it, said where it is read
 
 
 def test_shared_library_matches_onnxruntime_and_jit(block, rng):

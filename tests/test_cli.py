@@ -73,3 +73,126 @@ def test_demo_trains_mnist_to_96_percent(tmp_path):
     assert accuracy >= 96.0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "inference model: " in r.stdout
+
+
+# ---- issue 14, item 13: the command line and the docs a user reads -----------------
+# In-process (main(argv)) where a subprocess would only add start-up time: an
+# exception that escapes main() fails the test as a traceback would.
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args):
+    from nutshell.cli import main
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:            # argparse: --help, --version, bad arguments
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def symbolic_path(tmp_path_factory):
+    from onnx import helper
+    from onnx_models import make_model, vi
+    path = tmp_path_factory.mktemp("s") / "sym.onnx"
+    path.write_bytes(make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["N", 3])],
+                                [vi("y", ["N", 3])]).SerializeToString())
+    return path
+
+
+def test_input_shape_fixes_a_symbolic_batch(symbolic_path, model_path, tmp_path, capsys):
+    code, _, err = cli(capsys, "compile", symbolic_path, "-o", tmp_path, "--threads", 1)
+    assert code == 2 and "--input-shape" in err
+    code, _, err = cli(capsys, "compile", symbolic_path, "-o", tmp_path, "--threads", 1, "--input-shape", "x=4,3")
+    assert code == 0, err
+    assert "SYM_INPUT_0_SHAPE[] = {4, 3}" in (tmp_path / "sym.h").read_text()
+    code, out, err = cli(capsys, "info", symbolic_path, "--input-shape", "x=2,3")
+    assert code == 0 and "input  x: float32[2, 3]" in out, out + err
+    for bad in ("x=4,-3", "x", "x=a,b"):
+        code, _, err = cli(capsys, "info", symbolic_path, "--input-shape", bad)
+        assert code == 2 and "NAME=D1,D2" in err
+    code, _, err = cli(capsys, "info", model_path, "--input-shape", "nope=2,3")
+    assert code == 2 and "model's inputs are ['input']" in err
+
+
+def test_run_takes_a_symbolic_batch_from_the_npy(symbolic_path, tmp_path):
+    x = np.arange(15, dtype=np.float32).reshape(5, 3) - 7
+    np.save(tmp_path / "x.npy", x)
+    r = nutshell("run", symbolic_path, "--threads", 1, "--input", f"x={tmp_path / 'x.npy'}", "--save",
+                 tmp_path / "o.npz")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npz")["y"], np.maximum(x, 0))
+
+
+def test_missing_npy_is_a_clean_error(model_path, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", model_path, "--input", f"input={tmp_path / 'absent.npy'}")
+    assert code == 2 and "cannot read" in err
+
+
+def test_target_cpu_host_and_znver5(model_path, tmp_path, capsys):
+    from nutshell.runtime.aot import bundle_target
+    assert bundle_target(1, "znver5").vector_bits == 512
+    assert bundle_target(1, "host") == bundle_target(1)
+    code, _, err = cli(capsys, "compile", model_path, "-o", tmp_path, "--threads", 1, "--target-cpu", "host")
+    assert code == 0, err
+
+
+def test_cuda_is_not_offered(model_path, tmp_path, capsys):
+    assert "cuda" not in cli(capsys, "compile", "--help")[1].lower()
+    code, _, err = cli(capsys, "compile", model_path, "-o", tmp_path, "--target", "cuda")
+    assert code == 2 and "no CUDA" in err
+
+
+def test_print_after_names_the_passes(model_path, tmp_path, capsys):
+    code, _, err = cli(capsys, "compile", model_path, "-o", tmp_path, "--print-after", "bogus")
+    assert code == 2 and "fold_constants" in err and "fuse_elementwise" in err
+
+
+def test_version(capsys):
+    import nutshell as ns
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"nutshell {ns.__version__}"
+
+
+def test_every_argument_has_help():
+    from nutshell.cli import build_parser
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a.choices, dict)).choices
+    for name, sub in [("nutshell", parser)] + list(subparsers.items()):
+        for action in sub._actions:
+            if action.dest not in ("help", "command"):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_demo_shows_progress_while_pytorch_trains():
+    pytest.importorskip("torch")
+    from nutshell.demo import lenet5, torch_same_recipe
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 1, 28, 28), np.float32), rng.integers(0, 10, 64)
+    lines = []
+    torch_same_recipe(lenet5().state_dict(), x, y, x[:8], y[:8], 1, out=lines.append)
+    assert any("PyTorch epoch 1/" in line for line in lines) and any("--no-torch" in line for line in lines)
+
+
+def test_docs_speak_to_users(capsys):
+    import re
+    texts = {p: p.read_text() for p in [ROOT / "README.md", ROOT / "examples" / "embed_c" / "README.md",
+                                         *sorted((ROOT / "benchmarks").glob("*.py"))]}
+    texts.update({f"nutshell {c} --help": cli(capsys, *c.split(), "--help")[1]
+                  for c in ("", "compile", "run", "info", "bench", "demo")})
+    for where, text in texts.items():     # the tracker's issue numbers mean nothing to a user
+        assert not re.search(r"issue \d|issue's|\w+ issue\b", text), where
+    readme = texts[ROOT / "README.md"]
+    assert "load_state_dict" in readme and "np.savez" in readme and "-lgomp -lm" in readme
+
+
+def test_readme_weights_round_trip(tmp_path):
+    import nutshell as ns
+    net = ns.nn.Sequential(ns.nn.Linear(3, 2))
+    np.savez(tmp_path / "weights.npz", **net.state_dict())
+    other = ns.nn.Sequential(ns.nn.Linear(3, 2))
+    other.load_state_dict(dict(np.load(tmp_path / "weights.npz")))
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[k], v)
