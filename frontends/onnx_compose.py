@@ -4,6 +4,7 @@ the fusion passes then see like any other graph."""
 import numpy as np
 
 from nutshell.compiler.ir.types import DType
+from nutshell.compiler.ops.common import fail, norm_axis
 
 
 def _const(b, value, dtype):
@@ -26,7 +27,7 @@ def layer_normalization(b, node, attrs, opset, name):
     x, scale = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     rank = b.types[x].rank
-    axis = attrs.get("axis", -1) % rank
+    axis = norm_axis(name, attrs.get("axis", -1), rank)
     normed, mean, inv_std = _normalize(b, x, list(range(axis, rank)), attrs.get("epsilon", 1e-5), name)
     y = b.add_node("Mul", [normed, scale])
     if bias:
@@ -57,6 +58,8 @@ def lrn(b, node, attrs, opset, name):
     n, c = b.types[x].shape[:2]
     rest = int(np.prod(b.types[x].shape[2:], dtype=np.int64))
     size = attrs["size"]
+    if size <= 0:
+        fail(name, f"LRN size must be > 0, got {size}")
     square = b.add_node("Mul", [x, x])
     planes = b.add_node("Reshape", [square, _const(b, [n, 1, c, rest], DType.int64)])
     lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2

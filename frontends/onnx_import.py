@@ -14,6 +14,7 @@ from nutshell.compiler.errors import (GraphError, ModelLoadError, NutshellError,
 from nutshell.compiler.ir import GraphBuilder, Node
 from nutshell.compiler.ir.types import DType
 from nutshell.compiler.ops import has_op
+from nutshell.compiler.ops.common import norm_axis
 from .external_data import decode_tensor, inline_external_data, load_tensors
 from .onnx_compose import ADAPTERS as COMPOSED
 from nutshell.compiler.passes.expand import ADAPTERS as EXPANDED   # LSTM, GRU, RNN, Trilu
@@ -221,7 +222,7 @@ def _softmax_v1(builder, node, attrs, opset, name):
         return False
     x = node.input[0]
     shape = builder.types[x].shape
-    axis = attrs.get("axis", 1) % max(len(shape), 1)
+    axis = norm_axis(name, attrs.get("axis", 1), max(len(shape), 1))
     if axis == len(shape) - 1:
         builder.add_node(node.op_type, [x], {"axis": -1}, outputs=list(node.output), name=name)
         return True

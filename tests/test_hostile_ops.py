@@ -225,3 +225,110 @@ def test_pad_after_cropping(mode, pads):
     got = run_ours(model, feeds)
     assert_same(got, reference("Pad", feeds, {"mode": mode}, {"p": PADS(*pads)}))
     assert_same(got, run_ort(model, feeds))
+
+
+# ---- rows 9-13 (issue 14 item 7): out-of-range attributes are refused in shape inference,
+# naming the node and the attribute ----------------------------------------------------
+NCHW = np.zeros((1, 2, 4, 4), np.float32)
+W3 = np.ones((2, 2, 3, 3), np.float32)
+T234 = np.zeros((2, 3, 4), np.float32)
+ONES4 = np.ones(4, np.float32)
+NO_ROI = np.zeros(0, np.float32)
+SCALE2 = np.array([1, 1, 2, 2], np.float32)
+
+# (op, feeds, attrs, consts, opset, what the message must say)
+REFUSALS = [
+    # row 9: zero strides, dilations, kernel, group, block size, channels
+    ("Conv", {"x": NCHW}, {"dilations": [1, 0]}, {"w": W3}, 13, "dilations must be > 0"),
+    ("Conv", {"x": NCHW}, {}, {"w": np.ones((0, 2, 3, 3), np.float32)}, 13, "channels"),
+    ("ConvTranspose", {"x": NCHW}, {"strides": [0, 1]}, {"w": W3}, 13, "strides"),
+    ("ConvTranspose", {"x": NCHW}, {"group": 0}, {"w": W3}, 13, "do not fit"),
+    ("AveragePool", {"x": NCHW}, {"kernel_shape": [0, 2]}, {}, 13, "kernel_shape must be > 0"),
+    ("MaxPool", {"x": NCHW}, {"kernel_shape": [2, 2], "dilations": [0, 1]}, {}, 13, "dilations"),
+    ("DepthToSpace", {"x": NCHW}, {"blocksize": 0}, {}, 13, "blocksize 0"),
+    ("LRN", {"x": NCHW}, {"size": 0}, {}, 13, "size must be > 0"),
+    # row 10: values out of range
+    ("MaxPool", {"x": NCHW}, {"kernel_shape": [2, 2], "pads": [2, 0, 0, 0]}, {}, 13, "pads .* smaller than kernel"),
+    ("AveragePool", {"x": NCHW}, {"kernel_shape": [3, 3], "pads": [1, 1, 3, 1]}, {}, 13, "pads .* smaller"),
+    ("ConvTranspose", {"x": NCHW}, {"output_padding": [2, 2], "strides": [2, 2]}, {"w": W3}, 13, "output_padding"),
+    ("Pad", {"x": T234}, {"mode": "reflect"}, {"p": PADS(0, 0, 4, 0, 0, 0)}, 13, "reflect pads .* axis 2"),
+    ("Mod", {"a": T234, "b": T234}, {"fmod": 0}, {}, 13, "fmod=1"),
+    ("MaxPool", {"x": NCHW}, {"kernel_shape": [2, 2], "ceil_mode": 2}, {}, 13, "ceil_mode must be 0 or 1"),
+    ("AveragePool", {"x": NCHW}, {"kernel_shape": [2, 2], "count_include_pad": 7}, {}, 13, "count_include_pad"),
+    ("ReduceMax", {"x": T234}, {"axes": [1], "keepdims": 5}, {}, 13, "keepdims must be 0 or 1"),
+    ("ReduceSum", {"x": T234}, {"noop_with_empty_axes": -1}, {}, 13, "noop_with_empty_axes"),
+    ("ArgMax", {"x": T234}, {"select_last_index": 3}, {}, 13, "select_last_index"),
+    ("Reshape", {"x": T234}, {"allowzero": 2}, {"s": PADS(24)}, 14, "allowzero"),
+    ("Gemm", {"a": T234[0], "b": T234[0]}, {"transB": 2}, {}, 13, "transB"),
+    ("Resize", {"x": NCHW}, {"exclude_outside": 2, "mode": "cubic"}, {"r": NO_ROI, "s": SCALE2}, 13,
+     "exclude_outside"),
+    ("Resize", {"x": NCHW}, {"antialias": 3}, {"r": NO_ROI, "s": SCALE2}, 18, "antialias"),
+    # row 11: axes out of range, never wrapped modulo the rank
+    ("Softmax", {"x": T234}, {"axis": 3}, {}, 11, "axis 3 is out of range"),
+    ("LogSoftmax", {"x": T234}, {"axis": -4}, {}, 12, "axis -4 is out of range"),
+    ("Softmax", {"x": T234}, {"axis": -100000}, {}, 13, "out of range"),
+    ("LayerNormalization", {"x": T234}, {"axis": 3}, {"s": ONES4}, 17, "axis 3 is out of range"),
+    ("LayerNormalization", {"x": T234}, {"axis": -4}, {"s": ONES4}, 17, "axis -4 is out of range"),
+    ("Resize", {"x": NCHW}, {"axes": [4]}, {"r": NO_ROI, "s": np.array([2], np.float32)}, 18, "axes 4"),
+    ("Concat", {"x": T234, "y": T234}, {"axis": 3}, {}, 13, "axis 3"),
+    ("Flatten", {"x": T234}, {"axis": 4}, {}, 13, "axis 4"),
+    ("ArgMin", {"x": T234}, {"axis": -4}, {}, 13, "axis -4"),
+    ("Gather", {"x": T234, "i": PADS(0)}, {"axis": 3}, {}, 13, "axis 3"),
+    ("Unsqueeze", {"x": T234}, {}, {"a": PADS(5)}, 13, "axes 5"),
+    ("Slice", {"x": T234}, {}, {"s": PADS(0), "e": PADS(1), "a": PADS(3)}, 13, "axes 3"),
+    ("Transpose", {"x": T234}, {"perm": [0, 1, 3]}, {}, 13, "perm"),
+    # row 12: lengths that disagree
+    ("ConvTranspose", {"x": NCHW}, {"dilations": [1, 1, 1]}, {"w": W3}, 13, "dilations has 3 values"),
+    ("ConvTranspose", {"x": NCHW}, {"output_padding": [1]}, {"w": W3}, 13, "output_padding has 1"),
+    ("AveragePool", {"x": NCHW}, {"kernel_shape": [2, 2], "strides": [1, 1, 1]}, {}, 13, "strides has 3"),
+    ("Slice", {"x": T234}, {}, {"s": PADS(0, 0), "e": PADS(1), "a": PADS(0)}, 13, "differ in length"),
+    ("Pad", {"x": T234}, {}, {"p": PADS(1, 1)}, 13, "2 pads for 3 axes"),
+    ("Transpose", {"x": T234}, {"perm": [1, 0]}, {}, 13, "perm"),
+    # row 13: Reshape to another element count, two -1s, a -2
+    ("Reshape", {"x": T234}, {}, {"s": PADS(5, -1)}, 13, "cannot reshape"),
+    ("Reshape", {"x": T234}, {}, {"s": PADS(-1, 4, -1)}, 13, "more than one -1"),
+    ("Reshape", {"x": T234}, {}, {"s": PADS(-2, 12)}, 13, "negative"),
+    ("Reshape", {"x": T234}, {"allowzero": 1}, {"s": PADS(0, -1)}, 14, "cannot reshape"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=lambda c: f"{c[0]}-{c[5]}")
+def test_out_of_range_attributes_are_refused(case):
+    op, feeds, attrs, consts, opset, message = case
+    model = one_node(op, feeds, attrs, consts, opset)
+    with pytest.raises(ns.ShapeError, match=rf"the_{op.lower()}.*{message}"):
+        ns.load_onnx(model)
+
+
+@pytest.mark.parametrize("axis,opset", [(-3, 11), (2, 11), (0, 12), (-1, 13)])
+def test_softmax_axes_in_range_still_work(axis, opset):
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)}
+    model = one_node("Softmax", feeds, {"axis": axis}, opset=opset)
+    np.testing.assert_allclose(run_ours(model, feeds)[0], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-7)
+
+
+# ---- issue 14 item 11: Winograd only where its rounding matches the direct sum's ------
+def _kernels(model):
+    return [line.split("(")[0] for line in ns.compile(ns.load_onnx(model), threads=1).source("loops").splitlines()
+            if line.startswith("kernel")]
+
+
+@pytest.mark.parametrize("big", [None, 1e6, 1e27, -3e38])
+def test_winograd_falls_back_on_extreme_weights(big):
+    """One weight far above its channel's others, meeting only zeros (input channel 0 is
+    nonzero on the last row alone, which tap (0, 0) never reads): the direct sum stays
+    exact; Winograd's F(2x2, 3x3) gave errors near eps * |w| (1.3 on outputs of 2)."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32)
+    x = np.abs(rng.standard_normal((1, 16, 8, 8))).astype(np.float32)
+    x[0, 0] = 0
+    x[0, 0, 7, :] = 1.0
+    if big is not None:
+        w[0, 0, 0, 0] = big
+    feeds, attrs, consts = {"x": x}, {"pads": [1, 1, 1, 1]}, {"w": w}
+    model = one_node("Conv", feeds, attrs, consts)
+    got = run_ours(model, feeds)[0]
+    want = reference("Conv", feeds, attrs, consts)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(got, run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert any("winograd" in k for k in _kernels(model)) == (big is None)

@@ -112,7 +112,7 @@ class GraphBuilder:
         for i in inputs:
             if i and i not in self.types:
                 raise GraphError(f"node '{name or op}' reads undefined value '{i}'")
-        attrs = opdef.normalize_attrs(dict(attrs or {}), len([i for i in inputs if i]))
+        attrs = opdef.normalize_attrs(dict(attrs or {}), len([i for i in inputs if i]), name or op)
         in_types = [self.types[i] if i else None for i in inputs]
         try:
             out_types = opdef.infer(attrs, in_types, self._const_inputs(inputs), name or op)

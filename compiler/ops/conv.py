@@ -154,7 +154,9 @@ def _conv_lower(ctx):
     out, nb = ctx.outputs[0], ctx.nb
     if cg == 1 and group > 1:
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
-    if winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)):
+    w_const = ctx.consts[1] if len(ctx.consts) > 1 else None     # a weight the pass left direct
+    if winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)) and \
+            (w_const is None or winograd.precise_enough(w_const)):
         return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
                                       winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
                                       weight=lambda mm, ci, i, j: wb[((mm * c + ci) * 3 + i) * 3 + j])

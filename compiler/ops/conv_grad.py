@@ -250,6 +250,12 @@ def transpose_geometry(node, attrs, x_shape, w_shape):
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if min(strides + dil, default=1) <= 0:
         fail(node, "ConvTranspose strides and dilations must be positive")
+    for name, value in (("strides", strides), ("dilations", dil), ("kernel_shape", kernel),
+                        ("output_padding", out_pad)):
+        if len(value) != rank:
+            fail(node, f"{name} has {len(value)} values for {rank} spatial dims")
+    if any(not 0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dil)):
+        fail(node, f"output_padding {list(out_pad)} must be >= 0 and less than the stride or dilation")
     if attrs.get("output_shape") is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = tuple(attrs["output_shape"])[-rank:] if attrs.get("output_shape") is not None else \
             tuple(x * s for x, s in zip(x_shape[2:], strides))

@@ -8,6 +8,7 @@ from ..lower.loop_ir import Call, Select, maximum, minimum, sigmoid
 from ..lower.nests import map_nest
 from .common import broadcast, require_float, same_dtype, tt
 from ..lower.loop_ir import cast
+from ..errors import ShapeError
 from .registry import register
 
 
@@ -265,5 +266,11 @@ def _mod_expr(at, a, b):
     return Select((r.ne(0)) & ((r < 0).ne(b < 0)), r + b, r)
 
 
-register("Mod", inputs=(2, 2), attrs={"fmod": 0}, infer=_binary_infer, reference=_mod_reference,
+def _mod_infer(attrs, types, consts, node):
+    if types[0].dtype.is_float and not attrs["fmod"]:
+        raise ShapeError(f"{node}: Mod of floats needs fmod=1 (the ONNX rule)")
+    return _binary_infer(attrs, types, consts, node)
+
+
+register("Mod", inputs=(2, 2), attrs={"fmod": 0}, infer=_mod_infer, reference=_mod_reference,
          **_map(_mod_expr))

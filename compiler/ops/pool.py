@@ -19,8 +19,13 @@ def _geometry(node, attrs, x, pool):
         fail(node, f"{pool} needs kernel_shape")
     if x.rank < 3:
         fail(node, f"{pool} needs an input of rank >= 3, got {x.shape}")
-    return window_geometry(node, attrs, x.shape[2:], attrs["kernel_shape"],
-                           ceil_mode=bool(attrs.get("ceil_mode", 0)))
+    geometry = window_geometry(node, attrs, x.shape[2:], attrs["kernel_shape"],
+                               ceil_mode=bool(attrs.get("ceil_mode", 0)))
+    for k, b, e in zip(attrs["kernel_shape"], geometry[0], geometry[1]):
+        if b >= k or e >= k:     # a window of padding alone (ONNX Runtime refuses it too)
+            fail(node, f"{pool} pads {list(geometry[0] + geometry[1])} must be smaller than "
+                       f"kernel_shape {list(attrs['kernel_shape'])}")
+    return geometry
 
 
 def _pool_infer(pool):

@@ -29,18 +29,23 @@ class OpDef:
     expr: Optional[Callable] = None  # (attrs, *loop-IR values) -> value: an element-wise op,
     #                                  fusable into one loop with its neighbours
 
-    def normalize_attrs(self, attrs, num_inputs):
+    def normalize_attrs(self, attrs, num_inputs, node=None):
         unknown = set(attrs) - set(self.attrs)
         if unknown:
             raise UnsupportedOpError(self.name, detail=f"unknown attribute(s) {sorted(unknown)}")
         lo, hi = self.inputs
         if not lo <= num_inputs <= hi:
             raise ShapeError(f"{self.name} takes {lo} to {hi} inputs, got {num_inputs}")
+        for key in FLAGS.intersection(attrs):
+            if attrs[key] not in (0, 1):     # 2 is not "true": a model relying on it is hostile
+                raise ShapeError(f"{node or self.name}: attribute {key} must be 0 or 1, got {attrs[key]!r}")
         full = {k: v for k, v in self.attrs.items() if v is not None}
         full.update(attrs)
         return full
 
 
+FLAGS = frozenset({"ceil_mode", "count_include_pad", "keepdims", "select_last_index", "allowzero",
+                   "noop_with_empty_axes", "fmod", "transA", "transB", "antialias", "exclude_outside"})
 FOLD_BUDGET_BYTES = 1 << 30    # a folded constant larger than this is a hostile model
 FOLD_TOTAL_BUDGET_BYTES = 4 << 30    # ... and so are a graph's folded constants together
 

@@ -9,7 +9,8 @@ from ..ops.conv import window_geometry
 
 def winograd_weights(graph):
     """Needs: BatchNorm folded and epilogues fused (they ride along). Gives: eligible
-    convolutions (ops/winograd.py's rule) as WinogradConv over transformed weights."""
+    convolutions (ops/winograd.py's rules: shape, and weights whose range keeps the
+    transform precise) as WinogradConv over transformed weights."""
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     for node in graph.nodes:
         w = graph.constants.get(node.inputs[1]) if node.op == "Conv" else None
@@ -18,7 +19,8 @@ def winograd_weights(graph):
             nodes.append(node)
             continue
         begin, end, strides, dil, out = window_geometry(node.name, node.attrs, x_t.shape[2:], w.shape[2:])
-        if not winograd.eligible(x_t.shape, w.shape, strides, dil, node.attrs.get("group", 1), out):
+        if not winograd.eligible(x_t.shape, w.shape, strides, dil, node.attrs.get("group", 1), out) \
+                or not winograd.precise_enough(w):
             nodes.append(node)
             continue
         name = f"{node.name}/winograd_w"
