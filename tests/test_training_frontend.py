@@ -11,7 +11,7 @@ import pytest
 import nutshell as ns
 
 torch = pytest.importorskip("torch")
-nn, tnn, TF = ns.nn, torch.nn, torch.nn.functional
+nn, tnn, F, TF = ns.nn, torch.nn, ns.nn.functional, torch.nn.functional
 
 
 def _load_into_torch(ours, theirs):
@@ -34,12 +34,6 @@ def _close_params(ours, theirs, names=None):
         if names is None or name in names:
             want = want.detach().numpy()
             assert np.all(np.abs(got[name] - want) <= 2e-3 * np.abs(want) + 1e-5), name
-
-
-def _cross_entropy(logits, y, classes):
-    """cross_entropy over the last dim, written with the tracing API's Tensor methods."""
-    hit = (y.unsqueeze(-1) == ns.arange(classes)).float()
-    return -(logits.log_softmax(-1) * hit).sum() / y.numel()
 
 
 # ---- two inputs: masked imputation -------------------------------------------------
@@ -120,27 +114,31 @@ needs_gather_grad = pytest.mark.skipif(
     reason="Embedding's Gather has no gradient rule yet")
 
 
-@both
-def Tagger(m):
+def Tagger(m=nn, lookup="one_hot"):
     class Tagger(m.Module):
-        """Token ids (N, T) -> logits (N, V, T), the layout cross_entropy takes."""
+        """Token ids (N, T) -> logits (N, V, T), the layout cross_entropy takes;
+        the embedding as a Gather (nn.Embedding) or a one-hot product."""
 
         def __init__(self):
             super().__init__()
             self.embed, self.head = m.Embedding(V, D), m.Linear(D, V)
 
         def forward(self, tokens):
-            return self.head(self.embed(tokens).tanh()).permute(0, 2, 1)
+            if lookup == "one_hot":
+                x = m.functional.one_hot(tokens, V).type_as(self.head.weight) @ self.embed.weight
+            else:
+                x = self.embed(tokens)
+            return self.head(x.tanh()).permute(0, 2, 1)
     return Tagger()
 
 
-@needs_gather_grad
+@pytest.mark.parametrize("lookup", ["one_hot", pytest.param("gather", marks=needs_gather_grad)])
 @pytest.mark.parametrize("options", [{}, {"ignore_index": 0}, {"ignore_index": 0, "label_smoothing": 0.1},
                                      {"label_smoothing": 0.2}])
-def test_token_ids_and_nd_cross_entropy_match_pytorch(options, rng):
+def test_token_ids_and_nd_cross_entropy_match_pytorch(options, lookup, rng):
     ns.manual_seed(1)
-    ours = Tagger()
-    theirs = _load_into_torch(ours, Tagger(tnn))
+    ours = Tagger(nn, lookup)
+    theirs = _load_into_torch(ours, Tagger(tnn, lookup))
     tokens = rng.integers(0, V, (4, 5))
     trainer = ns.compile_training(ours, example_inputs=tokens, loss="cross_entropy",
                                   optimizer=ns.optim.SGD(lr=0.5, momentum=0.9), threads=1, **options)
@@ -161,19 +159,23 @@ def test_token_ids_and_nd_cross_entropy_match_pytorch(options, rng):
             trainer.step(tokens, labels)
 
 
-@needs_gather_grad
-def test_callable_loss_on_tuple_outputs_and_two_token_inputs(rng):
+@pytest.mark.parametrize("lookup", ["one_hot", pytest.param("gather", marks=needs_gather_grad)])
+def test_callable_loss_on_tuple_outputs_and_two_token_inputs(lookup, rng):
     """The design's example: (src, tgt_in) -> logits, loss on reshaped logits."""
-    @both
-    def Seq2Seq(m):
+    def Seq2Seq(m=nn):
         class Seq2Seq(m.Module):
             def __init__(self):
                 super().__init__()
                 self.embed, self.head = m.Embedding(V, D), m.Linear(D, V)
 
+            def lookup(self, ids):
+                if lookup == "gather":
+                    return self.embed(ids)
+                return m.functional.one_hot(ids, V).type_as(self.head.weight) @ self.embed.weight
+
             def forward(self, src, tgt_in):
-                context = self.embed(src).mean(1, keepdim=True)
-                return self.head((self.embed(tgt_in) + context).tanh()), context
+                context = self.lookup(src).mean(1, keepdim=True)
+                return self.head((self.lookup(tgt_in) + context).tanh()), context
         return Seq2Seq()
 
     ns.manual_seed(2)
@@ -182,7 +184,8 @@ def test_callable_loss_on_tuple_outputs_and_two_token_inputs(rng):
     src, tgt_in, tgt_out = (rng.integers(0, V, (3, n)) for n in (4, 5, 5))
     trainer = ns.compile_training(
         ours, example_inputs=(src, tgt_in), example_targets=tgt_out,
-        loss=lambda out, y: _cross_entropy(out[0].reshape(-1, V), y.reshape(-1), V) + 0.1 * (out[1] ** 2).mean(),
+        loss=lambda out, y: F.cross_entropy(out[0].reshape(-1, V), y.reshape(-1), ignore_index=0,
+                                            label_smoothing=0.05) + 0.1 * (out[1] ** 2).mean(),
         optimizer=ns.optim.Adam(lr=3e-2), threads=1)
     opt = torch.optim.Adam(theirs.parameters(), lr=3e-2)
     for _ in range(3):
@@ -190,7 +193,8 @@ def test_callable_loss_on_tuple_outputs_and_two_token_inputs(rng):
         got = trainer.step((src, tgt_in), tgt_out)
         opt.zero_grad()
         logits, context = theirs(_t(src), _t(tgt_in))
-        want = TF.cross_entropy(logits.reshape(-1, V), _t(tgt_out).reshape(-1)) + 0.1 * (context ** 2).mean()
+        want = TF.cross_entropy(logits.reshape(-1, V), _t(tgt_out).reshape(-1), ignore_index=0,
+                                label_smoothing=0.05) + 0.1 * (context ** 2).mean()
         want.backward()
         opt.step()
         _close_loss(got, want.item())
@@ -327,3 +331,45 @@ def test_gan_trainers_share_modules_like_a_pytorch_loop(detach, rng):
         _close_loss(g_loss, want.item())
     _close_params(g, tg)
     _close_params(d, td)
+
+
+def test_trainers_on_one_module_take_up_each_others_steps(rng):
+    """Two trainers updating the same parameters: each starts from the other's result."""
+    ns.manual_seed(5)
+    make = lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    shared, alone = make(), make()
+    alone.load_state_dict(shared.state_dict())
+    a = ns.compile_training(shared, (4, 6), optimizer=ns.optim.SGD(lr=0.3), threads=1)
+    b = ns.compile_training(shared, (4, 6), optimizer=ns.optim.SGD(lr=0.3), threads=1)
+    ref = ns.compile_training(alone, (4, 6), optimizer=ns.optim.SGD(lr=0.3), threads=1)
+    for trainer in (a, b, b, a):
+        x, y = rng.standard_normal((4, 6)).astype(np.float32), rng.integers(0, 3, 4)
+        assert trainer.step(x, y) == ref.step(x, y)
+    for name, value in alone.state_dict().items():
+        np.testing.assert_array_equal(shared.state_dict()[name], value)
+
+
+def test_builtin_loss_sums_over_paired_outputs(rng):
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 2), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    ns.manual_seed(6)
+    net = TwoHeads()
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    ya, yb = rng.standard_normal((4, 2)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    trainer = ns.compile_training(net, example_inputs=x, example_targets=(ya, yb), loss="mse",
+                                  optimizer=ns.optim.SGD(lr=0.0), threads=1)
+    outs = trainer.predict(x)
+    want = ((outs[0] - ya) ** 2).mean() + ((outs[1] - yb) ** 2).mean()
+    assert abs(trainer.step(x, (ya, yb)) - want) < 1e-5
+    with pytest.raises(TypeError, match="pairs each output with a target"):
+        ns.compile_training(net, example_inputs=x, example_targets=ya, loss="mse")
+    with pytest.raises(ns.InputError, match="expected 2 arrays"):
+        trainer.step(x, ya)
+    with pytest.raises(ns.InputError, match="export"):
+        trainer.export("unused")
