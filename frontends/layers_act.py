@@ -1,10 +1,10 @@
 """Activations with PyTorch's arguments: GELU, SiLU, Softplus, Mish, Hardswish,
-Hardsigmoid, PReLU. Each is a registry op where one exists (fast, one kernel),
-otherwise a short composition."""
+Hardsigmoid, PReLU. The maths is nn.functional's (one place); these hold the
+arguments and, for PReLU, the slopes."""
 import numpy as np
 
-from .dsl import Module, Parameter, apply
-from .layers_ops import like, reshape, sigmoid
+from . import functional as F
+from .dsl import Module, Parameter
 
 
 class GELU(Module):
@@ -15,7 +15,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x):
-        return apply("Gelu", [x], approximate=self.approximate)
+        return F.gelu(x, approximate=self.approximate)
 
 
 class SiLU(Module):
@@ -25,12 +25,11 @@ class SiLU(Module):
         super().__init__()
 
     def forward(self, x):
-        return x * sigmoid(x)
+        return F.silu(x)
 
 
 class Softplus(Module):
-    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (PyTorch's
-    switch to linear, which keeps large inputs exact)."""
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold."""
 
     def __init__(self, beta=1.0, threshold=20.0):
         super().__init__()
@@ -39,12 +38,7 @@ class Softplus(Module):
         self.beta, self.threshold = float(beta), float(threshold)
 
     def forward(self, x):
-        scaled = x * self.beta if self.beta != 1.0 else x
-        soft = apply("Softplus", [scaled])
-        if self.beta != 1.0:
-            soft = soft * (1.0 / self.beta)
-        linear = apply("Greater", [scaled, like(x, self.threshold)])
-        return apply("Where", [linear, x, soft])
+        return F.softplus(x, self.beta, self.threshold)
 
 
 class Mish(Module):
@@ -52,7 +46,7 @@ class Mish(Module):
         super().__init__()
 
     def forward(self, x):
-        return apply("Mish", [x])
+        return F.mish(x)
 
 
 class Hardswish(Module):
@@ -60,17 +54,17 @@ class Hardswish(Module):
         super().__init__()
 
     def forward(self, x):
-        return apply("HardSwish", [x])
+        return F.hardswish(x)
 
 
 class Hardsigmoid(Module):
-    """relu6(x + 3) / 6, which is ONNX's HardSigmoid with alpha 1/6, beta 1/2."""
+    """relu6(x + 3) / 6."""
 
     def __init__(self, inplace=False):
         super().__init__()
 
     def forward(self, x):
-        return apply("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)
+        return F.hardsigmoid(x)
 
 
 class PReLU(Module):
@@ -84,13 +78,10 @@ class PReLU(Module):
         self.weight = Parameter((self.num_parameters,), lambda rng, shape: np.full(shape, init))
 
     def forward(self, x):
-        slope = self.param(x.builder, self.weight)
-        if self.num_parameters > 1:
-            if len(x.shape) < 2 or x.shape[1] != self.num_parameters:
-                raise ValueError(f"PReLU with {self.num_parameters} parameters needs "
-                                 f"{self.num_parameters} channels in dim 1, got input {x.shape}")
-            slope = reshape(slope, (self.num_parameters,) + (1,) * (len(x.shape) - 2))
-        return apply("PRelu", [x, slope])
+        if self.num_parameters > 1 and (len(x.shape) < 2 or x.shape[1] != self.num_parameters):
+            raise ValueError(f"PReLU with {self.num_parameters} parameters needs "
+                             f"{self.num_parameters} channels in dim 1, got input {x.shape}")
+        return F.prelu(x, self.param(x.builder, self.weight))
 
 
 __all__ = ["GELU", "SiLU", "Softplus", "Mish", "Hardswish", "Hardsigmoid", "PReLU"]

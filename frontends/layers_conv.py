@@ -1,11 +1,13 @@
 """Convolution-family layers with PyTorch's arguments and weight layouts:
 ConvTranspose2d (weight [in, out/groups, kh, kw], as ONNX's ConvTranspose),
-Conv1d (run as a 1 x k Conv2d, the compiler's fast path) and Upsample."""
+Conv1d (nn.functional's, a 1 x k Conv2d: the compiler's fast path) and Upsample
+(every interpolate mode, bicubic and trilinear included)."""
 import numpy as np
 
+from . import functional as F
 from .dsl import Module, Parameter, apply
 from .init import bias_init, fans, weight_init
-from .layers_ops import as_tensor, ints, reshape
+from .layers_ops import as_tensor, ints
 
 
 def _tuple(v, n):
@@ -50,12 +52,9 @@ class ConvTranspose2d(Module):
 
     def forward(self, x):
         b = x.builder
-        inputs = [x, self.param(b, self.weight)]
-        if self.bias is not None:
-            inputs.append(self.param(b, self.bias))
-        ph, pw = self.padding
-        return apply("ConvTranspose", inputs, strides=self.stride, pads=(ph, pw, ph, pw),
-                     dilations=self.dilation, group=self.groups, output_padding=self.output_padding)
+        bias = self.param(b, self.bias) if self.bias is not None else None
+        return F.conv_transpose2d(x, self.param(b, self.weight), bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
 
 
 class Conv1d(Module):
@@ -71,38 +70,25 @@ class Conv1d(Module):
         _check_groups(in_channels, out_channels, groups)
         (self.stride,), (self.dilation,) = _tuple(stride, 1), _tuple(dilation, 1)
         self.groups = groups
-        self.padding = self._pads(padding, k)
+        self.padding = self._check_padding(padding)
         shape = (out_channels, in_channels // groups, k)
         self.weight = Parameter(shape, weight_init(init))
         self.bias = Parameter((out_channels,), bias_init(init, fans(shape)[0])) if bias else None
 
-    def _pads(self, padding, k):
-        if padding == "valid":
-            return (0, 0)
-        if padding == "same":
-            if self.stride != 1:
-                raise ValueError("padding='same' needs stride 1")
-            total = self.dilation * (k - 1)
-            return (total // 2, total - total // 2)
-        (p,) = _tuple(padding, 1)
-        if p < 0:
-            raise ValueError(f"padding must be >= 0, got {p}")
-        return (p, p)
+    def _check_padding(self, padding):
+        if padding == "same" and self.stride != 1:
+            raise ValueError("padding='same' needs stride 1")
+        if not isinstance(padding, str) and _tuple(padding, 1)[0] < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        return padding
 
     def forward(self, x):
         if len(x.shape) != 3:
             raise ValueError(f"Conv1d takes [N, C, L] input, got {x.shape}")
         b = x.builder
-        out_c, in_c, k = self.weight.shape
-        n, _, length = x.shape
-        w = reshape(self.param(b, self.weight), (out_c, in_c, 1, k))
-        inputs = [reshape(x, (n, x.shape[1], 1, length)), w]
-        if self.bias is not None:
-            inputs.append(self.param(b, self.bias))
-        left, right = self.padding
-        y = apply("Conv", inputs, strides=(1, self.stride), pads=(0, left, 0, right),
-                  dilations=(1, self.dilation), group=self.groups)
-        return reshape(y, (n, out_c, y.shape[3]))
+        bias = self.param(b, self.bias) if self.bias is not None else None
+        return F.conv1d(x, self.param(b, self.weight), bias, self.stride, self.padding,
+                        self.dilation, self.groups)
 
 
 _RESIZE_MODES = {"nearest": ("nearest", "asymmetric", "floor"),

@@ -45,7 +45,3 @@ def normalize(x, axes, eps):
     centered = x - mean(x, axes)
     var = mean(centered * centered, axes)
     return centered / apply("Sqrt", [var + like(x, eps)])
-
-
-def sigmoid(x):
-    return apply("Sigmoid", [x])
