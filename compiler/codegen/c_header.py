@@ -100,7 +100,7 @@ def training_header(name, train_graph, layout, numbers, threads):
               f"#define {n}_INPUT_SIZE {x.size}  /* float32[{', '.join(map(str, x.shape))}] per step */",
               f"static const long {n}_INPUT_SHAPE[] = {{{', '.join(map(str, x.shape))}}};",
               f"#define {n}_LABELS_SIZE {labels.size}  /* {ltype} */",
-              f"#define {n}_NUM_CLASSES {layout['classes']}",
+              f"#define {n}_NUM_CLASSES {layout['classes'] or 0}  /* 0: the labels are targets */",
               f"#define {n}_OUTPUT_SIZE {layout['output_size']}  /* float32 network outputs per batch */",
               f"#define {n}_STATE_SIZE {numbers['state_size']}  /* bytes, 64-byte aligned: parameters, "
               "optimizer state, running statistics (two copies) */",
