@@ -39,6 +39,7 @@ class Trainer(TrainerLoops):
             else:                                     # an optimizer slot
                 owner, slot = name.rsplit(".", 1)
                 current[name] = optimizer.initial_state(slot, self._params[owner].data).astype(np.float32)
+        self._tracked = layout["params"] + layout["buffers"]
         self._sets = [current, {k: np.empty_like(v) for k, v in current.items()}]
         self._live = 0
         self._lr = np.zeros((), np.float32)
@@ -64,8 +65,9 @@ class Trainer(TrainerLoops):
     # ---- state ----------------------------------------------------------------------
     def _module_value(self, name):
         """The module's current array for a parameter or buffer name."""
-        if name in self._params:
-            return self._params[name].data
+        p = self._params.get(name)
+        if p is not None:
+            return p._data if p._data is not None else p.data
         mod, bname = self._buffers[name]
         return mod._buffers[bname]
 
@@ -80,13 +82,15 @@ class Trainer(TrainerLoops):
 
     def _adopt_module_changes(self):
         """Take values set on the module since our last step: load_state_dict, or
-        another trainer's step on a shared submodule."""
-        live = self._sets[self._live]
-        for name in self.layout["params"] + self.layout["buffers"]:
+        another trainer's step on a shared submodule (an identity check each)."""
+        live, changed = self._sets[self._live], False
+        for name in self._tracked:
             value = self._module_value(name)
             if value is not live[name]:
                 np.copyto(live[name], value)
-        self._publish()
+                changed = True
+        if changed:
+            self._publish()
 
     def parameters(self):
         """name -> array (copies) of the current parameters, PyTorch's names."""
@@ -146,10 +150,11 @@ class Trainer(TrainerLoops):
     @staticmethod
     def _check_classes(y, name, classes, ignore_index):
         counted = y[y != ignore_index] if ignore_index is not None else y
-        if counted.size and (counted.min() < 0 or counted.max() >= classes):
+        lo, hi = (counted.min(), counted.max()) if counted.size else (0, 0)
+        if lo < 0 or hi >= classes:
             also = f" or {ignore_index} (ignore_index)" if ignore_index is not None else ""
             raise InputError(f"{name}: class indices must be in [0, {classes}){also}, "
-                             f"got values from {int(counted.min())} to {int(counted.max())}")
+                             f"got values from {int(lo)} to {int(hi)}")
 
     # ---- one step -------------------------------------------------------------------
     def step(self, inputs, targets):
