@@ -16,7 +16,7 @@ from ..lower.loop_ir import Const, fma
 from ..lower.nests import PARALLEL_MIN_WORK, parts, transpose_tiles
 from .common import fail, tt
 from .conv import conv_reference, epilogue
-from .registry import register
+from .registry import non_differentiable, register
 
 BLOCK = 16
 DENSE_ACCUMULATORS = 24        # of AVX-512's 32 registers: the rest hold B and A (28 spills)
@@ -345,3 +345,4 @@ def _depthwise(ctx, shape, out_hw, finish):
 
 register("ConvBlocked", inputs=(2, 4), attrs=CONV_BLOCKED_ATTRS, infer=_conv_infer, reference=_conv_reference,
          lower=_conv_lower, domain="nutshell")
+non_differentiable("made after autodiff by the layout pass", "ConvBlocked", "ToBlocked", "FromBlocked")

@@ -6,7 +6,7 @@ from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import PARALLEL_MIN_WORK
 from . import winograd
 from .common import fail, positive_ints, same_dtype, tt
-from .registry import register
+from .registry import gradient, register
 
 BATCHED_COLUMNS = 256   # a small map's images share one GEMM, up to this many columns
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
@@ -324,3 +324,17 @@ def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, par
 
 register("Conv", inputs=(2, 4), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_infer, reference=conv_reference,
          lower=_conv_lower)
+
+
+@gradient("Conv")
+def _conv_grad(g, node, dys, wanted):
+    x, w = node.inputs[:2]
+    attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS}
+    dy = dys[0]
+    dx = g.op("ConvGradInput", [dy, w], input_shape=g.shape(x), **attrs) if wanted[0] else None
+    dw = g.op("ConvGradWeight", [x, dy], weight_shape=g.shape(w), **attrs) if wanted[1] else None
+    out = [dx, dw]
+    if len(node.inputs) > 2:
+        rank = len(g.shape(dy))
+        out.append(g.reduce_sum(dy, [0] + list(range(2, rank)), keepdims=0) if wanted[2] else None)
+    return out

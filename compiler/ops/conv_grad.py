@@ -13,7 +13,7 @@ from ..lower.nests import strided_map
 from . import winograd
 from .common import fail, tt
 from .conv import CONV_ATTRS, _im2col, for_image_chunks, image_plan, per_image, window_geometry
-from .registry import register
+from .registry import gradient, non_differentiable, register
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
 
@@ -236,6 +236,7 @@ register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_inf
          reference=_grad_input_reference, lower=_grad_input_lower, domain="nutshell")
 register("ConvGradWeight", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_weight_infer,
          reference=_grad_weight_reference, lower=_grad_weight_lower, domain="nutshell")
+non_differentiable("a backward op: second-order gradients are not supported", "ConvGradInput", "ConvGradWeight")
 
 
 def transpose_geometry(node, attrs, x_shape, w_shape):
@@ -309,3 +310,21 @@ def _transpose_lower(ctx):
 
 register("ConvTranspose", inputs=(2, 3), attrs=dict(CONV_ATTRS, output_padding=None, output_shape=None),
          infer=_transpose_infer, reference=_transpose_reference, lower=_transpose_lower)
+
+
+@gradient("ConvTranspose")
+def _conv_transpose_grad(g, node, dys, wanted):
+    """ConvTranspose(X, W) is ConvGradInput(X, W) of the convolution its geometry
+    describes, so dX = Conv(dY, W) and dW = ConvGradWeight(dY, X), roles swapped
+    (output_padding's extra rows of dY are read by no window: they get no say)."""
+    x, w = node.inputs[:2]
+    dy = dys[0]
+    conv, _ = transpose_geometry(node.name, node.attrs, g.shape(x), g.shape(w))
+    attrs = {k: conv[k] for k in ("strides", "dilations", "pads", "group")}
+    dx = g.op("Conv", [dy, w], **attrs) if wanted[0] else None
+    dw = g.op("ConvGradWeight", [dy, x], weight_shape=g.shape(w), **attrs) if wanted[1] else None
+    out = [dx, dw]
+    if len(node.inputs) > 2:
+        rank = len(g.shape(dy))
+        out.append(g.reduce_sum(dy, [0] + list(range(2, rank)), keepdims=0) if wanted[2] else None)
+    return out

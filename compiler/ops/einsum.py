@@ -7,7 +7,7 @@ import numpy as np
 from ..lower.loop_ir import Reduce
 from ..lower.nests import flat_index, output_loops, strides
 from .common import fail, same_dtype, tt
-from .registry import register
+from .registry import gradient, register
 
 
 def parse(node, equation, shapes):
@@ -79,3 +79,31 @@ def _einsum_body(ctx, terms, out, sizes, var, out_shape):
 
 register("Einsum", inputs=(1, 1 << 8), attrs={"equation": None}, infer=_infer, reference=_reference,
          lower=_lower)
+
+
+@gradient("Einsum")
+def _einsum_grad(g, node, dys, wanted):
+    """dX_i is the einsum of dY with the other operands, written out to X_i's letters;
+    a letter only X_i has was summed away (broadcast it back), a size-1 dim of X_i
+    that the others broadcast is summed down."""
+    shapes = [g.shape(x) for x in node.inputs]
+    terms, out, sizes = parse(node.name, node.attrs["equation"], shapes)
+    grads = []
+    for i, (x, term, want) in enumerate(zip(node.inputs, terms, wanted)):
+        if not want:
+            grads.append(None)
+            continue
+        if len(set(term)) != len(term):
+            from ..errors import CompileError
+            raise CompileError(f"no gradient for Einsum term '{term}' with a repeated letter (node '{node.name}')")
+        others = [t for j, t in enumerate(terms) if j != i]
+        seen = set(out).union(*others)
+        letters = "".join(c for c in term if c in seen)
+        eq = ",".join(others + [out]) + "->" + letters
+        dx = g.op("Einsum", [n for j, n in enumerate(node.inputs) if j != i] + [dys[0]], equation=eq)
+        dx = g.reshape(dx, tuple(sizes[c] if c in seen else 1 for c in term))
+        summed = [k for k, (c, d) in enumerate(zip(term, shapes[i])) if d == 1 and sizes[c] != 1 and c in seen]
+        if summed:
+            dx = g.reduce_sum(dx, summed)
+        grads.append(g.expand(dx, shapes[i]))
+    return grads

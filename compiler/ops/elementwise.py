@@ -9,7 +9,7 @@ from ..lower.nests import map_nest
 from .common import broadcast, require_float, same_dtype, tt
 from ..lower.loop_ir import cast
 from ..errors import ShapeError
-from .registry import register
+from .registry import gradient, register, zero_gradient
 
 
 def _binary_infer(attrs, types, consts, node):
@@ -56,6 +56,28 @@ BINARY = {
 for _name, (_np, _expr) in BINARY.items():
     register(_name, infer=_binary_infer, inputs=(2, 2), **_map(_expr),
              reference=(lambda f: lambda attrs, a, b: np.asarray(f(a, b)).astype(a.dtype))(_np))
+
+
+@gradient("Add", "Sub")
+def _add_sub_grad(g, node, dys, wanted):
+    dy, (a, b) = dys[0], node.inputs
+    db = g.neg(dy) if node.op == "Sub" else dy
+    return [g.unbroadcast(dy, g.shape(a)) if wanted[0] else None,
+            g.unbroadcast(db, g.shape(b)) if wanted[1] else None]
+
+
+@gradient("Mul")
+def _mul_grad(g, node, dys, wanted):
+    dy, (a, b) = dys[0], node.inputs
+    return [g.unbroadcast(g.mul(dy, b), g.shape(a)) if wanted[0] else None,
+            g.unbroadcast(g.mul(dy, a), g.shape(b)) if wanted[1] else None]
+
+
+@gradient("Div")
+def _div_grad(g, node, dys, wanted):
+    dy, (a, b), y = dys[0], node.inputs, node.outputs[0]
+    return [g.unbroadcast(g.div(dy, b), g.shape(a)) if wanted[0] else None,
+            g.unbroadcast(g.neg(g.div(g.mul(dy, y), b)), g.shape(b)) if wanted[1] else None]
 
 
 def _sigmoid(x):
@@ -146,6 +168,62 @@ for _name, (_attrs, _float, _ref, _expr) in UNARY.items():
              **_map(_expr))
 
 
+def _gelu_slope(g, at, x):
+    """d/dx of x * Phi(x) (exact) or of its tanh approximation."""
+    if at["approximate"] == "tanh":
+        c, k = float(np.sqrt(2 / np.pi)), 0.044715
+        x2 = g.mul(x, x)
+        t = g.unary("Tanh", g.scale(g.mul(x, g.add(g.scalar(1.0, x), g.scale(x2, k))), c))
+        dt = g.scale(g.mul(g.sub(g.scalar(1.0, t), g.mul(t, t)), g.add(g.scalar(1.0, x), g.scale(x2, 3 * k))), c)
+        return g.scale(g.add(g.add(g.scalar(1.0, t), t), g.mul(x, dt)), 0.5)
+    cdf = g.scale(g.add(g.scalar(1.0, x), g.unary("Erf", g.scale(x, float(1 / np.sqrt(2))))), 0.5)
+    pdf = g.scale(g.unary("Exp", g.scale(g.mul(x, x), -0.5)), float(1 / np.sqrt(2 * np.pi)))
+    return g.add(cdf, g.mul(x, pdf))
+
+
+def _mish_slope(g, at, x):
+    t = g.unary("Tanh", g.unary("Softplus", x))
+    return g.add(t, g.mul(g.mul(x, g.sub(g.scalar(1.0, t), g.mul(t, t))), g.unary("Sigmoid", x)))
+
+
+# name: dx as a function of (GradContext, attrs, x, y, dy)
+UNARY_GRADS = {
+    "Relu": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", x, 0.0), dy),
+    "LeakyRelu": lambda g, at, x, y, dy: g.where(g.cmp("GreaterOrEqual", x, 0.0), dy, g.scale(dy, at["alpha"])),
+    "Elu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), dy,
+                                           g.mul(dy, g.add(y, g.scalar(at["alpha"], y)))),
+    "Sigmoid": lambda g, at, x, y, dy: g.mul(dy, g.mul(y, g.sub(g.scalar(1.0, y), y))),
+    "Tanh": lambda g, at, x, y, dy: g.mul(dy, g.sub(g.scalar(1.0, y), g.mul(y, y))),
+    "Exp": lambda g, at, x, y, dy: g.mul(dy, y),
+    "Log": lambda g, at, x, y, dy: g.div(dy, x),
+    "Sqrt": lambda g, at, x, y, dy: g.div(g.scale(dy, 0.5), y),
+    "Neg": lambda g, at, x, y, dy: g.neg(dy),
+    "Abs": lambda g, at, x, y, dy: g.mul(dy, g.unary("Sign", x)),
+    "Reciprocal": lambda g, at, x, y, dy: g.neg(g.mul(dy, g.mul(y, y))),
+    "Erf": lambda g, at, x, y, dy: g.mul(dy, g.scale(g.unary("Exp", g.neg(g.mul(x, x))), float(2 / np.sqrt(np.pi)))),
+    "Softplus": lambda g, at, x, y, dy: g.mul(dy, g.unary("Sigmoid", x)),
+    "Softsign": lambda g, at, x, y, dy: g.div(dy, g.op("Pow", [g.add(g.scalar(1.0, x), g.unary("Abs", x)),
+                                                                g.scalar(2.0, x)])),
+    "HardSigmoid": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", y, 0.0),
+                                                  g.keep(g.cmp("Less", y, 1.0), g.scale(dy, at["alpha"]))),
+    "HardSwish": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", x, -3.0), g.where(
+        g.cmp("Greater", x, 3.0), dy, g.mul(dy, g.add(g.scale(x, 1 / 3), g.scalar(0.5, x))))),
+    "Selu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), g.scale(dy, at["gamma"]),
+                                            g.mul(dy, g.add(y, g.scalar(at["gamma"] * at["alpha"], y)))),
+    "Celu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), dy,
+                                            g.mul(dy, g.add(g.scale(y, 1 / at["alpha"]), g.scalar(1.0, y)))),
+    "ThresholdedRelu": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", x, at["alpha"]), dy),
+    "Shrink": lambda g, at, x, y, dy: g.where(g.cmp("Less", x, -at["lambd"]), dy,
+                                              g.keep(g.cmp("Greater", x, at["lambd"]), dy)),
+    "Mish": lambda g, at, x, y, dy: g.mul(dy, _mish_slope(g, at, x)),
+    "Gelu": lambda g, at, x, y, dy: g.mul(dy, _gelu_slope(g, at, x)),
+}
+for _name, _rule in UNARY_GRADS.items():
+    gradient(_name)((lambda r: lambda g, node, dys, wanted: [
+        r(g, node.attrs, node.inputs[0], node.outputs[0], dys[0])])(_rule))
+gradient("Ceil", "Floor", "Sign")(zero_gradient)
+
+
 def _variadic_infer(attrs, types, consts, node):
     dtype = same_dtype(node, types)
     return [tt(dtype, broadcast(node, *[t.shape for t in types]))]
@@ -172,6 +250,19 @@ register("Mean", inputs=(1, 1 << 16), infer=_variadic_infer,
          **_map(lambda at, *xs: _fold(lambda a, b: a + b)(*xs) * (1.0 / len(xs))))
 
 
+@gradient("Max", "Min", "Sum", "Mean")
+def _variadic_grad(g, node, dys, wanted):
+    dy, y, xs = dys[0], node.outputs[0], node.inputs
+    if node.op == "Mean":
+        dy = g.scale(dy, 1.0 / len(xs))
+    if node.op in ("Max", "Min"):       # ties share the gradient evenly
+        hits = [g.cast_like(g.op("Equal", [x, y]), dy) for x in xs]
+        count = g.op("Sum", hits) if len(hits) > 1 else hits[0]
+        return [g.unbroadcast(g.share_ties(h, dy, count), g.shape(x)) if w else None
+                for x, h, w in zip(xs, hits, wanted)]
+    return [g.unbroadcast(dy, g.shape(x)) if w else None for x, w in zip(xs, wanted)]
+
+
 def _pow_infer(attrs, types, consts, node):
     return [tt(types[0].dtype, broadcast(node, types[0].shape, types[1].shape))]
 
@@ -196,6 +287,27 @@ register("Pow", inputs=(2, 2), infer=_pow_infer, reference=_pow_reference, **_ma
 register("PRelu", inputs=(2, 2), infer=_binary_infer,
          reference=lambda attrs, x, s: np.where(x < 0, x * s, x).astype(x.dtype),
          **_map(lambda at, x, s: Select(x < 0.0, x * s, x)))
+
+
+@gradient("Pow")
+def _pow_grad(g, node, dys, wanted):
+    (a, b), y, dy = node.inputs, node.outputs[0], dys[0]
+    bf = g.cast_like(b, a)
+    da = db = None
+    if wanted[0]:      # b * a^(b-1), not b*y/a, so a = 0 is fine
+        da = g.unbroadcast(g.mul(dy, g.mul(bf, g.op("Pow", [a, g.sub(bf, g.scalar(1.0, bf))]))), g.shape(a))
+    if wanted[1] and g.dtype(b).is_float:     # y * log(a), taken as 0 where a <= 0
+        safe = g.where(g.cmp("Greater", a, 0.0), a, g.scalar(1.0, a))
+        db = g.unbroadcast(g.mul(dy, g.mul(y, g.unary("Log", safe))), g.shape(b))
+    return [da, db]
+
+
+@gradient("PRelu")
+def _prelu_grad(g, node, dys, wanted):
+    (x, s), dy = node.inputs, dys[0]
+    neg = g.cmp("Less", x, 0.0)
+    return [g.unbroadcast(g.where(neg, g.mul(dy, s), dy), g.shape(x)) if wanted[0] else None,
+            g.unbroadcast(g.keep(neg, g.mul(dy, x)), g.shape(s)) if wanted[1] else None]
 
 
 def _clip_bounds(attrs, consts):
@@ -242,6 +354,24 @@ register("Clip", inputs=(1, 3), attrs={"min": None, "max": None}, infer=_unary_i
          expr=lambda at, x, lo=None, hi=None: _clip_expr(at, x, lo, hi))
 
 
+@gradient("Clip")
+def _clip_grad(g, node, dys, wanted):
+    """dx passes where lo <= x <= hi (PyTorch's convention at the bounds); a bound
+    given as an input gets the gradient where it clipped."""
+    x, dy = node.inputs[0], dys[0]
+    bound = lambda k, key: node.inputs[k] if len(node.inputs) > k and node.inputs[k] else node.attrs.get(key)
+    lo, hi = bound(1, "min"), bound(2, "max")
+    dx, grads = dy, [None, None]
+    for k, (value, past) in enumerate(((lo, "Less"), (hi, "Greater"))):
+        if value is None:
+            continue
+        out = g.cmp(past, x, value)
+        if wanted[1 + k] if len(wanted) > 1 + k else False:
+            grads[k] = g.unbroadcast(g.keep(out, dy), g.shape(value))
+        dx = g.where(out, g.zero_like(dy), dx)
+    return ([dx] + grads)[:len(node.inputs)]
+
+
 def _clip_expr(at, v, lo, hi):
     """Bounds from the inputs (opset 11+) or, as a fused epilogue, from attributes."""
     lo = lo if lo is not None else at.get("min")
@@ -274,3 +404,13 @@ def _mod_infer(attrs, types, consts, node):
 
 register("Mod", inputs=(2, 2), attrs={"fmod": 0}, infer=_mod_infer, reference=_mod_reference,
          **_map(_mod_expr))
+
+
+@gradient("Mod")
+def _mod_grad(g, node, dys, wanted):
+    """y = a - b * q with q piecewise constant: da = dy, db = -q dy = dy (y - a) / b."""
+    (a, b), y, dy = node.inputs, node.outputs[0], dys[0]
+    if not g.dtype(a).is_float:
+        return [None, None]
+    return [g.unbroadcast(dy, g.shape(a)) if wanted[0] else None,
+            g.unbroadcast(g.div(g.mul(dy, g.sub(y, a)), b), g.shape(b)) if wanted[1] else None]

@@ -13,7 +13,7 @@ import numpy as np
 from ..lower.loop_ir import INDEX, Const, Load, Reduce
 from ..lower.nests import PARALLEL_MIN_WORK, broadcast_strides, coalesce, map_nest, strides
 from .common import broadcast, fail, tt
-from .registry import get_op, register
+from .registry import get_op, non_differentiable, register
 
 
 def run_program(attrs, inputs, apply):
@@ -105,3 +105,4 @@ def _reduce_lower(ctx):
 register("FusedReduce", inputs=(1, 1 << 16),
          attrs={"program": None, "shape": None, "axes": None, "keepdims": 1, "mean": 0},
          infer=_reduce_infer, reference=_reduce_reference, lower=_reduce_lower, domain="nutshell")
+non_differentiable("made after autodiff by the fusion pass", "FusedElementwise", "FusedReduce")

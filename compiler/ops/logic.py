@@ -6,7 +6,7 @@ from ..ir.types import DType
 from ..lower.loop_ir import Select
 from ..lower.nests import map_nest
 from .common import broadcast, fail, same_dtype, tt
-from .registry import register
+from .registry import gradient, register, zero_gradient
 
 COMPARE = {"Greater": (np.greater, lambda a, b: a > b), "Less": (np.less, lambda a, b: a < b),
            "Equal": (np.equal, lambda a, b: a.eq(b)),
@@ -30,6 +30,7 @@ for _name, (_np, _expr) in COMPARE.items():
     register(_name, inputs=(2, 2), infer=_compare_infer, lower=_map_lower(_expr),
              expr=(lambda f: lambda attrs, a, b: f(a, b))(_expr),
              reference=(lambda f: lambda attrs, a, b: f(a, b))(_np))
+gradient(*COMPARE)(zero_gradient)
 
 
 def _where_infer(attrs, types, consts, node):
@@ -42,3 +43,11 @@ def _where_infer(attrs, types, consts, node):
 register("Where", inputs=(3, 3), infer=_where_infer, lower=_map_lower(lambda c, a, b: Select(c, a, b)),
          expr=lambda attrs, c, a, b: Select(c, a, b),
          reference=lambda attrs, c, a, b: np.where(c, a, b))
+
+
+@gradient("Where")
+def _where_grad(g, node, dys, wanted):
+    (c, a, b), dy = node.inputs, dys[0]
+    zero = g.zero_like(dy)
+    return [None, g.unbroadcast(g.where(c, dy, zero), g.shape(a)) if wanted[1] else None,
+            g.unbroadcast(g.where(c, zero, dy), g.shape(b)) if wanted[2] else None]

@@ -5,7 +5,7 @@ from ..lower.gemm import gemm_nest
 from ..lower.nests import broadcast_strides, strided_map, strides
 from .common import broadcast, fail, same_dtype, tt
 from .conv import EPILOGUE, apply_activation, epilogue
-from .registry import register
+from .registry import gradient, non_differentiable, register
 
 
 def _matmul_shapes(node, a, b):
@@ -81,6 +81,22 @@ register("MatMul", inputs=(2, 2), infer=_matmul_infer, lower=_matmul_lower,
          reference=lambda attrs, a, b: np.matmul(a, b))
 
 
+@gradient("MatMul")
+def _matmul_grad(g, node, dys, wanted):
+    """dA = dY B^T, dB = A^T dY over broadcast batches (summed back to each operand's
+    shape); a 1-D operand is a row (A) or column (B) matrix for the duration."""
+    a, b = node.inputs
+    sa, sb = g.shape(a), g.shape(b)
+    a2 = g.reshape(a, (1,) + sa) if len(sa) == 1 else a
+    b2 = g.reshape(b, sb + (1,)) if len(sb) == 1 else b
+    ra, rb = len(g.shape(a2)), len(g.shape(b2))
+    dy = g.reshape(dys[0], _matmul_shapes(node.name, g.shape(a2), g.shape(b2))[3])
+    swap = lambda t, r: g.op("Transpose", [t], perm=tuple(range(r - 2)) + (r - 1, r - 2))
+    da = g.reshape(g.unbroadcast(g.op("MatMul", [dy, swap(b2, rb)]), g.shape(a2)), sa) if wanted[0] else None
+    db = g.reshape(g.unbroadcast(g.op("MatMul", [swap(a2, ra), dy]), g.shape(b2)), sb) if wanted[1] else None
+    return [da, db]
+
+
 def _gemm_dims(node, attrs, a, b):
     if len(a) != 2 or len(b) != 2:
         fail(node, f"Gemm needs 2-D inputs, got {tuple(a)} and {tuple(b)}")
@@ -143,6 +159,22 @@ register("Gemm", inputs=(2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "
          infer=_gemm_infer, reference=_gemm_reference, lower=_gemm_lower)
 
 
+@gradient("Gemm")
+def _gemm_grad(g, node, dys, wanted):
+    at, dy = node.attrs, dys[0]
+    a, b = node.inputs[:2]
+    ta, tb, alpha = at["transA"], at["transB"], at["alpha"]
+    mm = lambda x, y, tx, ty: g.op("Gemm", [x, y], transA=int(tx), transB=int(ty), alpha=alpha)
+    da = db = dc = None
+    if wanted[0]:
+        da = mm(dy, b, 0, not tb) if not ta else mm(b, dy, tb, 1)
+    if wanted[1]:
+        db = mm(a, dy, not ta, 0) if not tb else mm(dy, a, 1, ta)
+    if len(node.inputs) > 2 and node.inputs[2] and wanted[2]:
+        dc = g.unbroadcast(g.scale(dy, at["beta"]), g.shape(node.inputs[2]))
+    return [da, db, dc][:len(node.inputs)]
+
+
 # ---- MatMulPacked: a MatMul whose constant B is already in the GEMM's panels ----
 def _packed_infer(attrs, types, consts, node):
     from ..lower.gemm import PANEL, k_blocking
@@ -172,3 +204,4 @@ def _packed_lower(ctx):
 register("MatMulPacked", inputs=(2, 2), attrs={"n": None}, infer=_packed_infer, lower=_packed_lower,
          reference=lambda attrs, a, bp: np.matmul(a, unpack(bp, a.shape[-1], attrs["n"])).astype(a.dtype),
          domain="nutshell")
+non_differentiable("made after autodiff (constant weights packed for the GEMM)", "MatMulPacked")

@@ -6,7 +6,7 @@ from ..ir.types import DType
 from ..lower.loop_ir import Const, Select, cast, maximum, minimum
 from ..lower.nests import flat_index, output_loops, strided_map, strides
 from .common import const_ints, fail, norm_axis, tt
-from .registry import register
+from .registry import gradient, non_differentiable, register
 
 STATUS_BAD_INDEX = 7
 
@@ -109,6 +109,26 @@ register("Pad", inputs=(1, 4), attrs={"mode": "constant", "pads": None, "value":
          infer=_pad_infer, reference=_pad_reference, lower=_pad_lower)
 
 
+@gradient("Pad")
+def _pad_grad(g, node, dys, wanted):
+    """Constant mode: dx is dy cropped by the pads (a Pad by minus them). Other modes
+    read some inputs several times: per padded axis, the transpose of the one-hot
+    source matrix the reference gives on an identity."""
+    x, dy = node.inputs[0], dys[0]
+    types = [g.b.types[i] if i else None for i in node.inputs]
+    consts = [g.b.constants.get(i) if i else None for i in node.inputs]
+    begin, end, _, mode = _pad_args(node.name, node.attrs, types, consts)
+    rest = [None] * (len(node.inputs) - 1)
+    if mode == "constant":
+        return [g.op("Pad", [dy, g.i64([-p for p in begin + end])], mode="constant")] + rest
+    for axis, (b, e, n) in enumerate(zip(begin, end, g.shape(x))):
+        if b or e:
+            eye = np.eye(n)
+            matrix = _pad_reference({"mode": mode}, eye, np.asarray([b, 0, e, 0], np.int64))
+            dy = g.axis_linear(dy, axis, matrix)
+    return [dy] + rest
+
+
 # ---- Gather -------------------------------------------------------------------------
 def _gather_lower(ctx):
     """out[o, j.., i] = data[o, idx[j..], i]; indices are checked first (a bad one sets
@@ -189,6 +209,13 @@ for _name, _to_depth, _attrs in (("DepthToSpace", False, {"blocksize": None, "mo
     register(_name, attrs=_attrs, infer=_i, reference=_r, lower=_l)
 
 
+@gradient("DepthToSpace", "SpaceToDepth")
+def _d2s_grad(g, node, dys, wanted):
+    """Both are permutations, each the other's inverse (same blocksize and mode)."""
+    inverse = "SpaceToDepth" if node.op == "DepthToSpace" else "DepthToSpace"
+    return [g.op(inverse, [dys[0]], **node.attrs)]
+
+
 # ---- compile-time generators --------------------------------------------------------
 def _cos_value(attrs):
     value = attrs.get("value")
@@ -199,6 +226,7 @@ register("ConstantOfShape", attrs={"value": None},
          infer=lambda attrs, types, consts, node: [tt(DType.from_numpy(_cos_value(attrs).dtype),
                                                       const_ints(node, consts[0], "shape"))],
          reference=lambda attrs, shape: np.full(tuple(int(d) for d in shape), _cos_value(attrs)[0]))
+non_differentiable("its input is a shape", "ConstantOfShape")
 
 
 def _range_count(node, start, limit, delta):
@@ -216,3 +244,4 @@ def _range_infer(attrs, types, consts, node):
 
 register("Range", inputs=(3, 3), infer=_range_infer,
          reference=lambda attrs, s, l, d: (s + np.arange(_range_count("ref", s, l, d)) * d).astype(s.dtype))
+non_differentiable("its inputs are compile-time scalars", "Range")

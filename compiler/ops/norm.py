@@ -5,7 +5,7 @@ from ..errors import UnsupportedOpError
 from ..lower.loop_ir import Call
 from ..lower.nests import map_nest
 from .common import fail, require_float, tt
-from .registry import register
+from .registry import gradient, register
 
 
 def _bn_infer(attrs, types, consts, node):
@@ -48,3 +48,20 @@ def _bn_lower(ctx):
 register("BatchNormalization", inputs=(5, 5),
          attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1},
          infer=_bn_infer, reference=_bn_reference, lower=_bn_lower)
+
+
+@gradient("BatchNormalization")
+def _batchnorm_grad(g, node, dys, wanted):
+    """BN with fixed statistics (a frozen, eval-mode BN being fine-tuned through);
+    training-mode BN is composed from primitives by the front end."""
+    x, scale, bias, mean, var = node.inputs
+    dy = dys[0]
+    rank = len(g.shape(x))
+    per_channel = (1, g.shape(x)[1]) + (1,) * (rank - 2)
+    inv_std = g.div(g.scalar(1.0, var), g.unary("Sqrt", g.add(var, g.scalar(node.attrs["epsilon"], var))))
+    axes = [0] + list(range(2, rank))
+    dx = g.mul(dy, g.reshape(g.mul(scale, inv_std), per_channel)) if wanted[0] else None
+    xhat = g.mul(g.sub(x, g.reshape(mean, per_channel)), g.reshape(inv_std, per_channel))
+    dscale = g.reduce_sum(g.mul(dy, xhat), axes, keepdims=0) if wanted[1] else None
+    dbias = g.reduce_sum(dy, axes, keepdims=0) if wanted[2] else None
+    return [dx, dscale, dbias, None, None]

@@ -8,7 +8,7 @@ from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import fail, require_float, tt
 from .conv import window_geometry
 from .reduce import nan_equal
-from .registry import register
+from .registry import gradient, register
 
 POOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": None, "kernel_shape": None,
               "pads": None, "strides": None}
@@ -140,6 +140,19 @@ register("AveragePool", attrs=dict(POOL_ATTRS, count_include_pad=0),
          lower=_pool_lower("AveragePool"))
 
 
+@gradient("MaxPool")
+def _maxpool_grad(g, node, dys, wanted):
+    x = node.inputs[0]
+    indices = node.outputs[1] if len(node.outputs) > 1 and node.outputs[1] else \
+        g.op("MaxPool", [x], outputs=2, **node.attrs)[1]
+    return [g.op("MaxPoolGrad", [dys[0], indices], input_shape=g.shape(x), **node.attrs)]
+
+
+@gradient("AveragePool")
+def _avgpool_grad(g, node, dys, wanted):
+    return [g.op("AveragePoolGrad", [dys[0]], input_shape=g.shape(node.inputs[0]), **node.attrs)]
+
+
 def _global_infer(attrs, types, consts, node):
     x = types[0]
     require_float(node, x)
@@ -159,3 +172,9 @@ def _global_lower(ctx):
 
 register("GlobalAveragePool", infer=_global_infer, lower=_global_lower,
          reference=lambda attrs, x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True))
+
+
+@gradient("GlobalAveragePool")
+def _global_avg_grad(g, node, dys, wanted):
+    shape = g.shape(node.inputs[0])
+    return [g.expand(g.scale(dys[0], 1.0 / int(np.prod(shape[2:]))), shape)]

@@ -11,7 +11,7 @@ from ..lower.nests import PARALLEL_MIN_WORK
 from .common import tt
 from .conv_grad import _source
 from .pool import POOL_ATTRS, _T, _geometry
-from .registry import register
+from .registry import non_differentiable, register
 
 
 def _infer(attrs, types, consts, node):
@@ -109,3 +109,4 @@ register("MaxPoolGrad", inputs=(2, 2), attrs=dict(POOL_ATTRS, storage_order=0, i
          infer=_infer, reference=_maxpool_grad_reference, lower=_lower("MaxPool"), domain="nutshell")
 register("AveragePoolGrad", inputs=(1, 1), attrs=dict(POOL_ATTRS, count_include_pad=0, input_shape=None),
          infer=_infer, reference=_avgpool_grad_reference, lower=_lower("AveragePool"), domain="nutshell")
+non_differentiable("a backward op: second-order gradients are not supported", "MaxPoolGrad", "AveragePoolGrad")

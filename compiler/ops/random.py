@@ -8,7 +8,7 @@ from ..ir.types import DType
 from ..lower.loop_ir import Select, cast
 from ..lower.nests import PARALLEL_MIN_WORK
 from .common import fail, tt
-from .registry import register
+from .registry import gradient, register, zero_gradient
 
 M1, M2, GOLDEN = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
 
@@ -65,3 +65,4 @@ def _lower(ctx):
 
 register("DropoutMask", inputs=(1, 1), attrs={"ratio": 0.5, "seed": 0, "shape": None},
          infer=_infer, reference=_reference, lower=_lower, domain="nutshell")
+gradient("DropoutMask")(zero_gradient)     # its input is the step counter

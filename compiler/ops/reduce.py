@@ -4,7 +4,7 @@ import numpy as np
 from ..lower.loop_ir import Call, Reduce, Select
 from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import const_ints, fail, norm_axis, tt
-from .registry import register
+from .registry import gradient, non_differentiable, register
 
 
 def reduce_axes(node, attrs, types, consts):
@@ -142,6 +142,41 @@ for _name, _fn, _op, _mean in (("ReduceSum", np.sum, "sum", False), ("ReduceMean
              lower=_lower(_op, _mean))
 
 
+# name: dx from (GradContext, x, y and dy with the reduced axes kept as 1s, axes)
+REDUCE_GRADS = {
+    "ReduceSum": lambda g, x, y, dy, axes: g.expand(dy, g.shape(x)),
+    "ReduceMean": lambda g, x, y, dy, axes: g.expand(g.scale(dy, 1.0 / max(1, int(np.prod(
+        [g.shape(x)[a] for a in axes])))), g.shape(x)),
+    "ReduceSumSquare": lambda g, x, y, dy, axes: g.mul(dy, g.scale(x, 2.0)),
+    "ReduceL1": lambda g, x, y, dy, axes: g.mul(dy, g.unary("Sign", x)),
+    "ReduceL2": lambda g, x, y, dy, axes: g.mul(dy, g.div(x, g.where(  # 0 where the norm is 0
+        g.cmp("Greater", y, 0.0), y, g.scalar(1.0, y)))),
+    "ReduceLogSumExp": lambda g, x, y, dy, axes: g.mul(dy, g.unary("Exp", g.sub(x, y))),
+    "ReduceMax": lambda g, x, y, dy, axes: _to_extremes(g, x, y, dy, axes),
+    "ReduceMin": lambda g, x, y, dy, axes: _to_extremes(g, x, y, dy, axes),
+}
+
+
+def _to_extremes(g, x, y, dy, axes):
+    """dy to the elements that were the max (min), ties sharing it evenly."""
+    if not axes:
+        return g.expand(dy, g.shape(x))
+    hit = g.op("Equal", [x, y])
+    return g.share_ties(hit, dy, g.reduce_sum(g.cast_like(hit, dy), list(axes)))
+
+
+@gradient(*REDUCE_GRADS)
+def _reduce_grad(g, node, dys, wanted):
+    x = node.inputs[0]
+    shape = g.shape(x)
+    types = [g.b.types[i] if i else None for i in node.inputs]
+    consts = [g.b.constants.get(i) if i else None for i in node.inputs]
+    axes = reduce_axes(node.name, node.attrs, types, consts)
+    kept = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    dy, y = g.reshape(dys[0], kept), g.reshape(node.outputs[0], kept)
+    return [REDUCE_GRADS[node.op](g, x, y, dy, axes)] + [None] * (len(node.inputs) - 1)
+
+
 def _maxout_infer(attrs, types, consts, node):
     x, k = types[0], attrs["pool_size"]
     if k <= 0 or x.rank < 2 or x.shape[1] % k:
@@ -162,6 +197,17 @@ def _maxout_lower(ctx):
 
 register("Maxout", attrs={"pool_size": None}, infer=_maxout_infer, reference=_maxout_reference,
          lower=_maxout_lower, domain="nutshell")
+
+
+@gradient("Maxout")
+def _maxout_grad(g, node, dys, wanted):
+    x, y = node.inputs[0], node.outputs[0]
+    k = node.attrs["pool_size"]
+    shape = g.shape(x)
+    grouped = (shape[0], shape[1] // k, k) + tuple(shape[2:])
+    one = (shape[0], shape[1] // k, 1) + tuple(shape[2:])
+    spread = _to_extremes(g, g.reshape(x, grouped), g.reshape(y, one), g.reshape(dys[0], one), [2])
+    return [g.reshape(spread, shape)]
 
 
 def _arg_infer(attrs, types, consts, node):
@@ -214,6 +260,7 @@ def nan_equal(value, best):
 ARG_ATTRS = {"axis": 0, "keepdims": 1, "select_last_index": 0}
 register("ArgMax", attrs=ARG_ATTRS, infer=_arg_infer, reference=_arg_reference(np.argmax), lower=_arg_lower("max"))
 register("ArgMin", attrs=ARG_ATTRS, infer=_arg_infer, reference=_arg_reference(np.argmin), lower=_arg_lower("min"))
+non_differentiable("integer output (an index)", "ArgMax", "ArgMin")
 
 
 def _global_max_infer(attrs, types, consts, node):
@@ -226,3 +273,9 @@ def _global_max_infer(attrs, types, consts, node):
 register("GlobalMaxPool", infer=_global_max_infer,
          reference=lambda attrs, x: x.max(axis=tuple(range(2, x.ndim)), keepdims=True),
          lower=lambda ctx: reduce_nest(ctx, ctx.in_types[0].shape, set(range(2, ctx.in_types[0].rank)), "max"))
+
+
+@gradient("GlobalMaxPool")
+def _global_max_grad(g, node, dys, wanted):
+    x = node.inputs[0]
+    return [_to_extremes(g, x, node.outputs[0], dys[0], list(range(2, len(g.shape(x)))))]

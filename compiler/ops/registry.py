@@ -20,7 +20,7 @@ class OpDef:
     infer: Callable            # (attrs, in_types, const_inputs, node_name) -> [TensorType]
     reference: Callable        # (attrs, *arrays) -> np.ndarray | tuple of them
     lower: Optional[Callable] = None   # (LowerContext) -> None; None: fold-only op
-    grad: Optional[Callable] = None    # VJP rule, filled in by the training work
+    grad: Optional[Callable] = None    # VJP rule, attached by @gradient beside the op
     attrs: dict = field(default_factory=dict)   # name -> default (None: required)
     inputs: tuple = (1, 1)     # (min, max) number of inputs
     alias: bool = False        # output is input 0 reinterpreted (Reshape & co.): no copy
@@ -88,12 +88,37 @@ def fold(opdef, attrs, in_types, consts, out_types, node_name, budget=None):
 
 
 def register(name, *, infer, reference, lower=None, attrs=None, inputs=(1, 1), alias=False,
-             domain="", type_fold=None, expr=None):
+             domain="", type_fold=None, expr=None, grad=None):
     if name in _REGISTRY:
         raise ValueError(f"op {name} registered twice")
-    _REGISTRY[name] = OpDef(name, infer, reference, lower, None, dict(attrs or {}), inputs,
+    _REGISTRY[name] = OpDef(name, infer, reference, lower, grad, dict(attrs or {}), inputs,
                             alias, domain, type_fold, expr)
     return _REGISTRY[name]
+
+
+def gradient(*names):
+    """Decorator placed right below an op's register call: attaches the VJP rule
+    fn(g: GradContext, node, dys, wanted) -> one gradient value name (or None) per input."""
+    def attach(fn):
+        for name in names:
+            if _REGISTRY[name].grad is not None:
+                raise ValueError(f"op {name} has two gradient rules")
+            _REGISTRY[name].grad = fn
+        return fn
+    return attach
+
+
+def zero_gradient(g, node, dys, wanted):
+    """Piecewise-constant ops (comparisons, Floor, Shape): zero gradient almost everywhere."""
+    return [None] * len(node.inputs)
+
+
+NON_DIFFERENTIABLE = {}     # op name -> why autodiff has no rule for it
+
+
+def non_differentiable(reason, *names):
+    for name in names:
+        NON_DIFFERENTIABLE[name] = reason
 
 
 def get_op(name, opset=None):

@@ -15,7 +15,7 @@ from onnx import helper
 from ..lower.loop_ir import Const, Load, Reduce, Select
 from ..lower.nests import flat_index, output_loops, strides
 from .common import fail, norm_axis, tt
-from .registry import register
+from .registry import gradient, register
 
 ATTRS = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
          "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75, "exclude_outside": 0,
@@ -202,3 +202,27 @@ def _resize_body(ctx, vars_, shape, out, axes, roi, scales, sizes, dtype):
 
 
 register("Resize", inputs=(1, 4), attrs=ATTRS, infer=_infer, reference=_reference, lower=_lower)
+
+
+@gradient("Resize")
+def _resize_grad(g, node, dys, wanted):
+    """Resize is linear and separable: per resized axis, dy times the transpose of
+    the axis's interpolation matrix (the taps the lowering gathers, made dense)."""
+    x = node.inputs[0]
+    shape = g.shape(x)
+    consts = [None] + [g.b.constants.get(i) if i else None for i in node.inputs[1:]]
+    out, axes, roi, scales, sizes = _plan(node.name, node.attrs, shape, consts)
+    dx = dys[0]
+    for axis in range(len(shape)):
+        if out[axis] == shape[axis] and axis not in axes:
+            continue
+        axis_roi = None
+        if roi is not None and node.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+            k = axes.index(axis) if axis in axes else None
+            axis_roi = (roi[k], roi[k + len(axes)]) if k is not None else (0.0, 1.0)
+        idx, w, _ = axis_taps(node.attrs, shape[axis], out[axis], axis_roi,
+                              _axis_scale(node.attrs, axis, axes, shape, scales, sizes))
+        matrix = np.zeros((out[axis], shape[axis]))
+        np.add.at(matrix, (np.arange(out[axis])[:, None], idx), w)
+        dx = g.axis_linear(dx, axis, matrix)
+    return [dx] + [None] * (len(node.inputs) - 1)

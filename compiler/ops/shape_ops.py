@@ -8,7 +8,7 @@ from ..ir.types import DType, checked_size
 from ..lower.loop_ir import cast
 from ..lower.nests import permute_nest, strided_map, strides
 from .common import const_ints, fail, norm_axis, same_dtype, tt
-from .registry import register
+from .registry import gradient, non_differentiable, register, zero_gradient
 
 
 def copy_lower(ctx):
@@ -72,6 +72,12 @@ register("Dropout", inputs=(1, 3), attrs={"seed": None, "ratio": None}, alias=Tr
          reference=lambda attrs, x, *rest: x.copy())
 
 
+@gradient("Reshape", "Flatten", "Identity", "Dropout")
+def _same_data_grad(g, node, dys, wanted):
+    """The same elements in another shape: dx is dy reshaped back."""
+    return [g.reshape(dys[0], g.shape(node.inputs[0]))] + [None] * (len(node.inputs) - 1)
+
+
 def _axes(node, attrs, types, consts):
     if len(types) > 1 and types[1] is not None:
         return const_ints(node, consts[1], "axes")
@@ -105,6 +111,7 @@ for _name, _fn in (("Squeeze", _squeeze_shape), ("Unsqueeze", _unsqueeze_shape))
              reference=(lambda f: lambda attrs, x, axes=None: x.reshape(
                  f("ref", x.shape, tuple(int(a) for a in axes) if axes is not None
                    else tuple(attrs.get("axes") or ()))))(_fn))
+gradient("Squeeze", "Unsqueeze")(_same_data_grad)
 
 
 def _perm(node, attrs, rank):
@@ -125,6 +132,12 @@ register("Transpose", attrs={"perm": None}, lower=_transpose_lower,
          infer=lambda attrs, types, consts, node: [tt(types[0].dtype, tuple(
              types[0].shape[p] for p in _perm(node, attrs, types[0].rank)))],
          reference=lambda attrs, x: np.transpose(x, _perm("ref", attrs, x.ndim)).copy())
+
+
+@gradient("Transpose")
+def _transpose_grad(g, node, dys, wanted):
+    perm = _perm(node.name, node.attrs, len(g.shape(node.inputs[0])))
+    return [g.op("Transpose", [dys[0]], perm=tuple(int(i) for i in np.argsort(perm)))]
 
 
 def _concat_infer(attrs, types, consts, node):
@@ -155,6 +168,17 @@ register("Concat", inputs=(1, 1 << 16), attrs={"axis": None}, infer=_concat_infe
          lower=_concat_lower, reference=lambda attrs, *xs: np.concatenate(xs, axis=attrs["axis"]))
 
 
+@gradient("Concat")
+def _concat_grad(g, node, dys, wanted):
+    axis = node.attrs["axis"] % len(g.shape(node.outputs[0]))
+    out, start = [], 0
+    for name, want in zip(node.inputs, wanted):
+        size = g.shape(name)[axis]
+        out.append(g.slice(dys[0], [start], [start + size], [axis]) if want else None)
+        start += size
+    return out
+
+
 def constant_value(attrs, node="Constant"):
     """The tensor a Constant node's attributes describe."""
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
@@ -173,6 +197,7 @@ register("Constant", inputs=(0, 0),
          infer=lambda attrs, types, consts, node: [tt(DType.from_numpy(constant_value(attrs, node).dtype),
                                                       constant_value(attrs, node).shape)],
          reference=lambda attrs: constant_value(attrs).copy())
+non_differentiable("no inputs", "Constant")
 
 
 def _shape_slice(attrs, shape):
@@ -187,6 +212,7 @@ register("Shape", attrs={"start": 0, "end": None},
          infer=lambda attrs, types, consts, node: [tt(DType.int64, _shape_slice(attrs, types[0].shape).shape)],
          reference=lambda attrs, x: _shape_slice(attrs, x.shape),
          type_fold=lambda attrs, types: _shape_slice(attrs, types[0].shape))
+gradient("Shape")(zero_gradient)
 
 
 def _gather_infer(attrs, types, consts, node):
@@ -209,6 +235,13 @@ register("Gather", inputs=(2, 2), attrs={"axis": 0}, infer=_gather_infer,
          reference=_gather_reference)   # folded at compile time (shape subgraphs) for now
 
 
+@gradient("Gather")
+def _gather_grad(g, node, dys, wanted):
+    """Embedding backward: dy's rows added into the rows they were read from."""
+    data, idx = node.inputs
+    return [g.op("GatherGrad", [dys[0], idx], axis=node.attrs["axis"], data_shape=g.shape(data)), None]
+
+
 def _cast_dtype(attrs, node="Cast"):
     try:
         np_type = onnx.helper.tensor_dtype_to_np_dtype(attrs["to"])
@@ -224,3 +257,9 @@ register("Cast", attrs={"to": None, "saturate": 1, "round_mode": None},
                                        [strides(ctx.in_types[0].shape)],
                                        lambda v: cast(v, ctx.out_types[0].dtype)),
          expr=lambda attrs, v: cast(v, _cast_dtype(attrs)))
+
+
+@gradient("Cast")
+def _cast_grad(g, node, dys, wanted):
+    x = node.inputs[0]
+    return [g.cast_like(dys[0], x) if g.dtype(x).is_float else None]

@@ -4,7 +4,7 @@ import numpy as np
 
 from ..lower.nests import flat_index, map_nest, output_loops, strided_map, strides
 from .common import broadcast, const_ints, fail, norm_axis, tt
-from .registry import register
+from .registry import gradient, register
 
 
 def _expand_infer(attrs, types, consts, node):
@@ -16,6 +16,11 @@ register("Expand", inputs=(2, 2), infer=_expand_infer,
          reference=lambda attrs, x, s: np.broadcast_to(x, broadcast("ref", x.shape, tuple(s))).copy(),
          lower=lambda ctx: map_nest(ctx, ctx.outputs[0], ctx.out_types[0].shape, ctx.inputs[:1],
                                     [ctx.in_types[0].shape], lambda v: v))
+
+
+@gradient("Expand")
+def _expand_grad(g, node, dys, wanted):
+    return [g.unbroadcast(dys[0], g.shape(node.inputs[0])), None]
 
 
 def slice_plan(node, shape, starts, ends, axes=None, steps=None):
@@ -84,6 +89,41 @@ register("Slice", inputs=(1, 5), attrs={"starts": None, "ends": None, "axes": No
          infer=_slice_infer, reference=_slice_reference, lower=_slice_lower)
 
 
+@gradient("Slice")
+def _slice_grad(g, node, dys, wanted):
+    """dy put back where it was read, zeros elsewhere: per axis, reverse a negative
+    step, spread a step s by interleaving s - 1 zeros, then pad to the input's size."""
+    x, dy = node.inputs[0], dys[0]
+    shape = g.shape(x)
+    consts = [None] + [g.b.constants.get(i) if i else None for i in node.inputs[1:]]
+    plan = slice_plan(node.name, shape, *_slice_args(node.attrs, consts))
+    if any(count == 0 for _, _, count in plan):
+        return [g.zeros(shape, dy)] + [None] * (len(node.inputs) - 1)
+    for axis, ((start, step, count), d) in enumerate(zip(plan, shape)):
+        if step < 0:
+            dy = g.slice(dy, [-1], [-count - 1], [axis], [-1])
+            start, step = start + (count - 1) * step, -step
+        if step > 1:
+            cur = g.shape(dy)
+            spread = g.reshape(dy, cur[:axis + 1] + (1,) + cur[axis + 1:])
+            spread = _pad_axis(g, spread, axis + 1, 0, step - 1)
+            dy = g.reshape(spread, cur[:axis] + (count * step,) + cur[axis + 1:])
+        length = g.shape(dy)[axis]
+        if start + length > d:
+            dy, length = g.slice(dy, [0], [d - start], [axis]), d - start
+        dy = _pad_axis(g, dy, axis, start, d - start - length)
+    return [dy] + [None] * (len(node.inputs) - 1)
+
+
+def _pad_axis(g, a, axis, before, after):
+    if before == 0 and after == 0:
+        return a
+    rank = len(g.shape(a))
+    pads = [0] * (2 * rank)
+    pads[axis], pads[rank + axis] = before, after
+    return g.op("Pad", [a, g.i64(pads)], mode="constant")
+
+
 def _split_sizes(node, attrs, types, consts, num_outputs):
     shape = types[0].shape
     axis = norm_axis(node, attrs["axis"], len(shape))
@@ -131,6 +171,18 @@ register("Split", inputs=(1, 2), attrs={"axis": 0, "split": None, "num_outputs":
          infer=_split_infer, reference=_split_reference, lower=_split_lower)
 
 
+@gradient("Split")
+def _split_grad(g, node, dys, wanted):
+    x = node.inputs[0]
+    types = [g.b.types[i] if i else None for i in node.inputs]
+    consts = [g.b.constants.get(i) if i else None for i in node.inputs]
+    axis, sizes = _split_sizes(node.name, node.attrs, types, consts, len(node.outputs))
+    shape = g.shape(x)
+    parts = [dy if dy is not None else g.zeros(shape[:axis] + (size,) + shape[axis + 1:], x)
+             for dy, size in zip(dys, sizes)]
+    return [g.op("Concat", parts, axis=axis) if len(parts) > 1 else parts[0]] + [None] * (len(node.inputs) - 1)
+
+
 def _tile_infer(attrs, types, consts, node):
     reps = const_ints(node, consts[1], "repeats")
     if len(reps) != types[0].rank or min(reps, default=1) < 0:
@@ -148,3 +200,14 @@ def _tile_lower(ctx):
 
 register("Tile", inputs=(2, 2), infer=_tile_infer, lower=_tile_lower,
          reference=lambda attrs, x, r: np.tile(x, tuple(int(v) for v in r)))
+
+
+@gradient("Tile")
+def _tile_grad(g, node, dys, wanted):
+    """Output index r * d + i reads x[i]: view dy as (r0, d0, r1, d1, ...), sum the r's."""
+    x = node.inputs[0]
+    shape = g.shape(x)
+    reps = [int(v) for v in g.b.constants[node.inputs[1]].reshape(-1)]
+    view = [v for r, d in zip(reps, shape) for v in (r, d)]
+    summed = g.reduce_sum(g.reshape(dys[0], view), list(range(0, 2 * len(shape), 2)), keepdims=0)
+    return [g.reshape(summed, shape), None]

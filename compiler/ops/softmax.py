@@ -4,7 +4,7 @@ import numpy as np
 from ..lower.loop_ir import Call, Reduce
 from ..lower.nests import PARALLEL_MIN_WORK
 from .common import norm_axis, require_float
-from .registry import register
+from .registry import gradient, register
 
 
 def _infer(attrs, types, consts, node):
@@ -61,3 +61,15 @@ def _lower(log):
 
 register("Softmax", attrs={"axis": -1}, infer=_infer, reference=_reference(False), lower=_lower(False))
 register("LogSoftmax", attrs={"axis": -1}, infer=_infer, reference=_reference(True), lower=_lower(True))
+
+
+@gradient("Softmax")
+def _softmax_grad(g, node, dys, wanted):
+    y, dy, axis = node.outputs[0], dys[0], node.attrs["axis"]
+    return [g.mul(y, g.sub(dy, g.reduce_sum(g.mul(dy, y), [axis])))]
+
+
+@gradient("LogSoftmax")
+def _log_softmax_grad(g, node, dys, wanted):
+    y, dy, axis = node.outputs[0], dys[0], node.attrs["axis"]
+    return [g.sub(dy, g.mul(g.unary("Exp", y), g.reduce_sum(dy, [axis])))]

@@ -247,6 +247,8 @@ def _register():
     from .registry import register
     register("WinogradConv", inputs=(2, 4), attrs={"pads": None, "activation": None}, infer=_infer,
              reference=_reference, lower=_lower, domain="nutshell")
+    from .registry import non_differentiable
+    non_differentiable("made after autodiff by the Winograd pass", "WinogradConv")
 
 
 _register()

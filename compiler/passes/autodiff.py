@@ -1,12 +1,12 @@
 """Reverse-mode autodiff as a pass: the backward graph is ordinary IR, built from
-the per-op VJP rules in the registry, then fused, planned and compiled like the
+the per-op VJP rules in the registry (each declared beside its op with @gradient), then fused, planned and compiled like the
 forward graph (tinygrad's gradient table, Glow's differentiate)."""
 import numpy as np
 
 from ..errors import CompileError
 from ..ir.graph import GraphBuilder
 from ..ir.types import DType
-from ..ops import get_op
+from ..ops import NON_DIFFERENTIABLE, get_op
 
 
 class GradContext:
@@ -44,6 +44,49 @@ class GradContext:
 
     def zero_like(self, name):
         return self.scalar(0.0, name)
+
+    def cmp(self, op, a, value):
+        """a <op> scalar (op: Greater, Less, GreaterOrEqual, ...)."""
+        return self.op(op, [a, value if isinstance(value, str) else self.scalar(value, a)])
+
+    def keep(self, cond, a):
+        """a where cond holds, else 0."""
+        return self.where(cond, a, self.zero_like(a))
+
+    def unary(self, name, x, **attrs):
+        return self.op(name, [x], **attrs)
+
+    def i64(self, values):
+        return self.const(np.asarray(values, dtype=np.int64).reshape(-1), DType.int64)
+
+    def axis_linear(self, a, axis, matrix):
+        """out[.., i, ..] = sum_o a[.., o, ..] * matrix[o, i] along `axis`: the transpose
+        of a linear per-axis map (Resize, a reflecting Pad), as a MatMul."""
+        rank = len(self.shape(a))
+        m = self.const(np.asarray(matrix), self.dtype(a))
+        if axis == rank - 1:
+            return self.op("MatMul", [a, m])
+        perm = [d for d in range(rank) if d != axis] + [axis]
+        moved = self.op("MatMul", [self.op("Transpose", [a], perm=tuple(perm)), m])
+        return self.op("Transpose", [moved], perm=tuple(int(i) for i in np.argsort(perm)))
+
+    def zeros(self, shape, like):
+        return self.op("Expand", [self.zero_like(like), self.i64(shape)])
+
+    def cast_like(self, a, like):
+        """`a` (a mask, an integer tensor) converted to `like`'s float type."""
+        if self.dtype(a) == self.dtype(like):
+            return a
+        from onnx import helper
+        return self.op("Cast", [a], to=helper.np_dtype_to_tensor_dtype(self.dtype(like).numpy))
+
+    def slice(self, a, starts, ends, axes, steps=None):
+        ins = [a, self.i64(starts), self.i64(ends), self.i64(axes)] + ([self.i64(steps)] if steps else [])
+        return self.op("Slice", ins)
+
+    def share_ties(self, hit, dy, count):
+        """dy where a max/min was hit, split evenly among tied elements (as PyTorch)."""
+        return self.mul(self.cast_like(hit, dy), self.div(dy, count))
 
     def reshape(self, a, shape):
         if tuple(self.shape(a)) == tuple(shape):
@@ -92,7 +135,8 @@ def differentiate(graph, loss, wrt, stop=()):
             continue
         rule = get_op(node.op).grad
         if rule is None:
-            raise CompileError(f"no gradient rule for op {node.op} (node '{node.name}')")
+            why = NON_DIFFERENTIABLE.get(node.op, "no rule yet")
+            raise CompileError(f"no gradient for op {node.op} (node '{node.name}'): {why}")
         dxs = rule(g, node, dys, wanted)
         for name, dx, want in zip(node.inputs, dxs, wanted):
             if want and dx is not None:
