@@ -136,6 +136,12 @@ CASES = [
     ("Identity", [(3,)], {}, None, False),
     ("Dropout", [(3, 4)], {}, None, False),
     ("Cast", [(3, 4)], {"to": 11}, None, False),
+    ("LSTM", [(3, 2, 2), (1, 8, 2), (1, 8, 2), (1, 16)], {"hidden_size": 2, "__outputs": 3}, None, False),
+    ("GRU", [(3, 2, 2), (1, 6, 2), (1, 6, 2)], {"hidden_size": 2, "linear_before_reset": 1, "__outputs": 2},
+     None, False),
+    ("RNN", [(3, 2, 2), (2, 2, 2), (2, 2, 2)], {"hidden_size": 2, "direction": "bidirectional", "__outputs": 2},
+     None, False),
+    ("Trilu", [(2, 3, 4), None], {"upper": 0}, {1: I64(1)}, False),
     ("BatchNormalization", [(2, 3, 4, 5), (3,), (3,), None, None], {"epsilon": 1e-3},
      {3: np.array([0.1, -0.2, 0.3]), 4: np.array([0.5, 1.5, 2.0])}, False),
 ]

@@ -7,6 +7,7 @@ from ..errors import CompileError
 from ..ir.graph import GraphBuilder
 from ..ir.types import DType
 from ..ops import NON_DIFFERENTIABLE, get_op
+from .expand import expand_composites
 
 
 class GradContext:
@@ -117,6 +118,7 @@ def differentiate(graph, loss, wrt, stop=()):
     """Append the gradient of scalar `loss` with respect to each name in `wrt`;
     no gradient flows through the values in `stop` (torch's .detach()).
     Returns (builder holding forward + backward, {name: gradient value name})."""
+    graph = expand_composites(graph)     # LSTM & co. differentiate through their primitives
     b = GraphBuilder(graph.name)
     b.inputs, b.nodes = list(graph.inputs), list(graph.nodes)
     b.constants, b.types = dict(graph.constants), dict(graph.types)
