@@ -366,7 +366,7 @@ def _clip_grad(g, node, dys, wanted):
         if value is None:
             continue
         out = g.cmp(past, x, value)
-        if wanted[1 + k] if len(wanted) > 1 + k else False:
+        if len(wanted) > 1 + k and wanted[1 + k]:
             grads[k] = g.unbroadcast(g.keep(out, dy), g.shape(value))
         dx = g.where(out, g.zero_like(dy), dx)
     return ([dx] + grads)[:len(node.inputs)]
