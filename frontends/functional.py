@@ -4,6 +4,8 @@ pad and one_hot; the losses are in functional_losses.py. Each is a registry op
 where one exists (one kernel), otherwise a short composition."""
 import numpy as np
 
+from nutshell.compiler.ir.types import DType
+
 from . import dsl
 from . import tensor as T
 from .functional_losses import *  # noqa: F401,F403
@@ -85,7 +87,7 @@ def softsign(x):
 def logsigmoid(x):
     """min(x, 0) - log1p(exp(-|x|)): no overflow for any x."""
     x = _t(x)
-    return x.clamp(max=0.0) - (T.apply("Exp", [-x.abs()]) + 1.0).log()
+    return -(-x).relu() - (T.apply("Exp", [-x.abs()]) + 1.0).log()
 
 
 def prelu(x, weight):
@@ -342,6 +344,47 @@ def pad(x, pad, mode="constant", value=None):
     return T.apply("Pad", inputs, mode=_PAD_MODES[mode])
 
 
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False):
+    """softmax(q k^T * scale + mask) v, as torch's reference formula: a bool mask
+    keeps where True, a float mask is added; is_causal masks the upper triangle."""
+    q, k, v = T.promote(query, key, value)
+    length, source = q.shape[-2], k.shape[-2]
+    scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        keep = np.tril(np.ones((length, source), bool))
+        scores = scores.masked_fill(T.constant(q.builder, ~keep), float("-inf"))
+    if attn_mask is not None:
+        mask = T.tensor_of(attn_mask, q.builder)
+        if mask.dtype == DType.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = dropout(_softmax(scores, -1), dropout_p) if dropout_p else _softmax(scores, -1)
+    return weights @ v
+
+
+def pixel_shuffle(x, upscale_factor):
+    """[N, C r^2, H, W] -> [N, C, H r, W r], as reshapes and one transpose."""
+    x, r = _t(x), int(upscale_factor)
+    *lead, c, h, w = x.shape
+    y = reshape(x, tuple(lead) + (c // (r * r), r, r, h, w))
+    n = len(lead)
+    y = y.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return reshape(y, tuple(lead) + (c // (r * r), h * r, w * r))
+
+
+def pixel_unshuffle(x, downscale_factor):
+    """[N, C, H r, W r] -> [N, C r^2, H, W] (pixel_shuffle's inverse)."""
+    x, r = _t(x), int(downscale_factor)
+    *lead, c, h, w = x.shape
+    n = len(lead)
+    y = reshape(x, tuple(lead) + (c, h // r, r, w // r, r))
+    y = y.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3)
+    return reshape(y, tuple(lead) + (c * r * r, h // r, w // r))
+
+
 def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
     return (x1 - x2 + eps).norm(p, -1, keepdim)
 
@@ -351,4 +394,5 @@ __all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
            "softmax", "log_softmax", "softmin", "linear", "bilinear", "conv1d", "conv2d",
            "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            "dropout", "embedding", "one_hot", "layer_norm", "group_norm", "batch_norm", "normalize",
-           "cosine_similarity", "interpolate", "upsample", "pad", "pairwise_distance"] + list(_LOSSES)
+           "cosine_similarity", "interpolate", "upsample", "pad", "pairwise_distance",
+           "scaled_dot_product_attention", "pixel_shuffle", "pixel_unshuffle"] + list(_LOSSES)

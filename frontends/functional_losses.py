@@ -140,7 +140,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     """(1 - t) x + (1 + (pos_weight - 1) t) (log1p(exp(-|x|)) + max(-x, 0)):
     log(sigmoid) without ever exponentiating a positive number."""
     x, t = _pair(input, target)
-    log_one_plus = (T.apply("Exp", [-x.abs()]) + 1.0).log() + clamp(-x, min=0.0)
+    log_one_plus = (T.apply("Exp", [-x.abs()]) + 1.0).log() + (-x).relu()
     scale = (t * (T.tensor_of(pos_weight) - 1.0) + 1.0) if pos_weight is not None else None
     loss = (1.0 - t) * x + (log_one_plus * scale if scale is not None else log_one_plus)
     return _reduce(loss * weight if weight is not None else loss, reduction)
@@ -162,7 +162,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
 def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     x, t = _pair(input, target)
     z = -t * x
-    return _reduce((T.apply("Exp", [-z.abs()]) + 1.0).log() + clamp(z, min=0.0), reduction)
+    return _reduce((T.apply("Exp", [-z.abs()]) + 1.0).log() + z.relu(), reduction)
 
 
 __all__ = ["nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",

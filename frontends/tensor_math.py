@@ -99,6 +99,8 @@ def clamp(x, min=None, max=None):                # noqa: A002
         return out if max is None else minimum(out, max)
     if min is None and max is None:
         raise ValueError("clamp needs min or max")
+    if max is None and min == 0 and not isinstance(min, bool):      # max(x, 0): the Relu op
+        return T.apply("Relu", [x])
     bound = [None if v is None else T.constant(x.builder, np.asarray(v, x.dtype.numpy)) for v in (min, max)]
     return T.apply("Clip", [x] + bound)
 
