@@ -58,18 +58,29 @@ class Conv2d(Module):
 
 
 class BatchNorm2d(Module):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    """affine=False: no weight and bias; track_running_stats=False: no running
+    statistics, batch statistics in eval() too (PyTorch's arguments)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         super().__init__()
+        if momentum is None:
+            raise ValueError("BatchNorm momentum=None (a cumulative average) is not supported")
         self.eps, self.momentum = eps, momentum
-        self.weight = Parameter((num_features,), ones)
-        self.bias = Parameter((num_features,), zeros)
-        self.register_buffer("running_mean", np.zeros(num_features, np.float32))
-        self.register_buffer("running_var", np.ones(num_features, np.float32))
-        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter((num_features,), ones) if affine else None
+        self.bias = Parameter((num_features,), zeros) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+            self.register_buffer("running_var", np.ones(num_features, np.float32))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def forward(self, x):
         b = x.builder
-        weight, bias = self.param(b, self.weight), self.param(b, self.bias)
+        c = x.shape[1]
+        weight = self.param(b, self.weight) if self.affine else constant(b, np.ones(c, np.float32))
+        bias = self.param(b, self.bias) if self.affine else constant(b, np.zeros(c, np.float32))
+        if not self.track_running_stats:
+            return batch_norm_train(x, weight, bias, None, None, None, self.eps, self.momentum)
         mean, var = self.buffer(b, "running_mean"), self.buffer(b, "running_var")
         if not self.training_now(x):
             return apply("BatchNormalization", [x, weight, bias, mean, var], epsilon=self.eps)
@@ -89,6 +100,8 @@ def batch_norm_train(x, weight, bias, mean, var, steps, eps, momentum):
     batch_var = apply("ReduceMean", [centered * centered, axes], keepdims=1)
     inv_std = 1.0 / apply("Sqrt", [batch_var + eps])
     y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
+    if mean is None:                  # track_running_stats=False: nothing to update
+        return y
     count = x.type.size // x.shape[1]
     unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))
     updates = b.trace.updates
@@ -99,7 +112,12 @@ def batch_norm_train(x, weight, bias, mean, var, steps, eps, momentum):
     return y
 
 
-BatchNorm1d = BatchNorm2d
+class BatchNorm1d(BatchNorm2d):
+    """Over [N, C] or [N, C, L] (the same maths as BatchNorm2d)."""
+
+
+class BatchNorm3d(BatchNorm2d):
+    """Over [N, C, D, H, W]."""
 
 
 class _Pool(Module):
@@ -212,6 +230,9 @@ class Maxout(Module):
 
 
 class Identity(Module):
+    def __init__(self, *args, **kwargs):      # torch's Identity ignores its arguments
+        super().__init__()
+
     def forward(self, x):
         return x
 
@@ -234,7 +255,7 @@ class Sequential(Module):
         return x
 
 
-__all__ = ["Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d", "MaxPool2d", "AvgPool2d",
+__all__ = ["Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d", "BatchNorm3d", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "Flatten", "Dropout", "ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh",
            "Softmax", "LogSoftmax", "Maxout", "Identity", "Sequential", "Module", "Parameter",
            "constant"]

@@ -91,11 +91,21 @@ def test_group_norm(rng, groups, affine):
     assert_matches(run_module(n, x), _torch(t, x).numpy())
 
 
-@pytest.mark.parametrize("shape", [(4, 6), (4, 6, 5)])
-def test_batch_norm1d(rng, shape):
-    t, n = tnn.BatchNorm1d(6), nn.BatchNorm1d(6)
-    t.running_mean.uniform_(-1, 1), t.running_var.uniform_(0.5, 2), t.weight.data.uniform_(0.5, 2)
+@pytest.mark.parametrize("kind,shape,kw", [
+    ("BatchNorm1d", (4, 6), {}), ("BatchNorm1d", (4, 6, 5), dict(eps=1e-3)),
+    ("BatchNorm1d", (4, 6, 5), dict(affine=False)),
+    ("BatchNorm1d", (4, 6), dict(track_running_stats=False)),
+    ("BatchNorm3d", (2, 6, 3, 4, 5), {}), ("BatchNorm2d", (2, 6, 4, 5), dict(affine=False)),
+])
+def test_batch_norm(rng, kind, shape, kw):
+    t, n = getattr(tnn, kind)(6, **kw), getattr(nn, kind)(6, **kw)
+    with torch.no_grad():
+        if t.running_mean is not None:
+            t.running_mean.uniform_(-1, 1), t.running_var.uniform_(0.5, 2)
+        if t.weight is not None:
+            t.weight.uniform_(0.5, 2), t.bias.uniform_(-1, 1)
     t, n = _pair(t, n)
+    assert list(n.state_dict()) == list(t.state_dict())
     x = rng.standard_normal(shape).astype(np.float32)
     assert_matches(run_module(n, x), _torch(t, x).numpy())
 
@@ -104,7 +114,7 @@ def test_batch_norm1d(rng, shape):
     lambda m: m.GELU(), lambda m: m.GELU(approximate="tanh"), lambda m: m.SiLU(),
     lambda m: m.Softplus(), lambda m: m.Softplus(beta=2.0, threshold=3.0), lambda m: m.Mish(),
     lambda m: m.Hardswish(), lambda m: m.Hardsigmoid(), lambda m: m.PReLU(),
-    lambda m: m.PReLU(num_parameters=3, init=0.1), lambda m: m.Identity(),
+    lambda m: m.PReLU(num_parameters=3, init=0.1), lambda m: m.Identity(3, unused=0.5),
 ], ids=["gelu", "gelu_tanh", "silu", "softplus", "softplus_beta", "mish", "hardswish",
         "hardsigmoid", "prelu", "prelu_channels", "identity"])
 def test_activations(rng, make):
