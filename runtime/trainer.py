@@ -131,6 +131,8 @@ class Trainer(TrainerLoops):
 
     def _array(self, x, name, shape, dtype):
         classes = self.layout["class_targets"].get(name)
+        if hasattr(x, "detach") and hasattr(x, "numpy"):      # a torch tensor
+            x = x.detach().cpu().numpy()
         if dtype.is_float and name in self.layout["inputs"]:
             if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != tuple(shape):
                 got = f"{getattr(x, 'shape', None)} {getattr(x, 'dtype', type(x).__name__)}"
@@ -139,8 +141,8 @@ class Trainer(TrainerLoops):
             return np.ascontiguousarray(x)
         y = np.asarray(x)
         kind = "integer class indices" if classes else "integer" if not dtype.is_float else "float"
-        fits = np.issubdtype(y.dtype, np.integer) if dtype == DType.int64 else \
-            y.dtype == np.bool_ if dtype == DType.bool else np.issubdtype(y.dtype, np.number)
+        fits = np.issubdtype(y.dtype, np.number) if dtype.is_float else \
+            y.dtype == np.bool_ if dtype == DType.bool else np.issubdtype(y.dtype, np.integer)
         if y.shape != tuple(shape) or not fits:
             raise InputError(f"{name}: expected {tuple(shape)} {kind}, got {y.shape} {y.dtype}")
         if classes:

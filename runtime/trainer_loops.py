@@ -32,7 +32,7 @@ class TrainerLoops:
             count = len(given) if isinstance(given, (tuple, list)) else 1
             raise InputError(f"{what}: expected {len(specs)} arrays "
                              f"({', '.join(n for n, _, _ in specs)}), got {count}")
-        parts = [np.asarray(p) for p in parts]
+        parts = [np.asarray(p.detach().cpu().numpy() if hasattr(p, "detach") else p) for p in parts]
         for p, (name, shape, _) in zip(parts, specs):
             if p.shape[1:] != tuple(shape[1:]):
                 raise InputError(f"{name}: expected rows of shape {tuple(shape[1:])}, got an array "

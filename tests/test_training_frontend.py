@@ -373,3 +373,14 @@ def test_builtin_loss_sums_over_paired_outputs(rng):
         trainer.step(x, ya)
     with pytest.raises(ns.InputError, match="export"):
         trainer.export("unused")
+
+
+def test_steps_take_torch_tensors_and_check_integer_inputs(rng):
+    ns.manual_seed(7)
+    net = Tagger(nn)
+    tokens, labels = rng.integers(0, V, (4, 5)), rng.integers(0, V, (4, 5))
+    trainer = ns.compile_training(net, example_inputs=torch.from_numpy(tokens), threads=1)
+    a = trainer.step(torch.from_numpy(tokens), torch.from_numpy(labels))
+    assert np.isfinite(a) and trainer.predict(torch.from_numpy(tokens)).shape == (4, V, 5)
+    with pytest.raises(ns.InputError, match=r"input: expected \(4, 5\) integer, got \(4, 5\) float"):
+        trainer.step(tokens.astype(np.float32), labels)
