@@ -12,6 +12,8 @@ import llvmlite.binding as llvm
 from nutshell.compiler.errors import CompileError
 from nutshell.compiler.lower.target import _init_llvm
 
+from .object_check import object_links
+
 
 def target_machine(target, opt=3, reloc="default", codemodel="jitdefault"):
     _init_llvm()
@@ -55,7 +57,12 @@ class DiskCache:
 
     def __init__(self, key, suffix):
         self.enabled = cache_enabled()
+        self.key = key
         self.path = os.path.join(cache_root(), key[:2], key + suffix)
+
+    def _digest(self, payload):
+        """Over the key too: an entry copied to another key's file is not valid there."""
+        return hashlib.sha256(self.key.encode() + b"\0" + payload).digest()
 
     def load(self):
         if not self.enabled:
@@ -66,7 +73,13 @@ class DiskCache:
         except OSError:
             return None
         digest, payload = data[:32], data[32:]
-        return payload if hashlib.sha256(payload).digest() == digest else None
+        return payload if self._digest(payload) == digest else None
+
+    def discard(self):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
     def store(self, payload):
         if not self.enabled:
@@ -75,7 +88,7 @@ class DiskCache:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path))
             with os.fdopen(fd, "wb") as f:
-                f.write(hashlib.sha256(payload).digest() + payload)
+                f.write(self._digest(payload) + payload)
             os.replace(tmp, self.path)
         except OSError:
             pass
@@ -91,6 +104,15 @@ class ObjectCache(DiskCache):
     def __init__(self, llvm_ir, target):
         key = hashlib.sha256("|".join([llvm_ir, target.key(), llvm_version()]).encode()).hexdigest()
         super().__init__(key, ".o")
+        self.target = target
+
+    def load(self):
+        """The object, if LLVM can link it (tried in a child first); a bad one is discarded."""
+        obj = super().load()
+        if obj is not None and not object_links(obj, self.target):
+            self.discard()
+            return None
+        return obj
 
 
 class JitModule:

@@ -1,17 +1,24 @@
 """Whole compiled models on disk, keyed by the optimised graph (its text and every
-constant's bytes), the target, the model's name, the compiler's own source and
-LLVM's version. A hit skips lowering, LLVM and code generation: what is left is
-hashing the weights and linking the object (NUTSHELL_CACHE=0 turns it off)."""
+constant's bytes), the full target description (CPU, features, threads, vector
+width), the model's name, the compiler's own source and LLVM's version. A hit
+skips lowering, LLVM and code generation: what is left is hashing the weights,
+checking the object in a child process and linking it (NUTSHELL_CACHE=0 turns
+it off). Entries are JSON metadata and raw bytes, never pickles."""
 import functools
 import hashlib
+import json
 import os
-import pickle
+import struct
 
 import numpy as np
 
 from nutshell.compiler.codegen.model import ModelCode
+from nutshell.compiler.lower.planner import Plan
 
 from .jit import DiskCache, llvm_version
+from .object_check import object_links
+
+FORMAT = "nutshell-model-1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,9 +49,61 @@ def graph_key(graph, target, name):
     return h.hexdigest()
 
 
+def _plan_json(plan):
+    return {"storage": [[name, kind, int(i)] for name, (kind, i) in plan.storage.items()],
+            "scratch": [[int(k), [int(o) for o in v]] for k, v in plan.scratch.items()],
+            "arena_size": int(plan.arena_size), "lower_bound": int(plan.lower_bound),
+            "copies": sorted(int(c) for c in plan.copies), "elided": sorted(int(e) for e in plan.elided)}
+
+
+def _plan_from_json(d):
+    return Plan({name: (kind, int(i)) for name, kind, i in d["storage"]},
+                {int(k): [int(o) for o in v] for k, v in d["scratch"]}, int(d["arena_size"]),
+                int(d["lower_bound"]), {int(c) for c in d["copies"]}, {int(e) for e in d["elided"]})
+
+
+def encode_entry(obj, code, tables):
+    """JSON metadata, then the object's bytes, then each lookup table's bytes."""
+    tables = [np.ascontiguousarray(t) for t in tables]
+    meta = {"format": FORMAT, "entry": code.entry, "num_calls": int(code.num_calls),
+            "plan": _plan_json(code.plan), "object_bytes": len(obj),
+            "tables": [{"dtype": t.dtype.str, "shape": list(t.shape)} for t in tables]}
+    head = json.dumps(meta).encode()
+    return b"".join([struct.pack("<Q", len(head)), head, bytes(obj)] + [t.tobytes() for t in tables])
+
+
+def decode_entry(payload):
+    """(object bytes, metadata, tables); any inconsistency is a ValueError."""
+    (size,) = struct.unpack_from("<Q", payload)
+    meta = json.loads(payload[8:8 + size])
+    if meta.get("format") != FORMAT:
+        raise ValueError("another layout")
+    at = 8 + size
+    obj = payload[at:at + meta["object_bytes"]]
+    at += meta["object_bytes"]
+    tables = []
+    for t in meta["tables"]:
+        dtype, shape = np.dtype(t["dtype"]), tuple(int(d) for d in t["shape"])
+        if dtype.kind not in "biuf" or any(d < 0 for d in shape):    # numbers only, never objects
+            raise ValueError("bad table")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if at + nbytes > len(payload):
+            raise ValueError("truncated")
+        tables.append(np.frombuffer(payload, dtype, int(np.prod(shape, dtype=object)), at).reshape(shape).copy())
+        at += nbytes
+    if at != len(payload) or len(obj) != meta["object_bytes"]:
+        raise ValueError("sizes disagree")
+    return obj, meta, tables
+
+
 class ModelCache(DiskCache):
+    """One file per model: no pickle (a forged entry must not run code as it loads),
+    a checksum over key and content, and an object that LLVM is shown only after a
+    child process linked it; anything wrong is discarded and the model rebuilt."""
+
     def __init__(self, graph, target, name):
         super().__init__(graph_key(graph, target, name), ".model")
+        self.target = target
 
     def load_code(self, graph):
         """(object bytes, ModelCode without IR or loop kernels), or None on a miss."""
@@ -52,16 +111,18 @@ class ModelCache(DiskCache):
         if payload is None:
             return None
         try:
-            entry = pickle.loads(payload)     # our own checksummed file, see DiskCache
-            code = ModelCode(None, entry["entry"], list(graph.constants.values()) + entry["tables"],
-                             entry["plan"], None, entry["num_calls"])
-            return entry["object"], code
-        except Exception:                      # an older layout reads as a miss
+            obj, meta, tables = decode_entry(payload)
+            code = ModelCode(None, str(meta["entry"]), list(graph.constants.values()) + tables,
+                             _plan_from_json(meta["plan"]), None, int(meta["num_calls"]))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError):
+            self.discard()
             return None
+        if not object_links(obj, self.target):
+            self.discard()
+            return None
+        return obj, code
 
     def store_code(self, graph, code, obj):
         if obj is None:
             return
-        self.store(pickle.dumps(dict(object=obj, entry=code.entry, plan=code.plan,
-                                     tables=code.constants[len(graph.constants):],
-                                     num_calls=code.num_calls), protocol=pickle.HIGHEST_PROTOCOL))
+        self.store(encode_entry(obj, code, code.constants[len(graph.constants):]))

@@ -3,7 +3,7 @@ import atexit
 import ctypes.util
 import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import llvmlite.binding as llvm
@@ -64,7 +64,8 @@ class CpuTarget:
         return max(1, self.vector_bits // (8 * dtype.itemsize))
 
     def key(self):
-        return f"{self.triple}|{self.cpu}|{self.features}|t{self.threads}"
+        """Every field (vector width and threading too): all of them change the code."""
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
 
 MAX_THREADS = 1024     # per-thread slots live on the stack and in the arena: a bound keeps them small

@@ -1,0 +1,45 @@
+"""Is a cached object file safe to hand to LLVM? LLVM aborts the whole process
+(`LLVM ERROR: ...`) on a malformed object, so a garbled cache entry would kill
+every later run. The object is linked once in a child process first: if the
+child dies, the entry is discarded and the model rebuilt (BAD_INPUTS row 29)."""
+import ctypes.util
+import hashlib
+import subprocess
+import sys
+
+_CHILD = r"""
+import sys
+import llvmlite.binding as llvm
+llvm.initialize_native_target()
+llvm.initialize_native_asmprinter()
+triple, cpu, features, gomp = sys.argv[1:5]
+if gomp:
+    llvm.load_library_permanently(gomp)
+tm = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=0)
+mod = llvm.parse_assembly("")
+mod.triple = tm.triple
+engine = llvm.create_mcjit_compiler(mod, tm)
+engine.add_object_file(llvm.ObjectFileRef.from_data(sys.stdin.buffer.read()))
+engine.finalize_object()
+"""
+CHECK_SECONDS = 60
+_checked = set()          # digests of objects already linked in a child (this process)
+
+
+def object_links(obj, target):
+    """True when LLVM links `obj` for `target` in a child process without failing."""
+    if not isinstance(obj, (bytes, bytearray)) or obj[:4] != b"\x7fELF":
+        return False
+    digest = hashlib.sha256(obj).digest() + target.key().encode()
+    if digest in _checked:
+        return True
+    gomp = (ctypes.util.find_library("gomp") or "") if target.has_gomp else ""
+    try:
+        result = subprocess.run([sys.executable, "-c", _CHILD, target.triple, target.cpu, target.features, gomp],
+                                input=bytes(obj), capture_output=True, timeout=CHECK_SECONDS)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if result.returncode != 0:
+        return False
+    _checked.add(digest)
+    return True

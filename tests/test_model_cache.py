@@ -1,0 +1,101 @@
+"""BAD_INPUTS row 29: the compiled-model cache. A forged, truncated or garbled
+entry is discarded and rebuilt, nothing is unpickled, and the key covers
+everything that changes the code (the vector width too)."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import nutshell as ns
+from nutshell.compiler.lower.target import host_target
+from nutshell.runtime.model_cache import ModelCache, decode_entry, encode_entry, graph_key
+from onnx_models import make_model, vi
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUTSHELL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("NUTSHELL_CACHE", raising=False)
+    return tmp_path / "cache"
+
+
+def tanh_graph():
+    m = make_model([helper.make_node("Tanh", ["x"], ["y"])], [vi("x", [4, 40])], [vi("y", [4, 40])])
+    return ns.optimize_graph(ns.load_onnx(m.SerializeToString()))
+
+
+def entry_of(graph, threads=1, vector_cap=512):
+    return ModelCache(graph, host_target(threads, vector_cap), "tanh_test")
+
+
+def rewrite(cache, payload):
+    """Write `payload` as the entry with a valid checksum, as a forger would."""
+    with open(cache.path, "wb") as f:
+        f.write(cache._digest(payload) + payload)
+
+
+def test_key_covers_the_vector_width():
+    g = tanh_graph()
+    keys = {graph_key(g, host_target(1, cap), "m") for cap in (512, 256, 32)}
+    assert len(keys) == 3
+
+
+def test_scalar_compile_after_avx2_is_not_a_cache_hit(cache_dir):
+    g = tanh_graph()
+    ns.compile(g, threads=1, vector_cap=256, name="tanh_test")
+    scalar = ns.compile(g, threads=1, vector_cap=32, name="tanh_test")
+    assert not scalar.jit.from_cache
+
+
+def test_forged_pickle_entry_is_never_unpickled(cache_dir, tmp_path):
+    g = tanh_graph()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    cache = entry_of(g)
+    os.makedirs(os.path.dirname(cache.path), exist_ok=True)
+    rewrite(cache, pickle.dumps({"object": Payload()}))
+    x = np.linspace(-2, 2, 160, dtype=np.float32).reshape(4, 40)
+    np.testing.assert_allclose(ns.compile(g, threads=1, name="tanh_test")(x), np.tanh(x), rtol=1e-5, atol=1e-6)
+    assert not marker.exists()
+    decode_entry(cache.load())          # rebuilt in the new layout
+
+
+def test_truncated_entry_is_rebuilt(cache_dir):
+    g = tanh_graph()
+    ns.compile(g, threads=1, name="tanh_test")
+    cache = entry_of(g)
+    with open(cache.path, "r+b") as f:
+        f.truncate(os.path.getsize(cache.path) // 2)
+    assert cache.load() is None
+    ns.compile(g, threads=1, name="tanh_test")
+    assert cache.load_code(g) is not None
+
+
+def test_garbled_object_with_valid_checksum_is_discarded(cache_dir):
+    """LLVM aborts the process on a malformed object (LLVM ERROR): the entry is checked
+    in a child first, so the run goes on, and the model is rebuilt."""
+    g = tanh_graph()
+    ns.compile(g, threads=1, name="tanh_test")
+    cache = entry_of(g)
+    obj, meta, tables = decode_entry(cache.load())
+    garbled = bytearray(obj)
+    garbled[0x28:0x30] = (len(obj) * 7).to_bytes(8, "little")     # e_shoff: section headers past the end
+    code = ns.compile(g, threads=1, name="tanh_test").code
+    rewrite(cache, encode_entry(bytes(garbled), code, tables))
+    script = ("import numpy as np, nutshell as ns, sys; sys.path.insert(0, 'tests');"
+              "from test_model_cache import tanh_graph;"
+              "m = ns.compile(tanh_graph(), threads=1, name='tanh_test');"
+              "x = np.ones((4, 40), np.float32); assert np.allclose(m(x), np.tanh(x)); print('ok')")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, NUTSHELL_CACHE_DIR=str(cache_dir)), timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    assert decode_entry(cache.load())[0] != bytes(garbled)      # rebuilt
