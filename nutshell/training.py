@@ -106,8 +106,8 @@ def build_training_graph(recipe, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip
               not getattr(params[p], "requires_grad", True)]
     trainable = [p for p in ts.params if p not in frozen]
     if not trainable:
-        raise CompileError("nothing to train: every parameter the model uses is frozen "
-                           "(requires_grad False)")
+        raise CompileError("nothing to train: no parameter with requires_grad reaches the loss "
+                           "(all are frozen, behind .detach() or unused)")
     g = GradContext(b)
     objective = loss_value
     weights = [p for p in trainable if len(b.types[p].shape) >= 2]

@@ -231,4 +231,5 @@ class Trainer(TrainerLoops):
         """The module with its trained values as an ONNX inference model."""
         from nutshell.frontends.onnx_export import export_onnx
         self._adopt_module_changes()
-        return export_onnx(self.module, path, ((batch_size or self.batch),) + tuple(self.input_shape[1:]))
+        builder, _ = self.recipe.trace("inference", batch_size or self.batch)
+        return export_onnx(builder.build(), path)

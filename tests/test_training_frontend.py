@@ -66,7 +66,7 @@ def _imputation_data(rng, n=6):
     return y * mask, mask, y
 
 
-def test_two_inputs_masked_imputation_matches_pytorch(rng):
+def test_two_inputs_masked_imputation_matches_pytorch(rng, tmp_path):
     ns.manual_seed(0)
     ours = Imputer()
     theirs = _load_into_torch(ours, Imputer(tnn))
@@ -95,6 +95,11 @@ def test_two_inputs_masked_imputation_matches_pytorch(rng):
     history = trainer.fit((x, mask), (y, mask), epochs=2, batch_size=6, progress=False,
                           validation_data=((x, mask), (y, mask)))
     assert len(history["val_loss"]) == 2 and trainer.step_count == 5
+    ort = pytest.importorskip("onnxruntime")
+    trainer.export_onnx(tmp_path / "imputer.onnx", batch_size=9)
+    session = ort.InferenceSession(str(tmp_path / "imputer.onnx"))
+    got = session.run(None, {"input_0": x, "input_1": mask})[0]
+    np.testing.assert_allclose(got, trainer.predict((x, mask)), rtol=1e-5, atol=1e-6)
 
 
 def test_compile_with_several_example_inputs(rng):
