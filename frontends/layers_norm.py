@@ -1,11 +1,12 @@
 """Normalisation and lookup layers with PyTorch's parameters: LayerNorm,
-GroupNorm, Embedding. The norms are compositions of reductions and arithmetic,
-so their gradients come from those primitives' rules."""
+GroupNorm, Embedding. The norms are nn.functional's compositions of reductions
+and arithmetic, so their gradients come from those primitives' rules."""
 import numpy as np
 
+from . import functional as F
 from .dsl import Module, Parameter, apply
 from .init import ones, zeros
-from .layers_ops import like, normalize, reshape
+from .layers_ops import like, reshape
 
 
 def _normal(rng, shape):
@@ -29,13 +30,10 @@ class LayerNorm(Module):
         k = len(self.normalized_shape)
         if tuple(x.shape[-k:]) != self.normalized_shape:
             raise ValueError(f"LayerNorm{self.normalized_shape} cannot normalise input {x.shape}")
-        rank = len(x.shape)
-        y = normalize(x, range(rank - k, rank), self.eps)
-        if self.weight is not None:
-            y = y * self.param(x.builder, self.weight)
-        if self.bias is not None:
-            y = y + self.param(x.builder, self.bias)
-        return y
+        b = x.builder
+        weight = self.param(b, self.weight) if self.weight is not None else None
+        bias = self.param(b, self.bias) if self.bias is not None else None
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class GroupNorm(Module):
@@ -52,14 +50,10 @@ class GroupNorm(Module):
     def forward(self, x):
         if len(x.shape) < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"GroupNorm over {self.num_channels} channels got input {x.shape}")
-        n = x.shape[0]
-        grouped = reshape(x, (n, self.num_groups, -1))
-        y = reshape(normalize(grouped, (2,), self.eps), x.shape)
-        per_channel = (self.num_channels,) + (1,) * (len(x.shape) - 2)
-        if self.weight is not None:
-            y = y * reshape(self.param(x.builder, self.weight), per_channel)
-            y = y + reshape(self.param(x.builder, self.bias), per_channel)
-        return y
+        b = x.builder
+        weight = self.param(b, self.weight) if self.weight is not None else None
+        bias = self.param(b, self.bias) if self.bias is not None else None
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
 class Embedding(Module):

@@ -34,14 +34,3 @@ def transpose(x, perm):
 def narrow(x, axis, start, end):
     """x[..., start:end, ...] along `axis` (PyTorch's Tensor.narrow, end exclusive)."""
     return apply("Slice", [x, ints(x, [start]), ints(x, [end]), ints(x, [axis])])
-
-
-def mean(x, axes, keepdims=True):
-    return apply("ReduceMean", [x, ints(x, list(axes))], keepdims=int(keepdims))
-
-
-def normalize(x, axes, eps):
-    """(x - mean) / sqrt(var + eps) over `axes` (biased variance, as PyTorch's norms)."""
-    centered = x - mean(x, axes)
-    var = mean(centered * centered, axes)
-    return centered / apply("Sqrt", [var + like(x, eps)])

@@ -13,7 +13,8 @@ from nutshell.compiler.ops import get_op
 
 torch = pytest.importorskip("torch", reason="torch is a test extra (pip install torch)")
 tnn = torch.nn
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                                        "ignore:Converting a tensor")
 
 
 def _export(net, *examples, training=True, names=None):
