@@ -108,7 +108,26 @@ def test_trains_weights_not_scales_or_shapes(rng):
         ns.nn.from_graph(source, trainable=["no.such.weight"])
 
 
-def test_embedding_and_matmul_weights_train(rng):
+def _steps_like_torch(tnet, net, inputs, target, steps=3, lr=0.1):
+    """SGD steps on MSE in both; the losses and then the parameters agree."""
+    trainer = ns.compile_training(net, example_inputs=inputs, example_targets=target, loss="mse",
+                                  optimizer=ns.optim.SGD(lr=lr), threads=1)
+    tnet.train()
+    opt = torch.optim.SGD(tnet.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = trainer.step(inputs, target)
+        opt.zero_grad()
+        tloss = tnn.functional.mse_loss(tnet(*[torch.from_numpy(x) for x in inputs]),
+                                        torch.from_numpy(target))
+        tloss.backward()
+        opt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-4)
+    got = net.state_dict()
+    for name, value in tnet.named_parameters():
+        np.testing.assert_allclose(got[name], value.detach().numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_embedding_layernorm_matmul_weights_train(rng):
     class Tok(tnn.Module):
         def __init__(self):
             super().__init__()
@@ -118,11 +137,12 @@ def test_embedding_and_matmul_weights_train(rng):
         def forward(self, ids):
             return self.proj(self.norm(self.emb(ids)) * 0.5)
     torch.manual_seed(0)
+    tnet = Tok()
     ids = rng.integers(0, 11, (2, 5)).astype(np.int64)
-    net = ns.nn.from_graph(_export(Tok(), ids, training=False))
+    net = ns.nn.from_graph(_export(tnet, ids, training=False))
     names = {n for n, _ in net.named_parameters()}
-    assert {"emb.weight", "norm.weight", "norm.bias", "proj.bias"} <= names
-    assert all(p.shape for p in net.parameters())          # no scalars (the 0.5)
+    assert names == {"emb.weight", "norm.weight", "norm.bias", "proj.weight", "proj.bias"}
+    _steps_like_torch(tnet, net, (ids,), rng.standard_normal((2, 5, 4)).astype(np.float32))
 
 
 def test_several_inputs(rng):
@@ -144,6 +164,7 @@ def test_several_inputs(rng):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="takes 2 input"):
         net.trace(x.shape)
+    _steps_like_torch(tnet, net, (x, y), rng.standard_normal((2, 3)).astype(np.float32))
 
 
 def test_plain_graph_state_names_never_collide(rng):
