@@ -425,6 +425,44 @@ def test_training_a_torch_written_model_follows_torch():
         np.testing.assert_allclose(float(trainer.step(x, y)), expected.item(), rtol=1e-4)
 
 
+class LogitsOnly:
+    """tiny_gpt's logits as the trained output (the loss comes from compile_training)."""
+
+    @staticmethod
+    def wrap(lib, gpt):
+        class Wrapped(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gpt = gpt
+
+            def forward(self, ids):
+                return self.gpt(ids, ids)[0]
+        return Wrapped()
+
+
+@needs_torch
+def test_training_the_torch_written_gpt_follows_torch():
+    """Embedding, split heads, causal mask buffer, LayerNorm, GELU, cross-entropy
+    over [B*T, V]: SGD losses as torch's for 4 steps (float32, rtol 2e-4)."""
+    torch.manual_seed(0)
+    ref, net = LogitsOnly.wrap(torch, tiny_gpt(torch)), LogitsOnly.wrap(ns, tiny_gpt(ns))
+    net.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    rng = np.random.default_rng(1)
+    ids, targets = rng.integers(0, 7, (4, 5)), rng.integers(0, 7, (4, 5))
+
+    def loss(lib, out, t):
+        return lib.nn.functional.cross_entropy(out.reshape(-1, 7), t.reshape(-1))
+    trainer = ns.compile_training(net, example_inputs=ids, example_targets=targets, threads=1,
+                                  loss=lambda out, t: loss(ns, out, t), optimizer=ns.optim.SGD(lr=0.5))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    for _ in range(4):
+        opt.zero_grad()
+        expected = loss(torch, ref(torch.from_numpy(ids)), torch.from_numpy(targets))
+        expected.backward()
+        opt.step()
+        np.testing.assert_allclose(float(trainer.step(ids, targets)), expected.item(), rtol=2e-4)
+
+
 INITS = [("normal_", dict(mean=0.5, std=0.02)), ("uniform_", dict(a=-2, b=1)), ("constant_", dict(val=0.3)),
          ("zeros_", {}), ("ones_", {}), ("eye_", {}), ("xavier_uniform_", dict(gain=2.0)), ("xavier_normal_", {}),
          ("kaiming_uniform_", dict(a=5 ** 0.5)), ("kaiming_normal_", dict(mode="fan_out", nonlinearity="relu")),
