@@ -24,13 +24,14 @@ def _expand_ellipsis(x, index):
 
 
 def getitem(x, index):
-    index = index if isinstance(index, tuple) else (index,)
-    index = _expand_ellipsis(x, index)
+    """One Slice for the ints and slices, one Reshape dropping the ints' axes,
+    a gather for the index tensors, one Reshape inserting the None axes."""
+    index = _expand_ellipsis(x, index if isinstance(index, tuple) else (index,))
     starts, ends, axes, steps = [], [], [], []
-    gathered, final, d = None, [], 0
+    kept, advanced, layout, d = [], [], [], 0
     for item in index:
         if item is None:
-            final.append(1)
+            layout.append(1)
             continue
         n = x.shape[d]
         if isinstance(item, (bool, np.bool_)):
@@ -39,30 +40,64 @@ def getitem(x, index):
             i = int(item)
             if not -n <= i < n:
                 raise IndexError(f"index {i} is out of bounds for dimension {d} with size {n}")
-            i %= n
-            starts, ends, axes, steps = starts + [i], ends + [i + 1], axes + [d], steps + [1]
+            starts, ends, axes, steps = starts + [i % n], ends + [i % n + 1], axes + [d], steps + [1]
         elif isinstance(item, slice):
             start, stop, step = item.indices(n)
             if step <= 0:
                 raise ValueError("step must be greater than zero")
             if (start, stop, step) != (0, n, 1):
                 starts, ends, axes, steps = starts + [start], ends + [stop], axes + [d], steps + [step]
-            final.append(len(range(start, stop, step)))
+            kept.append(len(range(start, stop, step)))
+            layout.append(kept[-1])
         else:
-            if gathered is not None:
-                raise UnsupportedOpError("getitem", detail="more than one index tensor")
-            idx = T.tensor_of(item, x.builder, DType.int64)
-            if idx.dtype not in (DType.int64, DType.int32):
-                raise UnsupportedOpError("getitem", detail=f"{idx.dtype.value} index tensors "
-                                         "(boolean masks give data-dependent shapes; use where)")
-            gathered = (d, idx)
-            final.extend(idx.shape)
+            advanced.append((len(kept), _index_tensor(x, item)))
+            kept.append(n)
+            layout.append("advanced")
         d += 1
     if starts:
         x = T.apply("Slice", [x] + [_ints(x, v) for v in (starts, ends, axes, steps)])
-    if gathered is not None:
-        x = take(x, gathered[1], gathered[0])
+    x = reshape(x, kept)
+    if not advanced:
+        return reshape(x, layout)
+    x, block, in_place = _gather_block(x, advanced)
+    final, placed = ([], False) if in_place else (list(block), True)
+    for entry in layout:
+        if entry != "advanced":
+            final.append(entry)
+        elif not placed:
+            final.extend(block)
+            placed = True
     return reshape(x, final)
+
+
+def _index_tensor(x, item):
+    idx = T.tensor_of(item, x.builder, DType.int64)
+    if idx.dtype not in (DType.int64, DType.int32):
+        raise UnsupportedOpError("getitem", detail=f"{idx.dtype.value} index tensors "
+                                 "(boolean masks give data-dependent shapes; use where)")
+    return idx.long()
+
+
+def _gather_block(x, advanced):
+    """Index tensors on several axes, as numpy and torch do: their broadcast shape
+    replaces those axes where they are adjacent, and leads the result otherwise.
+    The axes are merged into one and gathered by the row-major linear index."""
+    positions = [p for p, _ in advanced]
+    in_place = positions == list(range(positions[0], positions[0] + len(positions)))
+    if not in_place:
+        x = permute(x, positions + [i for i in range(x.ndim) if i not in positions])
+        positions = list(range(len(positions)))
+    first, sizes = positions[0], x.shape[positions[0]:positions[0] + len(positions)]
+    block = tuple(np.broadcast_shapes(*[idx.shape for _, idx in advanced]))
+    linear = None
+    for (_, idx), n, stride in zip(advanced, sizes, np.cumprod((1,) + sizes[::-1])[::-1][1:]):
+        idx = T.apply("Where", [idx < 0, idx + n, idx])
+        term = idx * int(stride) if stride != 1 else idx
+        linear = term if linear is None else linear + term
+    if linear.shape != block:
+        linear = linear.expand(block)
+    x = reshape(x, x.shape[:first] + (-1,) + x.shape[first + len(sizes):])
+    return take(x, linear, first), block, in_place
 
 
 def _ints(x, values):
