@@ -241,3 +241,25 @@ def test_transformer_encoder_stack(rng):
     assert list(n.state_dict()) == list(t.state_dict())
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
     assert_matches(run_module(n, x), _torch(t, x).numpy(), 1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched")
+def test_attention_masks_as_graph_inputs(rng):
+    """Masks traced as inputs (bool key padding, float attention mask), not constants."""
+    t, n = _mha_pair(rng, embed_dim=8, num_heads=2, batch_first=True)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    padding = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
+    additive = rng.standard_normal((5, 5)).astype(np.float32)
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = n
+
+        def forward(self, x, padding, additive):
+            return self.attn(x, x, x, key_padding_mask=padding, attn_mask=additive)[0]
+    tx = torch.from_numpy(x)
+    with torch.no_grad():
+        want = t(tx, tx, tx, key_padding_mask=torch.from_numpy(padding),
+                 attn_mask=torch.from_numpy(additive))[0].numpy()
+    assert_matches(run_module(Masked(), x, padding, additive), want, 1e-4)
