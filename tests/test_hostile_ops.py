@@ -138,6 +138,10 @@ INT32_CASES = [
     ("Slice", {"x": GRID34}, {}, {"s": I32(1, 0), "e": I32(3, -1), "a": I32(1, 0), "t": I32(1, 2)}, 13),
     ("Slice", {"x": GRID34}, {}, {"s": I32(-1), "e": I32(-2 ** 31), "a": I32(1), "t": I32(-1)}, 13),
     ("Pad", {"x": GRID34}, {"mode": "edge"}, {"p": np.array([1, 0, 0, 2], np.int64)}, 13),
+    ("Gather", {"x": np.arange(12).reshape(3, 4), "i": I32(2, 0).reshape(1, 2)}, {"axis": 1}, {}, 13),
+    ("Gather", {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "i": I32(1, -1, 0, 2).reshape(2, 2)},
+     {"axis": 1}, {}, 13),
+    ("Range", {}, {}, {"a": np.array(1, np.int32), "b": np.array(9, np.int32), "c": np.array(3, np.int32)}, 13),
 ]
 
 
@@ -206,6 +210,23 @@ def test_gather_from_an_empty_axis_reads_nothing():
     assert "in0[" not in compiled.source("loops")
     with pytest.raises(ns.InputError, match="index is out of range"):
         compiled.run(feeds)
+
+
+EMPTY_MAP = np.zeros((1, 1, 0, 4), np.float32)
+
+
+@pytest.mark.parametrize("op,feeds,attrs,message", [
+    ("ArgMax", {"x": EMPTY_COLS}, {"axis": 1}, "axis 1 .* is empty"),
+    ("ArgMin", {"x": EMPTY_COLS}, {"axis": -1}, "axis 1 .* is empty"),
+    ("MaxPool", {"x": EMPTY_MAP}, {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}, "empty spatial axis"),
+    ("AveragePool", {"x": EMPTY_MAP}, {"kernel_shape": [1, 1]}, "empty spatial axis"),
+    ("GlobalMaxPool", {"x": EMPTY_MAP}, {}, "non-empty map"),
+    ("GlobalAveragePool", {"x": EMPTY_MAP}, {}, "non-empty map"),     # was a ZeroDivisionError
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_reducing_an_empty_axis_to_an_answer_is_refused(op, feeds, attrs, message):
+    """ONNX Runtime fails these at run time; a max, mean or index of nothing is refused here."""
+    with pytest.raises(ns.ShapeError, match=rf"the_{op.lower()}.*{message}"):
+        ns.load_onnx(one_node(op, feeds, attrs))
 
 
 def test_resize_cannot_size_an_empty_axis():

@@ -19,6 +19,8 @@ def _geometry(node, attrs, x, pool):
         fail(node, f"{pool} needs kernel_shape")
     if x.rank < 3:
         fail(node, f"{pool} needs an input of rank >= 3, got {x.shape}")
+    if 0 in x.shape[2:]:      # windows of padding alone: nothing to take the max or mean of
+        fail(node, f"{pool} over an empty spatial axis: input {x.shape}")
     geometry = window_geometry(node, attrs, x.shape[2:], attrs["kernel_shape"],
                                ceil_mode=bool(attrs.get("ceil_mode", 0)))
     for k, b, e in zip(attrs["kernel_shape"], geometry[0], geometry[1]):
@@ -156,8 +158,8 @@ def _avgpool_grad(g, node, dys, wanted):
 def _global_infer(attrs, types, consts, node):
     x = types[0]
     require_float(node, x)
-    if x.rank < 3:
-        fail(node, f"GlobalAveragePool needs rank >= 3, got {x.shape}")
+    if x.rank < 3 or 0 in x.shape[2:]:
+        fail(node, f"GlobalAveragePool needs rank >= 3 and a non-empty map, got {x.shape}")
     return [tt(x.dtype, x.shape[:2] + (1,) * (x.rank - 2))]
 
 

@@ -213,6 +213,8 @@ def _maxout_grad(g, node, dys, wanted):
 def _arg_infer(attrs, types, consts, node):
     t = types[0]
     axis = norm_axis(node, attrs["axis"], t.rank)
+    if t.shape[axis] == 0 and 0 not in t.shape[:axis] + t.shape[axis + 1:]:
+        fail(node, f"axis {axis} of {t.shape} is empty: there is no index to give")
     shape = tuple(1 if i == axis else d for i, d in enumerate(t.shape)) if attrs["keepdims"] else \
         tuple(d for i, d in enumerate(t.shape) if i != axis)
     from ..ir.types import DType
@@ -265,8 +267,8 @@ non_differentiable("integer output (an index)", "ArgMax", "ArgMin")
 
 def _global_max_infer(attrs, types, consts, node):
     x = types[0]
-    if x.rank < 3:
-        fail(node, f"GlobalMaxPool needs rank >= 3, got {x.shape}")
+    if x.rank < 3 or 0 in x.shape[2:]:
+        fail(node, f"GlobalMaxPool needs rank >= 3 and a non-empty map, got {x.shape}")
     return [tt(x.dtype, x.shape[:2] + (1,) * (x.rank - 2))]
 
 
