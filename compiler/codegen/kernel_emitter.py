@@ -143,6 +143,10 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
                 raise CompileError(f"store to {s.buf.name} is not contiguous in vector loop "
                                    f"'{vec.var}'")
             return self._vector_store(value, ptr, mask, s.buf.dtype.itemsize)
+        if mask is not None and vec is None:    # scalar code's edge tiles: store under a branch
+            with b.if_then(mask):
+                b.store(self._to_memory(value, s.buf.dtype), self._ptr(s.buf, self.expr(s.index, None)))
+            return None
         if mask is not None:
             raise CompileError("masked store of a loop-invariant value")
         b.store(self._to_memory(value, s.buf.dtype), self._ptr(s.buf, self.expr(s.index, None)))
