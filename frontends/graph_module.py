@@ -8,7 +8,7 @@ and updates them, as PyTorch does. A graph with several inputs takes them as
 forward's arguments, in the graph's order."""
 import numpy as np
 
-from nutshell.compiler.errors import GraphError
+from nutshell.compiler.errors import GraphError, ModelLoadError
 from .dsl import Module, Parameter, Tensor, apply, constant, next_seed
 from .graph_import import choose_state, import_for_training, uses
 from .layers import batch_norm_train
@@ -99,7 +99,11 @@ def from_graph(source, trainable=None, input_shapes=None, constant_inputs=None):
         origin = getattr(source, "onnx_source", None)
         if origin is None:
             return _from_plain_graph(source, trainable)
-        source, input_shapes, constant_inputs = origin
+        try:              # the file again, read so that no weight folds away or is renamed
+            graph, params, buffers, dropouts = import_for_training(*origin, trainable)
+        except ModelLoadError:          # gone since it was loaded: what the Graph holds
+            return _from_plain_graph(source, trainable)
+        return GraphModule(graph, params, buffers, dropouts)
     graph, params, buffers, dropouts = import_for_training(source, input_shapes, constant_inputs,
                                                            trainable)
     return GraphModule(graph, params, buffers, dropouts)

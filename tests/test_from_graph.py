@@ -183,6 +183,19 @@ def test_plain_graph_state_names_never_collide(rng):
     assert np.isfinite(first) and last < first
 
 
+def test_a_graph_whose_file_is_gone_still_trains(rng, tmp_path):
+    torch.manual_seed(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = tmp_path / "seg.onnx"
+    path.write_bytes(_export(_Seg(None), x, training=False))
+    graph = ns.load_onnx(path)
+    path.unlink()
+    net = ns.nn.from_graph(graph)
+    assert net.num_parameters() > 0
+    trainer = ns.compile_training(net, x.shape, loss="mse", threads=1)
+    assert np.isfinite(trainer.step(x, np.zeros(trainer.predict(x).shape, np.float32)))
+
+
 def test_dropout_in_a_training_export(rng):
     torch.manual_seed(0)
     tnet = tnn.Sequential(tnn.Linear(6, 16), tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(16, 3))
