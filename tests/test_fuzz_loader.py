@@ -1,13 +1,22 @@
 """Fuzzing the ONNX loader (hypothesis, bounded): random bytes and mutated real
 models give a Graph or a nutshell exception — never another exception, a crash or
 a hang. Mutations: byte flips, truncation, splices, and integer fields set to
-hostile values in the parsed protobuf."""
+hostile values in the parsed protobuf. test_fuzzer_fast_variant runs
+tools/fuzz_loader.py itself (child processes, limits, ONNX Runtime) on a few
+cases; the long run is `python tools/fuzz_loader.py --cases 10000 --jobs 3`."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 from hypothesis import HealthCheck, given, settings, strategies as st
+from onnx import helper
 
 import nutshell as ns
-from onnx_models import conv_block_model
+from onnx_models import conv_block_model, init, make_model, vi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import fuzz_loader  # noqa: E402
 
 SEED_MODEL = conv_block_model().SerializeToString()
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
@@ -71,3 +80,27 @@ def test_hostile_fields(pick, value, where):
 def test_truncations_of_every_length_prefix():
     for keep in np.linspace(0, len(SEED_MODEL), 60).astype(int):
         load_or_reject(SEED_MODEL[:keep])
+
+
+def test_fuzzer_fast_variant(tmp_path):
+    """40 mutated cases of the hand-built seed, each in a child under RLIMIT_AS and a
+    timeout, compared with ONNX Runtime: no signal, hang, stray exception or mismatch."""
+    args = fuzz_loader.parse_args(["--cases", "40", "--start", "100000", "--seeds", "conv_block",
+                                   "--out", str(tmp_path), "--timeout", "60", "--report-every", "1000"])
+    counts = fuzz_loader.fuzz(args, log=lambda line: None)
+    assert sum(counts.values()) == 40
+    assert not {k: v for k, v in counts.items() if k in fuzz_loader.FAILURES}, \
+        sorted(p.name for p in (tmp_path / "failures").iterdir())
+
+
+def conv_on_empty_batch():
+    """Found by the fuzzer (case 1692): a batch of 0 made Conv's image plan take max() of nothing."""
+    rng = np.random.default_rng(0)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    return make_model([node], [vi("x", [0, 3, 8, 8])], [vi("y", [0, 4, 8, 8])],
+                      [init("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32))])
+
+
+def test_fuzzer_findings_run_like_onnxruntime():
+    data = conv_on_empty_batch().SerializeToString()
+    assert fuzz_loader.run_case(data) == ("agree", "")

@@ -275,7 +275,8 @@ def image_plan(ctx, n, fits):
     fits(chunk), at least 1); the images left over are shared by all threads."""
     teams = max(1, min(ctx.threads, n))
     per_team = n // teams
-    chunk = max(d for d in range(1, per_team + 1) if per_team % d == 0 and (d == 1 or fits(d)))
+    chunk = max((d for d in range(1, per_team + 1) if per_team % d == 0 and (d == 1 or fits(d))),
+                default=1)       # an empty batch: no images, no loop
     return teams, per_team, chunk
 
 
