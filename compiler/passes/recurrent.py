@@ -49,6 +49,10 @@ class Emitter:
     def mul(self, a, b): return self.op("Mul", [a, b])
     def matmul(self, a, b): return self.op("MatMul", [a, b])
 
+    def gemm(self, a, b, c):
+        """a @ b + c in one GEMM, c seeding the accumulators (None: a MatMul)."""
+        return self.matmul(a, b) if c is None else self.op("Gemm", [a, b, c])
+
     def reshape(self, v, shape):
         return v if tuple(self.b.types[v].shape) == tuple(shape) else self.op("Reshape", [v, self.ints(shape)])
 
@@ -83,7 +87,7 @@ def _gates(em, v, order, hidden):
 
 def _lstm_step(em, cell, acts, xp, h, c, r_t, wt, order):
     H = cell.hidden
-    g = _gates(em, em.add(xp, em.matmul(h, r_t)), order, H)
+    g = _gates(em, em.gemm(h, r_t, xp), order, H)
     pi, po, pf = em.split(wt.p, 0, [H] * 3) if wt.p else (None, None, None)
     peep = lambda pre, p, state: _clip(em, cell, pre if p is None else em.add(pre, em.mul(p, state)))
     i = em.activate(acts[0], peep(g["i"], pi, c))
@@ -96,23 +100,23 @@ def _lstm_step(em, cell, acts, xp, h, c, r_t, wt, order):
 def _gru_step(em, cell, acts, xp, h, c, r_t, wt, order):
     """h' = n + z * (h - n), which is (1 - z) * n + z * h; order ends with the h gate."""
     H = cell.hidden
-    gx = _gates(em, xp, order, H)
     if cell.linear_before_reset:
-        rec = em.matmul(h, r_t)
-        gh = _gates(em, rec if wt.rb is None else em.add(rec, wt.rb), order, H)
+        gx = _gates(em, xp, order, H)
+        gh = _gates(em, em.gemm(h, r_t, wt.rb), order, H)
         z, r = (em.activate(acts[0], _clip(em, cell, em.add(gx[k], gh[k]))) for k in "zr")
         n_pre = em.add(gx["h"], em.mul(r, gh["h"]))
     else:                  # the reset gate applies before the recurrent product
         r_zr, r_h = em.split(r_t, 1, [2 * H, H])
-        gh = _gates(em, em.matmul(h, r_zr), order[:2], H)
-        z, r = (em.activate(acts[0], _clip(em, cell, em.add(gx[k], gh[k]))) for k in "zr")
-        n_pre = em.add(gx["h"], em.matmul(em.mul(r, h), r_h))
+        xp_zr, xp_h = em.split(xp, 1, [2 * H, H])
+        g = _gates(em, em.gemm(h, r_zr, xp_zr), order[:2], H)
+        z, r = (em.activate(acts[0], _clip(em, cell, g[k])) for k in "zr")
+        n_pre = em.gemm(em.mul(r, h), r_h, xp_h)
     n = em.activate(acts[1], _clip(em, cell, n_pre))
     return em.add(n, em.mul(z, em.sub(h, n))), c
 
 
 def _rnn_step(em, cell, acts, xp, h, c, r_t, wt, order):
-    return em.activate(acts[0], _clip(em, cell, em.add(xp, em.matmul(h, r_t)))), c
+    return em.activate(acts[0], _clip(em, cell, em.gemm(h, r_t, xp))), c
 
 
 STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
