@@ -65,7 +65,7 @@ class BatchNorm2d(Module):
         super().__init__()
         if momentum is None:
             raise ValueError("BatchNorm momentum=None (a cumulative average) is not supported")
-        self.eps, self.momentum = eps, momentum
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter((num_features,), ones) if affine else None
         self.bias = Parameter((num_features,), zeros) if affine else None
@@ -73,6 +73,10 @@ class BatchNorm2d(Module):
             self.register_buffer("running_mean", np.zeros(num_features, np.float32))
             self.register_buffer("running_var", np.ones(num_features, np.float32))
             self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def extra_repr(self):          # torch 2.13's wording
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.affine}, track_running_stats={self.track_running_stats}")
 
     def forward(self, x):
         b = x.builder

@@ -14,6 +14,9 @@ class GELU(Module):
             raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
     def forward(self, x):
         return F.gelu(x, approximate=self.approximate)
 
@@ -35,10 +38,13 @@ class Softplus(Module):
         super().__init__()
         if beta == 0:
             raise ValueError("Softplus beta must be non-zero")
-        self.beta, self.threshold = float(beta), float(threshold)
+        self.beta, self.threshold = beta, threshold
+
+    def extra_repr(self):
+        return f"beta={self.beta}, threshold={self.threshold}"
 
     def forward(self, x):
-        return F.softplus(x, self.beta, self.threshold)
+        return F.softplus(x, float(self.beta), float(self.threshold))
 
 
 class Mish(Module):
@@ -76,6 +82,9 @@ class PReLU(Module):
             raise ValueError(f"PReLU num_parameters must be >= 1, got {num_parameters}")
         self.num_parameters = int(num_parameters)
         self.weight = Parameter((self.num_parameters,), lambda rng, shape: np.full(shape, init))
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
 
     def forward(self, x):
         if self.num_parameters > 1 and (len(x.shape) < 2 or x.shape[1] != self.num_parameters):

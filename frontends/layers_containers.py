@@ -109,6 +109,9 @@ class Unflatten(Module):
         super().__init__()
         self.dim, self.unflattened_size = int(dim), tuple(int(s) for s in unflattened_size)
 
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
+
     def forward(self, x):
         shape = list(x.shape)
         dim = self.dim % len(shape)

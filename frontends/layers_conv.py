@@ -20,6 +20,15 @@ def _check_groups(in_channels, out_channels, groups):
                          f"out_channels={out_channels}")
 
 
+def conv_repr(m, in_channels, out_channels, kernel, **extra):
+    """torch's Conv extra_repr: channels, kernel and stride, then what differs from the default."""
+    text = f"{in_channels}, {out_channels}, kernel_size={kernel}, stride={m._stride_tuple()}"
+    for name, (value, default) in extra.items():
+        if value != default:
+            text += f", {name}={value}"
+    return text + (", bias=False" if m.bias is None else "")
+
+
 def _check_sizes(kind, in_channels, out_channels, kernel):
     if in_channels <= 0 or out_channels <= 0 or min(kernel) <= 0:
         raise ValueError(f"{kind} needs positive channels and kernel size, got in_channels="
@@ -49,6 +58,15 @@ class ConvTranspose2d(Module):
         shape = (in_channels, out_channels // groups) + kernel
         self.weight = Parameter(shape, weight_init(init))
         self.bias = Parameter((out_channels,), bias_init(init, fans(shape)[0])) if bias else None
+
+    def _stride_tuple(self):
+        return self.stride
+
+    def extra_repr(self):
+        c_in, c_out_per_group, *kernel = self.weight.shape
+        return conv_repr(self, c_in, c_out_per_group * self.groups, tuple(kernel),
+                         padding=(self.padding, (0, 0)), dilation=(self.dilation, (1, 1)),
+                         output_padding=(self.output_padding, (0, 0)), groups=(self.groups, 1))
 
     def forward(self, x):
         b = x.builder
@@ -81,6 +99,16 @@ class Conv1d(Module):
         if not isinstance(padding, str) and _tuple(padding, 1)[0] < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         return padding
+
+    def _stride_tuple(self):
+        return (self.stride,)
+
+    def extra_repr(self):
+        c_out, c_in_per_group, k = self.weight.shape
+        padding = self.padding if isinstance(self.padding, str) else _tuple(self.padding, 1)
+        return conv_repr(self, c_in_per_group * self.groups, c_out, (k,),
+                         padding=(padding, (0,)), dilation=((self.dilation,), (1,)),
+                         groups=(self.groups, 1))
 
     def forward(self, x):
         if len(x.shape) != 3:
@@ -126,6 +154,10 @@ def resize(x, size=None, scale_factor=None, mode="nearest", align_corners=None):
     return apply("Resize", [x, None, as_tensor(x, scales)], **attrs)
 
 
+def _float_scale(scale):
+    return tuple(float(f) for f in scale) if isinstance(scale, (tuple, list)) else float(scale)
+
+
 class Upsample(Module):
     def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
                  recompute_scale_factor=None):
@@ -134,6 +166,13 @@ class Upsample(Module):
         self.mode, self.align_corners = mode, align_corners
         if mode not in _RESIZE_MODES:
             raise ValueError(f"unsupported Upsample mode {mode!r}")
+
+    def extra_repr(self):
+        if self.scale_factor is not None:
+            info = f"scale_factor={_float_scale(self.scale_factor)!r}"
+        else:
+            info = f"size={self.size!r}"
+        return info + f", mode={self.mode!r}"
 
     def forward(self, x):
         return resize(x, self.size, self.scale_factor, self.mode, self.align_corners)

@@ -26,6 +26,10 @@ class LayerNorm(Module):
         self.weight = Parameter(self.normalized_shape, ones) if elementwise_affine else None
         self.bias = Parameter(self.normalized_shape, zeros) if elementwise_affine and bias else None
 
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
+
     def forward(self, x):
         k = len(self.normalized_shape)
         if tuple(x.shape[-k:]) != self.normalized_shape:
@@ -46,6 +50,10 @@ class GroupNorm(Module):
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
         self.weight = Parameter((num_channels,), ones) if affine else None
         self.bias = Parameter((num_channels,), zeros) if affine else None
+
+    def extra_repr(self):
+        affine = self.weight is not None
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={affine}, bias={affine}"
 
     def forward(self, x):
         if len(x.shape) < 2 or x.shape[1] != self.num_channels:
@@ -80,6 +88,10 @@ class Embedding(Module):
                 w[padding_idx] = 0.0
             return w
         self.weight = Parameter((num_embeddings, embedding_dim), init)
+
+    def extra_repr(self):
+        text = f"{self.num_embeddings}, {self.embedding_dim}"
+        return text + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
     def forward(self, indices):
         if indices.dtype.is_float:

@@ -263,3 +263,17 @@ def test_attention_masks_as_graph_inputs(rng):
         want = t(tx, tx, tx, key_padding_mask=torch.from_numpy(padding),
                  attn_mask=torch.from_numpy(additive))[0].numpy()
     assert_matches(run_module(Masked(), x, padding, additive), want, 1e-4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: m.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, bias=False),
+    lambda m: m.Conv1d(3, 6, 3, padding="same", dilation=2, groups=3),
+    lambda m: m.Upsample(scale_factor=2), lambda m: m.Upsample(size=(3, 4), mode="bilinear"),
+    lambda m: m.GELU(approximate="tanh"), lambda m: m.Softplus(2.5, 3), lambda m: m.PReLU(3),
+    lambda m: m.LayerNorm(4, bias=False), lambda m: m.GroupNorm(2, 4, affine=False),
+    lambda m: m.Embedding(5, 3, padding_idx=0), lambda m: m.Unflatten(1, (2, 3)),
+    lambda m: m.BatchNorm1d(6, affine=False, track_running_stats=False),
+    lambda m: m.Sequential(m.BatchNorm3d(4, eps=1e-3), m.SiLU(), m.Mish(), m.Identity()),
+])
+def test_print_matches_torch(make):
+    assert repr(make(nn)) == repr(make(tnn))
