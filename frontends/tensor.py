@@ -99,16 +99,44 @@ def _scalar_dtype(value, tensor_dtype):
     return tensor_dtype if tensor_dtype.is_float else DType.float32
 
 
+def eager_builder():
+    """A builder for values computed outside any trace (constructors in __init__,
+    a positional-encoding table): all its values are constants, so every op on
+    them folds through its NumPy reference, and `.numpy()` gives the result."""
+    from nutshell.compiler.ir import GraphBuilder
+    from .tracing import TraceState
+    builder = GraphBuilder("eager")
+    builder.trace, builder.eager = TraceState(False, False), True
+    return builder
+
+
+def value_of(t):
+    """The NumPy value of a tensor known without running the graph (an eager
+    tensor, or a constant of a trace)."""
+    array = t.builder.constants.get(t.name)
+    if array is None:
+        raise InputError("a traced tensor has no value while tracing (.item(), .numpy(), "
+                         "float(), if/while on a tensor); return it from forward instead")
+    return array
+
+
+def _is_tensor(v):
+    return isinstance(v, Tensor) or hasattr(v, "_traced")
+
+
 def tensor_of(value, builder=None, dtype=None):
-    """`value` as a Tensor of the active trace: Tensors pass, Parameters resolve,
-    numbers and arrays become constants (of `dtype` when given)."""
+    """`value` as a Tensor of `builder` (default: the active trace, else a new
+    eager one): Tensors pass (a constant of another builder is copied in),
+    Parameters resolve, numbers and arrays become constants (of `dtype` when given)."""
     if isinstance(value, Tensor):
-        return value
+        if builder is None or value.builder is builder:
+            return value
+        if value.name not in value.builder.constants:
+            raise InputError(f"tensor '{value.name}' belongs to another trace")
+        return constant(builder, value.builder.constants[value.name])
     if hasattr(value, "_traced"):
         return value._traced()
-    builder = builder or active_builder()
-    if builder is None:
-        raise TypeError("tensor operations run only inside forward() while tracing")
+    builder = builder or active_builder() or eager_builder()
     array = np.asarray(value)
     if dtype is not None:
         array = array.astype(as_dtype(dtype).numpy)
@@ -117,17 +145,24 @@ def tensor_of(value, builder=None, dtype=None):
     return constant(builder, array)
 
 
+def common_builder(tensors):
+    """Where an op on these tensors goes: a trace's builder wins over eager ones."""
+    builders = [t.builder for t in tensors]
+    traced = [b for b in builders if not getattr(b, "eager", False)]
+    return (traced or builders or [active_builder() or eager_builder()])[0]
+
+
 def promote(*values):
-    """The operands as Tensors of their common dtype (PyTorch's rules: tensors
-    decide over Python numbers unless the number is of a higher category)."""
-    tensors = [v for v in values if isinstance(v, Tensor) or hasattr(v, "_traced")]
-    tensors = [tensor_of(v) for v in tensors]
-    builder = tensors[0].builder if tensors else active_builder()
+    """The operands as Tensors of one builder and their common dtype (PyTorch's
+    rules: tensors decide over Python numbers unless the number is of a higher
+    category)."""
+    tensors = [tensor_of(v) for v in values if _is_tensor(v)]
+    builder = common_builder(tensors)
     dtype = None
     for t in tensors:
         dtype = t.dtype if dtype is None else _result_dtype(dtype, t.dtype)
     for v in values:
-        if not (isinstance(v, Tensor) or hasattr(v, "_traced")):
+        if not _is_tensor(v):
             if dtype is None:
                 dtype = tensor_of(v, builder).dtype
             elif isinstance(v, np.ndarray) and v.dtype != np.float64:
@@ -136,7 +171,7 @@ def promote(*values):
                 dtype = _result_dtype(dtype, _scalar_dtype(v, dtype))
     out = []
     for v in values:
-        t = v if isinstance(v, Tensor) else tensor_of(v, builder, dtype if not hasattr(v, "_traced") else None)
+        t = tensor_of(tensor_of(v), builder) if _is_tensor(v) else tensor_of(v, builder, dtype)
         out.append(t if t.dtype == dtype else t.to(dtype))
     return out
 
@@ -146,9 +181,11 @@ def constant(builder, array, name=None):
 
 
 def apply(op, inputs, outputs=1, **attrs):
-    """Append `op` to the graph being traced; returns the output Tensor(s)."""
-    inputs = [tensor_of(t) if t is not None and not isinstance(t, Tensor) else t for t in inputs]
-    builder = next(t for t in inputs if t is not None).builder
+    """Append `op` to the graph being traced (or fold it, on eager tensors);
+    returns the output Tensor(s)."""
+    given = [tensor_of(t) if t is not None else None for t in inputs]
+    builder = common_builder([t for t in given if t is not None])
+    inputs = [tensor_of(t, builder) if t is not None else None for t in given]
     names = builder.add_node(op, [t.name if t is not None else "" for t in inputs], attrs,
                              num_outputs=outputs)
     if isinstance(names, tuple):
@@ -184,17 +221,38 @@ class Tensor:
         self.builder, self.name = builder, name
 
     def __repr__(self):
+        if getattr(self.builder, "eager", False):
+            return f"tensor({value_of(self)!r}, dtype={self.dtype.value})"
         return f"Tensor('{self.name}', shape={self.shape}, dtype={self.dtype.value})"
 
     def __bool__(self):
-        raise InputError("a traced tensor has no value: Python control flow on tensor values "
-                         "(if/while on a tensor) cannot be traced; use ns.where")
+        if self.name not in self.builder.constants:
+            raise InputError("a traced tensor has no value: Python control flow on tensor values "
+                             "(if/while on a tensor) cannot be traced; use ns.where")
+        return bool(value_of(self))
+
+    def numpy(self):
+        """The value of an eager tensor (or a trace's constant); traced values have none."""
+        return value_of(self)
+
+    def __array__(self, dtype=None, copy=None):
+        array = value_of(self)
+        return array if dtype is None else array.astype(dtype)
 
     def item(self):
-        raise InputError("a traced tensor has no value while tracing: .item() cannot be traced; "
-                         "return the tensor from forward instead")
+        return value_of(self).item()
 
-    tolist = numpy = __float__ = __int__ = __index__ = item
+    def tolist(self):
+        return value_of(self).tolist()
+
+    def __float__(self):
+        return float(value_of(self).item())
+
+    def __int__(self):
+        return int(value_of(self).item())
+
+    def __index__(self):
+        return int(value_of(self).item())
 
     @property
     def type(self) -> TensorType:
@@ -304,8 +362,16 @@ class Tensor:
         return ops.getitem(self, index)
 
     def __setitem__(self, index, value):
-        raise UnsupportedOpError("setitem", detail="in-place assignment into a traced tensor; "
-                                 "build the value with ns.where, ns.cat or masked_fill instead")
+        """In place on a tensor with a value (eager, as in __init__'s tables); a
+        traced tensor cannot be assigned into."""
+        if self.name not in self.builder.constants:
+            raise UnsupportedOpError("setitem", detail="in-place assignment into a traced tensor; "
+                                     "build the value with ns.where, ns.cat or masked_fill instead")
+        array = value_of(self).copy()
+        key = tuple(value_of(i) if isinstance(i, Tensor) else i
+                    for i in (index if isinstance(index, tuple) else (index,)))
+        array[key] = value_of(value) if isinstance(value, Tensor) else value
+        self.name = constant(self.builder, array).name
 
     # dtype and device
     def to(self, *args, **kwargs):

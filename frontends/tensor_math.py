@@ -43,6 +43,23 @@ abs, neg, relu = _unary("Abs"), _unary("Neg"), _unary("Relu")    # noqa: A001
 floor, ceil, sign, reciprocal = _unary("Floor"), _unary("Ceil"), _unary("Sign"), _unary("Reciprocal", True)
 
 
+def _values_only(name, fn):
+    """A function with no graph op yet: computed on tensors with values (eager
+    tensors, constants), refused on traced ones."""
+    def method(x):
+        x = T.tensor_of(x)
+        if x.name not in x.builder.constants:
+            raise UnsupportedOpError(name.capitalize(), detail=f"{name} of a traced tensor (no graph op); "
+                                     "compute it outside forward() or on constants")
+        value = fn(T.value_of(x))
+        return T.constant(x.builder, value.astype(x.dtype.numpy if x.dtype.is_float else np.float32))
+    method.__name__ = name
+    return method
+
+
+sin, cos, tan = _values_only("sin", np.sin), _values_only("cos", np.cos), _values_only("tan", np.tan)
+
+
 def log1p(x):
     return log(x + 1.0)
 

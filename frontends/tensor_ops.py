@@ -26,7 +26,7 @@ METHODS = [
     "masked_fill", "where", "matmul", "mm", "bmm", "add", "sub", "mul", "div", "maximum", "minimum",
     "eq", "ne", "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_not", "triu", "tril",
     "new_zeros", "new_ones", "new_full", "new_tensor", "narrow", "index_select", "flip", "gather",
-    "cumsum",
+    "cumsum", "sin", "cos", "tan",
 ]
 
 

@@ -1,9 +1,10 @@
 """The `nutshell.*` functions torch code calls as `torch.*`.
 
 Constructors (zeros, ones, full, arange, eye, tensor, triu/tril of a shape)
-give a constant of the graph when called inside forward() and a NumPy array
-outside it (in __init__, for register_buffer or Parameter), as torch gives a
-tensor in both places. The rest take traced tensors."""
+give a constant of the graph when called inside forward() and an eager tensor
+outside it (in __init__): every operation on eager tensors is computed at once
+(folded through the ops' NumPy references), and register_buffer, Parameter
+and `.numpy()` take their values. The rest take traced or eager tensors."""
 import contextlib
 
 import numpy as np
@@ -12,9 +13,9 @@ from nutshell.compiler.ir.types import DType
 
 from . import tensor as T
 from . import tensor_ops as ops
-from .tensor_math import (abs, clamp, clip, erf, exp, log, log1p, log_softmax, matmul,  # noqa: F401,A004
-                          maximum, minimum, power as pow, relu, rsqrt, sigmoid, softmax, sqrt, square,
-                          tanh)
+from .tensor_math import (abs, clamp, clip, cos, erf, exp, log, log1p, log_softmax, matmul,  # noqa: F401,A004
+                          maximum, minimum, power as pow, relu, rsqrt, sigmoid, sin, softmax, sqrt, square,
+                          tan, tanh)
 from .tensor_ops import (amax, amin, argmax, argmin, chunk, flatten, logsumexp, max, mean, min,  # noqa: F401
                          permute, reshape, split, squeeze, std, sum, transpose, unbind, unsqueeze, var)
 
@@ -22,9 +23,8 @@ mm = bmm = matmul
 
 
 def _made(array):
-    """A constant of the trace in progress, or the array itself outside one."""
-    builder = T.active_builder()
-    return T.constant(builder, np.ascontiguousarray(array)) if builder is not None else array
+    """A constant of the trace in progress, or an eager tensor outside one."""
+    return T.constant(T.active_builder() or T.eager_builder(), np.ascontiguousarray(array))
 
 
 def _np_dtype(dtype, default=DType.float32):
@@ -96,11 +96,11 @@ as_tensor = tensor
 
 
 def triu(x, diagonal=0):
-    return ops.triu(x, diagonal) if isinstance(x, T.Tensor) else _made(np.triu(x, diagonal))
+    return ops.triu(T.tensor_of(x), diagonal)
 
 
 def tril(x, diagonal=0):
-    return ops.tril(x, diagonal) if isinstance(x, T.Tensor) else _made(np.tril(x, diagonal))
+    return ops.tril(T.tensor_of(x), diagonal)
 
 
 def where(condition, x, y):
@@ -109,8 +109,6 @@ def where(condition, x, y):
 
 def cat(tensors, dim=0):
     tensors = list(tensors)
-    if not any(isinstance(t, T.Tensor) or hasattr(t, "_traced") for t in tensors):
-        return _made(np.concatenate([np.asarray(t) for t in tensors], axis=dim))
     tensors = T.promote(*tensors)
     if len(tensors) == 1:
         return tensors[0]
@@ -122,8 +120,6 @@ concat = concatenate = cat
 
 def stack(tensors, dim=0):
     tensors = list(tensors)
-    if not any(isinstance(t, T.Tensor) or hasattr(t, "_traced") for t in tensors):
-        return _made(np.stack([np.asarray(t) for t in tensors], axis=dim))
     tensors = T.promote(*tensors)
     d = ops.axis(dim, tensors[0].ndim + 1)
     return cat([ops.unsqueeze(t, d) for t in tensors], d)
@@ -156,6 +152,6 @@ __all__ = ["zeros", "ones", "empty", "full", "zeros_like", "ones_like", "full_li
            "concatenate", "stack", "einsum", "is_tensor", "numel", "no_grad", "inference_mode",
            "enable_grad", "abs", "clamp", "clip", "erf", "exp", "log", "log1p", "log_softmax", "matmul",
            "mm", "bmm", "maximum", "minimum", "pow", "relu", "rsqrt", "sigmoid", "softmax", "sqrt",
-           "square", "tanh", "amax", "amin", "argmax", "argmin", "chunk", "flatten", "logsumexp", "max",
+           "square", "tanh", "sin", "cos", "tan", "amax", "amin", "argmax", "argmin", "chunk", "flatten", "logsumexp", "max",
            "mean", "min", "permute", "reshape", "split", "squeeze", "std", "sum", "transpose", "unbind",
            "unsqueeze", "var"]

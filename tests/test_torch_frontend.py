@@ -311,6 +311,39 @@ def test_a_module_written_for_torch_compiles_and_matches():
     np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-4)
 
 
+def positional_encoding(lib, d_model=6, max_len=10):
+    """The PyTorch tutorial's sinusoidal table, built in __init__ with torch ops
+    (eager tensors under nutshell), one copy a buffer and one a plain attribute."""
+    import math
+
+    class PositionalEncoding(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            position = lib.arange(max_len).unsqueeze(1)
+            div_term = lib.exp(lib.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+            pe = lib.zeros(max_len, 1, d_model)
+            pe[:, 0, 0::2] = lib.sin(position * div_term)
+            pe[:, 0, 1::2] = lib.cos(position * div_term)
+            self.register_buffer("pe", pe)
+            self.scale = lib.ones(d_model) * 0.5 + lib.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+
+        def forward(self, x):
+            return x + self.pe[:x.size(0)] * self.scale
+    return PositionalEncoding()
+
+
+@needs_torch
+def test_tables_built_eagerly_in_init_match_torch():
+    net, ref = positional_encoding(ns), positional_encoding(torch)
+    np.testing.assert_allclose(net.pe, ref.pe.numpy(), rtol=1e-6, atol=1e-7)
+    x = np.random.default_rng(0).standard_normal((7, 2, 6)).astype(np.float32)
+    got = ns.compile(net.trace(example_inputs=x))(x)
+    np.testing.assert_allclose(got, ref(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
+    eager = ns.arange(6).reshape(2, 3).float().softmax(-1)
+    np.testing.assert_allclose(eager.numpy(), torch.arange(6).reshape(2, 3).float().softmax(-1).numpy(), rtol=1e-6)
+    assert ns.tensor([1, 2, 3]).sum().item() == 6 and float(ns.ones(1) * 2) == 2.0
+
+
 def small_net(lib):
     nn = lib.nn
 
