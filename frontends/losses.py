@@ -164,9 +164,10 @@ def attach_loss(b, result, targets, loss, options, targets_as_tuple=False, param
     from nutshell.frontends.dsl import Tensor
     from nutshell.frontends.tensor import TraceContext
     outputs = _flatten(result)
+    if not targets and callable(loss):          # forward computes the loss from its inputs
+        with TraceContext(b, param_names or {}):
+            return _scalar(b, loss(result, None)), [], {}
     if targets is None:
-        if callable(loss):
-            raise TypeError("a callable loss needs example_targets=... (what its target is)")
         if len(outputs) != 1:
             raise TypeError(f"forward returns {len(outputs)} outputs: give example_targets=... "
                             "(a tuple, one per output) or a callable loss")

@@ -145,12 +145,12 @@ def build_training_graph(recipe, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip
         outputs.append(value)
     b.set_outputs(outputs)
     inputs = [n for n, _, _ in recipe.inputs]
-    first_classes = classes.get(targets[0], (None, None))[0]
+    first_classes = classes.get(targets[0], (None, None))[0] if targets else None
     layout = {"state": state, "params": trainable, "frozen": frozen, "buffers": list(ts.buffers),
               "slots": state_inputs, "lr": lr, "step": ts.step, "inputs": inputs,
               "targets": targets, "class_targets": classes, "loss": loss_value,
               # the one-input, one-target form the C bundle (Trainer.export) is built on
-              "input": inputs[0], "labels": targets[0],
+              "input": inputs[0], "labels": targets[0] if targets else None,
               "class_labels": first_classes is not None, "classes": first_classes}
     return b.build(), layout
 
@@ -220,7 +220,9 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     input_shape: the one float32 input's shape, or example_inputs: an array or a
     tuple of arrays (any dtypes: int64 token ids too) as forward takes them.
     example_targets: an array or a tuple (default: class labels for cross_entropy
-    and nll, float targets of the output's shape otherwise).
+    and nll, float targets of the output's shape otherwise; none for a callable
+    loss, which is then given None: `loss=lambda out, _: out[1]` when forward
+    returns the loss itself).
     loss: cross_entropy | nll | mse | l1 | huber | bce_with_logits, or a callable
     (output, target) -> scalar Tensor, output as forward returns it.
     optimizer: an ns.optim optimizer or a name ("sgd", "adam", "adamw", ...).

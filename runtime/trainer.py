@@ -117,6 +117,8 @@ class Trainer(TrainerLoops):
     def _arrays(self, given, specs, what, rows=None):
         """The arrays of `given` (one array, or a tuple as the examples were) checked
         against specs; `rows` replaces the batch size for evaluation."""
+        if not specs and given is None:                # a loss that takes no targets
+            return []
         if len(specs) == 1 and not (isinstance(given, (tuple, list)) and len(given) == 1
                                     and hasattr(given[0], "shape")):
             items = [given]
@@ -159,7 +161,7 @@ class Trainer(TrainerLoops):
                              f"got values from {int(lo)} to {int(hi)}")
 
     # ---- one step -------------------------------------------------------------------
-    def step(self, inputs, targets):
+    def step(self, inputs, targets=None):
         """One training step (forward, loss, backward, update) as one native call;
         inputs and targets as the examples were given (an array or a tuple).
         Returns the loss."""

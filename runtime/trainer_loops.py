@@ -23,6 +23,8 @@ class TrainerLoops:
     @staticmethod
     def _parts(given, specs, what):
         """The arrays of `given`: one array, or a tuple/list with one per spec."""
+        if not specs and given is None:                # a loss that takes no targets
+            return []
         if len(specs) == 1 and not (isinstance(given, (tuple, list)) and len(given) == 1
                                     and hasattr(given[0], "shape")):
             parts = [given]
@@ -79,7 +81,7 @@ class TrainerLoops:
             chunks.append([result[v.name][:n] for v in model.outputs])
         return self._as_given([np.concatenate(parts) for parts in zip(*chunks)])
 
-    def evaluate(self, x, y, batch_size=None):
+    def evaluate(self, x, y=None, batch_size=None):
         """(the trainer's loss, the mean over rows, and accuracy for a built-in class
         loss, else None) with the current state, layers in inference mode."""
         xs = self._parts(x, self.input_specs, "inputs")
@@ -106,7 +108,7 @@ class TrainerLoops:
         return total / max(rows, 1), accuracy
 
     # ---- fit ------------------------------------------------------------------------
-    def fit(self, x, y, epochs=1, batch_size=None, validation_data=None, shuffle=True, seed=0,
+    def fit(self, x, y=None, epochs=1, batch_size=None, validation_data=None, shuffle=True, seed=0,
             early_stopping=None, lr_schedule=None, augment=None, progress=True, log=None):
         """Train for `epochs` over (x, y); returns a history dict of per-epoch lists.
 
@@ -120,7 +122,7 @@ class TrainerLoops:
             raise InputError(f"batch_size {batch} differs from the compiled batch {self.batch}")
         xs = self._parts(x, self.input_specs, "inputs")
         ys = self._parts(y, self.target_specs, "targets")
-        if len(xs[0]) != len(ys[0]):
+        if ys and len(xs[0]) != len(ys[0]):
             raise InputError(f"fit: {len(xs[0])} input rows but {len(ys[0])} target rows")
         if lr_schedule is not None:
             self.schedule = lr_schedule
@@ -141,7 +143,7 @@ class TrainerLoops:
                 xb = self._as_given([a[idx] for a in xs])
                 if augment is not None:
                     xb = augment(xb, rng)
-                losses.append(self.step(xb, self._as_given([a[idx] for a in ys])))
+                losses.append(self.step(xb, self._as_given([a[idx] for a in ys]) if ys else None))
                 if s % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
             bar.close()
