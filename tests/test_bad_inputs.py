@@ -151,10 +151,20 @@ def test_constant_external_data_inside_folder_loads(tmp_path):
 
 
 # rows 7, 8, 14: huge, negative dims, enormous rank
-@pytest.mark.parametrize("shape", [[2 ** 62, 4], [-3, 2], [1] * 100])
+@pytest.mark.parametrize("shape", [[2 ** 62, 4], [2 ** 63 - 1], [-3, 2], [1] * 100])
 def test_bad_dimensions_rejected(shape):
     m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", shape)], [vi("y", shape)])
     with pytest.raises((ns.ShapeError, ns.ModelLoadError)):
+        ns.load_onnx(m.SerializeToString())
+
+
+# row 14: a shape vector declaring an enormous rank
+@pytest.mark.parametrize("op", ["Reshape", "ConstantOfShape", "Expand"])
+def test_enormous_rank_from_a_shape_vector(op):
+    inputs = ["s"] if op == "ConstantOfShape" else ["x", "s"]
+    m = make_model([helper.make_node(op, inputs, ["y"])], [vi("x", [1])] if len(inputs) == 2 else [],
+                   [any_vi("y")], [init("s", np.ones(1000, np.int64))])
+    with pytest.raises(ns.ShapeError, match="rank 1000 exceeds"):
         ns.load_onnx(m.SerializeToString())
 
 

@@ -3,8 +3,9 @@
 Mutated models (tools/fuzz_mutations.py: protobuf fields and raw bytes of three
 real models) go to child processes that load, compile (threads=1) and run each
 one in nutshell, then in ONNX Runtime, under an address-space limit
-(RLIMIT_AS) and a per-case timeout. A child handles many cases (startup is
-paid once) and is restarted after a crash or a hang.
+(RLIMIT_AS) and a per-case timeout (CPU seconds, and ten times that of wall
+time). A child handles many cases (startup is paid once) and is restarted
+after a crash or a hang.
 
 Failures: a signal, a hang, running out of memory, a Python exception that is
 not a nutshell error, or outputs that differ from ONNX Runtime's when both
@@ -193,10 +194,25 @@ class Worker:
         self.pending = b""
         self.sel.register(self.proc.stdout, selectors.EVENT_READ, self)
 
+    def cpu_seconds(self):
+        """CPU time the child has used (Linux /proc; wall time elsewhere)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return time.monotonic()
+
+    def overdue(self, limit):
+        """A hang: `limit` CPU seconds on this case (a loop), or 10x that of wall time
+        (a block). CPU time, because a busy machine can starve a child for minutes."""
+        return self.cpu_seconds() - self.cpu_start > limit or time.monotonic() - self.started > 10 * limit
+
     def send(self, number):
         if self.proc is None:
             self.start()
         self.case, self.phase, self.started = number, "nutshell", time.monotonic()
+        self.cpu_start = self.cpu_seconds()
         self.proc.stdin.write(f"{number}\n".encode())
         self.proc.stdin.flush()
 
@@ -275,9 +291,9 @@ def fuzz(args, log=print):
                     record(w, msg["outcome"], msg["detail"])
                     feed(w)
         for w in workers:
-            if w.case is not None and time.monotonic() - w.started > args.timeout:
+            if w.case is not None and w.overdue(args.timeout):
                 w.stop()
-                record(w, "hang", f"no result after {args.timeout} s")
+                record(w, "hang", f"no result after {args.timeout} CPU s or {10 * args.timeout} s")
                 feed(w)
     for w in workers:
         w.stop()
@@ -292,7 +308,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="base seed of the mutations")
     p.add_argument("--seeds", type=lambda s: s.split(","), default=["conv_block", "lenet", "unet_bit"])
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
+    p.add_argument("--timeout", type=float, default=60.0, help="CPU seconds per case (10x that of wall time)")
     p.add_argument("--mem-gb", type=int, default=4, help="address-space limit per child")
     p.add_argument("--out", default="fuzz_out")
     p.add_argument("--report-every", type=int, default=500)
