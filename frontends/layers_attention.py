@@ -15,6 +15,14 @@ from .layers import Dropout, Linear
 from .layers_ops import as_tensor, ints, like, narrow, reshape, transpose
 
 
+class NonDynamicallyQuantizableLinear(Linear):
+    """torch's name for MultiheadAttention.out_proj (a plain Linear), so print(net) agrees."""
+
+    def extra_repr(self):
+        from .module_repr import EXTRA
+        return EXTRA["Linear"](self)
+
+
 class MultiheadAttention(Module):
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False):
@@ -35,7 +43,7 @@ class MultiheadAttention(Module):
             self.k_proj_weight = Parameter((embed_dim, self.kdim), xavier_uniform)
             self.v_proj_weight = Parameter((embed_dim, self.vdim), xavier_uniform)
         self.in_proj_bias = Parameter((3 * embed_dim,), zeros) if bias else None
-        self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias)
         if bias:
             self.out_proj.bias = Parameter((embed_dim,), zeros)
         object.__setattr__(self, "_drop", Dropout(self.dropout))   # not in torch's state_dict

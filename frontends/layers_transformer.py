@@ -4,14 +4,14 @@ TransformerEncoderLayer, TransformerDecoderLayer, TransformerEncoder and
 TransformerDecoder (stacks of deep copies of one layer)."""
 import copy
 
+from . import functional as F
 from .dsl import Module, next_seed
-from .layers import Dropout, Linear, ReLU
-from .layers_act import GELU
+from .layers import Dropout, Linear
 from .layers_attention import MultiheadAttention
 from .layers_containers import ModuleList
 from .layers_norm import LayerNorm
 
-_ACTIVATIONS = {"relu": ReLU, "gelu": GELU}
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}     # functions, as torch stores them
 
 
 def _activation(activation):
@@ -19,7 +19,7 @@ def _activation(activation):
     if isinstance(activation, str):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation should be relu/gelu, not {activation}")
-        return _ACTIVATIONS[activation]()
+        return _ACTIVATIONS[activation]
     if not callable(activation):
         raise ValueError(f"activation must be 'relu', 'gelu' or a callable, got {activation!r}")
     return activation

@@ -274,6 +274,7 @@ def test_attention_masks_as_graph_inputs(rng):
     lambda m: m.Embedding(5, 3, padding_idx=0), lambda m: m.Unflatten(1, (2, 3)),
     lambda m: m.BatchNorm1d(6, affine=False, track_running_stats=False),
     lambda m: m.Sequential(m.BatchNorm3d(4, eps=1e-3), m.SiLU(), m.Mish(), m.Identity()),
+    lambda m: m.TransformerEncoderLayer(8, 2, 16, batch_first=True, activation="gelu"),
 ])
 def test_print_matches_torch(make):
     assert repr(make(nn)) == repr(make(tnn))
