@@ -5,7 +5,7 @@ as ONNX's cells (compiler/passes/recurrent.py), so they train through the
 primitives' gradient rules. PyTorch's GRU is ONNX's with linear_before_reset."""
 import numpy as np
 
-from nutshell.compiler.ops.recurrent import GATES, Activation, Cell
+from nutshell.compiler.ops.recurrent import GATES, Activation, Cell, check_steps
 from nutshell.compiler.passes.recurrent import Emitter, Weights, cell_sequence
 from .dsl import Module, Parameter, Tensor, apply, next_seed
 
@@ -85,6 +85,7 @@ class _Recurrent(Module):
         if len(x.shape) != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"{self.op} expects input of [seq, batch, {self.input_size}], got {x.shape}")
         steps, batch = x.shape[:2]
+        check_steps(self.op, steps, batch, type(self).__name__)
         h0, c0 = (_as_tuple(state) + (None, None))[:2] if state is not None else (None, None)
         h0s, c0s = self._states(em, h0, batch), self._states(em, c0, batch)
         x2d, hs, cs, nd = em.reshape(x.name, (steps * batch, self.input_size)), [], [], len(self._suffixes())

@@ -138,6 +138,16 @@ def test_bad_shapes():
         b.add_node("LSTM", [x, w, r], {"hidden_size": 4})
 
 
+def test_sequence_lengths_out_of_range():
+    """Steps are unrolled: a hostile length is refused, not compiled for hours."""
+    with pytest.raises(ns.UnsupportedOpError, match="unrolled"):
+        _cell_graph("GRU", {}, seq=100_000, batch=1, size=1, hidden=1)
+    with pytest.raises(ns.ShapeError, match="one time step"):
+        _cell_graph("RNN", {}, seq=0)
+    with pytest.raises(ns.UnsupportedOpError, match="unrolled"):
+        ns.nn.LSTM(2, 2).trace((5000, 1, 2))
+
+
 @pytest.mark.parametrize("upper", [0, 1])
 @pytest.mark.parametrize("k", [None, -1, 2])
 def test_trilu_node(upper, k, rng):

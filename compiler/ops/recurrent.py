@@ -116,6 +116,17 @@ def _expect(node, types, index, shape):
         fail(node, f"input {INPUT_NAMES[index]} has shape {tuple(t.shape)}, expected {tuple(shape)}")
 
 
+MAX_STEPS = 4096      # time steps are unrolled into the graph: a hostile length must not hang
+
+
+def check_steps(op, steps, batch, node):
+    if steps < 1 or batch < 1:
+        fail(node, f"{op} needs at least one time step and one sequence, got {steps} and {batch}")
+    if steps > MAX_STEPS:
+        _unsupported(op, node, f"a sequence of {steps} steps (each step is unrolled into the graph; "
+                               f"at most {MAX_STEPS})")
+
+
 def full_lengths(seq_lens, steps):
     """True when constant sequence lengths all equal the sequence length (no masking)."""
     return seq_lens is not None and bool(np.all(np.asarray(seq_lens) == steps))
@@ -130,6 +141,7 @@ def check_inputs(op, attrs, types, consts, node):
     cell = cell_config(op, attrs, node, hidden=r.shape[-1])
     d, h, g = len(cell.directions), cell.hidden, cell.gates
     steps, batch = (x.shape[1], x.shape[0]) if cell.layout else x.shape[:2]
+    check_steps(op, steps, batch, node)
     state = (batch, d, h) if cell.layout else (d, batch, h)
     for i, shape in ((1, (d, g * h, x.shape[2])), (2, (d, g * h, h)), (3, (d, 2 * g * h)),
                      (4, (batch,)), (5, state), (6, state), (7, (d, 3 * h))):

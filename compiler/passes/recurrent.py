@@ -15,7 +15,7 @@ from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype
 
 from ..ops import get_op
-from ..ops.recurrent import GATES, ONNX_ORDER, check_inputs, full_lengths
+from ..ops.recurrent import ONNX_ORDER, check_inputs, full_lengths
 
 
 @dataclass
