@@ -68,11 +68,27 @@ class ConvTranspose2d(Module):
                          padding=(self.padding, (0, 0)), dilation=(self.dilation, (1, 1)),
                          output_padding=(self.output_padding, (0, 0)), groups=(self.groups, 1))
 
-    def forward(self, x):
+    def forward(self, x, output_size=None):
         b = x.builder
         bias = self.param(b, self.bias) if self.bias is not None else None
+        extra = self.output_padding if output_size is None else self._padding_for(x, output_size)
         return F.conv_transpose2d(x, self.param(b, self.weight), bias, self.stride, self.padding,
-                                  self.output_padding, self.groups, self.dilation)
+                                  extra, self.groups, self.dilation)
+
+    def _padding_for(self, x, output_size):
+        """The output_padding that gives `output_size` (torch's forward(x, output_size))."""
+        want = tuple(int(d) for d in output_size)[-2:]
+        extra = []
+        for i, size in enumerate(want):
+            k = self.weight.shape[2 + i]
+            smallest = ((x.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i] +
+                        self.dilation[i] * (k - 1) + 1)
+            step = max(self.stride[i], self.dilation[i])
+            if not smallest <= size < smallest + step:
+                raise ValueError(f"ConvTranspose2d output_size {tuple(want)} is outside the "
+                                 f"possible sizes ({smallest} to {smallest + step - 1} in dim {2 + i})")
+            extra.append(size - smallest)
+        return tuple(extra)
 
 
 class Conv1d(Module):

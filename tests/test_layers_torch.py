@@ -40,6 +40,16 @@ def test_conv_transpose2d(rng, kw):
     assert_matches(run_module(n, x), _torch(t, x).numpy())
 
 
+def test_conv_transpose2d_output_size(rng):
+    t, n = _pair(tnn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1))
+    x = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        want = t(torch.from_numpy(x), output_size=(8, 9)).numpy()
+    assert_matches(run_module(calling(n, output_size=(8, 9)), x), want)
+    with pytest.raises(ValueError, match="output_size"):
+        run_module(calling(n, output_size=(12, 9)), x)
+
+
 @pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=5, stride=2, padding=2),
                                 dict(kernel_size=3, padding="same", dilation=2, groups=3)])
 def test_conv1d(rng, kw):
@@ -55,8 +65,19 @@ def test_conv1d(rng, kw):
     dict(scale_factor=(2, 1.5), mode="bicubic"),
 ])
 def test_upsample(rng, kw):
+    """2-D; the 1-D and 3-D modes below."""
     t, n = tnn.Upsample(**kw), nn.Upsample(**kw)
     x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    assert_matches(run_module(n, x), _torch(t, x).numpy())
+
+
+@pytest.mark.parametrize("shape,kw", [
+    ((2, 3, 7), dict(scale_factor=2, mode="linear")), ((2, 3, 7), dict(size=5, mode="nearest")),
+    ((1, 2, 3, 4, 2), dict(scale_factor=2, mode="trilinear", align_corners=True)),
+])
+def test_upsample_1d_3d(rng, shape, kw):
+    t, n = tnn.Upsample(**kw), nn.Upsample(**kw)
+    x = rng.standard_normal(shape).astype(np.float32)
     assert_matches(run_module(n, x), _torch(t, x).numpy())
 
 
