@@ -7,6 +7,7 @@ import numpy as np
 from . import functional as F
 from .dsl import Module, Parameter, apply
 from .init import bias_init, fans, weight_init
+from .layer_checks import non_negative, positive, require
 from .layers_ops import as_tensor, ints
 
 
@@ -51,6 +52,8 @@ class ConvTranspose2d(Module):
         _check_groups(in_channels, out_channels, groups)
         self.stride, self.padding = _tuple(stride, 2), _tuple(padding, 2)
         self.output_padding, self.dilation = _tuple(output_padding, 2), _tuple(dilation, 2)
+        require("ConvTranspose2d", positive, stride=self.stride, dilation=self.dilation)
+        require("ConvTranspose2d", non_negative, padding=self.padding, output_padding=self.output_padding)
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
             raise ValueError(f"output_padding {self.output_padding} must be smaller than stride "
                              f"{self.stride} or dilation {self.dilation}")
@@ -103,6 +106,7 @@ class Conv1d(Module):
         _check_sizes("Conv1d", in_channels, out_channels, (k,))
         _check_groups(in_channels, out_channels, groups)
         (self.stride,), (self.dilation,) = _tuple(stride, 1), _tuple(dilation, 1)
+        require("Conv1d", positive, stride=self.stride, dilation=self.dilation)
         self.groups = groups
         self.padding = self._check_padding(padding)
         shape = (out_channels, in_channels // groups, k)
@@ -112,8 +116,11 @@ class Conv1d(Module):
     def _check_padding(self, padding):
         if padding == "same" and self.stride != 1:
             raise ValueError("padding='same' needs stride 1")
-        if not isinstance(padding, str) and _tuple(padding, 1)[0] < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv1d: padding must be 'same', 'valid' or an integer, got {padding!r}")
+        else:
+            require("Conv1d", non_negative, padding=_tuple(padding, 1))
         return padding
 
     def _stride_tuple(self):

@@ -50,6 +50,21 @@ def test_conv_transpose2d_output_size(rng):
         run_module(calling(n, output_size=(12, 9)), x)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: nn.ConvTranspose2d(3, 2, 3, stride=0), lambda: nn.ConvTranspose2d(3, 2, 3, padding=-1),
+    lambda: nn.ConvTranspose2d(3, 2, 0), lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, output_padding=2),
+    lambda: nn.ConvTranspose2d(3, 2, 3, groups=2), lambda: nn.Conv1d(3, 2, 3, dilation=0),
+    lambda: nn.Conv1d(3, 2, 3, padding="full"), lambda: nn.Conv1d(3, 2, 3, stride=2, padding="same"),
+    lambda: nn.Embedding(0, 3), lambda: nn.Embedding(4, 3, padding_idx=4), lambda: nn.LayerNorm(0),
+    lambda: nn.GroupNorm(3, 4), lambda: nn.MultiheadAttention(6, 4), lambda: nn.PReLU(0),
+    lambda: nn.GELU("fast"), lambda: nn.Upsample(scale_factor=2, mode="area"),
+    lambda: nn.TransformerEncoderLayer(8, 2, activation="swish"),
+])
+def test_bad_arguments_are_clear_errors(make):
+    with pytest.raises(ValueError):
+        make()
+
+
 @pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=5, stride=2, padding=2),
                                 dict(kernel_size=3, padding="same", dilation=2, groups=3)])
 def test_conv1d(rng, kw):
