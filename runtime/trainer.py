@@ -17,7 +17,7 @@ import numpy as np
 
 from nutshell.compiler.errors import InputError
 from nutshell.compiler.ir.types import DType
-from nutshell.runtime.trainer_loops import TrainerLoops
+from nutshell.runtime.trainer_loops import TrainerLoops, split
 
 
 class Trainer(TrainerLoops):
@@ -114,22 +114,11 @@ class Trainer(TrainerLoops):
         return self.schedule(step, self.base_lr) if self.schedule else self.base_lr
 
     # ---- checking a batch -----------------------------------------------------------
-    def _arrays(self, given, specs, what, rows=None):
+    def _arrays(self, given, specs, what):
         """The arrays of `given` (one array, or a tuple as the examples were) checked
-        against specs; `rows` replaces the batch size for evaluation."""
-        if not specs and given is None:                # a loss that takes no targets
-            return []
-        if len(specs) == 1 and not (isinstance(given, (tuple, list)) and len(given) == 1
-                                    and hasattr(given[0], "shape")):
-            items = [given]
-        elif isinstance(given, (tuple, list)) and len(given) == len(specs):
-            items = list(given)
-        else:
-            count = len(given) if isinstance(given, (tuple, list)) else 1
-            raise InputError(f"{what}: expected {len(specs)} arrays "
-                             f"({', '.join(n for n, _, _ in specs)}), got {count}")
-        return [self._array(x, name, shape if rows is None else (rows,) + tuple(shape[1:]), dtype)
-                for x, (name, shape, dtype) in zip(items, specs)]
+        against specs."""
+        return [self._array(x, name, shape, dtype)
+                for x, (name, shape, dtype) in zip(split(given, specs, what), specs)]
 
     def _array(self, x, name, shape, dtype):
         classes = self.layout["class_targets"].get(name)

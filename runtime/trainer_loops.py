@@ -18,23 +18,28 @@ def _augmenter(augment):
     return (lambda xb, rng: augment(xb, rng=rng)) if "rng" in params else augment
 
 
+def split(given, specs, what):
+    """The items of `given`, one per spec: one array, or a tuple/list of them (None
+    when a loss takes no targets)."""
+    if not specs and given is None:
+        return []
+    if len(specs) == 1 and not (isinstance(given, (tuple, list)) and len(given) == 1
+                                and hasattr(given[0], "shape")):
+        return [given]
+    if isinstance(given, (tuple, list)) and len(given) == len(specs):
+        return list(given)
+    count = len(given) if isinstance(given, (tuple, list)) else 0 if given is None else 1
+    raise InputError(f"{what}: expected {len(specs)} arrays "
+                     f"({', '.join(n for n, _, _ in specs)}), got {count}")
+
+
 class TrainerLoops:
     # ---- the parts of a batch -------------------------------------------------------
     @staticmethod
     def _parts(given, specs, what):
-        """The arrays of `given`: one array, or a tuple/list with one per spec."""
-        if not specs and given is None:                # a loss that takes no targets
-            return []
-        if len(specs) == 1 and not (isinstance(given, (tuple, list)) and len(given) == 1
-                                    and hasattr(given[0], "shape")):
-            parts = [given]
-        elif isinstance(given, (tuple, list)) and len(given) == len(specs):
-            parts = list(given)
-        else:
-            count = len(given) if isinstance(given, (tuple, list)) else 1
-            raise InputError(f"{what}: expected {len(specs)} arrays "
-                             f"({', '.join(n for n, _, _ in specs)}), got {count}")
-        parts = [np.asarray(p.detach().cpu().numpy() if hasattr(p, "detach") else p) for p in parts]
+        """The arrays of `given`, checked to have the examples' rows."""
+        parts = [np.asarray(p.detach().cpu().numpy() if hasattr(p, "detach") else p)
+                 for p in split(given, specs, what)]
         for p, (name, shape, _) in zip(parts, specs):
             if p.shape[1:] != tuple(shape[1:]):
                 raise InputError(f"{name}: expected rows of shape {tuple(shape[1:])}, got an array "
