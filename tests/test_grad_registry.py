@@ -72,7 +72,7 @@ def test_layer_norm_differentiates_through_its_primitives(shape, axis, rng):
     check_vjp(graph, ["x", "scale", "bias"], "loss", feeds, rng)
 
 
-COMPILED = ["ConvTranspose", "Resize", "Gather", "Slice", "Pad", "Split", "Tile", "Einsum", "MatMul",
+COMPILED = ["MaxPool", "AveragePool", "ConvTranspose", "Resize", "Gather", "Slice", "Pad", "Split", "Tile", "Einsum", "MatMul",
             "ReduceMax", "ReduceL2", "GlobalMaxPool", "Gelu", "Clip", "Max", "Pow", "Where", "PRelu"]
 
 

@@ -90,6 +90,8 @@ CASES = [
     ("MaxPool", [(1, 2, 7, 7)], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None, False),
     ("AveragePool", [(1, 2, 7, 7)], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None, False),
     ("AveragePool", [(1, 2, 6, 6)], {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1), "count_include_pad": 1}, None, False),
+    ("MaxPool", [(2, 3, 9)], {"kernel_shape": (3,), "strides": (2,), "pads": (1, 0)}, None, False),
+    ("AveragePool", [(2, 3, 9)], {"kernel_shape": (3,), "strides": (2,), "pads": (0, 1)}, None, False),
     ("GlobalAveragePool", [(2, 3, 4, 5)], {}, None, False),
     ("GlobalMaxPool", [(2, 3, 4, 5)], {}, None, False),
     ("Softmax", [(3, 6)], {"axis": -1}, None, False),

@@ -142,17 +142,43 @@ register("AveragePool", attrs=dict(POOL_ATTRS, count_include_pad=0),
          lower=_pool_lower("AveragePool"))
 
 
+def _as_2d(g, node):
+    """(x, attrs) of a 1-D pooling viewed as 2-D with a unit first axis: the
+    gradient ops are written for 2-D windows. 3-D pooling has no gradient yet."""
+    x, attrs = node.inputs[0], dict(node.attrs)
+    shape = g.shape(x)
+    if len(shape) == 4:
+        return x, attrs
+    if len(shape) != 3:
+        from ..errors import CompileError
+        raise CompileError(f"no gradient for {len(shape) - 2}-D {node.op} yet (node '{node.name}')")
+    for key, unit in (("kernel_shape", 1), ("strides", 1), ("dilations", 1)):
+        if attrs.get(key) is not None:
+            attrs[key] = (unit,) + tuple(attrs[key])
+    if attrs.get("pads") is not None:
+        attrs["pads"] = (0, attrs["pads"][0], 0, attrs["pads"][1])
+    return g.reshape(x, _lift(shape)), attrs
+
+
+def _lift(shape):
+    return shape[:2] + (1,) + shape[2:] if len(shape) == 3 else shape
+
+
 @gradient("MaxPool")
 def _maxpool_grad(g, node, dys, wanted):
-    x = node.inputs[0]
-    indices = node.outputs[1] if len(node.outputs) > 1 and node.outputs[1] else \
-        g.op("MaxPool", [x], outputs=2, **node.attrs)[1]
-    return [g.op("MaxPoolGrad", [dys[0], indices], input_shape=g.shape(x), **node.attrs)]
+    x, attrs = _as_2d(g, node)
+    dy = g.reshape(dys[0], _lift(g.shape(node.outputs[0])))
+    indices = g.reshape(node.outputs[1], g.shape(dy)) if len(node.outputs) > 1 and node.outputs[1] else \
+        g.op("MaxPool", [x], outputs=2, **attrs)[1]
+    dx = g.op("MaxPoolGrad", [dy, indices], input_shape=g.shape(x), **attrs)
+    return [g.reshape(dx, g.shape(node.inputs[0]))]
 
 
 @gradient("AveragePool")
 def _avgpool_grad(g, node, dys, wanted):
-    return [g.op("AveragePoolGrad", [dys[0]], input_shape=g.shape(node.inputs[0]), **node.attrs)]
+    x, attrs = _as_2d(g, node)
+    dy = g.reshape(dys[0], _lift(g.shape(node.outputs[0])))
+    return [g.reshape(g.op("AveragePoolGrad", [dy], input_shape=g.shape(x), **attrs), g.shape(node.inputs[0]))]
 
 
 def _global_infer(attrs, types, consts, node):

@@ -62,14 +62,11 @@ class GradContext:
 
     def axis_linear(self, a, axis, matrix):
         """out[.., i, ..] = sum_o a[.., o, ..] * matrix[o, i] along `axis`: the transpose
-        of a linear per-axis map (Resize, a reflecting Pad), as a MatMul."""
-        rank = len(self.shape(a))
-        m = self.const(np.asarray(matrix), self.dtype(a))
-        if axis == rank - 1:
-            return self.op("MatMul", [a, m])
-        perm = [d for d in range(rank) if d != axis] + [axis]
-        moved = self.op("MatMul", [self.op("Transpose", [a], perm=tuple(perm)), m])
-        return self.op("Transpose", [moved], perm=tuple(int(i) for i in np.argsort(perm)))
+        of a per-axis linear map (Resize, a reflecting Pad), as a sparse AxisTaps."""
+        from ..ops.axis_taps import sparse_columns
+        index, weight = sparse_columns(matrix)
+        return self.op("AxisTaps", [a, self.const(index, DType.int64), self.const(weight, self.dtype(a))],
+                       axis=axis)
 
     def zeros(self, shape, like):
         return self.op("Expand", [self.zero_like(like), self.i64(shape)])
