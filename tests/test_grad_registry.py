@@ -91,16 +91,17 @@ def test_backward_graph_compiles(index, rng):
         np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_gather_grad_skips_out_of_range_indices():
+@pytest.mark.parametrize("index_type", ["int64", "int32"])
+def test_gather_grad_skips_out_of_range_indices(index_type):
     """An out-of-range index adds nothing and writes nowhere (the forward Gather
     already failed the run for it); repeated indices add up."""
     b = GraphBuilder("gather_grad")
     dy = b.add_input("dy", "float32", (2, 5, 3))
-    idx = b.add_input("idx", "int64", (5,))
+    idx = b.add_input("idx", index_type, (5,))
     y = b.add_node("GatherGrad", [dy, idx], {"axis": 1, "data_shape": (2, 4, 3)})
     b.set_outputs([y])
     graph = b.build()
-    feeds = {"dy": np.arange(30, dtype=np.float32).reshape(2, 5, 3), "idx": np.array([1, 9, -1, 1, -7])}
+    feeds = {"dy": np.arange(30, dtype=np.float32).reshape(2, 5, 3), "idx": np.array([1, 9, -1, 1, -7], index_type)}
     got = ns.compile(graph, threads=1).run(feeds)[y]
     want = np.zeros((2, 4, 3), np.float32)
     want[:, 1] = feeds["dy"][:, 0] + feeds["dy"][:, 3]

@@ -7,7 +7,7 @@ Gather already failed the run for it) contributes nothing and writes nowhere."""
 import numpy as np
 
 from ..ir.types import DType
-from ..lower.loop_ir import Const, Select, maximum, minimum
+from ..lower.loop_ir import Const, Select, cast, maximum, minimum
 from .common import fail, norm_axis, tt
 from .registry import non_differentiable, register
 
@@ -51,7 +51,7 @@ def _lower(ctx):
         nb.store(out, z, Const(0.0, out.dtype))
     with nb.loop(outer, hint="o") as o:
         with nb.loop(count, hint="j") as j:
-            k = ib[j]
+            k = cast(ib[j], DType.int64)        # int32 indices too
             k = Select(k < 0, k + n, k)
             zero, one = Const(0.0, out.dtype), Const(1.0, out.dtype)
             inside = Select(k < 0, zero, Select(k >= n, zero, one))
