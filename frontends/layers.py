@@ -108,11 +108,15 @@ def batch_norm_train(x, weight, bias, mean, var, steps, eps, momentum):
         return y
     count = x.type.size // x.shape[1]
     unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))
+    mean_name, var_name = mean.name, var.name
     updates = b.trace.updates
-    updates[mean.name] = (mean * (1 - momentum) + batch_mean.reshape(x.shape[1]) * momentum).name
-    updates[var.name] = (var * (1 - momentum) + unbiased * momentum).name
+    # a layer called twice in one step (a GAN's D on fakes, then on reals) updates
+    # from its first update, as PyTorch's two forward calls do
+    mean, var = (Tensor(b, updates.get(t.name, t.name)) for t in (mean, var))
+    updates[mean_name] = (mean * (1 - momentum) + batch_mean.reshape(x.shape[1]) * momentum).name
+    updates[var_name] = (var * (1 - momentum) + unbiased * momentum).name
     if steps is not None:
-        updates[steps.name] = (steps + 1).name
+        updates[steps.name] = (Tensor(b, updates.get(steps.name, steps.name)) + 1).name
     return y
 
 

@@ -257,12 +257,14 @@ def test_everything_frozen_is_an_error():
 
 # ---- a GAN: two trainers on shared modules ----------------------------------------
 
-def Generator(m):
-    return m.Sequential(m.Linear(4, 8), m.Tanh(), m.Linear(8, 6))
+def Generator(m, norm=False):
+    # no bias before BatchNorm (it cancels: a zero gradient Adam would turn into noise steps)
+    return m.Sequential(m.Linear(4, 8, bias=not norm), m.BatchNorm1d(8) if norm else m.Identity(), m.Tanh(), m.Linear(8, 6))
 
 
-def Discriminator(m):
-    return m.Sequential(m.Linear(6, 8), m.LeakyReLU(0.2), m.Linear(8, 1))
+def Discriminator(m, norm=False):
+    return m.Sequential(m.Linear(6, 8, bias=not norm), m.BatchNorm1d(8) if norm else m.Identity(), m.LeakyReLU(0.2),
+                        m.Linear(8, 1))
 
 
 class DiscriminatorStep(nn.Module):
@@ -286,28 +288,36 @@ class GeneratorStep(nn.Module):
         return self.d(self.g(z))
 
 
-@pytest.mark.parametrize("detach", [False, True], ids=["frozen", "detached"])
-def test_gan_trainers_share_modules_like_a_pytorch_loop(detach, rng):
+@pytest.mark.parametrize("detach,norm", [(False, False), (True, False), (False, True)],
+                         ids=["frozen", "detached", "frozen-batchnorm"])
+def test_gan_trainers_share_modules_like_a_pytorch_loop(detach, norm, rng):
+    """D is called twice per D step (fakes, reals): with BatchNorm its running
+    statistics update twice, as in PyTorch, and both trainers update them."""
     ns.manual_seed(4)
-    g, d = Generator(nn), Discriminator(nn)
-    tg, td = _load_into_torch(g, Generator(tnn)), _load_into_torch(d, Discriminator(tnn))
+    g, d = Generator(nn, norm), Discriminator(nn, norm)
+    # with BatchNorm, G's output bias reaches no loss (D's norm cancels it): SGD, as
+    # Adam would turn its float32-vs-float64 rounding noise into lr-sized steps
+    ours, theirs = ((lambda: ns.optim.SGD(lr=0.1, momentum=0.9)),
+                    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))) if norm else \
+        ((lambda: ns.optim.Adam(lr=2e-2)), (lambda p: torch.optim.Adam(p, lr=2e-2)))
+    tg, td = _load_into_torch(g, Generator(tnn, norm)), _load_into_torch(d, Discriminator(tnn, norm))
     n, bce = 8, F.binary_cross_entropy_with_logits
     z, real = rng.standard_normal((n, 4)).astype(np.float32), rng.standard_normal((n, 6)).astype(np.float32)
     ones, zeros = np.ones((n, 1), np.float32), np.zeros((n, 1), np.float32)
     if not detach:
         g.requires_grad_(False)
     d_trainer = ns.compile_training(DiscriminatorStep(g, d, detach), example_inputs=(z, real),
-                                    example_targets=(zeros, ones), optimizer=ns.optim.Adam(lr=2e-2),
+                                    example_targets=(zeros, ones), optimizer=ours(),
                                     loss=lambda out, t: bce(out[0], t[0]) + bce(out[1], t[1]),
                                     threads=1)
     g.requires_grad_(True)
     d.requires_grad_(False)
     g_trainer = ns.compile_training(GeneratorStep(g, d), example_inputs=z, example_targets=ones,
                                     loss=F.binary_cross_entropy_with_logits,
-                                    optimizer=ns.optim.Adam(lr=2e-2), threads=1)
+                                    optimizer=ours(), threads=1)
     d.requires_grad_(True)
-    assert sorted(d_trainer.layout["params"]) == ["d.0.bias", "d.0.weight", "d.2.bias", "d.2.weight"]
-    opt_d, opt_g = torch.optim.Adam(td.parameters(), lr=2e-2), torch.optim.Adam(tg.parameters(), lr=2e-2)
+    assert all(p.startswith("d.") for p in d_trainer.layout["params"])
+    opt_d, opt_g = theirs(td.parameters()), theirs(tg.parameters())
     bce = TF.binary_cross_entropy_with_logits
     for _ in range(3):
         z = rng.standard_normal((n, 4)).astype(np.float32)
