@@ -108,3 +108,45 @@ def test_gather_grad_skips_out_of_range_indices(index_type):
     want[:, 3] = feeds["dy"][:, 2]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(ns.run_reference(graph, feeds)[y], want)
+
+
+def _grads(op, arrays, attrs):
+    b = GraphBuilder("ties")
+    names = [b.add_input(f"x{i}", "float64", a.shape) for i, a in enumerate(arrays)]
+    loss = b.add_node("ReduceSum", [b.add_node(op, names, attrs)], {"keepdims": 0})
+    b.set_outputs([loss])
+    builder, grads = differentiate(b.build(), loss, names)
+    builder.set_outputs([grads[n] for n in names])
+    values = ns.run_reference(builder.build(), {n: a for n, a in zip(names, arrays)})
+    return [values[grads[n]] for n in names]
+
+
+def test_ties_share_the_gradient_as_torch_does():
+    """torch.maximum and torch.amax split a tie's gradient evenly among the tied inputs."""
+    torch = pytest.importorskip("torch")
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 3.0])
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    torch.maximum(ta, tb).sum().backward()
+    for got, want in zip(_grads("Max", [a, b], {}), (ta.grad, tb.grad)):
+        np.testing.assert_array_equal(got, want.numpy())
+    x = np.array([[1.0, 4.0, 4.0], [2.0, 2.0, 2.0]])
+    tx = torch.tensor(x, requires_grad=True)
+    torch.amax(tx, dim=1).sum().backward()
+    np.testing.assert_allclose(_grads("ReduceMax", [x], {"axes": (1,), "keepdims": 0})[0], tx.grad.numpy())
+
+
+@pytest.mark.parametrize("op,attrs,torch_fn", [
+    ("Relu", {}, lambda torch, t: torch.relu(t)),
+    ("LeakyRelu", {"alpha": 0.1}, lambda torch, t: torch.nn.functional.leaky_relu(t, 0.1)),
+    ("HardSwish", {}, lambda torch, t: torch.nn.functional.hardswish(t)),
+    ("Abs", {}, lambda torch, t: torch.abs(t)),
+    ("Elu", {"alpha": 1.0}, lambda torch, t: torch.nn.functional.elu(t)),
+    ("Clip", {"min": -1.0, "max": 1.0}, lambda torch, t: torch.clamp(t, -1.0, 1.0))],
+    ids=lambda v: v if isinstance(v, str) else "")
+def test_kinks_take_torchs_side(op, attrs, torch_fn):
+    """At a kink (0, +-3, a clip bound) the rule returns the derivative PyTorch returns."""
+    torch = pytest.importorskip("torch")
+    x = np.array([-3.0, -1.0, 0.0, 1.0, 3.0, 0.5])
+    tx = torch.tensor(x, requires_grad=True)
+    torch_fn(torch, tx).sum().backward()
+    np.testing.assert_allclose(_grads(op, [x], attrs)[0], tx.grad.numpy(), rtol=1e-12)

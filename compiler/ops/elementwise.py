@@ -186,10 +186,10 @@ def _mish_slope(g, at, x):
     return g.add(t, g.mul(g.mul(x, g.sub(g.scalar(1.0, t), g.mul(t, t))), g.unary("Sigmoid", x)))
 
 
-# name: dx as a function of (GradContext, attrs, x, y, dy)
+# name: dx as a function of (GradContext, attrs, x, y, dy); at a kink, PyTorch's choice
 UNARY_GRADS = {
     "Relu": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", x, 0.0), dy),
-    "LeakyRelu": lambda g, at, x, y, dy: g.where(g.cmp("GreaterOrEqual", x, 0.0), dy, g.scale(dy, at["alpha"])),
+    "LeakyRelu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), dy, g.scale(dy, at["alpha"])),
     "Elu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), dy,
                                            g.mul(dy, g.add(y, g.scalar(at["alpha"], y)))),
     "Sigmoid": lambda g, at, x, y, dy: g.mul(dy, g.mul(y, g.sub(g.scalar(1.0, y), y))),
@@ -207,7 +207,7 @@ UNARY_GRADS = {
     "HardSigmoid": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", y, 0.0),
                                                   g.keep(g.cmp("Less", y, 1.0), g.scale(dy, at["alpha"]))),
     "HardSwish": lambda g, at, x, y, dy: g.keep(g.cmp("Greater", x, -3.0), g.where(
-        g.cmp("Greater", x, 3.0), dy, g.mul(dy, g.add(g.scale(x, 1 / 3), g.scalar(0.5, x))))),
+        g.cmp("GreaterOrEqual", x, 3.0), dy, g.mul(dy, g.add(g.scale(x, 1 / 3), g.scalar(0.5, x))))),
     "Selu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), g.scale(dy, at["gamma"]),
                                             g.mul(dy, g.add(y, g.scalar(at["gamma"] * at["alpha"], y)))),
     "Celu": lambda g, at, x, y, dy: g.where(g.cmp("Greater", x, 0.0), dy,
