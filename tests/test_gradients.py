@@ -60,6 +60,7 @@ CASES = [
     ("Clip", [(4, 5)], {"min": -0.5, "max": 0.5}, None, False),
     ("Clip", [(4, 5), None, None], {}, {1: np.array(-0.3), 2: np.array(0.6)}, False),
     ("Clip", [(4, 5), "", None], {}, {2: np.array(0.2)}, False),
+    ("Clip", [(4, 5), (), (1, 5)], {}, None, False),       # bounds as inputs, lo > hi in places
     ("Mod", [(3, 4), (3, 4)], {"fmod": 1}, None, True),
     ("Where", [None, (3, 4), (4,)], {}, {0: np.arange(12).reshape(3, 4) % 3 == 0}, False),
     ("MatMul", [(3, 4), (4, 5)], {}, None, False),

@@ -356,20 +356,24 @@ register("Clip", inputs=(1, 3), attrs={"min": None, "max": None}, infer=_unary_i
 
 @gradient("Clip")
 def _clip_grad(g, node, dys, wanted):
-    """dx passes where lo <= x <= hi (PyTorch's convention at the bounds); a bound
-    given as an input gets the gradient where it clipped."""
+    """y = min(max(x, lo), hi): dx passes where lo <= x and max(x, lo) <= hi (PyTorch's
+    side at the bounds); a bound given as an input gets the gradient where it won."""
     x, dy = node.inputs[0], dys[0]
     bound = lambda k, key: node.inputs[k] if len(node.inputs) > k and node.inputs[k] else node.attrs.get(key)
     lo, hi = bound(1, "min"), bound(2, "max")
-    dx, grads = dy, [None, None]
-    for k, (value, past) in enumerate(((lo, "Less"), (hi, "Greater"))):
-        if value is None:
-            continue
-        out = g.cmp(past, x, value)
-        if len(wanted) > 1 + k and wanted[1 + k]:
-            grads[k] = g.unbroadcast(g.keep(out, dy), g.shape(value))
-        dx = g.where(out, g.zero_like(dy), dx)
-    return ([dx] + grads)[:len(node.inputs)]
+    want = lambda k: len(wanted) > k and wanted[k]
+    zero = g.zero_like(dy)
+    passed, dlo, dhi = dy, None, None
+    if hi is not None:
+        low = x if lo is None else g.op("Max", [x, lo if isinstance(lo, str) else g.scalar(lo, x)])
+        above = g.cmp("Greater", low, hi)
+        passed = g.where(above, zero, dy)
+        dhi = g.unbroadcast(g.keep(above, dy), g.shape(hi)) if want(2) else None
+    if lo is not None:
+        below = g.cmp("Less", x, lo)
+        dlo = g.unbroadcast(g.keep(below, passed), g.shape(lo)) if want(1) else None
+        passed = g.where(below, zero, passed)
+    return [passed, dlo, dhi][:len(node.inputs)]
 
 
 def _clip_expr(at, v, lo, hi):
