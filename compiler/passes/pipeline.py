@@ -5,11 +5,13 @@ from .elementwise_fusion import fuse_elementwise
 from .fusion import fuse
 from .layout import block_channels
 from .expand import expand_composites
+from .float16 import compute_float16_in_float32
 from .simplify import eliminate_dead_code, fold_constants, prepack_weights, pretranspose_weights, remove_identities
 from .winograd import winograd_weights
 
 INFERENCE_PIPELINE = [
     expand_composites,       # LSTM/GRU/RNN per time step as MatMul + gate arithmetic, Trilu as Where (expand.py)
+    compute_float16_in_float32,  # float16 values are stored as such, computed in float32 (float16.py)
     fold_constants,          # shape subgraphs and constant expressions become constants
     remove_identities,       # Identity / inference Dropout read their input directly
     eliminate_dead_code,     # nothing that no output needs
