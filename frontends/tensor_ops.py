@@ -26,7 +26,7 @@ METHODS = [
     "masked_fill", "where", "matmul", "mm", "bmm", "add", "sub", "mul", "div", "maximum", "minimum",
     "eq", "ne", "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_not", "triu", "tril",
     "new_zeros", "new_ones", "new_full", "new_tensor", "narrow", "index_select", "flip", "gather",
-    "cumsum", "sin", "cos", "tan",
+    "cumsum", "sin", "cos", "tan", "any", "all",
 ]
 
 
@@ -46,7 +46,7 @@ def reshape(x, *shape):
         if known == 0 or total % known:
             raise ShapeError(f"cannot reshape {x.shape} to {tuple(shape)}")
         shape[shape.index(-1)] = total // known
-    if int(np.prod(shape, dtype=np.int64)) != total or any(d < 0 for d in shape):
+    if int(np.prod(shape, dtype=np.int64)) != total or builtins.any(d < 0 for d in shape):
         raise ShapeError(f"cannot reshape {x.shape} ({total} elements) to {tuple(shape)}")
     if tuple(shape) == x.shape:
         return x
@@ -250,6 +250,14 @@ def logsumexp(x, dim, keepdim=False):
     return out if keepdim else squeeze(out, dim)
 
 
+def any(x, dim=None, keepdim=False):                     # noqa: A001
+    return amax((x != 0).float(), dim, keepdim) > 0
+
+
+def all(x, dim=None, keepdim=False):                     # noqa: A001
+    return amin((x != 0).float(), dim, keepdim) > 0
+
+
 def norm(x, p="fro", dim=None, keepdim=False):
     if p in ("fro", 2, 2.0):
         return sqrt(sum(x * x, dim, keepdim))
@@ -258,6 +266,22 @@ def norm(x, p="fro", dim=None, keepdim=False):
     if p in (float("inf"), "inf"):
         return amax(abs(x), dim, keepdim)
     return power(sum(power(abs(x), p), dim, keepdim), 1.0 / p)
+
+
+def _numpy_names(fn):
+    """torch also takes numpy's spellings: axis= for dim=, keepdims= for keepdim=."""
+    def reduction(x, *args, **kwargs):
+        if "axis" in kwargs:
+            kwargs["dim"] = kwargs.pop("axis")
+        if "keepdims" in kwargs:
+            kwargs["keepdim"] = kwargs.pop("keepdims")
+        return fn(x, *args, **kwargs)
+    reduction.__name__, reduction.__doc__ = fn.__name__, fn.__doc__
+    return reduction
+
+
+for _fn in (sum, mean, amax, amin, max, min, argmax, argmin, var, std, logsumexp, norm, any, all):
+    globals()[_fn.__name__] = _numpy_names(_fn)
 
 
 def narrow(x, dim, start, length):
@@ -282,7 +306,7 @@ def gather(x, dim, index):
     product summed over x's `dim` (static shapes, and MatMul-free gradients)."""
     d = axis(dim, x.ndim)
     index = T.tensor_of(index, x.builder, DType.int64).long()
-    if index.ndim != x.ndim or any(index.shape[i] > x.shape[i] for i in range(x.ndim) if i != d):
+    if index.ndim != x.ndim or builtins.any(index.shape[i] > x.shape[i] for i in range(x.ndim) if i != d):
         raise ShapeError(f"gather index of shape {index.shape} does not fit input {x.shape} on dim {d}")
     x = getitem(x, tuple(slice(0, index.shape[i]) if i != d else slice(None) for i in range(x.ndim)))
     n = x.shape[d]

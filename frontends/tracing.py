@@ -59,8 +59,10 @@ def input_specs(input_shape, dtype, example_inputs, input_name="input"):
 
 
 def _flatten_outputs(out):
+    """Tensors in order; None entries (nanoGPT's `return logits, None` without
+    targets) are left out, as torch.onnx.export leaves them out."""
     if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flatten_outputs(o)]
+        return [t for o in out if o is not None for t in _flatten_outputs(o)]
     if not isinstance(out, Tensor):
         raise TypeError(f"forward must return tensors (or tuples of them), got {type(out).__name__}")
     return [out]
@@ -70,7 +72,10 @@ def output_names(builder, out):
     """The graph outputs for forward's result; an input, a constant or a value
     returned twice gets an Identity so that each output has its own buffer."""
     names, inputs = [], {v.name for v in builder.inputs}
-    for t in _flatten_outputs(out):
+    tensors = _flatten_outputs(out)
+    if not tensors:
+        raise TypeError("forward returned no tensor")
+    for t in tensors:
         name = t.name
         if name in names or name in inputs or name in builder.constants:
             name = builder.add_node("Identity", [name])
