@@ -109,6 +109,17 @@ class Trainer(TrainerLoops):
             np.copyto(live[name], value)
         self._publish()
 
+    def save(self, path):
+        """Write a checkpoint (state, step count, schedule position) atomically."""
+        from nutshell.runtime.checkpoint import save
+        return save(self, path)
+
+    def load(self, path):
+        """Restore a checkpoint written by save() or fit(checkpoint=); a truncated,
+        corrupted or foreign file raises CheckpointError and changes nothing."""
+        from nutshell.runtime.checkpoint import load
+        load(self, path)
+
     def learning_rate(self, step=None):
         step = self.step_count if step is None else step
         return self.schedule(step, self.base_lr) if self.schedule else self.base_lr

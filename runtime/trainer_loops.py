@@ -114,13 +114,17 @@ class TrainerLoops:
 
     # ---- fit ------------------------------------------------------------------------
     def fit(self, x, y=None, epochs=1, batch_size=None, validation_data=None, shuffle=True, seed=0,
-            early_stopping=None, lr_schedule=None, augment=None, progress=True, log=None):
+            early_stopping=None, lr_schedule=None, augment=None, progress=True, log=None,
+            checkpoint=None, every=None):
         """Train for `epochs` over (x, y); returns a history dict of per-epoch lists.
 
         early_stopping: patience in epochs without a better validation loss.
         lr_schedule: an ns.optim schedule, called with the step count.
         augment: ns.augment.random_shift (or any f(x_batch, rng) -> x_batch) applied
-        to each batch's inputs."""
+        to each batch's inputs.
+        checkpoint: a path; fit resumes from it when it exists and saves there every
+        `every` steps and after each epoch (runtime/checkpoint.py)."""
+        from nutshell.runtime.checkpoint import FitCheckpoints
         from tqdm.auto import tqdm
         batch = batch_size or self.batch
         if batch != self.batch:
@@ -137,18 +141,24 @@ class TrainerLoops:
         if validation_data is not None:
             history.update(val_loss=[], val_accuracy=[])
         best, best_state, waited = np.inf, None, 0
-        steps = len(xs[0]) // batch
-        for epoch in range(epochs):
-            order = rng.permutation(len(xs[0])) if shuffle else np.arange(len(xs[0]))
-            losses = []
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                       leave=False, unit="step")
+        rank, ranks = getattr(self, "_shard", (0, 1))     # a distributed trainer's share
+        steps = len(xs[0]) // (batch * ranks)
+        saver = FitCheckpoints(self, checkpoint, every)
+        first_epoch, first_step, order, losses = saver.start(rng, history)
+        for epoch in range(first_epoch, epochs):
+            if epoch > first_epoch or order is None:
+                order = rng.permutation(len(xs[0])) if shuffle else np.arange(len(xs[0]))
+                losses = [] if epoch > first_epoch or first_step == 0 else losses
+            bar = tqdm(range(first_step if epoch == first_epoch else 0, steps), disable=not progress,
+                       desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="step")
             for s in bar:
-                idx = order[s * batch:(s + 1) * batch]
+                at = (s * ranks + rank) * batch
+                idx = order[at:at + batch]
                 xb = self._as_given([a[idx] for a in xs])
                 if augment is not None:
                     xb = augment(xb, rng)
                 losses.append(self.step(xb, self._as_given([a[idx] for a in ys]) if ys else None))
+                saver.after_step(epoch, s + 1, order, rng, losses, history)
                 if s % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
             bar.close()
@@ -173,4 +183,5 @@ class TrainerLoops:
                             break
             if log is not None or progress:
                 (log or print)(line)
+            saver.after_step(epoch + 1, 0, None, rng, [], history, end_of_epoch=True)
         return history
