@@ -293,33 +293,18 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
 
 # resampling and padding -------------------------------------------------------------------
 
-_COORD = {("nearest", None): ("asymmetric", "floor"), ("nearest-exact", None): ("half_pixel", "round_prefer_ceil"),
-          ("bilinear", False): ("pytorch_half_pixel", None), ("bilinear", True): ("align_corners", None),
-          ("linear", False): ("pytorch_half_pixel", None), ("linear", True): ("align_corners", None)}
-
-
 def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, antialias=False):
+    """Every mode of torch's (nearest, nearest-exact, linear, bilinear, bicubic,
+    trilinear); the Resize attributes are chosen in layers_conv.resize, as Upsample's."""
+    from .layers_conv import resize
     x = _t(x)
-    key = (mode, None if mode.startswith("nearest") else bool(align_corners))
-    if key not in _COORD or antialias:
-        raise ValueError(f"interpolate mode {mode!r} (antialias={antialias}) is not supported")
-    coord, nearest = _COORD[key]
-    spatial = x.ndim - 2
-    attrs = dict(mode="nearest" if mode.startswith("nearest") else "linear",
-                 coordinate_transformation_mode=coord, **({"nearest_mode": nearest} if nearest else {}))
-    if (size is None) == (scale_factor is None):
-        raise ValueError("interpolate needs exactly one of size and scale_factor")
-    if size is not None:
-        size = _pair(size) if spatial == 2 else (tuple(size) if isinstance(size, (tuple, list)) else (int(size),))
-        sizes = T.constant(x.builder, np.asarray(x.shape[:2] + tuple(size), np.int64))
-        return T.apply("Resize", [x, None, None, sizes], **attrs)
-    factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * spatial
-    if recompute_scale_factor:
-        out = tuple(int(np.floor(d * f)) for d, f in zip(x.shape[2:], factors))
-        return interpolate(x, size=out, mode=mode, align_corners=align_corners)
-    scales = T.constant(x.builder, np.asarray((1.0, 1.0) + tuple(factors), np.float32))
-    return T.apply("Resize", [x, None, scales], **attrs)
+    if antialias:
+        raise ValueError("interpolate(antialias=True) is not supported")
+    if recompute_scale_factor and scale_factor is not None:
+        factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * (x.ndim - 2)
+        size, scale_factor = tuple(int(np.floor(d * f)) for d, f in zip(x.shape[2:], factors)), None
+    return resize(x, size, scale_factor, mode, align_corners)
 
 
 upsample = interpolate
