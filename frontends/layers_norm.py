@@ -89,6 +89,17 @@ class Embedding(Module):
             return w
         self.weight = Parameter((num_embeddings, embedding_dim), init)
 
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze=True, padding_idx=None, **kwargs):
+        """An Embedding holding `embeddings` [num, dim] (a NumPy array), frozen unless freeze=False."""
+        table = np.array(embeddings, dtype=np.float32)
+        if table.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained takes a 2-D table, got shape {table.shape}")
+        layer = cls(*table.shape, padding_idx=padding_idx, **kwargs)
+        layer.weight.data = table            # as given: torch keeps the padding row's values
+        layer.weight.requires_grad = not freeze
+        return layer
+
     def extra_repr(self):
         text = f"{self.num_embeddings}, {self.embedding_dim}"
         return text + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")

@@ -104,6 +104,14 @@ def test_embedding(rng, padding_idx):
     np.testing.assert_array_equal(got, _torch(t, idx).numpy())
 
 
+def test_embedding_from_pretrained(rng):
+    table = rng.standard_normal((6, 3)).astype(np.float32)
+    frozen, free = nn.Embedding.from_pretrained(table), nn.Embedding.from_pretrained(table, freeze=False)
+    assert not frozen.weight.requires_grad and free.weight.requires_grad
+    idx = np.array([[0, 5, 2]], np.int64)
+    np.testing.assert_array_equal(run_module(frozen, idx), table[idx])
+
+
 def test_embedding_padding_row_starts_at_zero():
     assert not nn.Embedding(5, 3, padding_idx=-1).weight.data[4].any()
 

@@ -90,3 +90,17 @@ def test_activation_mlp_trains_like_pytorch(rng, make, ops):
     x = rng.standard_normal((4, 5)).astype(np.float32)
     labels = rng.integers(0, 3, 4).astype(np.int64)
     _train_both(build(tnn), build(nn), (x,), labels, "cross_entropy", tnn.functional.cross_entropy)
+
+
+def test_frozen_pretrained_embedding_stays(rng):
+    _needs_grads("Gather")
+    table = rng.standard_normal((7, 4)).astype(np.float32)
+    net = nn.Sequential(nn.Embedding.from_pretrained(table), nn.Flatten(), nn.Linear(12, 2))
+    before = net[2].weight.data.copy()
+    ids = rng.integers(0, 7, (5, 3)).astype(np.int64)
+    trainer = ns.compile_training(net, example_inputs=ids, loss="cross_entropy", threads=1)
+    for _ in range(2):
+        trainer.step(ids, rng.integers(0, 2, 5).astype(np.int64))
+    state = net.state_dict()
+    np.testing.assert_array_equal(state["0.weight"], table)
+    assert not np.allclose(state["2.weight"], before)
