@@ -100,6 +100,40 @@ def _gather_block(x, advanced):
     return take(x, linear, first), block, in_place
 
 
+def setitem(x, index, value):
+    """x with x[index] = value, as a new tensor (Tensor.__setitem__ rebinds x to
+    it). With values known (eager tensors) NumPy assigns; on a traced tensor the
+    index may hold ints and step-1 slices (a box): the value, broadcast to the
+    box and padded to x's shape, replaces x where a constant mask is set."""
+    index = index if isinstance(index, tuple) else (index,)
+    traced_value = isinstance(value, T.Tensor) and value.name not in value.builder.constants
+    if x.name in x.builder.constants and not traced_value:
+        array = T.value_of(x).copy()
+        array[tuple(T.value_of(i) if isinstance(i, T.Tensor) else i for i in index)] = \
+            T.value_of(value) if isinstance(value, T.Tensor) else value
+        return T.constant(x.builder, array)
+    begin, end, view = [], [], []
+    for d, item in enumerate(_expand_ellipsis(x, index)):
+        n = x.shape[d] if d < x.ndim else 0
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool) and -n <= item < n:
+            begin, end = begin + [int(item) % n], end + [int(item) % n + 1]
+        elif isinstance(item, slice) and item.indices(n)[2] == 1:
+            start, stop, _ = item.indices(n)
+            begin, end, view = begin + [start], end + [max(start, stop)], view + [max(stop - start, 0)]
+        else:
+            raise UnsupportedOpError("setitem", detail=f"assigning into a traced tensor at {item!r} "
+                                     "(ints and step-1 slices only; use ns.where or masked_fill)")
+    v = value.to(x.dtype) if isinstance(value, T.Tensor) else T.tensor_of(value, x.builder, x.dtype)
+    if tuple(v.shape) != tuple(view):
+        v = v.expand(view)
+    v = reshape(v, [e - b for b, e in zip(begin, end)])
+    pads = T.constant(x.builder, np.asarray(begin + [n - e for n, e in zip(x.shape, end)], np.int64))
+    placed = T.apply("Pad", [v, pads])
+    mask = np.zeros(x.shape, bool)
+    mask[tuple(slice(b, e) for b, e in zip(begin, end))] = True
+    return T.apply("Where", [T.constant(x.builder, mask), placed, x])
+
+
 def _ints(x, values):
     return T.constant(x.builder, np.asarray(values, np.int64))
 

@@ -60,6 +60,16 @@ def in_place_chain(t, x, y):
     return z, x, w, y.clone().fill_(3.0)
 
 
+def set_items(t, x, y, s):
+    z = x.clone()
+    z[:, 0] = 0.0
+    z[1] = y[0]
+    z[..., 1:3] = s.reshape(3, 1)
+    z[0, :, -1] = z[0, :, 0] * 2
+    z[:, 1:, :2] += 1
+    return z, x
+
+
 TENSOR_CASES = [
     ("shape", lambda t, x: x.reshape(x.shape[0], -1) * x.size(1) + x.dim() + x.ndim + x.numel() + x.size()[2], "x"),
     ("view", lambda t, x: x.view(-1, 4).view(4, 6), "x"),
@@ -120,6 +130,7 @@ TENSOR_CASES = [
                                        i.cumsum(-1), x.flip(0, 2), x.flip(-1), x.narrow(2, 1, 2),
                                        x.index_select(1, t.tensor([2, 0]))), "x i"),
     ("in_place", in_place_chain, "x y"),
+    ("setitem", set_items, "x y s"),
     ("new", lambda t, x: (x + x.new_zeros(4), x * x.new_ones((3, 4)), x + x.new_full((4,), 2.0)), "x"),
 ]
 
