@@ -1,5 +1,5 @@
 """Write AOT bundles: NAME.h, NAME.o (weights inside, read-only) and libNAME.so,
-which needs only libc, libm and libgomp at run time. Also loads a bundle back
+which needs only libc and libm at run time (its thread pool is inside). Also loads a bundle back
 through ctypes, to test it against the JIT and onnxruntime."""
 import ctypes
 import os
@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 from llvmlite import ir
 
+from nutshell.compiler.codegen import thread_pool
 from nutshell.compiler.codegen.aot import add_inference_api
 from nutshell.compiler.codegen.c_header import inference_header
 from nutshell.compiler.codegen.model import build_model
@@ -46,6 +47,9 @@ def bundle_target(threads, target_cpu=None, triple=None):
 
 
 def emit_object(module, target):
+    entry = module.globals.get(thread_pool.ENTRY)
+    if entry is not None and entry.is_declaration:     # parallel loops: the bundle gets its own pool
+        thread_pool.define(module, target.triple)
     tm = target_machine(target, reloc="pic", codemodel="default")
     return tm.emit_object(optimize(str(module), tm))
 
@@ -54,7 +58,7 @@ def link_shared(obj_path, so_path, uses_threads):
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise CompileError("linking lib*.so needs a C compiler (cc); the .o and .h were written")
-    cmd = [cc, "-shared", "-o", so_path, obj_path] + (["-lgomp"] if uses_threads else []) + ["-lm"]
+    cmd = [cc, "-shared", "-o", so_path, obj_path] + (["-lpthread"] if uses_threads else []) + ["-lm"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise CompileError(f"linking failed: {' '.join(cmd)}\n{result.stderr}")

@@ -2,13 +2,18 @@
 on-disk cache of the machine code keyed by the IR and the CPU (NUTSHELL_CACHE=0
 turns it off; NUTSHELL_CACHE_DIR moves it). runtime/model_cache.py keys whole
 compiled models by their graph, so a hit skips lowering too."""
+import atexit
+import ctypes
 import hashlib
 import os
 import tempfile
+import threading
 
 import llvmlite
 import llvmlite.binding as llvm
+from llvmlite import ir
 
+from nutshell.compiler.codegen import thread_pool
 from nutshell.compiler.errors import CompileError
 from nutshell.compiler.lower.target import _init_llvm
 
@@ -115,10 +120,37 @@ class ObjectCache(DiskCache):
         return obj
 
 
+_POOL = []                       # (engine, stop): the process's thread pool, built once
+_POOL_LOCK = threading.Lock()
+
+
+def ensure_pool():
+    """Compile the thread pool once per process and publish `nutshell_parallel` to the
+    JIT linker: every model shares its workers. Its engine lives as long as the process;
+    at exit the workers are stopped before anything is torn down under them."""
+    with _POOL_LOCK:
+        if _POOL:
+            return
+        _init_llvm()
+        module = ir.Module(name="nutshell_pool")
+        module.triple = llvm.get_process_triple()
+        thread_pool.define(module, module.triple, linkage="external", destructor=False)
+        tm = llvm.Target.from_triple(module.triple).create_target_machine(opt=2)
+        mod = llvm.parse_assembly(str(module))
+        mod.verify()
+        engine = llvm.create_mcjit_compiler(mod, tm)
+        engine.finalize_object()
+        llvm.add_symbol(thread_pool.ENTRY, engine.get_function_address(thread_pool.ENTRY))
+        stop = ctypes.CFUNCTYPE(None)(engine.get_function_address(thread_pool.STOP))
+        atexit.register(stop)
+        _POOL.append((engine, stop))
+
+
 class JitModule:
     """Holds an MCJIT engine alive and hands out function addresses."""
 
     def __init__(self, llvm_ir, target):
+        ensure_pool()
         self.tm = target_machine(target)
         self.llvm_ir = llvm_ir
         self.cache = ObjectCache(llvm_ir, target)
@@ -143,6 +175,7 @@ class JitModule:
     @classmethod
     def from_object(cls, obj, target):
         """Machine code from a cache: an empty module plus the object, no IR at all."""
+        ensure_pool()
         self = cls.__new__(cls)
         self.tm, self.llvm_ir, self.object, self.from_cache = target_machine(target), None, obj, True
         self.module = llvm.parse_assembly("")

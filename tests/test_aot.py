@@ -61,7 +61,7 @@ def build_driver(bundle_dir, name, tmp_path):
     c.write_text(src)
     exe = tmp_path / "driver"
     subprocess.run(["cc", "-O1", "-std=c11", "-pthread", f"-I{bundle_dir}", str(c), str(bundle_dir / f"{name}.o"),
-                    "-lgomp", "-lm", "-o", str(exe)], check=True)
+                    "-lpthread", "-lm", "-o", str(exe)], check=True)
     return exe
 
 
@@ -87,7 +87,7 @@ def test_bundle_files_and_header(block):
                   f"BLK_WORKSPACE_SIZE {model.arena_size}", "BLK_INPUT_0_SHAPE[] = {2, 3, 8, 8}"):
         assert macro in header
     assert "int blk_run(const float *const *inputs, float *const *outputs, void *workspace);" in header
-    assert "cc app.c blk.o -lgomp -lm" in header          # how to link it, said where it is read
+    assert "cc app.c blk.o -lpthread -lm" in header          # how to link it, said where it is read
 
 
 def test_shared_library_matches_onnxruntime_and_jit(block, rng):
@@ -128,7 +128,7 @@ def test_links_only_libc_libm_and_threads(block):
     out = block[0]
     ldd = subprocess.run(["ldd", str(out / "libblk.so")], capture_output=True, text=True).stdout
     libs = {line.split()[0] for line in ldd.splitlines() if line.strip()}
-    allowed = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgomp.so.1", "libpthread.so.0"}
+    allowed = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0"}
     assert libs - allowed <= {l for l in libs if l.startswith("/lib") and "ld-linux" in l}, libs
     assert not any("python" in l or "LLVM" in l for l in libs)
 

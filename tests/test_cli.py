@@ -185,7 +185,7 @@ def test_docs_speak_to_users(capsys):
     for where, text in texts.items():     # the tracker's issue numbers mean nothing to a user
         assert not re.search(r"issue \d|issue's|\w+ issue\b", text), where
     readme = texts[ROOT / "README.md"]
-    assert "load_state_dict" in readme and "np.savez" in readme and "-lgomp -lm" in readme
+    assert "load_state_dict" in readme and "np.savez" in readme and "-lpthread -lm" in readme
 
 
 def test_readme_weights_round_trip(tmp_path):

@@ -4,7 +4,7 @@ Scalar code is the default; inside a `vector` For every expression is evaluated
 for `lanes` consecutive values of the loop variable: loads whose index moves by
 1 per lane become (masked) vector loads, invariant ones stay scalar and are
 splatted, others become per-lane gathers. `parallel` loops are outlined into a
-worker run by libgomp's GOMP_parallel (parallel.py), its threads taking chunks of
+worker run by nutshell's thread pool (parallel.py, thread_pool.py), taking chunks of
 iterations; each iteration is the same code whoever runs it, so results do not
 depend on the thread count or the schedule.
 """

@@ -1,9 +1,11 @@
 """Parallel loops of the kernel emitter: a `parallel` For outlined into a worker that
-libgomp's GOMP_parallel runs on every thread of the team."""
+the thread pool (thread_pool.py) runs on the calling thread and on every worker that
+joins in time."""
 from llvmlite import ir
 
 from ..lower.loop_ir import THREAD_INDEX
 from . import llvm_helpers as H
+from . import thread_pool
 
 CHUNKS_PER_THREAD = 4   # a parallel loop's chunks per thread: some to rebalance, few atomics
 
@@ -13,8 +15,8 @@ class ParallelLoops:
     nthreads, stmts, _begin)."""
 
     def parallel_loop(self, s):
-        """Outline the loop body into a worker(ptr data) run by GOMP_parallel. Each
-        thread owns an equal range of iterations and takes it in chunks from the
+        """Outline the loop body into a worker(ptr data, i64 slot, i64 team) run by
+        nutshell_parallel on the caller and the workers that join. Each participant owns an equal range of iterations and takes it in chunks from the
         range's counter; when done it takes chunks from the other ranges (work
         stealing): on a shared machine a thread whose core is busy elsewhere does
         less instead of holding the others at the join, and on a quiet one every
@@ -22,7 +24,9 @@ class ParallelLoops:
         hold it: a chain of 512 x 1024 softmaxes took 0.5x the time of one shared
         counter).
         Each iteration runs once whoever runs it, so results never depend on the
-        schedule; THREAD_INDEX names the running thread (its scratch slot)."""
+        schedule; THREAD_INDEX is the participant's slot (its scratch), unique
+        among the job's participants, below the team size. The caller runs every
+        range no worker has claimed, so a worker that never wakes costs nothing."""
         b = self.builder
         params = list(self.kernel.params)
         vars_ = sorted(self.env)
@@ -36,7 +40,7 @@ class ParallelLoops:
             b.store(value, b.gep(data, [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
                                  source_etype=struct_ty))
         self._workers += 1
-        worker = ir.Function(self.module, ir.FunctionType(H.VOID, [H.PTR]),
+        worker = ir.Function(self.module, thread_pool.JOB_TYPE,
                              name=f"{self.kernel.name}.par{self._workers}")
         worker.linkage = "internal"
         saved = (self.builder, self.bufs, dict(self.env))
@@ -48,9 +52,7 @@ class ParallelLoops:
                   for k in range(len(values))]
         self.bufs.update({p.name: f for p, f in zip(params, fields)})
         self.env.update(dict(zip(vars_, fields[len(params) + 1:])))
-        self.env[THREAD_INDEX.name] = wb.sext(
-            wb.call(H.intrinsic(self.module, "omp_get_thread_num", H.I32, []), []), H.I64)
-        nth = wb.sext(wb.call(H.intrinsic(self.module, "omp_get_num_threads", H.I32, []), []), H.I64)
+        self.env[THREAD_INDEX.name], nth = worker.args[1], worker.args[2]
         extent = ir.Constant(H.I64, s.extent)
         one = ir.Constant(H.I64, 1)
         per = wb.sdiv(wb.add(extent, wb.sub(nth, one)), nth)
@@ -81,8 +83,7 @@ class ParallelLoops:
         self.builder.ret_void()
         self.builder, self.bufs, self.env = saved
         self.in_worker = False
-        gomp = H.intrinsic(self.module, "GOMP_parallel", H.VOID, [H.PTR, H.PTR, H.I32, H.I32])
         team = ir.Constant(H.I32, min(s.extent, self.threads))    # scratch has a slot per compiled thread
         team = b.select(b.icmp_signed("<", self.nthreads, team), self.nthreads, team)
         team = b.select(b.icmp_signed("<", team, ir.Constant(H.I32, 1)), ir.Constant(H.I32, 1), team)
-        b.call(gomp, [worker, data, team, ir.Constant(H.I32, 0)])
+        b.call(thread_pool.declare(self.module), [worker, data, b.sext(team, H.I64)])

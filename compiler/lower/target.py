@@ -1,6 +1,5 @@
 """The CPU we generate code for, read from llvmlite's host query."""
-import atexit
-import ctypes.util
+import math
 import numbers
 import os
 from dataclasses import dataclass, fields
@@ -17,24 +16,7 @@ def _init_llvm():
     llvm.initialize_native_asmprinter()
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    gomp = ctypes.util.find_library("gomp")
-    if gomp:
-        try:
-            llvm.load_library_permanently(gomp)
-        except RuntimeError:
-            gomp = None
-        else:
-            atexit.register(_stop_workers, ctypes.CDLL(gomp))
-    return bool(gomp)
-
-
-def _stop_workers(lib):
-    """Join libgomp's worker threads before the process exits: with
-    OMP_WAIT_POLICY=active they spin on the thread pool, which libgomp's own
-    destructor frees under them (a segfault at exit)."""
-    pause = getattr(lib, "omp_pause_resource_all", None)     # OpenMP 5.0
-    if pause is not None:
-        pause(2)                                             # omp_pause_hard
+    return True      # parallel loops run on nutshell's own pool (codegen/thread_pool.py): only libc
 
 
 @dataclass(frozen=True)
@@ -71,10 +53,41 @@ class CpuTarget:
 MAX_THREADS = 1024     # per-thread slots live on the stack and in the arena: a bound keeps them small
 
 
+def _cgroup_cpu_limit():
+    """The container's CPU quota in CPUs (cgroup v2 cpu.max, or v1 cfs quota), None if unlimited."""
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", None)):
+        try:
+            with open(path) as f:
+                text = f.read()
+            if parse is None:
+                with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                    quota, period = text.strip(), f.read().strip()
+            else:
+                quota, period = parse(text)
+            if quota not in ("max", "-1") and int(period) > 0:
+                return int(quota) / int(period)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_cpus():
+    """The CPUs this process may use: its affinity mask, capped by a container's quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
 def checked_threads(threads):
-    """`threads` as an int in [1, MAX_THREADS]; None means every core (capped)."""
+    """`threads` as an int in [1, MAX_THREADS]; None means every CPU the process may use (capped)."""
     if threads is None:
-        return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+        return min(available_cpus(), MAX_THREADS)
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) \
             or not 1 <= threads <= MAX_THREADS:
         raise CompileError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")

@@ -1,5 +1,5 @@
 /* Classify the held-out MNIST digits (8,000-9,999) with the AOT-compiled LeNet-5.
-   No Python, no LLVM: liblenet.so needs libc, libm and libgomp only.
+   No Python, no LLVM: liblenet.so needs libc and libm only.
        ./classify t10k-images-idx3-ubyte t10k-labels-idx1-ubyte */
 #include <stdio.h>
 #include <stdlib.h>

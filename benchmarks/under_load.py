@@ -1,0 +1,184 @@
+"""Latency on a busy machine: nutshell vs ONNX Runtime (inference) and PyTorch eager
+(a training step), with 0, 1 and 2 background processes spinning on the cores.
+
+    python benchmarks/under_load.py [--models resnet18 tv:mobilenet_v2 ...] [--threads 2]
+                                    [--loads 0 1 2] [--repeat 20] [--block 5] [--no-step] [--json out.json]
+
+Each load level starts its spinning processes (each one bounded in time, stopped
+when the level ends), then times ours and the peer in alternating blocks of
+`--block` calls, so the machine's own slow spells fall on both. Prints p50 and
+p90 of every call and the ratios ours/peer (below 1: nutshell is faster); for the
+training step also each side's degradation, p90 under load / p90 without.
+The torchvision models (tv:...) need torchvision; they are skipped without it."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+warnings.filterwarnings("ignore")
+
+import nutshell as ns  # noqa: E402
+from nutshell.bench import ort_session  # noqa: E402
+
+MODELS = ["resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "resnet50-b8"]
+SPIN_LIMIT_S = 900          # a spinner never outlives this, whatever happens to us
+# torchvision wheels built for another torch fail importing their op registrations,
+# which model construction does not need
+_EXPORT = ("import sys, types, runpy\n"
+           "sys.modules['torchvision._meta_registrations'] = types.ModuleType('m')\n"
+           "sys.argv = sys.argv[1:]\n"
+           "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def export(name, opset=17):
+    """(ONNX bytes, input shape), exported by a child (torch stays out of this process)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_models.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        done = subprocess.run([sys.executable, "-c", _EXPORT, script, name, path, str(opset)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
+        with open(path, "rb") as f:
+            return f.read(), tuple(int(d) for d in done.stdout.split())
+
+
+class Spinners:
+    """`count` processes that spin on a core until stopped (or SPIN_LIMIT_S)."""
+
+    def __init__(self, count):
+        code = f"import time\nend = time.time() + {SPIN_LIMIT_S}\nwhile time.time() < end:\n    pass\n"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+        time.sleep(0.3 if count else 0)       # let them reach the spinning loop
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait()
+
+
+def alternating(ours, theirs, repeat, block):
+    """Seconds per call of each, in alternating blocks, after a warm-up of each."""
+    times = ([], [])
+    for fn in (ours, theirs):
+        for _ in range(2):
+            fn()
+    while len(times[0]) < repeat:
+        for fn, out in zip((ours, theirs), times):
+            for _ in range(min(block, repeat - len(out))):
+                t = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t)
+    return times
+
+
+def summary(times):
+    return float(np.percentile(times, 50)) * 1e3, float(np.percentile(times, 90)) * 1e3
+
+
+def measure(ours, theirs, loads, repeat, block):
+    """{load: (ours (p50, p90) ms, theirs (p50, p90) ms)}"""
+    result = {}
+    for load in loads:
+        spin = Spinners(load)
+        try:
+            a, b = alternating(ours, theirs, repeat, block)
+        finally:
+            spin.stop()
+        result[load] = summary(a), summary(b)
+    return result
+
+
+def inference_rows(args):
+    rows = []
+    for name in args.models:
+        try:
+            model_bytes, shape = export(name)
+        except RuntimeError as exc:
+            print(f"{name:<18} skipped: {exc}", flush=True)
+            continue
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        compiled = ns.compile(ns.load_onnx(model_bytes), threads=args.threads)
+        sess = ort_session(model_bytes, args.threads)
+        err = float(np.abs(compiled(x) - sess.run(None, {"input": x})[0]).max())
+        res = measure(lambda: compiled(x), lambda: sess.run(None, {"input": x}), args.loads, args.repeat, args.block)
+        for load, ((o50, o90), (t50, t90)) in res.items():
+            rows.append(dict(case=name, peer="ort", load=load, ours_p50=o50, ours_p90=o90, peer_p50=t50,
+                             peer_p90=t90, ratio_p50=o50 / t50, ratio_p90=o90 / t90, max_abs_err=err))
+            _print(rows[-1])
+        del compiled, sess
+    return rows
+
+
+def step_rows(args):
+    """The CNN+BN training step of benchmarks/training.py against PyTorch eager."""
+    import torch
+    from training import CASES
+    torch.set_num_threads(args.threads)
+    ours_f, theirs_f, shape, ours_opt, theirs_opt = CASES["cnn_bn"]
+    ns.manual_seed(0)
+    ours, theirs = ours_f(), theirs_f()
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    trainer = ns.compile_training(ours, shape, optimizer=ours_opt(), threads=args.threads)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, shape[0])
+    opt = theirs_opt(theirs.parameters())
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(tx), ty).backward()
+        opt.step()
+    res = measure(lambda: trainer.step(x, y), torch_step, args.loads, args.repeat, args.block)
+    base = res[min(res)]
+    rows = []
+    for load, ((o50, o90), (t50, t90)) in res.items():
+        ours_deg, peer_deg = o90 / base[0][1], t90 / base[1][1]
+        rows.append(dict(case="cnn_bn step", peer="torch", load=load, ours_p50=o50, ours_p90=o90,
+                         peer_p50=t50, peer_p90=t90, ratio_p50=o50 / t50, ratio_p90=o90 / t90,
+                         ours_degradation=ours_deg, peer_degradation=peer_deg,
+                         degradation_ratio=ours_deg / peer_deg))
+        _print(rows[-1])
+    return rows
+
+
+def _print(r):
+    extra = f" {r['ours_degradation']:>6.2f} {r['peer_degradation']:>6.2f} {r['degradation_ratio']:>6.2f}" \
+        if "degradation_ratio" in r else ""
+    print(f"{r['case']:<18} {r['peer']:>5} {r['load']:>4} {r['ours_p50']:>9.2f} {r['ours_p90']:>9.2f} "
+          f"{r['peer_p50']:>9.2f} {r['peer_p90']:>9.2f} {r['ratio_p50']:>6.2f} {r['ratio_p90']:>6.2f}{extra}",
+          flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=MODELS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--loads", nargs="+", type=int, default=[0, 1, 2], help="spinning processes")
+    p.add_argument("--repeat", type=int, default=20, help="calls of each side per load")
+    p.add_argument("--block", type=int, default=5, help="calls per alternating block")
+    p.add_argument("--no-step", action="store_true", help="skip the training step")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    print(f"threads {args.threads}, {args.repeat} calls per side per load, blocks of {args.block}; ms")
+    print(f"{'case':<18} {'peer':>5} {'busy':>4} {'ours p50':>9} {'ours p90':>9} {'peer p50':>9} "
+          f"{'peer p90':>9} {'r p50':>6} {'r p90':>6}  (step: degradation ours, peer, ratio)")
+    rows = inference_rows(args)
+    if not args.no_step:
+        rows += step_rows(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

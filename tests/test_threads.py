@@ -1,0 +1,116 @@
+"""The thread pool behind parallel loops (compiler/codegen/thread_pool.py): many
+callers at once, Python threads and C threads, on a machine kept busy by a spinning
+process, all get the single caller's result bit for bit; a forked child still runs;
+the default thread count follows the CPUs the process may use."""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir import GraphBuilder
+from nutshell.compiler.lower import target as target_mod
+
+SPIN = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"
+
+
+def parallel_graph():
+    """MatMul, Conv and element-wise work big enough for parallel loops, small enough to run fast."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("par", fold=False)
+    x = b.add_input("x", "float32", (4, 8, 32, 32))
+    w = b.add_constant(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2)
+    c = b.add_node("Conv", [x, w], {"pads": [1, 1, 1, 1]})
+    r = b.add_node("Relu", [c])
+    flat = b.add_node("Reshape", [r, b.add_constant(np.array([64, 1024], np.int64))])
+    m = b.add_constant(rng.standard_normal((1024, 256)).astype(np.float32) * 0.03)
+    y = b.add_node("Softmax", [b.add_node("MatMul", [flat, m])], {"axis": 1})
+    b.set_outputs([y])
+    return b.build()
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    graph = parallel_graph()
+    model = ns.compile(graph, threads=2)
+    assert "nutshell_parallel" in model.source("llvm")       # the loops do run on the pool
+    return graph, model
+
+
+@pytest.fixture
+def spinner():
+    proc = subprocess.Popen([sys.executable, "-c", SPIN])
+    yield proc
+    proc.terminate()
+    proc.wait()
+
+
+def test_python_threads_at_once_match_one_caller(compiled, spinner):
+    graph, model = compiled
+    x = np.random.default_rng(1).standard_normal((4, 8, 32, 32)).astype(np.float32)
+    want = model(x)
+    np.testing.assert_allclose(want, ns.compile(graph, threads=1)(x), rtol=1e-5, atol=1e-6)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(8):
+                results.append(model(x))
+        except Exception as exc:     # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 32
+    for got in results:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_c_threads_and_python_threads_at_once(compiled, spinner, tmp_path):
+    from test_aot import build_driver, driver_input
+    graph, model = compiled
+    model.export(tmp_path, name="par")
+    exe = build_driver(tmp_path, "par", tmp_path)
+    x = driver_input((4, 8, 32, 32))
+    want = model(x)
+    alone = subprocess.run([str(exe), "1", "1"], capture_output=True, text=True, timeout=300).stdout
+    driver = subprocess.Popen([str(exe), "2", "3"], stdout=subprocess.PIPE, text=True)   # 3 C threads
+    py = [model(x) for _ in range(10)]                                                  # meanwhile, Python
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out[-500:]       # the driver checks its threads agree bit for bit
+    assert out == alone
+    got = np.array([float(v) for v in out.split()], np.float32).reshape(want.shape)
+    # the driver builds its input in float arithmetic: an ulp from driver_input's
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    for y in py:
+        np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_runs_without_the_parents_workers(compiled):
+    """The child has no pool threads; its caller runs every chunk itself."""
+    _, model = compiled
+    x = np.ones((4, 8, 32, 32), np.float32)
+    want = model(x)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if np.array_equal(model(x), want) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_default_threads_follow_affinity_and_quota(monkeypatch):
+    monkeypatch.setattr(target_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(target_mod, "_cgroup_cpu_limit", lambda: None)
+    assert target_mod.checked_threads(None) == 3
+    monkeypatch.setattr(target_mod, "_cgroup_cpu_limit", lambda: 1.5)     # a container's 1.5 CPUs
+    assert target_mod.checked_threads(None) == 2
+    monkeypatch.setattr(target_mod, "_cgroup_cpu_limit", lambda: 0.25)
+    assert target_mod.checked_threads(None) == 1
