@@ -174,6 +174,12 @@ def load_onnx(source, input_shapes=None, constant_inputs=None):
     missing = [o.name for o in g.output if o.name not in builder.types]
     if missing:
         raise GraphError(f"graph outputs {missing} are never produced")
+    for o in g.output:       # a declared element type must be what the graph computes (as ORT checks)
+        declared = o.type.tensor_type.elem_type if o.type.HasField("tensor_type") else 0
+        if declared and _DTYPES.get(declared) != builder.types[o.name].dtype:
+            name = _DTYPES[declared].value if declared in _DTYPES else f"element type {declared}"
+            raise UnsupportedTypeError(f"output '{o.name}' is declared {name} but computes "
+                                       f"{builder.types[o.name].dtype.value}")
     builder.set_outputs([o.name for o in g.output])
     graph = materialize_outputs(builder)
     graph.onnx_source = (source, input_shapes, constant_inputs)   # ns.nn.from_graph re-imports it

@@ -41,6 +41,12 @@ def test_undefined_element_type_names_the_value():
         ns.load_onnx(m.SerializeToString())
 
 
+def test_declared_output_type_must_match():      # found by the fuzzer; ONNX Runtime refuses it too
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2], TensorProto.INT32)])
+    with pytest.raises(ns.UnsupportedTypeError, match="'y' is declared int32 but computes float32"):
+        ns.load_onnx(m.SerializeToString())
+
+
 def test_unsupported_element_type_is_named():
     m = make_model([helper.make_node("Relu", ["x"], ["y"])],
                    [vi("x", [2], TensorProto.BFLOAT16)], [vi("y", [2], TensorProto.BFLOAT16)])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx import helper
 
@@ -104,3 +105,39 @@ def conv_on_empty_batch():
 def test_fuzzer_findings_run_like_onnxruntime():
     data = conv_on_empty_batch().SerializeToString()
     assert fuzz_loader.run_case(data) == ("agree", "")
+
+
+def test_resize_of_a_huge_input_needs_no_probe():
+    """Found by the fuzzer (case 5776): Resize's shape inference ran onnx's reference on
+    a zero probe as large as the input (256 GiB for a 2**31-long axis)."""
+    node = helper.make_node("Resize", ["x", "", "k"], ["y"])
+    m = make_model([node], [vi("x", [1, 8, 2 ** 31 - 1, 8])], [vi("y", [1, 8, 2 ** 30 - 1, 8])],
+                   [init("k", np.array([1, 1, 0.5, 1], np.float32))])
+    graph = ns.load_onnx(m.SerializeToString())
+    assert graph.outputs[0].type.shape == (1, 8, 2 ** 30 - 1, 8)
+
+
+def test_resize_shape_formula_matches_the_reference():
+    from nutshell.compiler.ops import resize
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        shape = tuple(int(d) for d in rng.integers(1, 9, rng.integers(1, 5)))
+        attrs = dict(resize.ATTRS, keep_aspect_ratio_policy=str(rng.choice(["stretch", "not_larger",
+                                                                            "not_smaller"])))
+        if rng.random() < 0.5:
+            scales = rng.choice([0.5, 1 / 3, 0.75, 1.5, 2.7, 3.3], len(shape)).astype(np.float32)
+            sizes, attrs["keep_aspect_ratio_policy"] = None, "stretch"
+        else:
+            scales, sizes = None, rng.integers(1, 12, len(shape)).astype(np.int64)
+        probe = resize._out_shape.__wrapped__(shape, None, resize._key(scales), resize._key(sizes),
+                                              resize._akey(attrs))
+        assert resize._formula_shape(shape, scales, sizes, attrs) == probe
+
+
+def test_resize_tap_table_has_a_limit():
+    """Found by the fuzzer (case 6661): a 500000-long axis asked for a 1.8 TiB tap table."""
+    node = helper.make_node("Resize", ["x", "", "k"], ["y"], name="up")
+    m = make_model([node], [vi("x", [1, 1, 20000, 1])], [vi("y", [1, 1, 40000, 1])],
+                   [init("k", np.array([1, 1, 2, 1], np.float32))])
+    with pytest.raises(ns.ShapeError, match="tap table"):
+        ns.compile(ns.load_onnx(m.SerializeToString()), threads=1)

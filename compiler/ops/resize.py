@@ -14,6 +14,7 @@ from onnx import helper
 
 from ..lower.loop_ir import Const, Load, Reduce, Select
 from ..lower.nests import flat_index, output_loops, strides
+from ..errors import ShapeError
 from .common import fail, norm_axis, tt
 from .registry import gradient, register
 
@@ -99,8 +100,35 @@ def _unkey(k):
     return None if k is None else np.asarray(k[1], dtype=np.dtype(k[0]))
 
 
+PROBE_LIMIT = 1 << 20     # elements; a larger input's output shape is worked out without a probe
+TAPS_LIMIT = 1 << 27      # entries of one axis's tap table (1 GiB of float64)
+
+
+def _formula_shape(shape, scales, sizes, attrs):
+    """The reference's own output-shape arithmetic (onnx op_resize._interpolate_nd),
+    without allocating the input: a hostile 2**31-long axis must not cost 256 GiB."""
+    rank = len(shape)
+    axes = [a % rank for a in attrs["axes"]] if attrs.get("axes") is not None else list(range(rank))
+    if sizes is None:
+        factors = [1.0] * rank
+        for i, a in enumerate(axes):
+            factors[a] = float(scales[i])
+        return tuple(int(np.float64(f) * d) for f, d in zip(factors, shape))
+    out = list(shape)
+    for i, a in enumerate(axes):
+        out[a] = int(sizes[i])
+    policy = attrs.get("keep_aspect_ratio_policy", "stretch")
+    if policy == "stretch":
+        return tuple(out)
+    ratios = [out[a] / shape[a] for a in axes]
+    scale = min(ratios) if policy == "not_larger" else max(ratios)
+    return tuple(int(scale * d + 0.5) if i in axes else d for i, d in enumerate(shape))
+
+
 @functools.lru_cache(maxsize=256)
 def _out_shape(shape, roi, scales, sizes, akey):
+    if int(np.prod(shape, dtype=object)) > PROBE_LIMIT:
+        return _formula_shape(shape, _unkey(scales), _unkey(sizes), dict(akey))
     probe = np.zeros(shape, np.float32)
     return tuple(_onnx_resize(probe, _unkey(roi), _unkey(scales), _unkey(sizes), dict(akey)).shape)
 
@@ -118,6 +146,9 @@ def _reference(attrs, x, roi=None, scales=None, sizes=None):
 def axis_taps(attrs, in_len, out_len, axis_roi, scale=None):
     """(indices [out, T], weights [out, T], valid [out]) of one resized axis; `scale`
     is the axis's scale factor where the coordinate rule needs it (not out/in)."""
+    if in_len * max(in_len, out_len) > TAPS_LIMIT:      # the taps come from resizing an identity
+        raise ShapeError(f"Resize of an axis of {in_len} to {out_len} needs a {in_len} x "
+                         f"{max(in_len, out_len)} tap table, over the limit of {TAPS_LIMIT} entries")
     eye = np.eye(in_len, dtype=np.float64)
     kw = dict(attrs, axes=None, keep_aspect_ratio_policy="stretch")
     roi = np.asarray([axis_roi[0], 0.0, axis_roi[1], 1.0], np.float32) if axis_roi is not None else None

@@ -109,7 +109,7 @@ for _name, _fn in (("Squeeze", _squeeze_shape), ("Unsqueeze", _unsqueeze_shape))
              infer=(lambda f: lambda attrs, types, consts, node: [
                  tt(types[0].dtype, f(node, types[0].shape, _axes(node, attrs, types, consts)))])(_fn),
              reference=(lambda f: lambda attrs, x, axes=None: x.reshape(
-                 f("ref", x.shape, tuple(int(a) for a in axes) if axes is not None
+                 f("ref", x.shape, tuple(int(a) for a in np.reshape(axes, -1)) if axes is not None
                    else tuple(attrs.get("axes") or ()))))(_fn))
 gradient("Squeeze", "Unsqueeze")(_same_data_grad)
 
