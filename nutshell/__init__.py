@@ -13,7 +13,7 @@ from nutshell.api import compile, optimize_graph, to_graph
 from nutshell.runtime.reference import run_reference
 from nutshell.frontends.dsl import InputSpec, manual_seed
 from nutshell.compiler.ir.types import DType
-from nutshell import augment, nn, optim
+from nutshell import augment, distributed, nn, optim
 from nutshell.frontends.torch_functions import *  # noqa: F401,F403,A004  (torch.* names: cat, zeros, ...)
 from nutshell.frontends import torch_functions as _torch_functions
 from nutshell.training import compile_training

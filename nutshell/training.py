@@ -214,7 +214,8 @@ def as_optimizer(optimizer):
 
 
 def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=None, threads=None,
-                     check_nan=False, example_inputs=None, example_targets=None, **options):
+                     check_nan=False, example_inputs=None, example_targets=None, distributed=None,
+                     **options):
     """Compile the whole training step of `module` to one native function.
 
     input_shape: the one float32 input's shape, or example_inputs: an array or a
@@ -230,7 +231,9 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     clip_norm, clip_value, max_norm (regularisation).
     check_nan: a step whose loss or new state holds NaN or Inf raises
     FloatingPointError naming the first op that produced it, and is refused: the
-    parameters keep the values they had before it."""
+    parameters keep the values they had before it.
+    distributed: "mpi" for data parallelism across the ranks of `mpiexec -n K`
+    (runtime/distributed.py; ns.distributed.rank(), world_size())."""
     from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.codegen.model import build_model
     from nutshell.compiler.lower.target import host_target
@@ -240,7 +243,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     unknown = sorted(set(options) - set(REGULARISATION) - set(LOSS_OPTIONS))
     if unknown:
         accepted = ["input_shape", "loss", "optimizer", "threads", "check_nan", "example_inputs",
-                    "example_targets"] + list(LOSS_OPTIONS) + list(REGULARISATION)
+                    "example_targets", "distributed"] + list(LOSS_OPTIONS) + list(REGULARISATION)
         raise TypeError(f"compile_training got unexpected keyword argument(s) {unknown}; "
                         f"accepted: {', '.join(accepted)}")
     optimizer = as_optimizer(optimizer)
@@ -248,6 +251,9 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
                     if k in options and options[k] != LOSS_OPTIONS[k]}
     regularisation = {k: options[k] for k in REGULARISATION if k in options}
     recipe = Recipe(module, input_shape, example_inputs, example_targets, loss, loss_options)
+    if distributed is not None:
+        from nutshell.runtime.distributed import compile_distributed
+        return compile_distributed(recipe, optimizer, threads, check_nan, regularisation, distributed)
     graph, layout = build_training_graph(recipe, optimizer, **regularisation)
     graph = optimize_graph(graph)
     target = host_target(threads)

@@ -1,0 +1,128 @@
+"""Data-parallel training under `mpiexec -n 2` (runtime/distributed.py): two ranks on
+the halves of each batch of 64 get the parameters and losses one process gets on
+the whole batch; fit shards the epoch's batches; a killed rank ends the job and
+a hung one trips the watchdog. Each job is bounded by a subprocess timeout;
+skipped where MPI (mpi4py and mpiexec) is not installed."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import nutshell as ns
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI = _mpiexec() is not None
+except ImportError:
+    HAVE_MPI = False
+pytestmark = pytest.mark.skipif(not HAVE_MPI, reason="MPI not installed (pip install 'nutshell[mpi]')")
+
+SETUP = textwrap.dedent("""
+    import os, sys, time, signal
+    import numpy as np
+    import nutshell as ns
+    nn = ns.nn
+
+    def mlp():
+        ns.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def cnn(bn):
+        ns.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), *([nn.BatchNorm2d(4)] if bn else []), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def batches(shape, count=3):
+        r = np.random.default_rng(1)
+        return [(r.standard_normal((64,) + shape).astype(np.float32), r.integers(0, 3, 64))
+                for _ in range(count)]
+""")
+
+WORKER = SETUP + textwrap.dedent("""
+    K, rank = ns.distributed.world_size(), ns.distributed.rank()
+    n = 64 // K
+    out = {}
+    for name, make, shape, kw in [("mlp", mlp, (6,), dict(clip_norm=0.5)),
+                                  ("cnn", lambda: cnn(False), (1, 8, 8), {})]:
+        t = ns.compile_training(make(), (n,) + shape, optimizer=ns.optim.Adam(lr=0.01), threads=1,
+                                distributed="mpi" if K > 1 else None, **kw)
+        out[name + "/loss"] = [t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
+                               for x, y in batches(shape)]
+        x = np.concatenate([b[0] for b in batches(shape, 4)])
+        y = np.concatenate([b[1] for b in batches(shape, 4)])
+        out[name + "/fit"] = t.fit(x, y, epochs=2, batch_size=n, progress=False)["loss"]
+        out.update({f"{name}/{k}": v for k, v in t.state().items()})
+    t = ns.compile_training(cnn(True), (n, 1, 8, 8), optimizer="sgd", threads=1,
+                            distributed="mpi" if K > 1 else None)
+    for x, y in batches((1, 8, 8)):
+        t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
+    out.update({f"bn/{k}": v for k, v in t.state().items()})
+    np.savez(sys.argv[1] + f".{rank}.npz", **out)
+""")
+
+
+def _launch(tmp_path, script, ranks=2, timeout=240, env=None):
+    path = tmp_path / "job.py"
+    path.write_text(script)
+    cmd = [_mpiexec(), "-n", str(ranks), sys.executable, str(path), str(tmp_path / "out")]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_two_ranks_on_halves_match_one_process_on_the_whole_batch(tmp_path):
+    done = _launch(tmp_path, WORKER)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(tmp_path / "job.py"), str(tmp_path / "one")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr[-3000:]
+    want = np.load(str(tmp_path / "one.0.npz"))
+    ranks = [np.load(str(tmp_path / f"out.{r}.npz")) for r in range(2)]
+    for key in want.files:
+        for r, got in enumerate(ranks):
+            if key.startswith("bn/"):          # per-rank batch statistics: ranks agree with each other
+                np.testing.assert_array_equal(got[key], ranks[0][key], err_msg=f"rank {r} {key}")
+            else:
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"rank {r} {key}")
+
+
+FAILING = SETUP + textwrap.dedent("""
+    ns.distributed.set_timeout(float(os.environ["WATCHDOG_S"]))
+    K, rank = ns.distributed.world_size(), ns.distributed.rank()
+    t = ns.compile_training(mlp(), (32, 6), optimizer="sgd", threads=1, distributed="mpi")
+    for i, (x, y) in enumerate(batches((6,), 50)):
+        if i == 2 and rank == 1:
+            open(sys.argv[1] + ".failed_at", "w").write(repr(time.time()))
+            if os.environ["HOW"] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(3600)                       # hangs: its peer must not wait forever
+        t.step(x[:32], y[:32])
+""")
+
+
+@pytest.mark.parametrize("how", ["kill", "hang"])
+def test_a_dead_or_hung_rank_ends_the_job(tmp_path, how):
+    done = _launch(tmp_path, FAILING, timeout=200, env={"HOW": how, "WATCHDOG_S": "3"})
+    ended = time.time()
+    assert done.returncode != 0
+    after = ended - float((tmp_path / "out.failed_at").read_text())
+    assert after < (60 if how == "kill" else 3 + 20), after
+    if how == "hang":
+        assert "no answer from the other ranks for 3 s" in done.stderr
+
+
+def test_rank_and_world_size_without_mpiexec():
+    assert ns.distributed.rank() == 0 and ns.distributed.world_size() == 1
