@@ -3,6 +3,9 @@
 op's NumPy reference and onnxruntime, or checks the clean refusal. Floats within
 rtol 1e-6 (a few ulp: float32 rounding order), NaN where the reference has NaN;
 integers exact."""
+import platform
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -123,6 +126,20 @@ def test_relu_epilogue_keeps_nan():
     m = make_model(node, [vi("x", [1, 1, 4, 4])], [vi("y", [1, 2, 4, 4])], [init("w", w)]).SerializeToString()
     got = run_ours(m, {"x": x})[0]
     np.testing.assert_array_equal(got, np.maximum(-x, 0).repeat(2, axis=1))
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instructions")
+def test_nan_propagation_keeps_the_vector_code():
+    """ReLU (and the GEMM/conv epilogues, the same expression) stays one vmaxps per vector:
+    a constant bound needs no NaN test; MaxPool's max stays vector code, vmaxps plus
+    the NaN test."""
+    relu = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [64, 256])], [vi("y", [64, 256])])
+    asm = ns.compile(ns.load_onnx(relu.SerializeToString()), threads=1).source("asm")
+    assert "vmaxps" in asm and "vcmpunordps" not in asm and "blend" not in asm
+    pool = make_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2])],
+                      [vi("x", [1, 8, 33, 33])], [vi("y", [1, 8, 16, 16])])
+    asm = ns.compile(ns.load_onnx(pool.SerializeToString()), threads=1).source("asm")
+    assert re.search(r"vmaxps\s+%[yz]mm", asm) and "vcmpunordps" in asm
 
 
 # ---- issue 14 item 8: int32 index tensors, as ONNX allows -----------------------------
