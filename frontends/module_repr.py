@@ -56,8 +56,26 @@ def default_extra_repr(module):
     return _activation(module) if hasattr(module, "attrs") else ""
 
 
+def _module_list_repr(module):
+    """torch's ModuleList repr: runs of identical children as `(0-1): 2 x Block(...)`."""
+    runs = []
+    for i, child in enumerate(module.children()):
+        text = repr(child)
+        if runs and runs[-1][2] == text:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i, text])
+    if not runs:
+        return type(module).__name__ + "()"
+    lines = [(f"({a}): {t}" if a == b else f"({a}-{b}): {b - a + 1} x {t}").replace("\n", "\n  ")
+             for a, b, t in runs]
+    return type(module).__name__ + "(\n  " + "\n  ".join(lines) + "\n)"
+
+
 def module_repr(module):
     from .dsl import Module
+    if type(module).__name__ == "ModuleList":
+        return _module_list_repr(module)
     if type(module).extra_repr is Module.extra_repr:       # not overridden: the table's
         extra = default_extra_repr(module)
     else:

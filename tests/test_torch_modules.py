@@ -151,6 +151,7 @@ def test_nano_gpt_infers_and_trains_as_torch():
     logits as torch's (atol 1e-6), SGD losses as torch's for 3 steps (rtol 1e-5)."""
     torch.manual_seed(0)
     ref, net = nano_gpt(torch), nano_gpt(ns)
+    assert str(net) == str(ref)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref.parameters())
     net.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
     rng = np.random.default_rng(0)
