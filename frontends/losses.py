@@ -166,7 +166,13 @@ def attach_loss(b, result, targets, loss, options, targets_as_tuple=False, param
     outputs = _flatten(result)
     if not targets and callable(loss):          # forward computes the loss from its inputs
         with TraceContext(b, param_names or {}):
-            return _scalar(b, loss(result, None)), [], {}
+            try:
+                return _scalar(b, loss(result, None)), [], {}
+            except (AttributeError, TypeError) as exc:
+                if "None" not in str(exc):
+                    raise
+                raise TypeError(f"the loss was called with target None, as no example_targets= "
+                                f"were given ({exc})") from exc
     if targets is None:
         if len(outputs) != 1:
             raise TypeError(f"forward returns {len(outputs)} outputs: give example_targets=... "

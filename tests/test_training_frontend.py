@@ -212,6 +212,8 @@ def test_loss_errors_are_clear(rng):
                             loss=lambda out, y: out)
     with pytest.raises(ns.ShapeError, match=r"int64 class labels of shape \(4, 5\)"):
         ns.compile_training(Tagger(), example_inputs=tokens, example_targets=tokens[:, :3])
+    with pytest.raises(TypeError, match="called with target None, as no example_targets"):
+        ns.compile_training(Tagger(), example_inputs=tokens, loss=lambda out, y: F.cross_entropy(out, y.long()))
     with pytest.raises(ValueError, match=r"loss 'mse' takes no \['ignore_index'\]"):
         ns.compile_training(nn.Linear(3, 2), (4, 3), loss="mse", ignore_index=0)
 
