@@ -187,6 +187,8 @@ def test_enormous_rank_from_a_shape_vector(op):
     (helper.make_node("Resize", ["x", "", "k"], ["y"], mode="edge"), [init("k", np.ones(4, np.float32))]),
     (helper.make_node("Resize", ["x", "", "k"], ["y"], coordinate_transformation_mode=""),
      [init("k", np.ones(4, np.float32))]),
+    (helper.make_node("Resize", ["x", "r", "k"], ["y"]), [init("r", np.ones(1, np.float32)),
+                                                         init("k", np.ones(4, np.float32))]),
 ])
 def test_bad_attributes_rejected(node, inits):
     m = make_model([node], [vi("x", [1, 2, 4, 4])], [any_vi("y")], inits)

@@ -66,6 +66,8 @@ def _plan(node, attrs, shape, consts):
     axes = [norm_axis(node, a, rank, "axes") for a in attrs["axes"]] if attrs.get("axes") is not None \
         else list(range(rank))
     given = scales if scales is not None else sizes
+    if roi is not None and np.size(roi) != 2 * len(axes):
+        fail(node, f"Resize roi has {np.size(roi)} values, not 2 x {len(axes)} axes")
     if len(given) != len(axes) or (scales is not None and min(scales) <= 0) or \
             (sizes is not None and any(z < 0 or z == 0 < shape[a] for z, a in zip(sizes, axes))):
         fail(node, f"Resize {'scales' if sizes is None else 'sizes'} {list(given)} do not fit input {shape}")
