@@ -1,6 +1,7 @@
 """Reverse-mode autodiff as a pass: the backward graph is ordinary IR, built from
-the per-op VJP rules in the registry (each declared beside its op with @gradient), then fused, planned and compiled like the
-forward graph (tinygrad's gradient table, Glow's differentiate)."""
+the per-op VJP rules in the registry (each declared beside its op with @gradient,
+or listed in NON_DIFFERENTIABLE with a reason), then fused, planned and compiled
+like the forward graph (tinygrad's gradient table, Glow's differentiate)."""
 import numpy as np
 
 from ..errors import CompileError
