@@ -259,4 +259,6 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     target = host_target(threads)
     code = build_model(graph, target, c_identifier(graph.name))
     model = CompiledModel(graph, code, JitModule(code.llvm_ir, target), target)
-    return Trainer(recipe, model, layout, optimizer, threads, check_nan)
+    trainer = Trainer(recipe, model, layout, optimizer, threads, check_nan)
+    trainer.regularisation = regularisation          # the AOT bundle's split step rebuilds with it
+    return trainer

@@ -105,6 +105,7 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     that starts from the trainer's current values."""
     from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.codegen.aot_train import add_training_api
+    from nutshell.compiler.codegen.aot_train_split import add_split_bundle, with_split_header
     from nutshell.compiler.codegen.c_header import training_header
     name = c_identifier(name)
     target = bundle_target(trainer.threads, target_cpu, triple)
@@ -119,12 +120,15 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     layout = dict(trainer.layout, output_size=egraph.outputs[0].type.size)
     numbers = add_training_api(module, name, (tgraph, tcode), (egraph, ecode), layout,
                                trainer.state(), target.threads)
+    split = add_split_bundle(module, name, trainer, tgraph, layout, target)   # train_grads/_apply
+    numbers.update(split, workspace=max(numbers["workspace"], split["workspace"]))
     paths = confined_paths(out_dir, name)
     obj = emit_object(module, target)
     with open(paths[".o"], "wb") as f:
         f.write(obj)
     with open(paths[".h"], "w") as f:
-        f.write(training_header(name, tgraph, layout, numbers, target.threads))
+        f.write(with_split_header(training_header(name, tgraph, layout, numbers, target.threads),
+                                  name, numbers, layout["class_labels"]))
     written = {"header": paths[".h"], "object": paths[".o"], "object_bytes": len(obj), **numbers}
     if target.triple == host_target().triple:
         link_shared(paths[".o"], paths[".so"], target.threads > 1)

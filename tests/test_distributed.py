@@ -28,7 +28,7 @@ try:
     HAVE_MPI = _mpiexec() is not None
 except ImportError:
     HAVE_MPI = False
-pytestmark = pytest.mark.skipif(not HAVE_MPI, reason="MPI not installed (pip install 'nutshell[mpi]')")
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="MPI not installed (pip install 'nutshell[mpi]')")
 
 SETUP = textwrap.dedent("""
     import os, sys, time, signal
@@ -82,6 +82,7 @@ def _launch(tmp_path, script, ranks=2, timeout=240, env=None):
                           env=dict(os.environ, **(env or {})))
 
 
+@needs_mpi
 def test_two_ranks_on_halves_match_one_process_on_the_whole_batch(tmp_path):
     done = _launch(tmp_path, WORKER)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -113,6 +114,7 @@ FAILING = SETUP + textwrap.dedent("""
 """)
 
 
+@needs_mpi
 @pytest.mark.parametrize("how", ["kill", "hang"])
 def test_a_dead_or_hung_rank_ends_the_job(tmp_path, how):
     done = _launch(tmp_path, FAILING, timeout=200, env={"HOW": how, "WATCHDOG_S": "3"})
@@ -126,3 +128,93 @@ def test_a_dead_or_hung_rank_ends_the_job(tmp_path, how):
 
 def test_rank_and_world_size_without_mpiexec():
     assert ns.distributed.rank() == 0 and ns.distributed.world_size() == 1
+
+
+def _split_bundle(trainer, tmp_path, name):
+    import ctypes
+    from nutshell.runtime.model import aligned_empty
+    info = trainer.export(tmp_path, name=name)
+    lib = ctypes.CDLL(str(tmp_path / f"lib{name}.so"))
+    grads = getattr(lib, f"{name}_train_grads")
+    grads.argtypes = [ctypes.c_void_p] * 5
+    apply = getattr(lib, f"{name}_train_apply")
+    apply.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
+    getattr(lib, f"{name}_init_state").argtypes = [ctypes.c_void_p]
+    get = getattr(lib, f"{name}_get_param")
+    get.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    header = (tmp_path / f"{name}.h").read_text()
+    count = int(header.split(f"{name.upper()}_GRADS_COUNT ")[1].split()[0])
+    at_loss = int(header.split(f"{name.upper()}_GRADS_LOSS ")[1].split()[0])
+    ws = aligned_empty(info["workspace"])
+
+    def state():
+        s = aligned_empty(info["state_size"])
+        assert getattr(lib, f"{name}_init_state")(s.ctypes.data) == 0
+        return s
+
+    def param(s, i, shape):
+        out = np.zeros(shape, np.float32)
+        assert get(s.ctypes.data, i, out.ctypes.data) == 0
+        return out
+    return lib, grads, apply, state, param, count, at_loss, ws
+
+
+def test_aot_split_step_on_two_halves_matches_the_whole_batch(tmp_path, rng):
+    """NAME_train_grads on each half, the mean, NAME_train_apply on each rank's state:
+    the parameters and losses of one process on the whole batch (no MPI needed)."""
+    nn = ns.nn
+
+    def net():
+        ns.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    whole = ns.compile_training(net(), (12, 6), optimizer=ns.optim.Adam(lr=0.01), threads=1,
+                                clip_norm=0.5)
+    half_net = net()
+    half = ns.compile_training(half_net, (6, 6), optimizer=ns.optim.Adam(lr=0.01), threads=1,
+                               clip_norm=0.5)
+    _, grads, apply, state, param, count, at_loss, ws = _split_bundle(half, tmp_path, "mlp")
+    states = [state(), state()]
+    for _ in range(3):
+        x = rng.standard_normal((12, 6)).astype(np.float32)
+        y = rng.integers(0, 3, 12)
+        buffers = [np.zeros(count, np.float32) for _ in range(2)]
+        for r in range(2):
+            xs, ys = np.ascontiguousarray(x[6 * r:6 * r + 6]), np.ascontiguousarray(y[6 * r:6 * r + 6])
+            assert grads(states[r].ctypes.data, xs.ctypes.data, ys.ctypes.data, ws.ctypes.data,
+                         buffers[r].ctypes.data) == 0
+        mean = (buffers[0] + buffers[1]) / 2
+        for s in states:
+            assert apply(s.ctypes.data, mean.ctypes.data, 0.01, ws.ctypes.data) == 0
+        np.testing.assert_allclose(mean[at_loss], whole.step(x, y), rtol=1e-5)
+    for i, (name, value) in enumerate(whole.parameters().items()):
+        for s in states:
+            np.testing.assert_allclose(param(s, i, value.shape), value, rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+
+
+def test_aot_split_step_with_batchnorm_on_one_rank_matches_train_step(tmp_path, rng):
+    nn = ns.nn
+    ns.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 36, 5))
+    trainer = ns.compile_training(net, (6, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1, momentum=0.9),
+                                  threads=1)
+    import ctypes
+    lib, grads, apply, state, param, count, at_loss, ws = _split_bundle(trainer, tmp_path, "bn")
+    s = state()
+    for _ in range(3):
+        x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+        y = rng.integers(0, 5, 6)
+        g = np.zeros(count, np.float32)
+        assert grads(s.ctypes.data, x.ctypes.data, y.ctypes.data, ws.ctypes.data, g.ctypes.data) == 0
+        assert apply(s.ctypes.data, g.ctypes.data, 0.1, ws.ctypes.data) == 0
+        np.testing.assert_allclose(g[at_loss], trainer.step(x, y), rtol=1e-5)
+    for i, (name, value) in enumerate(trainer.parameters().items()):
+        np.testing.assert_allclose(param(s, i, value.shape), value, rtol=1e-5, atol=1e-6, err_msg=name)
+    run = getattr(lib, "bn_run")                  # inference reads the running statistics
+    run.argtypes = [ctypes.c_void_p] * 4
+    out = np.zeros((6, 5), np.float32)
+    assert run(s.ctypes.data, x.ctypes.data, out.ctypes.data, ws.ctypes.data) == 0
+    np.testing.assert_allclose(out, trainer.predict(x), rtol=1e-5, atol=1e-5)
+    y[0] = 9
+    assert grads(s.ctypes.data, x.ctypes.data, y.ctypes.data, ws.ctypes.data, g.ctypes.data) == 5
