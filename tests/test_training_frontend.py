@@ -395,7 +395,7 @@ def test_steps_take_torch_tensors_and_check_integer_inputs(rng):
 
 def test_a_model_that_returns_its_own_loss_trains_like_pytorch():
     """nanoGPT's pattern: forward(ids, targets) -> (logits, loss), no example_targets."""
-    from test_torch_frontend import tiny_gpt
+    from torch_models import tiny_gpt
     torch.manual_seed(0)
     theirs, ours = tiny_gpt(torch), tiny_gpt(ns)
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
