@@ -11,6 +11,7 @@ from . import tensor as T
 from .functional_losses import *  # noqa: F401,F403
 from .functional_losses import __all__ as _LOSSES
 from .indexing import take
+from .random import call_seed, step_value
 from .tensor_math import clamp, log_softmax as _log_softmax, relu, sigmoid, softmax as _softmax, tanh  # noqa: F401
 from .tensor_ops import reshape, sum as _sum
 
@@ -221,9 +222,7 @@ def dropout(x, p=0.5, training=True, inplace=False):
         return x
     if p == 1.0:
         return x * 0.0
-    trace.dropout_calls += 1
-    seed = (dsl._seed["base"] * 1_000_003 + 7919 * trace.dropout_calls + 17) % (1 << 31)
-    step = T.Tensor(x.builder, trace.step)
+    seed, step = call_seed(x.builder), step_value(x.builder)
     return x * T.apply("DropoutMask", [step], ratio=float(p), seed=seed, shape=x.shape)
 
 

@@ -19,6 +19,9 @@ from .tensor_math import (abs, clamp, clip, cos, erf, exp, log, log1p, log_softm
 from .tensor_ops import (amax, amin, argmax, argmin, chunk, flatten, logsumexp, max, mean, min,  # noqa: F401
                          permute, reshape, split, squeeze, std, sum, transpose, unbind, unsqueeze, var)
 
+from .random import *  # noqa: F401,F403,E402
+from .random import __all__ as _RANDOM  # noqa: E402
+
 mm = bmm = matmul
 
 
@@ -154,4 +157,4 @@ __all__ = ["zeros", "ones", "empty", "full", "zeros_like", "ones_like", "full_li
            "mm", "bmm", "maximum", "minimum", "pow", "relu", "rsqrt", "sigmoid", "softmax", "sqrt",
            "square", "tanh", "sin", "cos", "tan", "amax", "amin", "argmax", "argmin", "chunk", "flatten", "logsumexp", "max",
            "mean", "min", "permute", "reshape", "split", "squeeze", "std", "sum", "transpose", "unbind",
-           "unsqueeze", "var"]
+           "unsqueeze", "var"] + list(_RANDOM)

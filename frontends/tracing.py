@@ -19,7 +19,7 @@ class TraceState:
         self.inputs = []           # the data inputs' names, in forward's argument order
         self.frozen = []           # params with requires_grad False: read, never updated
         self.detached = []         # values made by .detach(): gradients stop there
-        self.dropout_calls = 0     # F.dropout call sites so far (each its own mask seed)
+        self.random_calls = 0      # random call sites so far (F.dropout, randn): each its own seed
 
 
 class InputSpec:

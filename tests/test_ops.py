@@ -137,6 +137,7 @@ CASES = [
     ("MaxPoolGrad", [(F, (2, 3, 4, 3)), ("int64", (2, 3, 4, 3))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 9, 7)}, "pool_indices"),
     ("AveragePoolGrad", [(F, (1, 2, 4, 4))], {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "input_shape": (1, 2, 7, 7)}, None),
     ("DropoutMask", [("int64", (1,))], {"ratio": 0.25, "seed": 3, "shape": (7, 300)}, None),
+    ("RandomUniform", [("int64", (1,))], {"seed": 3, "shape": (7, 300)}, None),
 ]
 
 

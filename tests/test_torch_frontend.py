@@ -44,6 +44,7 @@ def test_trace_keeps_int64_inputs_and_the_input_shape_form():
 # --- tensor methods and torch.* functions: the same code under torch and nutshell ----------
 
 from torch_cases import check, compiled_run, inputs, reference_run, torch, torch_run  # noqa: E402
+from torch_models import tiny_gpt  # noqa: E402,F401  (test_training_frontend imports it from here)
 
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (test extra)")
 

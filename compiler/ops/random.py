@@ -66,3 +66,38 @@ def _lower(ctx):
 register("DropoutMask", inputs=(1, 1), attrs={"ratio": 0.5, "seed": 0, "shape": None},
          infer=_infer, reference=_reference, lower=_lower, domain="nutshell")
 gradient("DropoutMask")(zero_gradient)     # its input is the step counter
+
+
+def _uniform_values(attrs, step):
+    """u in (0, 1), never 0 or 1 (so log(u) and log(1 - u) are finite): 23 hash
+    bits plus a half, exact in float32. A different stream than DropoutMask's."""
+    size = int(np.prod(attrs["shape"]))
+    z = _splitmix_np(_key(attrs["seed"] ^ 0x5DEECE66D, int(np.asarray(step).reshape(-1)[0])) +
+                     np.arange(size, dtype=np.uint64))
+    return (((z >> np.uint64(41)).astype(np.float64) + 0.5) * 2.0 ** -23).astype(np.float32).reshape(attrs["shape"])
+
+
+def _uniform_infer(attrs, types, consts, node):
+    if types[0].dtype != DType.int64 or types[0].size != 1:
+        fail(node, "RandomUniform takes the step counter, one int64")
+    return [tt(DType.float32, attrs["shape"])]
+
+
+def _uniform_lower(ctx):
+    size, step, out, nb = ctx.out_types[0].size, ctx.inputs[0], ctx.outputs[0], ctx.nb
+    seed_key = int(_key(ctx.attrs["seed"] ^ 0x5DEECE66D, 0))
+    kind = "parallel" if size >= PARALLEL_MIN_WORK else "serial"
+    chunk = 4096
+    with nb.loop(-(-size // chunk), kind, hint="c") as c:
+        with nb.loop(chunk, "vector", ctx.lanes(DType.int64), hint="i") as i:
+            idx = c * chunk + i
+            key = step[0] * M2 + seed_key
+            u = (cast(_splitmix(key + idx) >> 41, DType.float32) + 0.5) * (2.0 ** -23)
+            nb.store(out, idx, u, mask=idx < size)
+
+
+# RandomUniform (nutshell domain): torch.rand in a traced forward; keyed like DropoutMask by
+# (seed, step, index), so every training step draws afresh and runs are reproducible.
+register("RandomUniform", inputs=(1, 1), attrs={"seed": 0, "shape": None}, infer=_uniform_infer,
+         reference=_uniform_values, lower=_uniform_lower, domain="nutshell")
+gradient("RandomUniform")(zero_gradient)
