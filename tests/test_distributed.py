@@ -218,3 +218,32 @@ def test_aot_split_step_with_batchnorm_on_one_rank_matches_train_step(tmp_path, 
     np.testing.assert_allclose(out, trainer.predict(x), rtol=1e-5, atol=1e-5)
     y[0] = 9
     assert grads(s.ctypes.data, x.ctypes.data, y.ctypes.data, ws.ctypes.data, g.ctypes.data) == 5
+
+
+@needs_mpi
+def test_embed_c_trains_across_two_ranks_with_its_own_mpi(tmp_path):
+    import gzip
+    from importlib import resources
+    mpicc = os.path.join(os.path.dirname(_mpiexec()), "mpicc")
+    if not os.path.exists(mpicc):
+        pytest.skip("needs mpicc beside mpiexec")
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with resources.files("nutshell.data").joinpath(name + ".gz").open("rb") as f:
+            (tmp_path / name).write_bytes(gzip.decompress(f.read()))
+    nn = ns.nn
+    ns.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    ns.compile_training(mlp, (64, 1, 28, 28), optimizer=ns.optim.Adam(lr=1e-3),
+                        threads=1).export(tmp_path, name="mlp_train")
+    src = os.path.join(ROOT, "examples", "embed_c")
+    build = subprocess.run([mpicc, "-O2", "-Wall", "-Wextra", "-std=c11", f"-I{tmp_path}", f"-I{src}",
+                            os.path.join(src, "train_mpi.c"), str(tmp_path / "mlp_train.o"),
+                            "-lpthread", "-lm", "-o", str(tmp_path / "train_mpi")],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0 and "warning" not in build.stderr, build.stderr
+    run = subprocess.run([_mpiexec(), "-n", "2", "./train_mpi", "t10k-images-idx3-ubyte",
+                          "t10k-labels-idx1-ubyte", "1"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(2 ranks x batch 64)" in run.stdout
+    assert float(run.stdout.split("held-out accuracy: ")[1].split("%")[0]) > 70
