@@ -247,3 +247,14 @@ def test_embed_c_trains_across_two_ranks_with_its_own_mpi(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "(2 ranks x batch 64)" in run.stdout
     assert float(run.stdout.split("held-out accuracy: ")[1].split("%")[0]) > 70
+
+
+def test_without_mpi4py_or_with_an_unknown_engine_the_error_says_what_to_do(monkeypatch):
+    net = ns.nn.Sequential(ns.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="distributed must be 'mpi'"):
+        ns.compile_training(net, (4, 3), distributed="nccl")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)       # as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'nutshell\[mpi\]'"):
+        ns.compile_training(net, (4, 3), distributed="mpi")
+    with pytest.raises(ValueError, match="positive"):
+        ns.distributed.set_timeout(0)
