@@ -199,8 +199,8 @@ def test_vector_math_within_two_ulp(op, ref, positive):
 
 
 def test_process_exits_cleanly_with_spinning_workers():
-    """OMP_WAIT_POLICY=active keeps libgomp's workers spinning after a run; the exit
-    must not free their pool under them (it segfaulted before the atexit join)."""
+    """The pool's workers spin a while after a run; the exit must stop them before
+    their code is freed (libgomp's segfaulted there before an atexit join)."""
     import os
     import subprocess
     import sys
