@@ -1,7 +1,7 @@
 """A data-parallel Trainer over MPI: each rank runs the `grads` half of the step on
 its share of the batch, the ranks average their gradients (and loss, and
-BatchNorm running statistics) with one in-place all-reduce over a flat float32
-buffer, in buckets, then every rank runs the same `apply` half. The initial
+BatchNorm running statistics) with an in-place all-reduce over a flat float32
+buffer (in 64 MB buckets), then every rank runs the same `apply` half. The initial
 state is rank 0's, broadcast, so every rank holds the same state after each
 step. Batch statistics stay per rank (as PyTorch DDP's BatchNorm).
 
@@ -18,7 +18,7 @@ from nutshell.compiler.errors import InputError
 from nutshell.runtime.trainer import Trainer
 from nutshell.training_split import grad_name
 
-BUCKET_ELEMS = 1 << 20     # 4 MB per all-reduce: several in flight, each large enough
+BUCKET_ELEMS = 1 << 24     # 64 MB per all-reduce call: one call for most nets (no overlap yet)
 
 
 def _pointers(model, arrays):
