@@ -249,7 +249,10 @@ def fuzz(args, log=print):
         if len(examples[outcome]) < 5:
             examples[outcome].append(f"case {w.case}: {last}")
         if outcome in FAILURES:
-            name, data, steps = make_case(seeds, args.seed, w.case)
+            try:
+                name, data, steps = make_case(seeds, args.seed, w.case)
+            except Exception as exc:    # noqa: BLE001 — a bug of the generator, not of nutshell
+                name, data, steps = "?", b"", [f"the generator failed: {exc!r}"]
             (failures / f"{outcome}_{w.case}.onnx").write_bytes(data)
             (failures / f"{outcome}_{w.case}.txt").write_text(
                 f"seed model {name}; mutations {steps}\n{detail}\n")

@@ -22,8 +22,8 @@ def _pick(rng, seq):
 
 
 def _int_value(rng, old=None):
-    if old is not None and rng.random() < 0.4:
-        return old + rng.choice([-1, 1, old, -2 * old])
+    if old is not None and rng.random() < 0.4:      # kept inside int64: protobuf refuses more
+        return max(-(2 ** 63), min(2 ** 63 - 1, old + rng.choice([-1, 1, old, -2 * old])))
     return rng.choice(HOSTILE_INTS)
 
 
