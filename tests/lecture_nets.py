@@ -174,10 +174,12 @@ def translator(lib):
 
         def forward(self, src, tgt_in):
             scale = math.sqrt(D_MODEL)
-            memory = self.encoder(self.pos(self.src_embed(src) * scale))
+            pad = src == PAD                            # padded source tokens are not attended to
+            memory = self.encoder(self.pos(self.src_embed(src) * scale), src_key_padding_mask=pad)
             T = tgt_in.size(1)
-            causal = lib.triu(lib.full((T, T), float("-inf")), diagonal=1)
-            x = self.decoder(self.pos(self.tgt_embed(tgt_in) * scale), memory, tgt_mask=causal)
+            causal = lib.triu(lib.ones(T, T), diagonal=1) == 1     # True: a later token, hidden
+            x = self.decoder(self.pos(self.tgt_embed(tgt_in) * scale), memory, tgt_mask=causal,
+                             tgt_key_padding_mask=tgt_in == PAD, memory_key_padding_mask=pad)
             return self.out(x)                          # [N, T, VOCAB]
     return Translator()
 
