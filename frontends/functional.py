@@ -229,7 +229,14 @@ def dropout(x, p=0.5, training=True, inplace=False):
 def embedding(ids, weight, padding_idx=None, max_norm=None, *args, **kwargs):
     if max_norm is not None:
         raise ValueError("embedding(max_norm=...) is not supported")
-    return take(_t(weight), ids, 0)
+    weight = _t(weight)
+    rows = take(weight, ids, 0)
+    if padding_idx is None:
+        return rows
+    # as torch: the padding row reads as its value and passes no gradient back
+    padding_idx = int(padding_idx) % weight.shape[0]
+    pad = (T.tensor_of(ids) == padding_idx).unsqueeze(-1)
+    return T.apply("Where", [pad, rows.detach(), rows])
 
 
 def one_hot(ids, num_classes=-1):

@@ -32,8 +32,38 @@ def _attrs(attrs):
     return out
 
 
+def _unary_chain(graph, node, extra_inits):
+    """Gelu (ONNX opset 20) and Mish (18) written as opset-17 ops: Erf/Tanh/Softplus
+    with Mul/Add, so the exported file passes the checker at OPSET."""
+    x, out, name = node.inputs[0], node.outputs[0], node.name
+    nodes, counter = [], iter(range(100))
+
+    def const(value):
+        cname = f"{name}/c{next(counter)}"
+        dtype = graph.types[x].dtype.numpy
+        extra_inits.append(numpy_helper.from_array(np.asarray(value, dtype), cname))
+        return cname
+
+    def op(kind, *inputs, final=False):
+        result = out if final else f"{name}/t{next(counter)}"
+        nodes.append(helper.make_node(kind, list(inputs), [result], name=f"{name}/{len(nodes)}"))
+        return result
+    if node.op == "Mish":
+        op("Mul", x, op("Tanh", op("Softplus", x)), final=True)
+    elif node.attrs.get("approximate", "none") == "tanh":
+        cube = op("Mul", op("Mul", x, x), x)
+        inner = op("Mul", op("Add", x, op("Mul", cube, const(0.044715))), const(np.sqrt(2 / np.pi)))
+        op("Mul", op("Mul", x, const(0.5)), op("Add", op("Tanh", inner), const(1.0)), final=True)
+    else:
+        phi = op("Add", op("Erf", op("Mul", x, const(1 / np.sqrt(2)))), const(1.0))
+        op("Mul", op("Mul", x, const(0.5)), phi, final=True)
+    return nodes
+
+
 def _export_node(graph, node, extra_inits):
     """ONNX nodes for one IR node (a list: some nutshell ops take two)."""
+    if node.op in ("Gelu", "Mish"):
+        return _unary_chain(graph, node, extra_inits)
     if node.op == "Maxout":
         x = node.inputs[0]
         shape = graph.types[x].shape

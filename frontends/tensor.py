@@ -80,6 +80,9 @@ def tensor_of(value, builder=None, dtype=None):
         return value._traced()
     builder = builder or active_builder() or eager_builder()
     array = np.asarray(value)
+    if array.dtype.kind not in "biuf":      # None, strings, ragged lists: not a number
+        raise TypeError(f"cannot use {type(value).__name__} {value!r:.40} as a tensor operand "
+                        "(only tensors, numbers and numeric arrays)")
     if dtype is not None:
         array = array.astype(as_dtype(dtype).numpy)
     elif array.dtype == np.float64:

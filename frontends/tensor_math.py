@@ -57,7 +57,7 @@ def _values_only(name, fn):
     return method
 
 
-sin, cos, tan = _values_only("sin", np.sin), _values_only("cos", np.cos), _values_only("tan", np.tan)
+sin, cos, tan = _unary("Sin", True), _unary("Cos", True), _values_only("tan", np.tan)
 
 
 def log1p(x):
@@ -126,13 +126,12 @@ clip = clamp
 
 
 def maximum(a, b):
-    a, b = T.promote(a, b)
-    return T.apply("Where", [a >= b, a, b])
+    # the Max op: its gradient splits ties evenly between the two, as torch.maximum's does
+    return T.apply("Max", T.promote(a, b))
 
 
 def minimum(a, b):
-    a, b = T.promote(a, b)
-    return T.apply("Where", [a <= b, a, b])
+    return T.apply("Min", T.promote(a, b))
 
 
 def softmax(x, dim=-1, dtype=None):

@@ -29,6 +29,8 @@ CASES = [
     ("Sigmoid", [(4, 5)], {}, None, False),
     ("Tanh", [(4, 5)], {}, None, False),
     ("Exp", [(7,)], {}, None, False),
+    ("Sin", [(4, 5)], {}, None, "wide"),
+    ("Cos", [(4, 5)], {}, None, "wide"),
     ("Log", [(7,)], {}, None, True),
     ("Sqrt", [(7,)], {}, None, True),
     ("Neg", [(7,)], {}, None, False),

@@ -287,7 +287,7 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
             return b.fdiv(ir.Constant(x.type, [1.0] * x.type.count) if isinstance(x.type, ir.VectorType)
                           else ir.Constant(x.type, 1.0), x)
         names = {"abs": "llvm.fabs", "exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
-                 "tanh": "llvm.tanh", "fma": "llvm.fma", "floor": "llvm.floor",
+                 "tanh": "llvm.tanh", "sin": "llvm.sin", "cos": "llvm.cos", "fma": "llvm.fma", "floor": "llvm.floor",
                  "ceil": "llvm.ceil", "pow": "llvm.pow"}
         if fn not in names or not is_float:
             raise CompileError(f"no code generation for {fn} on {e.args[0].dtype.value}")
