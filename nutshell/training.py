@@ -235,10 +235,8 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     distributed: "mpi" for data parallelism across the ranks of `mpiexec -n K`
     (runtime/distributed.py; ns.distributed.rank(), world_size())."""
     from nutshell.api import c_identifier, optimize_graph
-    from nutshell.compiler.codegen.model import build_model
     from nutshell.compiler.lower.target import host_target
-    from nutshell.runtime.jit import JitModule
-    from nutshell.runtime.model import CompiledModel
+    from nutshell.runtime.model_cache import cached_model
     from nutshell.runtime.trainer import Trainer
     unknown = sorted(set(options) - set(REGULARISATION) - set(LOSS_OPTIONS))
     if unknown:
@@ -257,8 +255,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     graph, layout = build_training_graph(recipe, optimizer, **regularisation)
     graph = optimize_graph(graph)
     target = host_target(threads)
-    code = build_model(graph, target, c_identifier(graph.name))
-    model = CompiledModel(graph, code, JitModule(code.llvm_ir, target), target)
+    model = cached_model(graph, target, c_identifier(graph.name))   # whole-step cache, as inference
     trainer = Trainer(recipe, model, layout, optimizer, threads, check_nan)
     trainer.regularisation = regularisation          # the AOT bundle's split step rebuilds with it
     return trainer

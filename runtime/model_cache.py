@@ -126,3 +126,21 @@ class ModelCache(DiskCache):
         if obj is None:
             return
         self.store(encode_entry(obj, code, code.constants[len(graph.constants):]))
+
+
+def cached_model(graph, target, name):
+    """A CompiledModel of the optimised `graph`: linked from the cache when the same
+    graph, constants and target were compiled before, else built and stored.
+    Training steps use it as inference does: a training graph (forward, backward
+    and update) is keyed the same way, its state being inputs, not constants."""
+    from nutshell.compiler.codegen.model import build_model
+    from .jit import JitModule
+    from .model import CompiledModel
+    cache = ModelCache(graph, target, name)
+    hit = cache.load_code(graph)
+    if hit is not None:
+        return CompiledModel(graph, hit[1], JitModule.from_object(hit[0], target), target)
+    code = build_model(graph, target, name)
+    jit = JitModule(code.llvm_ir, target)
+    cache.store_code(graph, code, jit.object)
+    return CompiledModel(graph, code, jit, target)

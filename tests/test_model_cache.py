@@ -99,3 +99,20 @@ def test_garbled_object_with_valid_checksum_is_discarded(cache_dir):
                          env=dict(os.environ, NUTSHELL_CACHE_DIR=str(cache_dir)), timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
     assert decode_entry(cache.load())[0] != bytes(garbled)      # rebuilt
+
+
+def test_training_step_compile_is_cached_and_steps_alike(cache_dir):
+    """A training step is cached as a whole model (keyed by the optimised step graph):
+    the second compile links the stored object, and both trainers step alike."""
+    def trainer(momentum):
+        ns.manual_seed(0)
+        net = ns.nn.Sequential(ns.nn.Linear(6, 5), ns.nn.ReLU(), ns.nn.Linear(5, 3))
+        return ns.compile_training(net, input_shape=(4, 6), threads=1,
+                                   optimizer=ns.optim.SGD(lr=0.1, momentum=momentum))
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    y = np.array([0, 2, 1, 2])
+    cold, warm = trainer(0.9), trainer(0.9)
+    assert cold.model.code.llvm_ir is not None and warm.model.code.llvm_ir is None
+    for _ in range(3):
+        assert cold.step(x, y) == warm.step(x, y)
+    assert trainer(0.5).model.code.llvm_ir is not None      # another update rule: a miss
