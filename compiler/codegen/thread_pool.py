@@ -13,7 +13,7 @@ the next slot number (its scratch slot), never beyond the team.
 One job runs at a time (the `owner` lock); a caller that finds the pool busy (another
 thread's model) runs its loop alone, which is correct since fn claims every chunk.
 All state is process-wide and only changed atomically: many threads may call at
-once. Workers spin a while after a job (the next loop follows within microseconds),
+once. Workers spin briefly after a job (the next loop often follows within microseconds),
 then sleep on a futex. After fork() the child has no workers and every caller
 simply runs its loops alone.
 
@@ -27,7 +27,7 @@ from . import llvm_helpers as H
 ENTRY = "nutshell_parallel"
 STOP = "nutshell_pool_stop"
 MAX_WORKERS = 1023
-SPIN_ROUNDS = 1 << 15     # pause instructions (~30-40 ns each) before a worker sleeps: ~1 ms
+SPIN_ROUNDS = 1 << 10     # pauses before a worker sleeps (tens of us): longer spins measured slower on a busy machine
 CLOSED = 1 << 31
 COUNT_MASK = CLOSED - 1
 JOB_TYPE = ir.FunctionType(H.VOID, [H.PTR, H.I64, H.I64])
