@@ -196,6 +196,12 @@ def test_bad_attributes_rejected(node, inits):
         ns.load_onnx(m.SerializeToString())
 
 
+def test_omitted_concat_input_rejected():          # found by the fuzzer: an AttributeError
+    m = make_model([helper.make_node("Concat", ["x", "", "x"], ["y"], axis=0)], [vi("x", [2])], [any_vi("y")])
+    with pytest.raises(ns.ShapeError, match="omitted"):
+        ns.load_onnx(m.SerializeToString())
+
+
 # row 16: a cycle
 def test_cycle_rejected():
     nodes = [helper.make_node("Add", ["x", "d"], ["c"], name="a"), helper.make_node("Relu", ["c"], ["d"], name="b")]

@@ -221,7 +221,9 @@ class Worker:
         if self.proc is None:
             return None
         self.sel.unregister(self.proc.stdout)
-        if self.proc.poll() is None:
+        try:
+            self.proc.wait(timeout=5)        # a child whose output closed is exiting on its own
+        except subprocess.TimeoutExpired:
             self.proc.kill()
         code = self.proc.wait()
         self.proc.stdin.close()

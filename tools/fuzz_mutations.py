@@ -101,7 +101,7 @@ def mutate_initializer(m, rng):
         t.data_type = rng.randrange(0, 26)
     elif roll < 0.55 and t.raw_data:
         t.raw_data = t.raw_data[:rng.randrange(len(t.raw_data))]
-    elif t.data_type == onnx.TensorProto.INT64 and len(t.raw_data) <= 64:   # shape vectors, axes
+    elif t.data_type == onnx.TensorProto.INT64 and len(t.raw_data) <= 64 and len(t.raw_data) % 8 == 0:
         import numpy as np
         values = np.frombuffer(t.raw_data, np.int64).copy() if t.raw_data else np.array(list(t.int64_data))
         if values.size:

@@ -141,6 +141,8 @@ def _transpose_grad(g, node, dys, wanted):
 
 
 def _concat_infer(attrs, types, consts, node):
+    if any(t is None for t in types):        # an empty input name (found by the fuzzer)
+        fail(node, "Concat inputs cannot be omitted")
     dtype = same_dtype(node, types)
     rank = types[0].rank
     axis = norm_axis(node, attrs["axis"], rank)
