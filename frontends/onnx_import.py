@@ -89,6 +89,13 @@ def opset_of(model):
     return 1
 
 
+def _type_name(elem_type):
+    try:
+        return helper.tensor_dtype_to_string(elem_type)
+    except (KeyError, ValueError):        # a number no ONNX version defines
+        return f"element type {elem_type}"
+
+
 def _tensor_type(value_info, input_shapes):
     name = value_info.name
     if not value_info.type.HasField("tensor_type"):
@@ -98,7 +105,7 @@ def _tensor_type(value_info, input_shapes):
         raise UnsupportedTypeError(f"value '{name}' has an undefined element type")
     if ttype.elem_type not in _DTYPES:
         raise UnsupportedTypeError(f"value '{name}' has element type "
-                                   f"{helper.tensor_dtype_to_string(ttype.elem_type)}, "
+                                   f"{_type_name(ttype.elem_type)}, "
                                    f"not one of {', '.join(d.value for d in DType)}")
     if name in (input_shapes or {}):
         return _DTYPES[ttype.elem_type], tuple(input_shapes[name])

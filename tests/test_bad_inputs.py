@@ -41,6 +41,13 @@ def test_undefined_element_type_names_the_value():
         ns.load_onnx(m.SerializeToString())
 
 
+def test_unknown_element_type_number_is_named():     # found by the fuzzer: a KeyError
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])])
+    m.graph.input[0].type.tensor_type.elem_type = 127
+    with pytest.raises((ns.UnsupportedTypeError, ns.ModelLoadError), match="127"):
+        ns.load_onnx(m.SerializeToString())
+
+
 def test_declared_output_type_must_match():      # found by the fuzzer; ONNX Runtime refuses it too
     m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2], TensorProto.INT32)])
     with pytest.raises(ns.UnsupportedTypeError, match="'y' is declared int32 but computes float32"):
