@@ -1,4 +1,6 @@
 """Small llvmlite helpers: types, intrinsics, splats, loops with carried values."""
+import functools
+
 from llvmlite import ir
 
 from ..errors import UnsupportedTypeError
@@ -65,7 +67,14 @@ def splat(builder, value, lanes):
     vty = ir.VectorType(value.type, lanes)
     undef = ir.Constant(vty, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+    return builder.shuffle_vector(first, undef, _broadcast_mask(lanes))
+
+
+@functools.lru_cache(maxsize=None)
+def _broadcast_mask(lanes):
+    # zeroinitializer, not `lanes` i32 zeros: one constant shared by every splat, built
+    # and printed once (the per-element form cost seconds on a ResNet training step)
+    return ir.Constant(ir.VectorType(I32, lanes), None)
 
 
 def lane_mask(count, lanes):
