@@ -93,7 +93,7 @@ def _type_name(elem_type):
     try:
         return helper.tensor_dtype_to_string(elem_type)
     except (KeyError, ValueError):        # a number no ONNX version defines
-        return f"element type {elem_type}"
+        return f"{elem_type} (unknown)"
 
 
 def _tensor_type(value_info, input_shapes):

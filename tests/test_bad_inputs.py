@@ -41,19 +41,6 @@ def test_undefined_element_type_names_the_value():
         ns.load_onnx(m.SerializeToString())
 
 
-def test_unknown_element_type_number_is_named():     # found by the fuzzer: a KeyError
-    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])])
-    m.graph.input[0].type.tensor_type.elem_type = 127
-    with pytest.raises((ns.UnsupportedTypeError, ns.ModelLoadError), match="127"):
-        ns.load_onnx(m.SerializeToString())
-
-
-def test_declared_output_type_must_match():      # found by the fuzzer; ONNX Runtime refuses it too
-    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2], TensorProto.INT32)])
-    with pytest.raises(ns.UnsupportedTypeError, match="'y' is declared int32 but computes float32"):
-        ns.load_onnx(m.SerializeToString())
-
-
 def test_unsupported_element_type_is_named():
     m = make_model([helper.make_node("Relu", ["x"], ["y"])],
                    [vi("x", [2], TensorProto.BFLOAT16)], [vi("y", [2], TensorProto.BFLOAT16)])
@@ -200,12 +187,6 @@ def test_enormous_rank_from_a_shape_vector(op):
 def test_bad_attributes_rejected(node, inits):
     m = make_model([node], [vi("x", [1, 2, 4, 4])], [any_vi("y")], inits)
     with pytest.raises(ns.ShapeError):
-        ns.load_onnx(m.SerializeToString())
-
-
-def test_omitted_concat_input_rejected():          # found by the fuzzer: an AttributeError
-    m = make_model([helper.make_node("Concat", ["x", "", "x"], ["y"], axis=0)], [vi("x", [2])], [any_vi("y")])
-    with pytest.raises(ns.ShapeError, match="omitted"):
         ns.load_onnx(m.SerializeToString())
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from onnx import helper
+from onnx import TensorProto, helper
 
 import nutshell as ns
 from onnx_models import conv_block_model, init, make_model, vi
@@ -141,3 +141,22 @@ def test_resize_tap_table_has_a_limit():
                    [init("k", np.array([1, 1, 2, 1], np.float32))])
     with pytest.raises(ns.ShapeError, match="tap table"):
         ns.compile(ns.load_onnx(m.SerializeToString()), threads=1)
+
+
+def test_unknown_element_type_number_is_named():     # found by the fuzzer: a KeyError
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])])
+    m.graph.input[0].type.tensor_type.elem_type = 127
+    with pytest.raises((ns.UnsupportedTypeError, ns.ModelLoadError), match="127"):
+        ns.load_onnx(m.SerializeToString())
+
+
+def test_declared_output_type_must_match():      # found by the fuzzer; ONNX Runtime refuses it too
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2], TensorProto.INT32)])
+    with pytest.raises(ns.UnsupportedTypeError, match="'y' is declared int32 but computes float32"):
+        ns.load_onnx(m.SerializeToString())
+
+
+def test_omitted_concat_input_rejected():          # found by the fuzzer: an AttributeError
+    m = make_model([helper.make_node("Concat", ["x", "", "x"], ["y"], axis=0)], [vi("x", [2])], [vi("y", [4])])
+    with pytest.raises(ns.ShapeError, match="omitted"):
+        ns.load_onnx(m.SerializeToString())
