@@ -1,7 +1,7 @@
 """Transformer blocks with PyTorch's submodule names (self_attn, linear1, norm1,
 ...), arguments and defaults, so torch state_dicts load as they are:
 TransformerEncoderLayer, TransformerDecoderLayer, TransformerEncoder and
-TransformerDecoder (stacks of deep copies of one layer)."""
+TransformerDecoder (stacks of deep copies of one layer), and Transformer."""
 import copy
 
 from . import functional as F
@@ -151,5 +151,45 @@ class TransformerDecoder(Module):
         return self.norm(x) if self.norm is not None else x
 
 
+class Transformer(Module):
+    """torch.nn.Transformer: an encoder and a decoder stack, each ending in a
+    LayerNorm; matrices Xavier-uniform as torch's _reset_parameters."""
+
+    def __init__(self, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
+                 dim_feedforward=2048, dropout=0.1, activation="relu", custom_encoder=None,
+                 custom_decoder=None, layer_norm_eps=1e-5, batch_first=False, norm_first=False,
+                 bias=True, device=None, dtype=None):
+        super().__init__()
+        common = dict(dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
+                      batch_first=batch_first, norm_first=norm_first, bias=bias)
+        self.encoder = custom_encoder or TransformerEncoder(
+            TransformerEncoderLayer(d_model, nhead, dim_feedforward, **common), num_encoder_layers,
+            LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        self.decoder = custom_decoder or TransformerDecoder(
+            TransformerDecoderLayer(d_model, nhead, dim_feedforward, **common), num_decoder_layers,
+            LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        from .torch_init import xavier_uniform_
+        for p in self.parameters():
+            if len(p.shape) > 1:
+                xavier_uniform_(p)
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
+
+    def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None,
+                src_key_padding_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+                src_is_causal=None, tgt_is_causal=None, memory_is_causal=False):
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask,
+                              is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask,
+                            memory_key_padding_mask=memory_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+    @staticmethod
+    def generate_square_subsequent_mask(sz, device=None, dtype=None):
+        """float (sz, sz): 0 on and below the diagonal, -inf above (later positions hidden)."""
+        from .torch_functions import full, triu
+        return triu(full((sz, sz), float("-inf")), diagonal=1)
+
+
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
-           "TransformerDecoder"]
+           "TransformerDecoder", "Transformer"]

@@ -184,6 +184,26 @@ def translator(lib):
     return Translator()
 
 
+def nn_transformer(lib):
+    """The same task through nn.Transformer and its generate_square_subsequent_mask."""
+    nn = lib.nn
+
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, D_MODEL)
+            self.pos = nn.Parameter(lib.zeros(1, 8, D_MODEL))        # learned positions
+            self.transformer = nn.Transformer(D_MODEL, 2, 1, 1, 32, dropout=0.0, batch_first=True)
+            self.out = nn.Linear(D_MODEL, VOCAB)
+
+        def forward(self, src, tgt_in):
+            causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.size(1))
+            x = self.transformer(self.embed(src) + self.pos[:, :src.size(1)],
+                                 self.embed(tgt_in) + self.pos[:, :tgt_in.size(1)], tgt_mask=causal)
+            return self.out(x)
+    return Seq2Seq()
+
+
 def _translation_loss(lib):
     F = lib.nn.functional
     return lambda logits, tgt_out: F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1),
@@ -297,6 +317,8 @@ SYSTEMS = {s.name: s for s in [
     System("unet", unet, _unet_data, _builtin("cross_entropy"), ("sgd", {"lr": 0.1, "momentum": 0.9})),
     System("autoencoder", autoencoder, _autoencoder_data, _builtin("mse_loss"), ("adam", {"lr": 1e-2})),
     System("translation", translator, _translation_data, _translation_loss,
+           ("sgd", {"lr": 0.1, "momentum": 0.9})),
+    System("nn_transformer", nn_transformer, _translation_data, _translation_loss,
            ("sgd", {"lr": 0.1, "momentum": 0.9})),
     System("lstm", lstm_classifier, _lstm_data, _builtin("cross_entropy"), ("adam", {"lr": 1e-2})),
     System("giou_boxes", box_regressor, _box_data, giou_loss, ("adam", {"lr": 1e-2})),
