@@ -12,6 +12,7 @@ from nutshell.compiler.ir import GraphBuilder
 from nutshell.compiler.ir.types import DType
 
 from .module_repr import module_repr
+from .param_data import ParamData
 from .tensor import (Tensor, TraceContext, active_builder, apply, as_dtype, constant,  # noqa: F401
                      param_value, traced_param)
 from .tracing import InputSpec, TraceState, input_specs, output_names  # noqa: F401
@@ -56,7 +57,7 @@ class Parameter:
         if self._data is None:
             rng = np.random.default_rng(list(self._rng_key))
             self._data = np.asarray(self._init(rng, self.shape), dtype=np.float32, order="C")
-        return self._data
+        return self._data.view(ParamData)      # a view: torch's `.data.uniform_(...)` writes through
 
     @data.setter
     def data(self, value):

@@ -211,7 +211,7 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
 
 # dropout, embedding, normalisation --------------------------------------------------------
 
-def dropout(x, p=0.5, training=True, inplace=False):
+def dropout(x, p=0.5, training=True, inplace=False, _mask_shape=None):
     """Identity unless `training` and the graph is a training step; then a
     seeded mask per call site and step, scaled by 1 / (1 - p)."""
     x = _t(x)
@@ -223,7 +223,15 @@ def dropout(x, p=0.5, training=True, inplace=False):
     if p == 1.0:
         return x * 0.0
     seed, step = call_seed(x.builder), step_value(x.builder)
-    return x * T.apply("DropoutMask", [step], ratio=float(p), seed=seed, shape=x.shape)
+    return x * T.apply("DropoutMask", [step], ratio=float(p), seed=seed, shape=_mask_shape or x.shape)
+
+
+def dropout2d(x, p=0.5, training=True, inplace=False):
+    """Whole channels of [N, C, H, W] zeroed (one mask value per sample and channel)."""
+    x = _t(x)
+    if x.ndim != 4:
+        raise ValueError(f"dropout2d takes [N, C, H, W], got shape {x.shape}")
+    return dropout(x, p, training, _mask_shape=tuple(x.shape[:2]) + (1, 1))
 
 
 def embedding(ids, weight, padding_idx=None, max_norm=None, *args, **kwargs):
@@ -384,6 +392,6 @@ __all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
            "hardswish", "hardsigmoid", "hardtanh", "softsign", "logsigmoid", "prelu", "sigmoid", "tanh",
            "softmax", "log_softmax", "softmin", "linear", "bilinear", "conv1d", "conv2d",
            "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-           "dropout", "embedding", "one_hot", "layer_norm", "group_norm", "batch_norm", "normalize",
+           "dropout", "dropout2d", "embedding", "one_hot", "layer_norm", "group_norm", "batch_norm", "normalize",
            "cosine_similarity", "interpolate", "upsample", "pad", "pairwise_distance",
            "scaled_dot_product_attention", "pixel_shuffle", "pixel_unshuffle"] + list(_LOSSES)

@@ -183,19 +183,41 @@ class Flatten(Module):
 class Dropout(Module):
     """Identity at inference; the training work adds the seeded, scaled mask."""
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.seed = next_seed()      # each layer its own mask stream, seeded by manual_seed
 
+    def mask_shape(self, x):
+        return x.shape
+
     def forward(self, x):
         if not self.training_now(x) or self.p == 0.0:
             return apply("Dropout", [x])
         step = Tensor(x.builder, x.builder.trace.step)
-        mask = apply("DropoutMask", [step], ratio=float(self.p), seed=self.seed, shape=x.shape)
+        mask = apply("DropoutMask", [step], ratio=float(self.p), seed=self.seed, shape=self.mask_shape(x))
         return x * mask
+
+
+class Dropout2d(Dropout):
+    """Zeroes whole channels: one mask value per (sample, channel), as torch's
+    Dropout1d/2d/3d on [N, C, *spatial]."""
+    spatial = 2
+
+    def mask_shape(self, x):
+        if x.ndim != self.spatial + 2:
+            raise ValueError(f"{type(self).__name__} takes [N, C] + {self.spatial} spatial dims, got {x.shape}")
+        return tuple(x.shape[:2]) + (1,) * self.spatial
+
+
+class Dropout1d(Dropout2d):
+    spatial = 1
+
+
+class Dropout3d(Dropout2d):
+    spatial = 3
 
 
 def _activation(op, **defaults):
@@ -205,6 +227,7 @@ def _activation(op, **defaults):
             self.attrs = dict(defaults)
             for (key, _), value in zip(defaults.items(), args):
                 self.attrs[key] = value
+            kwargs.pop("inplace", None)      # nn.ReLU(inplace=True): the same values out
             self.attrs.update(kwargs)
 
         def forward(self, x):
@@ -248,11 +271,20 @@ class Identity(Module):
 class Sequential(Module):
     def __init__(self, *layers):
         super().__init__()
-        for i, layer in enumerate(layers):
-            setattr(self, str(i), layer)
+        named = layers[0].items() if len(layers) == 1 and isinstance(layers[0], dict) else enumerate(layers)
+        for name, layer in named:        # Sequential(OrderedDict([("conv", ...), ...])) keeps the names
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes modules, got {type(layer).__name__} for '{name}'")
+            setattr(self, str(name), layer)
 
     def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*list(self._modules.values())[i])
         return list(self._modules.values())[i]
+
+    def append(self, layer):
+        setattr(self, str(len(self._modules)), layer)
+        return self
 
     def __len__(self):
         return len(self._modules)
@@ -264,7 +296,8 @@ class Sequential(Module):
 
 
 __all__ = ["Linear", "Conv2d", "BatchNorm2d", "BatchNorm1d", "BatchNorm3d", "MaxPool2d", "AvgPool2d",
-           "AdaptiveAvgPool2d", "Flatten", "Dropout", "ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh",
+           "AdaptiveAvgPool2d", "Flatten", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "ReLU", "LeakyReLU",
+           "ELU", "Sigmoid", "Tanh",
            "Softmax", "LogSoftmax", "Maxout", "Identity", "Sequential", "Module", "Parameter",
            "constant"]
 

@@ -120,3 +120,130 @@ def test_exported_gelu_and_mish_pass_the_checker_and_run(approximate):
     session = ort.InferenceSession(path)
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, ns.compile(m, example_inputs=(x,))(x), rtol=1e-5, atol=1e-6)
+
+
+# ---- models as PyTorch users write them ----------------------------------------------
+
+import torch_models_more as zoo  # noqa: E402
+
+_rng = np.random.default_rng(0)
+_f32 = lambda *shape: _rng.standard_normal(shape).astype(np.float32)   # noqa: E731
+_tce = torch.nn.functional.cross_entropy
+_seq_ce = {lib.__name__: (lambda lib: lambda o, t: lib.nn.functional.cross_entropy(o.reshape(-1, 7), t.reshape(-1)))(lib)
+           for lib in (ns, torch)}
+_contrastive = {lib.__name__: (lambda lib: lambda o, t: zoo.contrastive_loss(lib, o, t))(lib) for lib in (ns, torch)}
+_vae = {lib.__name__: (lambda lib: lambda o, t: zoo.vae_loss(lib, o, t))(lib) for lib in (ns, torch)}
+
+# name: (builder, inputs, targets, (our loss, torch's loss), outputs compared)
+MODELS = {
+    "resnet_basic_block": (zoo.resnet_cifar, [_f32(2, 3, 8, 8)], _rng.integers(0, 5, 2),
+                           ("cross_entropy", _tce), None),
+    "seq2seq_gru": (zoo.seq2seq, [_rng.integers(0, 7, (2, 5)), _rng.integers(0, 7, (2, 4))],
+                    _rng.integers(0, 7, (2, 4)), (_seq_ce["nutshell"], _seq_ce["torch"]), None),
+    "vit_tiny": (zoo.vit_tiny, [_f32(2, 3, 8, 8)], _rng.integers(0, 3, 2), ("cross_entropy", _tce), None),
+    "text_mean_pooling": (zoo.text_classifier, [np.array([[3, 4, 0, 0], [5, 1, 2, 9], [0, 0, 0, 0]])],
+                          _rng.integers(0, 3, 3), ("cross_entropy", _tce), None),
+    "siamese_contrastive": (zoo.siamese, [_f32(3, 1, 6, 6), _f32(3, 1, 6, 6)],
+                            _rng.integers(0, 2, (3, 1)).astype(np.float32),
+                            (_contrastive["nutshell"], _contrastive["torch"]), None),
+    "cosine_similarity": (zoo.cosine_head, [_f32(4, 6), _f32(4, 6)], _f32(4),
+                          ("mse", torch.nn.functional.mse_loss), None),
+    "bmm_masked_fill_chunk": (zoo.misc_ops, [_f32(2, 2, 5, 5), _f32(2, 4, 2)], _f32(2, 1),
+                              ("mse", torch.nn.functional.mse_loss), None),
+    # randn_like draws differ between the libraries: compare mu and logvar, no training
+    "vae": (zoo.vae, [_rng.uniform(0, 1, (4, 12)).astype(np.float32)], None, None, [1, 2]),
+}
+
+
+def _both(build):
+    torch.manual_seed(0)
+    theirs = build(torch)
+    ours = build(ns)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    return theirs, ours
+
+
+def _flat(out):
+    if isinstance(out, (tuple, list)):
+        return [leaf for part in out for leaf in _flat(part)]
+    return [out.detach().numpy() if hasattr(out, "detach") else np.asarray(out)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_matches_torch(name):
+    build, inputs, _, _, picked = MODELS[name]
+    theirs, ours = _both(build)
+    theirs.eval()
+    ours.eval()
+    got = _flat(ns.compile(ours, example_inputs=tuple(inputs))(*inputs))
+    want = _flat(theirs(*[torch.from_numpy(np.asarray(a)) for a in inputs]))
+    picked = picked or range(len(want))
+    for i in picked:
+        np.testing.assert_allclose(got[i], want[i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n, case in MODELS.items() if case[2] is not None])
+def test_three_training_steps_match_float64_torch(name):
+    build, inputs, targets, (ours_loss, theirs_loss), _ = MODELS[name]
+    theirs, ours = _both(build)
+    if name == "siamese_contrastive":              # Dropout2d's masks differ between the libraries
+        theirs.cnn.drop.p = ours.cnn.drop.p = 0.0
+    theirs.double().train()
+    # SGD where a true gradient is 0 (attention's key bias: softmax ignores a shift of
+    # every key; a channel ReLU has shut): Adam scales float32 rounding noise up to lr
+    sgd = name in ("vit_tiny", "siamese_contrastive")
+    optimizer = ns.optim.SGD(lr=0.1, momentum=0.9) if sgd else ns.optim.Adam(lr=1e-2)
+    trainer = ns.compile_training(ours, example_inputs=tuple(inputs), example_targets=targets, loss=ours_loss,
+                                  optimizer=optimizer, threads=1)
+    opt = (torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9) if sgd
+           else torch.optim.Adam(theirs.parameters(), lr=1e-2))
+    for _ in range(3):
+        got = trainer.step(tuple(inputs), targets)
+        opt.zero_grad()
+        want = theirs_loss(theirs(*[_t(a) for a in inputs]), _t(targets))
+        want.backward()
+        opt.step()
+        assert abs(got - want.item()) <= 1e-4 * abs(want.item()) + 1e-5, (got, want.item())
+    for key, value in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[key], value.numpy(), rtol=2e-3, atol=2e-5, err_msg=key)
+
+
+def test_sequential_of_an_ordered_dict_keeps_names_and_slices():
+    from collections import OrderedDict
+    seq = nn.Sequential(OrderedDict([("fc", nn.Linear(3, 4)), ("act", nn.ReLU(inplace=True)),
+                                     ("out", nn.Linear(4, 2))]))
+    assert list(seq.state_dict()) == ["fc.weight", "fc.bias", "out.weight", "out.bias"]
+    assert isinstance(seq[:2], nn.Sequential) and len(seq[:2]) == 2
+    with pytest.raises(TypeError, match="Sequential takes modules"):
+        nn.Sequential(nn.Linear(2, 2), "relu")
+
+
+def test_parameter_data_takes_torch_in_place_initialisers():
+    fc = nn.Linear(3, 4)
+    fc.weight.data.uniform_(-0.5, 0.5)
+    fc.bias.data.zero_()
+    assert np.all(np.abs(np.array(fc.weight.data)) <= 0.5) and np.all(np.array(fc.bias.data) == 0)
+    fc.bias.data.fill_(0.25)
+    fc.weight.data.copy_(torch.ones(4, 3))
+    fc.weight.data.mul_(2.0)
+    assert np.all(fc.state_dict()["bias"] == 0.25) and np.all(fc.state_dict()["weight"] == 2.0)
+    assert type(fc.weight.data * 2) is np.ndarray      # arithmetic gives plain arrays
+
+
+def test_dropout2d_zeroes_whole_channels_in_training():
+    x = np.ones((2, 6, 3, 3), np.float32)
+
+    class Drop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(ns.ones(1))
+            self.drop = nn.Dropout2d(0.5)
+
+        def forward(self, x):
+            return self.drop(x * self.scale)
+    m = Drop()
+    trainer = ns.compile_training(m, example_inputs=(x,), loss=lambda out, _: out.sum(),
+                                  optimizer=ns.optim.SGD(lr=0.0), threads=1)
+    loss = trainer.step((x,))
+    assert loss % 18 == 0            # each kept channel adds 9 values of 2 (1 / (1 - p))
+    assert ns.compile(m, example_inputs=(x,))(x).sum() == x.sum()    # identity at inference
