@@ -66,23 +66,9 @@ def _compile(path, shapes, **options):
     return ns.compile(_load_graph(path, shapes), **options)
 
 
-def _write_new(folder, filename, text):
-    """folder/filename as a new file: an existing entry (a symlink or hard link
-    leading elsewhere) is removed, never written through (BAD_INPUTS row 5)."""
-    from nutshell.compiler.errors import CompileError
-    path = os.path.join(os.path.realpath(folder), filename)
-    try:
-        if os.path.lexists(path):
-            os.unlink(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise CompileError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def cmd_compile(args):
     from nutshell.api import c_identifier
+    from nutshell.runtime.aot import write_new
     name = c_identifier(args.name or os.path.splitext(os.path.basename(args.model))[0])
     t = time.perf_counter()
     model = _compile(args.model, dict(args.input_shape or ()), threads=args.threads, name=name,
@@ -90,7 +76,7 @@ def cmd_compile(args):
     written = model.export(args.output, name=name, target_cpu=args.target_cpu, triple=args.triple)
     if args.emit_llvm:
         for ext, kind in ((".ll", "llvm"), (".s", "asm")):
-            _write_new(os.path.dirname(written["header"]), name + ext, model.source(kind))
+            write_new(os.path.join(os.path.dirname(written["header"]), name + ext), model.source(kind))
     files = [written[k] for k in ("header", "object", "shared") if k in written]
     print(f"compiled {args.model} in {time.perf_counter() - t:.2f} s: " + ", ".join(files))
     print(f"code {written['object_bytes'] - written['weights_bytes']:,} bytes beside "

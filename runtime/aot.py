@@ -59,9 +59,25 @@ def link_shared(obj_path, so_path, uses_threads):
     if cc is None:
         raise CompileError("linking lib*.so needs a C compiler (cc); the .o and .h were written")
     cmd = [cc, "-shared", "-o", so_path, obj_path] + (["-lpthread"] if uses_threads else []) + ["-lm"]
+    if os.path.lexists(so_path):
+        os.unlink(so_path)                    # the linker must not write through a link
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise CompileError(f"linking failed: {' '.join(cmd)}\n{result.stderr}")
+
+
+def write_new(path, data):
+    """`data` (bytes or text) at `path` as a new file: an existing entry there (a
+    symlink or a hard link to a file elsewhere) is removed, never written through
+    (BAD_INPUTS row 5)."""
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise CompileError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
 
 
 def confined_paths(out_dir, name):
@@ -88,10 +104,8 @@ def export_inference(graph, out_dir, name, threads=None, target_cpu=None, triple
     add_inference_api(module, name, code, graph, target.threads)
     paths = confined_paths(out_dir, name)
     obj = emit_object(module, target)
-    with open(paths[".o"], "wb") as f:
-        f.write(obj)
-    with open(paths[".h"], "w") as f:
-        f.write(inference_header(name, graph, code.plan.arena_size, target.threads))
+    write_new(paths[".o"], obj)
+    write_new(paths[".h"], inference_header(name, graph, code.plan.arena_size, target.threads))
     written = {"header": paths[".h"], "object": paths[".o"], "weights_bytes":
                int(sum(c.nbytes for c in code.constants)), "object_bytes": len(obj)}
     if target.triple == host_target().triple:
@@ -124,11 +138,9 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     numbers.update(split, workspace=max(numbers["workspace"], split["workspace"]))
     paths = confined_paths(out_dir, name)
     obj = emit_object(module, target)
-    with open(paths[".o"], "wb") as f:
-        f.write(obj)
-    with open(paths[".h"], "w") as f:
-        f.write(with_split_header(training_header(name, tgraph, layout, numbers, target.threads),
-                                  name, numbers, layout["class_labels"]))
+    write_new(paths[".o"], obj)
+    write_new(paths[".h"], with_split_header(training_header(name, tgraph, layout, numbers, target.threads),
+                                             name, numbers, layout["class_labels"]))
     written = {"header": paths[".h"], "object": paths[".o"], "object_bytes": len(obj), **numbers}
     if target.triple == host_target().triple:
         link_shared(paths[".o"], paths[".so"], target.threads > 1)

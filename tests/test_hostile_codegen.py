@@ -264,3 +264,21 @@ def test_training_header_with_a_hostile_parameter_name_compiles(tmp_path):
     assert build.returncode == 0, build.stderr
     out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True).stdout
     assert out.split() == [INJECTION.encode().hex(), "0"]
+
+
+@needs_cc
+def test_bundle_files_replace_hard_links_instead_of_writing_through_them(tmp_path):
+    """BAD_INPUTS row 5: NAME.h, NAME.o and libNAME.so hard-linked to files outside
+    the output folder are replaced; the files they led to keep their bytes."""
+    import os
+    out = tmp_path / "out"
+    out.mkdir()
+    victims = {}
+    for filename in ("m.h", "m.o", "libm.so"):
+        victims[filename] = tmp_path / f"victim_{filename}"
+        victims[filename].write_text("precious")
+        os.link(victims[filename], out / filename)
+    model = ns.load_onnx(relu_model("x", "y").SerializeToString())
+    ns.compile(model, threads=1).export(str(out), name="m")
+    assert all(v.read_text() == "precious" for v in victims.values())
+    assert all(os.stat(out / f).st_nlink == 1 for f in victims)
