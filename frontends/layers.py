@@ -314,3 +314,6 @@ __all__ += (layers_act.__all__ + layers_attention.__all__ + layers_containers.__
             layers_conv.__all__ + layers_norm.__all__ + layers_transformer.__all__)
 from .layers_recurrent import GRU, LSTM, RNN  # noqa: E402  (the recurrent layers)
 __all__ += ["LSTM", "GRU", "RNN"]
+from .layers_more import *  # noqa: E402,F401,F403  (small wrappers: ReLU6, EmbeddingBag, ParameterList ...)
+from .layers_more import __all__ as _more  # noqa: E402
+__all__ += _more

@@ -247,3 +247,44 @@ def test_dropout2d_zeroes_whole_channels_in_training():
     loss = trainer.step((x,))
     assert loss % 18 == 0            # each kept channel adds 9 values of 2 (1 / (1 - p))
     assert ns.compile(m, example_inputs=(x,))(x).sum() == x.sum()    # identity at inference
+
+
+_x4 = _f32(2, 4, 4, 4)
+_pair = (_f32(3, 5), _f32(3, 5))
+_bags = (np.array([[1, 2, 0], [3, 3, 4]]),)
+LAYERS = {
+    "ReLU6": (lambda lib: lib.nn.ReLU6(inplace=True), (_x4 * 4,)),
+    "Hardtanh": (lambda lib: lib.nn.Hardtanh(-0.5, 0.5), (_x4,)),
+    "CosineSimilarity": (lambda lib: lib.nn.CosineSimilarity(dim=1), _pair),
+    "PairwiseDistance": (lambda lib: lib.nn.PairwiseDistance(), _pair),
+    "AdaptiveMaxPool2d": (lambda lib: lib.nn.AdaptiveMaxPool2d((2, 2)), (_x4,)),
+    "Softmax2d": (lambda lib: lib.nn.Softmax2d(), (_x4,)),
+    "PixelShuffle": (lambda lib: lib.nn.PixelShuffle(2), (_x4,)),
+    "EmbeddingBag_mean": (lambda lib: lib.nn.EmbeddingBag(6, 3), _bags),
+    "EmbeddingBag_sum": (lambda lib: lib.nn.EmbeddingBag(6, 3, mode="sum"), _bags),
+    "EmbeddingBag_max": (lambda lib: lib.nn.EmbeddingBag(6, 3, mode="max"), _bags),
+    "EmbeddingBag_padding": (lambda lib: lib.nn.EmbeddingBag(6, 3, padding_idx=0), _bags),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_small_layers_match_torch(name):
+    build, inputs = LAYERS[name]
+    theirs, ours = _both(build)
+    got = ns.compile(ours, example_inputs=inputs)(*inputs)
+    want = theirs(*[torch.from_numpy(a) for a in inputs]).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_list_registers_its_parameters():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ps = nn.ParameterList([nn.Parameter(ns.ones(3) * (i + 1)) for i in range(2)])
+
+        def forward(self, x):
+            return x * self.ps[0] + self.ps[1]
+    m = Scaled()
+    assert list(m.state_dict()) == ["ps.0", "ps.1"] and len(m.ps) == 2
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(ns.compile(m, example_inputs=(x,))(x), np.full((2, 3), 3.0))
