@@ -121,22 +121,17 @@ def inference_rows(args):
 def step_rows(args):
     """The CNN+BN training step of benchmarks/training.py against PyTorch eager."""
     import torch
-    from training import CASES
+    from training import CASES, torch_stepper
     torch.set_num_threads(args.threads)
-    ours_f, theirs_f, shape, ours_opt, theirs_opt = CASES["cnn_bn"]
+    build, (ours_opt, theirs_opt) = CASES["cnn_bn"]
+    torch.manual_seed(0)
+    theirs, (x,), y = build(torch)
     ns.manual_seed(0)
-    ours, theirs = ours_f(), theirs_f()
+    ours = build(ns)[0]
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
-    trainer = ns.compile_training(ours, shape, optimizer=ours_opt(), threads=args.threads)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, shape[0])
-    opt = theirs_opt(theirs.parameters())
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def torch_step():
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(theirs(tx), ty).backward()
-        opt.step()
+    trainer = ns.compile_training(ours, example_inputs=x, example_targets=y, optimizer=ours_opt(),
+                                  threads=args.threads)
+    torch_step = torch_stepper(theirs, (x,), y, theirs_opt, False)
     res = measure(lambda: trainer.step(x, y), torch_step, args.loads, args.repeat, args.block)
     base = res[min(res)]
     rows = []
