@@ -30,6 +30,16 @@ def next_seed():
     return (_seed["base"] * 1_000_003 + next(_seed["counter"])) % (1 << 31)
 
 
+class _Size(int):
+    def __new__(cls, count, shape):
+        out = super().__new__(cls, count)
+        out.shape = shape
+        return out
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+
 class Parameter:
     """A trainable tensor, created lazily from its seeded initializer so that large
     models (AlexNet's 62M) cost nothing until their values are needed.
@@ -68,7 +78,8 @@ class Parameter:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        """The element count (an int), also callable as torch's p.size() / p.size(dim)."""
+        return _Size(int(np.prod(self.shape, dtype=np.int64)), self.shape)
 
     def numel(self):
         return self.size

@@ -288,3 +288,18 @@ def test_parameter_list_registers_its_parameters():
     assert list(m.state_dict()) == ["ps.0", "ps.1"] and len(m.ps) == 2
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(ns.compile(m, example_inputs=(x,))(x), np.full((2, 3), 3.0))
+
+
+def test_vectorised_sin_and_cos_stay_within_float32_rounding():
+    """The polynomial lowering (compiler/codegen/vector_math.py) against float64 NumPy:
+    within 2e-7 absolute for |x| <= 1e4; NaN and +-inf give NaN, as libm's."""
+    class Wave(nn.Module):
+        def forward(self, x):
+            return ns.sin(x), ns.cos(x)
+    x = np.linspace(-1e4, 1e4, 4096, dtype=np.float32).reshape(64, 64)
+    x[0, :4] = [np.nan, np.inf, -np.inf, 0.0]
+    sin, cos = ns.compile(Wave(), example_inputs=(x,))(x)
+    assert np.isnan(sin[0, :3]).all() and np.isnan(cos[0, :3]).all() and sin[0, 3] == 0 and cos[0, 3] == 1
+    wide = x[1:].astype(np.float64)
+    assert np.abs(sin[1:] - np.sin(wide)).max() < 2e-7 and np.abs(cos[1:] - np.cos(wide)).max() < 2e-7
+    assert ns.nn.Linear(3, 4).weight.size(1) == 3 and ns.nn.Linear(3, 4).weight.size() == (4, 3)
