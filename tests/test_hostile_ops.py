@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 import nutshell as ns
 from nutshell.compiler.ops.registry import get_op
+from conftest import single_op_graph
 from onnx_models import init, make_model, vi
 
 ort = pytest.importorskip("onnxruntime")
@@ -368,3 +369,14 @@ def test_winograd_falls_back_on_extreme_weights(big, pruned):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(got, run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5 * np.abs(want).max())
     assert ("kernel test_k0_winogradconv" in compiled.source("loops")) == (big is None)
+
+
+@pytest.mark.parametrize("shape,axes", [((1 << 21,), [0]), ((1 << 19, 4), [0]), ((1, 3, 1 << 17, 8), [0, 2, 3])])
+def test_long_float32_sums_do_not_drift(shape, axes):
+    """A million equal float32 terms added in sequence drift by 1e-3 (found by the
+    loader fuzzer in a ReduceMean after a huge padded Conv); long sums accumulate
+    in float64, so the mean of equal values is exact to float32 rounding."""
+    graph = single_op_graph("ReduceMean", [("float32", shape)], {"keepdims": 0, "axes": axes})
+    x = np.full(shape, 0.3, np.float32)
+    got = next(iter(ns.compile(graph, threads=1).run({"x0": x}).values()))
+    np.testing.assert_allclose(got, np.float32(0.3), rtol=1e-7)

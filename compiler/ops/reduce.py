@@ -1,7 +1,8 @@
 """ReduceSum, ReduceMean and Maxout: nested Reduce expressions over merged axes."""
 import numpy as np
 
-from ..lower.loop_ir import Call, Reduce, Select
+from ..ir.types import DType
+from ..lower.loop_ir import Call, Reduce, Select, cast
 from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import gradient, non_differentiable, register
@@ -47,6 +48,11 @@ class _T:
         self.shape, self.rank = tuple(shape), len(shape)
 
 
+# A float32 sum of more terms than this accumulates in float64: each lane adds its
+# terms in sequence, and a million equal terms drift by 1e-3 in float32.
+LONG_SUM = 1 << 16
+
+
 def reduce_nest(ctx, x_shape, reduced, op, scale=None, pre=None, post=None):
     """out[kept] = post(op over reduced axes of pre(x)). Adjacent axes of the same
     kind are merged; the innermost axis is vectorised whether kept or reduced."""
@@ -77,9 +83,15 @@ def reduce_nest(ctx, x_shape, reduced, op, scale=None, pre=None, post=None):
         scopes.append(scope)
     index = sum((v * xs[i] for v, i in kept_vars), 0) + sum((v * xs[i] for v, _, i in red_vars), 0)
     body = pre(xb[index]) if pre else xb[index]
+    count = int(np.prod([d for _, d, _ in red_vars], dtype=np.int64))
+    wide = op == "sum" and body.dtype == DType.float32 and count > LONG_SUM
+    if wide:
+        body = cast(body, DType.float64)
     for n, (v, d, i) in enumerate(reversed(red_vars)):
         vector = n == 0 and kinds[-1] and i == len(dims) - 1
         body = Reduce(op, v, d, body, lanes if vector else 1)
+    if wide:
+        body = cast(body, DType.float32)
     if scale is not None:
         body = body * scale
     if post is not None:
