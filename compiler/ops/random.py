@@ -48,19 +48,28 @@ def _splitmix(z):
     return z ^ (z >> 31)
 
 
-def _lower(ctx):
-    size = ctx.out_types[0].size
-    step, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    seed_key = int(_key(ctx.attrs["seed"], 0))
-    keep = 1.0 / (1.0 - ctx.attrs["ratio"])
+def _store_hashed(ctx, seed, value):
+    """out[idx] = value(splitmix(key(seed, step) + idx)) for every element, in
+    4096-element chunks (parallel when large), the loop DropoutMask and RandomUniform share."""
+    size, step, out, nb = ctx.out_types[0].size, ctx.inputs[0], ctx.outputs[0], ctx.nb
+    seed_key = int(_key(seed, 0))
     kind = "parallel" if size >= PARALLEL_MIN_WORK else "serial"
     chunk = 4096
     with nb.loop(-(-size // chunk), kind, hint="c") as c:
         with nb.loop(chunk, "vector", ctx.lanes(DType.int64), hint="i") as i:
             idx = c * chunk + i
             key = step[0] * M2 + seed_key
-            u = cast(_splitmix(key + idx) >> 40, DType.float32) * (2.0 ** -24)
-            nb.store(out, idx, Select(u >= ctx.attrs["ratio"], keep, 0.0), mask=idx < size)
+            nb.store(out, idx, value(_splitmix(key + idx)), mask=idx < size)
+
+
+def _lower(ctx):
+    ratio = ctx.attrs["ratio"]
+    keep = 1.0 / (1.0 - ratio)
+
+    def mask(z):
+        u = cast(z >> 40, DType.float32) * (2.0 ** -24)
+        return Select(u >= ratio, keep, 0.0)
+    _store_hashed(ctx, ctx.attrs["seed"], mask)
 
 
 register("DropoutMask", inputs=(1, 1), attrs={"ratio": 0.5, "seed": 0, "shape": None},
@@ -84,16 +93,8 @@ def _uniform_infer(attrs, types, consts, node):
 
 
 def _uniform_lower(ctx):
-    size, step, out, nb = ctx.out_types[0].size, ctx.inputs[0], ctx.outputs[0], ctx.nb
-    seed_key = int(_key(ctx.attrs["seed"] ^ 0x5DEECE66D, 0))
-    kind = "parallel" if size >= PARALLEL_MIN_WORK else "serial"
-    chunk = 4096
-    with nb.loop(-(-size // chunk), kind, hint="c") as c:
-        with nb.loop(chunk, "vector", ctx.lanes(DType.int64), hint="i") as i:
-            idx = c * chunk + i
-            key = step[0] * M2 + seed_key
-            u = (cast(_splitmix(key + idx) >> 41, DType.float32) + 0.5) * (2.0 ** -23)
-            nb.store(out, idx, u, mask=idx < size)
+    _store_hashed(ctx, ctx.attrs["seed"] ^ 0x5DEECE66D,
+                  lambda z: (cast(z >> 41, DType.float32) + 0.5) * (2.0 ** -23))
 
 
 # RandomUniform (nutshell domain): torch.rand in a traced forward; keyed like DropoutMask by
