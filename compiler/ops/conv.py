@@ -327,6 +327,14 @@ register("Conv", inputs=(2, 4), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_
          lower=_conv_lower)
 
 
+def with_bias_grad(g, node, dy, wanted):
+    """[dB] (dY summed over batch and space) when the node has a bias input, else []."""
+    if len(node.inputs) <= 2:
+        return []
+    rank = len(g.shape(dy))
+    return [g.reduce_sum(dy, [0] + list(range(2, rank)), keepdims=0) if wanted[2] else None]
+
+
 @gradient("Conv")
 def _conv_grad(g, node, dys, wanted):
     x, w = node.inputs[:2]
@@ -334,8 +342,4 @@ def _conv_grad(g, node, dys, wanted):
     dy = dys[0]
     dx = g.op("ConvGradInput", [dy, w], input_shape=g.shape(x), **attrs) if wanted[0] else None
     dw = g.op("ConvGradWeight", [x, dy], weight_shape=g.shape(w), **attrs) if wanted[1] else None
-    out = [dx, dw]
-    if len(node.inputs) > 2:
-        rank = len(g.shape(dy))
-        out.append(g.reduce_sum(dy, [0] + list(range(2, rank)), keepdims=0) if wanted[2] else None)
-    return out
+    return [dx, dw] + with_bias_grad(g, node, dy, wanted)

@@ -12,7 +12,8 @@ from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
 from . import winograd
 from .common import fail, tt
-from .conv import CONV_ATTRS, _im2col, for_image_chunks, image_plan, per_image, window_geometry
+from .conv import (CONV_ATTRS, _im2col, for_image_chunks, image_plan, per_image, window_geometry,
+                   with_bias_grad)
 from .registry import gradient, non_differentiable, register
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
@@ -323,8 +324,4 @@ def _conv_transpose_grad(g, node, dys, wanted):
     attrs = {k: conv[k] for k in ("strides", "dilations", "pads", "group")}
     dx = g.op("Conv", [dy, w], **attrs) if wanted[0] else None
     dw = g.op("ConvGradWeight", [dy, x], weight_shape=g.shape(w), **attrs) if wanted[1] else None
-    out = [dx, dw]
-    if len(node.inputs) > 2:
-        rank = len(g.shape(dy))
-        out.append(g.reduce_sum(dy, [0] + list(range(2, rank)), keepdims=0) if wanted[2] else None)
-    return out
+    return [dx, dw] + with_bias_grad(g, node, dy, wanted)
