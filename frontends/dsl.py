@@ -12,7 +12,7 @@ from nutshell.compiler.ir import GraphBuilder
 from nutshell.compiler.ir.types import DType
 
 from .module_repr import module_repr
-from .param_data import ParamData
+from .param_data import ParamData, _Size
 from .tensor import (Tensor, TraceContext, active_builder, apply, as_dtype, constant,  # noqa: F401
                      param_value, traced_param)
 from .tracing import InputSpec, TraceState, input_specs, output_names  # noqa: F401
@@ -28,16 +28,6 @@ def manual_seed(seed):
 def next_seed():
     """A seed for a random layer (dropout), reproducible under manual_seed."""
     return (_seed["base"] * 1_000_003 + next(_seed["counter"])) % (1 << 31)
-
-
-class _Size(int):
-    def __new__(cls, count, shape):
-        out = super().__new__(cls, count)
-        out.shape = shape
-        return out
-
-    def __call__(self, dim=None):
-        return self.shape if dim is None else self.shape[dim]
 
 
 class Parameter:

@@ -5,7 +5,22 @@ to the Parameter."""
 import numpy as np
 
 
+class _Size(int):
+    """An element count that is also torch's size(): p.size() is the shape, p.size(d) one dim."""
+    def __new__(cls, count, shape):
+        out = super().__new__(cls, count)
+        out.shape = tuple(shape)
+        return out
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+
 class ParamData(np.ndarray):
+    @property
+    def size(self):
+        return _Size(np.ndarray.size.__get__(self), self.shape)
+
     def __array_wrap__(self, array, context=None, return_scalar=False):
         # arithmetic on the values gives plain arrays; only the view itself is special
         array = array.view(np.ndarray)

@@ -228,6 +228,7 @@ def test_parameter_data_takes_torch_in_place_initialisers():
     fc.weight.data.mul_(2.0)
     assert np.all(fc.state_dict()["bias"] == 0.25) and np.all(fc.state_dict()["weight"] == 2.0)
     assert type(fc.weight.data * 2) is np.ndarray      # arithmetic gives plain arrays
+    assert fc.weight.data.size(1) == 3 and fc.weight.data.size() == (4, 3) and fc.weight.data.size == 12
 
 
 def test_dropout2d_zeroes_whole_channels_in_training():
