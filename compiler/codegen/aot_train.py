@@ -74,6 +74,24 @@ class _Fn:
         step = self.load(state, STEP_AT, H.I64)
         self.check.fail_if(self.b.icmp_signed("<", step, ir.Constant(H.I64, 0)), ERR_STATE)
 
+    def enter_step(self, graph, layout, args, lr, geometry):
+        """Checks a step's state and (input, labels, output, workspace) pointers; returns
+        the live and next state copies and the step graph's special inputs by name."""
+        state, x, labels, out, workspace = args
+        magic, state_size, copy_size = geometry
+        self.check_state(state, magic, state_size)
+        for p, align in ((x, 4), (labels, 8 if layout["class_labels"] else 4), (out, 4), (workspace, 64)):
+            self.check.null(p)
+            self.check.aligned(p, align)
+        if layout["class_labels"]:
+            _check_labels(self, labels, graph.types[layout["labels"]].size, layout["classes"])
+        live, other = self.live_copy(state, copy_size), self.live_copy(state, copy_size, flip=True)
+        lr_slot = H.alloca(self.b, H.F32)
+        self.b.store(lr, lr_slot)
+        special = {layout["input"]: x, layout["labels"]: labels, layout["lr"]: lr_slot,
+                   layout["step"]: self.field(state, STEP_AT, H.I64)[0]}
+        return live, other, special
+
     def pointer_table(self, pointers):
         table = H.alloca(self.b, ir.ArrayType(H.PTR, max(1, len(pointers))))
         for i, p in enumerate(pointers):
@@ -116,18 +134,9 @@ def add_training_api(module, name, train, evaluate, layout, initial, threads):
     #                     float learning_rate, void *workspace, float *loss)
     f = _Fn(module, f"{name}_train_step", [H.PTR, H.PTR, H.PTR, H.F32, H.PTR, H.PTR])
     state, x, labels, lr, workspace, loss = f.fn.args
-    f.check_state(state, magic, state_size)
-    for p, align in ((x, 4), (labels, 8 if layout["class_labels"] else 4), (loss, 4), (workspace, 64)):
-        f.check.null(p)
-        f.check.aligned(p, align)
-    if layout["class_labels"]:
-        _check_labels(f, labels, tgraph.types[layout["labels"]].size, layout["classes"])
-    live, other = f.live_copy(state, copy_size), f.live_copy(state, copy_size, flip=True)
-    lr_slot = H.alloca(f.b, H.F32)
-    f.b.store(lr, lr_slot)
+    live, other, special = f.enter_step(tgraph, layout, (state, x, labels, loss, workspace), lr,
+                                        (magic, state_size, copy_size))
     at = lambda base, n: f.b.gep(base, [ir.Constant(H.I64, offsets[n])], source_etype=H.I8)
-    special = {layout["input"]: x, layout["labels"]: labels, layout["lr"]: lr_slot,
-               layout["step"]: f.field(state, STEP_AT, H.I64)[0]}
     ins = [special[v.name] if v.name in special else at(live, v.name) for v in tgraph.inputs]
     outs = [loss] + [at(other, n) for n in layout["state"]]
     code = f.b.call(module.get_global(tcode.entry), [f.pointer_table(ins), f.pointer_table(outs),

@@ -15,7 +15,7 @@ does in Python. Each segment of `grads` starts 64-byte aligned."""
 from llvmlite import ir
 
 from . import llvm_helpers as H
-from .aot_train import ERR_STATE, LIVE_AT, STEP_AT, _check_labels, _Fn  # noqa: F401
+from .aot_train import ERR_STATE, LIVE_AT, STEP_AT, _Fn  # noqa: F401
 
 
 def grads_layout(graph, layout):
@@ -46,17 +46,8 @@ def add_split_api(module, name, grads, apply, layout, apply_state, geometry, thr
     # int NAME_train_grads(void *state, const float *input, const labels *, void *workspace, float *grads)
     f = _Fn(module, f"{name}_train_grads", [H.PTR, H.PTR, H.PTR, H.PTR, H.PTR])
     state, x, labels, workspace, out = f.fn.args
-    f.check_state(state, magic, state_size)
-    for p, align in ((x, 4), (labels, 8 if layout["class_labels"] else 4), (out, 4), (workspace, 64)):
-        f.check.null(p)
-        f.check.aligned(p, align)
-    if layout["class_labels"]:
-        _check_labels(f, labels, ggraph.types[layout["labels"]].size, layout["classes"])
-    live, other = f.live_copy(state, copy_size), f.live_copy(state, copy_size, flip=True)
-    lr_slot = H.alloca(f.b, H.F32)
-    f.b.store(ir.Constant(H.F32, 0.0), lr_slot)
-    special = {layout["input"]: x, layout["labels"]: labels, layout["lr"]: lr_slot,
-               layout["step"]: f.field(state, STEP_AT, H.I64)[0]}
+    live, other, special = f.enter_step(ggraph, layout, (state, x, labels, out, workspace),
+                                        ir.Constant(H.F32, 0.0), (magic, state_size, copy_size))
     ins = [special[v.name] if v.name in special else byte(live, offsets[v.name]) for v in ggraph.inputs]
     outs = [byte(out, 4 * loss_at)]
     for n in layout["params"] + layout["buffers"]:     # integer buffers go to the next copy directly
