@@ -98,11 +98,12 @@ def fuse_elementwise(graph):
 
 def _fuse_maps(graph):
     producers = graph.producers()
+    position = {id(n): k for k, n in enumerate(graph.nodes)}     # not a scan per group: quadratic
     replaced, removed = {}, set()
     for members, gone in _groups(graph):
         root = members[0]
         shape = graph.types[root.outputs[0]].shape
-        order = [n for n in graph.nodes if any(n is m for m in members)]
+        order = sorted(members, key=lambda m: position[id(m)])
         step_of, inputs, program = {}, [], []
 
         def arg(v):
