@@ -5,7 +5,6 @@ on-disk cache keyed by graph, options and CPU).
 
 `load` is reading the ONNX bytes into a graph (not part of either compile)."""
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -16,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
+from nutshell.bench import save_rows  # noqa: E402
 from models import MODELS, export_isolated as export  # noqa: E402
 
 
@@ -43,10 +43,7 @@ def main(argv=None):
             rows.append(row)
             print(f"{name:<12} {t1 - t0:>7.2f} {t2 - t1:>7.2f} {t3 - t2:>9.3f} {(t2 - t1) / (t3 - t2):>8.0f}x",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    return save_rows(rows, args.json)
 
 
 if __name__ == "__main__":

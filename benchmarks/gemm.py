@@ -11,13 +11,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import nutshell as ns  # noqa: E402
-from nutshell.bench import median_latency  # noqa: E402
+from nutshell.bench import median_latency, save_rows  # noqa: E402
 from nutshell.compiler.ir.graph import GraphBuilder  # noqa: E402
 from nutshell.compiler.ir.types import DType  # noqa: E402
 from nutshell.compiler.lower.target import host_target  # noqa: E402
@@ -96,10 +95,7 @@ def main(argv=None):
                          repeat=args.repeat))
         print(f"{n:>6} {ours:>14.1f} {blas:>11.1f} {100 * ours / peak:>6.1f}% {ours / blas:>9.2f} {err:>9.2e}",
               flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    return save_rows(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 Prints one row per model and thread count: median latency of each (after warm-up)
 and the ratio nutshell/onnxruntime (below 1: nutshell is faster)."""
 import argparse
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
-from nutshell.bench import alternating_medians, ort_session  # noqa: E402
+from nutshell.bench import alternating_medians, ort_session, save_rows  # noqa: E402
 from models import MODELS, TORCHVISION, export_isolated as export  # noqa: E402
 
 
@@ -59,10 +58,7 @@ def main(argv=None):
             print(f"geometric mean of the ratios at {threads} thread(s): "
                   f"{float(np.exp(np.mean(np.log(ratios)))):.2f} over {len(ratios)} models, "
                   f"max {max(ratios):.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    return save_rows(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ p90 of every call and the ratios ours/peer (below 1: nutshell is faster); for th
 training step also each side's degradation, p90 under load / p90 without.
 The torchvision models (tv:...) need torchvision; they are skipped without it."""
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
-from nutshell.bench import ort_session  # noqa: E402
+from nutshell.bench import ort_session, save_rows  # noqa: E402
 
 MODELS = ["resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "resnet50-b8"]
 SPIN_LIMIT_S = 900          # a spinner never outlives this, whatever happens to us
@@ -169,10 +168,7 @@ def main(argv=None):
     rows = inference_rows(args)
     if not args.no_step:
         rows += step_rows(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    return save_rows(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,16 @@
 """Latency of a compiled ONNX model, side by side with onnxruntime when installed."""
+import json
 import time
 
 import numpy as np
+
+
+def save_rows(rows, path):
+    """A benchmark's result rows, also written as JSON to `path` (its --json) when given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
 
 
 def latencies(fn, repeat, warmup=3):
