@@ -3,8 +3,8 @@ random place on a 48x48 canvas and a small CNN predicts the box around its ink
 as (x1, y1, x2, y2). The loss is 1 - GIoU (generalised intersection over union,
 Rezatofighi et al. 2019), written with tensor ops: unlike IoU it still has a
 gradient when the boxes do not overlap. Prints the mean IoU of held-out boxes and
-the share above 0.5 (expected: mean IoU about 0.8 after the default run, ~2 min on
-2 cores) and saves predicted (red) and true (green) boxes.
+the share above 0.5 (expected: mean IoU 0.92, all boxes above 0.5, after the
+default run of 1,500 steps, 35 s of CPU) and saves predicted (red) and true (green) boxes.
 
     python examples/box_regression.py [--quick] [--plot box_regression.png]"""
 import numpy as np
@@ -77,7 +77,7 @@ def main():
     pred = trainer.predict(vcanvas)
     iou = box_iou(pred, vboxes)
     print(f"held-out boxes: mean IoU {iou.mean():.3f}, IoU > 0.5 for {np.mean(iou > 0.5):.3f}")
-    fig, axes = plt.subplots(2, 6, figsize=(10, 3.8))
+    fig, axes = plt.subplots(2, 6, figsize=(10, 4.4))
     for ax, img, p, t, v in zip(axes.flat, vcanvas, pred, vboxes, iou):
         ax.imshow(img[0], cmap="gray")
         for b, colour in ((t, "lime"), (p, "red")):

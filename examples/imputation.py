@@ -1,11 +1,12 @@
 """Imputation of missing pixels: from each real MNIST digit a random 12x12
-square and a random fifth of the other pixels are missing; a convolutional
-encoder-decoder is given the known pixels and the mask of what is missing, and
-fills in the rest (known pixels pass through unchanged). The loss counts the
-missing pixels only. Prints the held-out error on missing pixels beside filling
-them with the average training digit (expected: about a third of that baseline's
-error after the default run, ~2 min on 2 cores) and saves damaged, filled and
-true digits.
+square and a random fifth of the other pixels are missing; an MLP (every output
+sees the whole picture; a small conv encoder-decoder plateaued, in PyTorch too,
+at about the trivial answer) is given the known pixels and the mask of what is
+missing, and fills in the rest (known pixels pass through unchanged). The loss
+counts the missing pixels only. Prints the held-out error on missing pixels
+beside filling them with the average training digit (expected: 0.045, half of
+that baseline's 0.095, after the default run of 1,500 steps, 22 s of CPU) and
+saves damaged, filled and true digits.
 
     python examples/imputation.py [--quick] [--plot imputation.png]"""
 import numpy as np
@@ -27,13 +28,10 @@ def damage(x, rng):
 class Imputer(nn.Module):
     def __init__(self):
         super().__init__()
+        # every output pixel sees the whole picture: a 12x12 hole needs far context
         self.net = nn.Sequential(
-            nn.Conv2d(2, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),              # 14x14
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),              # 7x7
-            nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),     # 14x14
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),     # 28x28
-            nn.Conv2d(32, 1, 3, padding=1))
+            nn.Flatten(), nn.Linear(2 * 28 * 28, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+            nn.Linear(512, 28 * 28), nn.Unflatten(1, (1, 28, 28)))
 
     def forward(self, known, missing):
         guess = ns.sigmoid(self.net(ns.cat([known, missing], dim=1)))
@@ -55,7 +53,7 @@ def main():
     m = damage(x[:batch], rng)
     trainer = ns.compile_training(net, example_inputs=(x[:batch] * (1 - m), m), example_targets=(x[:batch], m),
                                   loss=missing_mse, optimizer=ns.optim.Adam(lr=1e-3), threads=args.threads)
-    steps = 10 if args.quick else 1000
+    steps = 10 if args.quick else 1500
     for step in range(steps):
         clean = x[rng.integers(0, len(x), batch)]
         m = damage(clean, rng)                        # a fresh damage each time

@@ -4,7 +4,7 @@ far-away input word (what attention is for). An encoder-decoder Transformer
 (nn.TransformerEncoder/Decoder, learned position embeddings, a causal mask on
 the decoder) is trained with teacher forcing, then translates held-out
 sentences greedily, one word at a time. Prints the exact-match accuracy of whole
-sentences (expected: above 0.9 after the default run, ~3 min on 2 cores) and saves
+sentences (expected: 1.000 after the default run of 1,500 steps, 21 s of CPU) and saves
 sources beside their translations.
 
     python examples/transformer_translation.py [--quick] [--plot transformer_translation.png]"""
