@@ -43,6 +43,13 @@ class _Block(Module):
                       is_causal=causal and mask is None)
         return drop(out)
 
+    def _residuals(self, x, sublayers):
+        """x through each (norm, sublayer) as a residual: normed before the sublayer
+        (norm_first) or after the sum (PyTorch's default)."""
+        for norm, sublayer in sublayers:
+            x = x + sublayer(norm(x)) if self.norm_first else norm(x + sublayer(x))
+        return x
+
 
 class TransformerEncoderLayer(_Block):
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
@@ -60,12 +67,7 @@ class TransformerEncoderLayer(_Block):
         def sa(x):
             return self._attend(self.self_attn, self.dropout1, x, x, src_mask,
                                 src_key_padding_mask, is_causal)
-        x = src
-        if self.norm_first:
-            x = x + sa(self.norm1(x))
-            return x + self._ff(self.norm2(x), self.dropout2)
-        x = self.norm1(x + sa(x))
-        return self.norm2(x + self._ff(x, self.dropout2))
+        return self._residuals(src, [(self.norm1, sa), (self.norm2, lambda x: self._ff(x, self.dropout2))])
 
 
 class TransformerDecoderLayer(_Block):
@@ -92,14 +94,8 @@ class TransformerDecoderLayer(_Block):
         def cross(x):
             return self._attend(self.multihead_attn, self.dropout2, x, memory, memory_mask,
                                 memory_key_padding_mask, memory_is_causal)
-        x = tgt
-        if self.norm_first:
-            x = x + sa(self.norm1(x))
-            x = x + cross(self.norm2(x))
-            return x + self._ff(self.norm3(x), self.dropout3)
-        x = self.norm1(x + sa(x))
-        x = self.norm2(x + cross(x))
-        return self.norm3(x + self._ff(x, self.dropout3))
+        return self._residuals(tgt, [(self.norm1, sa), (self.norm2, cross),
+                                     (self.norm3, lambda x: self._ff(x, self.dropout3))])
 
 
 def _clones(layer, n):
