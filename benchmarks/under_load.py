@@ -65,13 +65,17 @@ class Spinners:
 
 
 def alternating(ours, theirs, repeat, block):
-    """Seconds per call of each, in alternating blocks, after a warm-up of each."""
+    """Seconds per call of each, in alternating blocks, after a warm-up of each. A
+    pause before each block lets the other side's spinning workers (ORT's spin
+    after every run) go to sleep, as benchmarks/inference.py does; without it the
+    first calls of each block paid for the other's spin-down."""
     times = ([], [])
     for fn in (ours, theirs):
         for _ in range(2):
             fn()
     while len(times[0]) < repeat:
         for fn, out in zip((ours, theirs), times):
+            time.sleep(0.05)
             for _ in range(min(block, repeat - len(out))):
                 t = time.perf_counter()
                 fn()
