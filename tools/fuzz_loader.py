@@ -1,4 +1,4 @@
-"""Fuzz the ONNX loader, compiler and runtime against ONNX Runtime (issue 14).
+"""Fuzz the ONNX loader, compiler and runtime against ONNX Runtime.
 
 Mutated models (tools/fuzz_mutations.py: protobuf fields and raw bytes of three
 real models) go to child processes that load, compile (threads=1) and run each

@@ -39,7 +39,7 @@ def precise_enough(w):
     weights. Winograd sums U_c * V_c over channels before A^T (.) A cancels terms, so
     its error grows with an output channel's largest weight whatever the input, where
     the direct sum's grows only with the weights that meet nonzero inputs: one weight
-    far above the rest meeting zeros (issue 14: 1e27 out where the references gave 0.1)
+    far above the rest meeting zeros (a hostile model: 1e27 out where the references gave 0.1)
     leaves the direct result exact and Winograd's at eps * max|w| * |x|. The rule:
     per output channel, max |w| <= 1024 x the median nonzero |w| (trained weights sit
     within about 20x; 1024 x float32's eps is about 6e-5), and U finite (|U| is at
