@@ -37,13 +37,13 @@ def bundle_target(threads, target_cpu=None, triple=None):
     triple = triple or host.triple
     cpu = target_cpu or "generic"
     if triple.startswith("aarch64"):
-        return CpuTarget(triple, cpu, "+neon", host.threads, True, 128)
+        return CpuTarget(triple, cpu, "+neon", host.threads, 128)
     bits = _CPU_VECTOR_BITS.get(cpu)
     if bits is None:
         raise CompileError(f"unknown --target-cpu '{cpu}' (known: {', '.join(HOST_CPU)}, "
                            f"{', '.join(sorted(_CPU_VECTOR_BITS))})")
     features = {512: "+avx512f", 256: "+avx2", 128: "+sse2"}[bits]
-    return CpuTarget(triple, cpu, features, host.threads, True, bits)
+    return CpuTarget(triple, cpu, features, host.threads, bits)
 
 
 def emit_object(module, target):

@@ -11,9 +11,8 @@ import sys
 import llvmlite.binding as llvm
 llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
-triple, cpu, features, gomp = sys.argv[1:5]
-if gomp:
-    llvm.add_symbol("nutshell_parallel", 1)     # linked, never run here
+triple, cpu, features = sys.argv[1:4]
+llvm.add_symbol("nutshell_parallel", 1)     # the thread pool's entry: linked, never run here
 tm = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=0)
 mod = llvm.parse_assembly("")
 mod.triple = tm.triple
@@ -32,9 +31,8 @@ def object_links(obj, target):
     digest = hashlib.sha256(obj).digest() + target.key().encode()
     if digest in _checked:
         return True
-    gomp = "pool" if target.has_gomp else ""
     try:
-        result = subprocess.run([sys.executable, "-c", _CHILD, target.triple, target.cpu, target.features, gomp],
+        result = subprocess.run([sys.executable, "-c", _CHILD, target.triple, target.cpu, target.features],
                                 input=bytes(obj), capture_output=True, timeout=CHECK_SECONDS)
     except (OSError, subprocess.SubprocessError):
         return False

@@ -27,9 +27,9 @@ _IDENTITY = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
 class KernelEmitter(MemoryAccess, ParallelLoops):
-    def __init__(self, module, kernel, threads=1, has_gomp=False):
+    def __init__(self, module, kernel, threads=1):
         self.module, self.kernel = module, kernel
-        self.threads, self.has_gomp = threads, has_gomp
+        self.threads = threads
         self.builder = None
         self.env = {}            # loop var name -> i64 value
         self.bufs = {}           # buffer name -> ptr value (params and locals)
@@ -94,7 +94,7 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
                 self.env[name] = ir.Constant(H.I64, i)
                 self.stmts(s.body, vec)
             return
-        if s.kind == "parallel" and self.threads > 1 and self.has_gomp and vec is None \
+        if s.kind == "parallel" and self.threads > 1 and vec is None \
                 and s.extent > 1 and not self.in_worker:
             return self.parallel_loop(s)
 

@@ -89,7 +89,7 @@ def build_model(graph, target, name="model", module=None):
         if sig not in by_sig:
             by_sig[sig] = kernel
             lowered.append(kernel)
-            KernelEmitter(module, kernel, target.threads, target.has_gomp).emit()
+            KernelEmitter(module, kernel, target.threads).emit()
         table_slots = []
         for _, array in ctx.tables:
             table_slots.append(len(constants))

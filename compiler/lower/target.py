@@ -16,7 +16,6 @@ def _init_llvm():
     llvm.initialize_native_asmprinter()
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    return True      # parallel loops run on nutshell's own pool (codegen/thread_pool.py): only libc
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,6 @@ class CpuTarget:
     cpu: str
     features: str
     threads: int = 1
-    has_gomp: bool = False
     vector_cap: int = 512      # narrower ISA on request (256: AVX2 code, 32: scalar code)
 
     @property
@@ -96,10 +94,10 @@ def checked_threads(threads):
 
 def host_target(threads=None, vector_cap=512):
     """The host CPU; `vector_cap` (256, 32) asks for AVX2-wide or scalar code."""
-    has_gomp = _init_llvm()
+    _init_llvm()
     threads = checked_threads(threads)
     features = llvm.get_host_cpu_features().flatten()
     if vector_cap < 512:     # AVX2-class code: LLVM must not widen anything to zmm either
         features = ",".join("-" + f[1:] if f.startswith("+avx512") else f for f in features.split(","))
     return CpuTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(), features, threads,
-                     has_gomp, vector_cap)
+                     vector_cap)
