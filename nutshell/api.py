@@ -38,7 +38,7 @@ def optimize_graph(graph, verify_each=False, print_after=()):
 
 
 def compile(model, input_shape=None, threads=None, name=None, verify_each=False, print_after=(),
-            vector_cap=512, example_inputs=None):
+            vector_cap=512, example_inputs=None, target="cpu", arch="sm_90"):
     """Compile `model` to native code for this CPU and return a CompiledModel.
 
     input_shape: a module's one float32 input, or example_inputs: an array or a
@@ -46,9 +46,14 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
     threads: worker threads for parallel loops, 1 to 1024 (default: all cores, at most 1024).
     print_after: pass names (or "all") whose IR is printed, like --print-after.
     vector_cap: 256 or 32 ask for AVX2-wide or scalar code instead of AVX-512.
+    target: "cpu", "cuda" (PTX run by the CUDA driver) or "cuda-emulated" (the same GPU
+    kernels run on this CPU); arch: the GPU's compute capability (sm_80, sm_90).
     """
     graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
                            tuple(print_after))
+    if target != "cpu":
+        from nutshell.runtime.cuda import compile_cuda
+        return compile_cuda(graph, target, c_identifier(name or graph.name), arch)
     target = host_target(threads, vector_cap)
     name = c_identifier(name or graph.name)
     check_memory(graph)

@@ -1,0 +1,44 @@
+"""ns.compile(..., target="cuda" | "cuda-emulated"): GPU kernels (compiler/cuda/),
+run on a GPU through the driver API (cuda_driver.py) or, emulated, on the CPU by
+the CPU model's runtime (the same entry ABI, the same CompiledModel API)."""
+from nutshell.compiler.cuda.model import build_gpu_model
+from nutshell.compiler.cuda.ptx import compile_ptx
+from nutshell.compiler.cuda.target import cuda_target
+from nutshell.compiler.lower.target import host_target
+
+from .jit import JitModule
+from .model import CompiledModel
+
+
+class EmulatedModel(CompiledModel):
+    """The GPU kernels compiled for this CPU, each grid run as loops over blocks and
+    threads: slow, but the code each GPU thread runs, checkable without a GPU."""
+
+    def source(self, kind="llvm"):
+        """CompiledModel's kinds, plus 'ptx': the same kernels as PTX."""
+        if kind == "ptx":
+            return gpu_source(self.graph, self.target.arch, self.code.entry[:-len("_run")])
+        return super().source(kind)
+
+    def lowered(self):
+        return self.code
+
+    def export(self, out_dir, name=None, **_):
+        from nutshell.api import c_identifier
+        from .cuda_aot import export_cuda
+        return export_cuda(self.graph, out_dir, c_identifier(name or self.graph.name), self.target.arch)
+
+
+def gpu_source(graph, arch, name):
+    code = build_gpu_model(graph, cuda_target("cuda", arch), name)
+    return compile_ptx(code.llvm_ir, arch)
+
+
+def compile_cuda(graph, target_name, name, arch="sm_90"):
+    """A runner for `graph` on `target_name` ('cuda' or 'cuda-emulated')."""
+    target = cuda_target(target_name, arch)
+    code = build_gpu_model(graph, target, name)
+    if target.emulated:
+        return EmulatedModel(graph, code, JitModule(code.llvm_ir, host_target(1)), target)
+    from .cuda_driver import CudaModel
+    return CudaModel(graph, code, compile_ptx(code.llvm_ir, arch), target)

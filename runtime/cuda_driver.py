@@ -1,0 +1,108 @@
+"""Run PTX kernels on a GPU through the CUDA driver API (`cuda-bindings`, the
+optional extra `pip install nutshell[cuda]`). Weights are uploaded once; the
+arena, inputs and outputs live in device memory; run() copies inputs in, launches
+every step in order on one stream and copies the outputs and the status back."""
+import ctypes
+
+import numpy as np
+
+from nutshell.compiler.cuda.target import BLOCK_THREADS
+from nutshell.compiler.errors import CompileError, InputError
+
+from .model import CompiledModel
+
+
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        raise CompileError("target='cuda' needs the CUDA driver bindings: pip install 'nutshell[cuda]' "
+                           "(cuda-bindings); target='cuda-emulated' runs the same kernels on the CPU") from None
+    return driver
+
+
+def _check(result, what):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise CompileError(f"CUDA driver: {what} failed ({err}); is an NVIDIA GPU and driver present?")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class CudaModel(CompiledModel):
+    def __init__(self, graph, code, ptx, target):
+        d = self.d = _driver()
+        self.graph, self.code, self.target, self.ptx = graph, code, target, ptx
+        self.inputs, self.outputs = list(graph.inputs), list(graph.outputs)
+        _check(d.cuInit(0), "cuInit")
+        if _check(d.cuDeviceGetCount(), "cuDeviceGetCount") < 1:
+            raise CompileError("target='cuda': no CUDA GPU found; use target='cuda-emulated'")
+        dev = _check(d.cuDeviceGet(0), "cuDeviceGet")
+        self.context = _check(d.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        _check(d.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+        self.module = _check(d.cuModuleLoadData(ptx.encode() + b"\0"), "cuModuleLoadData (PTX JIT)")
+        self.functions = {s.function: _check(d.cuModuleGetFunction(self.module, s.function.encode()),
+                                             f"cuModuleGetFunction {s.function}") for s in code.steps}
+        self.consts = [self._upload(np.ascontiguousarray(c)) for c in code.constants]
+        self.arena = self._alloc(max(code.plan.arena_size, 64))
+
+    def _alloc(self, nbytes):
+        return int(_check(self.d.cuMemAlloc(max(int(nbytes), 1)), "cuMemAlloc"))
+
+    def _upload(self, array):
+        ptr = self._alloc(array.nbytes)
+        if array.nbytes:
+            _check(self.d.cuMemcpyHtoD(ptr, array.ctypes.data, array.nbytes), "cuMemcpyHtoD")
+        return ptr
+
+    def _resolve(self, ref, ins, outs):
+        kind, where = ref
+        if kind == "arena":
+            return self.arena + where
+        return {"input": ins, "output": outs, "const": self.consts}[kind][where]
+
+    def run(self, feeds, output_names=None):
+        d = self.d
+        _check(d.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+        arrays = self._check(feeds)
+        ins = [self._upload(a) for a in arrays]
+        outs = [self._alloc(v.type.nbytes) for v in self.outputs]
+        try:
+            _check(d.cuMemsetD8(self.arena, 0, 64), "cuMemsetD8")
+            for step in self.code.steps:
+                ptrs = [ctypes.c_void_p(self._resolve(r, ins, outs)) for r in step.args]
+                params = (ctypes.c_void_p * len(ptrs))(*[ctypes.addressof(p) for p in ptrs])
+                blocks = -(-step.extent // BLOCK_THREADS)
+                _check(d.cuLaunchKernel(self.functions[step.function], blocks, 1, 1,
+                                        min(BLOCK_THREADS, step.extent), 1, 1, 0, 0,
+                                        ctypes.addressof(params), 0), f"launch {step.function}")
+            for dst, src, nbytes in self.code.copies:
+                _check(d.cuMemcpyDtoD(self._resolve(dst, ins, outs), self._resolve(src, ins, outs), nbytes),
+                       "cuMemcpyDtoD")
+            status = np.zeros(1, np.int32)
+            _check(d.cuMemcpyDtoH(status.ctypes.data, self.arena, 4), "cuMemcpyDtoH")
+            if status[0] != 0:
+                from nutshell.compiler.codegen.aot import ERRORS
+                raise InputError(f"run-time check failed: {ERRORS.get(int(status[0]), int(status[0]))}")
+            result = {}
+            for v, ptr in zip(self.outputs, outs):
+                host = np.empty(v.type.shape, v.type.dtype.numpy)
+                _check(d.cuMemcpyDtoH(host.ctypes.data, ptr, host.nbytes), "cuMemcpyDtoH")
+                result[v.name] = host
+        finally:
+            for ptr in ins + outs:
+                d.cuMemFree(ptr)
+        return result if output_names is None else {n: result[n] for n in output_names}
+
+    def source(self, kind="ptx"):
+        if kind == "ptx":
+            return self.ptx
+        if kind == "loops":
+            return "\n\n".join(str(k) for k in self.code.kernels)
+        if kind == "llvm":
+            return self.code.llvm_ir
+        return super().source(kind)
+
+    def export(self, out_dir, name=None, **_):
+        from nutshell.api import c_identifier
+        from .cuda_aot import export_cuda
+        return export_cuda(self.graph, out_dir, c_identifier(name or self.graph.name), self.target.arch)
