@@ -23,6 +23,7 @@ OPTIMIZERS = {"sgd": lambda: optim.SGD(lr=0.01), "adam": optim.Adam, "adamw": op
               "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
 REGULARISATION = {"l1": 0.0, "l2": 0.0, "clip_norm": None, "clip_value": None, "max_norm": None}
 LOSS_OPTIONS = {"label_smoothing": 0.0, "ignore_index": None}
+DISTRIBUTED_OPTIONS = {"bucket_cap_mb": None, "sync_batchnorm": False}   # with distributed= only
 
 
 class Recipe:
@@ -233,15 +234,20 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     FloatingPointError naming the first op that produced it, and is refused: the
     parameters keep the values they had before it.
     distributed: "mpi" for data parallelism across the ranks of `mpiexec -n K`
-    (runtime/distributed.py; ns.distributed.rank(), world_size())."""
+    (runtime/distributed.py; ns.distributed.rank(), world_size()), with options
+    bucket_cap_mb (gradients all-reduced in buckets of this size, overlapping
+    the backward; default 25) and sync_batchnorm (BatchNorm statistics over the
+    global batch, as SyncBatchNorm; default False: per rank, as DDP); both
+    mean nothing in one process, which holds the whole batch."""
     from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.lower.target import host_target
     from nutshell.runtime.model_cache import cached_model
     from nutshell.runtime.trainer import Trainer
-    unknown = sorted(set(options) - set(REGULARISATION) - set(LOSS_OPTIONS))
+    unknown = sorted(set(options) - set(REGULARISATION) - set(LOSS_OPTIONS) - set(DISTRIBUTED_OPTIONS))
     if unknown:
         accepted = ["input_shape", "loss", "optimizer", "threads", "check_nan", "example_inputs",
-                    "example_targets", "distributed"] + list(LOSS_OPTIONS) + list(REGULARISATION)
+                    "example_targets", "distributed"] + list(LOSS_OPTIONS) + list(REGULARISATION) + \
+            list(DISTRIBUTED_OPTIONS)
         raise TypeError(f"compile_training got unexpected keyword argument(s) {unknown}; "
                         f"accepted: {', '.join(accepted)}")
     optimizer = as_optimizer(optimizer)
@@ -250,8 +256,10 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     regularisation = {k: options[k] for k in REGULARISATION if k in options}
     recipe = Recipe(module, input_shape, example_inputs, example_targets, loss, loss_options)
     if distributed is not None:
+        parallel = {k: options[k] for k in DISTRIBUTED_OPTIONS if k in options}
         from nutshell.runtime.distributed import compile_distributed
-        return compile_distributed(recipe, optimizer, threads, check_nan, regularisation, distributed)
+        return compile_distributed(recipe, optimizer, threads, check_nan, regularisation, distributed,
+                                   **parallel)
     graph, layout = build_training_graph(recipe, optimizer, **regularisation)
     graph = optimize_graph(graph)
     target = host_target(threads)

@@ -1,7 +1,8 @@
 """Data-parallel training under `mpiexec -n 2` (runtime/distributed.py): two ranks on
 the halves of each batch of 64 get the parameters and losses one process gets on
-the whole batch; fit shards the epoch's batches; a killed rank ends the job and
-a hung one trips the watchdog. Each job is bounded by a subprocess timeout;
+the whole batch, with one gradient bucket or many (bucket_cap_mb) and, with
+sync_batchnorm, BatchNorm's running statistics too; fit shards the epoch's
+batches; a killed rank ends the job and a hung one trips the watchdog. Each job is bounded by a subprocess timeout;
 skipped where MPI (mpi4py and mpiexec) is not installed."""
 import os
 import shutil
@@ -56,7 +57,7 @@ WORKER = SETUP + textwrap.dedent("""
     n = 64 // K
     out = {}
     for name, make, shape, kw in [("mlp", mlp, (6,), dict(clip_norm=0.5)),
-                                  ("cnn", lambda: cnn(False), (1, 8, 8), {})]:
+                                  ("cnn", lambda: cnn(False), (1, 8, 8), dict(bucket_cap_mb=0.001))]:
         t = ns.compile_training(make(), (n,) + shape, optimizer=ns.optim.Adam(lr=0.01), threads=1,
                                 distributed="mpi" if K > 1 else None, **kw)
         out[name + "/loss"] = [t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
@@ -70,6 +71,14 @@ WORKER = SETUP + textwrap.dedent("""
     for x, y in batches((1, 8, 8)):
         t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
     out.update({f"bn/{k}": v for k, v in t.state().items()})
+    ns.manual_seed(0)                 # SyncBatchNorm: the global batch's statistics, as one process
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 8), nn.BatchNorm1d(8, affine=False), nn.ReLU(), nn.Linear(8, 3))
+    t = ns.compile_training(net, (n, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1, momentum=0.9), threads=1,
+                            distributed="mpi" if K > 1 else None, sync_batchnorm=True, bucket_cap_mb=0.001)
+    out["sbn/loss"] = [t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
+                       for x, y in batches((1, 8, 8))]
+    out.update({f"sbn/{k}": v for k, v in t.state().items()})
     np.savez(sys.argv[1] + f".{rank}.npz", **out)
 """)
 

@@ -139,6 +139,7 @@ CASES = [
     ("Expand", [(3, 1), None], {}, {1: np.array([2, 3, 4])}, False),
     ("Maxout", [(3, 8)], {"pool_size": 2}, None, False),
     ("Identity", [(3,)], {}, None, False),
+    ("AllReduceSum", [(2, 3)], {}, None, False),
     ("Dropout", [(3, 4)], {}, None, False),
     ("Cast", [(3, 4)], {"to": 11}, None, False),
     ("LSTM", [(3, 2, 2), (1, 8, 2), (1, 8, 2), (1, 16)], {"hidden_size": 2, "__outputs": 3}, None, False),
