@@ -6,6 +6,7 @@ from .fusion import fuse
 from .layout import block_channels
 from .expand import expand_composites
 from .float16 import compute_float16_in_float32
+from .gemm_transpose import simplify_gemm_transposes
 from .simplify import eliminate_dead_code, fold_constants, prepack_weights, pretranspose_weights, remove_identities
 from .winograd import winograd_weights
 
@@ -15,6 +16,7 @@ INFERENCE_PIPELINE = [
     fold_constants,          # shape subgraphs and constant expressions become constants
     remove_identities,       # Identity / inference Dropout read their input directly
     eliminate_dead_code,     # nothing that no output needs
+    simplify_gemm_transposes,  # Transposes into Gemm flags; a shared weight's gradient one GEMM (gemm_transpose.py)
     pretranspose_weights,    # Gemm weights stored K-major so GEMM loads rows contiguously
     fuse,                    # Conv+BatchNorm folded; Conv/Gemm + ReLU in one kernel (fusion.py)
     block_channels,          # MobileNet-style regions in the blocked-channel layout (layout.py)
