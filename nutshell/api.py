@@ -1,10 +1,9 @@
 """ns.compile: any model (DSL module, Graph, ONNX path) -> CompiledModel."""
-import re
-
+from nutshell.compiler.codegen.c_header import c_identifier
 from nutshell.compiler.codegen.model import build_model, check_memory
-from nutshell.compiler.ir import Graph, verify
+from nutshell.compiler.ir import Graph
 from nutshell.compiler.lower.target import host_target
-from nutshell.compiler.passes.pipeline import run_pipeline
+from nutshell.compiler.passes.pipeline import optimize_graph
 from nutshell.runtime.jit import JitModule
 from nutshell.runtime.model import CompiledModel
 from nutshell.runtime.model_cache import ModelCache
@@ -26,15 +25,6 @@ def to_graph(model, input_shape=None, input_name="input", example_inputs=None):
         from nutshell.frontends.onnx_import import load_onnx
         return load_onnx(model)
     raise TypeError(f"cannot compile a {type(model).__name__}")
-
-
-def c_identifier(name):
-    ident = re.sub(r"[^A-Za-z0-9_]", "_", str(name)) or "model"   # ASCII: C and file names
-    return ident if not ident[0].isdigit() else "m_" + ident
-
-
-def optimize_graph(graph, verify_each=False, print_after=()):
-    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after)
 
 
 def compile(model, input_shape=None, threads=None, name=None, verify_each=False, print_after=(),

@@ -217,7 +217,7 @@ class Trainer(TrainerLoops):
         """Ahead of time: OUT_DIR/NAME.h, NAME.o, libNAME.so with NAME_init_state,
         NAME_train_step, NAME_run and NAME_get/set_param, so a C program keeps
         training from the current state with no Python."""
-        from nutshell.api import c_identifier
+        from nutshell.compiler.codegen.c_header import c_identifier
         from nutshell.runtime.aot import export_training
         simple = (len(self.layout["inputs"]) == 1 and len(self.layout["targets"]) == 1
                   and not self.layout["frozen"] and self.recipe.input_shape is not None

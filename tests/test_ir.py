@@ -284,7 +284,7 @@ def test_reduction_fusion_structure_and_numbers(rng, op, axes, keepdims):
 def test_prepacked_matmul_structure_and_numbers(rng, rows, k, n, vector_cap):
     """A MatMul by a constant B becomes MatMulPacked over B in the GEMM's panels
     (k blocks of about 512, 32-column panels, zero edges); the reference unpacks it."""
-    from nutshell.compiler.lower.gemm import PANEL, k_blocking
+    from nutshell.compiler.schedule.gemm import PANEL, k_blocking
     from nutshell.compiler.passes.simplify import prepack_weights
     b = GraphBuilder("mm", fold=False)
     x = b.add_input("x", "float32", rows + (k,))

@@ -57,6 +57,10 @@ def check_memory(graph):
                                  "(NUTSHELL_MEMORY_BUDGET)")
 
 
+def _is_alias(op):
+    return get_op(op).alias
+
+
 def build_model(graph, target, name="model", module=None):
     """Lower, plan and emit `graph` into `module` (a new one by default); kernels and
     the entry point are prefixed with `name`, so several graphs can share a module."""
@@ -69,7 +73,7 @@ def build_model(graph, target, name="model", module=None):
         module.triple = target.triple
 
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
-    first_plan = plan_memory(graph, {}, const_index)
+    first_plan = plan_memory(graph, {}, const_index, _is_alias)
     for idx, node in enumerate(graph.nodes):
         opdef = get_op(node.op)
         if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
@@ -97,7 +101,7 @@ def build_model(graph, target, name="model", module=None):
         scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
         calls.append((idx, by_sig[sig].name, table_slots, ctx.status_buffer is not None))
 
-    plan = plan_memory(graph, scratch_sizes, const_index)
+    plan = plan_memory(graph, scratch_sizes, const_index, _is_alias)
     entry = f"{name}_run"
     _emit_entry(module, entry, graph, plan, calls)
     return ModelCode(str(module), entry, constants, plan, lowered, len(calls), module)

@@ -18,35 +18,10 @@ packing into its own buffer (no shared data), when there are enough of them;
 else each packs every block itself and takes a share of the row blocks. A fork
 per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
-from dataclasses import dataclass
-
+from ..schedule.gemm import (GEMM_PARALLEL_MIN_MACS, L2_BLOCK_BYTES, PANEL, gemm_schedule, k_blocking,
+                             packs_b)
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 from .nests import parts as _parts
-
-GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
-L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
-KC_TARGET = 512                    # k per block: 6 x 512 floats of A is 12 KiB of L1
-PACK_MIN_B_BYTES = 64 << 10        # below this B sits in L1/L2 anyway: packing only costs
-PACK_MIN_K = 64                    # a short k (a first layer's 3 x 3 x 3) reads B's rows in place
-PACK_MIN_ROW_TILES = 4             # fewer row tiles than this read B in place: packing would not pay
-
-
-@dataclass(frozen=True)
-class GemmSchedule:
-    mr: int
-    nr: int
-    lanes: int
-
-
-def gemm_schedule(target, n, dtype, m=None, prepacked=False):
-    lanes = target.lanes(dtype)
-    mr = 6 if lanes > 1 else 4
-    nr = 2 * lanes if lanes > 1 else 4
-    if n <= lanes:                       # a narrow C (a classifier's 10 outputs)
-        nr, mr = lanes, 8 if lanes > 1 else 4
-    elif m == 1 and lanes > 1 and not prepacked:   # one row (a batch-1 classifier): B streams by rows,
-        nr, mr = min(8 * lanes, -(-n // lanes) * lanes), 1   # eight vectors of it per k
-    return GemmSchedule(mr, nr, lanes)
 
 
 def _plus(a, b):
@@ -55,33 +30,6 @@ def _plus(a, b):
 
 def _ceil(a, b):
     return -(-a // b)
-
-
-PANEL = 32      # columns of a compile-time packed B panel: a multiple of every target's nr
-
-
-def k_blocking(k):
-    """(kc, k_blocks): the k loop in blocks of about KC_TARGET."""
-    k_blocks = max(1, round(k / KC_TARGET))
-    kc = _ceil(k, k_blocks)
-    return kc, _ceil(k, kc)
-
-
-def prepack(b):
-    """B [k, n] as [k_blocks, ceil(n / PANEL), kc, PANEL], zero-padded: the panels the
-    GEMM would pack at run time, made once at compile time for constant weights."""
-    import numpy as np
-    k, n = b.shape
-    kc, k_blocks = k_blocking(k)
-    padded = np.zeros((k_blocks * kc, _ceil(n, PANEL) * PANEL), b.dtype)
-    padded[:k, :n] = b
-    return np.ascontiguousarray(padded.reshape(k_blocks, kc, -1, PANEL).transpose(0, 2, 1, 3))
-
-
-def packs_b(m, n, k, itemsize, mr=6, nr=PANEL):
-    """Whether the GEMM packs B into panels (else it reads B in place). The defaults
-    are the vector targets' row tile and a panel: the compile-time packing's test."""
-    return m >= PACK_MIN_ROW_TILES * mr and n >= nr and k >= PACK_MIN_K and k * n * itemsize >= PACK_MIN_B_BYTES
 
 
 def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None,

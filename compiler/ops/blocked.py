@@ -15,7 +15,7 @@ import numpy as np
 from ..lower.loop_ir import Const, fma
 from ..lower.nests import PARALLEL_MIN_WORK, parts, transpose_tiles
 from .common import fail, tt
-from .conv import conv_reference, epilogue
+from .conv_common import conv_reference, epilogue
 from .registry import non_differentiable, register
 
 BLOCK = 16

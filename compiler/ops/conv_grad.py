@@ -12,8 +12,9 @@ from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
 from . import winograd
 from .common import fail, tt
-from .conv import (CONV_ATTRS, _im2col, for_image_chunks, image_plan, per_image, window_geometry,
-                   with_bias_grad)
+from .conv import with_bias_grad
+from .conv_common import (CONV_ATTRS, for_image_chunks, im2col as _im2col, image_plan, per_image,
+                          window_geometry)
 from .registry import gradient, non_differentiable, register
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)

@@ -4,7 +4,7 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.nests import broadcast_strides, strided_map, strides
 from .common import broadcast, fail, same_dtype, tt
-from .conv import EPILOGUE, apply_activation, epilogue
+from .conv_common import EPILOGUE, apply_activation, epilogue
 from .registry import gradient, non_differentiable, register
 
 
@@ -177,7 +177,7 @@ def _gemm_grad(g, node, dys, wanted):
 
 # ---- MatMulPacked: a MatMul whose constant B is already in the GEMM's panels ----
 def _packed_infer(attrs, types, consts, node):
-    from ..lower.gemm import PANEL, k_blocking
+    from ..schedule.gemm import PANEL, k_blocking
     a, bp = types[0], types[1]
     n = attrs["n"]
     k = a.shape[-1] if a.rank else 0

@@ -6,7 +6,7 @@ from ..ir.types import DType
 from ..lower.loop_ir import Reduce, Select
 from ..lower.nests import PARALLEL_MIN_WORK, strides
 from .common import fail, require_float, tt
-from .conv import window_geometry
+from .conv_common import window_geometry
 from .reduce import nan_equal
 from .registry import gradient, register
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..lower.gemm import gemm_nest
 from ..lower.nests import PARALLEL_MIN_WORK
+from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
@@ -82,7 +83,6 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     of x ([n, C, h, w], zero outside) with pads (top, left).
     u: a [16, M, C] buffer of transformed weights, or None with weight(m, c, i, j)
     giving the raw 3x3 weights as loop-IR expressions (transformed here, at run time)."""
-    from .conv import for_image_chunks, image_plan
     nb = ctx.nb
     n, h, w = in_shape
     oh, ow = out_shape
@@ -220,13 +220,11 @@ def _infer(attrs, types, consts, node):
 
 
 def _reference(attrs, x, u, b=None, residual=None):
-    from .conv import conv_reference
     return conv_reference(_conv_attrs(attrs), x, untransform_weights(u), b, residual)
 
 
 def conv_finish(attrs, bias, residual, m, out):
     """A convolution's epilogue for winograd_conv: bias, residual, activation."""
-    from .conv import epilogue
     oh, ow = out
 
     def finish(ni, mm, oy, ox, v):

@@ -37,3 +37,8 @@ def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=prin
         if p.__name__ in print_after or "all" in print_after:
             log(f"// ----- IR after {p.__name__} -----\n{print_graph(graph)}")
     return graph
+
+
+def optimize_graph(graph, verify_each=False, print_after=()):
+    """The inference pipeline over a verified `graph` (ns.optimize_graph)."""
+    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after)

@@ -96,7 +96,7 @@ def prepack_weights(graph):
     (a transformer's or ConvNeXt's Linear layers: 5-15% of their time)."""
     from dataclasses import replace
     from ..ir.types import DType
-    from ..lower.gemm import packs_b, prepack
+    from ..schedule.gemm import packs_b, prepack
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     users = graph.consumers()
     for node in graph.nodes:
