@@ -39,11 +39,12 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
     target: "cpu", "cuda" (PTX run by the CUDA driver) or "cuda-emulated" (the same GPU
     kernels run on this CPU); arch: the GPU's compute capability (sm_80, sm_90).
     """
-    graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
-                           tuple(print_after))
     if target != "cpu":
         from nutshell.runtime.cuda import compile_cuda
-        return compile_cuda(graph, target, c_identifier(name or graph.name), arch)
+        graph = to_graph(model, input_shape, example_inputs=example_inputs)
+        return compile_cuda(graph, target, c_identifier(name or graph.name), arch, verify_each, print_after)
+    graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
+                           tuple(print_after))
     target = host_target(threads, vector_cap)
     name = c_identifier(name or graph.name)
     check_memory(graph)

@@ -85,10 +85,10 @@ def cmd_compile(args):
 
 
 def _compile_cuda(args, name, t):
-    from nutshell.api import optimize_graph
+    from nutshell.runtime.cuda import optimize_for_gpu
     from nutshell.runtime.cuda_aot import export_cuda
-    graph = optimize_graph(_load_graph(args.model, dict(args.input_shape or ())),
-                           print_after=tuple(args.print_after or ()))
+    graph = optimize_for_gpu(_load_graph(args.model, dict(args.input_shape or ())),
+                             print_after=tuple(args.print_after or ()))
     written = export_cuda(graph, args.output, name, args.arch)
     files = [written[k] for k in ("ptx", "cubin", "header", "host", "object") if k in written]
     print(f"compiled {args.model} for CUDA {args.arch} in {time.perf_counter() - t:.2f} s: " + ", ".join(files))

@@ -3,7 +3,9 @@ run on a GPU through the driver API (cuda_driver.py) or, emulated, on the CPU by
 the CPU model's runtime (the same entry ABI, the same CompiledModel API)."""
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import compile_ptx
+from nutshell.compiler.cuda.pipeline import GPU_PIPELINE
 from nutshell.compiler.cuda.target import cuda_target
+from nutshell.compiler.passes.pipeline import run_pipeline
 from nutshell.compiler.lower.target import host_target
 
 from .jit import JitModule
@@ -34,9 +36,15 @@ def gpu_source(graph, arch, name):
     return compile_ptx(code.llvm_ir, arch)
 
 
-def compile_cuda(graph, target_name, name, arch="sm_90"):
-    """A runner for `graph` on `target_name` ('cuda' or 'cuda-emulated')."""
+def optimize_for_gpu(graph, verify_each=False, print_after=()):
+    from nutshell.compiler.ir import verify
+    return run_pipeline(verify(graph), GPU_PIPELINE, verify_each, tuple(print_after))
+
+
+def compile_cuda(graph, target_name, name, arch="sm_90", verify_each=False, print_after=()):
+    """A runner for `graph` (not yet optimised) on `target_name` ('cuda' or 'cuda-emulated')."""
     target = cuda_target(target_name, arch)
+    graph = optimize_for_gpu(graph, verify_each, print_after)
     code = build_gpu_model(graph, target, name)
     if target.emulated:
         return EmulatedModel(graph, code, JitModule(code.llvm_ir, host_target(1)), target)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import nutshell as ns
-from nutshell.api import optimize_graph, to_graph
+from nutshell.api import to_graph
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import assemble, compile_ptx, find_ptxas, spills
 from nutshell.compiler.cuda.target import cuda_target
+from nutshell.runtime.cuda import optimize_for_gpu
 from nutshell.runtime.reference import run_reference
 
 from conftest import assert_close, random_feeds, single_op_graph
@@ -44,14 +45,14 @@ NETS = {"lenet": _lenet, "cnn_bn": _cnn_bn, "mlp": _mlp}
 def _graph(net_name):
     net, shape = NETS[net_name]()
     net.eval()
-    return optimize_graph(to_graph(net, shape)), shape
+    return to_graph(net, shape), shape
 
 
 @needs_ptxas
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("net_name", sorted(NETS))
 def test_ptxas_assembles_every_kernel(net_name, arch):
-    graph, _ = _graph(net_name)
+    graph = optimize_for_gpu(_graph(net_name)[0])
     code = build_gpu_model(graph, cuda_target("cuda", arch), net_name)
     ptx = compile_ptx(code.llvm_ir, arch)
     cubin, report = assemble(ptx, arch, verbose=True)

@@ -19,6 +19,7 @@ from ..ops import get_op
 from ..ops.shape_ops import copy_lower
 from .emitter import GpuKernelEmitter
 from .grid import launches
+from .lowerings import gpu_lowering
 
 
 @dataclass
@@ -57,7 +58,7 @@ def build_gpu_model(graph, target, name="model"):
         opdef = get_op(node.op)
         if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
             continue
-        lower = copy_lower if opdef.alias else opdef.lower
+        lower = copy_lower if opdef.alias else gpu_lowering(node.op, opdef.lower)
         if lower is None:
             raise UnsupportedOpError(node.op, node=node.name,
                                      detail="no code generation (its inputs are not constant)")
