@@ -1,6 +1,7 @@
 """ns.compile(..., target="cuda" | "cuda-emulated"): GPU kernels (compiler/cuda/),
 run on a GPU through the driver API (cuda_driver.py) or, emulated, on the CPU by
 the CPU model's runtime (the same entry ABI, the same CompiledModel API)."""
+from nutshell.compiler.codegen.c_header import c_identifier
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import compile_ptx
 from nutshell.compiler.cuda.pipeline import GPU_PIPELINE
@@ -26,7 +27,6 @@ class EmulatedModel(CompiledModel):
         return self.code
 
     def export(self, out_dir, name=None, **_):
-        from nutshell.api import c_identifier
         from .cuda_aot import export_cuda
         return export_cuda(self.graph, out_dir, c_identifier(name or self.graph.name), self.target.arch)
 

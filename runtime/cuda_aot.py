@@ -14,7 +14,7 @@ import os
 from llvmlite import ir
 
 from nutshell.compiler.codegen.aot import add_constants, add_error_strings
-from nutshell.compiler.codegen.c_header import c_string, inference_header
+from nutshell.compiler.codegen.c_header import c_identifier, c_string, inference_header
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import assemble, compile_ptx, find_ptxas
 from nutshell.compiler.cuda.target import BLOCK_THREADS, cuda_target
@@ -27,7 +27,6 @@ _KINDS = {"input": 0, "output": 1, "const": 2, "arena": 3}
 
 
 def export_cuda(graph, out_dir, name, arch="sm_90"):
-    from nutshell.api import c_identifier
     name = c_identifier(name)
     code = build_gpu_model(graph, cuda_target("cuda", arch), f"{name}_k")
     ptx = compile_ptx(code.llvm_ir, arch)

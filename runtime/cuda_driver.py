@@ -6,6 +6,7 @@ import ctypes
 
 import numpy as np
 
+from nutshell.compiler.codegen.c_header import c_identifier
 from nutshell.compiler.cuda.target import BLOCK_THREADS
 from nutshell.compiler.errors import CompileError, InputError
 
@@ -103,6 +104,5 @@ class CudaModel(CompiledModel):
         return super().source(kind)
 
     def export(self, out_dir, name=None, **_):
-        from nutshell.api import c_identifier
         from .cuda_aot import export_cuda
         return export_cuda(self.graph, out_dir, c_identifier(name or self.graph.name), self.target.arch)

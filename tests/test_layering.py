@@ -22,6 +22,7 @@ ALLOWED = {
     "ops": ("errors", "ir", "schedule", "lower", "ops"),
     "passes": ("errors", "ir", "schedule", "lower.target", "ops", "passes"),
     "codegen": ("errors", "ir", "schedule", "lower", "ops", "passes", "codegen"),
+    "cuda": ("errors", "ir", "schedule", "lower", "ops", "passes", "codegen", "cuda"),
 }
 
 

@@ -7,7 +7,7 @@ use their registry lowering."""
 
 from ..lower.loop_ir import Reduce
 from ..lower.nests import broadcast_strides, strides
-from ..ops.conv import epilogue, window_geometry
+from ..ops.conv_common import epilogue, window_geometry
 from ..ops.matmul import _gemm_dims, _matmul_shapes
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..codegen import llvm_helpers as H
-from ..codegen.model import _signature, check_memory
+from ..codegen.model import _is_alias, _signature, check_memory
 from ..errors import UnsupportedOpError
 from ..lower.context import LowerContext
 from ..lower.planner import plan_memory
@@ -53,7 +53,7 @@ def build_gpu_model(graph, target, name="model"):
     module.triple = target.triple if not target.emulated else _host_triple()
 
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
-    first_plan = plan_memory(graph, {}, const_index)
+    first_plan = plan_memory(graph, {}, const_index, _is_alias)
     for idx, node in enumerate(graph.nodes):
         opdef = get_op(node.op)
         if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
@@ -84,7 +84,7 @@ def build_gpu_model(graph, target, name="model"):
         scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
         calls.append((idx, by_sig[sig], table_slots, ctx.status_buffer is not None))
 
-    plan = plan_memory(graph, scratch_sizes, const_index)
+    plan = plan_memory(graph, scratch_sizes, const_index, _is_alias)
     steps = []
     for idx, grid, table_slots, uses_status in calls:
         node = graph.nodes[idx]

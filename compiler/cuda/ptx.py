@@ -29,11 +29,23 @@ def ptx_target_machine(arch):
     return target.create_target_machine(cpu=arch, features="", opt=3)
 
 
+def _optimize(llvm_ir, tm):
+    try:
+        mod = llvm.parse_assembly(llvm_ir)
+        mod.verify()
+    except RuntimeError as exc:
+        raise CompileError(f"generated LLVM IR does not verify: {exc}") from None
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
 def compile_ptx(llvm_ir, arch):
     """The module's PTX text for `arch` (sm_80, sm_90, ...) after LLVM's O3."""
-    from nutshell.runtime.jit import optimize
     tm = ptx_target_machine(arch)
-    mod = optimize(llvm_ir, tm)
+    mod = _optimize(llvm_ir, tm)
     for fn in mod.functions:
         if fn.is_declaration and not _LOWERED.match(fn.name):
             raise CompileError(f"a GPU kernel calls '{fn.name}', which the NVPTX backend cannot lower")
