@@ -167,3 +167,35 @@ def test_cli_compile_target_cuda_writes_ptx_and_host_code(tmp_path, capsys):
         r = subprocess.run([cc, "-c", "-Wall", "-Werror", f"-I{include}", f"-I{out}", str(host), "-o",
                             str(out / "host.o")], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+TRAIN_NETS = {
+    "mlp": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), (4, 1, 8, 8)),
+    "lenet": (lambda: nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                                    nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 84), nn.ReLU(),
+                                    nn.Linear(84, 10)), (2, 1, 28, 28)),
+    "cnn_bn": (lambda: nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                     nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)), (4, 1, 12, 12)),
+}
+
+
+@pytest.mark.parametrize("net_name", sorted(TRAIN_NETS))
+def test_emulated_training_step_matches_cpu_trainer(net_name, rng):
+    """Three SGD-with-momentum steps (Adam's normalised update would amplify the
+    last-bit differences of near-zero gradients into lr-sized ones)."""
+    make, shape = TRAIN_NETS[net_name]
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.integers(0, 10, shape[0])
+    start = make().state_dict()
+    results = []
+    for target in ("cpu", "cuda-emulated"):
+        net = make()
+        net.load_state_dict(start)
+        trainer = ns.compile_training(net, input_shape=shape, optimizer=ns.optim.SGD(lr=0.1, momentum=0.9),
+                                      threads=1, target=target)
+        results.append(([trainer.step(x, y) for _ in range(3)], trainer.parameters()))
+    (cpu_losses, cpu_params), (gpu_losses, gpu_params) = results
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-5)
+    for name, value in cpu_params.items():
+        assert_close(gpu_params[name], value, rtol=1e-4, atol_scale=1e-5)
