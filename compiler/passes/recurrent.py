@@ -85,8 +85,18 @@ def _gates(em, v, order, hidden):
     return dict(zip(order, em.split(v, 1, [hidden] * len(order))))
 
 
+def _plain_lstm(cell, acts, wt):
+    """Whether a step is LSTMCell's (ops/lstm_cell.py): default activations, no clip,
+    peepholes or coupled input and forget gates."""
+    return not (wt.p or cell.clip is not None or cell.input_forget) and \
+        tuple(a.name for a in acts) == ("Sigmoid", "Tanh", "Tanh")
+
+
 def _lstm_step(em, cell, acts, xp, h, c, r_t, wt, order):
     H = cell.hidden
+    if _plain_lstm(cell, acts, wt):
+        h_new, c_new, _ = em.op("LSTMCell", [em.gemm(h, r_t, xp), c], n=3, order=order)
+        return h_new, c_new
     g = _gates(em, em.gemm(h, r_t, xp), order, H)
     pi, po, pf = em.split(wt.p, 0, [H] * 3) if wt.p else (None, None, None)
     peep = lambda pre, p, state: _clip(em, cell, pre if p is None else em.add(pre, em.mul(p, state)))
@@ -126,10 +136,9 @@ def _projection(em, cell, x2d, wt):
     """x W^T + bias for all time steps in one MatMul; GRU with linear_before_reset
     keeps R's bias for the step (it sits inside the reset gate's product)."""
     proj = em.matmul(x2d, em.op("Transpose", [wt.w]))
-    biases = [wt.wb] + ([] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb])
-    for bias in biases:
-        if bias is not None:
-            proj = em.add(proj, bias)
+    biases = [v for v in [wt.wb] + ([] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb]) if v]
+    if biases:             # summed first: their gradient is then one reduction over T*B rows
+        proj = em.add(proj, biases[0] if len(biases) == 1 else em.add(*biases))
     return proj
 
 
