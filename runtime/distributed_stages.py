@@ -51,16 +51,17 @@ class StagedGrads:
         for stage in self.stages:
             if not stage.syncs:
                 continue
-            sizes = [plan.graph.types[src].size for src, _ in stage.syncs]
-            stage.send, stage.recv = (np.empty(sum(sizes), np.float32) for _ in range(2))
+            types = [plan.graph.types[src] for src, _ in stage.syncs]
+            dtype = types[0].dtype.numpy
+            if any(t.dtype.numpy != dtype for t in types) or dtype.kind != "f":
+                raise CompileError(f"the sums all-reduced together must share one float type, got "
+                                   f"{sorted({t.dtype.value for t in types})}")
+            stage.send, stage.recv = (np.empty(sum(t.size for t in types), dtype) for _ in range(2))
             at = 0
-            for (src, dst), n in zip(stage.syncs, sizes):
-                for name, buf in ((src, stage.send), (dst, stage.recv)):
-                    t = plan.graph.types[name]
-                    if t.dtype.numpy != np.float32:
-                        raise CompileError(f"an all-reduced statistic must be float32, {name} is {t.dtype.value}")
-                    arrays[name] = buf[at:at + n].reshape(t.shape)
-                at += n
+            for (src, dst), t in zip(stage.syncs, types):
+                arrays[src] = stage.send[at:at + t.size].reshape(t.shape)
+                arrays[dst] = stage.recv[at:at + t.size].reshape(t.shape)
+                at += t.size
         given = set(plan.graph.input_names()) | set(plan.graph.output_names())
         for stage in self.stages:
             if stage.model is not None:
