@@ -67,6 +67,7 @@ CASES = [
     ("Where", [None, (3, 4), (4,)], {}, {0: np.arange(12).reshape(3, 4) % 3 == 0}, False),
     ("MatMul", [(3, 4), (4, 5)], {}, None, False),
     ("MatMul", [(2, 3, 4), (4, 5)], {}, None, False),
+    ("MatMul", [(2, 2, 3, 4), (4, 5)], {}, None, False),
     ("MatMul", [(2, 3, 4), (2, 4, 5)], {}, None, False),
     ("MatMul", [(2, 1, 3, 4), (3, 4, 5)], {}, None, False),
     ("MatMul", [(4,), (2, 4, 5)], {}, None, False),

@@ -93,7 +93,15 @@ def _matmul_grad(g, node, dys, wanted):
     dy = g.reshape(dys[0], _matmul_shapes(node.name, g.shape(a2), g.shape(b2))[3])
     swap = lambda t, r: g.op("Transpose", [t], perm=tuple(range(r - 2)) + (r - 1, r - 2))
     da = g.reshape(g.unbroadcast(g.op("MatMul", [dy, swap(b2, rb)]), g.shape(a2)), sa) if wanted[0] else None
-    db = g.reshape(g.unbroadcast(g.op("MatMul", [swap(a2, ra), dy]), g.shape(b2)), sb) if wanted[1] else None
+    if wanted[1] and rb == 2 and ra > 2 and g.shape(a2)[:-2] == g.shape(dy)[:-2]:
+        # a weight shared by every batch (a Linear on [N, T, C]): one GEMM with k = N * T,
+        # not a per-batch product of k = T summed afterwards (a [N, K, M] temporary)
+        rows = lambda t: g.reshape(t, (int(np.prod(g.shape(t)[:-1])), g.shape(t)[-1]))
+        db = g.reshape(g.op("Gemm", [rows(a2), rows(dy)], transA=1), sb)
+    elif wanted[1]:
+        db = g.reshape(g.unbroadcast(g.op("MatMul", [swap(a2, ra), dy]), g.shape(b2)), sb)
+    else:
+        db = None
     return [da, db]
 
 
