@@ -76,7 +76,8 @@ def _place(nodes, cut_after):
 def split_stages(graph, cut_after=()):
     """The StagePlan of `graph` cut at its AllReduceSum nodes and after the nodes
     making the values in `cut_after`."""
-    graph, copies = outputs_apart(graph)
+    staged = cut_after or any(node.op == SYNC_OP for node in graph.nodes)
+    graph, copies = outputs_apart(graph) if staged else (graph, {})     # one stage: no race
     stage_of = _place(graph.nodes, {copies.get(c, c) for c in cut_after})
     count = max(stage_of, default=0) + 1
     made_in = {o: s for node, s in zip(graph.nodes, stage_of) if node.op != SYNC_OP
