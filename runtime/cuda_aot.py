@@ -17,7 +17,7 @@ from nutshell.compiler.codegen.aot import add_constants, add_error_strings
 from nutshell.compiler.codegen.c_header import c_identifier, c_string, inference_header
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import assemble, compile_ptx, find_ptxas
-from nutshell.compiler.cuda.target import BLOCK_THREADS, cuda_target
+from nutshell.compiler.cuda.target import cuda_target
 from nutshell.compiler.errors import CompileError
 from nutshell.compiler.lower.target import host_target
 
@@ -67,7 +67,8 @@ def host_source(name, graph, code, ptx):
     for s in code.steps:
         kinds = ", ".join(str(_KINDS[k]) for k, _ in s.args) or "0"
         wheres = ", ".join(f"{int(w)}ULL" for _, w in s.args) or "0"
-        steps.append(f"    {{{c_string(s.function)}, {s.extent}ULL, {len(s.args)}, {{{kinds}}}, {{{wheres}}}}},")
+        dims = ", ".join(f"{d}u" for d in tuple(s.grid) + (s.block[0],))
+        steps.append(f"    {{{c_string(s.function)}, {{{dims}}}, {len(s.args)}, {{{kinds}}}, {{{wheres}}}}},")
     copies = [f"    {{{_KINDS[d[0]]}, {d[1]}ULL, {_KINDS[s[0]]}, {s[1]}ULL, {n}ULL}}," for d, s, n in code.copies]
     ins = ", ".join(str(v.type.nbytes) for v in graph.inputs) or "0"
     outs = ", ".join(str(v.type.nbytes) for v in graph.outputs) or "0"
@@ -78,7 +79,7 @@ def host_source(name, graph, code, ptx):
               "NCOPIES": len(code.copies), "COPIES": "\n".join(copies) or "    {0, 0, 0, 0, 0},",
               "NIN": len(graph.inputs), "NOUT": len(graph.outputs), "NCONST": len(code.constants),
               "IN_BYTES": ins, "OUT_BYTES": outs, "CONST_BYTES": consts, "ARENA": max(code.plan.arena_size, 64),
-              "BLOCK": BLOCK_THREADS, "PTX": ptx_lines}
+              "PTX": ptx_lines}
     for key, value in values.items():
         template = template.replace("@" + key + "@", str(value))
     return template

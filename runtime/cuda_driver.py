@@ -7,7 +7,6 @@ import ctypes
 import numpy as np
 
 from nutshell.compiler.codegen.c_header import c_identifier
-from nutshell.compiler.cuda.target import BLOCK_THREADS
 from nutshell.compiler.errors import CompileError, InputError
 
 from .model import CompiledModel
@@ -72,9 +71,7 @@ class CudaModel(CompiledModel):
             for step in self.code.steps:
                 ptrs = [ctypes.c_void_p(self._resolve(r, ins, outs)) for r in step.args]
                 params = (ctypes.c_void_p * len(ptrs))(*[ctypes.addressof(p) for p in ptrs])
-                blocks = -(-step.extent // BLOCK_THREADS)
-                _check(d.cuLaunchKernel(self.functions[step.function], blocks, 1, 1,
-                                        min(BLOCK_THREADS, step.extent), 1, 1, 0, 0,
+                _check(d.cuLaunchKernel(self.functions[step.function], *step.grid, *step.block, 0, 0,
                                         ctypes.addressof(params), 0), f"launch {step.function}")
             for dst, src, nbytes in self.code.copies:
                 _check(d.cuMemcpyDtoD(self._resolve(dst, ins, outs), self._resolve(src, ins, outs), nbytes),

@@ -99,19 +99,53 @@ OPS = [("Exp", [(4, 33)], {}), ("Log", [(4, 33)], {}), ("Tanh", [(4, 33)], {}), 
        ("Erf", [(4, 33)], {}), ("Pow", [(4, 33), (4, 33)], {}), ("Softmax", [(3, 5, 17)], {"axis": -1}),
        ("ReduceMean", [(3, 5, 17)], {"axes": [1], "keepdims": 1}), ("Transpose", [(3, 5, 7)], {"perm": [2, 0, 1]}),
        ("MatMul", [(3, 17, 9), (3, 9, 6)], {}), ("Add", [(3, 1, 7), (5, 1)], {}), ("Sin", [(4, 9)], {}),
-       ("Max", [(4, 9), (4, 9)], {}), ("Where", [(4, 9), (4, 9), (4, 9)], {})]
+       ("Max", [(4, 9), (4, 9)], {}), ("Where", [(4, 9), (4, 9), (4, 9)], {}),
+       # shared-memory tiled GEMMs (tiled.py), with edges in every dimension
+       ("Conv", [(2, 8, 19, 21), (70, 4, 3, 3), (70,)], {"group": 2, "strides": [2, 2], "pads": [1, 2, 1, 0],
+                                                          "dilations": [1, 2]}),
+       ("Gemm", [(37, 70), (130, 37), (130,)], {"transA": 1, "transB": 1, "alpha": 0.5, "beta": 2.0}),
+       ("MatMul", [(3, 1, 70, 33), (4, 33, 65)], {})]
 
 
-@pytest.mark.parametrize("op,shapes,attrs", OPS, ids=[o[0] for o in OPS])
+@pytest.mark.parametrize("op,shapes,attrs", OPS, ids=[f"{o[0]}{len(o[1])}" for o in OPS])
 def test_emulated_ops_match_numpy(op, shapes, attrs, rng):
     from nutshell.compiler.ir.types import DType
     specs = [(DType.bool if op == "Where" and i == 0 else DType.float32, s) for i, s in enumerate(shapes)]
     graph = single_op_graph(op, specs, attrs)
     feeds = random_feeds(graph, rng, 0.1 if op in ("Log", "Pow") else -2.0, 3.0)
     want = run_reference(graph, feeds)
-    got = ns.compile(graph, target="cuda-emulated").run(feeds)
+    gpu = ns.compile(graph, target="cuda-emulated")
+    got = gpu.run(feeds)
+    assert _tiled_kernels(gpu) == (len(shapes) > 1 and op in ("Conv", "Gemm", "MatMul") and shapes[0][-1] > 17)
     for name, w in want.items():
-        assert_close(got[name], w, rtol=2e-5 if op != "Pow" else 1e-4, atol_scale=1e-6)
+        assert_close(got[name], w, rtol=2e-5 if op != "Pow" else 1e-4, atol_scale=1e-6 if len(shapes) < 3 else 1e-5)
+
+
+def _tiled_kernels(model):
+    from nutshell.compiler.cuda.tiled import TiledGemm
+    return sum(isinstance(st, TiledGemm) for k in model.code.kernels for st in k.body)
+
+
+def test_tiled_conv_with_fused_residual_and_relu(rng):
+    """A ResNet block: the fusion pass's bias, residual and ReLU in the tiled GEMM's store."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+            self.conv2, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+            self.skip = nn.Conv2d(16, 32, 1)
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+            return (y + self.skip(x)).relu()
+    net = Block()
+    net.eval()
+    graph = to_graph(net, (2, 16, 12, 12))
+    gpu = ns.compile(graph, target="cuda-emulated")
+    assert _tiled_kernels(gpu) == 3
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    want = run_reference(graph, {graph.inputs[0].name: x})[graph.outputs[0].name]
+    assert_close(gpu(x), want, rtol=1e-4, atol_scale=1e-5)
 
 
 def test_unknown_target_and_missing_driver_are_clear_errors():

@@ -17,25 +17,29 @@ from ..codegen.vector_math import VECTOR_MATH
 from ..ir.types import DType
 from ..lower.loop_ir import THREAD_INDEX
 from .target import BLOCK_THREADS
+from .tiled import TiledGemmEmitter
 
 _VIA_FLOAT32 = ("exp", "log", "tanh", "sin", "cos")
 
 
-class GpuKernelEmitter(KernelEmitter):
+class GpuKernelEmitter(TiledGemmEmitter, KernelEmitter):
     def __init__(self, module, kernel, ptx):
         super().__init__(module, kernel, threads=1)
         self.ptx = ptx
 
     def emit_launch(self, launch):
-        thread_fn = self._thread_function(launch)
         fnty = ir.FunctionType(H.VOID, [H.PTR] * len(self.kernel.params))
         fn = ir.Function(self.module, fnty, name=launch.name)
         fn.attributes.add("nounwind")
         for arg in fn.args:
             arg.add_attribute("noalias")
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
         if self.ptx:
             fn.calling_convention = "ptx_kernel"
+        if launch.tiled is not None:
+            return self.emit_tiled(fn, launch.tiled)
+        thread_fn = self._thread_function(launch)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if self.ptx:
             self._ptx_body(b, launch, thread_fn, list(fn.args))
         else:
             self._emulated_body(b, launch, thread_fn, list(fn.args))

@@ -12,6 +12,8 @@ it stays on one thread too. Inner loops run serially inside each thread."""
 from dataclasses import dataclass, field
 
 from .independence import independent
+from .target import BLOCK_THREADS
+from .tiled import THREADS as TILE_THREADS, TiledGemm, grid_of as tiled_grid
 from ..lower.loop_ir import THREAD_INDEX, Bin, Call, For, Load, Reduce, Select, Store, Transpose, Var
 
 
@@ -22,6 +24,15 @@ class Launch:
     extent: int = 1            # threads (grid size)
     index_vars: list = field(default_factory=list)   # [(Var, extent)], outermost first: the flat
     #                                                  thread id split into these loop variables
+    tiled: object = None       # a TiledGemm: blocks of tiled.THREADS sharing memory tiles
+
+    @property
+    def grid(self):
+        return tiled_grid(self.tiled) if self.tiled is not None else (-(-self.extent // BLOCK_THREADS), 1, 1)
+
+    @property
+    def block(self):
+        return (TILE_THREADS if self.tiled is not None else min(BLOCK_THREADS, self.extent), 1, 1)
 
 
 def launches(kernel):
@@ -32,7 +43,10 @@ def launches(kernel):
             out.append(Launch(f"{kernel.name}_l{len(out)}", list(serial)))
             serial.clear()
     for stmt in kernel.body:
-        if isinstance(stmt, For) and _parallel(stmt, ()):
+        if isinstance(stmt, TiledGemm):
+            flush()
+            out.append(Launch(f"{kernel.name}_l{len(out)}", [stmt], tiled=stmt))
+        elif isinstance(stmt, For) and _parallel(stmt, ()):
             flush()
             index_vars, body = [(stmt.var, stmt.extent)], stmt.body
             while len(body) == 1 and isinstance(body[0], For) and \

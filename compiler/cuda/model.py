@@ -24,10 +24,12 @@ from .lowerings import gpu_lowering
 
 @dataclass
 class Step:
-    """One kernel launch: `extent` threads of `function`, its pointer arguments
-    as plan references: ("input"|"output", i), ("const", slot), ("arena", offset)."""
+    """One kernel launch of `function` on a grid of blocks (x, y, z) of `block`
+    threads, its pointer arguments as plan references: ("input"|"output", i),
+    ("const", slot), ("arena", offset)."""
     function: str
-    extent: int
+    grid: tuple
+    block: tuple
     args: list
 
 
@@ -92,7 +94,7 @@ def build_gpu_model(graph, target, name="model"):
         args += [("arena", off) for off in plan.scratch.get(idx, [])]
         args += [("const", slot) for slot in table_slots]
         args += [("arena", 0)] if uses_status else []        # the status word starts the arena
-        steps += [Step(launch.name, launch.extent, args) for launch in grid]
+        steps += [Step(launch.name, launch.grid, launch.block, args) for launch in grid]
     copies = [(("output", j), plan.storage[v.name], v.type.nbytes) for j, v in enumerate(graph.outputs)
               if plan.storage[v.name] != ("output", j)]
     entry = f"{name}_run"
