@@ -43,9 +43,9 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
         from nutshell.runtime.cuda import compile_cuda
         graph = to_graph(model, input_shape, example_inputs=example_inputs)
         return compile_cuda(graph, target, c_identifier(name or graph.name), arch, verify_each, print_after)
-    graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
-                           tuple(print_after))
     target = host_target(threads, vector_cap)
+    graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
+                           tuple(print_after), target)
     name = c_identifier(name or graph.name)
     check_memory(graph)
     cache = ModelCache(graph, target, name)

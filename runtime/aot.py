@@ -123,7 +123,7 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     name = c_identifier(name)
     target = bundle_target(trainer.threads, target_cpu, triple)
     tgraph = trainer.model.graph
-    egraph = optimize_graph(trainer.module.trace(trainer.input_shape, mode="state"))
+    egraph = optimize_graph(trainer.module.trace(trainer.input_shape, mode="state"), target=target)
     module = ir.Module(name=name)
     module.triple = target.triple
     tcode = build_model(tgraph, target, f"{name}_train_impl", module=module)
@@ -133,7 +133,7 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     layout = dict(trainer.layout, output_size=egraph.outputs[0].type.size)
     numbers = add_training_api(module, name, (tgraph, tcode), (egraph, ecode), layout,
                                trainer.state(), target.threads)
-    split = add_split_bundle(module, name, _split_halves(trainer), tgraph, layout, target)   # train_grads/_apply
+    split = add_split_bundle(module, name, _split_halves(trainer, target), tgraph, layout, target)   # train_grads/_apply
     numbers.update(split, workspace=max(numbers["workspace"], split["workspace"]))
     paths = confined_paths(out_dir, name)
     obj = emit_object(module, target)
@@ -147,14 +147,15 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     return written
 
 
-def _split_halves(trainer):
+def _split_halves(trainer, target):
     """The trainer's step as its grads and apply halves, optimised (for add_split_bundle)."""
     from nutshell.training_split import build_apply_graph, build_grads_graph, grad_name
     reg = dict(getattr(trainer, "regularisation", {}))
     clip = {k: reg.pop(k) for k in ("clip_norm", "clip_value", "max_norm") if k in reg}
     ggraph, glayout = build_grads_graph(trainer.recipe, **reg)
     agraph, apply_state = build_apply_graph(ggraph, glayout, trainer.optimizer, **clip)
-    return optimize_graph(ggraph), optimize_graph(agraph), apply_state, grad_name
+    return (optimize_graph(ggraph, target=target), optimize_graph(agraph, target=target), apply_state,
+            grad_name)
 
 
 class AotModel:

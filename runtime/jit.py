@@ -107,7 +107,7 @@ class ObjectCache(DiskCache):
     """Compiled objects keyed by the IR, the target and the LLVM version."""
 
     def __init__(self, llvm_ir, target):
-        key = hashlib.sha256("|".join([llvm_ir, target.key(), llvm_version()]).encode()).hexdigest()
+        key = hashlib.sha256("|".join([llvm_ir, target.description(), llvm_version()]).encode()).hexdigest()
         super().__init__(key, ".o")
         self.target = target
 

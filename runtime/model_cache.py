@@ -40,7 +40,7 @@ def compiler_digest():
 
 def graph_key(graph, target, name):
     h = hashlib.sha256()
-    for part in (str(graph), target.key(), name, llvm_version(), compiler_digest()):
+    for part in (str(graph), target.description(), name, llvm_version(), compiler_digest()):
         h.update(part.encode() + b"\0")
     for cname, array in graph.constants.items():
         array = np.ascontiguousarray(array)

@@ -28,7 +28,7 @@ def object_links(obj, target):
     """True when LLVM links `obj` for `target` in a child process without failing."""
     if not isinstance(obj, (bytes, bytearray)) or obj[:4] != b"\x7fELF":
         return False
-    digest = hashlib.sha256(obj).digest() + target.key().encode()
+    digest = hashlib.sha256(obj).digest() + target.description().encode()
     if digest in _checked:
         return True
     try:

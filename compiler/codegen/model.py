@@ -35,7 +35,7 @@ class ModelCode:
 def _signature(node, in_types, out_types, consts, target):
     h = hashlib.sha1()
     h.update(repr((node.op, sorted((k, repr(v)) for k, v in node.attrs.items()),
-                   [str(t) for t in in_types], [str(t) for t in out_types], target.key())).encode())
+                   [str(t) for t in in_types], [str(t) for t in out_types], target.description())).encode())
     for c in consts:     # integer constants (shapes, axes, sizes) can change the loops
         if c is not None and not np.issubdtype(c.dtype, np.floating):
             h.update(c.tobytes())

@@ -40,6 +40,11 @@ class CudaTarget:
     def key(self):
         return "cuda|" + "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
+    def description(self):
+        """The full target description every cache key is made of (lower/target.py)."""
+        from ..schedule.tables import SCHEDULE_VERSION, table_for
+        return f"{self.key()}|schedule={table_for(self).name}@{SCHEDULE_VERSION}"
+
 
 def cuda_target(name, arch="sm_90"):
     """'cuda' or 'cuda-emulated' -> CudaTarget."""

@@ -18,8 +18,7 @@ packing into its own buffer (no shared data), when there are enough of them;
 else each packs every block itself and takes a share of the row blocks. A fork
 per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
-from ..schedule.gemm import (GEMM_PARALLEL_MIN_MACS, L2_BLOCK_BYTES, PANEL, gemm_schedule, k_blocking,
-                             packs_b)
+from ..schedule.gemm import block_bytes, gemm_schedule, k_blocking, packs_b, parallel_min_macs
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 from .nests import parts as _parts
 
@@ -39,15 +38,16 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     seeds the sum (a bias), finish(row, col, value) is the epilogue.
     slot: when the caller already runs this nest on several threads (one image per
     thread), the thread's index, so each gets its own packing buffer.
-    prepacked: a buffer holding B as prepack() lays it out (load_b is then unused)."""
-    parallel = parallel and m * n * k >= GEMM_PARALLEL_MIN_MACS
+    prepacked: (buffer, kc, panel): B as schedule/gemm.py's prepack() lays it out, in
+    panels `panel` columns wide and k blocks of kc (load_b is then unused)."""
+    parallel = parallel and m * n * k >= parallel_min_macs(ctx.target)
     if prepacked is not None:
-        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, prepacked=True)
+        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, panel=prepacked[2])
         return g.packed(None, parallel, slot, prepacked)
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if packs_b(m, n, k, out.dtype.itemsize, g.s.mr, g.s.nr):
+    if packs_b(ctx.target, m, n, k, out.dtype.itemsize, g.s.mr, g.s.nr):
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 
@@ -78,11 +78,11 @@ def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parall
 
 
 class _Gemm:
-    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, prepacked=False):
+    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, panel=None):
         self.ctx, self.nb, self.m, self.n, self.k = ctx, ctx.nb, m, n, k
         self.load_a, self.out, self.c_index, self.init = load_a, out, c_index, init
         self.finish = finish or (lambda r, c, v: v)
-        self.s = gemm_schedule(ctx.target, n, out.dtype, m, prepacked)
+        self.s = gemm_schedule(ctx.target, n, out.dtype, m, prepacked=panel is not None, panel=panel)
         self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
     def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None,
@@ -133,10 +133,14 @@ class _Gemm:
         edges (the last block's panels, the last k block) are run-time limits, and
         whether a k block starts from init or from C is a select, so the code stays
         one micro-kernel per (rows, panel) edge case: compile time matters too.
-        With `prepacked` the panels are read from it instead of packed here."""
+        With `prepacked` (buffer, kc, panel) the panels are read from it instead of packed here."""
         ctx, nb, s, m, n, k = self.ctx, self.nb, self.s, self.m, self.n, self.k
-        kc, k_blocks = k_blocking(k)
-        per_block = max(1, L2_BLOCK_BYTES // (kc * s.nr * self.out.dtype.itemsize))
+        if prepacked is None:
+            kc, k_blocks = k_blocking(k, ctx.target)
+        else:
+            prepacked, kc, panel_width = prepacked
+            k_blocks = _ceil(k, kc)
+        per_block = max(1, block_bytes(ctx.target) // (kc * s.nr * self.out.dtype.itemsize))
         panels, edge = divmod(n, s.nr)
         teams = ctx.threads if parallel and ctx.threads > 1 else 1
         if teams > 1 and panels >= 2 * teams * per_block:    # blocks split by thread: the
@@ -166,8 +170,9 @@ class _Gemm:
             """B's tile at column col0: the block's packed panel, or the prepacked one."""
             if prepacked is None:
                 return lambda kk, jj: packed[base + (panel * kc + kk) * s.nr + jj]
-            at = ((k0 // kc * _ceil(n, PANEL) + col0 // PANEL) * kc) * PANEL + col0 % PANEL
-            return lambda kk, jj: prepacked[at + kk * PANEL + jj]
+            width = panel_width
+            at = ((k0 // kc * _ceil(n, width) + col0 // width) * kc) * width + col0 % width
+            return lambda kk, jj: prepacked[at + kk * width + jj]
 
         def pack(base, n0, parts, k0, k_limit):
             for p0, count, nr, limit in parts:
@@ -242,7 +247,7 @@ def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
     for m0, mcount, mr in m_parts:
         if not (mcount and mr):
             continue
-        kind = "parallel" if parallel and mcount > 1 and m * n * k >= GEMM_PARALLEL_MIN_MACS else "serial"
+        kind = "parallel" if parallel and mcount > 1 and m * n * k >= parallel_min_macs(ctx.target) else "serial"
         with nb.loop(mcount, kind, hint="m") as bi:
             for n0, ncount, nr in n_parts:
                 if ncount and nr:

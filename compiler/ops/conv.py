@@ -1,7 +1,7 @@
 """Conv (2-D, NCHW): im2col into scratch where needed, then the blocked GEMM."""
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import worth_parallel
 from . import winograd
 from .common import fail, same_dtype, tt
 from .conv_common import (CONV_ATTRS, EPILOGUE, conv_reference, epilogue, for_image_chunks, im2col, image_plan,
@@ -135,7 +135,7 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     planes = n * m
-    parallel = planes * oh * ow * kh * kw >= PARALLEL_MIN_WORK
+    parallel = worth_parallel(ctx.target, planes * oh * ow * kh * kw)
     padded = ctx.scratch(hp * wp * (min(ctx.threads, planes) if parallel else 1), xb.dtype)
     with nb.loop(planes, "parallel" if parallel else "serial", hint="nm") as p:
         base = THREAD_INDEX * (hp * wp)

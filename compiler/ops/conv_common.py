@@ -7,7 +7,7 @@ import one another."""
 import numpy as np
 
 from ..lower.loop_ir import THREAD_INDEX
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import worth_parallel
 from .common import fail, positive_ints
 
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
@@ -163,7 +163,7 @@ def im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, para
     (cg, h, wd), (kh, kw), (oh, ow) = chw, kernel, out
     row_stride = row_stride or oh * ow
     nb = ctx.nb
-    big = parallel and cg * kh * kw * oh * ow >= PARALLEL_MIN_WORK
+    big = parallel and worth_parallel(ctx.target, cg * kh * kw * oh * ow)
     with nb.loop(cg, "parallel" if big else "serial", hint="c") as c:
         with nb.loop(kh, hint="ki") as i:
             with nb.loop(kw, hint="kj") as j:

@@ -185,12 +185,14 @@ def _gemm_grad(g, node, dys, wanted):
 
 # ---- MatMulPacked: a MatMul whose constant B is already in the GEMM's panels ----
 def _packed_infer(attrs, types, consts, node):
-    from ..schedule.gemm import PANEL, k_blocking
+    """The packed weights' shape [k_blocks, panels, kc, panel] says their layout (the
+    target's, schedule/gemm.py's prepack): it must cover k and n exactly."""
     a, bp = types[0], types[1]
     n = attrs["n"]
     k = a.shape[-1] if a.rank else 0
-    kc, k_blocks = k_blocking(max(k, 1))
-    if a.rank < 1 or bp.shape != (k_blocks, -(-n // PANEL), kc, PANEL):
+    kc, panel = (bp.shape[2], bp.shape[3]) if bp.rank == 4 else (0, 0)
+    if a.rank < 1 or bp.rank != 4 or min(kc, panel) < 1 or \
+            bp.shape[:2] != (-(-max(k, 1) // kc), -(-n // panel)):
         fail(node, f"MatMulPacked of {a.shape} does not fit packed weights {bp.shape} for n = {n}")
     return [tt(same_dtype(node, types), tuple(a.shape[:-1]) + (n,))]
 
@@ -205,8 +207,9 @@ def _packed_lower(ctx):
     k, n = a.shape[-1], ctx.attrs["n"]
     rows = a.size // k
     a_buf = ctx.inputs[0]
+    _, _, kc, panel = ctx.in_types[1].shape
     gemm_nest(ctx, rows, n, k, lambda r, kk: a_buf[r * k + kk], None, ctx.outputs[0], lambda r, c: r * n + c,
-              prepacked=ctx.inputs[1])
+              prepacked=(ctx.inputs[1], kc, panel))
 
 
 register("MatMulPacked", inputs=(2, 2), attrs={"n": None}, infer=_packed_infer, lower=_packed_lower,

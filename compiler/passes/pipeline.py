@@ -22,16 +22,20 @@ INFERENCE_PIPELINE = [
     block_channels,          # MobileNet-style regions in the blocked-channel layout (layout.py)
     fuse_elementwise,        # chains of element-wise ops in one loop (elementwise_fusion.py)
     winograd_weights,        # 3x3 stride-1 Conv weights pre-transformed for Winograd F(2x2, 3x3)
-    prepack_weights,         # constant MatMul weights in the GEMM's panels, packed once (MatMulPacked)
+    prepack_weights,         # constant MatMul weights in the target's GEMM panels, packed once (MatMulPacked)
     eliminate_dead_code,     # the folded BatchNorm statistics and unfused weights go
 ]
 
 
-def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print):
+TARGET_AWARE = {prepack_weights}     # passes whose rewrite depends on the target: p(graph, target)
+
+
+def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print, target=None):
     """Run `passes` in order; `verify_each` checks the IR after every pass (tests do),
-    `print_after` names passes whose output IR is printed (--print-after)."""
+    `print_after` names passes whose output IR is printed (--print-after). `target`
+    (default: this CPU) reaches the passes of TARGET_AWARE."""
     for p in INFERENCE_PIPELINE if passes is None else passes:
-        graph = p(graph)
+        graph = p(graph, target) if p in TARGET_AWARE else p(graph)
         if verify_each:
             verify(graph)
         if p.__name__ in print_after or "all" in print_after:
@@ -39,6 +43,7 @@ def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=prin
     return graph
 
 
-def optimize_graph(graph, verify_each=False, print_after=()):
-    """The inference pipeline over a verified `graph` (ns.optimize_graph)."""
-    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after)
+def optimize_graph(graph, verify_each=False, print_after=(), target=None):
+    """The inference pipeline over a verified `graph` for `target` (default: this
+    CPU) (ns.optimize_graph)."""
+    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after, target=target)
