@@ -33,7 +33,13 @@ class CudaModel(CompiledModel):
         d = self.d = _driver()
         self.graph, self.code, self.target, self.ptx = graph, code, target, ptx
         self.inputs, self.outputs = list(graph.inputs), list(graph.outputs)
-        _check(d.cuInit(0), "cuInit")
+        try:
+            _check(d.cuInit(0), "cuInit")
+        except CompileError:
+            raise
+        except Exception as exc:       # cuda-bindings raises when libcuda itself is missing
+            raise CompileError(f"target='cuda': no NVIDIA driver here ({type(exc).__name__}: {exc}); "
+                               "target='cuda-emulated' runs the same kernels on the CPU") from None
         if _check(d.cuDeviceGetCount(), "cuDeviceGetCount") < 1:
             raise CompileError("target='cuda': no CUDA GPU found; use target='cuda-emulated'")
         dev = _check(d.cuDeviceGet(0), "cuDeviceGet")
@@ -44,6 +50,17 @@ class CudaModel(CompiledModel):
                                              f"cuModuleGetFunction {s.function}") for s in code.steps}
         self.consts = [self._upload(np.ascontiguousarray(c)) for c in code.constants]
         self.arena = self._alloc(max(code.plan.arena_size, 64))
+
+    def __del__(self):
+        d = getattr(self, "d", None)
+        if d is None or not hasattr(self, "arena"):
+            return
+        try:                          # the weights and arena go with the model
+            for ptr in self.consts + [self.arena]:
+                d.cuMemFree(ptr)
+            d.cuModuleUnload(self.module)
+        except Exception:
+            pass
 
     def _alloc(self, nbytes):
         return int(_check(self.d.cuMemAlloc(max(int(nbytes), 1)), "cuMemAlloc"))

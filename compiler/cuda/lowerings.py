@@ -42,10 +42,12 @@ def _reduce(nb, extents, hint, body):
 
 TILE_MIN_OUTPUTS = 4096     # a C of fewer elements fills under one 64 x 64 tile: one thread per output
 TILE_MIN_K = 16             # one shared-memory stage
+MAX_GRID_Z = 65535          # CUDA's limit on the grid's z (the batch of tiled GEMMs)
 
 
-def _tiled(ctx, m, n, k):
-    return ctx.out_types[0].dtype == DType.float32 and m * n >= TILE_MIN_OUTPUTS and k >= TILE_MIN_K
+def _tiled(ctx, m, n, k, batch=1):
+    return ctx.out_types[0].dtype == DType.float32 and m * n >= TILE_MIN_OUTPUTS and k >= TILE_MIN_K \
+        and batch <= MAX_GRID_Z
 
 
 def _tiled_gemm(ctx, m, n, k, batch, a, bmat, out_index, finish):
@@ -77,7 +79,7 @@ def conv_lower(ctx):
     residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
     nb = ctx.nb
     kc, ohw = cg * kh * kw, oh * ow
-    if cg > 1 and _tiled(ctx, mg, n * ohw, kc):
+    if cg > 1 and _tiled(ctx, mg, n * ohw, kc, group):
         def patch(g, kk, col):
             ni, p = col // ohw, col % ohw
             ci, tap = kk // (kh * kw), kk % (kh * kw)
@@ -148,7 +150,7 @@ def matmul_lower(ctx):
     nb = ctx.nb
     offset = lambda bvars, st, size: sum((v * (s * size) for v, s in zip(bvars, st) if s), 0)
     total_batch = int(np.prod(batch, dtype=np.int64))
-    if _tiled(ctx, m, n, k):
+    if _tiled(ctx, m, n, k, total_batch):
         unflat = lambda flat: [(flat // s) % d for s, d in zip(strides(batch), batch)]
         return _tiled_gemm(ctx, m, n, k, total_batch,
                            lambda bf, r, kk: a[offset(unflat(bf), sa, m * k) + r * k + kk],
