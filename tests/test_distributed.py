@@ -105,8 +105,9 @@ def test_two_ranks_on_halves_match_one_process_on_the_whole_batch(tmp_path):
         for r, got in enumerate(ranks):
             if key.startswith("bn/"):          # per-rank batch statistics: ranks agree with each other
                 np.testing.assert_array_equal(got[key], ranks[0][key], err_msg=f"rank {r} {key}")
-            else:
-                np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6,
+            else:      # SyncBatchNorm's inputs are offset by 30: absolute rounding 30 times larger
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-5,
+                                           atol=3e-5 if key.startswith("sbn/") else 1e-6,
                                            err_msg=f"rank {r} {key}")
 
 
