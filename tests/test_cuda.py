@@ -274,3 +274,19 @@ def test_benchmark_models_emulated_match_onnxruntime(bench_models, name, rng):
     got = ns.compile(graph, target="cuda-emulated").run(feeds)
     for (out, value), want in zip(got.items(), sess.run(None, feeds)):
         assert_close(value, want, rtol=1e-4, atol_scale=1e-5)
+
+
+@pytest.mark.parametrize("width", [64, 197])
+def test_row_reductions_run_on_warps(width, rng):
+    """Layer norm's mean and variance and softmax's max and sum: a warp per row
+    (shuffle butterflies in the PTX; the emulator combines the lanes' partial
+    sums in the butterfly's order)."""
+    net = nn.Sequential(nn.LayerNorm(width), nn.Softmax(-1))
+    graph = to_graph(net, (3, 5, width))
+    gpu = ns.compile(graph, target="cuda-emulated")
+    warps = [s for s in gpu.code.steps if s.grid[0] * s.block[0] >= 15 * 32]
+    assert len(warps) >= 3, gpu.code.steps
+    x = rng.standard_normal((3, 5, width)).astype(np.float32) * 3
+    want = run_reference(graph, {graph.inputs[0].name: x})[graph.outputs[0].name]
+    assert_close(gpu(x), want, rtol=1e-5, atol_scale=1e-6)
+    assert "shfl.sync.bfly" in gpu.source("ptx")

@@ -18,11 +18,12 @@ from ..ir.types import DType
 from ..lower.loop_ir import THREAD_INDEX
 from .target import BLOCK_THREADS
 from .tiled import TiledGemmEmitter
+from .warp import LANES, WarpEmitter
 
 _VIA_FLOAT32 = ("exp", "log", "tanh", "sin", "cos")
 
 
-class GpuKernelEmitter(TiledGemmEmitter, KernelEmitter):
+class GpuKernelEmitter(WarpEmitter, TiledGemmEmitter, KernelEmitter):
     def __init__(self, module, kernel, ptx):
         super().__init__(module, kernel, threads=1)
         self.ptx = ptx
@@ -58,13 +59,26 @@ class GpuKernelEmitter(TiledGemmEmitter, KernelEmitter):
         self._begin(fn, {b.name: a for b, a in zip(self.kernel.params, fn.args)})
         self.env[THREAD_INDEX.name] = ir.Constant(H.I64, 0)
         gid = fn.args[-1]
+        self.partials = {}
+        if launch.warp:          # a row per warp: the lane, then the row
+            self.lane = self.builder.urem(gid, ir.Constant(H.I64, LANES))
+            gid = self.builder.udiv(gid, ir.Constant(H.I64, LANES))
         for var, extent in reversed(launch.index_vars):     # innermost varies fastest
             self.env[var.name] = self.builder.urem(gid, ir.Constant(H.I64, extent)) \
                 if var is not launch.index_vars[0][0] else gid
             gid = self.builder.udiv(gid, ir.Constant(H.I64, extent))
-        self.stmts(launch.body, None)
+        if launch.warp:
+            self.warp_statements(launch.body)
+            self.lane = None
+        else:
+            self.stmts(launch.body, None)
         self.builder.ret_void()
         return fn
+
+    def _reduce(self, e, vec):
+        if vec is not None:
+            return super()._reduce(e, vec)
+        return self.warp_reduce(e, lambda: super(GpuKernelEmitter, self)._reduce(e, vec))
 
     def _ptx_body(self, b, launch, thread_fn, args):
         def sreg(name):

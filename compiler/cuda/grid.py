@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .independence import independent
 from .target import BLOCK_THREADS
 from .tiled import THREADS as TILE_THREADS, TiledGemm, grid_of as tiled_grid
+from .warp import LANES, warp_worthy
 from ..lower.loop_ir import THREAD_INDEX, Bin, Call, For, Load, Reduce, Select, Store, Transpose, Var
 
 
@@ -25,6 +26,7 @@ class Launch:
     index_vars: list = field(default_factory=list)   # [(Var, extent)], outermost first: the flat
     #                                                  thread id split into these loop variables
     tiled: object = None       # a TiledGemm: blocks of tiled.THREADS sharing memory tiles
+    warp: bool = False         # each index a warp of 32 lanes (warp.py): extent counts lanes
 
     @property
     def grid(self):
@@ -56,7 +58,9 @@ def launches(kernel):
             extent = 1
             for _, e in index_vars:
                 extent *= e
-            out.append(Launch(f"{kernel.name}_l{len(out)}", body, extent, index_vars))
+            warp = warp_worthy(body, [v.name for v, _ in index_vars])
+            out.append(Launch(f"{kernel.name}_l{len(out)}", body, extent * (LANES if warp else 1), index_vars,
+                              warp=warp))
         else:
             serial.append(stmt)
     flush()
