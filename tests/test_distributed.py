@@ -46,6 +46,9 @@ SETUP = textwrap.dedent("""
         return nn.Sequential(nn.Conv2d(1, 4, 3), *([nn.BatchNorm2d(4)] if bn else []), nn.ReLU(),
                              nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
 
+    def far():
+        return np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32) + 1000
+
     def batches(shape, count=3):
         r = np.random.default_rng(1)
         return [(r.standard_normal((64,) + shape).astype(np.float32), r.integers(0, 3, 64))
@@ -80,6 +83,11 @@ WORKER = SETUP + textwrap.dedent("""
     out["sbn/loss"] = [t.step(x[rank * n:(rank + 1) * n] + 30, y[rank * n:(rank + 1) * n])
                        for x, y in batches((1, 8, 8))]
     out.update({f"sbn/{k}": v for k, v in t.state().items()})
+    ns.manual_seed(0)                 # a mean 1000 standard deviations from zero: no cancellation
+    t = ns.compile_training(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)), (n, 4), threads=1,
+                            distributed="mpi" if K > 1 else None, sync_batchnorm=True)
+    t.step(far()[rank * n:(rank + 1) * n], np.zeros(n, np.int64))
+    out["far/running_var"] = t.state()["0.running_var"]
     np.savez(sys.argv[1] + f".{rank}.npz", **out)
 """)
 
@@ -101,7 +109,11 @@ def test_two_ranks_on_halves_match_one_process_on_the_whole_batch(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     want = np.load(str(tmp_path / "one.0.npz"))
     ranks = [np.load(str(tmp_path / f"out.{r}.npz")) for r in range(2)]
-    for key in want.files:
+    far = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32) + 1000
+    exact = 0.9 + 0.1 * np.var(far.astype(np.float64), axis=0, ddof=1)   # running_var after one step
+    for r, got in enumerate(ranks):
+        np.testing.assert_allclose(got["far/running_var"], exact, rtol=1e-5, err_msg=f"rank {r}")
+    for key in (k for k in want.files if not k.startswith("far/")):
         for r, got in enumerate(ranks):
             if key.startswith("bn/"):          # per-rank batch statistics: ranks agree with each other
                 np.testing.assert_array_equal(got[key], ranks[0][key], err_msg=f"rank {r} {key}")
