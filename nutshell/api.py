@@ -1,12 +1,10 @@
 """ns.compile: any model (DSL module, Graph, ONNX path) -> CompiledModel."""
 from nutshell.compiler.codegen.c_header import c_identifier
-from nutshell.compiler.codegen.model import build_model, check_memory
+from nutshell.compiler.codegen.model import check_memory
 from nutshell.compiler.ir import Graph
 from nutshell.compiler.lower.target import host_target
 from nutshell.compiler.passes.pipeline import optimize_graph
-from nutshell.runtime.jit import JitModule
-from nutshell.runtime.model import CompiledModel
-from nutshell.runtime.model_cache import ModelCache
+from nutshell.runtime.model_cache import cached_model
 
 
 def to_graph(model, input_shape=None, input_name="input", example_inputs=None):
@@ -48,11 +46,4 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
                            tuple(print_after), target)
     name = c_identifier(name or graph.name)
     check_memory(graph)
-    cache = ModelCache(graph, target, name)
-    hit = cache.load_code(graph)
-    if hit is not None:              # the same graph compiled before: link its object
-        return CompiledModel(graph, hit[1], JitModule.from_object(hit[0], target), target)
-    code = build_model(graph, target, name)
-    jit = JitModule(code.llvm_ir, target)
-    cache.store_code(graph, code, jit.object)
-    return CompiledModel(graph, code, jit, target)
+    return cached_model(graph, target, name)     # a hit links the object compiled before

@@ -38,7 +38,7 @@ class Trainer(TrainerLoops):
                 current[name] = np.array(self._module_value(name), order="C")
             else:                                     # an optimizer slot
                 owner, slot = name.rsplit(".", 1)
-                current[name] = optimizer.initial_state(slot, self._params[owner].data).astype(np.float32)
+                current[name] = optimizer.initial_state(slot, self._params[owner].data).astype(np.float32, copy=False)
         self._tracked = layout["params"] + layout["buffers"]
         self._sets = [current, {k: np.empty_like(v) for k, v in current.items()}]
         self._live = 0
