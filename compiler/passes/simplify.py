@@ -45,8 +45,8 @@ def eliminate_dead_code(graph):
             live.update(i for i in node.inputs if i)
     kept.reverse()
     constants = {k: v for k, v in graph.constants.items() if k in live}
-    types = {k: t for k, t in graph.types.items()
-             if k in live or k in graph.input_names() or any(k in n.outputs for n in kept)}
+    named = live | set(graph.input_names()) | {o for n in kept for o in n.outputs}   # a set: was O(values x nodes)
+    types = {k: t for k, t in graph.types.items() if k in named}
     return graph.with_nodes(kept, constants=constants, types=types)
 
 
