@@ -26,7 +26,7 @@ def to_graph(model, input_shape=None, input_name="input", example_inputs=None):
 
 
 def compile(model, input_shape=None, threads=None, name=None, verify_each=False, print_after=(),
-            vector_cap=512, example_inputs=None, target="cpu", arch="sm_90"):
+            vector_cap=512, example_inputs=None, target="cpu", arch=None):
     """Compile `model` to native code for this CPU and return a CompiledModel.
 
     input_shape: a module's one float32 input, or example_inputs: an array or a
@@ -35,7 +35,8 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
     print_after: pass names (or "all") whose IR is printed, like --print-after.
     vector_cap: 256 or 32 ask for AVX2-wide or scalar code instead of AVX-512.
     target: "cpu", "cuda" (PTX run by the CUDA driver) or "cuda-emulated" (the same GPU
-    kernels run on this CPU); arch: the GPU's compute capability (sm_80, sm_90).
+    kernels run on this CPU); arch: the PTX's compute capability (sm_80, sm_90; default:
+    the GPU's, sm_90 emulated).
     """
     if target != "cpu":
         from nutshell.runtime.cuda import compile_cuda

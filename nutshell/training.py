@@ -216,7 +216,7 @@ def as_optimizer(optimizer):
 
 def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=None, threads=None,
                      check_nan=False, example_inputs=None, example_targets=None, distributed=None,
-                     target="cpu", arch="sm_90", **options):
+                     target="cpu", arch=None, **options):
     """Compile the whole training step of `module` to one native function.
 
     input_shape: the one float32 input's shape, or example_inputs: an array or a
@@ -240,7 +240,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     global batch, as SyncBatchNorm; default False: per rank, as DDP); both
     mean nothing in one process, which holds the whole batch.
     target: "cpu", or "cuda" / "cuda-emulated" (the step's kernels on a GPU, or the
-    same kernels run on this CPU), arch the GPU's (sm_80, sm_90)."""
+    same kernels run on this CPU), arch the PTX's (sm_80, sm_90; default: the GPU's)."""
     from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.lower.target import host_target
     from nutshell.runtime.model_cache import cached_model

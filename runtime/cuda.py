@@ -5,7 +5,7 @@ from nutshell.compiler.codegen.c_header import c_identifier
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import compile_ptx
 from nutshell.compiler.cuda.pipeline import GPU_PIPELINE
-from nutshell.compiler.cuda.target import cuda_target
+from nutshell.compiler.cuda.target import ARCHES, cuda_target
 from nutshell.compiler.passes.pipeline import run_pipeline
 from nutshell.compiler.lower.target import host_target
 
@@ -64,12 +64,19 @@ def optimize_for_gpu(graph, verify_each=False, print_after=()):
     return run_pipeline(verify(graph), GPU_PIPELINE, verify_each, tuple(print_after))
 
 
-def compile_cuda(graph, target_name, name, arch="sm_90", verify_each=False, print_after=()):
-    """A runner for `graph` (not yet optimised) on `target_name` ('cuda' or 'cuda-emulated')."""
-    target = cuda_target(target_name, arch)
+def compile_cuda(graph, target_name, name, arch=None, verify_each=False, print_after=()):
+    """A runner for `graph` (not yet optimised) on `target_name` ('cuda' or 'cuda-emulated').
+    arch: the PTX's sm_XY; None: the GPU's own (the newest nutshell knows at most), or
+    sm_90 emulated."""
+    device = None
+    if target_name == "cuda":            # the driver first: no GPU is a clear error before any work
+        from .cuda_driver import open_device, ptx_arch_for
+        device = open_device()
+        arch = arch or ptx_arch_for(device[2], ARCHES)
+    target = cuda_target(target_name, arch or "sm_90")
     graph = optimize_for_gpu(graph, verify_each, print_after)
     code = build_gpu_model(graph, target, name)
     if target.emulated:
         return EmulatedModel(graph, code, EmulatedJit(code.llvm_ir, host_target(1)), target)
     from .cuda_driver import CudaModel
-    return CudaModel(graph, code, compile_ptx(code.llvm_ir, arch), target)
+    return CudaModel(graph, code, compile_ptx(code.llvm_ir, target.arch), target, device)

@@ -28,23 +28,43 @@ def _check(result, what):
     return rest[0] if len(rest) == 1 else rest
 
 
+def open_device(index=0):
+    """(driver module, primary context, 'sm_XY' of the GPU) of GPU `index`, current on this thread."""
+    d = _driver()
+    try:
+        _check(d.cuInit(0), "cuInit")
+    except CompileError:
+        raise
+    except Exception as exc:       # cuda-bindings raises when libcuda itself is missing
+        raise CompileError(f"target='cuda': no NVIDIA driver here ({type(exc).__name__}: {exc}); "
+                           "target='cuda-emulated' runs the same kernels on the CPU") from None
+    if _check(d.cuDeviceGetCount(), "cuDeviceGetCount") <= index:
+        raise CompileError("target='cuda': no CUDA GPU found; use target='cuda-emulated'")
+    dev = _check(d.cuDeviceGet(index), "cuDeviceGet")
+    attr = d.CUdevice_attribute
+    major = _check(d.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "capability")
+    minor = _check(d.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "capability")
+    context = _check(d.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+    _check(d.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    return d, context, f"sm_{major}{minor}"
+
+
+def ptx_arch_for(device_arch, known):
+    """The newest of `known` (sm_80, sm_90, ...) the device runs: PTX is JIT-compiled
+    forward, so sm_90 PTX serves an sm_100 GPU."""
+    number = lambda a: int(a[3:])
+    fitting = [a for a in known if number(a) <= number(device_arch)]
+    if not fitting:
+        raise CompileError(f"the GPU is {device_arch}; nutshell's PTX needs {min(known, key=number)} or newer")
+    return max(fitting, key=number)
+
+
 class CudaModel(CompiledModel):
-    def __init__(self, graph, code, ptx, target):
-        d = self.d = _driver()
+    def __init__(self, graph, code, ptx, target, device):
+        d = self.d = device[0]
         self.graph, self.code, self.target, self.ptx = graph, code, target, ptx
         self.inputs, self.outputs = list(graph.inputs), list(graph.outputs)
-        try:
-            _check(d.cuInit(0), "cuInit")
-        except CompileError:
-            raise
-        except Exception as exc:       # cuda-bindings raises when libcuda itself is missing
-            raise CompileError(f"target='cuda': no NVIDIA driver here ({type(exc).__name__}: {exc}); "
-                               "target='cuda-emulated' runs the same kernels on the CPU") from None
-        if _check(d.cuDeviceGetCount(), "cuDeviceGetCount") < 1:
-            raise CompileError("target='cuda': no CUDA GPU found; use target='cuda-emulated'")
-        dev = _check(d.cuDeviceGet(0), "cuDeviceGet")
-        self.context = _check(d.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
-        _check(d.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+        self.context = device[1]
         self.module = _check(d.cuModuleLoadData(ptx.encode() + b"\0"), "cuModuleLoadData (PTX JIT)")
         self.functions = {s.function: _check(d.cuModuleGetFunction(self.module, s.function.encode()),
                                              f"cuModuleGetFunction {s.function}") for s in code.steps}
