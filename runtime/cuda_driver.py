@@ -1,7 +1,8 @@
 """Run PTX kernels on a GPU through the CUDA driver API (`cuda-bindings`, the
 optional extra `pip install nutshell[cuda]`). Weights are uploaded once; the
-arena, inputs and outputs live in device memory; run() copies inputs in, launches
-every step in order on one stream and copies the outputs and the status back."""
+arena, inputs and outputs live in device memory; each call copies the inputs in,
+launches every step in order on the default stream and copies the outputs and the
+status back. run(), model(x) and a trainer's step work as on the CPU."""
 import ctypes
 
 import numpy as np
@@ -97,17 +98,21 @@ class CudaModel(CompiledModel):
             return self.arena + where
         return {"input": ins, "output": outs, "const": self.consts}[kind][where]
 
-    def run(self, feeds, output_names=None):
+    def call(self, in_ptrs, out_ptrs):
+        """CompiledModel's native call (run() and the trainer use it): ctypes arrays of
+        host pointers to the inputs and outputs, copied to and from the device."""
         d = self.d
         _check(d.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
-        arrays = self._check(feeds)
-        ins = [self._upload(a) for a in arrays]
+        ins = [self._alloc(v.type.nbytes) for v in self.inputs]
         outs = [self._alloc(v.type.nbytes) for v in self.outputs]
         try:
+            for v, host, dev in zip(self.inputs, in_ptrs, ins):
+                if v.type.nbytes:
+                    _check(d.cuMemcpyHtoD(dev, host, v.type.nbytes), "cuMemcpyHtoD")
             _check(d.cuMemsetD8(self.arena, 0, 64), "cuMemsetD8")
             for step in self.code.steps:
                 ptrs = [ctypes.c_void_p(self._resolve(r, ins, outs)) for r in step.args]
-                params = (ctypes.c_void_p * len(ptrs))(*[ctypes.addressof(p) for p in ptrs])
+                params = (ctypes.c_void_p * max(len(ptrs), 1))(*[ctypes.addressof(p) for p in ptrs])
                 _check(d.cuLaunchKernel(self.functions[step.function], *step.grid, *step.block, 0, 0,
                                         ctypes.addressof(params), 0), f"launch {step.function}")
             for dst, src, nbytes in self.code.copies:
@@ -118,15 +123,12 @@ class CudaModel(CompiledModel):
             if status[0] != 0:
                 from nutshell.compiler.codegen.aot import ERRORS
                 raise InputError(f"run-time check failed: {ERRORS.get(int(status[0]), int(status[0]))}")
-            result = {}
-            for v, ptr in zip(self.outputs, outs):
-                host = np.empty(v.type.shape, v.type.dtype.numpy)
-                _check(d.cuMemcpyDtoH(host.ctypes.data, ptr, host.nbytes), "cuMemcpyDtoH")
-                result[v.name] = host
+            for v, host, dev in zip(self.outputs, out_ptrs, outs):
+                if v.type.nbytes:
+                    _check(d.cuMemcpyDtoH(host, dev, v.type.nbytes), "cuMemcpyDtoH")
         finally:
             for ptr in ins + outs:
                 d.cuMemFree(ptr)
-        return result if output_names is None else {n: result[n] for n in output_names}
 
     def source(self, kind="ptx"):
         if kind == "ptx":

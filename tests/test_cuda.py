@@ -290,3 +290,74 @@ def test_row_reductions_run_on_warps(width, rng):
     want = run_reference(graph, {graph.inputs[0].name: x})[graph.outputs[0].name]
     assert_close(gpu(x), want, rtol=1e-5, atol_scale=1e-6)
     assert "shfl.sync.bfly" in gpu.source("ptx")
+
+
+class _FakeDriver:
+    """The driver API calls CudaModel makes, on host memory: each launch runs the
+    emulated build of the same kernel (same name, same pointer arguments), so the
+    host side (plan references, copies, the status word) is checked without a GPU."""
+
+    def __init__(self, jit, steps):
+        self.jit, self.nargs, self.buffers, self.launched = jit, {s.function: len(s.args) for s in steps}, {}, []
+
+    def cuCtxSetCurrent(self, ctx):
+        return (0,)
+
+    def cuModuleLoadData(self, image):
+        assert image.endswith(b"\0")
+        return 0, "module"
+
+    def cuModuleGetFunction(self, module, name):
+        return 0, name.decode()
+
+    def cuMemAlloc(self, nbytes):
+        from nutshell.runtime.model import aligned_empty
+        buf = aligned_empty(nbytes, 256)
+        self.buffers[buf.ctypes.data] = buf
+        return 0, buf.ctypes.data
+
+    def cuMemFree(self, ptr):
+        self.buffers.pop(int(ptr))
+        return (0,)
+
+    def cuModuleUnload(self, module):
+        return (0,)
+
+    def _copy(self, dst, src, nbytes):
+        import ctypes
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+        return (0,)
+
+    cuMemcpyHtoD = cuMemcpyDtoH = cuMemcpyDtoD = _copy
+
+    def cuMemsetD8(self, ptr, value, nbytes):
+        import ctypes
+        ctypes.memset(int(ptr), value, nbytes)
+        return (0,)
+
+    def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        import ctypes
+        n = self.nargs[function]
+        slots = (ctypes.c_void_p * n).from_address(params)
+        args = [ctypes.c_void_p.from_address(slots[i]).value for i in range(n)]
+        ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * n)(self.jit.address(function))(*args)
+        self.launched.append((function, (gx, gy, gz), (bx, by, bz)))
+        return (0,)
+
+
+def test_driver_runner_host_side_with_a_fake_driver(rng):
+    from nutshell.runtime.cuda import EmulatedJit
+    from nutshell.runtime.cuda_driver import CudaModel
+    from nutshell.compiler.lower.target import host_target
+    net, shape = _cnn_bn()
+    net.eval()
+    graph = optimize_for_gpu(to_graph(net, shape))
+    ptx_code = build_gpu_model(graph, cuda_target("cuda"), "m")
+    emulated = build_gpu_model(graph, cuda_target("cuda-emulated"), "m")
+    fake = _FakeDriver(EmulatedJit(emulated.llvm_ir, host_target(1)), ptx_code.steps)
+    model = CudaModel(graph, ptx_code, "ptx", cuda_target("cuda"), (fake, "ctx", "sm_90"))
+    x = rng.standard_normal(shape).astype(np.float32)
+    want = run_reference(graph, {graph.inputs[0].name: x})[graph.outputs[0].name]
+    assert_close(model(x), want, rtol=1e-4, atol_scale=1e-5)
+    assert [f for f, _, _ in fake.launched] == [s.function for s in ptx_code.steps]
+    assert len(fake.buffers) == len(ptx_code.constants) + 1      # per-call buffers freed; weights and arena kept
