@@ -149,6 +149,8 @@ CASES = [
     ("LSTMCell", [(2, 8), (2, 2)], {"order": "ifco", "__outputs": 3, "__use": (1,)}, None, False),
     ("GRU", [(3, 2, 2), (1, 6, 2), (1, 6, 2)], {"hidden_size": 2, "linear_before_reset": 1, "__outputs": 2},
      None, False),
+    ("GRUCell", [(3, 15), (3, 15), (3, 5)], {"order": "rzh", "__outputs": 2, "__use": (0,)}, None, False),
+    ("GRUCell", [(2, 6), (2, 6), (2, 2)], {"order": "zrh", "__outputs": 2, "__use": (0,)}, None, False),
     ("RNN", [(3, 2, 2), (2, 2, 2), (2, 2, 2)], {"hidden_size": 2, "direction": "bidirectional", "__outputs": 2},
      None, False),
     ("Trilu", [(2, 3, 4), None], {"upper": 0}, {1: I64(1)}, False),

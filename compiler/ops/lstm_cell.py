@@ -66,11 +66,11 @@ def _cell_reference(attrs, gates, c_prev):
     return (a["o"] * np.tanh(c)).astype(gates.dtype), c.astype(gates.dtype), acts
 
 
-def _rows_loop(ctx, batch, hidden, body):
+def rows_loop(ctx, batch, hidden, gates, body):
     """body(row, col) inside rows (split across threads when there is work) x a
     vectorised loop over the hidden units."""
     nb = ctx.nb
-    kind = "parallel" if batch > 1 and batch * hidden * 4 >= PARALLEL_MIN_WORK else "serial"
+    kind = "parallel" if batch > 1 and batch * hidden * gates >= PARALLEL_MIN_WORK else "serial"
     with nb.loop(batch, kind) as r:
         with nb.loop(hidden, "vector", ctx.lanes(ctx.out_types[0].dtype)) as j:
             body(r, j)
@@ -91,7 +91,7 @@ def _cell_lower(ctx):
         a = {k: Load(acts, row + at[k]) for k in GATE_NAMES}
         ctx.nb.store(c_out, cell, a["f"] * Load(c_prev, cell) + a["i"] * a["c"])
         ctx.nb.store(h_out, cell, a["o"] * tanh(Load(c_out, cell)))
-    _rows_loop(ctx, batch, hidden, body)
+    rows_loop(ctx, batch, hidden, 4, body)
 
 
 register("LSTMCell", inputs=(2, 2), attrs={"order": None}, infer=_cell_infer, reference=_cell_reference,
@@ -150,7 +150,7 @@ def _grad_lower(ctx):
         ctx.nb.store(dgates, row + at["f"], dct * Load(cp_buf, cell) * a["f"] * (1.0 - a["f"]))
         ctx.nb.store(dgates, row + at["c"], dct * a["i"] * (1.0 - a["c"] * a["c"]))
         ctx.nb.store(dc_prev, cell, dct * a["f"])
-    _rows_loop(ctx, batch, hidden, body)
+    rows_loop(ctx, batch, hidden, 4, body)
 
 
 register("LSTMCellGrad", inputs=(5, 5), attrs={"order": None}, infer=_grad_infer, reference=_grad_reference,

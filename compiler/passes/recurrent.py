@@ -107,9 +107,18 @@ def _lstm_step(em, cell, acts, xp, h, c, r_t, wt, order):
     return em.mul(o, em.activate(acts[2], c_new)), c_new
 
 
+def _plain_gru(cell, acts):
+    """Whether a step is GRUCell's (ops/gru_cell.py): PyTorch's GRU (the reset gate
+    after the recurrent product), default activations, no clip."""
+    return cell.linear_before_reset and cell.clip is None and tuple(a.name for a in acts) == ("Sigmoid", "Tanh")
+
+
 def _gru_step(em, cell, acts, xp, h, c, r_t, wt, order):
     """h' = n + z * (h - n), which is (1 - z) * n + z * h; order ends with the h gate."""
     H = cell.hidden
+    if _plain_gru(cell, acts):
+        h_new, _ = em.op("GRUCell", [xp, em.gemm(h, r_t, wt.rb), h], n=2, order=order)
+        return h_new, c
     if cell.linear_before_reset:
         gx = _gates(em, xp, order, H)
         gh = _gates(em, em.gemm(h, r_t, wt.rb), order, H)
