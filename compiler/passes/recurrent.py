@@ -1,8 +1,10 @@
 """Recurrent cells (ops/recurrent.py) expanded into primitives over the fixed
 sequence length: the input projections of all time steps as one MatMul, then
-per step a MatMul by the recurrent weights and the gates' Split / Sigmoid /
-Tanh / Mul / Add. The backward pass then comes from those ops' rules, and the
-element-wise fusion pass puts each step's gate arithmetic in one loop.
+per step a Gemm by the recurrent weights and the gates' arithmetic: for a
+plain LSTM (and PyTorch's GRU) one LSTMCell (GRUCell) node, whose gradient rule
+is one LSTMCellGrad loop (ops/lstm_cell.py, gru_cell.py); other cells as Split /
+Sigmoid / Tanh / Mul / Add, differentiated through those ops' rules. The
+per-step weight gradients become one GEMM over all steps (gemm_transpose.py).
 
 The same builders serve the ONNX importer and the pass expand_composites
 (expand_node, through expand.py) and the DSL's nn.LSTM / nn.GRU / nn.RNN
