@@ -15,7 +15,7 @@ gate blocks of gates/acts: i (input), f (forget), c (cell candidate), o (output)
 import numpy as np
 
 from ..lower.loop_ir import Load
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import loop_kind
 from .common import fail, require_float, tt
 from .registry import get_op, gradient, non_differentiable, register
 
@@ -70,7 +70,7 @@ def rows_loop(ctx, batch, hidden, gates, body):
     """body(row, col) inside rows (split across threads when there is work) x a
     vectorised loop over the hidden units."""
     nb = ctx.nb
-    kind = "parallel" if batch > 1 and batch * hidden * gates >= PARALLEL_MIN_WORK else "serial"
+    kind = loop_kind(ctx.target, batch * hidden * gates) if batch > 1 else "serial"
     with nb.loop(batch, kind) as r:
         with nb.loop(hidden, "vector", ctx.lanes(ctx.out_types[0].dtype)) as j:
             body(r, j)
