@@ -2,11 +2,16 @@
 (a training step), with 0, 1 and 2 background processes spinning on the cores.
 
     python benchmarks/under_load.py [--models resnet18 tv:mobilenet_v2 ...] [--threads 2]
-                                    [--loads 0 1 2] [--repeat 20] [--block 5] [--no-step] [--json out.json]
+                                    [--loads 0 1 2] [--repeat 40] [--seconds 8] [--block 5] [--no-step]
+                                    [--json out.json]
 
 Each load level starts its spinning processes (each one bounded in time, stopped
 when the level ends), then times ours and the peer in alternating blocks of
-`--block` calls, so the machine's own slow spells fall on both. Prints p50 and
+`--block` calls, so the machine's own slow spells fall on both: at least
+`--repeat` calls of each, more (up to MAX_CALLS_FACTOR times as many) while the
+level has run under `--seconds`, so a fast model's p90 rests on a hundred-odd calls
+(with 15 calls a p90 is the second slowest call, and one run read 1.68 where the
+next read 0.9). Prints p50 and
 p90 of every call and the ratios ours/peer (below 1: nutshell is faster); for the
 training step also each side's degradation, p90 under load / p90 without.
 The torchvision models (tv:...) need torchvision; they are skipped without it."""
@@ -27,6 +32,7 @@ import nutshell as ns  # noqa: E402
 from nutshell.bench import ort_session, save_rows  # noqa: E402
 
 MODELS = ["resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "resnet50-b8"]
+MAX_CALLS_FACTOR = 5
 SPIN_LIMIT_S = 900          # a spinner never outlives this, whatever happens to us
 # torchvision wheels built for another torch fail importing their op registrations,
 # which model construction does not need
@@ -64,8 +70,9 @@ class Spinners:
             p.wait()
 
 
-def alternating(ours, theirs, repeat, block):
-    """Seconds per call of each, in alternating blocks, after a warm-up of each. A
+def alternating(ours, theirs, repeat, block, seconds=0.0):
+    """Seconds per call of each, in alternating blocks, after a warm-up of each: at
+    least `repeat` calls, and more while under `seconds` (see the module doc). A
     pause before each block lets the other side's spinning workers (ORT's spin
     after every run) go to sleep, as benchmarks/inference.py does; without it the
     first calls of each block paid for the other's spin-down."""
@@ -73,10 +80,15 @@ def alternating(ours, theirs, repeat, block):
     for fn in (ours, theirs):
         for _ in range(2):
             fn()
-    while len(times[0]) < repeat:
+    start = time.perf_counter()
+
+    def more():
+        n = len(times[1])
+        return n < repeat or (n < repeat * MAX_CALLS_FACTOR and time.perf_counter() - start < seconds)
+    while more():
         for fn, out in zip((ours, theirs), times):
             time.sleep(0.05)
-            for _ in range(min(block, repeat - len(out))):
+            for _ in range(block):
                 t = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - t)
@@ -87,16 +99,16 @@ def summary(times):
     return float(np.percentile(times, 50)) * 1e3, float(np.percentile(times, 90)) * 1e3
 
 
-def measure(ours, theirs, loads, repeat, block):
-    """{load: (ours (p50, p90) ms, theirs (p50, p90) ms)}"""
+def measure(ours, theirs, args):
+    """{load: (ours (p50, p90) ms, theirs (p50, p90) ms, calls of each)}"""
     result = {}
-    for load in loads:
+    for load in args.loads:
         spin = Spinners(load)
         try:
-            a, b = alternating(ours, theirs, repeat, block)
+            a, b = alternating(ours, theirs, args.repeat, args.block, args.seconds)
         finally:
             spin.stop()
-        result[load] = summary(a), summary(b)
+        result[load] = summary(a), summary(b), len(a)
     return result
 
 
@@ -112,9 +124,9 @@ def inference_rows(args):
         compiled = ns.compile(ns.load_onnx(model_bytes), threads=args.threads)
         sess = ort_session(model_bytes, args.threads)
         err = float(np.abs(compiled(x) - sess.run(None, {"input": x})[0]).max())
-        res = measure(lambda: compiled(x), lambda: sess.run(None, {"input": x}), args.loads, args.repeat, args.block)
-        for load, ((o50, o90), (t50, t90)) in res.items():
-            rows.append(dict(case=name, peer="ort", load=load, ours_p50=o50, ours_p90=o90, peer_p50=t50,
+        res = measure(lambda: compiled(x), lambda: sess.run(None, {"input": x}), args)
+        for load, ((o50, o90), (t50, t90), n) in res.items():
+            rows.append(dict(case=name, peer="ort", load=load, calls=n, ours_p50=o50, ours_p90=o90, peer_p50=t50,
                              peer_p90=t90, ratio_p50=o50 / t50, ratio_p90=o90 / t90, max_abs_err=err))
             _print(rows[-1])
         del compiled, sess
@@ -135,12 +147,12 @@ def step_rows(args):
     trainer = ns.compile_training(ours, example_inputs=x, example_targets=y, optimizer=ours_opt(),
                                   threads=args.threads)
     torch_step = torch_stepper(theirs, (x,), y, theirs_opt, False)
-    res = measure(lambda: trainer.step(x, y), torch_step, args.loads, args.repeat, args.block)
+    res = measure(lambda: trainer.step(x, y), torch_step, args)
     base = res[min(res)]
     rows = []
-    for load, ((o50, o90), (t50, t90)) in res.items():
+    for load, ((o50, o90), (t50, t90), n) in res.items():
         ours_deg, peer_deg = o90 / base[0][1], t90 / base[1][1]
-        rows.append(dict(case="cnn_bn step", peer="torch", load=load, ours_p50=o50, ours_p90=o90,
+        rows.append(dict(case="cnn_bn step", peer="torch", load=load, calls=n, ours_p50=o50, ours_p90=o90,
                          peer_p50=t50, peer_p90=t90, ratio_p50=o50 / t50, ratio_p90=o90 / t90,
                          ours_degradation=ours_deg, peer_degradation=peer_deg,
                          degradation_ratio=ours_deg / peer_deg))
@@ -151,7 +163,7 @@ def step_rows(args):
 def _print(r):
     extra = f" {r['ours_degradation']:>6.2f} {r['peer_degradation']:>6.2f} {r['degradation_ratio']:>6.2f}" \
         if "degradation_ratio" in r else ""
-    print(f"{r['case']:<18} {r['peer']:>5} {r['load']:>4} {r['ours_p50']:>9.2f} {r['ours_p90']:>9.2f} "
+    print(f"{r['case']:<18} {r['peer']:>5} {r['load']:>4} {r['calls']:>5} {r['ours_p50']:>9.2f} {r['ours_p90']:>9.2f} "
           f"{r['peer_p50']:>9.2f} {r['peer_p90']:>9.2f} {r['ratio_p50']:>6.2f} {r['ratio_p90']:>6.2f}{extra}",
           flush=True)
 
@@ -161,13 +173,15 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--loads", nargs="+", type=int, default=[0, 1, 2], help="spinning processes")
-    p.add_argument("--repeat", type=int, default=20, help="calls of each side per load")
+    p.add_argument("--repeat", type=int, default=40, help="calls of each side per load, at least")
+    p.add_argument("--seconds", type=float, default=8.0, help="keep alternating this long per load (fast models)")
     p.add_argument("--block", type=int, default=5, help="calls per alternating block")
     p.add_argument("--no-step", action="store_true", help="skip the training step")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    print(f"threads {args.threads}, {args.repeat} calls per side per load, blocks of {args.block}; ms")
-    print(f"{'case':<18} {'peer':>5} {'busy':>4} {'ours p50':>9} {'ours p90':>9} {'peer p50':>9} "
+    print(f"threads {args.threads}, {args.repeat}+ calls per side per load (more within {args.seconds:g} s), "
+          f"blocks of {args.block}; ms; load now {os.getloadavg()[0]:.1f}")
+    print(f"{'case':<18} {'peer':>5} {'busy':>4} {'calls':>5} {'ours p50':>9} {'ours p90':>9} {'peer p50':>9} "
           f"{'peer p90':>9} {'r p50':>6} {'r p90':>6}  (step: degradation ours, peer, ratio)")
     rows = inference_rows(args)
     if not args.no_step:

@@ -107,7 +107,7 @@ class ObjectCache(DiskCache):
     """Compiled objects keyed by the IR, the target and the LLVM version."""
 
     def __init__(self, llvm_ir, target):
-        key = hashlib.sha256("|".join([llvm_ir, target.description(), llvm_version()]).encode()).hexdigest()
+        key = hashlib.sha256("|".join([llvm_ir, target.key(), llvm_version()]).encode()).hexdigest()
         super().__init__(key, ".o")
         self.target = target
 
@@ -140,7 +140,8 @@ def ensure_pool():
         mod.verify()
         engine = llvm.create_mcjit_compiler(mod, tm)
         engine.finalize_object()
-        llvm.add_symbol(thread_pool.ENTRY, engine.get_function_address(thread_pool.ENTRY))
+        for name in (thread_pool.ENTRY, thread_pool.HOLD, thread_pool.RELEASE):
+            llvm.add_symbol(name, engine.get_function_address(name))
         stop = ctypes.CFUNCTYPE(None)(engine.get_function_address(thread_pool.STOP))
         atexit.register(stop)
         _POOL.append((engine, stop))
@@ -174,16 +175,14 @@ class JitModule:
 
     @classmethod
     def from_object(cls, obj, target):
-        """Machine code from a cache: an empty module plus the object (or the objects
-        of a split build), no IR at all."""
+        """Machine code from a cache: an empty module plus the object, no IR at all."""
         ensure_pool()
         self = cls.__new__(cls)
         self.tm, self.llvm_ir, self.object, self.from_cache = target_machine(target), None, obj, True
         self.module = llvm.parse_assembly("")
         self.module.triple = self.tm.triple
         self.engine = llvm.create_mcjit_compiler(self.module, self.tm)
-        for one in obj if isinstance(obj, list) else [obj]:
-            self.engine.add_object_file(llvm.ObjectFileRef.from_data(one))
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         self.engine.run_static_constructors()
         return self
@@ -195,13 +194,10 @@ class JitModule:
         return addr
 
     def _optimized(self):
-        """The optimised module(s): one per part of a split build (parallel_jit.py)."""
-        if getattr(self, "parts", None) and self.llvm_ir is None:
-            return [optimize(part, self.tm) for part in self.parts]
-        return [optimize(self.llvm_ir, self.tm) if self.from_cache else self.module]
+        return optimize(self.llvm_ir, self.tm) if self.from_cache else self.module
 
     def optimized_ir(self):
-        return "\n".join(str(m) for m in self._optimized())
+        return str(self._optimized())
 
     def assembly(self):
-        return "\n".join(self.tm.emit_assembly(m) for m in self._optimized())
+        return self.tm.emit_assembly(self._optimized())

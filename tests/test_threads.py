@@ -37,7 +37,10 @@ def parallel_graph():
 def compiled():
     graph = parallel_graph()
     model = ns.compile(graph, threads=2)
-    assert "nutshell_parallel" in model.source("llvm")       # the loops do run on the pool
+    llvm_ir = model.source("llvm")
+    assert "nutshell_parallel" in llvm_ir                    # the loops do run on the pool
+    # the call holds the team between its loops, and lets it go before returning
+    assert 'call void @"nutshell_pool_hold"' in llvm_ir and 'call void @"nutshell_pool_release"' in llvm_ir
     return graph, model
 
 
@@ -104,6 +107,11 @@ def test_forked_child_runs_without_the_parents_workers(compiled):
         os._exit(0 if np.array_equal(model(x), want) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_one_thread_model_does_not_touch_the_pool():
+    llvm_ir = ns.compile(parallel_graph(), threads=1).source("llvm")
+    assert "nutshell_pool_hold" not in llvm_ir and "nutshell_parallel" not in llvm_ir
 
 
 def test_default_threads_follow_affinity_and_quota(monkeypatch):
