@@ -1,12 +1,22 @@
 """Data-parallel training: 2 MPI ranks x 1 thread against 1 process x 2 threads,
 and against PyTorch DDP (gloo, 2 processes x 1 thread) when torch is installed.
 
-    python benchmarks/distributed.py [--steps 30] [--nets lenet cnn_bn] [--json out.json]
+    python benchmarks/distributed.py [--steps 30] [--nets lenet cnn_bn] [--variants] [--json out.json]
 
 Global batch 64 (32 per rank): LeNet-5 (SGD with momentum) and a 4-conv CNN with
-BatchNorm on 3x32x32 (Adam). Each row: median step time after warm-up and
-images per second. Needs mpiexec (pip install 'nutshell[mpi]'); everything
-talks over localhost only."""
+BatchNorm on 3x32x32 (Adam), also with sync_batchnorm (PyTorch's SyncBatchNorm
+runs on GPUs only); wide_mlp (46 MB of gradients) on request. Each row: median
+step time after warm-up and images per second. --variants adds gradient buckets
+of --small-bucket-mb overlapped with the backward, blocking, and with MPICH's
+progress thread. Needs mpiexec (pip install 'nutshell[mpi]'); everything talks
+over localhost only.
+
+Measured on the shared 2-core machine (load 9-13 from other jobs, so +-20%):
+LeNet 2x1 8.2 ms, small buckets overlapped 8.1, blocking 12.1, progress thread
+40.0, 1x2 threads 2.3, DDP 12.0; CNN+BN 2x1 117-128 ms, overlapped 116, blocking
+123, progress thread 258, sync_batchnorm 166, 1x2 threads 108-153, DDP 350-437;
+wide_mlp 2x1 (2 buckets) 506, one bucket 472, 5 MB buckets overlapped 443,
+blocking 461, 1x2 threads 350, DDP 570."""
 import argparse
 import json
 import os
@@ -36,7 +46,14 @@ def cnn_bn(m):
                         m.Flatten(), m.Linear(64 * 8 * 8, 10))
 
 
-NETS = {"lenet": (lenet, (1, 28, 28), "sgd"), "cnn_bn": (cnn_bn, (3, 32, 32), "adam")}
+def wide_mlp(m):         # 46 MB of gradients: two buckets at the default bucket_cap_mb
+    return m.Sequential(m.Flatten(), m.Linear(784, 4096), m.ReLU(), m.Linear(4096, 2048), m.ReLU(),
+                        m.Linear(2048, 10))
+
+
+NETS = {"lenet": (lenet, (1, 28, 28), "sgd"), "cnn_bn": (cnn_bn, (3, 32, 32), "adam"),
+        "wide_mlp": (wide_mlp, (1, 28, 28), "sgd")}
+DEFAULT_NETS = ["lenet", "cnn_bn"]
 
 
 def _batches(shape, batch, count=4):
@@ -63,8 +80,12 @@ def nutshell_worker(a):
     batch = GLOBAL_BATCH // ranks
     optimizer = ns.optim.SGD(lr=0.01, momentum=0.9) if opt == "sgd" else ns.optim.Adam(lr=1e-3)
     ns.manual_seed(0)
+    if a.blocking:                       # each bucket all-reduced blocking when complete: no overlap
+        from nutshell.runtime.distributed_stages import OVERLAP
+        OVERLAP["nonblocking"] = False
+    options = dict(bucket_cap_mb=a.bucket_cap_mb, sync_batchnorm=a.sync_bn) if ranks > 1 else {}
     t = ns.compile_training(make(ns.nn), (batch,) + shape, optimizer=optimizer, threads=a.threads,
-                            distributed="mpi" if ranks > 1 else None)
+                            distributed="mpi" if ranks > 1 else None, **options)
     sync = ns.distributed.barrier if ranks > 1 else (lambda: None)
     return ns.distributed.rank(), _timed(t.step, _batches(shape, batch), a.warmup, a.steps, sync)
 
@@ -102,9 +123,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run(cmds, out, timeout=900):
+def _run(cmds, out, timeout=900, env=None):
     """Start `cmds` together; rank 0's median step time from `out`."""
-    procs = [subprocess.Popen(c) for c in cmds]
+    procs = [subprocess.Popen(c, env=dict(os.environ, **(env or {}))) for c in cmds]
     for p in procs:
         if p.wait(timeout=timeout) != 0:
             raise RuntimeError(f"{' '.join(p.args)} failed")
@@ -117,8 +138,17 @@ def measure(net, a):
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        rows["nutshell 2 ranks x 1 thread"] = _run(
-            [[_mpiexec(), "-n", "2"] + worker + ["--worker", "nutshell", "--threads", "1", "--out", out]], out)
+        mpi = [_mpiexec(), "-n", "2"] + worker + ["--worker", "nutshell", "--threads", "1", "--out", out]
+        rows["nutshell 2 ranks x 1 thread"] = _run([mpi], out)
+        if a.variants:
+            rows["  one bucket (no overlap)"] = _run([mpi + ["--bucket-cap-mb", "1e6"]], out)
+            small = ["--bucket-cap-mb", str(a.small_bucket_mb)]
+            rows[f"  buckets of {a.small_bucket_mb} MB, overlapped"] = _run([mpi + small], out)
+            rows[f"  buckets of {a.small_bucket_mb} MB, blocking"] = _run([mpi + small + ["--blocking"]], out)
+            rows["  ... overlapped, MPICH progress thread"] = _run(
+                [mpi + small], out, env={"MPIR_CVAR_ASYNC_PROGRESS": "1"})
+        if net == "cnn_bn":
+            rows["nutshell 2 x 1, sync_batchnorm"] = _run([mpi + ["--sync-bn"]], out)
         rows["nutshell 1 rank x 2 threads"] = _run(
             [worker + ["--worker", "nutshell", "--threads", "2", "--out", out]], out)
         try:
@@ -134,10 +164,16 @@ def measure(net, a):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    p.add_argument("--nets", nargs="+", default=DEFAULT_NETS, choices=list(NETS))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json")
+    p.add_argument("--variants", action="store_true",
+                   help="also small gradient buckets: overlapped, blocking, with MPICH's progress thread")
+    p.add_argument("--small-bucket-mb", type=float, default=0.05)
+    p.add_argument("--bucket-cap-mb", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--sync-bn", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--blocking", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["nutshell", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--net", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -157,7 +193,7 @@ def main(argv=None):
         results[net] = rows
         print(f"{net} (global batch {GLOBAL_BATCH}):")
         for name, took in rows.items():
-            print(f"  {name:30s} {took * 1e3:8.2f} ms/step  {GLOBAL_BATCH / took:8.0f} images/s")
+            print(f"  {name:40s} {took * 1e3:8.2f} ms/step  {GLOBAL_BATCH / took:8.0f} images/s")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

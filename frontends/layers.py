@@ -1,6 +1,7 @@
 """Layers with PyTorch's names, arguments and state_dict keys."""
 import numpy as np
 
+from .batch_stats import batch_moments
 from .dsl import Module, Parameter, Tensor, apply, constant, next_seed
 from .layer_checks import check_width, conv_pads, positive, require
 from .init import bias_init, fans, ones, weight_init, zeros
@@ -99,14 +100,12 @@ def batch_norm_train(x, weight, bias, mean, var, steps, eps, momentum):
     rank = len(x.shape)
     axes = constant(b, np.asarray([0] + list(range(2, rank)), np.int64))
     per_channel = (1, x.shape[1]) + (1,) * (rank - 2)
-    batch_mean = apply("ReduceMean", [x, axes], keepdims=1)
-    centered = x - batch_mean
-    batch_var = apply("ReduceMean", [centered * centered, axes], keepdims=1)
+    # this rank's batch, or every rank's under sync_batchnorm (shifted by the running mean)
+    batch_mean, centered, batch_var, count = batch_moments(x, axes, mean)
     inv_std = 1.0 / apply("Sqrt", [batch_var + eps])
     y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
     if mean is None:                  # track_running_stats=False: nothing to update
         return y
-    count = x.type.size // x.shape[1]
     unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))
     mean_name, var_name = mean.name, var.name
     updates = b.trace.updates

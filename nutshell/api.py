@@ -1,13 +1,10 @@
 """ns.compile: any model (DSL module, Graph, ONNX path) -> CompiledModel."""
-import re
-
-from nutshell.compiler.codegen.model import build_model, check_memory
-from nutshell.compiler.ir import Graph, verify
+from nutshell.compiler.codegen.c_header import c_identifier
+from nutshell.compiler.codegen.model import check_memory
+from nutshell.compiler.ir import Graph
 from nutshell.compiler.lower.target import host_target
-from nutshell.compiler.passes.pipeline import run_pipeline
-from nutshell.runtime.jit import JitModule
-from nutshell.runtime.model import CompiledModel
-from nutshell.runtime.model_cache import ModelCache
+from nutshell.compiler.passes.pipeline import optimize_graph
+from nutshell.runtime.model_cache import cached_model
 
 
 def to_graph(model, input_shape=None, input_name="input", example_inputs=None):
@@ -28,17 +25,8 @@ def to_graph(model, input_shape=None, input_name="input", example_inputs=None):
     raise TypeError(f"cannot compile a {type(model).__name__}")
 
 
-def c_identifier(name):
-    ident = re.sub(r"[^A-Za-z0-9_]", "_", str(name)) or "model"   # ASCII: C and file names
-    return ident if not ident[0].isdigit() else "m_" + ident
-
-
-def optimize_graph(graph, verify_each=False, print_after=()):
-    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after)
-
-
 def compile(model, input_shape=None, threads=None, name=None, verify_each=False, print_after=(),
-            vector_cap=512, example_inputs=None):
+            vector_cap=512, example_inputs=None, target="cpu", arch=None):
     """Compile `model` to native code for this CPU and return a CompiledModel.
 
     input_shape: a module's one float32 input, or example_inputs: an array or a
@@ -46,17 +34,17 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
     threads: worker threads for parallel loops, 1 to 1024 (default: all cores, at most 1024).
     print_after: pass names (or "all") whose IR is printed, like --print-after.
     vector_cap: 256 or 32 ask for AVX2-wide or scalar code instead of AVX-512.
+    target: "cpu", "cuda" (PTX run by the CUDA driver) or "cuda-emulated" (the same GPU
+    kernels run on this CPU); arch: the PTX's compute capability (sm_80, sm_90; default:
+    the GPU's, sm_90 emulated).
     """
-    graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
-                           tuple(print_after))
+    if target != "cpu":
+        from nutshell.runtime.cuda import compile_cuda
+        graph = to_graph(model, input_shape, example_inputs=example_inputs)
+        return compile_cuda(graph, target, c_identifier(name or graph.name), arch, verify_each, print_after)
     target = host_target(threads, vector_cap)
+    graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
+                           tuple(print_after), target)
     name = c_identifier(name or graph.name)
     check_memory(graph)
-    cache = ModelCache(graph, target, name)
-    hit = cache.load_code(graph)
-    if hit is not None:              # the same graph compiled before: link its object
-        return CompiledModel(graph, hit[1], JitModule.from_object(hit[0], target), target)
-    code = build_model(graph, target, name)
-    jit = JitModule(code.llvm_ir, target)
-    cache.store_code(graph, code, jit.object)
-    return CompiledModel(graph, code, jit, target)
+    return cached_model(graph, target, name)     # a hit links the object compiled before

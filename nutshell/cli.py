@@ -33,10 +33,9 @@ def _threads_arg(text):
 
 
 def _target_arg(text):
-    if text != "host":
-        raise argparse.ArgumentTypeError(f"'{text}' is not available: nutshell compiles for CPUs only "
-                                         "(there is no CUDA or other GPU backend yet); use --target-cpu "
-                                         "and --triple to choose the CPU")
+    if text not in ("host", "cuda"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a target: 'host' (the CPU family; --target-cpu "
+                                         "and --triple choose the CPU) or 'cuda' (PTX and a C host file)")
     return text
 
 
@@ -71,6 +70,8 @@ def cmd_compile(args):
     from nutshell.runtime.aot import write_new
     name = c_identifier(args.name or os.path.splitext(os.path.basename(args.model))[0])
     t = time.perf_counter()
+    if args.target == "cuda":
+        return _compile_cuda(args, name, t)
     model = _compile(args.model, dict(args.input_shape or ()), threads=args.threads, name=name,
                      print_after=tuple(args.print_after or ()))
     written = model.export(args.output, name=name, target_cpu=args.target_cpu, triple=args.triple)
@@ -81,6 +82,16 @@ def cmd_compile(args):
     print(f"compiled {args.model} in {time.perf_counter() - t:.2f} s: " + ", ".join(files))
     print(f"code {written['object_bytes'] - written['weights_bytes']:,} bytes beside "
           f"{written['weights_bytes']:,} bytes of weights")
+
+
+def _compile_cuda(args, name, t):
+    from nutshell.runtime.cuda import optimize_for_gpu
+    from nutshell.runtime.cuda_aot import export_cuda
+    graph = optimize_for_gpu(_load_graph(args.model, dict(args.input_shape or ())),
+                             print_after=tuple(args.print_after or ()))
+    written = export_cuda(graph, args.output, name, args.arch)
+    files = [written[k] for k in ("ptx", "cubin", "header", "host", "object") if k in written]
+    print(f"compiled {args.model} for CUDA {args.arch} in {time.perf_counter() - t:.2f} s: " + ", ".join(files))
 
 
 def _read_inputs(items):
@@ -189,7 +200,9 @@ def build_parser():
     c.add_argument("-o", "--output", required=True, help="output folder")
     c.add_argument("--name", help="C identifier for the model (default: the file's stem)")
     c.add_argument("--target", default="host", type=_target_arg,
-                   help="what to compile for: 'host', the CPU family (the only backend for now)")
+                   help="what to compile for: 'host', the CPU family, or 'cuda': NAME.ptx, NAME.cubin "
+                   "(when ptxas is found), NAME.h and NAME_host.c (CUDA driver API)")
+    c.add_argument("--arch", default="sm_90", help="GPU architecture for --target cuda (sm_80, sm_90, ...)")
     c.add_argument("--target-cpu", help="emit for this CPU: host, x86-64-v3, x86-64-v4, znver4, znver5, "
                    "skylake-avx512, generic, ... (default: this machine's)")
     c.add_argument("--triple", help="emit an object for another machine (aarch64-linux-gnu, ...)")

@@ -7,9 +7,11 @@ MPI has no timeout: a rank whose peer hangs would wait forever. Each
 collective here runs under a deadline kept by a watchdog thread (mpi4py releases
 the GIL inside MPI calls); past it the rank prints which operation stalled and
 aborts the whole job (MPI_Abort), so the launcher exits non-zero. The deadline
-is set_timeout(s), or NUTSHELL_MPI_TIMEOUT in seconds (default 120). Blocking
-collectives under a watchdog, rather than non-blocking ones polled: MPICH's
-Iallreduce of 25 MB took 31-46 ms here where Allreduce took 13-19 ms."""
+is set_timeout(s), or NUTSHELL_MPI_TIMEOUT in seconds (default 120). The
+gradient buckets that overlap the backward (runtime/distributed_stages.py) are
+non-blocking, polled between stages and waited for under the same deadline; the
+last bucket, with nothing left to overlap, is a blocking all-reduce (MPICH's
+Iallreduce of 25 MB took 31-46 ms here where Allreduce took 13-19 ms)."""
 import os
 import sys
 import threading

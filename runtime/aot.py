@@ -11,10 +11,11 @@ from llvmlite import ir
 
 from nutshell.compiler.codegen import thread_pool
 from nutshell.compiler.codegen.aot import add_inference_api
-from nutshell.compiler.codegen.c_header import inference_header
+from nutshell.compiler.codegen.c_header import c_identifier, inference_header
 from nutshell.compiler.codegen.model import build_model
 from nutshell.compiler.errors import CompileError
 from nutshell.compiler.lower.target import CpuTarget, host_target
+from nutshell.compiler.passes.pipeline import optimize_graph
 from nutshell.runtime.jit import optimize, target_machine
 
 # vector width implied by a named CPU when no feature list is given
@@ -94,7 +95,6 @@ def confined_paths(out_dir, name):
 
 def export_inference(graph, out_dir, name, threads=None, target_cpu=None, triple=None):
     """Compile `graph` ahead of time into out_dir; returns a dict of what was written."""
-    from nutshell.api import c_identifier
     name = c_identifier(name)        # it names C symbols and files: never anything else
     target = bundle_target(threads, target_cpu, triple)
     module = ir.Module(name=name)
@@ -117,14 +117,13 @@ def export_inference(graph, out_dir, name, threads=None, target_cpu=None, triple
 def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     """The trainer's step and its evaluation model as one bundle over a state region
     that starts from the trainer's current values."""
-    from nutshell.api import c_identifier, optimize_graph
     from nutshell.compiler.codegen.aot_train import add_training_api
     from nutshell.compiler.codegen.aot_train_split import add_split_bundle, with_split_header
     from nutshell.compiler.codegen.c_header import training_header
     name = c_identifier(name)
     target = bundle_target(trainer.threads, target_cpu, triple)
     tgraph = trainer.model.graph
-    egraph = optimize_graph(trainer.module.trace(trainer.input_shape, mode="state"))
+    egraph = optimize_graph(trainer.module.trace(trainer.input_shape, mode="state"), target=target)
     module = ir.Module(name=name)
     module.triple = target.triple
     tcode = build_model(tgraph, target, f"{name}_train_impl", module=module)
@@ -134,7 +133,7 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     layout = dict(trainer.layout, output_size=egraph.outputs[0].type.size)
     numbers = add_training_api(module, name, (tgraph, tcode), (egraph, ecode), layout,
                                trainer.state(), target.threads)
-    split = add_split_bundle(module, name, trainer, tgraph, layout, target)   # train_grads/_apply
+    split = add_split_bundle(module, name, _split_halves(trainer, target), tgraph, layout, target)   # train_grads/_apply
     numbers.update(split, workspace=max(numbers["workspace"], split["workspace"]))
     paths = confined_paths(out_dir, name)
     obj = emit_object(module, target)
@@ -146,6 +145,17 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
         link_shared(paths[".o"], paths[".so"], target.threads > 1)
         written["shared"] = paths[".so"]
     return written
+
+
+def _split_halves(trainer, target):
+    """The trainer's step as its grads and apply halves, optimised (for add_split_bundle)."""
+    from nutshell.training_split import build_apply_graph, build_grads_graph, grad_name
+    reg = dict(getattr(trainer, "regularisation", {}))
+    clip = {k: reg.pop(k) for k in ("clip_norm", "clip_value", "max_norm") if k in reg}
+    ggraph, glayout = build_grads_graph(trainer.recipe, **reg)
+    agraph, apply_state = build_apply_graph(ggraph, glayout, trainer.optimizer, **clip)
+    return (optimize_graph(ggraph, target=target), optimize_graph(agraph, target=target), apply_state,
+            grad_name)
 
 
 class AotModel:

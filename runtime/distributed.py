@@ -1,13 +1,17 @@
 """A data-parallel Trainer over MPI: each rank runs the `grads` half of the step on
 its share of the batch, the ranks average their gradients (and loss, and
-BatchNorm running statistics) with an in-place all-reduce over a flat float32
-buffer (in 64 MB buckets), then every rank runs the same `apply` half. The initial
-state is rank 0's, broadcast, so every rank holds the same state after each
-step. Batch statistics stay per rank (as PyTorch DDP's BatchNorm).
+BatchNorm running statistics) with in-place all-reduces over a flat float32
+buffer, then every rank runs the same `apply` half. The initial state is rank
+0's, broadcast, so every rank holds the same state after each step. Batch
+statistics stay per rank (as PyTorch DDP's BatchNorm) unless sync_batchnorm=True
+(SyncBatchNorm: statistics of the global batch, summed across ranks mid-step).
 
-The gradients, the loss and the new float buffers are written by the compiled
-`grads` function straight into views of the flat buffer, so the all-reduce
-needs no copy. State is double-buffered as in the Trainer."""
+The `grads` half runs in stages (runtime/distributed_stages.py): cut at the
+SyncBatchNorm sums, and after each gradient bucket of bucket_cap_mb, whose
+all-reduce then overlaps the rest of the backward. The gradients, the loss and
+the new float buffers are written by the compiled stages straight into views of
+the flat buffer, so the all-reduces need no copy. State is double-buffered as in
+the Trainer."""
 import ctypes
 import math
 
@@ -15,10 +19,11 @@ import numpy as np
 
 import nutshell.distributed as dist
 from nutshell.compiler.errors import InputError
+from nutshell.runtime.distributed_stages import StagedGrads
 from nutshell.runtime.trainer import Trainer
 from nutshell.training_split import grad_name
 
-BUCKET_ELEMS = 1 << 24     # 64 MB per all-reduce call: one call for most nets (no overlap yet)
+BUCKET_CAP_MB = 25        # as DDP's bucket_cap_mb: one bucket (no overlap) for most small nets
 
 
 def _pointers(model, arrays):
@@ -31,9 +36,11 @@ def _pointers(model, arrays):
 
 
 class DistributedTrainer(Trainer):
-    def __init__(self, recipe, grads_model, apply_model, layout, apply_state, optimizer, threads,
+    def __init__(self, recipe, grads, apply_model, layout, apply_state, optimizer, threads,
                  check_nan=False):
-        self.recipe, self.module, self.model, self.layout = recipe, recipe.module, grads_model, layout
+        plan, stage_models, (order, groups) = grads
+        self.recipe, self.module, self.layout = recipe, recipe.module, layout
+        self.model = _WholeStep(plan.graph)
         self.apply_model, self.optimizer, self.threads = apply_model, optimizer, threads
         self.check_nan, self.schedule, self.step_count = check_nan, None, 0
         self.base_lr = optimizer.lr
@@ -58,40 +65,52 @@ class DistributedTrainer(Trainer):
         self._live = 0
         self._lr = np.zeros((), np.float32)
         self._step = np.zeros(1, np.int64)
-        self._layout_flat(grads_model.graph)
-        self._wire(layout, apply_state)
+        buckets = self._layout_flat(plan.graph, order, groups)
+        self._wire(layout, apply_state, plan, stage_models, buckets)
         self._publish()
         self._eval = {}
 
-    def _layout_flat(self, graph):
-        """One float32 buffer: every gradient, the float buffers' new values, the loss."""
-        self._averaged = [n for n in self.layout["buffers"] if self._sets[0][n].dtype == np.float32]
-        sizes = [self._sets[0][p].size for p in self.layout["params"]]
-        sizes += [self._sets[0][b].size for b in self._averaged] + [1]
-        self._flat = np.zeros(sum(sizes), np.float32)
-        views, at = [], 0
-        for n in sizes:
-            views.append(self._flat[at:at + n])
+    def _layout_flat(self, graph, order, groups):
+        """One float32 buffer: the loss, the float buffers' new values and every
+        gradient, in `order` (output indices); returns the buckets as (view of the
+        flat buffer, output indices)."""
+        outputs = graph.outputs
+        sizes = {i: outputs[i].type.size for i in order}
+        self._flat = np.zeros(sum(sizes.values()), np.float32)
+        self._out_views, at = {}, 0
+        for i in order:
+            self._out_views[i] = self._flat[at:at + sizes[i]].reshape(outputs[i].type.shape)
+            at += sizes[i]
+        params = self.layout["params"]
+        self._grads = {p: self._out_views[1 + k] for k, p in enumerate(params)}
+        first = 1 + len(params)
+        self._new_buffers = {b: self._out_views[first + k] for k, b in enumerate(self.layout["buffers"])
+                             if first + k in self._out_views}
+        self._loss = self._out_views[0]
+        buckets, at = [], 0
+        for group in groups:
+            n = sum(sizes[i] for i in group)
+            buckets.append((self._flat[at:at + n], group))
             at += n
-        shapes = [self._sets[0][n].shape for n in self.layout["params"] + self._averaged]
-        self._grads = {p: views[i].reshape(shapes[i]) for i, p in enumerate(self.layout["params"])}
-        k = len(self.layout["params"])
-        self._new_buffers = {b: views[k + i].reshape(shapes[k + i]) for i, b in enumerate(self._averaged)}
-        self._loss = views[-1].reshape(graph.types[self.layout["loss"]].shape)
+        return buckets
 
-    def _wire(self, layout, apply_state):
-        """Pointer arrays of both halves for both parities of the state sets."""
-        self._grads_ptrs, self._apply_ptrs = [], []
+    def _wire(self, layout, apply_state, plan, stage_models, buckets):
+        """The stages' and the apply half's pointer arrays for both parities of the state sets."""
+        per_step = set(self.layout["inputs"] + self.layout["targets"] + self.layout["frozen"])
+        ins, outs = [], []
+        self._apply_ptrs = []
         for parity in range(2):
             src, dst = self._sets[parity], self._sets[1 - parity]
             scalars = {layout["lr"]: self._lr, layout["step"]: self._step}
-            outs = [self._loss] + [self._grads[p] for p in layout["params"]]
-            outs += [self._new_buffers.get(b, dst[b]) for b in layout["buffers"]]
-            ins = dict(src, **scalars)
-            self._grads_ptrs.append(_pointers(self.model, {"in": ins, "out": outs}))
-            ins = dict(src, **scalars, **{grad_name(p): g for p, g in self._grads.items()})
+            ins.append(dict(src, **scalars))
+            outs.append([self._out_views.get(i) for i in range(len(plan.graph.outputs))])
+            for k, b in enumerate(layout["buffers"]):
+                if outs[-1][1 + len(layout["params"]) + k] is None:
+                    outs[-1][1 + len(layout["params"]) + k] = dst[b]
+            apply_ins = dict(src, **scalars, **{grad_name(p): g for p, g in self._grads.items()})
             self._apply_ptrs.append(_pointers(self.apply_model,
-                                              {"in": ins, "out": [dst[n] for n in apply_state]}))
+                                              {"in": apply_ins, "out": [dst[n] for n in apply_state]}))
+        self._staged = StagedGrads(plan, stage_models, ins, outs, buckets, per_step)
 
     def step(self, inputs, targets=None):
         """One data-parallel step on this rank's share of the batch; every rank must
@@ -104,13 +123,9 @@ class DistributedTrainer(Trainer):
         self._adopt_module_changes()
         self._lr[()] = lr
         self._step[0] = self.step_count
-        ins, slot, outs = self._grads_ptrs[self._live]
-        for name, array in zip(self.layout["inputs"] + self.layout["targets"], xs + ys):
-            ins[slot[name]] = array.ctypes.data
-        for name in self.layout["frozen"]:
-            ins[slot[name]] = self._params[name].data.ctypes.data
-        self.model.call(ins, outs)
-        dist.allreduce_sum(self._flat, BUCKET_ELEMS)
+        per_step = dict(zip(self.layout["inputs"] + self.layout["targets"], xs + ys))
+        per_step.update({name: self._params[name].data for name in self.layout["frozen"]})
+        self._staged.run(self._live, per_step)
         self._flat *= np.float32(1.0 / self._shard[1])
         dst = self._sets[1 - self._live]
         for name, value in self._new_buffers.items():
@@ -147,18 +162,34 @@ class DistributedTrainer(Trainer):
                          "step splits into NAME_train_grads / NAME_train_apply for MPI")
 
 
-def compile_distributed(recipe, optimizer, threads, check_nan, regularisation, how):
+class _WholeStep:
+    """The whole `grads` graph, for what asks a trainer's model for its graph (checkpoints)."""
+
+    def __init__(self, graph):
+        self.graph = graph
+
+
+def compile_distributed(recipe, optimizer, threads, check_nan, regularisation, how,
+                        bucket_cap_mb=None, sync_batchnorm=False):
     """The DistributedTrainer for compile_training(..., distributed=how)."""
     import nutshell as ns
+    from nutshell.frontends.batch_stats import shared_by_ranks
     from nutshell.training_split import build_apply_graph, build_grads_graph
+    from nutshell.training_stages import buckets, split_stages
     if how != "mpi":
         raise ValueError(f"distributed must be 'mpi' or None, got {how!r}")
+    cap = BUCKET_CAP_MB if bucket_cap_mb is None else bucket_cap_mb
+    if not (isinstance(cap, (int, float)) and cap > 0):
+        raise ValueError(f"bucket_cap_mb must be a positive number of megabytes, got {cap!r}")
     dist.mpi()                                    # a clear ImportError before compiling
     reg = dict(regularisation)
     clip = {k: reg.pop(k) for k in ("clip_norm", "clip_value", "max_norm") if k in reg}
-    graph, layout = build_grads_graph(recipe, **reg)
+    with shared_by_ranks(dist.world_size() if sync_batchnorm else 1):
+        graph, layout = build_grads_graph(recipe, **reg)
     apply_graph, apply_state = build_apply_graph(graph, layout, optimizer, **clip)
-    grads_model = ns.compile(graph, threads=threads)
+    order, groups, cuts = buckets(graph, layout, cap * 2 ** 20)
+    plan = split_stages(graph, cuts)
+    stage_models = [ns.compile(g, threads=threads) if g is not None else None for g in plan.stages]
     apply_model = ns.compile(apply_graph, threads=threads)
-    return DistributedTrainer(recipe, grads_model, apply_model, layout, apply_state, optimizer,
-                              threads, check_nan)
+    return DistributedTrainer(recipe, (plan, stage_models, (order, groups)), apply_model, layout,
+                              apply_state, optimizer, threads, check_nan)

@@ -107,7 +107,7 @@ class ObjectCache(DiskCache):
     """Compiled objects keyed by the IR, the target and the LLVM version."""
 
     def __init__(self, llvm_ir, target):
-        key = hashlib.sha256("|".join([llvm_ir, target.key(), llvm_version()]).encode()).hexdigest()
+        key = hashlib.sha256("|".join([llvm_ir, target.description(), llvm_version()]).encode()).hexdigest()
         super().__init__(key, ".o")
         self.target = target
 
@@ -175,14 +175,16 @@ class JitModule:
 
     @classmethod
     def from_object(cls, obj, target):
-        """Machine code from a cache: an empty module plus the object, no IR at all."""
+        """Machine code from a cache: an empty module plus the object (or the objects
+        of a split build), no IR at all."""
         ensure_pool()
         self = cls.__new__(cls)
         self.tm, self.llvm_ir, self.object, self.from_cache = target_machine(target), None, obj, True
         self.module = llvm.parse_assembly("")
         self.module.triple = self.tm.triple
         self.engine = llvm.create_mcjit_compiler(self.module, self.tm)
-        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        for one in obj if isinstance(obj, list) else [obj]:
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(one))
         self.engine.finalize_object()
         self.engine.run_static_constructors()
         return self
@@ -194,10 +196,13 @@ class JitModule:
         return addr
 
     def _optimized(self):
-        return optimize(self.llvm_ir, self.tm) if self.from_cache else self.module
+        """The optimised module(s): one per part of a split build (parallel_jit.py)."""
+        if getattr(self, "parts", None) and self.llvm_ir is None:
+            return [optimize(part, self.tm) for part in self.parts]
+        return [optimize(self.llvm_ir, self.tm) if self.from_cache else self.module]
 
     def optimized_ir(self):
-        return str(self._optimized())
+        return "\n".join(str(m) for m in self._optimized())
 
     def assembly(self):
-        return self.tm.emit_assembly(self._optimized())
+        return "\n".join(self.tm.emit_assembly(m) for m in self._optimized())

@@ -93,7 +93,7 @@ class CompiledModel:
         """Ahead of time: write OUT_DIR/NAME.h, NAME.o and libNAME.so (see DESIGN's C ABI).
         target_cpu ('x86-64-v3', 'znver4', ...) and triple ('aarch64-linux-gnu') emit
         for another machine (the .so is linked for the host only)."""
-        from nutshell.api import c_identifier
+        from nutshell.compiler.codegen.c_header import c_identifier
         from nutshell.runtime.aot import export_inference
         return export_inference(self.graph, out_dir, c_identifier(name or self.graph.name),
                                 self.target.threads, target_cpu, triple)
@@ -119,7 +119,8 @@ class CompiledModel:
         if kind == "asm":
             return self.jit.assembly()
         if kind == "loops":
-            return "\n\n".join(str(k) for k in self.code.kernels)
+            from nutshell.compiler.lower.loop_printer import print_kernel
+            return "\n\n".join(print_kernel(k) for k in self.code.kernels)
         if kind == "graph":
             return str(self.graph)
         raise ValueError(f"unknown source kind '{kind}' (llvm, optimized, asm, loops, graph)")

@@ -18,7 +18,7 @@ from nutshell.compiler.lower.planner import Plan
 from .jit import DiskCache, llvm_version
 from .object_check import object_links
 
-FORMAT = "nutshell-model-1"
+FORMAT = "nutshell-model-2"
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,7 +40,7 @@ def compiler_digest():
 
 def graph_key(graph, target, name):
     h = hashlib.sha256()
-    for part in (str(graph), target.key(), name, llvm_version(), compiler_digest()):
+    for part in (str(graph), target.description(), name, llvm_version(), compiler_digest()):
         h.update(part.encode() + b"\0")
     for cname, array in graph.constants.items():
         array = np.ascontiguousarray(array)
@@ -63,24 +63,28 @@ def _plan_from_json(d):
 
 
 def encode_entry(obj, code, tables):
-    """JSON metadata, then the object's bytes, then each lookup table's bytes."""
+    """JSON metadata, then the object's bytes (or each object's, of a split build),
+    then each lookup table's bytes."""
+    objects = [bytes(o) for o in (obj if isinstance(obj, list) else [obj])]
     tables = [np.ascontiguousarray(t) for t in tables]
     meta = {"format": FORMAT, "entry": code.entry, "num_calls": int(code.num_calls),
-            "plan": _plan_json(code.plan), "object_bytes": len(obj),
+            "plan": _plan_json(code.plan), "object_bytes": [len(o) for o in objects],
             "tables": [{"dtype": t.dtype.str, "shape": list(t.shape)} for t in tables]}
     head = json.dumps(meta).encode()
-    return b"".join([struct.pack("<Q", len(head)), head, bytes(obj)] + [t.tobytes() for t in tables])
+    return b"".join([struct.pack("<Q", len(head)), head] + objects + [t.tobytes() for t in tables])
 
 
 def decode_entry(payload):
-    """(object bytes, metadata, tables); any inconsistency is a ValueError."""
+    """(object bytes, or a list of them for a split build, metadata, tables); any
+    inconsistency is a ValueError."""
     (size,) = struct.unpack_from("<Q", payload)
     meta = json.loads(payload[8:8 + size])
-    if meta.get("format") != FORMAT:
+    if meta.get("format") != FORMAT or not meta["object_bytes"]:
         raise ValueError("another layout")
-    at = 8 + size
-    obj = payload[at:at + meta["object_bytes"]]
-    at += meta["object_bytes"]
+    at, objects = 8 + size, []
+    for n in meta["object_bytes"]:
+        objects.append(payload[at:at + int(n)])
+        at += int(n)
     tables = []
     for t in meta["tables"]:
         dtype, shape = np.dtype(t["dtype"]), tuple(int(d) for d in t["shape"])
@@ -91,9 +95,9 @@ def decode_entry(payload):
             raise ValueError("truncated")
         tables.append(np.frombuffer(payload, dtype, int(np.prod(shape, dtype=object)), at).reshape(shape).copy())
         at += nbytes
-    if at != len(payload) or len(obj) != meta["object_bytes"]:
+    if at != len(payload) or [len(o) for o in objects] != meta["object_bytes"]:
         raise ValueError("sizes disagree")
-    return obj, meta, tables
+    return objects[0] if len(objects) == 1 else objects, meta, tables
 
 
 class ModelCache(DiskCache):
@@ -133,14 +137,13 @@ def cached_model(graph, target, name):
     graph, constants and target were compiled before, else built and stored.
     Training steps use it as inference does: a training graph (forward, backward
     and update) is keyed the same way, its state being inputs, not constants."""
-    from nutshell.compiler.codegen.model import build_model
     from .jit import JitModule
     from .model import CompiledModel
+    from .parallel_jit import build_and_jit
     cache = ModelCache(graph, target, name)
     hit = cache.load_code(graph)
     if hit is not None:
         return CompiledModel(graph, hit[1], JitModule.from_object(hit[0], target), target)
-    code = build_model(graph, target, name)
-    jit = JitModule(code.llvm_ir, target)
+    code, jit = build_and_jit(graph, target, name)
     cache.store_code(graph, code, jit.object)
     return CompiledModel(graph, code, jit, target)

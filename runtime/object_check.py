@@ -18,7 +18,11 @@ tm = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=fea
 mod = llvm.parse_assembly("")
 mod.triple = tm.triple
 engine = llvm.create_mcjit_compiler(mod, tm)
-engine.add_object_file(llvm.ObjectFileRef.from_data(sys.stdin.buffer.read()))
+data, at = sys.stdin.buffer.read(), 0
+while at < len(data):                       # length-prefixed objects: a split build's parts
+    size = int.from_bytes(data[at:at + 8], "little")
+    engine.add_object_file(llvm.ObjectFileRef.from_data(data[at + 8:at + 8 + size]))
+    at += 8 + size
 engine.finalize_object()
 """
 CHECK_SECONDS = 60
@@ -26,15 +30,18 @@ _checked = set()          # digests of objects already linked in a child (this p
 
 
 def object_links(obj, target):
-    """True when LLVM links `obj` for `target` in a child process without failing."""
-    if not isinstance(obj, (bytes, bytearray)) or obj[:4] != b"\x7fELF":
+    """True when LLVM links `obj` (or a list of objects, together) for `target` in a
+    child process without failing."""
+    objects = obj if isinstance(obj, list) else [obj]
+    if not objects or any(not isinstance(o, (bytes, bytearray)) or o[:4] != b"\x7fELF" for o in objects):
         return False
-    digest = hashlib.sha256(obj).digest() + target.key().encode()
+    data = b"".join(len(o).to_bytes(8, "little") + bytes(o) for o in objects)
+    digest = hashlib.sha256(data).digest() + target.description().encode()
     if digest in _checked:
         return True
     try:
         result = subprocess.run([sys.executable, "-c", _CHILD, target.triple, target.cpu, target.features],
-                                input=bytes(obj), capture_output=True, timeout=CHECK_SECONDS)
+                                input=data, capture_output=True, timeout=CHECK_SECONDS)
     except (OSError, subprocess.SubprocessError):
         return False
     if result.returncode != 0:

@@ -38,7 +38,7 @@ class Trainer(TrainerLoops):
                 current[name] = np.array(self._module_value(name), order="C")
             else:                                     # an optimizer slot
                 owner, slot = name.rsplit(".", 1)
-                current[name] = optimizer.initial_state(slot, self._params[owner].data).astype(np.float32)
+                current[name] = optimizer.initial_state(slot, self._params[owner].data).astype(np.float32, copy=False)
         self._tracked = layout["params"] + layout["buffers"]
         self._sets = [current, {k: np.empty_like(v) for k, v in current.items()}]
         self._live = 0
@@ -217,7 +217,7 @@ class Trainer(TrainerLoops):
         """Ahead of time: OUT_DIR/NAME.h, NAME.o, libNAME.so with NAME_init_state,
         NAME_train_step, NAME_run and NAME_get/set_param, so a C program keeps
         training from the current state with no Python."""
-        from nutshell.api import c_identifier
+        from nutshell.compiler.codegen.c_header import c_identifier
         from nutshell.runtime.aot import export_training
         simple = (len(self.layout["inputs"]) == 1 and len(self.layout["targets"]) == 1
                   and not self.layout["frozen"] and self.recipe.input_shape is not None

@@ -1,7 +1,8 @@
 """Data-parallel training under `mpiexec -n 2` (runtime/distributed.py): two ranks on
 the halves of each batch of 64 get the parameters and losses one process gets on
-the whole batch; fit shards the epoch's batches; a killed rank ends the job and
-a hung one trips the watchdog. Each job is bounded by a subprocess timeout;
+the whole batch, with one gradient bucket or many (bucket_cap_mb) and, with
+sync_batchnorm, BatchNorm's running statistics too; fit shards the epoch's
+batches; a killed rank ends the job and a hung one trips the watchdog. Each job is bounded by a subprocess timeout;
 skipped where MPI (mpi4py and mpiexec) is not installed."""
 import os
 import shutil
@@ -45,6 +46,9 @@ SETUP = textwrap.dedent("""
         return nn.Sequential(nn.Conv2d(1, 4, 3), *([nn.BatchNorm2d(4)] if bn else []), nn.ReLU(),
                              nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
 
+    def far():
+        return np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32) + 1000
+
     def batches(shape, count=3):
         r = np.random.default_rng(1)
         return [(r.standard_normal((64,) + shape).astype(np.float32), r.integers(0, 3, 64))
@@ -56,7 +60,7 @@ WORKER = SETUP + textwrap.dedent("""
     n = 64 // K
     out = {}
     for name, make, shape, kw in [("mlp", mlp, (6,), dict(clip_norm=0.5)),
-                                  ("cnn", lambda: cnn(False), (1, 8, 8), {})]:
+                                  ("cnn", lambda: cnn(False), (1, 8, 8), dict(bucket_cap_mb=0.001))]:
         t = ns.compile_training(make(), (n,) + shape, optimizer=ns.optim.Adam(lr=0.01), threads=1,
                                 distributed="mpi" if K > 1 else None, **kw)
         out[name + "/loss"] = [t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
@@ -70,6 +74,20 @@ WORKER = SETUP + textwrap.dedent("""
     for x, y in batches((1, 8, 8)):
         t.step(x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n])
     out.update({f"bn/{k}": v for k, v in t.state().items()})
+    ns.manual_seed(0)                 # SyncBatchNorm: the global batch's statistics, as one process
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 8), nn.BatchNorm1d(8, affine=False), nn.ReLU(), nn.Linear(8, 3))
+    t = ns.compile_training(net, (n, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1, momentum=0.9), threads=1,
+                            distributed="mpi" if K > 1 else None, sync_batchnorm=True, bucket_cap_mb=0.001)
+    # offset inputs: batch means far from zero, where E[x^2] - E[x]^2 in float32 would cancel
+    out["sbn/loss"] = [t.step(x[rank * n:(rank + 1) * n] + 30, y[rank * n:(rank + 1) * n])
+                       for x, y in batches((1, 8, 8))]
+    out.update({f"sbn/{k}": v for k, v in t.state().items()})
+    ns.manual_seed(0)                 # a mean 1000 standard deviations from zero: no cancellation
+    t = ns.compile_training(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)), (n, 4), threads=1,
+                            distributed="mpi" if K > 1 else None, sync_batchnorm=True)
+    t.step(far()[rank * n:(rank + 1) * n], np.zeros(n, np.int64))
+    out["far/running_var"] = t.state()["0.running_var"]
     np.savez(sys.argv[1] + f".{rank}.npz", **out)
 """)
 
@@ -91,12 +109,17 @@ def test_two_ranks_on_halves_match_one_process_on_the_whole_batch(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     want = np.load(str(tmp_path / "one.0.npz"))
     ranks = [np.load(str(tmp_path / f"out.{r}.npz")) for r in range(2)]
-    for key in want.files:
+    far = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32) + 1000
+    exact = 0.9 + 0.1 * np.var(far.astype(np.float64), axis=0, ddof=1)   # running_var after one step
+    for r, got in enumerate(ranks):
+        np.testing.assert_allclose(got["far/running_var"], exact, rtol=1e-5, err_msg=f"rank {r}")
+    for key in (k for k in want.files if not k.startswith("far/")):
         for r, got in enumerate(ranks):
             if key.startswith("bn/"):          # per-rank batch statistics: ranks agree with each other
                 np.testing.assert_array_equal(got[key], ranks[0][key], err_msg=f"rank {r} {key}")
-            else:
-                np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6,
+            else:      # SyncBatchNorm's inputs are offset by 30: absolute rounding 30 times larger
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-5,
+                                           atol=3e-5 if key.startswith("sbn/") else 1e-6,
                                            err_msg=f"rank {r} {key}")
 
 

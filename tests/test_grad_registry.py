@@ -74,7 +74,7 @@ def test_layer_norm_differentiates_through_its_primitives(shape, axis, rng):
 
 
 COMPILED = ["MaxPool", "AveragePool", "ConvTranspose", "Resize", "Gather", "Slice", "Pad", "Split", "Tile", "Einsum", "MatMul",
-            "ReduceMax", "ReduceL2", "GlobalMaxPool", "Gelu", "Clip", "Max", "Pow", "Where", "PRelu"]
+            "ReduceMax", "ReduceL2", "GlobalMaxPool", "Gelu", "Clip", "Max", "Pow", "Where", "PRelu", "LSTMCell", "GRUCell"]
 
 
 @pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c[0] in COMPILED],

@@ -282,22 +282,33 @@ def test_reduction_fusion_structure_and_numbers(rng, op, axes, keepdims):
 @pytest.mark.parametrize("rows, k, n, vector_cap", [((49,), 768, 300, 512), ((2, 25), 1000, 33, 256),
                                                    ((26,), 64, 300, 32)])
 def test_prepacked_matmul_structure_and_numbers(rng, rows, k, n, vector_cap):
-    """A MatMul by a constant B becomes MatMulPacked over B in the GEMM's panels
-    (k blocks of about 512, 32-column panels, zero edges); the reference unpacks it."""
-    from nutshell.compiler.lower.gemm import PANEL, k_blocking
+    """A MatMul by a constant B becomes MatMulPacked over B in the target's GEMM panels
+    (k blocks of about 512, panels as wide as its tile: 32 columns with AVX-512, 16
+    with AVX2, zero edges); the reference unpacks it. Panels packed for one width
+    run on another (a graph optimised for AVX2 compiled for AVX-512, and back)."""
+    from nutshell.compiler.lower.target import host_target
     from nutshell.compiler.passes.simplify import prepack_weights
+    from nutshell.compiler.schedule.gemm import k_blocking
+    from nutshell.compiler.schedule.tables import table_for
     b = GraphBuilder("mm", fold=False)
     x = b.add_input("x", "float32", rows + (k,))
     y = b.add_node("MatMul", [x, b.add_constant(rng.standard_normal((k, n)).astype(np.float32), "w")])
     b.set_outputs([y])
     g = verify(b.build())
-    packed = verify(prepack_weights(g))
+    target = host_target(1, vector_cap)
+    packed = verify(prepack_weights(g, target))
     node = packed.nodes[0]
-    kc, k_blocks = k_blocking(k)
-    assert node.op == "MatMulPacked" and packed.types[node.inputs[1]].shape == (k_blocks, -(-n // PANEL), kc, PANEL)
+    kc, k_blocks = k_blocking(k, target)
+    panel = table_for(target).prepack_panel
+    assert panel == {512: 32, 256: 16, 32: 4}[vector_cap]
+    assert node.op == "MatMulPacked" and packed.types[node.inputs[1]].shape == (k_blocks, -(-n // panel), kc, panel)
     feeds = {"x": rng.standard_normal(rows + (k,)).astype(np.float32)}
     want = ns.run_reference(g, feeds)[y]
     np.testing.assert_allclose(ns.run_reference(packed, feeds)[y], want, rtol=1e-5, atol=1e-5)
     for threads in (1, 2):
         got = ns.compile(g, threads=threads, vector_cap=vector_cap).run(feeds)[y]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if vector_cap != 32:       # the other vector width's panels, lowered for this one
+        other = host_target(2, 768 - vector_cap)
+        ours = ns.compile(verify(prepack_weights(g, other)), threads=2, vector_cap=vector_cap).run(feeds)[y]
+        np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)

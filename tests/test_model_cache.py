@@ -116,3 +116,41 @@ def test_training_step_compile_is_cached_and_steps_alike(cache_dir):
     for _ in range(3):
         assert cold.step(x, y) == warm.step(x, y)
     assert trainer(0.5).model.code.llvm_ir is not None      # another update rule: a miss
+
+
+def _mlp_trainer():
+    ns.manual_seed(0)
+    net = ns.nn.Sequential(ns.nn.Linear(6, 16), ns.nn.ReLU(), ns.nn.Linear(16, 3))
+    return ns.compile_training(net, input_shape=(4, 6), threads=2, optimizer=ns.optim.SGD(lr=0.1, momentum=0.9))
+
+
+def _steps(trainer):
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    y = np.array([0, 2, 1, 2])
+    return [trainer.step(x, y) for _ in range(3)], trainer.parameters()
+
+
+@pytest.mark.parametrize("children_work", [True, False])
+def test_split_build_steps_as_one_module_and_is_cached(cache_dir, monkeypatch, children_work):
+    """A large model is emitted in parts compiled by child processes (runtime/parallel_jit.py):
+    its steps are bit-identical to a one-module build, its objects are cached together,
+    and a child that fails leaves its part to the parent."""
+    from nutshell.compiler.codegen import model as codegen_model
+    from nutshell.runtime import parallel_jit
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    whole = _steps(_mlp_trainer())
+    monkeypatch.delenv("NUTSHELL_CACHE")
+    monkeypatch.setattr(codegen_model, "PART_BUDGET", 60)
+    if not children_work:
+        monkeypatch.setattr(parallel_jit, "_CHILD", "import sys; sys.exit(3)")
+    split = _mlp_trainer()
+    assert len(split.model.code.parts) > 2
+    assert isinstance(split.model.jit.object, list) and len(split.model.jit.object) == len(split.model.code.parts)
+    assert "define" in split.model.source("optimized") and split.model.source("asm")
+    warm = _mlp_trainer()
+    assert warm.model.code.llvm_ir is None
+    for trainer in (split, warm):
+        losses, params = _steps(trainer)
+        assert losses == whole[0]
+        for name, value in params.items():
+            np.testing.assert_array_equal(value, whole[1][name])

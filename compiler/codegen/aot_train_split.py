@@ -29,11 +29,11 @@ def grads_layout(graph, layout):
     return offsets, at, at + 16
 
 
-def add_split_api(module, name, grads, apply, layout, apply_state, geometry, threads):
+def add_split_api(module, name, grads, apply, layout, apply_state, geometry, threads, grad_name):
     """grads/apply: (graph, ModelCode) of the two halves (nutshell/training_split.py);
-    geometry: (state offsets, copy size, magic, state size) of the bundle."""
+    geometry: (state offsets, copy size, magic, state size) of the bundle;
+    grad_name(param): the apply half's input that carries the param's gradient."""
     from .aot import add_constants
-    from nutshell.training_split import grad_name
     ggraph, gcode = grads
     agraph, acode = apply
     offsets, copy_size, magic, state_size = geometry
@@ -98,18 +98,13 @@ def split_header(name, numbers, labels_type):
         ""])
 
 
-def add_split_bundle(module, name, trainer, train_graph, layout, target):
-    """Trace and compile both halves of `trainer`'s step into `module` and add their
-    entry points; returns the numbers the header needs."""
-    from nutshell.api import optimize_graph
+def add_split_bundle(module, name, halves, train_graph, layout, target):
+    """Compile both halves of a trainer's step into `module` and add their entry
+    points; halves: (grads graph, apply graph, apply_state, grad_name), optimised,
+    as nutshell/training_split.py builds them. Returns the numbers the header needs."""
     from nutshell.compiler.codegen.model import build_model
-    from nutshell.training_split import build_apply_graph, build_grads_graph
     from .aot_train import layout_magic, state_layout
-    reg = dict(getattr(trainer, "regularisation", {}))
-    clip = {k: reg.pop(k) for k in ("clip_norm", "clip_value", "max_norm") if k in reg}
-    ggraph, glayout = build_grads_graph(trainer.recipe, **reg)
-    agraph, apply_state = build_apply_graph(ggraph, glayout, trainer.optimizer, **clip)
-    ggraph, agraph = optimize_graph(ggraph), optimize_graph(agraph)
+    ggraph, agraph, apply_state, grad_name = halves
     codes = []
     for graph, part in ((ggraph, "grads"), (agraph, "apply")):
         codes.append(build_model(graph, target, f"{name}_{part}_impl", module=module))
@@ -118,7 +113,7 @@ def add_split_bundle(module, name, trainer, train_graph, layout, target):
     geometry = (offsets, copy_size, layout_magic(name, train_graph, offsets, copy_size),
                 64 + 2 * copy_size)
     return add_split_api(module, name, (ggraph, codes[0]), (agraph, codes[1]), layout, apply_state,
-                         geometry, target.threads)
+                         geometry, target.threads, grad_name)
 
 
 def with_split_header(text, name, numbers, class_labels):

@@ -3,11 +3,19 @@
 Names come from the model, which may be hostile: they reach the header only
 through c_string (a literal) or c_comment (comment text), so a name with quotes,
 newlines, `*/` or `??/` trigraphs can never write code (BAD_INPUTS row 24)."""
+import re
+
 from .aot import ERRORS, WORKSPACE_ALIGN
 
 _CTYPE = {"float32": "float", "float64": "double", "float16": "_Float16", "int8": "int8_t",
           "int16": "int16_t", "int32": "int32_t", "int64": "int64_t", "uint8": "uint8_t",
           "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t"}
+
+
+def c_identifier(name):
+    """`name` as a C identifier (and file name): ASCII letters, digits and '_'."""
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", str(name)) or "model"
+    return ident if not ident[0].isdigit() else "m_" + ident
 
 
 def _escape(text):

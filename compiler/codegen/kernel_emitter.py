@@ -215,11 +215,25 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
             ctx = vec[1]
             return ctx.base if e.name == ctx.var else self.env[e.name]
         if vec is not None and e.name == vec.var:
-            steps = ir.Constant(ir.VectorType(H.I64, vec.lanes), list(range(vec.lanes)))
-            return self.builder.add(H.splat(self.builder, vec.base, vec.lanes), steps)
+            return self._lanes_of(vec)
         if e.name not in self.env:
             raise CompileError(f"loop variable '{e.name}' used outside its loop")
         return self.env[e.name]
+
+    def _lanes_of(self, vec):
+        """<base, base + 1, ...>: once per statement (a vector index names its loop
+        variable many times), a constant in unrolled loops."""
+        for seen_vec, value in self._memo.get("lanes", ()):
+            if seen_vec is vec:
+                return value
+        vty = ir.VectorType(H.I64, vec.lanes)
+        if type(vec.base) is ir.Constant:
+            value = ir.Constant(vty, [vec.base.constant + i for i in range(vec.lanes)])
+        else:
+            value = self.builder.add(H.splat(self.builder, vec.base, vec.lanes),
+                                     ir.Constant(vty, list(range(vec.lanes))))
+        self._memo.setdefault("lanes", []).append((vec, value))
+        return value
 
     def _unify(self, values):
         lanes = max((v.type.count for v in values if isinstance(v.type, ir.VectorType)), default=0)

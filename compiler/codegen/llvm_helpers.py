@@ -65,9 +65,25 @@ def alloca(builder, ty, name=""):
 
 def splat(builder, value, lanes):
     vty = ir.VectorType(value.type, lanes)
+    if type(value) is ir.Constant and value.constant is not ir.Undefined:
+        # a constant: `splat (T c)`, no instructions to build, print and fold away
+        return SplatConstant(vty, value)
     undef = ir.Constant(vty, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(I32, 0))
     return builder.shuffle_vector(first, undef, _broadcast_mask(lanes))
+
+
+class SplatConstant(ir.Constant):
+    """`splat (T c)`: a vector constant whose lanes are all `c`, as short as one lane."""
+
+    def __init__(self, vty, scalar):     # (ir.Constant would wrap the text per lane)
+        self.type, self.constant = vty, f"splat ({scalar.type} {scalar.get_reference()})"
+
+    def _to_string(self):
+        return f"{self.type} {self.constant}"
+
+    def _get_reference(self):
+        return self.constant
 
 
 @functools.lru_cache(maxsize=None)

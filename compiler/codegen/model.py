@@ -31,12 +31,13 @@ class ModelCode:
     kernels: list            # loop-IR kernels, for source("loops")
     num_calls: int
     module: object = None    # the llvmlite ir.Module (AOT adds its C entry points to it)
+    parts: list = None       # IR of each separately compiled module, the entry's last (a split build)
 
 
 def _signature(node, in_types, out_types, consts, target):
     h = hashlib.sha1()
     h.update(repr((node.op, sorted((k, repr(v)) for k, v in node.attrs.items()),
-                   [str(t) for t in in_types], [str(t) for t in out_types], target.key())).encode())
+                   [str(t) for t in in_types], [str(t) for t in out_types], target.description())).encode())
     for c in consts:     # integer constants (shapes, axes, sizes) can change the loops
         if c is not None and not np.issubdtype(c.dtype, np.floating):
             h.update(c.tobytes())
@@ -58,19 +59,24 @@ def check_memory(graph):
                                  "(NUTSHELL_MEMORY_BUDGET)")
 
 
-def build_model(graph, target, name="model", module=None):
+def _is_alias(op):
+    return get_op(op).alias
+
+
+def build_model(graph, target, name="model", module=None, on_part=None):
     """Lower, plan and emit `graph` into `module` (a new one by default); kernels and
-    the entry point are prefixed with `name`, so several graphs can share a module."""
+    the entry point are prefixed with `name`, so several graphs can share a module.
+    With `on_part` (a large model JIT-compiled in a new module), each PART_BUDGET
+    instructions of kernels are sealed into a module of their own, handed to
+    on_part(IR text) as soon as they are emitted: LLVM compiles them while the
+    rest is still being emitted (runtime/parallel_jit.py)."""
     check_memory(graph)
     const_names = list(graph.constants)
     constants = [graph.constants[n] for n in const_names]
     const_index = {n: j for j, n in enumerate(const_names)}
-    if module is None:
-        module = ir.Module(name=name)
-        module.triple = target.triple
-
+    parts = ModuleParts(module, target, name, on_part)
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
-    first_plan = plan_memory(graph, {}, const_index)
+    first_plan = plan_memory(graph, {}, const_index, _is_alias)
     for idx, node in enumerate(graph.nodes):
         opdef = get_op(node.op)
         if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
@@ -90,7 +96,7 @@ def build_model(graph, target, name="model", module=None):
         if sig not in by_sig:
             by_sig[sig] = kernel
             lowered.append(kernel)
-            KernelEmitter(module, kernel, target.threads).emit()
+            parts.add(KernelEmitter(parts.module, kernel, target.threads).emit())
         table_slots = []
         for _, array in ctx.tables:
             table_slots.append(len(constants))
@@ -98,13 +104,59 @@ def build_model(graph, target, name="model", module=None):
         scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
         calls.append((idx, by_sig[sig].name, table_slots, ctx.status_buffer is not None))
 
-    plan = plan_memory(graph, scratch_sizes, const_index)
+    plan = plan_memory(graph, scratch_sizes, const_index, _is_alias)
     entry = f"{name}_run"
-    _emit_entry(module, entry, graph, plan, calls)
-    return ModelCode(str(module), entry, constants, plan, lowered, len(calls), module)
+    module = parts.module
+    _emit_entry(module, entry, graph, plan, calls, parts.kernel)
+    if not parts.sealed:
+        return ModelCode(str(module), entry, constants, plan, lowered, len(calls), module)
+    texts = parts.sealed + [str(module)]
+    return ModelCode("\n".join(texts), entry, constants, plan, lowered, len(calls), None, texts)
 
 
-def _emit_entry(module, entry, graph, plan, calls):
+PART_BUDGET = int(os.environ.get("NUTSHELL_PART_INSTRUCTIONS", 20000))   # LLVM IR instructions
+
+
+class ModuleParts:
+    """The module kernels are emitted into: one (the caller's, or a new one), or,
+    given `on_part`, a new one after every PART_BUDGET instructions, the full one
+    sealed (its kernels made external, for the entry to call) and handed on."""
+
+    def __init__(self, module, target, name, on_part):
+        self.target, self.name, self.on_part = target, name, on_part
+        self.module = module if module is not None else self._new()
+        self.size, self.sealed, self.kernels = 0, [], {}
+
+    def _new(self):
+        done = len(getattr(self, "sealed", ()))
+        module = ir.Module(name=f"{self.name}_part{done}" if done else self.name)
+        module.triple = self.target.triple
+        return module
+
+    def add(self, fn):
+        """After a kernel (and its outlined workers) was emitted."""
+        self.kernels[fn.name] = fn
+        if self.on_part is None:
+            return
+        self.size += sum(len(block.instructions) for f in self.module.functions
+                         if f.name.startswith(fn.name) for block in f.blocks)
+        if self.size >= PART_BUDGET:
+            for f in self.module.functions:
+                if f.name in self.kernels:
+                    f.linkage = ""
+            self.sealed.append(str(self.module))
+            self.on_part(self.sealed[-1])
+            self.module, self.size = self._new(), 0
+
+    def kernel(self, module, name):
+        """Kernel `name` as `module` sees it: a declaration when emitted elsewhere."""
+        fn = module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(module, self.kernels[name].ftype, name=name)
+        return fn
+
+
+def _emit_entry(module, entry, graph, plan, calls, kernel_of):
     fn = ir.Function(module, ir.FunctionType(H.I32, [H.PTR] * 4 + [H.I32]), name=entry)
     fn.attributes.add("nounwind")
     inputs, outputs, workspace, consts, threads = fn.args
@@ -127,7 +179,7 @@ def _emit_entry(module, entry, graph, plan, calls):
         args += [pointer("arena", off) for off in plan.scratch.get(idx, [])]
         args += [pointer("const", slot) for slot in table_slots]
         args += [status] if uses_status else []
-        kernel = module.get_global(kernel_name)
+        kernel = kernel_of(module, kernel_name)
         if len(args) + 1 != len(kernel.args):
             raise CompileError(f"kernel {kernel_name} takes {len(kernel.args) - 1} pointers, got {len(args)}")
         b.call(kernel, args + [threads])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import GraphError, ShapeError
+from .op_hook import op_registry
 from .types import DType, TensorType
 
 
@@ -105,9 +106,8 @@ class GraphBuilder:
         return name
 
     def add_node(self, op, inputs, attrs=None, outputs=None, num_outputs=1, name=""):
-        from ..ops import get_op
-        from ..ops.registry import FoldBudget, fold
-        opdef = get_op(op)
+        ops = op_registry()
+        opdef = ops.get_op(op)
         inputs = tuple(inputs)
         for i in inputs:
             if i and i not in self.types:
@@ -122,8 +122,8 @@ class GraphBuilder:
         if outputs is None:
             outputs = [self.fresh(op.lower()) for _ in range(num_outputs)]
         out_types = out_types[:len(outputs)]
-        self.fold_budget = self.fold_budget or FoldBudget()
-        values = fold(opdef, attrs, in_types, self._const_inputs(inputs), out_types, name or op,
+        self.fold_budget = self.fold_budget or ops.FoldBudget()
+        values = ops.fold(opdef, attrs, in_types, self._const_inputs(inputs), out_types, name or op,
                       self.fold_budget) if self.fold and all(outputs) else None
         if values is not None:        # known at compile time: a constant, not a node
             for out, value in zip(outputs, values):

@@ -1,11 +1,12 @@
 """Structural and type checks of a Graph; run after every pass in tests."""
 from ..errors import GraphError
+from .op_hook import op_registry
 
 
 def verify(graph):
     """Raise GraphError unless every value is defined once, before its use, with a
     type that agrees with its op's inference rule. Returns the graph."""
-    from ..ops import get_op
+    get_op = op_registry().get_op
     defined = set()
 
     def define(name, what):

@@ -18,35 +18,9 @@ packing into its own buffer (no shared data), when there are enough of them;
 else each packs every block itself and takes a share of the row blocks. A fork
 per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
-from dataclasses import dataclass
-
+from ..schedule.gemm import block_bytes, gemm_schedule, k_blocking, packs_b, parallel_min_macs
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 from .nests import parts as _parts
-
-GEMM_PARALLEL_MIN_MACS = 1 << 20   # ~2 MFLOP: well above a fork/join's cost
-L2_BLOCK_BYTES = 256 << 10         # a packed KC x NC block: a quarter of a 1 MiB L2 (measured)
-KC_TARGET = 512                    # k per block: 6 x 512 floats of A is 12 KiB of L1
-PACK_MIN_B_BYTES = 64 << 10        # below this B sits in L1/L2 anyway: packing only costs
-PACK_MIN_K = 64                    # a short k (a first layer's 3 x 3 x 3) reads B's rows in place
-PACK_MIN_ROW_TILES = 4             # fewer row tiles than this read B in place: packing would not pay
-
-
-@dataclass(frozen=True)
-class GemmSchedule:
-    mr: int
-    nr: int
-    lanes: int
-
-
-def gemm_schedule(target, n, dtype, m=None, prepacked=False):
-    lanes = target.lanes(dtype)
-    mr = 6 if lanes > 1 else 4
-    nr = 2 * lanes if lanes > 1 else 4
-    if n <= lanes:                       # a narrow C (a classifier's 10 outputs)
-        nr, mr = lanes, 8 if lanes > 1 else 4
-    elif m == 1 and lanes > 1 and not prepacked:   # one row (a batch-1 classifier): B streams by rows,
-        nr, mr = min(8 * lanes, -(-n // lanes) * lanes), 1   # eight vectors of it per k
-    return GemmSchedule(mr, nr, lanes)
 
 
 def _plus(a, b):
@@ -57,33 +31,6 @@ def _ceil(a, b):
     return -(-a // b)
 
 
-PANEL = 32      # columns of a compile-time packed B panel: a multiple of every target's nr
-
-
-def k_blocking(k):
-    """(kc, k_blocks): the k loop in blocks of about KC_TARGET."""
-    k_blocks = max(1, round(k / KC_TARGET))
-    kc = _ceil(k, k_blocks)
-    return kc, _ceil(k, kc)
-
-
-def prepack(b):
-    """B [k, n] as [k_blocks, ceil(n / PANEL), kc, PANEL], zero-padded: the panels the
-    GEMM would pack at run time, made once at compile time for constant weights."""
-    import numpy as np
-    k, n = b.shape
-    kc, k_blocks = k_blocking(k)
-    padded = np.zeros((k_blocks * kc, _ceil(n, PANEL) * PANEL), b.dtype)
-    padded[:k, :n] = b
-    return np.ascontiguousarray(padded.reshape(k_blocks, kc, -1, PANEL).transpose(0, 2, 1, 3))
-
-
-def packs_b(m, n, k, itemsize, mr=6, nr=PANEL):
-    """Whether the GEMM packs B into panels (else it reads B in place). The defaults
-    are the vector targets' row tile and a panel: the compile-time packing's test."""
-    return m >= PACK_MIN_ROW_TILES * mr and n >= nr and k >= PACK_MIN_K and k * n * itemsize >= PACK_MIN_B_BYTES
-
-
 def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None,
               parallel=True, slot=None, prepacked=None):
     """Emit C = finish(init + A @ B) into ctx.nb. load_a(row, kk) and load_b(kk, col)
@@ -91,15 +38,16 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     seeds the sum (a bias), finish(row, col, value) is the epilogue.
     slot: when the caller already runs this nest on several threads (one image per
     thread), the thread's index, so each gets its own packing buffer.
-    prepacked: a buffer holding B as prepack() lays it out (load_b is then unused)."""
-    parallel = parallel and m * n * k >= GEMM_PARALLEL_MIN_MACS
+    prepacked: (buffer, kc, panel): B as schedule/gemm.py's prepack() lays it out, in
+    panels `panel` columns wide and k blocks of kc (load_b is then unused)."""
+    parallel = parallel and m * n * k >= parallel_min_macs(ctx.target)
     if prepacked is not None:
-        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, prepacked=True)
+        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, panel=prepacked[2])
         return g.packed(None, parallel, slot, prepacked)
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if packs_b(m, n, k, out.dtype.itemsize, g.s.mr, g.s.nr):
+    if packs_b(ctx.target, m, n, k, out.dtype.itemsize, g.s.mr, g.s.nr):
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 
@@ -130,11 +78,11 @@ def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parall
 
 
 class _Gemm:
-    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, prepacked=False):
+    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, panel=None):
         self.ctx, self.nb, self.m, self.n, self.k = ctx, ctx.nb, m, n, k
         self.load_a, self.out, self.c_index, self.init = load_a, out, c_index, init
         self.finish = finish or (lambda r, c, v: v)
-        self.s = gemm_schedule(ctx.target, n, out.dtype, m, prepacked)
+        self.s = gemm_schedule(ctx.target, n, out.dtype, m, prepacked=panel is not None, panel=panel)
         self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
     def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None,
@@ -185,10 +133,14 @@ class _Gemm:
         edges (the last block's panels, the last k block) are run-time limits, and
         whether a k block starts from init or from C is a select, so the code stays
         one micro-kernel per (rows, panel) edge case: compile time matters too.
-        With `prepacked` the panels are read from it instead of packed here."""
+        With `prepacked` (buffer, kc, panel) the panels are read from it instead of packed here."""
         ctx, nb, s, m, n, k = self.ctx, self.nb, self.s, self.m, self.n, self.k
-        kc, k_blocks = k_blocking(k)
-        per_block = max(1, L2_BLOCK_BYTES // (kc * s.nr * self.out.dtype.itemsize))
+        if prepacked is None:
+            kc, k_blocks = k_blocking(k, ctx.target)
+        else:
+            prepacked, kc, panel_width = prepacked
+            k_blocks = _ceil(k, kc)
+        per_block = max(1, block_bytes(ctx.target) // (kc * s.nr * self.out.dtype.itemsize))
         panels, edge = divmod(n, s.nr)
         teams = ctx.threads if parallel and ctx.threads > 1 else 1
         if teams > 1 and panels >= 2 * teams * per_block:    # blocks split by thread: the
@@ -218,8 +170,9 @@ class _Gemm:
             """B's tile at column col0: the block's packed panel, or the prepacked one."""
             if prepacked is None:
                 return lambda kk, jj: packed[base + (panel * kc + kk) * s.nr + jj]
-            at = ((k0 // kc * _ceil(n, PANEL) + col0 // PANEL) * kc) * PANEL + col0 % PANEL
-            return lambda kk, jj: prepacked[at + kk * PANEL + jj]
+            width = panel_width
+            at = ((k0 // kc * _ceil(n, width) + col0 // width) * kc) * width + col0 % width
+            return lambda kk, jj: prepacked[at + kk * width + jj]
 
         def pack(base, n0, parts, k0, k_limit):
             for p0, count, nr, limit in parts:
@@ -294,7 +247,7 @@ def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
     for m0, mcount, mr in m_parts:
         if not (mcount and mr):
             continue
-        kind = "parallel" if parallel and mcount > 1 and m * n * k >= GEMM_PARALLEL_MIN_MACS else "serial"
+        kind = "parallel" if parallel and mcount > 1 and m * n * k >= parallel_min_macs(ctx.target) else "serial"
         with nb.loop(mcount, kind, hint="m") as bi:
             for n0, ncount, nr in n_parts:
                 if ncount and nr:

@@ -231,10 +231,6 @@ class Kernel:
     body: list
     locals: list = field(default_factory=list)   # [Buffer] on the stack
 
-    def __str__(self):
-        from .loop_printer import print_kernel
-        return print_kernel(self)
-
 
 class NestBuilder:
     """Collects statements with `with nb.loop(...) as i:` blocks."""

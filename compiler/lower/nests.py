@@ -1,7 +1,10 @@
 """Loop nests shared by many ops: strided element-wise maps and row reductions."""
 from .loop_ir import INDEX, Const, Load
 
-PARALLEL_MIN_WORK = 1 << 16    # elements; below this a fork/join (~4 us) costs more than it saves
+from ..schedule.loops import loop_kind, worth_parallel
+from ..schedule.tables import AVX512
+
+PARALLEL_MIN_WORK = AVX512.parallel_min_work    # old name: lowerings ask schedule/loops.py instead
 
 
 class output_loops:
@@ -89,9 +92,8 @@ def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, ou
     vars_, scopes = [], []
     for axis, d in enumerate(dims):
         last = axis == len(dims) - 1
-        kind = "vector" if last else ("parallel" if axis == 0 and total >= PARALLEL_MIN_WORK
-                                      else "serial")
-        if last and len(dims) == 1 and total >= PARALLEL_MIN_WORK and ctx.threads > 1 and sets[0][0] == 1:
+        kind = "vector" if last else (loop_kind(ctx.target, total) if axis == 0 else "serial")
+        if last and len(dims) == 1 and worth_parallel(ctx.target, total) and ctx.threads > 1 and sets[0][0] == 1:
             return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes, out_offset, in_offsets)
         scope = nb.loop(d, kind, lanes if last else 1)
         vars_.append(scope.__enter__())
@@ -175,11 +177,11 @@ def permute_nest(ctx, out_buf, out_shape, src, in_strides):
         total *= d
     nb, scopes, vars_ = ctx.nb, [], []
     for k, axis in enumerate(outer):
-        scope = nb.loop(dims[axis], "parallel" if k == 0 and total >= PARALLEL_MIN_WORK else "serial")
+        scope = nb.loop(dims[axis], loop_kind(ctx.target, total) if k == 0 else "serial")
         vars_.append(scope.__enter__())
         scopes.append(scope)
     at = lambda st: _idx(vars_, [st[axis] for axis in outer]) if outer else Const(0, INDEX)
     transpose_tiles(ctx, src, at(in_st), in_st[last], out_buf, at(out_st), out_st[a], dims[last], dims[a],
-                    parallel=not outer and total >= PARALLEL_MIN_WORK)
+                    parallel=not outer and worth_parallel(ctx.target, total))
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)

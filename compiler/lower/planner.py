@@ -28,17 +28,18 @@ class Plan:
     elided: set = field(default_factory=set)   # Concats whose parts were written in place
 
 
-def plan_memory(graph, scratch_sizes, const_index):
-    """scratch_sizes: node index -> [bytes]; const_index: const name -> slot."""
+def plan_memory(graph, scratch_sizes, const_index, is_alias):
+    """scratch_sizes: node index -> [bytes]; const_index: const name -> slot;
+    is_alias(op name): whether the op's output shares its input's storage (the op
+    registry's flag, passed in: lower/ sits below the ops)."""
     outputs = {v.name: i for i, v in enumerate(graph.outputs)}
     storage = {v.name: ("input", i) for i, v in enumerate(graph.inputs)}
     storage.update({name: ("const", j) for name, j in const_index.items()})
     for name, i in outputs.items():
         storage.setdefault(name, ("output", i))
-    from ..ops import get_op
     root, copies = {}, set()
     for idx, node in enumerate(graph.nodes):
-        if get_op(node.op).alias:
+        if is_alias(node.op):
             out, src = node.outputs[0], node.inputs[0]
             if out in outputs:
                 copies.add(idx)          # the caller's buffer must receive the bytes
@@ -90,14 +91,13 @@ def _concats_in_place(graph, root, storage):
     block: each layer concatenates the block's input and every earlier layer's
     output) lives in the longest one's result: the shorter ones are its prefixes,
     and a part may be read by any of them."""
-    from ..ops.common import norm_axis
     users = graph.consumers()
     candidates = {}                      # node index -> (axis, parts)
     for idx, node in enumerate(graph.nodes):
         if node.op != "Concat" or node.outputs[0] in storage:      # an output: the caller's buffer
             continue
         out_t = graph.types[node.outputs[0]]
-        axis = norm_axis(node.name, node.attrs["axis"], out_t.rank)
+        axis = int(node.attrs["axis"]) % out_t.rank      # checked by Concat's shape rule
         if all(d == 1 for d in out_t.shape[:axis]) and len(set(node.inputs)) == len(node.inputs):
             candidates[idx] = (axis, tuple(node.inputs))
     families = {}                        # the longest Concat's index -> its prefixes' indices

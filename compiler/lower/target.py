@@ -8,6 +8,7 @@ from functools import lru_cache
 import llvmlite.binding as llvm
 
 from ..errors import CompileError
+from ..schedule.tables import SCHEDULE_VERSION, table_for
 
 
 @lru_cache(maxsize=None)
@@ -43,9 +44,15 @@ class CpuTarget:
         """Vector lanes for `dtype` (16 float32 with AVX-512, 8 with AVX2, 1 scalar)."""
         return max(1, self.vector_bits // (8 * dtype.itemsize))
 
-    def key(self):
-        """Every field (vector width and threading too): all of them change the code."""
-        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+    def description(self):
+        """The target in full: every field (threading too), the vector width they
+        imply, and the schedule table (and its version) that chooses the code's
+        shape. All of these change the code, so every cache key is made of this."""
+        table = table_for(self)
+        return "|".join(["cpu"] + [f"{f.name}={getattr(self, f.name)}" for f in fields(self)] +
+                        [f"vector_bits={self.vector_bits}", f"schedule={table.name}@{SCHEDULE_VERSION}"])
+
+    key = description        # the name the caches used first
 
 
 MAX_THREADS = 1024     # per-thread slots live on the stack and in the arena: a bound keeps them small

@@ -13,13 +13,14 @@ those lanes never reach a real channel. ToBlocked writes zeros there."""
 import numpy as np
 
 from ..lower.loop_ir import Const, fma
-from ..lower.nests import PARALLEL_MIN_WORK, parts, transpose_tiles
+from ..lower.nests import parts, transpose_tiles
+from ..schedule.conv import dense_accumulator_blocks, depthwise_row_tile
+from ..schedule.loops import loop_kind
 from .common import fail, tt
-from .conv import conv_reference, epilogue
+from .conv_common import conv_reference, epilogue
 from .registry import non_differentiable, register
 
 BLOCK = 16
-DENSE_ACCUMULATORS = 24        # of AVX-512's 32 registers: the rest hold B and A (28 spills)
 
 
 def blocks(c):
@@ -36,10 +37,6 @@ def to_blocked(x):
 def from_blocked(x, c):
     n, cb = x.shape[:2]
     return np.ascontiguousarray(np.moveaxis(x, -1, 2).reshape((n, cb * BLOCK) + x.shape[2:-1])[:, :c])
-
-
-def _parallel(work):
-    return "parallel" if work >= PARALLEL_MIN_WORK else "serial"
 
 
 # ---- ToBlocked / FromBlocked: the reorders at a blocked region's edges ------------
@@ -63,7 +60,7 @@ def _to_lower(ctx):
     hw, cb = h * w, blocks(c)
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
     for first, count, width in _full_and_last_blocks(c):
-        with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
+        with nb.loop(n * count, loop_kind(ctx.target, n * count * hw * BLOCK), hint="q") as q:
             image, block = q // count, q % count + first
             transpose_tiles(ctx, xb, (image * c + block * BLOCK) * hw, hw, out,
                             (image * cb + block) * hw * BLOCK, BLOCK, width, hw, pad_rows=BLOCK)
@@ -83,7 +80,7 @@ def _from_lower(ctx):
     c, hw = ctx.attrs["channels"], h * w
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
     for first, count, width in _full_and_last_blocks(c):
-        with nb.loop(n * count, _parallel(n * count * hw * BLOCK), hint="q") as q:
+        with nb.loop(n * count, loop_kind(ctx.target, n * count * hw * BLOCK), hint="q") as q:
             image, block = q // count, q % count + first
             transpose_tiles(ctx, xb, (image * cb + block) * hw * BLOCK, BLOCK, out,
                             (image * c + block * BLOCK) * hw, hw, hw, width)
@@ -210,7 +207,7 @@ def _direct_reduction(ctx, in_hw, out_hw):
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     xb, nb = ctx.inputs[0], ctx.nb
     padded = ctx.scratch(n * c * hp * wp, xb.dtype)
-    with nb.loop(n * c, _parallel(n * c * hp * wp), hint="q") as q:
+    with nb.loop(n * c, loop_kind(ctx.target, n * c * hp * wp), hint="q") as q:
         with nb.loop(hp, hint="py") as py:
             with nb.loop(wp, "vector", ctx.lanes(xb.dtype), hint="px") as px:
                 iy, ix = py - pt, px - pl
@@ -238,7 +235,7 @@ def _dense(ctx, n, mb, out_hw, finish, reduction):
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     wb, out = ctx.inputs[1], ctx.outputs[0]
     group = max(d for d in range(1, 5) if mb % d == 0)
-    cap = min(ow, DENSE_ACCUMULATORS // group)
+    cap = min(ow, max(1, dense_accumulator_blocks(ctx.target) // group))    # the target's registers
     rows = max(d for d in range(1, cap + 1) if ow % d == 0)
     rows = rows if 2 * rows >= cap else cap        # a divisor of the row, unless a poor one
     tiles, edge = divmod(ow, rows)
@@ -263,7 +260,7 @@ def _dense(ctx, n, mb, out_hw, finish, reduction):
             nb.store(out, at, finish(at, lane, m0 + b, acc[a]))
         each(store)
 
-    kind = _parallel(n * mb * oh * ow * k_rows)
+    kind = loop_kind(ctx.target, n * mb * oh * ow * k_rows)
     per_image = groups * oh * tiles
     with nb.loop(n * per_image, kind, hint="q") as q:
         image, rest = q // per_image, q % per_image
@@ -271,9 +268,6 @@ def _dense(ctx, n, mb, out_hw, finish, reduction):
     if edge:
         with nb.loop(n * groups * oh, kind if n * groups * oh > 1 else "serial", hint="q") as q:
             tile(q // (groups * oh), ((q // oh) % groups) * group, q % oh, tiles * rows, edge)
-
-
-DEPTHWISE_ROW_TILE = 8     # outputs of a row summed at once: independent FMA chains
 
 
 def _interior(out, pad, stride, dil, k, size):
@@ -298,8 +292,9 @@ def _depthwise(ctx, shape, out_hw, finish):
     x_lo, x_hi = _interior(ow, pl, sw, dw, kw, w)
     planes = n * cb
     work = planes * oh * ow * kh * kw * BLOCK
-    acc = ctx.local(DEPTHWISE_ROW_TILE * BLOCK, out.dtype)
-    with nb.loop(planes, "parallel" if work >= PARALLEL_MIN_WORK * 4 else "serial", hint="q") as plane:
+    row_tile = depthwise_row_tile(ctx.target)      # outputs of a row at once: independent FMA chains
+    acc = ctx.local(row_tile * BLOCK, out.dtype)
+    with nb.loop(planes, loop_kind(ctx.target, work, "depthwise"), hint="q") as plane:
         block = plane % cb
 
         def tap(y, x, i, j, lane, bounded):
@@ -326,7 +321,7 @@ def _depthwise(ctx, shape, out_hw, finish):
             each(store)
 
         def span(y, start, length, bounded):
-            tile = 1 if bounded else DEPTHWISE_ROW_TILE     # border windows: less code (compile time)
+            tile = 1 if bounded else row_tile     # border windows: less code (compile time)
             with nb.loop(length // tile, hint="xt") as xt:
                 outputs(y, start + xt * tile, tile, bounded)
             if length % tile:

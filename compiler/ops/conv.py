@@ -1,92 +1,14 @@
 """Conv (2-D, NCHW): im2col into scratch where needed, then the blocked GEMM."""
-import numpy as np
-
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import worth_parallel
 from . import winograd
-from .common import fail, positive_ints, same_dtype, tt
+from .common import fail, same_dtype, tt
+from .conv_common import (CONV_ATTRS, EPILOGUE, conv_reference, epilogue, for_image_chunks, im2col, image_plan,
+                          per_image, window_geometry)
 from .registry import gradient, register
 
 BATCHED_COLUMNS = 256   # a small map's images share one GEMM, up to this many columns
-CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
-              "pads": None, "strides": None}
-EPILOGUE = {"activation": None}     # set by the fusion pass: applied in the GEMM's store
-# "Relu", "Silu" (x * sigmoid(x), EfficientNet's swish), or (op, attrs as pairs) for a
-# registered element-wise op of one input (Clip's bounds as attrs, HardSwish, ...)
-
-
-def _activation_op(act):
-    from .registry import get_op
-    op, items = act
-    return get_op(op), dict(items)
-
-
-def epilogue(attrs, value):
-    from ..lower.loop_ir import maximum, sigmoid
-    act = attrs.get("activation")
-    if act == "Relu":
-        return maximum(value, 0.0)
-    if act == "Silu":          # x * sigmoid(x), as ONNX's Mul(x, Sigmoid(x))
-        return value * sigmoid(value)
-    if act:
-        opdef, at = _activation_op(act)
-        return opdef.expr(at, value)
-    return value
-
-
-def apply_activation(attrs, y):
-    act = attrs.get("activation")
-    if act == "Relu":
-        return np.maximum(y, 0)
-    if act == "Silu":
-        return y * (1 / (1 + np.exp(-y)))
-    if act:
-        opdef, at = _activation_op(act)
-        return opdef.reference(at, y)
-    return y
-
-
-def window_geometry(node, attrs, spatial, kernel, ceil_mode=False, dilations=True):
-    """(pads_begin, pads_end, strides, dilations, out_spatial) of a sliding window,
-    validated: zero strides or dilations, bad pads or windows larger than the
-    padded input are ShapeErrors (BAD_INPUTS rows 9, 10, 12)."""
-    rank = len(spatial)
-    strides = positive_ints(node, attrs.get("strides") or (1,) * rank, "strides")
-    dil = positive_ints(node, (attrs.get("dilations") or (1,) * rank) if dilations else (1,) * rank,
-                        "dilations")
-    kernel = positive_ints(node, kernel, "kernel_shape")
-    for name, value in (("strides", strides), ("dilations", dil), ("kernel_shape", kernel)):
-        if len(value) != rank:
-            fail(node, f"{name} has {len(value)} values for {rank} spatial dims")
-    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = [-(-x // s) for x, s in zip(spatial, strides)]
-        total = [max((o - 1) * s + e - x, 0) for o, s, e, x in zip(out, strides, effective, spatial)]
-        small = [t // 2 for t in total]
-        begin = small if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
-        end = [t - b for t, b in zip(total, begin)]
-    elif auto_pad in ("NOTSET", "VALID"):
-        pads = attrs.get("pads") if auto_pad == "NOTSET" else None
-        pads = positive_ints(node, pads or (0,) * (2 * rank), "pads", allow_zero=True)
-        if len(pads) != 2 * rank:
-            fail(node, f"pads has {len(pads)} values, expected {2 * rank}")
-        begin, end = list(pads[:rank]), list(pads[rank:])
-    else:
-        fail(node, f"unknown auto_pad '{auto_pad}'")
-    out = []
-    for x, b, e, eff, s in zip(spatial, begin, end, effective, strides):
-        span = x + b + e - eff
-        if span < 0:
-            fail(node, f"window {eff} is larger than the padded input {x + b + e}")
-        o = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (o - 1) * s >= x + b:    # the last window must start inside
-            o -= 1
-        out.append(o)
-    return tuple(begin), tuple(end), strides, dil, tuple(out)
 
 
 def _conv_infer(attrs, types, consts, node):
@@ -109,31 +31,6 @@ def _conv_infer(attrs, types, consts, node):
     if len(types) > 3 and types[3] is not None and types[3] != result:
         fail(node, f"fused residual must be {result}, got {types[3]}")
     return [result]
-
-
-def conv_reference(attrs, x, w, b=None, residual=None):
-    """Direct NCHW convolution in NumPy (any spatial rank), the oracle for Conv."""
-    rank = x.ndim - 2
-    begin, end, strides, dil, out = window_geometry("ref", attrs, x.shape[2:], w.shape[2:])
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
-    group = attrs.get("group", 1)
-    n, c = x.shape[:2]
-    m, cg = w.shape[:2]
-    y = np.zeros((n, m) + out, dtype=np.float64)
-    for g in range(group):
-        xs = xp[:, g * cg:(g + 1) * cg]
-        ws = w[g * (m // group):(g + 1) * (m // group)].astype(np.float64)
-        for kidx in np.ndindex(*w.shape[2:]):
-            sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
-                       for k, d, o, s in zip(kidx, dil, out, strides))
-            patch = xs[(slice(None), slice(None)) + sl]          # n, cg, *out
-            y[:, g * (m // group):(g + 1) * (m // group)] += np.einsum(
-                "nc...,mc->nm...", patch, ws[(slice(None), slice(None)) + kidx])
-    if b is not None:
-        y += b.reshape((1, m) + (1,) * rank)
-    if residual is not None:      # the fusion pass's Add, before the activation
-        y += residual
-    return apply_activation(attrs, y).astype(x.dtype)
 
 
 def _conv_lower(ctx):
@@ -174,7 +71,7 @@ def _conv_lower(ctx):
             x_off = ni * (c * h * wd) + g * (cg * h * wd)
             if col is not None:
                 base = slot * (kc * ohw)
-                _im2col(ctx, xb, x_off, col, base, *geometry, parallel=parallel)
+                im2col(ctx, xb, x_off, col, base, *geometry, parallel=parallel)
                 load_b = lambda kk, j: col[base + kk * ohw + j]
             else:
                 load_b = lambda kk, j: xb[x_off + kk * ohw + j]
@@ -210,7 +107,7 @@ def _images_in_one_gemm(ctx, plan, pointwise, geometry, x_shape, sizes, bias, pl
                     with nb.loop(ohw, "vector", lanes, hint="p") as p:
                         nb.store(col, cols + kk * width + i * ohw + p, xb[x_off + kk * ohw + p])
             else:
-                _im2col(ctx, xb, x_off, col, cols + i * ohw, *geometry, parallel=parallel, row_stride=width)
+                im2col(ctx, xb, x_off, col, cols + i * ohw, *geometry, parallel=parallel, row_stride=width)
         gemm_nest(ctx, m, count * ohw, kc, lambda r, kk: wb[r * kc + kk],
                   lambda kk, j: col[cols + kk * width + j], acc, lambda r, j: at + r * width + j,
                   init=(lambda r, j: bias[r]) if bias is not None else None,
@@ -238,7 +135,7 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     planes = n * m
-    parallel = planes * oh * ow * kh * kw >= PARALLEL_MIN_WORK
+    parallel = worth_parallel(ctx.target, planes * oh * ow * kh * kw)
     padded = ctx.scratch(hp * wp * (min(ctx.threads, planes) if parallel else 1), xb.dtype)
     with nb.loop(planes, "parallel" if parallel else "serial", hint="nm") as p:
         base = THREAD_INDEX * (hp * wp)
@@ -259,68 +156,6 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
                 if residual is not None:
                     total = total + residual[at]
                 nb.store(ctx.outputs[0], at, epilogue(ctx.attrs, total))
-
-
-def per_image(ctx, n, image):
-    """Whole images per thread when the batch allows it (one fork per op, a private
-    scratch slot per thread); the images left over parallelise inside instead.
-    image(index, slot, parallel) emits the loops for one image."""
-    for_image_chunks(ctx, n, image_plan(ctx, n, lambda count: False),
-                     lambda first, count, slot, parallel: image(first, slot, parallel))
-
-
-def image_plan(ctx, n, fits):
-    """How a batch is shared out: (teams, per_team, chunk). Each of `teams` threads
-    takes per_team images, `chunk` at a time (the largest divisor of per_team with
-    fits(chunk), at least 1); the images left over are shared by all threads."""
-    teams = max(1, min(ctx.threads, n))
-    per_team = n // teams
-    chunk = max((d for d in range(1, per_team + 1) if per_team % d == 0 and (d == 1 or fits(d))),
-                default=1)       # an empty batch: no images, no loop
-    return teams, per_team, chunk
-
-
-def for_image_chunks(ctx, n, plan, body, accumulates=False):
-    """Emit body(first_image, count, slot, parallel) over the batch as `plan` says:
-    slot is the thread's own scratch, parallel whether the body should split itself.
-    The threads take chunks as they come; a body that accumulates into its slot
-    (weight gradients) gets each team's fixed images instead, so the sums' order,
-    and so the result, never depends on the schedule."""
-    teams, per_team, chunk = plan
-    nb = ctx.nb
-    if teams == 1:
-        with nb.loop(n // chunk, hint="n") as j:
-            body(j * chunk, chunk, 0, ctx.threads > 1)
-        return
-    if accumulates:
-        with nb.loop(teams, "parallel", hint="t") as t:
-            with nb.loop(per_team // chunk, hint="n") as j:
-                body(t * per_team + j * chunk, chunk, t, False)
-    else:
-        with nb.loop(teams * per_team // chunk, "parallel", hint="n") as j:
-            body(j * chunk, chunk, THREAD_INDEX, False)
-    with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
-        body(j + per_team * teams, 1, 0, True)
-
-
-def _im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel, row_stride=None):
-    """col[base + (c, i, j) * row_stride + (y, x)] = X[c, y*s - p + i*d, x*s - p + j*d],
-    0 outside; row_stride defaults to oh * ow (one image's columns)."""
-    (cg, h, wd), (kh, kw), (oh, ow) = chw, kernel, out
-    row_stride = row_stride or oh * ow
-    nb = ctx.nb
-    big = parallel and cg * kh * kw * oh * ow >= PARALLEL_MIN_WORK
-    with nb.loop(cg, "parallel" if big else "serial", hint="c") as c:
-        with nb.loop(kh, hint="ki") as i:
-            with nb.loop(kw, hint="kj") as j:
-                with nb.loop(oh, hint="y") as y:
-                    with nb.loop(ow, "vector", ctx.lanes(col.dtype), hint="x") as xx:
-                        iy = y * strides[0] + (i * dil[0] - pads[0])
-                        ix = xx * strides[1] + (j * dil[1] - pads[1])
-                        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)
-                        row = (c * kh + i) * kw + j
-                        nb.store(col, base + row * row_stride + y * ow + xx,
-                                 xb.load(x_off + c * (h * wd) + iy * wd + ix, mask=inside))
 
 
 register("Conv", inputs=(2, 4), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_infer, reference=conv_reference,

@@ -10,10 +10,12 @@ import numpy as np
 from ..lower.gemm import dot_gemm, gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
+from ..schedule.loops import loop_kind
 from . import winograd
 from .common import fail, tt
-from .conv import (CONV_ATTRS, _im2col, for_image_chunks, image_plan, per_image, window_geometry,
-                   with_bias_grad)
+from .conv import with_bias_grad
+from .conv_common import (CONV_ATTRS, for_image_chunks, im2col as _im2col, image_plan, per_image,
+                          window_geometry)
 from .registry import gradient, non_differentiable, register
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
@@ -74,7 +76,7 @@ def _grad_input_lower(ctx):
                       lambda kk, j: dyb[dy_off + kk * ohw + j],
                       dcol, lambda r, j: base + r * ohw + j,
                       parallel=parallel, slot=None if parallel else slot)
-            kind = "parallel" if parallel and cg * h * wd >= 1 << 14 else "serial"
+            kind = loop_kind(ctx.target, cg * h * wd, "col2im") if parallel else "serial"
             with nb.loop(cg, kind, hint="c") as ci:
                 with nb.loop(h, hint="y") as iy:
                     with nb.loop(wd, "vector", ctx.lanes(out.dtype), hint="x") as ix:

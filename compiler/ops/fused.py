@@ -11,7 +11,8 @@ about an op is declared twice."""
 import numpy as np
 
 from ..lower.loop_ir import INDEX, Const, Load, Reduce
-from ..lower.nests import PARALLEL_MIN_WORK, broadcast_strides, coalesce, map_nest, strides
+from ..lower.nests import broadcast_strides, coalesce, map_nest, strides
+from ..schedule.loops import loop_kind
 from .common import broadcast, fail, tt
 from .registry import get_op, non_differentiable, register
 
@@ -82,7 +83,7 @@ def _reduce_lower(ctx):
             reduced.append((nb.var("k"), d, i))
             continue
         last = i == len(dims) - 1
-        kind = "vector" if last else ("parallel" if not kept_vars and total >= PARALLEL_MIN_WORK else "serial")
+        kind = "vector" if last else (loop_kind(ctx.target, total) if not kept_vars else "serial")
         scope = nb.loop(d, kind, lanes if last else 1)
         kept_vars.append((scope.__enter__(), i))
         scopes.append(scope)

@@ -4,7 +4,7 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.nests import broadcast_strides, strided_map, strides
 from .common import broadcast, fail, same_dtype, tt
-from .conv import EPILOGUE, apply_activation, epilogue
+from .conv_common import EPILOGUE, apply_activation, epilogue
 from .registry import gradient, non_differentiable, register
 
 
@@ -93,7 +93,15 @@ def _matmul_grad(g, node, dys, wanted):
     dy = g.reshape(dys[0], _matmul_shapes(node.name, g.shape(a2), g.shape(b2))[3])
     swap = lambda t, r: g.op("Transpose", [t], perm=tuple(range(r - 2)) + (r - 1, r - 2))
     da = g.reshape(g.unbroadcast(g.op("MatMul", [dy, swap(b2, rb)]), g.shape(a2)), sa) if wanted[0] else None
-    db = g.reshape(g.unbroadcast(g.op("MatMul", [swap(a2, ra), dy]), g.shape(b2)), sb) if wanted[1] else None
+    if wanted[1] and rb == 2 and ra > 2 and g.shape(a2)[:-2] == g.shape(dy)[:-2]:
+        # a weight shared by every batch (a Linear on [N, T, C]): one GEMM with k = N * T,
+        # not a per-batch product of k = T summed afterwards (a [N, K, M] temporary)
+        rows = lambda t: g.reshape(t, (int(np.prod(g.shape(t)[:-1])), g.shape(t)[-1]))
+        db = g.reshape(g.op("Gemm", [rows(a2), rows(dy)], transA=1), sb)
+    elif wanted[1]:
+        db = g.reshape(g.unbroadcast(g.op("MatMul", [swap(a2, ra), dy]), g.shape(b2)), sb)
+    else:
+        db = None
     return [da, db]
 
 
@@ -177,12 +185,14 @@ def _gemm_grad(g, node, dys, wanted):
 
 # ---- MatMulPacked: a MatMul whose constant B is already in the GEMM's panels ----
 def _packed_infer(attrs, types, consts, node):
-    from ..lower.gemm import PANEL, k_blocking
+    """The packed weights' shape [k_blocks, panels, kc, panel] says their layout (the
+    target's, schedule/gemm.py's prepack): it must cover k and n exactly."""
     a, bp = types[0], types[1]
     n = attrs["n"]
     k = a.shape[-1] if a.rank else 0
-    kc, k_blocks = k_blocking(max(k, 1))
-    if a.rank < 1 or bp.shape != (k_blocks, -(-n // PANEL), kc, PANEL):
+    kc, panel = (bp.shape[2], bp.shape[3]) if bp.rank == 4 else (0, 0)
+    if a.rank < 1 or bp.rank != 4 or min(kc, panel) < 1 or \
+            bp.shape[:2] != (-(-max(k, 1) // kc), -(-n // panel)):
         fail(node, f"MatMulPacked of {a.shape} does not fit packed weights {bp.shape} for n = {n}")
     return [tt(same_dtype(node, types), tuple(a.shape[:-1]) + (n,))]
 
@@ -197,8 +207,9 @@ def _packed_lower(ctx):
     k, n = a.shape[-1], ctx.attrs["n"]
     rows = a.size // k
     a_buf = ctx.inputs[0]
+    _, _, kc, panel = ctx.in_types[1].shape
     gemm_nest(ctx, rows, n, k, lambda r, kk: a_buf[r * k + kk], None, ctx.outputs[0], lambda r, c: r * n + c,
-              prepacked=ctx.inputs[1])
+              prepacked=(ctx.inputs[1], kc, panel))
 
 
 register("MatMulPacked", inputs=(2, 2), attrs={"n": None}, infer=_packed_infer, lower=_packed_lower,

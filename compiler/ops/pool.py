@@ -4,9 +4,10 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir.types import DType
 from ..lower.loop_ir import Reduce, Select
-from ..lower.nests import PARALLEL_MIN_WORK, strides
+from ..lower.nests import strides
+from ..schedule.loops import loop_kind
 from .common import fail, require_float, tt
-from .conv import window_geometry
+from .conv_common import window_geometry
 from .reduce import nan_equal
 from .registry import gradient, register
 
@@ -92,8 +93,7 @@ def _pool_lower(pool):
         nc = x.shape[0] * x.shape[1]
         plane, out_plane = int(np.prod(spatial)), int(np.prod(out))
         xb, out_buf, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-        big = nc * out_plane * int(np.prod(kernel)) >= PARALLEL_MIN_WORK
-        with nb.loop(nc, "parallel" if big else "serial", hint="nc") as p:
+        with nb.loop(nc, loop_kind(ctx.target, nc * out_plane * int(np.prod(kernel))), hint="nc") as p:
             scopes, ys = [], []
             for axis, d in enumerate(out):
                 last = axis == len(out) - 1
@@ -193,7 +193,7 @@ def _global_lower(ctx):
     x = ctx.in_types[0]
     nc, hw = x.shape[0] * x.shape[1], x.size // (x.shape[0] * x.shape[1])
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    with nb.loop(nc, "parallel" if x.size >= PARALLEL_MIN_WORK else "serial", hint="nc") as p:
+    with nb.loop(nc, loop_kind(ctx.target, x.size), hint="nc") as p:
         k = nb.var("k")
         nb.store(out, p, Reduce("sum", k, hw, xb[p * hw + k], ctx.lanes(x.dtype)) * (1.0 / hw))
 

@@ -7,7 +7,7 @@ window's element count (a table computed at compile time)."""
 import numpy as np
 
 from ..lower.loop_ir import Reduce, Select
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import loop_kind
 from .common import tt
 from .conv_grad import _source
 from .pool import POOL_ATTRS, _T, _geometry
@@ -64,7 +64,7 @@ def _lower(pool):
         dyb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
         if pool == "AveragePool":
             scale = ctx.table((1.0 / _window_count(plain, shape)).astype(out.dtype.numpy).reshape(-1))
-        kind = "parallel" if n * c * h * w >= PARALLEL_MIN_WORK else "serial"
+        kind = loop_kind(ctx.target, n * c * h * w)
         if pool == "MaxPool" and (kh, kw) == (sh, sw) and (pt, pl, dh, dw) == (0, 0, 1, 1) and \
                 not any(plain.get("pads") or ()):
             return _tiled_maxpool_grad(ctx, shape, (kh, kw), (oh, ow), kind)

@@ -2,8 +2,9 @@
 
 Each is declared here once (attributes, validation, shape rule, NumPy reference)
 and has no kernel of its own: compiler/passes/recurrent.py expands a cell into
-MatMul / Split / Sigmoid / Tanh / Mul / Add over the time steps (DESIGN
-principle 2), so the backward pass comes from those primitives' rules. The
+per-step GEMMs and gate arithmetic over the time steps (DESIGN principle 2): a
+plain LSTM's and PyTorch's GRU's as the cell ops of lstm_cell.py / gru_cell.py
+(with their own VJP rules), others as Split / Sigmoid / Tanh / Mul / Add. The
 ONNX importer and the DSL layers expand at construction time; the pass catches
 any cell node left in a graph."""
 from dataclasses import dataclass

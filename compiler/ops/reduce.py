@@ -3,7 +3,8 @@ import numpy as np
 
 from ..ir.types import DType
 from ..lower.loop_ir import Call, Reduce, Select, cast
-from ..lower.nests import PARALLEL_MIN_WORK, strides
+from ..lower.nests import strides
+from ..schedule.loops import loop_kind
 from .common import const_ints, fail, norm_axis, tt
 from .registry import gradient, non_differentiable, register
 
@@ -76,8 +77,7 @@ def reduce_nest(ctx, x_shape, reduced, op, scale=None, pre=None, post=None):
             red_vars.append((nb.var("k"), d, i))
             continue
         last = i == len(dims) - 1
-        kind = "vector" if last else ("parallel" if not kept_vars and total >= PARALLEL_MIN_WORK
-                                      else "serial")
+        kind = "vector" if last else (loop_kind(ctx.target, total) if not kept_vars else "serial")
         scope = nb.loop(d, kind, lanes if last else 1)
         kept_vars.append((scope.__enter__(), i))
         scopes.append(scope)

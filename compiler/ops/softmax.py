@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..lower.loop_ir import Call, Reduce
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import loop_kind
 from .common import norm_axis, require_float
 from .registry import gradient, register
 
@@ -31,7 +31,7 @@ def _lower(log):
         inner = int(np.prod(t.shape[axis + 1:], dtype=np.int64))
         xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
         lanes = ctx.lanes(t.dtype)
-        kind = "parallel" if t.size >= PARALLEL_MIN_WORK else "serial"
+        kind = loop_kind(ctx.target, t.size)
         k = nb.var("k")
         if inner == 1:        # rows: vectorised reductions along the row
             mx, sm = ctx.local(1, t.dtype), ctx.local(1, t.dtype)

@@ -12,7 +12,8 @@ Stride-2 accesses (tile corners) are wide masked loads/stores plus a shuffle."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
-from ..lower.nests import PARALLEL_MIN_WORK
+from ..schedule.loops import loop_kind, worth_parallel
+from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
@@ -82,7 +83,6 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     of x ([n, C, h, w], zero outside) with pads (top, left).
     u: a [16, M, C] buffer of transformed weights, or None with weight(m, c, i, j)
     giving the raw 3x3 weights as loop-IR expressions (transformed here, at run time)."""
-    from .conv import for_image_chunks, image_plan
     nb = ctx.nb
     n, h, w = in_shape
     oh, ow = out_shape
@@ -114,7 +114,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # Each step works on `count` images' tile rows [ty0, ty0 + rows): column
     # img * tiles + (ty - ty0) * tx_n + tx of the slot's V and M.
     def transform_input(first, count, ty0, rows, v_off, parallel):      # V = B^T d B per 4x4 tile
-        big = parallel and c_in * tiles >= PARALLEL_MIN_WORK // 16
+        big = parallel and worth_parallel(ctx.target, c_in * tiles, "winograd")
         with nb.loop(count, hint="i") as img:
             with nb.loop(c_in, "parallel" if big else "serial", hint="c") as c:
                 with nb.loop(rows, hint="ty") as ty:
@@ -147,7 +147,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
                 gemm(xi, slot)
 
     def transform_output(first, count, ty0, rows, m_off, parallel):     # Y = A^T M A, then the epilogue
-        big = parallel and m_out * tiles >= PARALLEL_MIN_WORK // 16
+        big = parallel and worth_parallel(ctx.target, m_out * tiles, "winograd")
         with nb.loop(count, hint="i") as img:
             with nb.loop(m_out, "parallel" if big else "serial", hint="m") as m:
                 with nb.loop(rows, hint="ty") as ty:
@@ -185,7 +185,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
 
 def _transform_weights_at_run_time(ctx, u, weight, m_out, c_in):
     nb = ctx.nb
-    kind = "parallel" if m_out * c_in * 16 >= PARALLEL_MIN_WORK else "serial"
+    kind = loop_kind(ctx.target, m_out * c_in * 16)
     with nb.loop(m_out, kind, hint="m") as m:
         with nb.loop(c_in, "vector", ctx.lanes(u.dtype), hint="c") as c:
             g = [[weight(m, c, i, j) for j in range(3)] for i in range(3)]
@@ -220,13 +220,11 @@ def _infer(attrs, types, consts, node):
 
 
 def _reference(attrs, x, u, b=None, residual=None):
-    from .conv import conv_reference
     return conv_reference(_conv_attrs(attrs), x, untransform_weights(u), b, residual)
 
 
 def conv_finish(attrs, bias, residual, m, out):
     """A convolution's epilogue for winograd_conv: bias, residual, activation."""
-    from .conv import epilogue
     oh, ow = out
 
     def finish(ni, mm, oy, ox, v):

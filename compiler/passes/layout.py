@@ -19,7 +19,7 @@ from ..ir.graph import Node
 from ..ir.types import DType, TensorType
 from ..ops import get_op
 from ..ops.blocked import pack_bias, pack_dense, pack_depthwise, to_blocked
-from ..ops.conv import window_geometry
+from ..ops.conv_common import window_geometry
 
 
 DIRECT_MAX_CHANNELS = 4    # a stem's image channels: read in NCHW, written blocked

@@ -6,6 +6,7 @@ from .fusion import fuse
 from .layout import block_channels
 from .expand import expand_composites
 from .float16 import compute_float16_in_float32
+from .gemm_transpose import simplify_gemm_transposes
 from .simplify import eliminate_dead_code, fold_constants, prepack_weights, pretranspose_weights, remove_identities
 from .winograd import winograd_weights
 
@@ -15,23 +16,34 @@ INFERENCE_PIPELINE = [
     fold_constants,          # shape subgraphs and constant expressions become constants
     remove_identities,       # Identity / inference Dropout read their input directly
     eliminate_dead_code,     # nothing that no output needs
+    simplify_gemm_transposes,  # Transposes into Gemm flags; a shared weight's gradient one GEMM (gemm_transpose.py)
     pretranspose_weights,    # Gemm weights stored K-major so GEMM loads rows contiguously
     fuse,                    # Conv+BatchNorm folded; Conv/Gemm + ReLU in one kernel (fusion.py)
     block_channels,          # MobileNet-style regions in the blocked-channel layout (layout.py)
     fuse_elementwise,        # chains of element-wise ops in one loop (elementwise_fusion.py)
     winograd_weights,        # 3x3 stride-1 Conv weights pre-transformed for Winograd F(2x2, 3x3)
-    prepack_weights,         # constant MatMul weights in the GEMM's panels, packed once (MatMulPacked)
+    prepack_weights,         # constant MatMul weights in the target's GEMM panels, packed once (MatMulPacked)
     eliminate_dead_code,     # the folded BatchNorm statistics and unfused weights go
 ]
 
 
-def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print):
+TARGET_AWARE = {prepack_weights}     # passes whose rewrite depends on the target: p(graph, target)
+
+
+def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print, target=None):
     """Run `passes` in order; `verify_each` checks the IR after every pass (tests do),
-    `print_after` names passes whose output IR is printed (--print-after)."""
+    `print_after` names passes whose output IR is printed (--print-after). `target`
+    (default: this CPU) reaches the passes of TARGET_AWARE."""
     for p in INFERENCE_PIPELINE if passes is None else passes:
-        graph = p(graph)
+        graph = p(graph, target) if p in TARGET_AWARE else p(graph)
         if verify_each:
             verify(graph)
         if p.__name__ in print_after or "all" in print_after:
             log(f"// ----- IR after {p.__name__} -----\n{print_graph(graph)}")
     return graph
+
+
+def optimize_graph(graph, verify_each=False, print_after=(), target=None):
+    """The inference pipeline over a verified `graph` for `target` (default: this
+    CPU) (ns.optimize_graph)."""
+    return run_pipeline(verify(graph), verify_each=verify_each, print_after=print_after, target=target)

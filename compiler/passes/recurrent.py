@@ -1,8 +1,10 @@
 """Recurrent cells (ops/recurrent.py) expanded into primitives over the fixed
 sequence length: the input projections of all time steps as one MatMul, then
-per step a MatMul by the recurrent weights and the gates' Split / Sigmoid /
-Tanh / Mul / Add. The backward pass then comes from those ops' rules, and the
-element-wise fusion pass puts each step's gate arithmetic in one loop.
+per step a Gemm by the recurrent weights and the gates' arithmetic: for a
+plain LSTM (and PyTorch's GRU) one LSTMCell (GRUCell) node, whose gradient rule
+is one LSTMCellGrad loop (ops/lstm_cell.py, gru_cell.py); other cells as Split /
+Sigmoid / Tanh / Mul / Add, differentiated through those ops' rules. The
+per-step weight gradients become one GEMM over all steps (gemm_transpose.py).
 
 The same builders serve the ONNX importer and the pass expand_composites
 (expand_node, through expand.py) and the DSL's nn.LSTM / nn.GRU / nn.RNN
@@ -85,8 +87,18 @@ def _gates(em, v, order, hidden):
     return dict(zip(order, em.split(v, 1, [hidden] * len(order))))
 
 
+def _plain_lstm(cell, acts, wt):
+    """Whether a step is LSTMCell's (ops/lstm_cell.py): default activations, no clip,
+    peepholes or coupled input and forget gates."""
+    return not (wt.p or cell.clip is not None or cell.input_forget) and \
+        tuple(a.name for a in acts) == ("Sigmoid", "Tanh", "Tanh")
+
+
 def _lstm_step(em, cell, acts, xp, h, c, r_t, wt, order):
     H = cell.hidden
+    if _plain_lstm(cell, acts, wt):
+        h_new, c_new, _ = em.op("LSTMCell", [em.gemm(h, r_t, xp), c], n=3, order=order)
+        return h_new, c_new
     g = _gates(em, em.gemm(h, r_t, xp), order, H)
     pi, po, pf = em.split(wt.p, 0, [H] * 3) if wt.p else (None, None, None)
     peep = lambda pre, p, state: _clip(em, cell, pre if p is None else em.add(pre, em.mul(p, state)))
@@ -97,9 +109,18 @@ def _lstm_step(em, cell, acts, xp, h, c, r_t, wt, order):
     return em.mul(o, em.activate(acts[2], c_new)), c_new
 
 
+def _plain_gru(cell, acts):
+    """Whether a step is GRUCell's (ops/gru_cell.py): PyTorch's GRU (the reset gate
+    after the recurrent product), default activations, no clip."""
+    return cell.linear_before_reset and cell.clip is None and tuple(a.name for a in acts) == ("Sigmoid", "Tanh")
+
+
 def _gru_step(em, cell, acts, xp, h, c, r_t, wt, order):
     """h' = n + z * (h - n), which is (1 - z) * n + z * h; order ends with the h gate."""
     H = cell.hidden
+    if _plain_gru(cell, acts):
+        h_new, _ = em.op("GRUCell", [xp, em.gemm(h, r_t, wt.rb), h], n=2, order=order)
+        return h_new, c
     if cell.linear_before_reset:
         gx = _gates(em, xp, order, H)
         gh = _gates(em, em.gemm(h, r_t, wt.rb), order, H)
@@ -126,10 +147,9 @@ def _projection(em, cell, x2d, wt):
     """x W^T + bias for all time steps in one MatMul; GRU with linear_before_reset
     keeps R's bias for the step (it sits inside the reset gate's product)."""
     proj = em.matmul(x2d, em.op("Transpose", [wt.w]))
-    biases = [wt.wb] + ([] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb])
-    for bias in biases:
-        if bias is not None:
-            proj = em.add(proj, bias)
+    biases = [v for v in [wt.wb] + ([] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb]) if v]
+    if biases:             # summed first: their gradient is then one reduction over T*B rows
+        proj = em.add(proj, biases[0] if len(biases) == 1 else em.add(*biases))
     return proj
 
 

@@ -45,8 +45,8 @@ def eliminate_dead_code(graph):
             live.update(i for i in node.inputs if i)
     kept.reverse()
     constants = {k: v for k, v in graph.constants.items() if k in live}
-    types = {k: t for k, t in graph.types.items()
-             if k in live or k in graph.input_names() or any(k in n.outputs for n in kept)}
+    named = live | set(graph.input_names()) | {o for n in kept for o in n.outputs}   # a set: was O(values x nodes)
+    types = {k: t for k, t in graph.types.items() if k in named}
     return graph.with_nodes(kept, constants=constants, types=types)
 
 
@@ -90,13 +90,16 @@ def pretranspose_weights(graph):
 
 
 
-def prepack_weights(graph):
+def prepack_weights(graph, target=None):
     """Gives: a MatMul by a constant 2-D float32 B that the GEMM would pack into
-    panels at every run (gemm.py's rule) as MatMulPacked over B packed once here
-    (a transformer's or ConvNeXt's Linear layers: 5-15% of their time)."""
+    panels at every run (schedule/gemm.py's rule) as MatMulPacked over B packed once
+    here, in the panels of `target` (default: this CPU) (a transformer's or
+    ConvNeXt's Linear layers: 5-15% of their time)."""
     from dataclasses import replace
     from ..ir.types import DType
-    from ..lower.gemm import packs_b, prepack
+    from ..lower.target import host_target
+    from ..schedule.gemm import packs_b, prepack
+    target = target or host_target(1)
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     users = graph.consumers()
     for node in graph.nodes:
@@ -104,9 +107,9 @@ def prepack_weights(graph):
         if b in constants and types[b].rank == 2 and types[a].rank >= 2 and types[b].dtype == DType.float32 \
                 and types[a].dtype == DType.float32 and len(users.get(b, [])) == 1:
             k, n = types[b].shape
-            if packs_b(types[a].size // k, n, k, 4):
+            if packs_b(target, types[a].size // k, n, k, 4):
                 new = b + "/packed"
-                constants[new] = prepack(constants[b])
+                constants[new] = prepack(constants[b], target)
                 types[new] = TensorType(types[b].dtype, constants[new].shape)
                 node = replace(node, op="MatMulPacked", inputs=(a, new), attrs={"n": n})
         nodes.append(node)

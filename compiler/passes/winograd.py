@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from ..ir.types import TensorType
 from ..ops import winograd
-from ..ops.conv import window_geometry
+from ..ops.conv_common import window_geometry
 
 
 def winograd_weights(graph):

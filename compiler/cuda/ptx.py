@@ -1,0 +1,93 @@
+"""PTX from a kernel module (llvmlite's NVPTX backend), and cubins from PTX (ptxas).
+
+LLVM aborts the whole process ("no libcall available", "Cannot select") on an
+operation NVPTX cannot lower, so every declared function is checked first: a
+kernel calling one is a CompileError, never a crash."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import llvmlite.binding as llvm
+
+from ..errors import CompileError
+from ..lower.target import _init_llvm
+
+# intrinsics NVPTX lowers itself (the rest of llvm.* math becomes libcalls it lacks)
+_LOWERED = re.compile(r"llvm\.(nvvm\.|fma|fmuladd|sqrt|fabs|floor|ceil|rint|nearbyint|round|roundeven|trunc|"
+                      r"copysign|minnum|maxnum|minimum|maximum|smax|smin|umax|umin|abs|memcpy|memmove|"
+                      r"memset|lifetime|assume|experimental\.noalias|vector\.reduce|masked\.load|"
+                      r"masked\.store|masked\.gather|masked\.scatter|ctpop|ctlz|cttz|fshl|fshr|bswap|"
+                      r"umul\.with|smul\.with|uadd\.with|sadd\.with|usub\.with|ssub\.with|"
+                      r"stacksave|stackrestore|prefetch|ptrmask|is\.fpclass|invariant|fptosi\.sat|fptoui\.sat)")
+
+
+def ptx_target_machine(arch):
+    _init_llvm()
+    target = llvm.Target.from_triple("nvptx64-nvidia-cuda")
+    return target.create_target_machine(cpu=arch, features="", opt=3)
+
+
+def _optimize(llvm_ir, tm):
+    try:
+        mod = llvm.parse_assembly(llvm_ir)
+        mod.verify()
+    except RuntimeError as exc:
+        raise CompileError(f"generated LLVM IR does not verify: {exc}") from None
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+def compile_ptx(llvm_ir, arch):
+    """The module's PTX text for `arch` (sm_80, sm_90, ...) after LLVM's O3."""
+    tm = ptx_target_machine(arch)
+    mod = _optimize(llvm_ir, tm)
+    for fn in mod.functions:
+        if fn.is_declaration and not _LOWERED.match(fn.name):
+            raise CompileError(f"a GPU kernel calls '{fn.name}', which the NVPTX backend cannot lower")
+    return tm.emit_assembly(mod)
+
+
+def find_ptxas():
+    """ptxas on PATH, under $CUDA_HOME/bin, or from the nvidia-cuda-nvcc wheel; None if absent."""
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.path.isfile(os.path.join(root, "bin", "ptxas")):
+            return os.path.join(root, "bin", "ptxas")
+    return None
+
+
+def assemble(ptx, arch, verbose=False, ptxas=None):
+    """(cubin bytes, ptxas's report) for `arch`; CompileError with ptxas's message on failure."""
+    ptxas = ptxas or find_ptxas()
+    if ptxas is None:
+        raise CompileError("ptxas not found (install the CUDA toolkit or `pip install nvidia-cuda-nvcc`)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "m.ptx"), os.path.join(tmp, "m.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        cmd = [ptxas, f"-arch={arch}", "-O3", src, "-o", out] + (["-v"] if verbose else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise CompileError(f"ptxas -arch={arch} failed: {proc.stderr.strip()[:2000]}")
+        with open(out, "rb") as f:
+            return f.read(), proc.stderr
+
+
+def spills(report):
+    """function -> (spill store bytes, spill load bytes) from `ptxas -v` output."""
+    out, current = {}, None
+    for line in report.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            current = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current:
+            out[current] = (int(m.group(1)), int(m.group(2)))
+    return out

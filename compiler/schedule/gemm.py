@@ -1,0 +1,74 @@
+"""The GEMM's schedule: its register tile (MR x NR accumulators), k blocking, when
+B is packed into panels (at run time, or once at compile time for constant
+weights: passes/simplify.py's prepack_weights asks `packs_b` here) and when it
+splits across threads. lower/gemm.py emits the loop nest these choose."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CompileError
+from .tables import table_for
+
+
+@dataclass(frozen=True)
+class GemmSchedule:
+    mr: int
+    nr: int
+    lanes: int
+
+
+def gemm_schedule(target, n, dtype, m=None, prepacked=False, panel=None):
+    """The register tile for C [m, n]; `panel`: the width of B's compile-time panels
+    (prepack), which a tile must not straddle."""
+    table, lanes = table_for(target), target.lanes(dtype)
+    mr, nr = table.gemm_mr, table.gemm_nr_vectors * lanes
+    if n <= lanes:                       # a narrow C (a classifier's 10 outputs)
+        nr, mr = lanes, 8 if lanes > 1 else 4
+    elif m == 1 and lanes > 1 and not prepacked:   # one row (a batch-1 classifier): B streams by rows,
+        nr, mr = min(8 * lanes, -(-n // lanes) * lanes), 1   # eight vectors of it per k
+    if panel is not None and panel % nr:     # panels packed for a narrower target: one per tile
+        if panel % lanes:
+            raise CompileError(f"weights packed in {panel}-column panels cannot feed {lanes}-lane tiles: "
+                               "optimise the graph for this target")
+        nr = panel
+    return GemmSchedule(mr, nr, lanes)
+
+
+def parallel_min_macs(target):
+    return table_for(target).gemm_parallel_min_macs
+
+
+def block_bytes(target):
+    return table_for(target).l2_block_bytes
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def k_blocking(k, target):
+    """(kc, k_blocks): the k loop in blocks of about the target's kc."""
+    k_blocks = max(1, round(k / table_for(target).kc_target))
+    kc = _ceil(k, k_blocks)
+    return kc, _ceil(k, kc)
+
+
+def prepack(b, target):
+    """B [k, n] as [k_blocks, ceil(n / panel), kc, panel], zero-padded: the panels the
+    GEMM would pack at run time, made once at compile time for constant weights.
+    The shape says the layout (kc, panel): MatMulPacked reads it from there."""
+    k, n = b.shape
+    kc, k_blocks = k_blocking(k, target)
+    panel = table_for(target).prepack_panel
+    padded = np.zeros((k_blocks * kc, _ceil(n, panel) * panel), b.dtype)
+    padded[:k, :n] = b
+    return np.ascontiguousarray(padded.reshape(k_blocks, kc, -1, panel).transpose(0, 2, 1, 3))
+
+
+def packs_b(target, m, n, k, itemsize, mr=None, nr=None):
+    """Whether the GEMM packs B into panels (else it reads B in place). Without mr/nr:
+    the target's row tile and prepacked panel, the compile-time packing's test."""
+    t = table_for(target)
+    mr, nr = mr or t.gemm_mr, nr or t.prepack_panel
+    return m >= t.pack_min_row_tiles * mr and n >= nr and k >= t.pack_min_k and \
+        k * n * itemsize >= t.pack_min_b_bytes

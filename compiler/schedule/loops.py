@@ -1,0 +1,22 @@
+"""Which loops of a lowering run in parallel: one rule, the target's thresholds
+(tables.py). A lowering states its loop nest and the work under a loop; this
+says "parallel" or "serial". `family` names the threshold: maps, reductions and
+pools use the general one; a few op families whose element costs differ have
+their own (each measured, tables.py)."""
+from .tables import table_for
+
+FAMILIES = {
+    "map": "parallel_min_work",             # element-wise maps, reductions, pools, copies
+    "depthwise": "depthwise_parallel_min_work",   # blocked depthwise convolutions
+    "winograd": "winograd_parallel_min_tiles",    # Winograd transforms (work in tiles)
+    "col2im": "col2im_parallel_min_work",   # a gradient's scatter of columns back to the image
+}
+
+
+def worth_parallel(target, work, family="map"):
+    """Whether `work` (the family's unit) under a loop pays for a fork/join."""
+    return work >= getattr(table_for(target), FAMILIES[family])
+
+
+def loop_kind(target, work, family="map"):
+    return "parallel" if worth_parallel(target, work, family) else "serial"

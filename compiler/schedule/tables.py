@@ -1,0 +1,90 @@
+"""One table of scheduling thresholds per target, each value with the measurement
+that chose it. Lowerings and the graph passes never hold a threshold of their
+own: they ask compiler/schedule/ (loops.py, gemm.py, conv.py), which reads the
+target's table here. A target's description (CpuTarget.description) names its
+table and SCHEDULE_VERSION, so every cache key changes when a table does.
+
+Measured on this project's host (AVX-512, 2 cores) unless a comment says more;
+the AVX2 column was measured there too with AVX-512 switched off (vector_cap=256,
+benchmarks/schedules.py). Values no one has measured for a target say so."""
+from dataclasses import dataclass, replace
+
+SCHEDULE_VERSION = 1     # bump when a table changes the code it schedules
+
+
+@dataclass(frozen=True)
+class ScheduleTable:
+    name: str
+    # --- parallel loops (a fork/join of nutshell's pool: ~4 us) --------------------
+    parallel_min_work: int         # elements of a map/reduce/pool below which a loop stays serial
+    depthwise_parallel_min_work: int   # multiply-adds of a blocked depthwise conv
+    winograd_parallel_min_tiles: int   # channels x 4x4 tiles of a Winograd transform
+    col2im_parallel_min_work: int  # elements of a gradient's col2im scatter per channel
+    # --- GEMM: register tile, blocking, packing (schedule/gemm.py) -----------------
+    gemm_mr: int                   # rows of accumulators
+    gemm_nr_vectors: int           # columns of accumulators, in vectors
+    gemm_parallel_min_macs: int    # multiply-adds below which a GEMM runs on one thread
+    l2_block_bytes: int            # a packed KC x NC block of B
+    kc_target: int                 # k per block
+    pack_min_b_bytes: int          # B smaller than this is read in place
+    pack_min_k: int                # a shorter k reads B's rows in place
+    pack_min_row_tiles: int        # fewer row tiles than this read B in place
+    prepack_panel: int             # columns of a compile-time packed weight panel (MatMulPacked)
+    # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
+    blocked_dense_accumulators: int    # 16-channel accumulators of a pointwise/dense tile
+    depthwise_row_tile: int        # outputs of a row a depthwise kernel sums at once
+
+
+AVX512 = ScheduleTable(
+    name="avx512",
+    parallel_min_work=1 << 16,     # fork/join measured at ~4 us: 64 Ki elements of a map take longer
+    depthwise_parallel_min_work=1 << 18,   # 4x the map's: a depthwise tap is a cheap FMA on data in L1
+    winograd_parallel_min_tiles=1 << 12,   # 1/16 of the map's: each tile is a 16-point transform
+    col2im_parallel_min_work=1 << 14,      # per channel plane; scatter-adds cost ~4x a map's element
+    gemm_mr=6, gemm_nr_vectors=2,  # 6 x 32: 12 zmm accumulators, ~268 GFLOP/s in L1 (DESIGN.md)
+    gemm_parallel_min_macs=1 << 20,    # ~2 MFLOP: well above a fork/join's cost
+    l2_block_bytes=256 << 10,      # a quarter of the 1 MiB L2 (measured: 185 vs 268 GFLOP/s streaming)
+    kc_target=512,                 # 6 x 512 floats of A is 12 KiB of L1
+    pack_min_b_bytes=64 << 10,     # below this B sits in L1/L2 anyway: packing only costs
+    pack_min_k=64,                 # a first layer's 3 x 3 x 3 reads B's rows in place
+    pack_min_row_tiles=4,          # fewer row tiles than this: packing would not pay
+    prepack_panel=32,              # the micro-kernel's nr: a tile's k step is one contiguous 128 bytes
+    blocked_dense_accumulators=24,     # of 32 zmm registers, the rest hold B and A (28 spilled)
+    depthwise_row_tile=8,          # 8 zmm accumulators: independent FMA chains cover the latency
+)
+
+AVX2 = replace(
+    AVX512, name="avx2",
+    prepack_panel=16,              # AVX2's nr (2 x 8 lanes): its tiles read whole panels, not halves
+    blocked_dense_accumulators=6,  # 6 blocks = 12 of 16 ymm (24 blocks = 48 ymm spilled every k step)
+    depthwise_row_tile=4,          # 4 blocks = 8 ymm accumulators + the taps' loads in 16 registers
+)
+
+SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers), x86-64 baseline SSE
+    AVX2, name="sse-neon",         # not measured: AVX2's register budgets, which fit both
+    prepack_panel=8,               # the micro-kernel's nr (2 x 4 lanes)
+)
+
+SCALAR = replace(
+    AVX2, name="scalar",           # not measured: a correctness fallback; budgets kept small
+    gemm_mr=4, gemm_nr_vectors=4,  # 4 x 4 scalar accumulators
+    prepack_panel=4,               # the scalar micro-kernel's nr
+    blocked_dense_accumulators=1,  # one 16-channel block is already 16 scalar registers
+    depthwise_row_tile=1,
+)
+
+# The GPU slot: CUDA kernels map parallel loops onto the grid (compiler/cuda), so these
+# thresholds are what the lowering sees before that mapping. Not measured on a GPU yet:
+# the scalar CPU values the CUDA backend was tested with.
+CUDA_SM80 = replace(SCALAR, name="cuda-sm_80")
+CUDA_SM90 = replace(SCALAR, name="cuda-sm_90")
+
+TABLES = {t.name: t for t in (AVX512, AVX2, SSE_NEON, SCALAR, CUDA_SM80, CUDA_SM90)}
+
+
+def table_for(target):
+    """The table that schedules code for `target` (a CpuTarget or a CUDA target)."""
+    if target.triple.startswith("nvptx"):
+        return TABLES.get(f"cuda-{target.cpu}", CUDA_SM90)
+    bits = target.vector_bits
+    return AVX512 if bits >= 512 else AVX2 if bits >= 256 else SSE_NEON if bits >= 128 else SCALAR

@@ -1,0 +1,62 @@
+"""ops/lstm_cell.py and gru_cell.py compiled against their NumPy references: the
+cells and their backward ops on row counts that run serially and split across
+threads, both gate orders; bad shapes are ShapeErrors. (Gradients by finite
+differences: test_gradients.CASES.)"""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir import GraphBuilder
+
+TOL = dict(rtol=1e-5, atol=1e-6)     # float32 transcendental polynomials vs NumPy's
+
+
+@pytest.mark.parametrize("batch,hidden,order", [(3, 5, "ifco"), (4, 37, "iofc"), (64, 256, "ifco")])
+def test_cell_and_its_gradient_match_the_reference(batch, hidden, order, rng):
+    b = GraphBuilder("cell", fold=False)
+    gates = b.add_input("gates", "float32", (batch, 4 * hidden))
+    ins = {n: b.add_input(n, "float32", (batch, hidden)) for n in ("c_prev", "dh", "dc")}
+    h, c, acts = b.add_node("LSTMCell", [gates, ins["c_prev"]], {"order": order}, num_outputs=3)
+    dgates, dc_prev = b.add_node("LSTMCellGrad", [ins["dh"], ins["dc"], acts, c, ins["c_prev"]],
+                                 {"order": order}, num_outputs=2)
+    b.set_outputs([h, c, acts, dgates, dc_prev])
+    g = b.build()
+    feeds = {v.name: (rng.standard_normal(v.type.shape) * 2).astype(np.float32) for v in g.inputs}
+    want = ns.run_reference(g, feeds)
+    for threads in (1, 2):
+        got = ns.compile(g, threads=threads).run(feeds)
+        for name in (h, c, acts, dgates, dc_prev):
+            np.testing.assert_allclose(got[name], want[name], **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("batch,hidden,order", [(3, 5, "zrh"), (4, 37, "rzh"), (64, 384, "rzh")])
+def test_gru_cell_and_its_gradient_match_the_reference(batch, hidden, order, rng):
+    b = GraphBuilder("gru", fold=False)
+    gx, gh = (b.add_input(n, "float32", (batch, 3 * hidden)) for n in ("gx", "gh"))
+    h, dy = (b.add_input(n, "float32", (batch, hidden)) for n in ("h", "dy"))
+    h_new, acts = b.add_node("GRUCell", [gx, gh, h], {"order": order}, num_outputs=2)
+    grads = b.add_node("GRUCellGrad", [dy, acts, gh, h], {"order": order}, num_outputs=3)
+    b.set_outputs([h_new, acts, *grads])
+    g = b.build()
+    feeds = {v.name: (rng.standard_normal(v.type.shape) * 2).astype(np.float32) for v in g.inputs}
+    want = ns.run_reference(g, feeds)
+    for threads in (1, 2):
+        got = ns.compile(g, threads=threads).run(feeds)
+        for name in (h_new, acts, *grads):
+            np.testing.assert_allclose(got[name], want[name], **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("gates,c_prev,order", [((3, 10), (3, 2), "ifco"), ((3, 8), (2, 2), "ifco"),
+                                                ((3, 8), (3, 2), "ifcx"), ((3, 8), (3, 2), "ifc")])
+def test_bad_shapes_and_orders(gates, c_prev, order):
+    b = GraphBuilder("bad", fold=False)
+    x, c = b.add_input("x", "float32", gates), b.add_input("c", "float32", c_prev)
+    with pytest.raises(ns.ShapeError, match="LSTMCell"):
+        b.add_node("LSTMCell", [x, c], {"order": order}, num_outputs=3)
+
+
+def test_gru_cell_bad_shapes():
+    b = GraphBuilder("bad", fold=False)
+    gx, gh, h = (b.add_input(n, "float32", s) for n, s in (("gx", (3, 9)), ("gh", (3, 6)), ("h", (3, 3))))
+    with pytest.raises(ns.ShapeError, match="GRUCell"):
+        b.add_node("GRUCell", [gx, gh, h], {"order": "zrh"}, num_outputs=2)
