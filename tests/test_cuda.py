@@ -361,3 +361,102 @@ def test_driver_runner_host_side_with_a_fake_driver(rng):
     assert_close(model(x), want, rtol=1e-4, atol_scale=1e-5)
     assert [f for f, _, _ in fake.launched] == [s.function for s in ptx_code.steps]
     assert len(fake.buffers) == len(ptx_code.constants) + 1      # per-call buffers freed; weights and arena kept
+
+
+FAKE_LIBCUDA = r"""
+/* The driver calls of NAME_host.c on host memory; a launch calls the emulated
+   build of the kernel (same name and pointer arguments) from $FAKE_KERNELS. */
+#define _GNU_SOURCE
+#include <cuda.h>
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+extern int fake_nargs(const char *name);
+static void *lib;
+typedef void (*kernel16)(void *, void *, void *, void *, void *, void *, void *, void *,
+                         void *, void *, void *, void *, void *, void *, void *, void *);
+CUresult cuInit(unsigned int flags) { lib = dlopen(getenv("FAKE_KERNELS"), RTLD_NOW); return lib ? CUDA_SUCCESS : CUDA_ERROR_UNKNOWN; }
+CUresult cuDeviceGet(CUdevice *d, int i) { *d = i; return CUDA_SUCCESS; }
+CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d) { *c = (CUcontext)1; return CUDA_SUCCESS; }
+CUresult cuCtxPushCurrent(CUcontext c) { return CUDA_SUCCESS; }
+CUresult cuCtxPopCurrent(CUcontext *c) { return CUDA_SUCCESS; }
+CUresult cuModuleLoadData(CUmodule *m, const void *image) { *m = (CUmodule)1; return strstr((const char *)image, ".entry") ? CUDA_SUCCESS : CUDA_ERROR_INVALID_IMAGE; }
+CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) { *f = (CUfunction)dlsym(lib, name); return *f ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND; }
+CUresult cuMemAlloc(CUdeviceptr *p, size_t n) { void *q = aligned_alloc(256, (n + 255) / 256 * 256); *p = (CUdeviceptr)q; return q ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY; }
+CUresult cuMemFree(CUdeviceptr p) { free((void *)p); return CUDA_SUCCESS; }
+CUresult cuMemcpyHtoD(CUdeviceptr d, const void *s, size_t n) { memcpy((void *)d, s, n); return CUDA_SUCCESS; }
+CUresult cuMemcpyDtoH(void *d, CUdeviceptr s, size_t n) { memcpy(d, (const void *)s, n); return CUDA_SUCCESS; }
+CUresult cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) { memmove((void *)d, (const void *)s, n); return CUDA_SUCCESS; }
+CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { memset((void *)d, v, n); return CUDA_SUCCESS; }
+CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, CUstream stream, void **params, void **extra) {
+    void *a[16] = {0};
+    Dl_info info;
+    int i, n;
+    if (!dladdr((void *)f, &info) || !info.dli_sname || (n = fake_nargs(info.dli_sname)) < 0 || n > 16)
+        return CUDA_ERROR_INVALID_HANDLE;
+    for (i = 0; i < n; i++) a[i] = *(void **)params[i];
+    ((kernel16)(void *)f)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
+                          a[13], a[14], a[15]);
+    return CUDA_SUCCESS;
+}
+"""
+
+APP = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "m.h"
+int main(int argc, char **argv) {
+    static float x[M_INPUT_0_SIZE], y[M_OUTPUT_0_SIZE];
+    FILE *f = fopen(argv[1], "rb");
+    if (!f || fread(x, sizeof x, 1, f) != 1) return 90;
+    fclose(f);
+    const float *in[] = {x};
+    float *out[] = {y};
+    int rc = m_run(in, out, NULL);
+    if (rc) { fprintf(stderr, "m_run: %d %s\n", rc, m_error_string(rc)); return rc; }
+    f = fopen(argv[2], "wb");
+    fwrite(y, sizeof y, 1, f);
+    fclose(f);
+    return 0;
+}
+"""
+
+
+def test_c_host_file_runs_with_a_fake_libcuda(tmp_path, rng):
+    """nutshell compile --target cuda's NAME_host.c, built and run: a fake libcuda runs
+    the launches on host memory through the emulated kernels (the same names)."""
+    import shutil
+    import subprocess
+    from nutshell.compiler.lower.target import host_target
+    from nutshell.runtime.aot import emit_object
+    from nutshell.runtime.cuda_aot import export_cuda
+    cc, include = shutil.which("cc") or shutil.which("gcc"), "/usr/local/cuda/include"
+    if cc is None or not os.path.exists(os.path.join(include, "cuda.h")):
+        pytest.skip("needs a C compiler and cuda.h")
+    net, shape = _cnn_bn()
+    net.eval()
+    graph = optimize_for_gpu(to_graph(net, shape))
+    export_cuda(graph, tmp_path, "m")
+    emulated = build_gpu_model(graph, cuda_target("cuda-emulated"), "m_k")       # export_cuda's kernel names
+    (tmp_path / "emu.o").write_bytes(emit_object(emulated.module, host_target(1)))
+    table = ", ".join(f'{{"{s.function}", {len(s.args)}}}' for s in emulated.steps)
+    (tmp_path / "fake.c").write_text(FAKE_LIBCUDA + '#include <string.h>\nstatic const struct { const char *n; int k; } '
+                                     f'nargs[] = {{{table}}};\nint fake_nargs(const char *name) {{ unsigned i; '
+                                     'for (i = 0; i < sizeof nargs / sizeof nargs[0]; i++) '
+                                     'if (!strcmp(nargs[i].n, name)) return nargs[i].k; return -1; }\n')
+    (tmp_path / "app.c").write_text(APP)
+    run = lambda *cmd: subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=tmp_path)
+    r = run(cc, "-shared", "-o", "libemu.so", "emu.o")
+    assert r.returncode == 0, r.stderr
+    r = run(cc, "-O1", f"-I{include}", "-I.", "app.c", "m_host.c", "m_weights.o", "fake.c", "-o", "app",
+            "-ldl", "-lpthread", "-lm")
+    assert r.returncode == 0, r.stderr
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.tofile(tmp_path / "x.bin")
+    r = subprocess.run([str(tmp_path / "app"), "x.bin", "y.bin"], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, FAKE_KERNELS=str(tmp_path / "libemu.so")))
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(graph.outputs[0].type.shape)
+    want = run_reference(graph, {graph.inputs[0].name: x})[graph.outputs[0].name]
+    assert_close(got, want, rtol=1e-4, atol_scale=1e-5)
