@@ -6,11 +6,14 @@ warp hit distinct banks and its stores to C are coalesced). Per step of 16 k,
 the block stages A's 64 x 16 and B's 16 x 64 tiles in shared memory (4 elements
 per thread each, consecutive threads reading consecutive addresses), waits at
 a barrier, accumulates 16 rank-1 updates from shared memory, and waits again.
+At the end the threads park their sums in a 64 x 64 tile of C in the same
+shared memory (16 KB in all) and, after a barrier, finish it in row order: the
+epilogue is emitted once and consecutive threads store consecutive columns.
 A and B are loop-IR expressions of (batch, row, k) and (batch, k, column), so
 an implicit-GEMM convolution gathers its input patches straight into the tile
 (no im2col buffer); reads outside the matrix give 0, stores outside are skipped.
 
-The three phases (stage, accumulate, store) are emitted by the same code for
+The phases (stage, accumulate, park, store) are emitted by the same code for
 both targets. PTX: one thread per phase, __syncthreads between them, the
 accumulators in registers. Emulated: each phase run for all 256 threads of the
 block in turn (which is what the barriers guarantee), the accumulators of each
@@ -111,21 +114,34 @@ class TiledGemmEmitter:
         for p, v in zip(slots, sums):
             b.store(v, p)
 
-    def _store(self, s, tid, acc, block):
+    def _park(self, tid, acc, c_tile):
+        """The thread's 4 x 4 sums into the block's 64 x 64 tile of C in shared memory."""
         b = self.builder
-        bz, by, bx = block
         tx, ty = b.urem(tid, _c(SIDE)), b.udiv(tid, _c(SIDE))
         for i in range(TM):
-            r = b.add(b.add(b.mul(by, _c(BM)), ty), _c(SIDE * i))
             for j in range(TN):
-                c = b.add(b.add(b.mul(bx, _c(BN)), tx), _c(SIDE * j))
-                ok = b.and_(b.icmp_unsigned("<", r, _c(s.m)), b.icmp_unsigned("<", c, _c(s.n)))
-                with b.if_then(ok):
-                    total = b.load(b.gep(acc, [_c(i * TN + j)], source_etype=H.F32), typ=H.F32)
-                    names = {s.b.name: bz, s.r.name: r, s.c.name: c, ACC.name: total}
-                    value = self._eval(s.finish, names)
-                    index = self._eval(s.out_index, names)
-                    b.store(self._to_memory(value, s.out.dtype), self._ptr(s.out, index))
+                at = b.add(b.mul(b.add(ty, _c(SIDE * i)), _c(BN)), b.add(tx, _c(SIDE * j)))
+                value = b.load(b.gep(acc, [_c(i * TN + j)], source_etype=H.F32), typ=H.F32)
+                b.store(value, b.gep(c_tile, [at], source_etype=H.F32))
+
+    def _store(self, s, tid, c_tile, block):
+        """Thread tid finishes elements tid, tid + 256, ... of the C tile (consecutive
+        threads, consecutive columns: coalesced stores), the epilogue emitted once."""
+        b = self.builder
+        bz, by, bx = block
+
+        def element(q, _):
+            e = b.add(tid, b.mul(q, _c(THREADS)))
+            r = b.add(b.mul(by, _c(BM)), b.udiv(e, _c(BN)))
+            c = b.add(b.mul(bx, _c(BN)), b.urem(e, _c(BN)))
+            ok = b.and_(b.icmp_unsigned("<", r, _c(s.m)), b.icmp_unsigned("<", c, _c(s.n)))
+            with b.if_then(ok):
+                total = b.load(b.gep(c_tile, [e], source_etype=H.F32), typ=H.F32)
+                names = {s.b.name: bz, s.r.name: r, s.c.name: c, ACC.name: total}
+                value = self._eval(s.finish, names)
+                index = self._eval(s.out_index, names)
+                b.store(self._to_memory(value, s.out.dtype), self._ptr(s.out, index))
+        H.counted_loop(b, BM * BN // THREADS, element, name="e")
 
     # ---- the two wrappers ------------------------------------------------------------
     def emit_tiled(self, fn, s):
@@ -144,7 +160,8 @@ class TiledGemmEmitter:
         def sreg(name):
             f = H.intrinsic(self.module, f"llvm.nvvm.read.ptx.sreg.{name}", H.I32, [])
             return b.zext(b.call(f, []), H.I64)
-        tiles = [self._shared(f"{fn.name}_{t}", BK * side) for t, side in (("a", BM), ("b", BN))]
+        shared = self._shared(f"{fn.name}_tiles", BM * BN)      # A's and B's tiles; C's at the end
+        tiles = [shared, b.gep(shared, [_c(BK * BM)], source_etype=H.F32)]
         acc = H.alloca(b, ir.ArrayType(H.F32, TM * TN))
         b.store(ir.Constant(ir.ArrayType(H.F32, TM * TN), None), acc)
         tid, block = sreg("tid.x"), (sreg("ctaid.z"), sreg("ctaid.y"), sreg("ctaid.x"))
@@ -156,7 +173,9 @@ class TiledGemmEmitter:
             self._accumulate(tid, acc, *tiles)
             b.call(barrier, [])
         H.counted_loop(b, steps, step, name="kt")
-        self._store(s, tid, acc, block)
+        self._park(tid, acc, shared)
+        b.call(barrier, [])
+        self._store(s, tid, shared, block)
         b.ret_void()
 
     def _shared(self, name, size):
@@ -167,7 +186,8 @@ class TiledGemmEmitter:
 
     def _tiled_emulated(self, fn, s, steps):
         b = self.builder
-        tiles = [H.alloca(b, ir.ArrayType(H.F32, BK * side)) for side in (BM, BN)]
+        shared = H.alloca(b, ir.ArrayType(H.F32, BM * BN))
+        tiles = [shared, b.gep(shared, [_c(BK * BM)], source_etype=H.F32)]
         accs = H.alloca(b, ir.ArrayType(H.F32, THREADS * TM * TN))
         gx, gy, gz = grid_of(s)
         memset = H.intrinsic(self.module, "llvm.memset.p0.i64", H.VOID, [H.PTR, H.I8, H.I64, H.I1])
@@ -184,7 +204,8 @@ class TiledGemmEmitter:
                 each_thread(lambda t, acc: self._stage(s, t, kt, (bz, by, bx), *tiles))
                 each_thread(lambda t, acc: self._accumulate(t, acc, *tiles))
             H.counted_loop(b, steps, step, name="kt")
-            each_thread(lambda t, acc: self._store(s, t, acc, (bz, by, bx)))
+            each_thread(lambda t, acc: self._park(t, acc, shared))
+            each_thread(lambda t, acc: self._store(s, t, shared, (bz, by, bx)))
         H.counted_loop(b, gz, lambda z, _: H.counted_loop(
             b, gy, lambda y, _: H.counted_loop(b, gx, lambda x, _: block(z, y, x), name="bx"), name="by"),
             name="bz")
