@@ -460,3 +460,30 @@ def test_c_host_file_runs_with_a_fake_libcuda(tmp_path, rng):
     got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(graph.outputs[0].type.shape)
     want = run_reference(graph, {graph.inputs[0].name: x})[graph.outputs[0].name]
     assert_close(got, want, rtol=1e-4, atol_scale=1e-5)
+
+
+def test_training_step_through_the_driver_runner(monkeypatch, rng):
+    """compile_training(target="cuda") on the fake driver: the trainer's native call
+    goes through CudaModel.call (state in, new state out) and matches the CPU trainer."""
+    from nutshell.runtime import cuda_driver
+    from nutshell.runtime.cuda import EmulatedJit
+    from nutshell.compiler.lower.target import host_target
+    original = cuda_driver.CudaModel.__init__
+
+    def with_fake_driver(self, graph, code, ptx, target, device):
+        emulated = build_gpu_model(graph, cuda_target("cuda-emulated"), code.entry[:-len("_run")])
+        fake = _FakeDriver(EmulatedJit(emulated.llvm_ir, host_target(1)), code.steps)
+        original(self, graph, code, ptx, target, (fake, "ctx", "sm_90"))
+    monkeypatch.setattr(cuda_driver, "open_device", lambda index=0: (None, "ctx", "sm_90"))
+    monkeypatch.setattr(cuda_driver.CudaModel, "__init__", with_fake_driver)
+    make, shape = TRAIN_NETS["mlp"]
+    x, y = rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, shape[0])
+    start = make().state_dict()
+    losses = []
+    for target in ("cpu", "cuda"):
+        net = make()
+        net.load_state_dict(start)
+        trainer = ns.compile_training(net, input_shape=shape, optimizer=ns.optim.SGD(lr=0.1, momentum=0.9),
+                                      threads=1, target=target)
+        losses.append([trainer.step(x, y) for _ in range(3)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
