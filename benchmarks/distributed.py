@@ -11,12 +11,20 @@ of --small-bucket-mb overlapped with the backward, blocking, and with MPICH's
 progress thread. Needs mpiexec (pip install 'nutshell[mpi]'); everything talks
 over localhost only.
 
-Measured on the shared 2-core machine (load 9-13 from other jobs, so +-20%):
-LeNet 2x1 8.2 ms, small buckets overlapped 8.1, blocking 12.1, progress thread
-40.0, 1x2 threads 2.3, DDP 12.0; CNN+BN 2x1 117-128 ms, overlapped 116, blocking
-123, progress thread 258, sync_batchnorm 166, 1x2 threads 108-153, DDP 350-437;
-wide_mlp 2x1 (2 buckets) 506, one bucket 472, 5 MB buckets overlapped 443,
-blocking 461, 1x2 threads 350, DDP 570."""
+Measured on the shared 2-core machine, three runs between 01:47 and 02:28 UTC
+(2026-12-02) at load 9-13 from other jobs, so rows move by +-40% from run to run:
+LeNet 2x1 8.2 / 16.8 / 12.2 ms, 1x2 threads 2.1-3.6, DDP 12.0 / 53.6 / 8.6;
+CNN+BN 2x1 117 / 208 / 112 ms, sync_batchnorm 220 (two all-reduces per BatchNorm
+each way, since cut to one) then 166 / 168 / 196, 1x2 threads 108-200, DDP
+350-449. Gradient buckets (--variants, 0.05 MB): overlapped 8.1 / 7.9 ms on
+LeNet, 116 / 148 on CNN+BN against one bucket 12.9 and 124; blocking buckets
+12.1 / 11.8 and 123 / 161; MPICH's progress thread 36-40 and 258-336 (it spins
+on a core). wide_mlp (46 MB) 2x1: 2 buckets 506 ms, one 472, 5 MB overlapped 443,
+blocking 461, 1x2 threads 350, DDP 570. Overlap shows no gain above the noise on
+2 busy cores (the reduction's copies need the same cores as the backward), so
+bucket_cap_mb stays DDP's 25: one bucket for these nets. In one process the
+sync_batchnorm step costs ~20% more compute than the per-rank one (stages fuse
+less; float64 sums), measured 102 against 85 ms on CNN+BN."""
 import argparse
 import json
 import os
