@@ -54,6 +54,16 @@ def flops(graph, node):
     return 0
 
 
+def training_graph(name):
+    """The training-step Graph of a benchmarks/training.py case, built as compile_training does."""
+    from training import CASES
+    from nutshell.training import Recipe, as_optimizer, build_training_graph
+    build, (optimizer, _) = CASES[name]
+    module, inputs, targets = build(ns)
+    recipe = Recipe(module, None, inputs if len(inputs) > 1 else inputs[0], targets, "cross_entropy", {})
+    return build_training_graph(recipe, as_optimizer(optimizer()))[0]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?")
@@ -64,10 +74,7 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
     if args.training:
-        from training import CASES
-        from nutshell.training import build_training_graph
-        ours, _, shape, optimizer, _ = CASES[args.training]
-        graph = optimize_graph(build_training_graph(ours(), shape, optimizer=optimizer())[0])
+        graph = optimize_graph(training_graph(args.training))
     else:
         if args.bench:
             from models import export_isolated as export

@@ -17,6 +17,7 @@ from .conv import with_bias_grad
 from .conv_common import (CONV_ATTRS, for_image_chunks, im2col as _im2col, image_plan, per_image,
                           window_geometry)
 from .registry import gradient, non_differentiable, register
+from .winograd_grad import winograd_grad_weight
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
 
@@ -78,16 +79,47 @@ def _grad_input_lower(ctx):
                       parallel=parallel, slot=None if parallel else slot)
             kind = loop_kind(ctx.target, cg * h * wd, "col2im") if parallel else "serial"
             with nb.loop(cg, kind, hint="c") as ci:
-                with nb.loop(h, hint="y") as iy:
-                    with nb.loop(wd, "vector", ctx.lanes(out.dtype), hint="x") as ix:
-                        i, j = nb.var("ki"), nb.var("kj")
-                        oy, ok_y = _source(iy + (pt - i * dh), sh, oh)
-                        ox, ok_x = _source(ix + (pl - j * dw), sw, ow)
-                        row = (ci * kh + i) * kw + j
-                        value = dcol.load(base + row * ohw + oy * ow + ox, mask=ok_y & ok_x)
-                        nb.store(out, ni * (c * h * wd) + (g * cg + ci) * (h * wd) + iy * wd + ix,
-                                 Reduce("sum", i, kh, Reduce("sum", j, kw, value)))
+                if (sh, sw) != (1, 1) and sw <= MAX_PHASE_STRIDE:
+                    _col2im_by_phase(ctx, dcol, base + ci * (kh * kw * ohw), out,
+                                     ni * (c * h * wd) + (g * cg + ci) * (h * wd),
+                                     ((h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl)))
+                else:
+                    with nb.loop(h, hint="y") as iy:
+                        with nb.loop(wd, "vector", ctx.lanes(out.dtype), hint="x") as ix:
+                            i, j = nb.var("ki"), nb.var("kj")
+                            oy, ok_y = _source(iy + (pt - i * dh), sh, oh)
+                            ox, ok_x = _source(ix + (pl - j * dw), sw, ow)
+                            row = (ci * kh + i) * kw + j
+                            value = dcol.load(base + row * ohw + oy * ow + ox, mask=ok_y & ok_x)
+                            nb.store(out, ni * (c * h * wd) + (g * cg + ci) * (h * wd) + iy * wd + ix,
+                                     Reduce("sum", i, kh, Reduce("sum", j, kw, value)))
     per_image(ctx, n, image)
+
+
+MAX_PHASE_STRIDE = 4     # the phases' stores are stride-sw vector stores (a shuffle + masked store)
+
+
+def _col2im_by_phase(ctx, dcol, base, out, out_off, geometry):
+    """col2im of one channel at stride > 1 by phases: the input pixels
+    (sh*qy + py, sw*qx + px) of phase (py, px) are reached by a fixed subset of the
+    taps, tap (i, j) from output (qy + a_i, qx + b_j), so each is a contiguous masked
+    load along qx instead of a per-lane gather through a division by the stride."""
+    (h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl) = geometry
+    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
+    taps = lambda phase, pad, k, d, s: [(i, (phase + pad - i * d) // s) for i in range(k)
+                                        if (phase + pad - i * d) % s == 0]
+    for py in range(min(sh, h)):
+        for px in range(min(sw, wd)):
+            with nb.loop(-(-(h - py) // sh), hint="qy") as qy:
+                with nb.loop(-(-(wd - px) // sw), "vector", lanes, hint="qx") as qx:
+                    terms = []
+                    for i, a in taps(py, pt, kh, dh, sh):
+                        for j, b in taps(px, pl, kw, dw, sw):
+                            oy, ox = qy + a, qx + b
+                            ok = (oy >= 0) & (oy < oh) & (ox >= 0) & (ox < ow)
+                            terms.append(dcol.load(base + (i * kw + j) * (oh * ow) + oy * ow + ox, mask=ok))
+                    value = sum(terms[1:], terms[0]) if terms else Const(0.0, out.dtype)
+                    nb.store(out, out_off + (qy * sh + py) * wd + qx * sw + px, value)
 
 
 def _source(pos, stride, size):
@@ -143,6 +175,8 @@ def _grad_weight_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     xb, dyb = ctx.inputs
     out, nb = ctx.outputs[0], ctx.nb
+    if winograd.eligible((n, c, h, wd), w_shape, (sh, sw), (dh, dw), group, (oh, ow)):
+        return winograd_grad_weight(ctx, xb, dyb, out, n, (c, m), (h, wd), (oh, ow), (pt, pl))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     plan = image_plan(ctx, n, lambda count: count * ohw <= GRAD_WEIGHT_K)

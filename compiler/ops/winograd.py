@@ -26,9 +26,13 @@ TILE_COLUMNS = 128           # images per thread batched until the GEMMs' n reac
 BAND_MIN_RATIO = 16         # tiles x (C + M) over C x M: data per weight for row bands
 
 
+MIN_BATCH_TILES = 64          # smaller even maps qualify by the batch's tiles (CIFAR ResNet's 4x4 at batch 32)
+
+
 def eligible(x_shape, w_shape, strides, dil, group, out):
+    even_tiles = out[0] % 2 == 0 and out[1] % 2 == 0 and x_shape[0] * out[0] * out[1] >= 4 * MIN_BATCH_TILES
     return len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3) and tuple(strides) == (1, 1) and \
-        tuple(dil) == (1, 1) and group == 1 and out[0] * out[1] >= MIN_OUT_PIXELS and \
+        tuple(dil) == (1, 1) and group == 1 and (out[0] * out[1] >= MIN_OUT_PIXELS or even_tiles) and \
         min(w_shape[0], w_shape[1]) >= MIN_CHANNELS
 
 

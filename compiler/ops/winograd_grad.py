@@ -1,0 +1,152 @@
+"""Winograd F(2x2, 3x3) for the weight gradient of a 3x3 stride-1 convolution:
+2.25x fewer multiplications than the im2col GEMM (ConvGradWeight's direct path).
+
+The forward pass computes, per 2x2 output tile, Y = A^T [sum_c U[m, c] * V[c]] A
+with U = G w G^T and V = B^T d B (ops/winograd.py). With L = <Y, dY>:
+    dL/dU[m, c] = sum over tiles of Z[m] * V[c],   Z = A dY_tile A^T (4x4)
+    dW[m, c] = G^T dU[m, c] G
+so the sum over the batch's tiles becomes 16 GEMMs, one per element xi of the tile,
+each with k the tiles (long) and m x c outputs:
+    dU[xi]^T[c, m] += sum_t V[xi][c, t] Zt[xi][t, m]
+Layouts per thread: V [16][C][cols] (the GEMM's A: any layout), Zt [16][cols][M]
+(its B, read along M: dY is first transposed per image into [pixel][M] so the dY
+transform runs along M with contiguous loads), partial dU^T [16][C][M] per team.
+The teams take fixed images and their partials are summed in team order at the
+end (as the direct path does), so the result does not depend on the schedule."""
+from ..lower.gemm import gemm_nest
+from ..lower.loop_ir import Const
+from ..lower.nests import PARALLEL_MIN_WORK, parts, transpose_tiles
+from .winograd import A_T, B_T, G, _combine
+
+TILE_COLUMNS = 128     # tiles per thread per step: the GEMMs' k; V and Zt stay near L2
+
+
+def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
+    """out[m, c, 3, 3] = the weight gradient of the 3x3 stride-1 convolution of
+    x [n, C, h, w] (zero outside, pads (top, left)) whose output gradient is dy [n, M, oh, ow]."""
+    from .conv import for_image_chunks, image_plan
+    nb = ctx.nb
+    c_in, m_out = channels
+    oh, ow = out_hw
+    ty_n, tx_n = -(-oh // 2), -(-ow // 2)
+    tiles = ty_n * tx_n
+    plan = image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
+    teams, _, chunk = plan
+    cols = chunk * tiles
+    v_buf = ctx.scratch(16 * c_in * cols * teams, out.dtype)
+    z_buf = ctx.scratch(16 * cols * m_out * teams, out.dtype)
+    dyt = ctx.scratch(chunk * oh * ow * m_out * teams, out.dtype)
+    partial = ctx.scratch(16 * c_in * m_out * teams, out.dtype)
+    with nb.loop(partial.size, "vector", ctx.lanes(out.dtype), hint="z") as i:
+        nb.store(partial, i, Const(0.0, out.dtype))
+    geometry = (in_hw, out_hw, pads, channels, cols, tiles)
+
+    def images(first, count, slot, parallel):
+        v_off, z_off = slot * (16 * c_in * cols), slot * (16 * cols * m_out)
+        t_off, p_off = slot * (chunk * oh * ow * m_out), slot * (16 * c_in * m_out)
+        _input_transform(ctx, x, v_buf, first, count, v_off, geometry, parallel)
+        with nb.loop(count, hint="i") as img:      # dY [M][pixels] -> [pixels][M]
+            transpose_tiles(ctx, dy, (first + img) * (m_out * oh * ow), oh * ow, dyt,
+                            t_off + img * (oh * ow * m_out), m_out, m_out, oh * ow)
+        _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, parallel)
+
+        def gemm(xi, own_slot):
+            at = lambda r, j: p_off + (xi * c_in + r) * m_out + j
+            gemm_nest(ctx, c_in, m_out, count * tiles,
+                      lambda r, kk: v_buf[v_off + (xi * c_in + r) * cols + kk],
+                      lambda kk, j: z_buf[z_off + (xi * cols + kk) * m_out + j],
+                      partial, at, init=lambda r, j: partial[at(r, j)], parallel=False, slot=own_slot)
+        if parallel and ctx.threads > 1:     # the images left over: the 16 GEMMs shared out, one fork
+            per = -(-16 // ctx.threads)
+            with nb.loop(ctx.threads, "parallel", hint="t") as t:
+                with nb.loop(per, hint="xi", limit=16 - t * per) as j:
+                    gemm(t * per + j, t)
+        else:
+            with nb.loop(16, hint="xi") as xi:
+                gemm(xi, slot)
+
+    for_image_chunks(ctx, n, plan, images, accumulates=True)
+    _output_transform(ctx, partial, out, teams, c_in, m_out)
+
+
+def _input_transform(ctx, x, v_buf, first, count, v_off, geometry, parallel):
+    """V[xi][c][col] = (B^T d B)[xi] per 4x4 input tile d (the forward's transform)."""
+    nb = ctx.nb
+    (h, w), _, (pt, pl), (c_in, _), cols, tiles = geometry
+    ty_n_tx = _tile_counts(geometry)
+    ty_n, tx_n = ty_n_tx
+    big = parallel and c_in * tiles >= PARALLEL_MIN_WORK // 16
+    with nb.loop(count, hint="i") as img:
+        with nb.loop(c_in, "parallel" if big else "serial", hint="c") as c:
+            with nb.loop(ty_n, hint="ty") as ty:
+                with nb.loop(tx_n, "vector", ctx.lanes(v_buf.dtype), hint="tx") as tx:
+                    def d(i, j):
+                        iy, ix = ty * 2 + (i - pt), tx * 2 + (j - pl)
+                        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                        return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
+                    table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)] for a in range(4)]
+                    for a in range(4):
+                        for b in range(4):
+                            at = v_off + ((a * 4 + b) * c_in + c) * cols + img * tiles + ty * tx_n + tx
+                            nb.store(v_buf, at, _combine(B_T[b], table[a]))
+
+
+def _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, parallel):
+    """Zt[xi][col][m] = (A dY A^T)[xi] per 2x2 tile of dY (zero past the edge), along M."""
+    nb = ctx.nb
+    _, (oh, ow), _, (_, m_out), cols, tiles = geometry
+    ty_n, tx_n = _tile_counts(geometry)
+    a_cols = [(A_T[0][a], A_T[1][a]) for a in range(4)]      # A = A_T's transpose: row a
+    big = parallel and count * tiles * m_out >= PARALLEL_MIN_WORK // 4
+    with nb.loop(count * ty_n, "parallel" if big else "serial", hint="ity") as row:
+        img, ty = row // ty_n, row % ty_n
+        with nb.loop(tx_n, hint="tx") as tx:
+            with nb.loop(m_out, "vector", ctx.lanes(z_buf.dtype), hint="m") as mm:
+                def d(p, q):
+                    oy, ox = ty * 2 + p, tx * 2 + q
+                    return dyt.load(t_off + img * (oh * ow * m_out) + (oy * ow + ox) * m_out + mm,
+                                    mask=(oy < oh) & (ox < ow))
+                rows = [[_combine(a_cols[a], [d(0, q), d(1, q)]) for q in range(2)] for a in range(4)]
+                col = img * tiles + ty * tx_n + tx
+                for a in range(4):
+                    for b in range(4):
+                        nb.store(z_buf, z_off + ((a * 4 + b) * cols + col) * m_out + mm,
+                                 _combine(a_cols[b], rows[a]))
+
+
+def _output_transform(ctx, partial, out, teams, c_in, m_out):
+    """dW[m, c] = G^T (sum over teams of dU[m, c]) G, 9 values per (m, c); computed
+    along M, a lanes-wide tile of them moved to dW's [m][c][3][3] by a register transpose."""
+    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
+    tile = ctx.local(9 * lanes, out.dtype)
+    g_cols = [tuple(G[a][i] for a in range(4)) for i in range(3)]
+    kind = "parallel" if c_in * m_out * 16 * teams >= PARALLEL_MIN_WORK else "serial"
+    with nb.loop(c_in, kind, hint="c") as c:
+        for m0, count, width in parts(m_out, lanes):
+            if not (count and width):
+                continue
+            with nb.loop(count, hint="mb") as mb:
+                with nb.loop(width, "vector", lanes, hint="m") as lane:
+                    mm = mb * lanes + m0 + lane
+
+                    def du(xi):
+                        terms = [partial[((s * 16 + xi) * c_in + c) * m_out + mm] for s in range(teams)]
+                        return sum(terms[1:], terms[0])
+                    d = [[du(a * 4 + b) for b in range(4)] for a in range(4)]
+                    rows = [[_mul_sum(g_cols[i], [d[a][b] for a in range(4)]) for b in range(4)] for i in range(3)]
+                    for i in range(3):
+                        for j in range(3):
+                            nb.store(tile, (i * 3 + j) * lanes + lane, _mul_sum(g_cols[j], rows[i]))
+                for r0 in range(0, 9, lanes):      # rows of at most `lanes` (8 on AVX2)
+                    nb.transpose(tile, r0 * lanes, lanes, out, (mb * lanes + m0) * (c_in * 9) + c * 9 + r0,
+                                 c_in * 9, min(lanes, 9 - r0), width, lanes)
+
+
+def _mul_sum(coeffs, terms):
+    parts_ = [t if k == 1 else t * float(k) for k, t in zip(coeffs, terms) if k]
+    return sum(parts_[1:], parts_[0])
+
+
+def _tile_counts(geometry):
+    _, (oh, ow), _, _, _, _ = geometry
+    return -(-oh // 2), -(-ow // 2)
