@@ -2,6 +2,7 @@
 Run on a machine with an NVIDIA GPU, cuda-bindings and a CUDA build of torch:
 
     python benchmarks/gpu.py [--models resnet50-b8 tv:vit_b_16] [--repeat 50] [--json out.json]
+    python benchmarks/gpu.py --check --torchvision     # no GPU needed: see check() below
 
 Each model is exported to ONNX by benchmarks/torch_models.py (tv:* needs
 torchvision), compiled for the GPU present, checked against cuda-emulated, and
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import nutshell as ns  # noqa: E402
 from nutshell.bench import save_rows  # noqa: E402
-from models import export_isolated as export  # noqa: E402
+from models import TORCHVISION, export_isolated as export  # noqa: E402
 
 
 def _median_ms(fn, repeat):
@@ -47,12 +48,49 @@ def _torch_runner(name, shape):
     return run
 
 
+def check(models):
+    """Without a GPU: every kernel of each model assembles with ptxas for sm_80 and
+    sm_90 (spills counted), and target="cuda-emulated" matches onnxruntime."""
+    import onnxruntime as ort
+    from nutshell.compiler.cuda.model import build_gpu_model
+    from nutshell.compiler.cuda.ptx import assemble, compile_ptx, spills
+    from nutshell.compiler.cuda.target import cuda_target
+    from nutshell.runtime.cuda import optimize_for_gpu
+    rows = []
+    print(f"{'model':<24} {'launches':>8} {'spilling':>8} {'emulated s':>10} {'max rel err':>11}")
+    for name in models:
+        model_bytes, shape = export(name)
+        graph = ns.load_onnx(model_bytes)
+        code = build_gpu_model(optimize_for_gpu(graph), cuda_target("cuda"), "m")
+        spilling = set()
+        for arch in ("sm_80", "sm_90"):
+            report = assemble(compile_ptx(code.llvm_ir, arch), arch, verbose=True)[1]
+            spilling |= {f for f, s in spills(report).items() if s != (0, 0)}
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        want = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        t = time.perf_counter()
+        got = ns.compile(graph, target="cuda-emulated")(x)
+        seconds = time.perf_counter() - t
+        err = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+        rows.append(dict(model=name, launches=len(code.steps), spilling=len(spilling), emulated_s=seconds,
+                         max_rel_err=err))
+        print(f"{name:<24} {len(code.steps):>8} {len(spilling):>8} {seconds:>10.1f} {err:>11.2e}", flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet50-b8", "tv:vit_b_16"])
+    p.add_argument("--torchvision", action="store_true", help="the twelve torchvision architectures")
+    p.add_argument("--check", action="store_true", help="ptxas and cuda-emulated vs onnxruntime (no GPU needed)")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.torchvision:
+        args.models = TORCHVISION
+    if args.check:
+        save_rows(check(args.models), args.json)
+        return 0
     try:
         from nutshell.runtime.cuda_driver import open_device
         print("GPU:", open_device()[2])
