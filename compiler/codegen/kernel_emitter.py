@@ -259,7 +259,8 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
             if unsigned:
                 name = "udiv" if name == "sdiv" else "urem"
             return self._safe_int_division(name, x, y)
-        return getattr(b, name)(x, y)
+        folded = None if is_float else _fold_int(name, x, y)
+        return folded if folded is not None else getattr(b, name)(x, y)
 
     def _safe_int_division(self, name, x, y):
         """Integer x / 0 and MIN / -1 trap on x86 (SIGFPE): give 0 and -x instead
@@ -402,3 +403,21 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
         if rem:
             acc = chunk(ir.Constant(H.I64, full * lanes), acc, H.lane_mask(rem, lanes))
         return H.horizontal(self.builder, acc, combine)
+
+
+def _fold_int(name, x, y):
+    """Scalar integer add/sub/mul with constants, folded here (index arithmetic such as
+    ((c * 3) + 0) * 3 in unrolled loops): exact, as LLVM would fold them, only sooner."""
+    const_x, const_y = type(x) is ir.Constant, type(y) is ir.Constant
+    if not (const_x or const_y) or not isinstance(x.type, ir.IntType):
+        return None
+    if const_x and const_y:
+        bits = x.type.width
+        value = {"add": int.__add__, "sub": int.__sub__, "mul": int.__mul__}[name](x.constant, y.constant)
+        value %= 1 << bits
+        return ir.Constant(x.type, value - (1 << bits) if value >= 1 << (bits - 1) else value)
+    if const_y and y.constant == 0 and name in ("add", "sub") or const_y and y.constant == 1 and name == "mul":
+        return x
+    if const_x and x.constant == 0 and name == "add" or const_x and x.constant == 1 and name == "mul":
+        return y
+    return None
