@@ -21,7 +21,7 @@ class Optimizer:
         self.lr, self.weight_decay = lr, weight_decay
 
     def initial_state(self, slot, param):
-        return np.zeros_like(param)
+        return np.zeros(np.shape(param), np.float32)     # calloc'd: no pages touched until a step writes them
 
     def scalars(self, g, step, t, lr):
         """Per-step values as graph ops: step is the int64 counter (from 0), t the

@@ -214,6 +214,24 @@ def as_optimizer(optimizer):
     return optimizer
 
 
+_OPTIMISED = {}     # the step graph's key -> its optimised graph, for this process's recompiles
+
+
+def _optimised(graph, target):
+    """optimize_graph(graph), once per step graph in this process: compiling the same
+    step again (a new trainer, a sweep) skips the passes, as the model cache skips
+    code generation. Keyed as the model cache is (text, constants, target, compiler);
+    a step's weights are its inputs, not constants, so the key stays small."""
+    from nutshell.api import optimize_graph
+    from nutshell.runtime.model_cache import graph_key
+    key = graph_key(graph, target, "unoptimised")
+    if key not in _OPTIMISED:
+        _OPTIMISED[key] = optimize_graph(graph)
+        while len(_OPTIMISED) > 8:
+            _OPTIMISED.pop(next(iter(_OPTIMISED)))
+    return _OPTIMISED[key]
+
+
 def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=None, threads=None,
                      check_nan=False, example_inputs=None, example_targets=None, distributed=None,
                      target="cpu", arch=None, **options):
@@ -241,7 +259,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     mean nothing in one process, which holds the whole batch.
     target: "cpu", or "cuda" / "cuda-emulated" (the step's kernels on a GPU, or the
     same kernels run on this CPU), arch the PTX's (sm_80, sm_90; default: the GPU's)."""
-    from nutshell.api import c_identifier, optimize_graph
+    from nutshell.api import c_identifier
     from nutshell.compiler.lower.target import host_target
     from nutshell.runtime.model_cache import cached_model
     from nutshell.runtime.trainer import Trainer
@@ -267,7 +285,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
         from nutshell.runtime.cuda import compile_cuda
         model = compile_cuda(graph, target, c_identifier(graph.name), arch)
     else:
-        graph = optimize_graph(graph)
+        graph = _optimised(graph, host_target(threads))
         model = cached_model(graph, host_target(threads), c_identifier(graph.name))   # whole-step cache
     trainer = Trainer(recipe, model, layout, optimizer, threads, check_nan)
     trainer.regularisation = regularisation          # the AOT bundle's split step rebuilds with it

@@ -16,7 +16,7 @@ from nutshell.compiler.codegen.model import ModelCode
 from nutshell.compiler.lower.planner import Plan
 
 from .jit import DiskCache, llvm_version
-from .object_check import object_links
+from .object_check import linked_here, object_links
 
 FORMAT = "nutshell-model-2"
 
@@ -129,6 +129,7 @@ class ModelCache(DiskCache):
     def store_code(self, graph, code, obj):
         if obj is None:
             return
+        linked_here(obj, self.target)
         self.store(encode_entry(obj, code, code.constants[len(graph.constants):]))
 
 

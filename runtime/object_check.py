@@ -29,14 +29,24 @@ CHECK_SECONDS = 60
 _checked = set()          # digests of objects already linked in a child (this process)
 
 
+def _digest(objects, target):
+    data = b"".join(len(o).to_bytes(8, "little") + bytes(o) for o in objects)
+    return data, hashlib.sha256(data).digest() + target.description().encode()
+
+
+def linked_here(obj, target):
+    """`obj` (or a list) was just compiled and linked in this process: no child needed
+    to check it again when this process reads it back from the cache."""
+    _checked.add(_digest(obj if isinstance(obj, list) else [obj], target)[1])
+
+
 def object_links(obj, target):
     """True when LLVM links `obj` (or a list of objects, together) for `target` in a
     child process without failing."""
     objects = obj if isinstance(obj, list) else [obj]
     if not objects or any(not isinstance(o, (bytes, bytearray)) or o[:4] != b"\x7fELF" for o in objects):
         return False
-    data = b"".join(len(o).to_bytes(8, "little") + bytes(o) for o in objects)
-    digest = hashlib.sha256(data).digest() + target.description().encode()
+    data, digest = _digest(objects, target)
     if digest in _checked:
         return True
     try:
