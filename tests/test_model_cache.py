@@ -113,6 +113,7 @@ def test_training_step_compile_is_cached_and_steps_alike(cache_dir):
     y = np.array([0, 2, 1, 2])
     cold, warm = trainer(0.9), trainer(0.9)
     assert cold.model.code.llvm_ir is not None and warm.model.code.llvm_ir is None
+    assert warm.model.graph is cold.model.graph             # this process optimised the step once
     for _ in range(3):
         assert cold.step(x, y) == warm.step(x, y)
     assert trainer(0.5).model.code.llvm_ir is not None      # another update rule: a miss
