@@ -209,6 +209,13 @@ TRAIN_NETS = {
 }
 
 
+TRAIN_NETS["conv_grads"] = (     # strided, dilated, grouped: ConvGradInput/Weight tiled and direct
+    lambda: nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 64, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(),
+                          nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Flatten(), nn.Linear(64 * 8 * 8, 10)),
+    (4, 4, 16, 16))
+
+
 @pytest.mark.parametrize("net_name", sorted(TRAIN_NETS))
 def test_emulated_training_step_matches_cpu_trainer(net_name, rng):
     """Three SGD-with-momentum steps (Adam's normalised update would amplify the

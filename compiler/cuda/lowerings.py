@@ -4,8 +4,7 @@ slots), which leaves a GPU grid of one thread. Here a big GEMM (Gemm, MatMul,
 implicit-GEMM Conv) is a TiledGemm (tiled.py: shared-memory tiles, 4 x 4
 register tiles per thread); a small one, and depthwise convolution, is a plain
 nest of one output element per thread, its every output loop `parallel`, so
-grid.py maps all of them onto threads. Ops not listed here use their registry
-lowering."""
+grid.py maps all of them onto threads (rules.py picks them)."""
 import numpy as np
 
 from ..ir.types import DType
@@ -164,21 +163,3 @@ def matmul_lower(ctx):
     nb.store(ctx.outputs[0], c_off + r * n + col, total)
     _close(scopes)
     return True
-
-
-GPU_LOWERINGS = {"Conv": conv_lower, "Gemm": gemm_lower, "MatMul": matmul_lower}
-
-
-def gpu_lowering(op, default):
-    """The lowering for `op` on a GPU: ours when we have one that accepts the node
-    (it returns None to decline), else the registry's."""
-    ours = GPU_LOWERINGS.get(op)
-    if ours is None:
-        return default
-
-    def lower(ctx):
-        if ours(ctx) is None:
-            default(ctx)
-    return lower
-
-

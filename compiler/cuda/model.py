@@ -19,7 +19,7 @@ from ..ops import get_op
 from ..ops.shape_ops import copy_lower
 from .emitter import GpuKernelEmitter
 from .grid import launches
-from .lowerings import gpu_lowering
+from .rules import gpu_lowering
 
 
 @dataclass
