@@ -23,6 +23,8 @@ class EmulatedModel(CompiledModel):
         """CompiledModel's kinds, plus 'ptx': the same kernels as PTX."""
         if kind == "ptx":
             return gpu_source(self.graph, self.target.arch, self.code.entry[:-len("_run")])
+        if kind == "loops":
+            return loops_source(self.code)
         return super().source(kind)
 
     def lowered(self):
@@ -52,6 +54,17 @@ class EmulatedJit(JitModule):
         self.engine = llvm.create_mcjit_compiler(self.module, self.tm)
         self.engine.finalize_object()
         self.engine.run_static_constructors()
+
+
+def loops_source(code):
+    """The loop IR of every kernel, tiled GEMMs included."""
+    from nutshell.compiler.cuda.tiled import TiledGemm, describe
+    from nutshell.compiler.lower.loop_printer import print_kernel
+    texts = []
+    for kernel in code.kernels:
+        tiled = [describe(s) for s in kernel.body if isinstance(s, TiledGemm)]
+        texts.append("\n".join([print_kernel(kernel)] + ["  " + t for t in tiled]))
+    return "\n\n".join(texts)
 
 
 def gpu_source(graph, arch, name):

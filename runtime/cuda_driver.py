@@ -134,7 +134,8 @@ class CudaModel(CompiledModel):
         if kind == "ptx":
             return self.ptx
         if kind == "loops":
-            return "\n\n".join(str(k) for k in self.code.kernels)
+            from .cuda import loops_source
+            return loops_source(self.code)
         if kind == "llvm":
             return self.code.llvm_ir
         return super().source(kind)

@@ -38,33 +38,45 @@ class Launch:
 
 
 def launches(kernel):
-    out, serial = [], []
+    out, serial, prefix = [], [], []
 
     def flush():
         if serial:
-            out.append(Launch(f"{kernel.name}_l{len(out)}", list(serial)))
+            out.append(Launch(f"{kernel.name}_l{len(out)}", list(serial), 1, list(prefix)))
             serial.clear()
-    for stmt in kernel.body:
-        if isinstance(stmt, TiledGemm):
-            flush()
-            out.append(Launch(f"{kernel.name}_l{len(out)}", [stmt], tiled=stmt))
-        elif isinstance(stmt, For) and _parallel(stmt, ()):
-            flush()
-            index_vars, body = [(stmt.var, stmt.extent)], stmt.body
-            while len(body) == 1 and isinstance(body[0], For) and \
-                    _parallel(body[0], [v.name for v, _ in index_vars]):
-                index_vars.append((body[0].var, body[0].extent))
-                body = body[0].body
-            extent = 1
-            for _, e in index_vars:
-                extent *= e
-            warp = warp_worthy(body, [v.name for v, _ in index_vars])
-            out.append(Launch(f"{kernel.name}_l{len(out)}", body, extent * (LANES if warp else 1), index_vars,
-                              warp=warp))
-        else:
-            serial.append(stmt)
+
+    def visit(stmts):
+        for stmt in stmts:
+            if isinstance(stmt, TiledGemm):
+                flush()
+                out.append(Launch(f"{kernel.name}_l{len(out)}", [stmt], tiled=stmt))
+            elif isinstance(stmt, For) and stmt.extent == 1 and stmt.limit is None and stmt.kind != "vector":
+                flush()                     # a loop of one trip (batch 1): its statements are top level
+                prefix.append((stmt.var, 1))
+                visit(stmt.body)
+                flush()
+                prefix.pop()
+            elif isinstance(stmt, For) and _parallel(stmt, [v.name for v, _ in prefix]):
+                flush()
+                out.append(_grid_launch(f"{kernel.name}_l{len(out)}", stmt, prefix))
+            else:
+                serial.append(stmt)
+    visit(kernel.body)
     flush()
     return out
+
+
+def _grid_launch(name, stmt, prefix):
+    """stmt's iterations (and those of the independent loops nested alone in it) as threads."""
+    index_vars, body = list(prefix) + [(stmt.var, stmt.extent)], stmt.body
+    while len(body) == 1 and isinstance(body[0], For) and _parallel(body[0], [v.name for v, _ in index_vars]):
+        index_vars.append((body[0].var, body[0].extent))
+        body = body[0].body
+    extent = 1
+    for _, e in index_vars:
+        extent *= e
+    warp = warp_worthy(body, [v.name for v, _ in index_vars])
+    return Launch(name, body, extent * (LANES if warp else 1), index_vars, warp=warp)
 
 
 def _parallel(loop, fixed):

@@ -54,6 +54,14 @@ class TiledGemm:
 ACC = Var("acc", DType.float32)       # the accumulated sum, inside `finish`
 
 
+def describe(s):
+    """The statement as text, for source("loops")."""
+    from ..lower.loop_printer import expr_str
+    return (f"tiled_gemm {s.m} x {s.n} x {s.k} (batch {s.batch}; {s.b.name}, {s.r.name}, {s.c.name}, "
+            f"{s.kk.name}):\n    A = {expr_str(s.a)}\n    B = {expr_str(s.bmat)}\n"
+            f"    {s.out.name}[{expr_str(s.out_index)}] = {expr_str(s.finish)}")
+
+
 def grid_of(s):
     return (-(-s.n // BN), -(-s.m // BM), s.batch)
 
