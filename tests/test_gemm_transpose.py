@@ -75,3 +75,22 @@ def test_broadcasting_or_multiply_read_terms_stay(rng):
     b.set_outputs([total, p1])              # p1 read twice: not a private term
     g2 = _check(b, [total, p1], rng)
     assert [n.op for n in g2.nodes].count("Gemm") == 2
+
+
+def test_transpose_of_transpose_composes(rng):
+    """Autodiff's inverse permutations: W^T^T is W (an Identity where it is an
+    output), attention's heads-then-K^T one Transpose; the inner one stays for its
+    other reader."""
+    b = GraphBuilder("tt", fold=False)
+    w, k = b.add_input("w", "float32", (3, 5)), b.add_input("k", "float32", (2, 3, 4, 5))
+    wt = b.add_node("Transpose", [w])
+    back = b.add_node("Transpose", [wt])
+    y = b.add_node("MatMul", [b.add_input("x", "float32", (2, 3)), back])
+    heads = b.add_node("Transpose", [k], {"perm": (0, 2, 1, 3)})
+    kt = b.add_node("Transpose", [heads], {"perm": (0, 1, 3, 2)})
+    b.set_outputs([y, kt, heads, b.add_node("Transpose", [wt])])
+    g = _check(b, [y, kt, heads], rng)
+    made = g.producers()
+    assert made[y].inputs[1] == w
+    assert made[kt].inputs[0] == k and tuple(made[kt].attrs["perm"]) == (0, 2, 3, 1)
+    assert [n.op for n in g.nodes].count("Identity") == 1

@@ -10,7 +10,9 @@ by every time step's Gemm) leaves three costly shapes, each rewritten here:
   instead (k = steps x batch, the weight gradient accumulated once).
 - Transpose(Gemm(a, b, transA=1)) (R's gradient from R^T's): Gemm(b, a, transA=1)
   writes the transposed product directly.
-Each rewrite keeps the value names that other nodes read."""
+Each rewrite keeps the value names that other nodes read. First, a Transpose of a
+Transpose reads the first one's input (autodiff's inverse permutations: a Linear's
+W^T transposed back for dx, attention's K^T): one copy or none instead of two."""
 from dataclasses import replace
 
 from ..ir.graph import Node
@@ -151,9 +153,38 @@ def transpose_gemm_products(graph):
     return graph.with_nodes([swap.get(id(n), n) for n in graph.nodes if id(n) not in gone])
 
 
+def _perm(node, rank):
+    return tuple(node.attrs.get("perm") or range(rank)[::-1])
+
+
+def compose_transposes(graph):
+    """Gives: Transpose(Transpose(x, p), q) as Transpose(x, p[q]), or x itself when
+    that is the identity (an Identity node where it is a graph output)."""
+    made, outputs = graph.producers(), set(graph.output_names())
+    rename, nodes = {}, []
+    for node in graph.nodes:
+        node = replace(node, inputs=tuple(rename.get(i, i) for i in node.inputs))
+        inner = made.get(node.inputs[0]) if node.op == "Transpose" else None
+        if inner is not None and inner.op == "Transpose":
+            rank = graph.types[node.inputs[0]].rank
+            p, q = _perm(inner, rank), _perm(node, rank)
+            perm = tuple(p[i] for i in q)
+            src = rename.get(inner.inputs[0], inner.inputs[0])
+            if perm != tuple(range(rank)):
+                node = Node("Transpose", (src,), node.outputs, {"perm": perm}, node.name)
+            elif node.outputs[0] in outputs:
+                node = Node("Identity", (src,), node.outputs, {}, node.name)
+            else:
+                rename[node.outputs[0]] = src
+                continue
+        nodes.append(node)
+    return graph.with_nodes(nodes)
+
+
 def simplify_gemm_transposes(graph):
     """Needs: a verified graph, before fusion. Gives: the three rewrites above, then
     Transposes read by nobody gone (eliminate_dead_code runs after)."""
-    for step in (fold_transposes, merge_gradient_sums, transpose_gemm_products, fold_transposes):
+    for step in (compose_transposes, fold_transposes, merge_gradient_sums, transpose_gemm_products,
+                 fold_transposes):
         graph = step(graph)
     return graph
