@@ -48,17 +48,20 @@ class GpuKernelEmitter(WarpEmitter, TiledGemmEmitter, KernelEmitter):
         return fn
 
     def _thread_function(self, launch):
-        fnty = ir.FunctionType(H.VOID, [H.PTR] * len(self.kernel.params) + [H.I64])
+        # (buffers..., gid[, row cache: emulated warp rows share their reductions])
+        cached = launch.warp and not self.ptx
+        fnty = ir.FunctionType(H.VOID, [H.PTR] * len(self.kernel.params) + [H.I64] + [H.PTR] * cached)
         fn = ir.Function(self.module, fnty, name=launch.name + "_thread")
         fn.linkage = "internal"
         fn.attributes.add("alwaysinline")
-        for arg in fn.args[:-1]:
+        for arg in fn.args[:len(self.kernel.params)]:
             arg.add_attribute("noalias")
+        self.row_cache, self.cache_slots = (fn.args[-1] if cached else None), 0
         self.nthreads = ir.Constant(H.I32, 1)
         self.env = {}
         self._begin(fn, {b.name: a for b, a in zip(self.kernel.params, fn.args)})
         self.env[THREAD_INDEX.name] = ir.Constant(H.I64, 0)
-        gid = fn.args[-1]
+        gid = fn.args[len(self.kernel.params)]
         self.partials = {}
         if launch.warp:          # a row per warp: the lane, then the row
             self.lane = self.builder.urem(gid, ir.Constant(H.I64, LANES))
@@ -78,7 +81,14 @@ class GpuKernelEmitter(WarpEmitter, TiledGemmEmitter, KernelEmitter):
     def _reduce(self, e, vec):
         if vec is not None:
             return super()._reduce(e, vec)
-        return self.warp_reduce(e, lambda: super(GpuKernelEmitter, self)._reduce(e, vec))
+        return self.warp_reduce(e, lambda: self._serial_reduce(e))
+
+    def _serial_reduce(self, e):
+        self.reduce_depth += 1
+        try:
+            return super()._reduce(e, None)
+        finally:
+            self.reduce_depth -= 1
 
     def _ptx_body(self, b, launch, thread_fn, args):
         def sreg(name):
@@ -90,12 +100,15 @@ class GpuKernelEmitter(WarpEmitter, TiledGemmEmitter, KernelEmitter):
 
     def _emulated_body(self, b, launch, thread_fn, args):
         blocks = -(-launch.extent // BLOCK_THREADS)
+        if launch.warp:      # 8 bytes per reduction of the row, written by lane 0, read by the others
+            cache = H.alloca(b, ir.ArrayType(H.I64, max(self.cache_slots, 1)))
+            args = args + [cache]
 
         def block(bi, _):
             def thread(ti, _):
                 gid = b.add(b.mul(bi, ir.Constant(H.I64, BLOCK_THREADS)), ti)
                 with b.if_then(b.icmp_unsigned("<", gid, ir.Constant(H.I64, launch.extent))):
-                    b.call(thread_fn, args + [gid])
+                    b.call(thread_fn, args[:len(self.kernel.params)] + [gid] + args[len(self.kernel.params):])
             H.counted_loop(b, min(BLOCK_THREADS, launch.extent), thread, name="tid")
         H.counted_loop(b, blocks, block, name="ctaid")
 

@@ -11,10 +11,11 @@ statement reads what an earlier shared-out loop wrote (lanes do not wait for
 one another).
 
 Emulated, the lanes of a row run one after another, so a lane cannot take its
-partners' partial sums from registers: each lane computes all 32 partial sums
-itself, in the same order, and combines them in the butterfly's order, which
-gives the value the shuffles give (bit for bit: each butterfly step adds the
-same two operands on both lanes of a pair)."""
+partners' partial sums from registers: the row's first lane computes all 32
+partial sums, in the same order, and combines them in the butterfly's order,
+which gives the value the shuffles give (bit for bit: each butterfly step adds
+the same two operands on both lanes of a pair); it leaves the value in a slot
+of the launch's row cache, where the other 31 lanes read it."""
 from llvmlite import ir
 
 from ..codegen import llvm_helpers as H
@@ -95,6 +96,7 @@ class WarpEmitter:
     _combine, _identity, ptx). `lane` is set while a warp launch's row is emitted."""
     lane = None
     serial_reduce = False
+    reduce_depth = 0       # enclosing serial reductions: a warp reduction inside one runs per trip
 
     def warp_statements(self, body):
         for s in body:
@@ -131,15 +133,22 @@ class WarpEmitter:
             self.partials[ty] = self._entry_alloca(ir.ArrayType(ty, LANES))
         partials = self.partials[ty]
 
-        def each(lane, _):
-            value = self._partial(e, lane, combine)
-            b.store(value, b.gep(partials, [lane], source_etype=ty))
-        H.counted_loop(b, LANES, each, name="lane")
-        values = [b.load(b.gep(partials, [_c(i)], source_etype=ty), typ=ty) for i in range(LANES)]
-        while len(values) > 1:            # the butterfly's order, as lane 0 sees it
-            half = len(values) // 2
-            values = [combine(values[i], values[i + half]) for i in range(half)]
-        return values[0]
+        def butterfly():
+            def each(lane, _):
+                b.store(self._partial(e, lane, combine), b.gep(partials, [lane], source_etype=ty))
+            H.counted_loop(b, LANES, each, name="lane")
+            values = [b.load(b.gep(partials, [_c(i)], source_etype=ty), typ=ty) for i in range(LANES)]
+            while len(values) > 1:            # the butterfly's order, as lane 0 sees it
+                half = len(values) // 2
+                values = [combine(values[i], values[i + half]) for i in range(half)]
+            return values[0]
+        if self.reduce_depth:                 # inside a loop: every lane computes it, each trip
+            return butterfly()
+        slot = b.gep(self.row_cache, [_c(8 * self.cache_slots)], source_etype=H.I8)
+        self.cache_slots += 1
+        with b.if_then(b.icmp_unsigned("==", self.lane, _c(0))):     # the row's first lane computes it
+            b.store(butterfly(), slot)
+        return b.load(slot, typ=ty)
 
     def _partial(self, e, lane, combine):
         b = self.builder
