@@ -42,8 +42,8 @@ class CudaTarget:
 
     def description(self):
         """The full target description every cache key is made of (lower/target.py)."""
-        from ..schedule.tables import SCHEDULE_VERSION, table_for
-        return f"{self.key()}|schedule={table_for(self).name}@{SCHEDULE_VERSION}"
+        from ..schedule.tables import table_for, table_id
+        return f"{self.key()}|schedule={table_id(table_for(self))}"
 
 
 def cuda_target(name, arch="sm_90"):

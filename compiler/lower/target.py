@@ -8,7 +8,7 @@ from functools import lru_cache
 import llvmlite.binding as llvm
 
 from ..errors import CompileError
-from ..schedule.tables import SCHEDULE_VERSION, table_for
+from ..schedule.tables import table_for, table_id
 
 
 @lru_cache(maxsize=None)
@@ -48,9 +48,9 @@ class CpuTarget:
         """The target in full: every field (threading too), the vector width they
         imply, and the schedule table (and its version) that chooses the code's
         shape. All of these change the code, so every cache key is made of this."""
-        table = table_for(self)
+        table = table_for(self)      # the thresholds that chose the code's shape
         return "|".join(["cpu"] + [f"{f.name}={getattr(self, f.name)}" for f in fields(self)] +
-                        [f"vector_bits={self.vector_bits}", f"schedule={table.name}@{SCHEDULE_VERSION}"])
+                        [f"vector_bits={self.vector_bits}", f"schedule={table_id(table)}"])
 
     key = description        # the name the caches used first
 

@@ -1,6 +1,7 @@
 """Conv (2-D, NCHW): im2col into scratch where needed, then the blocked GEMM."""
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
+from ..schedule.conv import winograd_pays
 from ..schedule.loops import worth_parallel
 from . import winograd
 from .common import fail, same_dtype, tt
@@ -52,8 +53,8 @@ def _conv_lower(ctx):
     if cg == 1 and group > 1:
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
     w_const = ctx.consts[1] if len(ctx.consts) > 1 else None     # a weight the pass left direct
-    if winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)) and \
-            (w_const is None or winograd.precise_enough(w_const)):
+    if winograd_pays(ctx.target) and winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)) \
+            and (w_const is None or winograd.precise_enough(w_const)):
         return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
                                       winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
                                       weight=lambda mm, ci, i, j: wb[((mm * c + ci) * 3 + i) * 3 + j])

@@ -20,6 +20,7 @@ from ..ir.types import DType, TensorType
 from ..ops import get_op
 from ..ops.blocked import pack_bias, pack_dense, pack_depthwise, to_blocked
 from ..ops.conv_common import window_geometry
+from ..schedule.conv import blocked_layout_pays
 
 
 DIRECT_MAX_CHANNELS = 4    # a stem's image channels: read in NCHW, written blocked
@@ -220,10 +221,13 @@ class _Rewriter:
         self.keep(node)
 
 
-def block_channels(graph):
+def block_channels(graph, target=None):
     """Needs: BatchNorm folded and epilogues fused (they ride along into ConvBlocked).
     Gives: regions with pointwise and depthwise Convs in the blocked layout (see above), NCHW
-    values rebuilt where read outside; dead code elimination removes the rest."""
+    values rebuilt where read outside; dead code elimination removes the rest. Only
+    where `target`'s schedule table takes the layout (default: this CPU's does)."""
+    if target is not None and not blocked_layout_pays(target):
+        return graph
     region = _regions(graph)
     if not region:
         return graph

@@ -27,7 +27,7 @@ INFERENCE_PIPELINE = [
 ]
 
 
-TARGET_AWARE = {prepack_weights}     # passes whose rewrite depends on the target: p(graph, target)
+TARGET_AWARE = {block_channels, winograd_weights, prepack_weights}   # p(graph, target): the target's choices
 
 
 def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print, target=None):

@@ -5,12 +5,16 @@ from dataclasses import replace
 from ..ir.types import TensorType
 from ..ops import winograd
 from ..ops.conv_common import window_geometry
+from ..schedule.conv import winograd_pays
 
 
-def winograd_weights(graph):
+def winograd_weights(graph, target=None):
     """Needs: BatchNorm folded and epilogues fused (they ride along). Gives: eligible
     convolutions (ops/winograd.py's rules: shape, and weights whose range keeps the
-    transform precise) as WinogradConv over transformed weights."""
+    transform precise) as WinogradConv over transformed weights, where `target`'s
+    schedule table takes Winograd (default: this CPU's does)."""
+    if target is not None and not winograd_pays(target):
+        return graph
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     for node in graph.nodes:
         w = graph.constants.get(node.inputs[1]) if node.op == "Conv" else None

@@ -1,8 +1,19 @@
-"""Register budgets of the blocked-channel convolutions (ops/blocked.py): how many
+"""The convolutions' variants (blocked layout, Winograd) per target, and the register
+budgets of the blocked-channel convolutions (ops/blocked.py): how many
 16-channel accumulators a tile keeps. A 16-channel block is one AVX-512 register
 but two AVX2 ones (four NEON ones): the tile that fills AVX-512's 32 registers
 spills on a narrower target every k step, so the budget is the target's."""
 from .tables import table_for
+
+
+def blocked_layout_pays(target):
+    """Whether the layout pass puts MobileNet-style regions in 16-channel blocks."""
+    return table_for(target).blocked_layout
+
+
+def winograd_pays(target):
+    """Whether eligible 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3)."""
+    return table_for(target).winograd
 
 
 def dense_accumulator_blocks(target):

@@ -7,7 +7,8 @@ table and SCHEDULE_VERSION, so every cache key changes when a table does.
 Measured on this project's host (AVX-512, 2 cores) unless a comment says more;
 the AVX2 column was measured there too with AVX-512 switched off (vector_cap=256,
 benchmarks/schedules.py). Values no one has measured for a target say so."""
-from dataclasses import dataclass, replace
+import hashlib
+from dataclasses import astuple, dataclass, replace
 
 SCHEDULE_VERSION = 1     # bump when a table changes the code it schedules
 
@@ -33,6 +34,9 @@ class ScheduleTable:
     # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
     blocked_dense_accumulators: int    # 16-channel accumulators of a pointwise/dense tile
     depthwise_row_tile: int        # outputs of a row a depthwise kernel sums at once
+    # --- variants: whether the pipeline rewrites convolutions for them -------------
+    blocked_layout: bool           # MobileNet-style regions in 16-channel blocks (passes/layout.py)
+    winograd: bool                 # 3x3 stride-1 convs as Winograd F(2x2, 3x3) (passes/winograd.py)
 
 
 AVX512 = ScheduleTable(
@@ -51,6 +55,8 @@ AVX512 = ScheduleTable(
     prepack_panel=32,              # the micro-kernel's nr: a tile's k step is one contiguous 128 bytes
     blocked_dense_accumulators=24,     # of 32 zmm registers, the rest hold B and A (28 spilled)
     depthwise_row_tile=8,          # 8 zmm accumulators: independent FMA chains cover the latency
+    blocked_layout=True,           # MobileNet v2/v3, EfficientNet: measured faster than NCHW (layout.py)
+    winograd=True,                 # ResNet's 3x3 layers: measured (ops/winograd.py's thresholds)
 )
 
 AVX2 = replace(
@@ -80,6 +86,13 @@ CUDA_SM80 = replace(SCALAR, name="cuda-sm_80")
 CUDA_SM90 = replace(SCALAR, name="cuda-sm_90")
 
 TABLES = {t.name: t for t in (AVX512, AVX2, SSE_NEON, SCALAR, CUDA_SM80, CUDA_SM90)}
+
+
+def table_id(table):
+    """name@version#digest of the table's values: a description that names the table
+    changes with any of its thresholds (a table patched at run time included)."""
+    digest = hashlib.sha256(repr(astuple(table)).encode()).hexdigest()[:8]
+    return f"{table.name}@{SCHEDULE_VERSION}#{digest}"
 
 
 def table_for(target):
