@@ -226,16 +226,19 @@ def _direct_reduction(ctx, in_hw, out_hw):
 def _dense(ctx, n, mb, out_hw, finish, reduction):
     """A GEMM whose rows are output pixels and whose columns are output channels:
     tiles of R pixels of an output row x B output blocks (B the largest divisor of Mb
-    up to 4, so no block edge) kept in registers over the reduction, each of its
-    steps R broadcasts of A, B vector loads of the packed weights and R*B FMAs.
+    up to 4, so no block edge, and up to half the target's accumulator budget, so
+    each weight load serves two rows or more) kept in registers over the reduction,
+    each of its steps R broadcasts of A, B vector loads of the packed weights and
+    R*B FMAs.
     reduction(step, image, y, x0) emits the reduction's loops, calling step(a, k)
     with a(r) pixel r's A value and k the weights' row."""
     oh, ow = out_hw
     k_rows = ctx.in_types[1].shape[1]
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     wb, out = ctx.inputs[1], ctx.outputs[0]
-    group = max(d for d in range(1, 5) if mb % d == 0)
-    cap = min(ow, max(1, dense_accumulator_blocks(ctx.target) // group))    # the target's registers
+    budget = dense_accumulator_blocks(ctx.target)      # the target's registers, in blocks
+    group = max(d for d in range(1, min(4, max(1, budget // 2)) + 1) if mb % d == 0)   # 2+ rows per load
+    cap = min(ow, max(1, budget // group))
     rows = max(d for d in range(1, cap + 1) if ow % d == 0)
     rows = rows if 2 * rows >= cap else cap        # a divisor of the row, unless a poor one
     tiles, edge = divmod(ow, rows)
