@@ -133,7 +133,7 @@ def export_training(trainer, out_dir, name, target_cpu=None, triple=None):
     layout = dict(trainer.layout, output_size=egraph.outputs[0].type.size)
     numbers = add_training_api(module, name, (tgraph, tcode), (egraph, ecode), layout,
                                trainer.state(), target.threads)
-    split = add_split_bundle(module, name, _split_halves(trainer, target), tgraph, layout, target)   # train_grads/_apply
+    split = add_split_bundle(module, name, _split_halves(trainer, target), tgraph, layout, target)  # grads/apply
     numbers.update(split, workspace=max(numbers["workspace"], split["workspace"]))
     paths = confined_paths(out_dir, name)
     obj = emit_object(module, target)
