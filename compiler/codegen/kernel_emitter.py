@@ -259,13 +259,27 @@ class KernelEmitter(MemoryAccess, ParallelLoops):
             if unsigned:
                 name = "udiv" if name == "sdiv" else "urem"
             return self._safe_int_division(name, x, y)
-        folded = None if is_float else _fold_int(name, x, y)
-        return folded if folded is not None else getattr(b, name)(x, y)
+        if is_float:
+            return getattr(b, name)(x, y)
+        folded = _fold_int(name, x, y)
+        return folded if folded is not None else self._int_op(name, x, y, vec)
+
+    def _int_op(self, name, x, y, vec):
+        """Integer add/sub/mul, once per statement and vector context: the index
+        expressions of a statement's loads repeat the same products (CSE that LLVM
+        would do, done before the IR is built and printed)."""
+        key = (name, _operand_key(x), _operand_key(y), id(vec[1] if isinstance(vec, tuple) else vec))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (x, y, getattr(self.builder, name)(x, y))   # x, y kept: their ids stay theirs
+        return hit[2]
 
     def _safe_int_division(self, name, x, y):
         """Integer x / 0 and MIN / -1 trap on x86 (SIGFPE): give 0 and -x instead
         (constant divisors, as in index arithmetic, fold the guards away)."""
         b = self.builder
+        if H.constant_int(y) not in (None, 0, -1):      # a constant divisor: nothing to guard
+            return getattr(b, name)(x, y)
         zero, minus_one = H.zero(y.type), ir.Constant(y.type, [-1] * y.type.count) \
             if isinstance(y.type, ir.VectorType) else ir.Constant(y.type, -1)
         one = ir.Constant(y.type, [1] * y.type.count) if isinstance(y.type, ir.VectorType) \
@@ -421,3 +435,8 @@ def _fold_int(name, x, y):
     if const_x and x.constant == 0 and name == "add" or const_x and x.constant == 1 and name == "mul":
         return y
     return None
+
+
+def _operand_key(value):
+    number = H.constant_int(value)
+    return ("const", str(value.type), number) if number is not None else id(value)

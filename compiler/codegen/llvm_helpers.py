@@ -78,6 +78,7 @@ class SplatConstant(ir.Constant):
 
     def __init__(self, vty, scalar):     # (ir.Constant would wrap the text per lane)
         self.type, self.constant = vty, f"splat ({scalar.type} {scalar.get_reference()})"
+        self.scalar = scalar
 
     def _to_string(self):
         return f"{self.type} {self.constant}"
@@ -91,6 +92,14 @@ def _broadcast_mask(lanes):
     # zeroinitializer, not `lanes` i32 zeros: one constant shared by every splat, built
     # and printed once (the per-element form cost seconds on a ResNet training step)
     return ir.Constant(ir.VectorType(I32, lanes), None)
+
+
+def constant_int(value):
+    """The integer a scalar or splat constant holds, else None."""
+    value = getattr(value, "scalar", value)
+    if type(value) is ir.Constant and isinstance(value.type, ir.IntType) and isinstance(value.constant, int):
+        return value.constant
+    return None
 
 
 def lane_mask(count, lanes):
