@@ -494,3 +494,17 @@ def test_training_step_through_the_driver_runner(monkeypatch, rng):
                                       threads=1, target=target)
         losses.append([trainer.step(x, y) for _ in range(3)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_math_nvptx_cannot_lower_is_a_compile_error_not_a_crash():
+    """LLVM aborts the process on llvm.exp.f32 for NVPTX ("no libcall available");
+    compile_ptx refuses such a module first."""
+    from llvmlite import ir
+    module = ir.Module()
+    module.triple = "nvptx64-nvidia-cuda"
+    fn = ir.Function(module, ir.FunctionType(ir.FloatType(), [ir.FloatType()]), name="k")
+    exp = ir.Function(module, ir.FunctionType(ir.FloatType(), [ir.FloatType()]), name="llvm.exp.f32")
+    b = ir.IRBuilder(fn.append_basic_block())
+    b.ret(b.call(exp, [fn.args[0]]))
+    with pytest.raises(ns.CompileError, match="llvm.exp.f32"):
+        compile_ptx(str(module), "sm_80")
