@@ -2,7 +2,8 @@
 from nutshell.compiler.codegen.c_header import c_identifier
 from nutshell.compiler.codegen.model import check_memory
 from nutshell.compiler.ir import Graph
-from nutshell.compiler.lower.target import host_target
+from nutshell.compiler.errors import CompileError
+from nutshell.compiler.lower.target import checked_threads, host_target
 from nutshell.compiler.passes.pipeline import optimize_graph
 from nutshell.runtime.model_cache import cached_model
 
@@ -40,8 +41,11 @@ def compile(model, input_shape=None, threads=None, name=None, verify_each=False,
     """
     if target != "cpu":
         from nutshell.runtime.cuda import compile_cuda
+        checked_threads(threads)     # a GPU ignores threads, but a bad value is still an error
         graph = to_graph(model, input_shape, example_inputs=example_inputs)
         return compile_cuda(graph, target, c_identifier(name or graph.name), arch, verify_each, print_after)
+    if arch is not None:
+        raise CompileError(f"arch={arch!r} is for target='cuda' or 'cuda-emulated', not 'cpu'")
     target = host_target(threads, vector_cap)
     graph = optimize_graph(to_graph(model, input_shape, example_inputs=example_inputs), verify_each,
                            tuple(print_after), target)

@@ -232,6 +232,23 @@ def _optimised(graph, target):
     return _OPTIMISED[key]
 
 
+def _check_placement(target, arch, threads, distributed, options):
+    """Where the step runs, checked before any tracing: no option silently ignored,
+    none of the wrong type (the distributed ones too, though one process ignores them)."""
+    from nutshell.compiler.lower.target import checked_threads
+    checked_threads(threads)
+    if target != "cpu" and distributed is not None:
+        raise CompileError(f"distributed={distributed!r} compiles its stages for the CPU; target={target!r} "
+                           "is not supported with it")
+    if target == "cpu" and arch is not None:
+        raise CompileError(f"arch={arch!r} is for target='cuda' or 'cuda-emulated', not 'cpu'")
+    cap = options.get("bucket_cap_mb")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
+        raise ValueError(f"bucket_cap_mb must be a positive number of megabytes, got {cap!r}")
+    if not isinstance(options.get("sync_batchnorm", False), bool):
+        raise TypeError(f"sync_batchnorm must be True or False, got {options['sync_batchnorm']!r}")
+
+
 def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=None, threads=None,
                      check_nan=False, example_inputs=None, example_targets=None, distributed=None,
                      target="cpu", arch=None, **options):
@@ -270,6 +287,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
             list(REGULARISATION) + list(DISTRIBUTED_OPTIONS)
         raise TypeError(f"compile_training got unexpected keyword argument(s) {unknown}; "
                         f"accepted: {', '.join(accepted)}")
+    _check_placement(target, arch, threads, distributed, options)
     optimizer = as_optimizer(optimizer)
     loss_options = {k: options[k] for k in LOSS_OPTIONS
                     if k in options and options[k] != LOSS_OPTIONS[k]}

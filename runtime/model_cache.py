@@ -46,7 +46,22 @@ def graph_key(graph, target, name):
         array = np.ascontiguousarray(array)
         h.update(f"{cname}|{array.dtype.str}|{array.shape}".encode())
         h.update(array.tobytes() if array.size == 0 else memoryview(array).cast("B"))
+    _hash_structure(h, graph)
     return h.hexdigest()
+
+
+def _hash_structure(h, graph):
+    """What str(graph) leaves ambiguous: names and string attributes unescaped, a
+    tensor attribute (a Constant node before folding) only as its dtype and shape."""
+    h.update(repr([(v.name, str(v.type)) for v in graph.inputs + graph.outputs]).encode())
+    for node in graph.nodes:
+        attrs = sorted(node.attrs.items())
+        h.update(repr((node.op, node.inputs, node.outputs, [(k, v) for k, v in attrs
+                                                           if not isinstance(v, np.ndarray)])).encode())
+        for k, v in attrs:
+            if isinstance(v, np.ndarray):
+                v = np.ascontiguousarray(v)
+                h.update(f"{k}|{v.dtype.str}|{v.shape}".encode() + v.tobytes())
 
 
 def _plan_json(plan):

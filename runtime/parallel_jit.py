@@ -51,6 +51,7 @@ while True:
 """
 PART_SECONDS = 600
 MAX_CHILDREN = 8
+MAX_OBJECT_BYTES = 1 << 32
 
 
 class PartCompiler:
@@ -102,7 +103,12 @@ class PartCompiler:
             head = child.stdout.read(8)
             if len(head) < 8:
                 raise OSError("child died")
-            obj = child.stdout.read(struct.unpack("<Q", head)[0])
+            size = struct.unpack("<Q", head)[0]
+            if size > MAX_OBJECT_BYTES:      # a garbled header: never allocate what it claims
+                raise OSError("garbled object size")
+            obj = child.stdout.read(size)
+            if len(obj) != size:         # died mid-object: a truncated ELF must not reach LLVM
+                raise OSError("child died")
             return obj if obj[:4] == b"\x7fELF" else None
         except (OSError, ValueError, struct.error):
             child.kill()

@@ -1,0 +1,94 @@
+"""Hostile inputs to what landed with the CUDA backend, the distributed options,
+the parallel module compile and the training memo: each a clear error, never an
+option silently ignored, a stale cache key or a truncated object linked."""
+import io
+import struct
+
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler.ir import GraphBuilder
+from nutshell.compiler.lower.target import host_target
+
+KW = dict(input_shape=(2, 4), example_targets=np.array([0, 1]))
+
+
+def _net():
+    return ns.nn.Sequential(ns.nn.Linear(4, 3))
+
+
+def _constant_graph(value):
+    b = GraphBuilder("k", fold=False)
+    x = b.add_input("x", "float32", (3,))
+    c = b.add_node("Constant", [], {"value": np.full(3, value, np.float32)})
+    b.set_outputs([b.add_node("Add", [x, c])])
+    return b.build()
+
+
+def test_cache_key_covers_tensor_attributes():
+    """The training memo keys the graph before the passes fold Constant nodes: a
+    tensor attribute's values must be in the key, not only its dtype and shape."""
+    from nutshell.runtime.model_cache import graph_key
+    target = host_target(1)
+    assert graph_key(_constant_graph(1.0), target, "k") != graph_key(_constant_graph(2.0), target, "k")
+
+
+@pytest.mark.parametrize("threads", [0, -1, 2 ** 31, 1.5])
+def test_gpu_targets_check_threads(threads):
+    with pytest.raises(ns.CompileError, match="threads"):
+        ns.compile(_net(), input_shape=(2, 4), target="cuda-emulated", threads=threads)
+    with pytest.raises(ns.CompileError, match="threads"):
+        ns.compile_training(_net(), target="cuda-emulated", threads=threads, **KW)
+
+
+def test_arch_without_a_gpu_target_is_refused():
+    with pytest.raises(ns.CompileError, match="arch"):
+        ns.compile(_net(), input_shape=(2, 4), arch="sm_90")
+
+
+def test_distributed_step_refuses_a_gpu_target():
+    """The distributed trainer compiles its stages for the CPU: a GPU target asked
+    with distributed= must not be ignored (and must fail before MPI is needed)."""
+    with pytest.raises(ns.CompileError, match="distributed"):
+        ns.compile_training(_net(), distributed="mpi", target="cuda-emulated", **KW)
+
+
+@pytest.mark.parametrize("cap", [0, -1, float("nan"), "x", True, [25]])
+def test_bucket_cap_mb_checked_even_without_distributed(cap):
+    with pytest.raises((ValueError, TypeError), match="bucket_cap_mb"):
+        ns.compile_training(_net(), bucket_cap_mb=cap, **KW)
+
+
+@pytest.mark.parametrize("flag", ["yes", 1, None])
+def test_sync_batchnorm_must_be_a_bool(flag):
+    with pytest.raises(TypeError, match="sync_batchnorm"):
+        ns.compile_training(_net(), sync_batchnorm=flag, **KW)
+
+
+class _FakeChild:
+    """A part compiler child that announces `size` bytes and sends `sent` of them."""
+
+    def __init__(self, size, sent):
+        self.stdin = io.BytesIO()
+        self.stdout = io.BytesIO(struct.pack("<Q", size) + sent)
+        self.killed = False
+
+    def kill(self):
+        self.killed = True
+
+    def wait(self):
+        return 0
+
+
+def test_a_truncated_part_object_is_not_linked():
+    """A child that dies half-way through its object: the parent compiles that part
+    itself instead of handing LLVM a truncated ELF."""
+    from nutshell.runtime.parallel_jit import PartCompiler
+    compiler = PartCompiler(host_target(1))
+    compiler.parts.append("; empty")
+    child = _FakeChild(4096, b"\x7fELF" + b"\0" * 100)
+    assert compiler._compile(child, 0) is None
+    assert compiler._compile(_FakeChild(2 ** 62, b"\x7fELF"), 0) is None
+    whole = _FakeChild(8, b"\x7fELF\0\0\0\0")
+    assert compiler._compile(whole, 0) == b"\x7fELF\0\0\0\0"
