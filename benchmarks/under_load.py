@@ -2,7 +2,8 @@
 (a training step), with 0, 1 and 2 background processes spinning on the cores.
 
     python benchmarks/under_load.py [--models resnet18 tv:mobilenet_v2 ...] [--threads 2]
-                                    [--loads 0 1 2] [--repeat 40] [--seconds 8] [--block 5] [--no-step]
+                                    [--loads 0 1 2] [--repeat 40] [--seconds 8] [--max-seconds 40]
+                                    [--block 5] [--no-step]
                                     [--json out.json]
 
 Each load level starts its spinning processes (each one bounded in time, stopped
@@ -11,7 +12,9 @@ when the level ends), then times ours and the peer in alternating blocks of
 `--repeat` calls of each, more (up to MAX_CALLS_FACTOR times as many) while the
 level has run under `--seconds`, so a fast model's p90 rests on a hundred-odd calls
 (with 15 calls a p90 is the second slowest call, and one run read 1.68 where the
-next read 0.9). Prints p50 and
+next read 0.9); fewer (MIN_CALLS at least) once a level has run `--max-seconds`
+(ResNet-50 batch 8 took 1-3 s a call with the machine loaded by others), so a
+whole run stays near ten minutes. Prints p50 and
 p90 of every call and the ratios ours/peer (below 1: nutshell is faster); for the
 training step also each side's degradation, p90 under load / p90 without.
 The torchvision models (tv:...) need torchvision; they are skipped without it."""
@@ -33,6 +36,7 @@ from nutshell.bench import ort_session, save_rows  # noqa: E402
 
 MODELS = ["resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "resnet50-b8"]
 MAX_CALLS_FACTOR = 5
+MIN_CALLS = 10
 SPIN_LIMIT_S = 900          # a spinner never outlives this, whatever happens to us
 # torchvision wheels built for another torch fail importing their op registrations,
 # which model construction does not need
@@ -70,7 +74,7 @@ class Spinners:
             p.wait()
 
 
-def alternating(ours, theirs, repeat, block, seconds=0.0):
+def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf")):
     """Seconds per call of each, in alternating blocks, after a warm-up of each: at
     least `repeat` calls, and more while under `seconds` (see the module doc). A
     pause before each block lets the other side's spinning workers (ORT's spin
@@ -83,8 +87,10 @@ def alternating(ours, theirs, repeat, block, seconds=0.0):
     start = time.perf_counter()
 
     def more():
-        n = len(times[1])
-        return n < repeat or (n < repeat * MAX_CALLS_FACTOR and time.perf_counter() - start < seconds)
+        n, elapsed = len(times[1]), time.perf_counter() - start
+        if n >= MIN_CALLS and elapsed > max_seconds:
+            return False
+        return n < repeat or (n < repeat * MAX_CALLS_FACTOR and elapsed < seconds)
     while more():
         for fn, out in zip((ours, theirs), times):
             time.sleep(0.05)
@@ -105,7 +111,7 @@ def measure(ours, theirs, args):
     for load in args.loads:
         spin = Spinners(load)
         try:
-            a, b = alternating(ours, theirs, args.repeat, args.block, args.seconds)
+            a, b = alternating(ours, theirs, args.repeat, args.block, args.seconds, args.max_seconds)
         finally:
             spin.stop()
         result[load] = summary(a), summary(b), len(a)
@@ -175,6 +181,8 @@ def main(argv=None):
     p.add_argument("--loads", nargs="+", type=int, default=[0, 1, 2], help="spinning processes")
     p.add_argument("--repeat", type=int, default=40, help="calls of each side per load, at least")
     p.add_argument("--seconds", type=float, default=8.0, help="keep alternating this long per load (fast models)")
+    p.add_argument("--max-seconds", type=float, default=40.0,
+                   help=f"stop a load level after this long (slow models), {MIN_CALLS} calls at least")
     p.add_argument("--block", type=int, default=5, help="calls per alternating block")
     p.add_argument("--no-step", action="store_true", help="skip the training step")
     p.add_argument("--json")
