@@ -67,11 +67,14 @@ def _compile(path, shapes, **options):
 
 def cmd_compile(args):
     from nutshell.api import c_identifier
+    from nutshell.compiler.errors import CompileError
     from nutshell.runtime.aot import write_new
     name = c_identifier(args.name or os.path.splitext(os.path.basename(args.model))[0])
     t = time.perf_counter()
     if args.target == "cuda":
         return _compile_cuda(args, name, t)
+    if args.arch is not None:
+        raise CompileError("--arch is for --target cuda")
     model = _compile(args.model, dict(args.input_shape or ()), threads=args.threads, name=name,
                      print_after=tuple(args.print_after or ()))
     written = model.export(args.output, name=name, target_cpu=args.target_cpu, triple=args.triple)
@@ -85,7 +88,13 @@ def cmd_compile(args):
 
 
 def _compile_cuda(args, name, t):
+    from nutshell.compiler.errors import CompileError
     from nutshell.runtime.cuda import optimize_for_gpu
+    given = [flag for flag, value in (("--target-cpu", args.target_cpu), ("--triple", args.triple),
+                                      ("--emit-llvm", args.emit_llvm)) if value]
+    if given:                      # host-code options: not silently dropped
+        raise CompileError(f"{', '.join(given)}: for --target host, not --target cuda")
+    args.arch = args.arch or "sm_90"
     from nutshell.runtime.cuda_aot import export_cuda
     graph = optimize_for_gpu(_load_graph(args.model, dict(args.input_shape or ())),
                              print_after=tuple(args.print_after or ()))
@@ -202,7 +211,7 @@ def build_parser():
     c.add_argument("--target", default="host", type=_target_arg,
                    help="what to compile for: 'host', the CPU family, or 'cuda': NAME.ptx, NAME.cubin "
                    "(when ptxas is found), NAME.h and NAME_host.c (CUDA driver API)")
-    c.add_argument("--arch", default="sm_90", help="GPU architecture for --target cuda (sm_80, sm_90, ...)")
+    c.add_argument("--arch", help="GPU architecture for --target cuda (sm_80, sm_90, ...; default sm_90)")
     c.add_argument("--target-cpu", help="emit for this CPU: host, x86-64-v3, x86-64-v4, znver4, znver5, "
                    "skylake-avx512, generic, ... (default: this machine's)")
     c.add_argument("--triple", help="emit an object for another machine (aarch64-linux-gnu, ...)")

@@ -92,3 +92,17 @@ def test_a_truncated_part_object_is_not_linked():
     assert compiler._compile(_FakeChild(2 ** 62, b"\x7fELF"), 0) is None
     whole = _FakeChild(8, b"\x7fELF\0\0\0\0")
     assert compiler._compile(whole, 0) == b"\x7fELF\0\0\0\0"
+
+
+@pytest.mark.parametrize("extra", [["--target", "cuda", "--triple", "aarch64-linux-gnu"],
+                                   ["--target", "cuda", "--target-cpu", "znver4"],
+                                   ["--target", "cuda", "--emit-llvm"], ["--arch", "sm_80"]])
+def test_cli_refuses_options_of_the_other_target(tmp_path, capsys, extra):
+    """Host-code options with --target cuda (and --arch without it) are errors, not
+    dropped: a cross-compile asked for must not silently produce host objects."""
+    from nutshell.cli import main
+    model = tmp_path / "m.onnx"
+    ns.export_onnx(_net(), str(model), input_shape=(2, 4))
+    assert main(["compile", str(model), "-o", str(tmp_path / "out"), *extra]) == 2
+    assert "target" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
