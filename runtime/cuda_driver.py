@@ -103,9 +103,11 @@ class CudaModel(CompiledModel):
         host pointers to the inputs and outputs, copied to and from the device."""
         d = self.d
         _check(d.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
-        ins = [self._alloc(v.type.nbytes) for v in self.inputs]
-        outs = [self._alloc(v.type.nbytes) for v in self.outputs]
-        try:
+        ins, outs = [], []
+        try:                          # each buffer recorded as made: a failed allocation frees the rest
+            for values, ptrs in ((self.inputs, ins), (self.outputs, outs)):
+                for v in values:
+                    ptrs.append(self._alloc(v.type.nbytes))
             for v, host, dev in zip(self.inputs, in_ptrs, ins):
                 if v.type.nbytes:
                     _check(d.cuMemcpyHtoD(dev, host, v.type.nbytes), "cuMemcpyHtoD")

@@ -106,3 +106,58 @@ def test_cli_refuses_options_of_the_other_target(tmp_path, capsys, extra):
     assert main(["compile", str(model), "-o", str(tmp_path / "out"), *extra]) == 2
     assert "target" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+class _AllocFailingDriver:
+    """Driver calls on host memory whose cuMemAlloc fails once `budget` allocations are spent."""
+
+    def __init__(self):
+        self.live, self.budget = {}, None
+
+    def cuMemAlloc(self, nbytes):
+        if self.budget is not None:
+            if self.budget == 0:
+                return (2,)                   # CUDA_ERROR_OUT_OF_MEMORY
+            self.budget -= 1
+        buf = np.zeros(max(int(nbytes), 1), np.uint8)
+        self.live[buf.ctypes.data] = buf
+        return 0, buf.ctypes.data
+
+    def cuMemFree(self, ptr):
+        self.live.pop(int(ptr))
+        return (0,)
+
+    def cuMemcpyHtoD(self, dst, src, nbytes):
+        return (0,)
+
+    cuMemcpyDtoH = cuMemcpyDtoD = cuMemcpyHtoD
+
+    def cuCtxSetCurrent(self, ctx):
+        return (0,)
+
+    def cuModuleLoadData(self, image):
+        return 0, "module"
+
+    def cuModuleGetFunction(self, module, name):
+        return 0, name
+
+    def cuModuleUnload(self, module):
+        return (0,)
+
+
+def test_driver_runner_frees_its_buffers_when_an_allocation_fails():
+    """Out of device memory half-way through a call's allocations: a clear error,
+    and what the call had allocated is freed (a retry loop must not leak)."""
+    from nutshell.compiler.cuda.model import build_gpu_model
+    from nutshell.compiler.cuda.target import cuda_target
+    from nutshell.runtime.cuda import optimize_for_gpu
+    from nutshell.runtime.cuda_driver import CudaModel
+    graph = optimize_for_gpu(ns.api.to_graph(ns.nn.Sequential(ns.nn.Linear(4, 3)), (2, 4)))
+    fake = _AllocFailingDriver()
+    model = CudaModel(graph, build_gpu_model(graph, cuda_target("cuda"), "m"), "ptx", cuda_target("cuda"),
+                      (fake, "ctx", "sm_90"))
+    kept = len(fake.live)                    # the weights and the arena
+    fake.budget = 1                          # the input's buffer, then out of memory
+    with pytest.raises(ns.CompileError, match="cuMemAlloc"):
+        model(np.ones((2, 4), np.float32))
+    assert len(fake.live) == kept
