@@ -59,6 +59,9 @@ def launches(kernel):
             elif isinstance(stmt, For) and _parallel(stmt, [v.name for v, _ in prefix]):
                 flush()
                 out.append(_grid_launch(f"{kernel.name}_l{len(out)}", stmt, prefix))
+            elif isinstance(stmt, Store) and warp_worthy([stmt], [v.name for v, _ in prefix]):
+                flush()                     # one long reduction (a loss, a batch-1 norm): one warp
+                out.append(Launch(f"{kernel.name}_l{len(out)}", [stmt], LANES, list(prefix), warp=True))
             else:
                 serial.append(stmt)
     visit(kernel.body)
