@@ -37,6 +37,12 @@ def node_graph(graph, node):
     return b.build()
 
 
+def signature(graph, node):
+    """Nodes that compile to the same kernel: op, attributes, input shapes and constness."""
+    return (node.op, repr(sorted(node.attrs.items(), key=lambda kv: kv[0])),
+            tuple((graph.types[i].shape, i in graph.constants) if i else None for i in node.inputs))
+
+
 def flops(graph, node):
     out = graph.types[node.outputs[0]]
     if node.op == "Conv":
@@ -83,25 +89,28 @@ def main(argv=None):
             source = args.model
         graph = optimize_graph(ns.load_onnx(source))
     rng = np.random.default_rng(0)
-    rows, by_op = [], collections.Counter()
-    for node in graph.nodes:
-        single = node_graph(graph, node)
-        model = ns.compile(single, threads=args.threads)
-        feeds = {v.name: rng.uniform(0.5, 1.5, v.type.shape).astype(v.type.dtype.numpy)
-                 if v.type.dtype.is_float else np.zeros(v.type.shape, v.type.dtype.numpy)
-                 for v in single.inputs}      # positive: a sqrt or log on its own stays finite
-        seconds = median_latency(lambda: model.run(feeds), args.repeat)
-        rows.append((seconds, node, flops(graph, node)))
-        by_op[node.op] += seconds
+    kinds, by_op = {}, collections.Counter()
+    for node in graph.nodes:       # an unrolled recurrence repeats its step: each kind timed once
+        key = signature(graph, node)
+        if key not in kinds:
+            single = node_graph(graph, node)
+            model = ns.compile(single, threads=args.threads)
+            feeds = {v.name: rng.uniform(0.5, 1.5, v.type.shape).astype(v.type.dtype.numpy)
+                     if v.type.dtype.is_float else np.zeros(v.type.shape, v.type.dtype.numpy)
+                     for v in single.inputs}      # positive: a sqrt or log on its own stays finite
+            kinds[key] = [median_latency(lambda: model.run(feeds), args.repeat), node, 0]
+        kinds[key][2] += 1
+        by_op[node.op] += kinds[key][0]
+    rows = [(seconds * count, seconds, count, node) for seconds, node, count in kinds.values()]
     total = sum(r[0] for r in rows)
-    print(f"{'ms':>8} {'%':>5} {'GF/s':>6}  node")
-    for seconds, node, f in sorted(rows, key=lambda r: -r[0])[:args.top]:
+    print(f"{'ms':>8} {'%':>5} {'GF/s':>6} {'count':>5}  node (the first of its kind)")
+    for seconds, each, count, node in sorted(rows, key=lambda r: -r[0])[:args.top]:
         shapes = " ".join(str(graph.types[i].shape) for i in node.inputs if i)
-        kernel = ""
-        rate = f"{f / seconds / 1e9:6.1f}" if f else " " * 6
-        print(f"{seconds * 1e3:8.3f} {100 * seconds / total:5.1f} {rate}  {node.op} {node.name} {shapes} "
-              f"{kernel} {dict((k, v) for k, v in node.attrs.items() if v not in (None, 0, 1))}")
-    print(f"\ntotal {total * 1e3:.2f} ms over {len(rows)} nodes; by op:")
+        f = flops(graph, node)
+        rate = f"{f / each / 1e9:6.1f}" if f else " " * 6
+        print(f"{seconds * 1e3:8.3f} {100 * seconds / total:5.1f} {rate} {count:5d}  {node.op} {node.name} {shapes} "
+              f"{dict((k, v) for k, v in node.attrs.items() if v not in (None, 0, 1) and k != 'program')}")
+    print(f"\ntotal {total * 1e3:.2f} ms over {len(graph.nodes)} nodes ({len(rows)} kinds); by op:")
     for op, seconds in by_op.most_common():
         print(f"  {op:<20} {seconds * 1e3:8.3f} ms {100 * seconds / total:5.1f}%")
 
