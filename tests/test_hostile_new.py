@@ -161,3 +161,34 @@ def test_driver_runner_frees_its_buffers_when_an_allocation_fails():
     with pytest.raises(ns.CompileError, match="cuMemAlloc"):
         model(np.ones((2, 4), np.float32))
     assert len(fake.live) == kept
+
+
+@pytest.mark.parametrize("forge", ["count_as_int", "negative", "huge", "text", "garbage_part", "elf_stub_part",
+                                   "no_objects"])
+def test_forged_split_build_entry_is_discarded_and_rebuilt(tmp_path, monkeypatch, forge):
+    """A cache entry of a split build (several objects) forged with a valid checksum:
+    the object list's sizes wrong, of the wrong type, or a part that is not a linkable
+    object. The model is rebuilt and right; nothing forged is linked in this process."""
+    import json
+    from nutshell.runtime.model_cache import ModelCache
+    monkeypatch.setenv("NUTSHELL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("NUTSHELL_CACHE", raising=False)
+    graph = _constant_graph(3.0)
+    first = ns.compile(graph, threads=1, name="forged")
+    cache = ModelCache(ns.optimize_graph(graph), host_target(1), "forged")
+    payload = cache.load()
+    size = struct.unpack_from("<Q", payload)[0]
+    meta, obj = json.loads(payload[8:8 + size]), payload[8 + size:]
+    parts = {"count_as_int": (len(obj), [obj]), "negative": ([-8, len(obj) + 8], [obj]),
+             "huge": ([2 ** 62], [obj]), "text": (["12"], [obj]), "no_objects": ([], []),
+             "garbage_part": ([len(obj), 64], [obj, b"\x00" * 64]),
+             "elf_stub_part": ([len(obj), 64], [obj, b"\x7fELF" + b"\x02" * 60])}[forge]
+    meta["object_bytes"] = parts[0]
+    head = json.dumps(meta).encode()
+    forged = struct.pack("<Q", len(head)) + head + b"".join(parts[1])
+    with open(cache.path, "wb") as f:
+        f.write(cache._digest(forged) + forged)
+    again = ns.compile(graph, threads=1, name="forged")
+    assert cache.load() != forged            # discarded, and the rebuilt model stored
+    x = {"x": np.arange(3, dtype=np.float32)}
+    np.testing.assert_array_equal(list(again.run(x).values())[0], list(first.run(x).values())[0])
