@@ -192,3 +192,9 @@ def test_forged_split_build_entry_is_discarded_and_rebuilt(tmp_path, monkeypatch
     assert cache.load() != forged            # discarded, and the rebuilt model stored
     x = {"x": np.arange(3, dtype=np.float32)}
     np.testing.assert_array_equal(list(again.run(x).values())[0], list(first.run(x).values())[0])
+
+
+@pytest.mark.parametrize("cap", ["x", None, 0, -1, 7, True, 256.0])
+def test_vector_cap_of_the_wrong_type_or_range(cap):
+    with pytest.raises(ns.CompileError, match="vector_cap"):
+        ns.compile(_net(), input_shape=(2, 4), threads=1, vector_cap=cap)

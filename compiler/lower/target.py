@@ -103,6 +103,9 @@ def host_target(threads=None, vector_cap=512):
     """The host CPU; `vector_cap` (256, 32) asks for AVX2-wide or scalar code."""
     _init_llvm()
     threads = checked_threads(threads)
+    if isinstance(vector_cap, bool) or not isinstance(vector_cap, numbers.Integral) or vector_cap < 32:
+        raise CompileError(f"vector_cap must be a width in bits of at least 32 (512, 256, 128, 32), "
+                           f"got {vector_cap!r}")
     features = llvm.get_host_cpu_features().flatten()
     if vector_cap < 512:     # AVX2-class code: LLVM must not widen anything to zmm either
         features = ",".join("-" + f[1:] if f.startswith("+avx512") else f for f in features.split(","))
