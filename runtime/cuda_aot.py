@@ -18,7 +18,6 @@ from nutshell.compiler.codegen.c_header import c_identifier, c_string, inference
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import assemble, compile_ptx, find_ptxas
 from nutshell.compiler.cuda.target import cuda_target
-from nutshell.compiler.errors import CompileError
 from nutshell.compiler.lower.target import host_target
 
 from .aot import emit_object, write_new
@@ -60,9 +59,7 @@ def _weights_object(name, constants):
 
 def host_source(name, graph, code, ptx):
     """The C host file: the launch sequence as data, and NAME_run over the driver API."""
-    if len(code.steps) == 0:
-        raise CompileError("the model has no kernels to launch")
-    width = max(len(s.args) for s in code.steps)
+    width = max([len(s.args) for s in code.steps] + [1])     # no launch at all: a model of copies
     steps = []
     for s in code.steps:
         kinds = ", ".join(str(_KINDS[k]) for k, _ in s.args) or "0"
@@ -75,7 +72,7 @@ def host_source(name, graph, code, ptx):
     consts = ", ".join(str(max(c.nbytes, 1)) for c in code.constants) or "0"
     ptx_lines = "\n".join("    " + c_string(line + "\n") for line in ptx.splitlines())
     template = open(os.path.join(os.path.dirname(__file__), "cuda_host.c.in")).read()
-    values = {"NAME": name, "NSTEPS": len(code.steps), "NARGS": width, "STEPS": "\n".join(steps),
+    values = {"NAME": name, "NSTEPS": len(code.steps), "NARGS": width, "STEPS": "\n".join(steps) or "    {0},",
               "NCOPIES": len(code.copies), "COPIES": "\n".join(copies) or "    {0, 0, 0, 0, 0},",
               "NIN": len(graph.inputs), "NOUT": len(graph.outputs), "NCONST": len(code.constants),
               "IN_BYTES": ins, "OUT_BYTES": outs, "CONST_BYTES": consts, "ARENA": max(code.plan.arena_size, 64),

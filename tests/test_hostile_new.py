@@ -198,3 +198,34 @@ def test_forged_split_build_entry_is_discarded_and_rebuilt(tmp_path, monkeypatch
 def test_vector_cap_of_the_wrong_type_or_range(cap):
     with pytest.raises(ns.CompileError, match="vector_cap"):
         ns.compile(_net(), input_shape=(2, 4), threads=1, vector_cap=cap)
+
+
+def test_cuda_export_of_a_model_without_kernels_runs(tmp_path):
+    """BAD_INPUTS row 26 for --target cuda: a graph whose output is its input has no
+    launch, only a copy; NAME_host.c still builds (ISO C11) and writes the output."""
+    import os
+    import shutil
+    import subprocess
+    from nutshell.runtime.cuda import optimize_for_gpu
+    from nutshell.runtime.cuda_aot import export_cuda
+    from test_cuda import APP, FAKE_LIBCUDA
+    cc, include = shutil.which("cc") or shutil.which("gcc"), "/usr/local/cuda/include"
+    if cc is None or not os.path.exists(os.path.join(include, "cuda.h")):
+        pytest.skip("needs a C compiler and cuda.h")
+    b = GraphBuilder("m", fold=False)
+    b.set_outputs([b.add_input("x", "float32", (3,))])
+    export_cuda(optimize_for_gpu(b.build()), tmp_path, "m")
+    (tmp_path / "fake.c").write_text(FAKE_LIBCUDA + "int fake_nargs(const char *name) { return -1; }\n")
+    (tmp_path / "app.c").write_text(APP)
+    run = lambda *cmd, **kw: subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=tmp_path,
+                                            **kw)
+    r = run(cc, "-std=c11", "-pedantic-errors", "-fsyntax-only", f"-I{include}", "-I.", "m_host.c")
+    assert r.returncode == 0, r.stderr
+    r = run(cc, f"-I{include}", "-I.", "app.c", "m_host.c", "m_weights.o", "fake.c", "-o", "app", "-ldl",
+            "-lpthread")
+    assert r.returncode == 0, r.stderr
+    x = np.array([1.5, -2.0, 3.25], np.float32)
+    x.tofile(tmp_path / "x.bin")
+    r = run(tmp_path / "app", "x.bin", "y.bin", env=dict(os.environ, FAKE_KERNELS="libc.so.6"))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "y.bin", np.float32), x)
