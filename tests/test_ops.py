@@ -71,6 +71,8 @@ CASES = [
     # one image on two threads: bands of tile rows (7 rows: 4 and 3), constant and run-time weights
     ("Conv", [(F, (1, 17, 13, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
     ("Conv", [(F, (1, 16, 14, 9)), (F, (16, 16, 3, 3))], {"pads": (0, 1, 1, 0)}, None),
+    # 4x4 maps through Winograd once the batch gives 64 tiles (CIFAR ResNet's last stage)
+    ("Conv", [(F, (16, 16, 4, 4)), (F, (16, 16, 3, 3))], {"pads": (1, 1, 1, 1)}, None),
     # ... and when the output has half the channels or fewer (DenseNet's 128 -> 32)
     ("Conv", [(F, (1, 40, 9, 7)), (F, (18, 40, 3, 3))], {"pads": (1, 1, 1, 1)}, {1: "w"}),
     ("Conv", [(F, (1, 3, 10, 10)), (F, (4, 3, 3, 3))], {"auto_pad": "SAME_UPPER", "strides": (2, 2)}, {1: "w"}),

@@ -57,7 +57,7 @@ def _conv_lower(ctx):
             and (w_const is None or winograd.precise_enough(w_const)):
         return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
                                       winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
-                                      weight=lambda mm, ci, i, j: wb[((mm * c + ci) * 3 + i) * 3 + j])
+                                      weight=winograd.RawWeights(wb, c * 9, 9))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
     if group == 1 and n > 1 and 2 * ohw <= BATCHED_COLUMNS:

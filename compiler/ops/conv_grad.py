@@ -65,7 +65,7 @@ def _grad_input_lower(ctx):
         return winograd.winograd_conv(
             ctx, dyb, None, out, (n, oh, ow), (h, wd), (kh - 1 - pt, kw - 1 - pl), (m, c),
             lambda ni, ci, y, x, v: v,
-            weight=lambda ci, mm, i, j: wb[((mm * cg + ci) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)])
+            weight=winograd.RawWeights(wb, kh * kw, cg * kh * kw, flipped=True))
     dcol = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
 
     def image(ni, slot, parallel):
