@@ -229,3 +229,26 @@ def test_cuda_export_of_a_model_without_kernels_runs(tmp_path):
     r = run(tmp_path / "app", "x.bin", "y.bin", env=dict(os.environ, FAKE_KERNELS="libc.so.6"))
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(np.fromfile(tmp_path / "y.bin", np.float32), x)
+
+
+def test_training_memo_never_serves_a_stale_step(monkeypatch):
+    """The in-process memo of optimised step graphs: a recompile after load_state_dict,
+    or with other hyperparameters, trains exactly as a compile that skipped the memo."""
+    from nutshell import training
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    x, y = np.arange(8, dtype=np.float32).reshape(2, 4) / 8, np.array([0, 1])
+    start = {k: np.array(v) for k, v in _net().state_dict().items()}
+
+    def trained(optimizer, clear=False, **options):
+        if clear:
+            training._OPTIMISED.clear()
+        net = _net()
+        net.load_state_dict(start)
+        trainer = ns.compile_training(net, optimizer=optimizer, threads=1, **KW, **options)
+        return [trainer.step(x, y) for _ in range(3)]
+
+    trained(ns.optim.SGD(lr=0.1, momentum=0.9))
+    for optimizer, options in ((ns.optim.SGD(lr=0.1, momentum=0.5), {}), (ns.optim.SGD(lr=0.1), {"l2": 0.1}),
+                               (ns.optim.Adam(lr=0.01, betas=(0.5, 0.6)), {})):
+        hit = trained(optimizer, **options)
+        assert hit == trained(optimizer, clear=True, **options)
