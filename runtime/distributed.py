@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 import nutshell.distributed as dist
-from nutshell.compiler.errors import InputError
+from nutshell.compiler.errors import CompileError, InputError
 from nutshell.runtime.distributed_stages import StagedGrads
 from nutshell.runtime.trainer import Trainer
 from nutshell.training_split import grad_name
@@ -169,6 +169,22 @@ class _WholeStep:
         self.graph = graph
 
 
+def _same_on_every_rank(graph, order, groups):
+    """Every rank must cut the same gradients into the same buckets and sync the same
+    BatchNorms: a model or option that differs by rank would pair all-reduces that do
+    not match (a hang until the watchdog, or sums of unrelated values)."""
+    import hashlib
+    syncs = [str(graph.types[n.outputs[0]]) for n in graph.nodes if n.op == "AllReduceSum"]
+    layout = repr(([(graph.outputs[i].name, str(graph.outputs[i].type)) for i in order],
+                   [[int(i) for i in g] for g in groups], syncs))
+    with dist.watched("the ranks' check of the step's layout"):
+        every = dist.comm().allgather(hashlib.sha256(layout.encode()).hexdigest())
+    odd = [r for r, d in enumerate(every) if d != every[0]]
+    if odd:
+        raise CompileError(f"rank(s) {odd} built a distributed step other than rank 0's (the model, bucket_cap_mb "
+                           "or sync_batchnorm differ between ranks): every rank must compile the same step")
+
+
 def compile_distributed(recipe, optimizer, threads, check_nan, regularisation, how,
                         bucket_cap_mb=None, sync_batchnorm=False):
     """The DistributedTrainer for compile_training(..., distributed=how)."""
@@ -188,6 +204,7 @@ def compile_distributed(recipe, optimizer, threads, check_nan, regularisation, h
         graph, layout = build_grads_graph(recipe, **reg)
     apply_graph, apply_state = build_apply_graph(graph, layout, optimizer, **clip)
     order, groups, cuts = buckets(graph, layout, cap * 2 ** 20)
+    _same_on_every_rank(graph, order, groups)
     plan = split_stages(graph, cuts)
     stage_models = [ns.compile(g, threads=threads) if g is not None else None for g in plan.stages]
     apply_model = ns.compile(apply_graph, threads=threads)

@@ -252,3 +252,37 @@ def test_training_memo_never_serves_a_stale_step(monkeypatch):
                                (ns.optim.Adam(lr=0.01, betas=(0.5, 0.6)), {})):
         hit = trained(optimizer, **options)
         assert hit == trained(optimizer, clear=True, **options)
+
+
+RANK_DEPENDENT = """
+import sys
+import numpy as np
+import nutshell as ns
+ns.distributed.set_timeout(30)
+rank = ns.distributed.rank()
+net = ns.nn.Sequential(ns.nn.Linear(4, 8), ns.nn.Linear(8, 3))
+try:
+    ns.compile_training(net, input_shape=(2, 4), example_targets=np.array([0, 1]), distributed="mpi",
+                        bucket_cap_mb=1e-4 if rank == 0 else 25)
+except ns.CompileError as exc:
+    print("refused:", exc)
+    sys.exit(0)
+sys.exit(5)
+"""
+
+
+def test_ranks_that_disagree_on_the_step_are_refused_at_compile(tmp_path):
+    """bucket_cap_mb (or sync_batchnorm, or the model) differing between ranks would
+    cut the gradients into buckets that do not match: a clear error on every rank at
+    compile time, not a hang until the watchdog's abort (or a mixed-up sum)."""
+    import os
+    import subprocess
+    import sys
+    from test_distributed import HAVE_MPI, ROOT, _mpiexec
+    if not HAVE_MPI:
+        pytest.skip("MPI not installed")
+    (tmp_path / "job.py").write_text(RANK_DEPENDENT)
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(tmp_path / "job.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("refused:") == 2 and "bucket_cap_mb" in done.stdout
