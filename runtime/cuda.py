@@ -30,8 +30,9 @@ class EmulatedModel(CompiledModel):
     def lowered(self):
         return self.code
 
-    def export(self, out_dir, name=None, **_):
-        from .cuda_aot import export_cuda
+    def export(self, out_dir, name=None, **cpu_options):
+        from .cuda_aot import export_cuda, refuse_cpu_options
+        refuse_cpu_options(cpu_options)
         return export_cuda(self.graph, out_dir, c_identifier(name or self.graph.name), self.target.arch)
 
 

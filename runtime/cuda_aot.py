@@ -18,6 +18,7 @@ from nutshell.compiler.codegen.c_header import c_identifier, c_string, inference
 from nutshell.compiler.cuda.model import build_gpu_model
 from nutshell.compiler.cuda.ptx import assemble, compile_ptx, find_ptxas
 from nutshell.compiler.cuda.target import cuda_target
+from nutshell.compiler.errors import CompileError
 from nutshell.compiler.lower.target import host_target
 
 from .aot import emit_object, write_new
@@ -45,6 +46,14 @@ def export_cuda(graph, out_dir, name, arch="sm_90"):
     written["object_bytes"] = len(obj)
     write_new(written["host"], host_source(name, graph, code, ptx))
     return written
+
+
+def refuse_cpu_options(options):
+    """export()'s CPU options (target_cpu, triple, ...) given to a CUDA model: an error,
+    not host objects where a cross-compile was asked for."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise CompileError(f"{', '.join(given)}: options of a CPU export, not of a CUDA model's")
 
 
 def _weights_object(name, constants):

@@ -142,6 +142,7 @@ class CudaModel(CompiledModel):
             return self.code.llvm_ir
         return super().source(kind)
 
-    def export(self, out_dir, name=None, **_):
-        from .cuda_aot import export_cuda
+    def export(self, out_dir, name=None, **cpu_options):
+        from .cuda_aot import export_cuda, refuse_cpu_options
+        refuse_cpu_options(cpu_options)
         return export_cuda(self.graph, out_dir, c_identifier(name or self.graph.name), self.target.arch)

@@ -286,3 +286,11 @@ def test_ranks_that_disagree_on_the_step_are_refused_at_compile(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("refused:") == 2 and "bucket_cap_mb" in done.stdout
+
+
+def test_cuda_model_export_refuses_cpu_options(tmp_path):
+    model = ns.compile(_net(), input_shape=(2, 4), target="cuda-emulated")
+    with pytest.raises(ns.CompileError, match="triple"):
+        model.export(tmp_path / "a", triple="aarch64-linux-gnu")
+    assert not (tmp_path / "a").exists()
+    assert "ptx" in model.export(tmp_path / "b", name="m", target_cpu=None)
