@@ -24,6 +24,8 @@ from nutshell.compiler.lower.target import host_target
 from .aot import emit_object, write_new
 
 _KINDS = {"input": 0, "output": 1, "const": 2, "arena": 3}
+ERR_CUDA = 8                  # NAME_ERR_CUDA in cuda_host.c.in
+CUDA_FAILED = "a CUDA driver call failed (no GPU or driver, a GPU older than the PTX, out of device memory)"
 
 
 def export_cuda(graph, out_dir, name, arch="sm_90"):
@@ -62,7 +64,7 @@ def _weights_object(name, constants):
     module.triple = target.triple
     table = add_constants(module, name, constants)
     table.linkage = ""          # visible to NAME_host.c
-    add_error_strings(module, name)
+    add_error_strings(module, name, [(ERR_CUDA, CUDA_FAILED)])
     return emit_object(module, target)
 
 

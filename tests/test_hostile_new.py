@@ -229,6 +229,8 @@ def test_cuda_export_of_a_model_without_kernels_runs(tmp_path):
     r = run(tmp_path / "app", "x.bin", "y.bin", env=dict(os.environ, FAKE_KERNELS="libc.so.6"))
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(np.fromfile(tmp_path / "y.bin", np.float32), x)
+    r = run(tmp_path / "app", "x.bin", "y.bin", env=dict(os.environ, FAKE_KERNELS="/nonexistent.so"))
+    assert r.returncode == 8 and "CUDA driver call failed" in r.stderr, r.stderr     # cuInit failed
 
 
 def test_training_memo_never_serves_a_stale_step(monkeypatch):

@@ -88,11 +88,12 @@ def add_inference_api(module, name, code, graph, default_threads):
     add_error_strings(module, name)
 
 
-def add_error_strings(module, name):
+def add_error_strings(module, name, extra=()):
+    """NAME_error_string(code): ERRORS' texts, plus `extra` (code, text) pairs of a backend."""
     fn = ir.Function(module, ir.FunctionType(H.PTR, [H.I32]), name=f"{name}_error_string")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     strings = {}
-    for code, text in list(ERRORS.items()) + [(-1, "unknown error code")]:
+    for code, text in list(ERRORS.items()) + list(extra) + [(-1, "unknown error code")]:
         data = bytearray(text.replace("NAME", name).encode() + b"\0")
         gv = ir.GlobalVariable(module, ir.ArrayType(H.I8, len(data)), name=f"{name}_err{code}".replace("-", "m"))
         gv.global_constant, gv.linkage = True, "internal"
