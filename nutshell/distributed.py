@@ -20,7 +20,20 @@ from contextlib import contextmanager
 
 import numpy as np
 
-_timeout = [float(os.environ.get("NUTSHELL_MPI_TIMEOUT", "120"))]
+
+
+def _seconds(text, what):
+    """A positive number of seconds (inf: no deadline); anything else a ValueError naming `what`."""
+    try:
+        seconds = float(text)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ValueError(f"{what} must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+_timeout = [_seconds(os.environ.get("NUTSHELL_MPI_TIMEOUT", "120"), "NUTSHELL_MPI_TIMEOUT")]
 
 
 def _launched_by_mpi():
@@ -54,9 +67,7 @@ def world_size():
 
 def set_timeout(seconds):
     """How long a rank waits for its peers in a collective before it aborts the job."""
-    if not seconds > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {seconds!r}")
-    _timeout[0] = float(seconds)
+    _timeout[0] = _seconds(seconds, "timeout")
 
 
 def timeout():
@@ -80,7 +91,7 @@ class _Watchdog:
                 if left <= 0:
                     _abort(f"no answer from the other ranks for {self.seconds:g} s during "
                            f"{self.what} (a rank died or hangs); ending the job")
-                self.cond.wait(left)
+                self.cond.wait(min(left, 3600))       # inf: no deadline (wait() cannot take inf)
 
     @contextmanager
     def watching(self, what, seconds):

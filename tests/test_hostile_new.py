@@ -3,6 +3,7 @@ the parallel module compile and the training memo: each a clear error, never an
 option silently ignored, a stale cache key or a truncated object linked."""
 import io
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -296,3 +297,31 @@ def test_cuda_model_export_refuses_cpu_options(tmp_path):
         model.export(tmp_path / "a", triple="aarch64-linux-gnu")
     assert not (tmp_path / "a").exists()
     assert "ptx" in model.export(tmp_path / "b", name="m", target_cpu=None)
+
+
+@pytest.mark.parametrize("variable, value", [("NUTSHELL_PART_INSTRUCTIONS", "x"), ("NUTSHELL_PART_INSTRUCTIONS", "0"),
+                                             ("NUTSHELL_MPI_TIMEOUT", "soon"), ("NUTSHELL_MPI_TIMEOUT", "nan"),
+                                             ("NUTSHELL_MPI_TIMEOUT", "-1")])
+def test_bad_environment_values_are_named(variable, value):
+    import os
+    import subprocess
+    import sys
+    code = "import nutshell, nutshell.distributed"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **{variable: value}))
+    assert done.returncode != 0 and variable in done.stderr.splitlines()[-1], done.stderr[-500:]
+
+
+def test_an_infinite_mpi_timeout_means_no_deadline():
+    import nutshell.distributed as dist
+    before = dist.timeout()
+    try:
+        dist.set_timeout(float("inf"))
+        with dist.watched("a test block"):
+            time.sleep(0.2)                  # the watchdog waits on the infinite deadline
+        assert dist._watchdog.thread.is_alive()
+        for bad in (0, -1, float("nan"), "x", None):
+            with pytest.raises(ValueError, match="timeout"):
+                dist.set_timeout(bad)
+    finally:
+        dist.set_timeout(before)

@@ -114,7 +114,15 @@ def build_model(graph, target, name="model", module=None, on_part=None):
     return ModelCode("\n".join(texts), entry, constants, plan, lowered, len(calls), None, texts)
 
 
-PART_BUDGET = int(os.environ.get("NUTSHELL_PART_INSTRUCTIONS", 20000))   # LLVM IR instructions
+def _part_budget(text):
+    """NUTSHELL_PART_INSTRUCTIONS, checked: a bad value was a bare ValueError out of `import nutshell`."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise CompileError(f"NUTSHELL_PART_INSTRUCTIONS must be a positive count of LLVM IR instructions, "
+                           f"got {text!r}")
+    return int(text)
+
+
+PART_BUDGET = _part_budget(os.environ.get("NUTSHELL_PART_INSTRUCTIONS", "20000"))   # LLVM IR instructions
 
 
 class ModuleParts:
