@@ -69,16 +69,23 @@ class CudaModel(CompiledModel):
         self.module = _check(d.cuModuleLoadData(ptx.encode() + b"\0"), "cuModuleLoadData (PTX JIT)")
         self.functions = {s.function: _check(d.cuModuleGetFunction(self.module, s.function.encode()),
                                              f"cuModuleGetFunction {s.function}") for s in code.steps}
-        self.consts = [self._upload(np.ascontiguousarray(c)) for c in code.constants]
-        self.arena = self._alloc(max(code.plan.arena_size, 64))
+        self.consts, self.arena = [], None
+        try:                          # each upload recorded as made: a failure frees the others
+            for c in code.constants:
+                self.consts.append(self._upload(np.ascontiguousarray(c)))
+            self.arena = self._alloc(max(code.plan.arena_size, 64))
+        except CompileError:
+            self.__del__()
+            raise
 
     def __del__(self):
         d = getattr(self, "d", None)
-        if d is None or not hasattr(self, "arena"):
+        if d is None or not hasattr(self, "consts"):
             return
         try:                          # the weights and arena go with the model
-            for ptr in self.consts + [self.arena]:
+            for ptr in self.consts + ([self.arena] if self.arena is not None else []):
                 d.cuMemFree(ptr)
+            self.consts, self.arena = [], None
             d.cuModuleUnload(self.module)
         except Exception:
             pass

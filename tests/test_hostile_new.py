@@ -325,3 +325,18 @@ def test_an_infinite_mpi_timeout_means_no_deadline():
                 dist.set_timeout(bad)
     finally:
         dist.set_timeout(before)
+
+
+def test_driver_runner_frees_the_weights_when_an_upload_fails():
+    from nutshell.compiler.cuda.model import build_gpu_model
+    from nutshell.compiler.cuda.target import cuda_target
+    from nutshell.runtime.cuda import optimize_for_gpu
+    from nutshell.runtime.cuda_driver import CudaModel
+    graph = optimize_for_gpu(ns.api.to_graph(ns.nn.Sequential(ns.nn.Linear(4, 3)), (2, 4)))
+    code = build_gpu_model(graph, cuda_target("cuda"), "m")
+    assert len(code.constants) >= 2
+    fake = _AllocFailingDriver()
+    fake.budget = 1                          # the first weight, then out of device memory
+    with pytest.raises(ns.CompileError, match="cuMemAlloc"):
+        CudaModel(graph, code, "ptx", cuda_target("cuda"), (fake, "ctx", "sm_90"))
+    assert fake.live == {}
