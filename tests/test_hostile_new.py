@@ -340,3 +340,13 @@ def test_driver_runner_frees_the_weights_when_an_upload_fails():
     with pytest.raises(ns.CompileError, match="cuMemAlloc"):
         CudaModel(graph, code, "ptx", cuda_target("cuda"), (fake, "ctx", "sm_90"))
     assert fake.live == {}
+
+
+@pytest.mark.parametrize("op, shapes, outputs, order", [("LSTMCell", [(3, 20), (3, 5)], 3, 5),
+                                                        ("LSTMCell", [(3, 20), (3, 5)], 3, None),
+                                                        ("GRUCell", [(3, 15), (3, 15), (3, 5)], 2, 7)])
+def test_cell_order_of_the_wrong_type(op, shapes, outputs, order):
+    b = GraphBuilder("bad", fold=False)
+    ins = [b.add_input(f"i{k}", "float32", s) for k, s in enumerate(shapes)]
+    with pytest.raises(ns.ShapeError, match="order"):
+        b.add_node(op, ins, {"order": order}, num_outputs=outputs)

@@ -18,7 +18,7 @@ GATE_NAMES = "zrh"
 
 def _check(attrs, node, *gate_types, state):
     order = attrs["order"]
-    if sorted(order or "") != sorted(GATE_NAMES):
+    if not isinstance(order, str) or sorted(order) != sorted(GATE_NAMES):
         fail(node, f"GRUCell order must name the gates z, r, h once each, got {order!r}")
     first = gate_types[0]
     require_float(node, first)

@@ -28,7 +28,7 @@ def _blocks(order, hidden):
 
 def _check(attrs, node, gates, *states):
     order = attrs["order"]
-    if sorted(order or "") != sorted(GATE_NAMES):
+    if not isinstance(order, str) or sorted(order) != sorted(GATE_NAMES):
         fail(node, f"LSTMCell order must name the gates i, f, c, o once each, got {order!r}")
     require_float(node, gates)
     if gates.rank != 2 or gates.shape[1] % 4:
