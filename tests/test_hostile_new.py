@@ -350,3 +350,29 @@ def test_cell_order_of_the_wrong_type(op, shapes, outputs, order):
     ins = [b.add_input(f"i{k}", "float32", s) for k, s in enumerate(shapes)]
     with pytest.raises(ns.ShapeError, match="order"):
         b.add_node(op, ins, {"order": order}, num_outputs=outputs)
+
+
+def test_hostile_names_never_write_code_in_the_cuda_host_file(tmp_path):
+    """BAD_INPUTS row 24 for --target cuda: value and graph names with quotes,
+    backslashes, newlines and comment ends reach NAME.h and NAME_host.c only escaped."""
+    import os
+    import shutil
+    import subprocess
+    from nutshell.runtime.cuda import optimize_for_gpu
+    from nutshell.runtime.cuda_aot import export_cuda
+    cc, include = shutil.which("cc") or shutil.which("gcc"), "/usr/local/cuda/include"
+    if cc is None or not os.path.exists(os.path.join(include, "cuda.h")):
+        pytest.skip("needs a C compiler and cuda.h")
+    evil = 'x"); system("id"); /*\\\n*/ #define'
+    b = GraphBuilder('g"*/\n#include </etc/passwd>', fold=False)
+    x = b.add_input(evil, "float32", (3,))
+    b.set_outputs([b.add_node("Relu", [x], name=evil + "node")])
+    written = export_cuda(optimize_for_gpu(b.build()), tmp_path, 'm"; int pwned;')
+    name = os.path.basename(written["host"])[:-len("_host.c")]
+    assert set(name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+    for path in (written["host"], written["header"]):
+        text = open(path).read()
+        assert "system(\"id\")" not in text and "#include </etc/passwd>" not in text
+    r = subprocess.run([cc, "-std=c11", "-pedantic-errors", "-Werror", "-fsyntax-only", f"-I{include}",
+                        f"-I{tmp_path}", written["host"]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
