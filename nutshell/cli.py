@@ -91,7 +91,7 @@ def _compile_cuda(args, name, t):
     from nutshell.compiler.errors import CompileError
     from nutshell.runtime.cuda import optimize_for_gpu
     given = [flag for flag, value in (("--target-cpu", args.target_cpu), ("--triple", args.triple),
-                                      ("--emit-llvm", args.emit_llvm)) if value]
+                                      ("--emit-llvm", args.emit_llvm), ("--threads", args.threads)) if value]
     if given:                      # host-code options: not silently dropped
         raise CompileError(f"{', '.join(given)}: for --target host, not --target cuda")
     args.arch = args.arch or "sm_90"

@@ -97,7 +97,8 @@ def test_a_truncated_part_object_is_not_linked():
 
 @pytest.mark.parametrize("extra", [["--target", "cuda", "--triple", "aarch64-linux-gnu"],
                                    ["--target", "cuda", "--target-cpu", "znver4"],
-                                   ["--target", "cuda", "--emit-llvm"], ["--arch", "sm_80"]])
+                                   ["--target", "cuda", "--emit-llvm"], ["--target", "cuda", "--threads", "4"],
+                                   ["--arch", "sm_80"]])
 def test_cli_refuses_options_of_the_other_target(tmp_path, capsys, extra):
     """Host-code options with --target cuda (and --arch without it) are errors, not
     dropped: a cross-compile asked for must not silently produce host objects."""
