@@ -88,6 +88,8 @@ def compile_cuda(graph, target_name, name, arch=None, verify_each=False, print_a
         device = open_device()
         arch = arch or ptx_arch_for(device[2], ARCHES)
     target = cuda_target(target_name, arch or "sm_90")
+    if device is not None:             # PTX for a newer GPU than this one would fail only at load
+        ptx_arch_for(device[2], [target.arch])
     graph = optimize_for_gpu(graph, verify_each, print_after)
     code = build_gpu_model(graph, target, name)
     if target.emulated:

@@ -377,3 +377,10 @@ def test_hostile_names_never_write_code_in_the_cuda_host_file(tmp_path):
     r = subprocess.run([cc, "-std=c11", "-pedantic-errors", "-Werror", "-fsyntax-only", f"-I{include}",
                         f"-I{tmp_path}", written["host"]], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_an_arch_newer_than_the_gpu_is_refused_before_compiling(monkeypatch):
+    from nutshell.runtime import cuda_driver
+    monkeypatch.setattr(cuda_driver, "open_device", lambda index=0: (None, "ctx", "sm_80"))
+    with pytest.raises(ns.CompileError, match="sm_80.*sm_90"):
+        ns.compile(_net(), input_shape=(2, 4), target="cuda", arch="sm_90")
