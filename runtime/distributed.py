@@ -175,14 +175,16 @@ def _same_on_every_rank(graph, order, groups):
     not match (a hang until the watchdog, or sums of unrelated values)."""
     import hashlib
     syncs = [str(graph.types[n.outputs[0]]) for n in graph.nodes if n.op == "AllReduceSum"]
+    batches = [str(v.type) for v in graph.inputs] if syncs else []   # SyncBatchNorm's count assumes one batch
     layout = repr(([(graph.outputs[i].name, str(graph.outputs[i].type)) for i in order],
-                   [[int(i) for i in g] for g in groups], syncs))
+                   [[int(i) for i in g] for g in groups], syncs, batches))
     with dist.watched("the ranks' check of the step's layout"):
         every = dist.comm().allgather(hashlib.sha256(layout.encode()).hexdigest())
     odd = [r for r, d in enumerate(every) if d != every[0]]
     if odd:
-        raise CompileError(f"rank(s) {odd} built a distributed step other than rank 0's (the model, bucket_cap_mb "
-                           "or sync_batchnorm differ between ranks): every rank must compile the same step")
+        raise CompileError(f"rank(s) {odd} built a distributed step other than rank 0's (the model, "
+                           "bucket_cap_mb, sync_batchnorm, or with it the batch size differ between ranks): "
+                           "every rank must compile the same step")
 
 
 def compile_distributed(recipe, optimizer, threads, check_nan, regularisation, how,

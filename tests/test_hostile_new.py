@@ -264,10 +264,12 @@ import numpy as np
 import nutshell as ns
 ns.distributed.set_timeout(30)
 rank = ns.distributed.rank()
-net = ns.nn.Sequential(ns.nn.Linear(4, 8), ns.nn.Linear(8, 3))
+net = ns.nn.Sequential(ns.nn.Linear(4, 8), ns.nn.BatchNorm1d(8), ns.nn.Linear(8, 3))
+rows = 4 if rank == 0 or sys.argv[1] != "batch" else 2
+options = dict(bucket_cap_mb=1e-4 if rank == 0 else 25) if sys.argv[1] == "cap" else dict(sync_batchnorm=True)
 try:
-    ns.compile_training(net, input_shape=(2, 4), example_targets=np.array([0, 1]), distributed="mpi",
-                        bucket_cap_mb=1e-4 if rank == 0 else 25)
+    ns.compile_training(net, input_shape=(rows, 4), example_targets=np.arange(rows) % 3, distributed="mpi",
+                        **options)
 except ns.CompileError as exc:
     print("refused:", exc)
     sys.exit(0)
@@ -275,7 +277,8 @@ sys.exit(5)
 """
 
 
-def test_ranks_that_disagree_on_the_step_are_refused_at_compile(tmp_path):
+@pytest.mark.parametrize("differs", ["cap", "batch"])
+def test_ranks_that_disagree_on_the_step_are_refused_at_compile(tmp_path, differs):
     """bucket_cap_mb (or sync_batchnorm, or the model) differing between ranks would
     cut the gradients into buckets that do not match: a clear error on every rank at
     compile time, not a hang until the watchdog's abort (or a mixed-up sum)."""
@@ -286,7 +289,7 @@ def test_ranks_that_disagree_on_the_step_are_refused_at_compile(tmp_path):
     if not HAVE_MPI:
         pytest.skip("MPI not installed")
     (tmp_path / "job.py").write_text(RANK_DEPENDENT)
-    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(tmp_path / "job.py")], cwd=ROOT,
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(tmp_path / "job.py"), differs], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("refused:") == 2 and "bucket_cap_mb" in done.stdout
