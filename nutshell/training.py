@@ -11,6 +11,7 @@ built-in name or a callable (output, target) -> scalar written with the tracing
 API. Frozen parameters (requires_grad False) are inputs the step reads and never
 updates, so trainers sharing submodules (a GAN's) see each other's updates."""
 import math
+import threading
 
 from nutshell.compiler.errors import CompileError
 from nutshell.compiler.ir.graph import GraphBuilder
@@ -215,6 +216,7 @@ def as_optimizer(optimizer):
 
 
 _OPTIMISED = {}     # the step graph's key -> its optimised graph, for this process's recompiles
+_OPTIMISED_LOCK = threading.Lock()   # trainers may be compiled from several threads at once
 
 
 def _optimised(graph, target):
@@ -225,11 +227,15 @@ def _optimised(graph, target):
     from nutshell.api import optimize_graph
     from nutshell.runtime.model_cache import graph_key
     key = graph_key(graph, target, "unoptimised")
-    if key not in _OPTIMISED:
-        _OPTIMISED[key] = optimize_graph(graph)
-        while len(_OPTIMISED) > 8:
-            _OPTIMISED.pop(next(iter(_OPTIMISED)))
-    return _OPTIMISED[key]
+    with _OPTIMISED_LOCK:
+        optimised = _OPTIMISED.get(key)
+    if optimised is None:
+        optimised = optimize_graph(graph)
+        with _OPTIMISED_LOCK:
+            _OPTIMISED[key] = optimised
+            while len(_OPTIMISED) > 8:
+                _OPTIMISED.pop(next(iter(_OPTIMISED)))
+    return optimised
 
 
 def _check_placement(target, arch, threads, distributed, options):

@@ -387,3 +387,29 @@ def test_an_arch_newer_than_the_gpu_is_refused_before_compiling(monkeypatch):
     monkeypatch.setattr(cuda_driver, "open_device", lambda index=0: (None, "ctx", "sm_80"))
     with pytest.raises(ns.CompileError, match="sm_80.*sm_90"):
         ns.compile(_net(), input_shape=(2, 4), target="cuda", arch="sm_90")
+
+
+def test_training_memo_survives_concurrent_compiles(monkeypatch):
+    """Several threads filling the optimised-graph memo past its 8 entries at once
+    never see a KeyError (eviction raced lookups before the lock)."""
+    import threading
+    import nutshell.api
+    import nutshell.runtime.model_cache as model_cache
+    from nutshell import training
+    monkeypatch.setattr(training, "_OPTIMISED", {})
+    monkeypatch.setattr(model_cache, "graph_key", lambda graph, target, tag: graph)
+    monkeypatch.setattr(nutshell.api, "optimize_graph", lambda graph: ("optimised", graph))
+    errors = []
+
+    def compile_many(offset):
+        try:
+            for i in range(200):
+                assert training._optimised(offset * 1000 + i, "cpu") == ("optimised", offset * 1000 + i)
+        except Exception as error:    # noqa: BLE001 - any failure is the finding
+            errors.append(error)
+    threads = [threading.Thread(target=compile_many, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(training._OPTIMISED) <= 8
