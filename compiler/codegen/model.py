@@ -63,6 +63,46 @@ def _is_alias(op):
     return get_op(op).alias
 
 
+@dataclass
+class LoweredNode:
+    idx: int                 # the node's index in graph.nodes
+    signature: str           # equal signatures share one kernel
+    first: bool              # the first node of its signature: its kernel is to be emitted
+    ctx: LowerContext        # the lowering's kernel, scratch buffers, tables, status word
+    table_slots: list        # `consts` slots of the lookup tables the lowering made
+    scratch_sizes: list      # bytes of each scratch buffer
+
+
+def lower_nodes(graph, target, name, const_index, constants, lowering_of=lambda op, default: default):
+    """Lower, in order, every node that needs code (views the planner keeps as
+    aliases and elided nodes need none), naming kernels `name`_kN_op by distinct
+    signature. Lookup tables a lowering makes are appended to `constants`.
+    `lowering_of(op, registered)` picks the lowering (the GPU swaps some); the CPU
+    and CUDA model builders share this walk."""
+    first_plan = plan_memory(graph, {}, const_index, _is_alias)
+    seen = set()
+    for idx, node in enumerate(graph.nodes):
+        opdef = get_op(node.op)
+        if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
+            continue
+        lower = copy_lower if opdef.alias else lowering_of(node.op, opdef.lower)
+        if lower is None:
+            raise UnsupportedOpError(node.op, node=node.name,
+                                     detail="no code generation (its inputs are not constant)")
+        in_types = [graph.types[i] if i else None for i in node.inputs]
+        out_types = [graph.types[o] for o in node.outputs if o]
+        consts = [graph.constants.get(i) if i else None for i in node.inputs]
+        sig = _signature(node, in_types, out_types, consts, target)
+        ctx = LowerContext(node, in_types, out_types, consts, target,
+                           f"{name}_k{len(seen)}_{node.op.lower()}")
+        lower(ctx)
+        table_slots = list(range(len(constants), len(constants) + len(ctx.tables)))
+        constants.extend(array for _, array in ctx.tables)
+        yield LoweredNode(idx, sig, sig not in seen, ctx, table_slots,
+                          [b.size * b.dtype.itemsize for b in ctx.scratch_buffers])
+        seen.add(sig)
+
+
 def build_model(graph, target, name="model", module=None, on_part=None):
     """Lower, plan and emit `graph` into `module` (a new one by default); kernels and
     the entry point are prefixed with `name`, so several graphs can share a module.
@@ -76,33 +116,13 @@ def build_model(graph, target, name="model", module=None, on_part=None):
     const_index = {n: j for j, n in enumerate(const_names)}
     parts = ModuleParts(module, target, name, on_part)
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
-    first_plan = plan_memory(graph, {}, const_index, _is_alias)
-    for idx, node in enumerate(graph.nodes):
-        opdef = get_op(node.op)
-        if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
-            continue
-        lower = copy_lower if opdef.alias else opdef.lower
-        if lower is None:
-            raise UnsupportedOpError(node.op, node=node.name,
-                                     detail="no code generation (its inputs are not constant)")
-        in_types = [graph.types[i] if i else None for i in node.inputs]
-        out_types = [graph.types[o] for o in node.outputs if o]
-        consts = [graph.constants.get(i) if i else None for i in node.inputs]
-        sig = _signature(node, in_types, out_types, consts, target)
-        ctx = LowerContext(node, in_types, out_types, consts, target,
-                           f"{name}_k{len(by_sig)}_{node.op.lower()}")
-        lower(ctx)
-        kernel = ctx.kernel()
-        if sig not in by_sig:
-            by_sig[sig] = kernel
+    for node in lower_nodes(graph, target, name, const_index, constants):
+        if node.first:
+            kernel = by_sig[node.signature] = node.ctx.kernel()
             lowered.append(kernel)
             parts.add(KernelEmitter(parts.module, kernel, target.threads).emit())
-        table_slots = []
-        for _, array in ctx.tables:
-            table_slots.append(len(constants))
-            constants.append(array)
-        scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
-        calls.append((idx, by_sig[sig].name, table_slots, ctx.status_buffer is not None))
+        scratch_sizes[node.idx] = node.scratch_sizes
+        calls.append((node.idx, by_sig[node.signature].name, node.table_slots, node.ctx.status_buffer is not None))
 
     plan = plan_memory(graph, scratch_sizes, const_index, _is_alias)
     entry = f"{name}_run"

@@ -11,12 +11,8 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..codegen import llvm_helpers as H
-from ..codegen.model import _is_alias, _signature, check_memory
-from ..errors import UnsupportedOpError
-from ..lower.context import LowerContext
+from ..codegen.model import _is_alias, check_memory, lower_nodes
 from ..lower.planner import plan_memory
-from ..ops import get_op
-from ..ops.shape_ops import copy_lower
 from .emitter import GpuKernelEmitter
 from .grid import launches
 from .rules import gpu_lowering
@@ -55,36 +51,16 @@ def build_gpu_model(graph, target, name="model"):
     module.triple = target.triple if not target.emulated else _host_triple()
 
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
-    first_plan = plan_memory(graph, {}, const_index, _is_alias)
-    for idx, node in enumerate(graph.nodes):
-        opdef = get_op(node.op)
-        if (opdef.alias and idx not in first_plan.copies) or idx in first_plan.elided:
-            continue
-        lower = copy_lower if opdef.alias else gpu_lowering(node.op, opdef.lower)
-        if lower is None:
-            raise UnsupportedOpError(node.op, node=node.name,
-                                     detail="no code generation (its inputs are not constant)")
-        in_types = [graph.types[i] if i else None for i in node.inputs]
-        out_types = [graph.types[o] for o in node.outputs if o]
-        consts = [graph.constants.get(i) if i else None for i in node.inputs]
-        sig = _signature(node, in_types, out_types, consts, target)
-        ctx = LowerContext(node, in_types, out_types, consts, target,
-                           f"{name}_k{len(by_sig)}_{node.op.lower()}")
-        lower(ctx)
-        if sig not in by_sig:
-            kernel = ctx.kernel()
+    for node in lower_nodes(graph, target, name, const_index, constants, gpu_lowering):
+        if node.first:
+            kernel = node.ctx.kernel()
             emitter = GpuKernelEmitter(module, kernel, ptx=not target.emulated)
-            grid = launches(kernel)
+            grid = by_sig[node.signature] = launches(kernel)
             for launch in grid:
                 emitter.emit_launch(launch)
-            by_sig[sig] = grid
             lowered.append(kernel)
-        table_slots = []
-        for _, array in ctx.tables:
-            table_slots.append(len(constants))
-            constants.append(array)
-        scratch_sizes[idx] = [b.size * b.dtype.itemsize for b in ctx.scratch_buffers]
-        calls.append((idx, by_sig[sig], table_slots, ctx.status_buffer is not None))
+        scratch_sizes[node.idx] = node.scratch_sizes
+        calls.append((node.idx, by_sig[node.signature], node.table_slots, node.ctx.status_buffer is not None))
 
     plan = plan_memory(graph, scratch_sizes, const_index, _is_alias)
     steps = []
