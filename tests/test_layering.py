@@ -91,3 +91,19 @@ def test_no_import_cycles_among_compiler_modules():
                    for d in deps if d.startswith(C) and d != m)
     cycles = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
     assert not cycles, cycles
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists packages by hand: a new folder left out (compiler/schedule
+    was) imports in an editable checkout and fails in a wheel."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = set()
+    for folder, package in PACKAGES.items():
+        for here, dirs, files in os.walk(os.path.join(ROOT, folder)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            if "__init__.py" in files:
+                relative = os.path.relpath(here, os.path.join(ROOT, folder))
+                found.add(package if relative == "." else package + "." + relative.replace(os.sep, "."))
+    assert found - listed == set(), f"packages missing from pyproject.toml: {sorted(found - listed)}"
