@@ -14,9 +14,9 @@ from nutshell.compiler.codegen.aot import add_inference_api
 from nutshell.compiler.codegen.c_header import c_identifier, inference_header
 from nutshell.compiler.codegen.model import build_model
 from nutshell.compiler.errors import CompileError
-from nutshell.compiler.lower.target import CpuTarget, host_target
+from nutshell.compiler.lower.target import CpuTarget, host_target, optimize
 from nutshell.compiler.passes.pipeline import optimize_graph
-from nutshell.runtime.jit import optimize, target_machine
+from nutshell.runtime.jit import target_machine
 
 # vector width implied by a named CPU when no feature list is given
 _CPU_VECTOR_BITS = {"x86-64": 128, "x86-64-v2": 128, "x86-64-v3": 256, "x86-64-v4": 512, "generic": 128,

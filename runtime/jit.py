@@ -15,7 +15,7 @@ from llvmlite import ir
 
 from nutshell.compiler.codegen import thread_pool
 from nutshell.compiler.errors import CompileError
-from nutshell.compiler.lower.target import _init_llvm
+from nutshell.compiler.lower.target import _init_llvm, optimize
 
 from .object_check import object_links
 
@@ -28,23 +28,6 @@ def target_machine(target, opt=3, reloc="default", codemodel="jitdefault"):
         raise CompileError(f"no LLVM target for triple {target.triple}: {exc}") from None
     return t.create_target_machine(cpu=target.cpu, features=target.features, opt=opt,
                                    reloc=reloc, codemodel=codemodel)
-
-
-def optimize(llvm_ir, tm, opt=3):
-    """Parse and verify the textual IR, then run the O3 pipeline; returns the ModuleRef."""
-    try:
-        mod = llvm.parse_assembly(llvm_ir)
-        mod.verify()
-    except RuntimeError as exc:
-        raise CompileError(f"generated LLVM IR does not verify: {exc}") from None
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
-    return mod
 
 
 def cache_root():

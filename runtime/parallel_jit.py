@@ -129,7 +129,8 @@ class PartCompiler:
 def jit_parts(code, compiler, target):
     """A JitModule of a split build: the last part compiled here, the others' objects
     (compiled here too when their child failed) linked alongside."""
-    from .jit import JitModule, ensure_pool, optimize, target_machine
+    from nutshell.compiler.lower.target import optimize
+    from .jit import JitModule, ensure_pool, target_machine
     ensure_pool()
     self = JitModule.__new__(JitModule)
     self.tm, self.llvm_ir, self.parts, self.from_cache = target_machine(target), None, code.parts, True

@@ -12,7 +12,7 @@ import tempfile
 import llvmlite.binding as llvm
 
 from ..errors import CompileError
-from ..lower.target import _init_llvm
+from ..lower.target import _init_llvm, optimize
 
 # llvm.* math that NVPTX turns into libcalls it does not have (a fatal error in LLVM);
 # other intrinsics it lowers itself, and any other declared function is a libcall too
@@ -26,23 +26,10 @@ def ptx_target_machine(arch):
     return target.create_target_machine(cpu=arch, features="", opt=3)
 
 
-def _optimize(llvm_ir, tm):
-    try:
-        mod = llvm.parse_assembly(llvm_ir)
-        mod.verify()
-    except RuntimeError as exc:
-        raise CompileError(f"generated LLVM IR does not verify: {exc}") from None
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(mod, pb)
-    return mod
-
-
 def compile_ptx(llvm_ir, arch):
     """The module's PTX text for `arch` (sm_80, sm_90, ...) after LLVM's O3."""
     tm = ptx_target_machine(arch)
-    mod = _optimize(llvm_ir, tm)
+    mod = optimize(llvm_ir, tm, vectorize=False)
     for fn in mod.functions:
         if fn.is_declaration and (not fn.name.startswith("llvm.") or _UNLOWERED.match(fn.name)):
             raise CompileError(f"a GPU kernel calls '{fn.name}', which the NVPTX backend cannot lower")

@@ -19,6 +19,25 @@ def _init_llvm():
     llvm.initialize_all_asmprinters()
 
 
+def optimize(llvm_ir, tm, opt=3, vectorize=True):
+    """Parse and verify the textual IR, then run LLVM's O`opt` pipeline for the target
+    machine `tm` (with the loop and SLP vectorisers for CPUs); returns the ModuleRef."""
+    try:
+        mod = llvm.parse_assembly(llvm_ir)
+        mod.verify()
+    except RuntimeError as exc:
+        raise CompileError(f"generated LLVM IR does not verify: {exc}") from None
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
+    if vectorize:
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
 @dataclass(frozen=True)
 class CpuTarget:
     triple: str

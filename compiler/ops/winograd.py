@@ -86,6 +86,21 @@ def _combine(coeffs, terms):
     return total
 
 
+def each_tile_position(ctx, gemm, slot, parallel):
+    """gemm(xi, slot) for the 16 positions xi of a 4x4 tile (Winograd's 16 GEMMs):
+    shared out among the threads in one fork when `parallel`, not 16 forks; else in
+    order on the caller's scratch slot."""
+    nb = ctx.nb
+    if parallel and ctx.threads > 1:
+        per = -(-16 // ctx.threads)
+        with nb.loop(ctx.threads, "parallel", hint="t") as t:
+            with nb.loop(per, hint="xi", limit=16 - t * per) as j:
+                gemm(t * per + j, t)
+    else:
+        with nb.loop(16, hint="xi") as xi:
+            gemm(xi, slot)
+
+
 def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None):
     """y[n, m, oy, ox] = finish(n, m, oy, ox, sum) of the 3x3 stride-1 convolution
     of x ([n, C, h, w], zero outside) with pads (top, left).
@@ -145,14 +160,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
                       lambda kk, j: v_buf[v_off + (xi * c_in + kk) * cols + j],
                       m_buf, lambda r, j: m_off + (xi * m_out + r) * cols + j,
                       parallel=False, slot=own_slot)
-        if parallel and ctx.threads > 1:     # shared out among the threads: one fork, not 16
-            per = -(-16 // ctx.threads)
-            with nb.loop(ctx.threads, "parallel", hint="t") as t:
-                with nb.loop(per, hint="xi", limit=16 - t * per) as j:
-                    gemm(t * per + j, t)
-        else:
-            with nb.loop(16, hint="xi") as xi:
-                gemm(xi, slot)
+        each_tile_position(ctx, gemm, slot, parallel)
 
     def transform_output(first, count, ty0, rows, m_off, parallel):     # Y = A^T M A, then the epilogue
         big = parallel and worth_parallel(ctx.target, m_out * tiles, "winograd")

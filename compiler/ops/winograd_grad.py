@@ -17,7 +17,7 @@ from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import Const
 from ..lower.nests import parts, transpose_tiles
 from ..schedule.loops import loop_kind, worth_parallel
-from .winograd import A_T, B_T, G, _combine
+from .winograd import A_T, B_T, G, _combine, each_tile_position
 
 TILE_COLUMNS = 128     # tiles per thread per step: the GEMMs' k; V and Zt stay near L2
 
@@ -57,14 +57,7 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
                       lambda r, kk: v_buf[v_off + (xi * c_in + r) * cols + kk],
                       lambda kk, j: z_buf[z_off + (xi * cols + kk) * m_out + j],
                       partial, at, init=lambda r, j: partial[at(r, j)], parallel=False, slot=own_slot)
-        if parallel and ctx.threads > 1:     # the images left over: the 16 GEMMs shared out, one fork
-            per = -(-16 // ctx.threads)
-            with nb.loop(ctx.threads, "parallel", hint="t") as t:
-                with nb.loop(per, hint="xi", limit=16 - t * per) as j:
-                    gemm(t * per + j, t)
-        else:
-            with nb.loop(16, hint="xi") as xi:
-                gemm(xi, slot)
+        each_tile_position(ctx, gemm, slot, parallel)     # the images left over: the 16 GEMMs shared out
 
     for_image_chunks(ctx, n, plan, images, accumulates=True)
     _output_transform(ctx, partial, out, teams, c_in, m_out)
