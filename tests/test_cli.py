@@ -141,7 +141,7 @@ def test_target_cpu_host_and_znver5(model_path, tmp_path, capsys):
 
 def test_unknown_target_is_refused(model_path, tmp_path, capsys):
     code, _, err = cli(capsys, "compile", model_path, "-o", tmp_path, "--target", "tpu")
-    assert code == 2 and "not a target" in err        # --target cuda: tests/test_cuda.py
+    assert code == 2 and "not a target" in err        # --target cuda: tests/test_cuda_host.py
 
 
 def test_print_after_names_the_passes(model_path, tmp_path, capsys):

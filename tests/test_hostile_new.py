@@ -210,7 +210,7 @@ def test_cuda_export_of_a_model_without_kernels_runs(tmp_path):
     import subprocess
     from nutshell.runtime.cuda import optimize_for_gpu
     from nutshell.runtime.cuda_aot import export_cuda
-    from test_cuda import APP, FAKE_LIBCUDA
+    from test_cuda_host import APP, FAKE_LIBCUDA
     cc, include = shutil.which("cc") or shutil.which("gcc"), "/usr/local/cuda/include"
     if cc is None or not os.path.exists(os.path.join(include, "cuda.h")):
         pytest.skip("needs a C compiler and cuda.h")
