@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from training_nets import cnn_bn
+
 GLOBAL_BATCH = 64
 HERE = os.path.abspath(__file__)
 
@@ -44,14 +46,6 @@ def lenet(m):
     return m.Sequential(m.Conv2d(1, 6, 5, padding=2), m.ReLU(), m.MaxPool2d(2), m.Conv2d(6, 16, 5),
                         m.ReLU(), m.MaxPool2d(2), m.Flatten(), m.Linear(400, 120), m.ReLU(),
                         m.Linear(120, 84), m.ReLU(), m.Linear(84, 10))
-
-
-def cnn_bn(m):
-    return m.Sequential(m.Conv2d(3, 32, 3, padding=1), m.BatchNorm2d(32), m.ReLU(),
-                        m.Conv2d(32, 32, 3, padding=1), m.BatchNorm2d(32), m.ReLU(), m.MaxPool2d(2),
-                        m.Conv2d(32, 64, 3, padding=1), m.BatchNorm2d(64), m.ReLU(),
-                        m.Conv2d(64, 64, 3, padding=1), m.BatchNorm2d(64), m.ReLU(), m.MaxPool2d(2),
-                        m.Flatten(), m.Linear(64 * 8 * 8, 10))
 
 
 def wide_mlp(m):         # 46 MB of gradients: two buckets at the default bucket_cap_mb

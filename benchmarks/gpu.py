@@ -19,19 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import nutshell as ns  # noqa: E402
-from nutshell.bench import save_rows  # noqa: E402
+from nutshell.bench import median_latency, save_rows  # noqa: E402
 from models import TORCHVISION, export_isolated as export  # noqa: E402
-
-
-def _median_ms(fn, repeat):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
 
 
 def _torch_runner(name, shape):
@@ -106,9 +95,9 @@ def main(argv=None):
         gpu = ns.compile(ns.load_onnx(model_bytes), target="cuda")
         compile_s = time.perf_counter() - t
         err = float(np.abs(gpu(x) - ns.compile(ns.load_onnx(model_bytes), target="cuda-emulated")(x)).max())
-        ours = _median_ms(lambda: gpu(x), args.repeat)
+        ours = median_latency(lambda: gpu(x), args.repeat) * 1e3
         try:
-            theirs = _median_ms(lambda run=_torch_runner(name, shape): run(x), args.repeat)
+            theirs = median_latency(lambda run=_torch_runner(name, shape): run(x), args.repeat) * 1e3
         except Exception as exc:          # no CUDA torch: our figure alone
             print(f"  (torch on the GPU unavailable: {exc})")
             theirs = float("nan")

@@ -26,14 +26,6 @@ from nutshell.models import lenet5
 import training_nets as nets
 
 
-def cnn(m):
-    return m.Sequential(m.Conv2d(3, 32, 3, padding=1), m.BatchNorm2d(32), m.ReLU(),
-                        m.Conv2d(32, 32, 3, padding=1), m.BatchNorm2d(32), m.ReLU(), m.MaxPool2d(2),
-                        m.Conv2d(32, 64, 3, padding=1), m.BatchNorm2d(64), m.ReLU(),
-                        m.Conv2d(64, 64, 3, padding=1), m.BatchNorm2d(64), m.ReLU(), m.MaxPool2d(2),
-                        m.Flatten(), m.Linear(64 * 8 * 8, 10))
-
-
 def mlp(m):
     return m.Sequential(m.Flatten(), m.Linear(784, 512), m.ReLU(), m.Linear(512, 256), m.ReLU(),
                         m.Linear(256, 10))
@@ -60,7 +52,7 @@ ADAM = (lambda: ns.optim.Adam(lr=1e-3), lambda p: torch.optim.Adam(p, lr=1e-3))
 CASES = {        # name: (builder(lib) -> (module, inputs, targets), optimizers)
     "mlp": (_classic(lambda: mlp(ns.nn), lambda: mlp(torch.nn), (128, 1, 28, 28)), ADAM),
     "lenet": (_classic(lenet5, torch_lenet, (64, 1, 28, 28)), SGD),
-    "cnn_bn": (_classic(lambda: cnn(ns.nn), lambda: cnn(torch.nn), (64, 3, 32, 32)), ADAM),
+    "cnn_bn": (_classic(lambda: nets.cnn_bn(ns.nn), lambda: nets.cnn_bn(torch.nn), (64, 3, 32, 32)), ADAM),
     "resnet18": (nets.resnet18_cifar, SGD),
     "unet": (nets.unet, ADAM),
     "transformer": (nets.translator, ADAM),

@@ -7,6 +7,15 @@ inputs a tuple (one entry per forward argument), targets class ids."""
 import numpy as np
 
 
+def cnn_bn(m):
+    """The CNN+BN net of training.py and distributed.py (m: torch.nn or ns.nn), 3x32x32 in."""
+    return m.Sequential(m.Conv2d(3, 32, 3, padding=1), m.BatchNorm2d(32), m.ReLU(),
+                        m.Conv2d(32, 32, 3, padding=1), m.BatchNorm2d(32), m.ReLU(), m.MaxPool2d(2),
+                        m.Conv2d(32, 64, 3, padding=1), m.BatchNorm2d(64), m.ReLU(),
+                        m.Conv2d(64, 64, 3, padding=1), m.BatchNorm2d(64), m.ReLU(), m.MaxPool2d(2),
+                        m.Flatten(), m.Linear(64 * 8 * 8, 10))
+
+
 def resnet18_cifar(lib, batch=32, classes=10):
     """ResNet-18 for 32x32 images: a 3x3 stem, no max-pool, [2, 2, 2, 2] basic blocks."""
     nn, F = lib.nn, lib.nn.functional
