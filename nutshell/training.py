@@ -309,8 +309,9 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
         from nutshell.runtime.cuda import compile_cuda
         model = compile_cuda(graph, target, c_identifier(graph.name), arch)
     else:
-        graph = _optimised(graph, host_target(threads))
-        model = cached_model(graph, host_target(threads), c_identifier(graph.name))   # whole-step cache
+        cpu = host_target(threads)
+        graph = _optimised(graph, cpu)
+        model = cached_model(graph, cpu, c_identifier(graph.name))   # whole-step cache, as inference
     trainer = Trainer(recipe, model, layout, optimizer, threads, check_nan)
     trainer.regularisation = regularisation          # the AOT bundle's split step rebuilds with it
     return trainer
