@@ -25,13 +25,16 @@ import llvmlite.binding as llvm
 llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
 triple, cpu, features = sys.argv[1:4]
-tm = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3,
-                                                          reloc="default", codemodel="jitdefault")
+target = llvm.Target.from_triple(triple)
 read, write = sys.stdin.buffer.read, sys.stdout.buffer.write
 while True:
     head = read(8)
     if len(head) < 8:
         break
+    # a machine per part: the engine owns it and frees it with the part's engine (reusing
+    # one made every second part segfault, and the parent compile it alone)
+    tm = target.create_target_machine(cpu=cpu, features=features, opt=3, reloc="default",
+                                      codemodel="jitdefault")
     mod = llvm.parse_assembly(read(struct.unpack("<Q", head)[0]).decode())
     mod.verify()
     mod.triple, mod.data_layout = tm.triple, str(tm.target_data)

@@ -155,3 +155,16 @@ def test_split_build_steps_as_one_module_and_is_cached(cache_dir, monkeypatch, c
         assert losses == whole[0]
         for name, value in params.items():
             np.testing.assert_array_equal(value, whole[1][name])
+
+
+def test_one_child_compiles_every_part_it_is_given(monkeypatch):
+    """A child serves part after part: each gets its own object (a target machine shared
+    across parts was freed with the first part's engine, and the child died on the
+    second, leaving every later part of its share to the parent, serially)."""
+    from nutshell.runtime import parallel_jit
+    monkeypatch.setattr(parallel_jit, "MAX_CHILDREN", 1)
+    compiler = parallel_jit.PartCompiler(host_target(1))
+    for k in range(3):
+        compiler.submit(f"define float @part{k}(float %x) {{\n  %y = fmul float %x, %x\n  ret float %y\n}}\n")
+    objects = compiler.objects()
+    assert len(objects) == 3 and all(obj is not None and obj[:4] == b"\x7fELF" for obj, _ in objects)
