@@ -17,6 +17,7 @@ from ..lower.context import LowerContext
 from ..lower.planner import plan_memory
 from ..ops import get_op
 from ..ops.shape_ops import copy_lower
+from ..schedule.kernels import schedule_kernel
 from . import llvm_helpers as H
 from . import thread_pool
 from .kernel_emitter import KernelEmitter
@@ -71,6 +72,7 @@ class LoweredNode:
     ctx: LowerContext        # the lowering's kernel, scratch buffers, tables, status word
     table_slots: list        # `consts` slots of the lookup tables the lowering made
     scratch_sizes: list      # bytes of each scratch buffer
+    kernel: object = None    # first only: the kernel, scheduled for the target (schedule_kernel)
 
 
 def lower_nodes(graph, target, name, const_index, constants, lowering_of=lambda op, default: default):
@@ -95,11 +97,12 @@ def lower_nodes(graph, target, name, const_index, constants, lowering_of=lambda 
         sig = _signature(node, in_types, out_types, consts, target)
         ctx = LowerContext(node, in_types, out_types, consts, target,
                            f"{name}_k{len(seen)}_{node.op.lower()}")
-        lower(ctx)
+        lower(ctx)        # the algorithm: a loop nest whose loops are serial or candidates
+        kernel = schedule_kernel(ctx.kernel(), target) if sig not in seen else None   # parallel loops chosen
         table_slots = list(range(len(constants), len(constants) + len(ctx.tables)))
         constants.extend(array for _, array in ctx.tables)
         yield LoweredNode(idx, sig, sig not in seen, ctx, table_slots,
-                          [b.size * b.dtype.itemsize for b in ctx.scratch_buffers])
+                          [b.size * b.dtype.itemsize for b in ctx.scratch_buffers], kernel)
         seen.add(sig)
 
 
@@ -118,7 +121,7 @@ def build_model(graph, target, name="model", module=None, on_part=None):
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
     for node in lower_nodes(graph, target, name, const_index, constants):
         if node.first:
-            kernel = by_sig[node.signature] = node.ctx.kernel()
+            kernel = by_sig[node.signature] = node.kernel
             lowered.append(kernel)
             parts.add(KernelEmitter(parts.module, kernel, target.threads).emit())
         scratch_sizes[node.idx] = node.scratch_sizes

@@ -19,7 +19,7 @@ def _output_loops(nb, shape):
     """Open one parallel loop per dim of `shape`; returns (scopes, vars)."""
     scopes, vars_ = [], []
     for d in shape:
-        scope = nb.loop(d, "parallel")
+        scope = nb.loop(d, parallel_candidate=("teams", d))   # every point its own GPU thread
         vars_.append(scope.__enter__())
         scopes.append(scope)
     return scopes, vars_

@@ -53,7 +53,7 @@ def build_gpu_model(graph, target, name="model"):
     lowered, calls, scratch_sizes, by_sig = [], [], {}, {}
     for node in lower_nodes(graph, target, name, const_index, constants, gpu_lowering):
         if node.first:
-            kernel = node.ctx.kernel()
+            kernel = node.kernel
             emitter = GpuKernelEmitter(module, kernel, ptx=not target.emulated)
             grid = by_sig[node.signature] = launches(kernel)
             for launch in grid:

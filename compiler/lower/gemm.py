@@ -119,8 +119,8 @@ class _Gemm:
                 if not (mcount and mr and ncount and nr):
                     continue
                 outer = [(mcount, "m"), (ncount, "n")] if rows_outer else [(ncount, "n"), (mcount, "m")]
-                kind = "parallel" if parallel and outer[0][0] > 1 else "serial"
-                with self.nb.loop(outer[0][0], kind, hint=outer[0][1]) as b0:
+                split = ("gemm", m * n * self.k) if parallel and outer[0][0] > 1 else None
+                with self.nb.loop(outer[0][0], hint=outer[0][1], parallel_candidate=split) as b0:
                     with self.nb.loop(outer[1][0], hint=outer[1][1]) as b1:
                         bi, bj = (b0, b1) if rows_outer else (b1, b0)
                         col0 = _plus(bj * s.nr, n0)
@@ -205,10 +205,10 @@ class _Gemm:
                 block(t, (slot if slot is not None else t) * size, jb)
 
         if by_columns:       # the threads take column blocks as they come (dynamic scheduling)
-            with nb.loop(n_blocks, "parallel", hint="nb") as jb:
+            with nb.loop(n_blocks, hint="nb", parallel_candidate=("teams", n_blocks)) as jb:
                 block(None, THREAD_INDEX * size, jb)
         elif teams > 1:
-            with nb.loop(teams, "parallel", hint="t") as t:
+            with nb.loop(teams, hint="t", parallel_candidate=("teams", teams)) as t:
                 blocks(t)
         else:
             blocks(0)
@@ -247,8 +247,8 @@ def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
     for m0, mcount, mr in m_parts:
         if not (mcount and mr):
             continue
-        kind = "parallel" if parallel and mcount > 1 and m * n * k >= parallel_min_macs(ctx.target) else "serial"
-        with nb.loop(mcount, kind, hint="m") as bi:
+        split = ("gemm", m * n * k) if parallel and mcount > 1 else None
+        with nb.loop(mcount, hint="m", parallel_candidate=split) as bi:
             for n0, ncount, nr in n_parts:
                 if ncount and nr:
                     with nb.loop(ncount, hint="n") as bj:

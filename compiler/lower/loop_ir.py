@@ -5,6 +5,11 @@ are For loops and Stores. A For loop's `kind` carries its schedule: 'serial',
 'unroll', 'parallel' (split across threads) or 'vector' (`lanes` wide, tail
 masked). Lowerings build nests with Python operators (`y[i] = x[i] * 2`);
 codegen turns them into LLVM IR. Indices are int64 element offsets.
+
+Which loops run in parallel is not the lowering's choice: it names a loop that
+may (`parallel_candidate=(family, work)`) and the schedule step
+(compiler/schedule/kernels.py, run on every finished kernel) decides from the
+target's table.
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -222,6 +227,7 @@ class For:
     lanes: int = 1
     limit: Optional[Expr] = None   # serial only: run min(extent, max(limit, 0)) trips,
                                    # a thread's share of a split its index decides
+    parallel_candidate: Optional[tuple] = None   # (family, work): the schedule may make it parallel
 
 
 @dataclass(eq=False)
@@ -243,9 +249,15 @@ class NestBuilder:
         self._n += 1
         return Var(f"{hint}{self._n}")
 
-    def loop(self, extent, kind="serial", lanes=1, hint="i", limit=None):
+    def loop(self, extent, kind="serial", lanes=1, hint="i", limit=None, parallel_candidate=None):
+        """A loop over range(extent). parallel_candidate=(family, work): the iterations
+        are independent and `work` (the family's unit, schedule/loops.py) runs under
+        the loop; the schedule step decides whether it is split across threads."""
         builder = self
-        if limit is not None and kind != "serial":
+        if kind == "parallel":
+            raise ValueError("lowerings emit serial loops: the schedule step makes loops parallel "
+                             "(pass parallel_candidate=(family, work))")
+        if limit is not None and (kind != "serial" or parallel_candidate is not None):
             raise ValueError("only serial loops take a run-time limit")
 
         class _Scope:
@@ -258,7 +270,8 @@ class NestBuilder:
                 body = builder.stack.pop()
                 if exc[0] is None and int(extent) > 0:
                     builder.emit(For(self_inner.var, int(extent), body, kind, lanes,
-                                     None if limit is None else as_expr(limit, INDEX)))
+                                     None if limit is None else as_expr(limit, INDEX),
+                                     parallel_candidate))
                 return False
         return _Scope()
 

@@ -1,10 +1,7 @@
 """Loop nests shared by many ops: strided element-wise maps and row reductions."""
 from .loop_ir import INDEX, Const, Load
 
-from ..schedule.loops import loop_kind, worth_parallel
-from ..schedule.tables import AVX512
-
-PARALLEL_MIN_WORK = AVX512.parallel_min_work    # old name: lowerings ask schedule/loops.py instead
+from ..schedule.loops import worth_parallel
 
 
 class output_loops:
@@ -92,10 +89,10 @@ def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, ou
     vars_, scopes = [], []
     for axis, d in enumerate(dims):
         last = axis == len(dims) - 1
-        kind = "vector" if last else (loop_kind(ctx.target, total) if axis == 0 else "serial")
         if last and len(dims) == 1 and worth_parallel(ctx.target, total) and ctx.threads > 1 and sets[0][0] == 1:
             return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes, out_offset, in_offsets)
-        scope = nb.loop(d, kind, lanes if last else 1)
+        scope = nb.loop(d, "vector", lanes) if last else \
+            nb.loop(d, parallel_candidate=("map", total) if axis == 0 else None)
         vars_.append(scope.__enter__())
         scopes.append(scope)
     loads = [Load(b, off + _idx(vars_, st)) for b, st, off in zip(in_bufs, sets[1:], in_offsets)]
@@ -121,7 +118,7 @@ def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes, out_offset=0, 
     for count, base, extent in ((full, 0, chunk), (1 if rem else 0, full * chunk, rem)):
         if not count:
             continue
-        with nb.loop(count, "parallel") as c:
+        with nb.loop(count, parallel_candidate=("teams", size)) as c:
             with nb.loop(extent, "vector", lanes) as i:
                 flat = c * chunk + i + base if base else c * chunk + i
                 loads = [Load(b, (flat + off if off else flat) if st[0] else Const(off, INDEX))
@@ -135,13 +132,13 @@ def parts(size, block):
     return [(0, size // block, block), (size // block * block, 1, size % block)]
 
 
-def transpose_tiles(ctx, src, src_at, src_stride, dst, dst_at, dst_stride, rows, cols, parallel=False,
+def transpose_tiles(ctx, src, src_at, src_stride, dst, dst_at, dst_stride, rows, cols, parallel_work=None,
                     pad_rows=0):
     """dst[dst_at + c * dst_stride + r] = src[src_at + r * src_stride + c] for r < rows,
     c < cols, in register tiles of lanes x lanes (loop_ir.Transpose); the edge tiles
     are their own loops. Rows from `rows` up to pad_rows (a blocked tensor's
-    padding channels) are written as zeros. parallel: split the column tiles
-    across threads."""
+    padding channels) are written as zeros. parallel_work: the column tiles may
+    be split across threads, `work` elements in all (a "map" candidate)."""
     nb, lanes = ctx.nb, ctx.lanes(src.dtype)
     if pad_rows:      # a few rows (one channel block): each row tile spelled out
         row_parts = [(r0, 1, min(max(rows - r0, 0), lanes), min(lanes, pad_rows - r0))
@@ -149,11 +146,11 @@ def transpose_tiles(ctx, src, src_at, src_stride, dst, dst_at, dst_stride, rows,
     else:
         row_parts = [p + (0,) for p in parts(rows, lanes)]
     for c0, ccount, cw in parts(cols, lanes):
-        kind = "parallel" if parallel and ccount > 1 else "serial"
+        may_split = parallel_work is not None and ccount > 1
         for r0, rcount, rw, stored in row_parts:
             if not (ccount and cw and rcount and (rw or stored)):
                 continue
-            with nb.loop(ccount, kind, hint="tc") as tc:
+            with nb.loop(ccount, hint="tc", parallel_candidate=("map", parallel_work) if may_split else None) as tc:
                 with nb.loop(rcount, hint="tr") as tr:
                     r, c = tr * lanes + r0, tc * lanes + c0
                     nb.transpose(src, src_at + r * src_stride + c, src_stride, dst, dst_at + c * dst_stride + r,
@@ -177,11 +174,11 @@ def permute_nest(ctx, out_buf, out_shape, src, in_strides):
         total *= d
     nb, scopes, vars_ = ctx.nb, [], []
     for k, axis in enumerate(outer):
-        scope = nb.loop(dims[axis], loop_kind(ctx.target, total) if k == 0 else "serial")
+        scope = nb.loop(dims[axis], parallel_candidate=("map", total) if k == 0 else None)
         vars_.append(scope.__enter__())
         scopes.append(scope)
     at = lambda st: _idx(vars_, [st[axis] for axis in outer]) if outer else Const(0, INDEX)
     transpose_tiles(ctx, src, at(in_st), in_st[last], out_buf, at(out_st), out_st[a], dims[last], dims[a],
-                    parallel=not outer and worth_parallel(ctx.target, total))
+                    parallel_work=None if outer else total)
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)

@@ -15,7 +15,6 @@ import numpy as np
 from ..lower.loop_ir import Const, fma
 from ..lower.nests import parts, transpose_tiles
 from ..schedule.conv import dense_accumulator_blocks, depthwise_row_tile
-from ..schedule.loops import loop_kind
 from .common import fail, tt
 from .conv_common import conv_reference, epilogue
 from .registry import non_differentiable, register
@@ -60,7 +59,7 @@ def _to_lower(ctx):
     hw, cb = h * w, blocks(c)
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
     for first, count, width in _full_and_last_blocks(c):
-        with nb.loop(n * count, loop_kind(ctx.target, n * count * hw * BLOCK), hint="q") as q:
+        with nb.loop(n * count, hint="q", parallel_candidate=("map", n * count * hw * BLOCK)) as q:
             image, block = q // count, q % count + first
             transpose_tiles(ctx, xb, (image * c + block * BLOCK) * hw, hw, out,
                             (image * cb + block) * hw * BLOCK, BLOCK, width, hw, pad_rows=BLOCK)
@@ -80,7 +79,7 @@ def _from_lower(ctx):
     c, hw = ctx.attrs["channels"], h * w
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
     for first, count, width in _full_and_last_blocks(c):
-        with nb.loop(n * count, loop_kind(ctx.target, n * count * hw * BLOCK), hint="q") as q:
+        with nb.loop(n * count, hint="q", parallel_candidate=("map", n * count * hw * BLOCK)) as q:
             image, block = q // count, q % count + first
             transpose_tiles(ctx, xb, (image * cb + block) * hw * BLOCK, BLOCK, out,
                             (image * c + block * BLOCK) * hw, hw, hw, width)
@@ -207,7 +206,7 @@ def _direct_reduction(ctx, in_hw, out_hw):
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     xb, nb = ctx.inputs[0], ctx.nb
     padded = ctx.scratch(n * c * hp * wp, xb.dtype)
-    with nb.loop(n * c, loop_kind(ctx.target, n * c * hp * wp), hint="q") as q:
+    with nb.loop(n * c, hint="q", parallel_candidate=("map", n * c * hp * wp)) as q:
         with nb.loop(hp, hint="py") as py:
             with nb.loop(wp, "vector", ctx.lanes(xb.dtype), hint="px") as px:
                 iy, ix = py - pt, px - pl
@@ -263,13 +262,13 @@ def _dense(ctx, n, mb, out_hw, finish, reduction):
             nb.store(out, at, finish(at, lane, m0 + b, acc[a]))
         each(store)
 
-    kind = loop_kind(ctx.target, n * mb * oh * ow * k_rows)
+    split = ("map", n * mb * oh * ow * k_rows)
     per_image = groups * oh * tiles
-    with nb.loop(n * per_image, kind, hint="q") as q:
+    with nb.loop(n * per_image, hint="q", parallel_candidate=split) as q:
         image, rest = q // per_image, q % per_image
         tile(image, (rest // (oh * tiles)) * group, (rest % (oh * tiles)) // tiles, (q % tiles) * rows, rows)
     if edge:
-        with nb.loop(n * groups * oh, kind if n * groups * oh > 1 else "serial", hint="q") as q:
+        with nb.loop(n * groups * oh, hint="q", parallel_candidate=split if n * groups * oh > 1 else None) as q:
             tile(q // (groups * oh), ((q // oh) % groups) * group, q % oh, tiles * rows, edge)
 
 
@@ -297,7 +296,7 @@ def _depthwise(ctx, shape, out_hw, finish):
     work = planes * oh * ow * kh * kw * BLOCK
     row_tile = depthwise_row_tile(ctx.target)      # outputs of a row at once: independent FMA chains
     acc = ctx.local(row_tile * BLOCK, out.dtype)
-    with nb.loop(planes, loop_kind(ctx.target, work, "depthwise"), hint="q") as plane:
+    with nb.loop(planes, hint="q", parallel_candidate=("depthwise", work)) as plane:
         block = plane % cb
 
         def tap(y, x, i, j, lane, bounded):

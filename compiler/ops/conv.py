@@ -138,7 +138,8 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     planes = n * m
     parallel = worth_parallel(ctx.target, planes * oh * ow * kh * kw)
     padded = ctx.scratch(hp * wp * (min(ctx.threads, planes) if parallel else 1), xb.dtype)
-    with nb.loop(planes, "parallel" if parallel else "serial", hint="nm") as p:
+    # the padded copy is per thread when the schedule splits the planes (the same rule)
+    with nb.loop(planes, hint="nm", parallel_candidate=("map", planes * oh * ow * kh * kw)) as p:
         base = THREAD_INDEX * (hp * wp)
         channel = (p // m) * c + (p % m) // per_channel
         with nb.loop(hp, hint="py") as py:

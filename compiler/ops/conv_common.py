@@ -7,7 +7,6 @@ import one another."""
 import numpy as np
 
 from ..lower.loop_ir import THREAD_INDEX
-from ..schedule.loops import worth_parallel
 from .common import fail, positive_ints
 
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
@@ -147,11 +146,11 @@ def for_image_chunks(ctx, n, plan, body, accumulates=False):
             body(j * chunk, chunk, 0, ctx.threads > 1)
         return
     if accumulates:
-        with nb.loop(teams, "parallel", hint="t") as t:
+        with nb.loop(teams, hint="t", parallel_candidate=("teams", n)) as t:
             with nb.loop(per_team // chunk, hint="n") as j:
                 body(t * per_team + j * chunk, chunk, t, False)
     else:
-        with nb.loop(teams * per_team // chunk, "parallel", hint="n") as j:
+        with nb.loop(teams * per_team // chunk, hint="n", parallel_candidate=("teams", n)) as j:
             body(j * chunk, chunk, THREAD_INDEX, False)
     with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
         body(j + per_team * teams, 1, 0, True)
@@ -163,8 +162,8 @@ def im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, para
     (cg, h, wd), (kh, kw), (oh, ow) = chw, kernel, out
     row_stride = row_stride or oh * ow
     nb = ctx.nb
-    big = parallel and worth_parallel(ctx.target, cg * kh * kw * oh * ow)
-    with nb.loop(cg, "parallel" if big else "serial", hint="c") as c:
+    split = ("map", cg * kh * kw * oh * ow) if parallel else None
+    with nb.loop(cg, hint="c", parallel_candidate=split) as c:
         with nb.loop(kh, hint="ki") as i:
             with nb.loop(kw, hint="kj") as j:
                 with nb.loop(oh, hint="y") as y:

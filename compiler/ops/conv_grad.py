@@ -10,7 +10,6 @@ import numpy as np
 from ..lower.gemm import dot_gemm, gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
-from ..schedule.loops import loop_kind
 from . import winograd
 from .common import fail, tt
 from .conv import with_bias_grad
@@ -77,8 +76,7 @@ def _grad_input_lower(ctx):
                       lambda kk, j: dyb[dy_off + kk * ohw + j],
                       dcol, lambda r, j: base + r * ohw + j,
                       parallel=parallel, slot=None if parallel else slot)
-            kind = loop_kind(ctx.target, cg * h * wd, "col2im") if parallel else "serial"
-            with nb.loop(cg, kind, hint="c") as ci:
+            with nb.loop(cg, hint="c", parallel_candidate=("col2im", cg * h * wd) if parallel else None) as ci:
                 if (sh, sw) != (1, 1) and sw <= MAX_PHASE_STRIDE:
                     _col2im_by_phase(ctx, dcol, base + ci * (kh * kw * ohw), out,
                                      ni * (c * h * wd) + (g * cg + ci) * (h * wd),

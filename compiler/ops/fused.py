@@ -12,7 +12,6 @@ import numpy as np
 
 from ..lower.loop_ir import INDEX, Const, Load, Reduce
 from ..lower.nests import broadcast_strides, coalesce, map_nest, strides
-from ..schedule.loops import loop_kind
 from .common import broadcast, fail, tt
 from .registry import get_op, non_differentiable, register
 
@@ -83,8 +82,8 @@ def _reduce_lower(ctx):
             reduced.append((nb.var("k"), d, i))
             continue
         last = i == len(dims) - 1
-        kind = "vector" if last else (loop_kind(ctx.target, total) if not kept_vars else "serial")
-        scope = nb.loop(d, kind, lanes if last else 1)
+        scope = nb.loop(d, "vector", lanes) if last else \
+            nb.loop(d, parallel_candidate=("map", total) if not kept_vars else None)
         kept_vars.append((scope.__enter__(), i))
         scopes.append(scope)
     every = kept_vars + [(v, i) for v, _, i in reduced]

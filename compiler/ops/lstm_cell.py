@@ -15,7 +15,6 @@ gate blocks of gates/acts: i (input), f (forget), c (cell candidate), o (output)
 import numpy as np
 
 from ..lower.loop_ir import Load
-from ..schedule.loops import loop_kind
 from .common import fail, require_float, tt
 from .registry import get_op, gradient, non_differentiable, register
 
@@ -70,8 +69,8 @@ def rows_loop(ctx, batch, hidden, gates, body):
     """body(row, col) inside rows (split across threads when there is work) x a
     vectorised loop over the hidden units."""
     nb = ctx.nb
-    kind = loop_kind(ctx.target, batch * hidden * gates) if batch > 1 else "serial"
-    with nb.loop(batch, kind) as r:
+    split = ("map", batch * hidden * gates) if batch > 1 else None
+    with nb.loop(batch, parallel_candidate=split) as r:
         with nb.loop(hidden, "vector", ctx.lanes(ctx.out_types[0].dtype)) as j:
             body(r, j)
 

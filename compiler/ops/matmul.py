@@ -59,7 +59,7 @@ def _matmul_lower(ctx):
     teams = ctx.threads if ctx.threads > 1 and total >= ctx.threads else 1
     if teams > 1:
         per = -(-total // teams)
-        with nb.loop(teams, "parallel", hint="t") as t:
+        with nb.loop(teams, hint="t", parallel_candidate=("teams", total)) as t:
             with nb.loop(per, hint="b", limit=total - t * per) as j:
                 entry(t * per + j, False, t)
     else:

@@ -5,7 +5,6 @@ from ..errors import UnsupportedOpError
 from ..ir.types import DType
 from ..lower.loop_ir import Reduce, Select
 from ..lower.nests import strides
-from ..schedule.loops import loop_kind
 from .common import fail, require_float, tt
 from .conv_common import window_geometry
 from .reduce import nan_equal
@@ -93,7 +92,7 @@ def _pool_lower(pool):
         nc = x.shape[0] * x.shape[1]
         plane, out_plane = int(np.prod(spatial)), int(np.prod(out))
         xb, out_buf, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-        with nb.loop(nc, loop_kind(ctx.target, nc * out_plane * int(np.prod(kernel))), hint="nc") as p:
+        with nb.loop(nc, hint="nc", parallel_candidate=("map", nc * out_plane * int(np.prod(kernel)))) as p:
             scopes, ys = [], []
             for axis, d in enumerate(out):
                 last = axis == len(out) - 1
@@ -193,7 +192,7 @@ def _global_lower(ctx):
     x = ctx.in_types[0]
     nc, hw = x.shape[0] * x.shape[1], x.size // (x.shape[0] * x.shape[1])
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
-    with nb.loop(nc, loop_kind(ctx.target, x.size), hint="nc") as p:
+    with nb.loop(nc, hint="nc", parallel_candidate=("map", x.size)) as p:
         k = nb.var("k")
         nb.store(out, p, Reduce("sum", k, hw, xb[p * hw + k], ctx.lanes(x.dtype)) * (1.0 / hw))
 

@@ -7,7 +7,6 @@ window's element count (a table computed at compile time)."""
 import numpy as np
 
 from ..lower.loop_ir import Reduce, Select
-from ..schedule.loops import loop_kind
 from .common import tt
 from .conv_grad import _source
 from .pool import POOL_ATTRS, _T, _geometry
@@ -64,11 +63,11 @@ def _lower(pool):
         dyb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
         if pool == "AveragePool":
             scale = ctx.table((1.0 / _window_count(plain, shape)).astype(out.dtype.numpy).reshape(-1))
-        kind = loop_kind(ctx.target, n * c * h * w)
+        split = ("map", n * c * h * w)       # the planes may run in parallel
         if pool == "MaxPool" and (kh, kw) == (sh, sw) and (pt, pl, dh, dw) == (0, 0, 1, 1) and \
                 not any(plain.get("pads") or ()):
-            return _tiled_maxpool_grad(ctx, shape, (kh, kw), (oh, ow), kind)
-        with nb.loop(n * c, kind, hint="nc") as p:
+            return _tiled_maxpool_grad(ctx, shape, (kh, kw), (oh, ow), split)
+        with nb.loop(n * c, hint="nc", parallel_candidate=split) as p:
             with nb.loop(h, hint="y") as iy:
                 with nb.loop(w, "vector", ctx.lanes(out.dtype), hint="x") as ix:
                     i, j = nb.var("ki"), nb.var("kj")
@@ -87,14 +86,14 @@ def _lower(pool):
     return lower
 
 
-def _tiled_maxpool_grad(ctx, shape, kernel, out, kind):
+def _tiled_maxpool_grad(ctx, shape, kernel, out, split):
     """Windows that tile the input (kernel == stride, no padding: the usual 2x2/2):
     each input pixel lies in at most one window, so it reads one gradient, not kh x kw
     masked ones."""
     n, c, h, w = shape
     (kh, kw), (oh, ow) = kernel, out
     dyb, indices, out_buf, nb = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], ctx.nb
-    with nb.loop(n * c, kind, hint="nc") as p:
+    with nb.loop(n * c, hint="nc", parallel_candidate=split) as p:
         with nb.loop(h, hint="y") as iy:
             with nb.loop(w, "vector", ctx.lanes(out_buf.dtype), hint="x") as ix:
                 oy, ox = iy // kh, ix // kw

@@ -6,7 +6,6 @@ import numpy as np
 
 from ..ir.types import DType
 from ..lower.loop_ir import Select, cast
-from ..schedule.loops import loop_kind
 from .common import fail, tt
 from .registry import gradient, register, zero_gradient
 
@@ -53,9 +52,8 @@ def _store_hashed(ctx, seed, value):
     4096-element chunks (parallel when large), the loop DropoutMask and RandomUniform share."""
     size, step, out, nb = ctx.out_types[0].size, ctx.inputs[0], ctx.outputs[0], ctx.nb
     seed_key = int(_key(seed, 0))
-    kind = loop_kind(ctx.target, size)
     chunk = 4096
-    with nb.loop(-(-size // chunk), kind, hint="c") as c:
+    with nb.loop(-(-size // chunk), hint="c", parallel_candidate=("map", size)) as c:
         with nb.loop(chunk, "vector", ctx.lanes(DType.int64), hint="i") as i:
             idx = c * chunk + i
             key = step[0] * M2 + seed_key

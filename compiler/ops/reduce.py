@@ -4,7 +4,6 @@ import numpy as np
 from ..ir.types import DType
 from ..lower.loop_ir import Call, Reduce, Select, cast
 from ..lower.nests import strides
-from ..schedule.loops import loop_kind
 from .common import const_ints, fail, norm_axis, tt
 from .registry import gradient, non_differentiable, register
 
@@ -77,8 +76,8 @@ def reduce_nest(ctx, x_shape, reduced, op, scale=None, pre=None, post=None):
             red_vars.append((nb.var("k"), d, i))
             continue
         last = i == len(dims) - 1
-        kind = "vector" if last else (loop_kind(ctx.target, total) if not kept_vars else "serial")
-        scope = nb.loop(d, kind, lanes if last else 1)
+        scope = nb.loop(d, "vector", lanes) if last else \
+            nb.loop(d, parallel_candidate=("map", total) if not kept_vars else None)
         kept_vars.append((scope.__enter__(), i))
         scopes.append(scope)
     index = sum((v * xs[i] for v, i in kept_vars), 0) + sum((v * xs[i] for v, _, i in red_vars), 0)

@@ -2,7 +2,6 @@
 import numpy as np
 
 from ..lower.loop_ir import Call, Reduce
-from ..schedule.loops import loop_kind
 from .common import norm_axis, require_float
 from .registry import gradient, register
 
@@ -31,11 +30,11 @@ def _lower(log):
         inner = int(np.prod(t.shape[axis + 1:], dtype=np.int64))
         xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
         lanes = ctx.lanes(t.dtype)
-        kind = loop_kind(ctx.target, t.size)
+        split = ("map", t.size)     # rows (columns) may run in parallel
         k = nb.var("k")
         if inner == 1:        # rows: vectorised reductions along the row
             mx, sm = ctx.local(1, t.dtype), ctx.local(1, t.dtype)
-            with nb.loop(outer, kind, hint="r") as r:
+            with nb.loop(outer, hint="r", parallel_candidate=split) as r:
                 nb.store(mx, 0, Reduce("max", k, e, xb[r * e + k], lanes))
                 nb.store(sm, 0, Reduce("sum", k, e, Call("exp", (xb[r * e + k] - mx[0],)), lanes))
                 with nb.loop(e, "vector", lanes, hint="j") as j:
@@ -44,7 +43,7 @@ def _lower(log):
                              else Call("exp", (z,)) / sm[0])
             return
         mx, sm = ctx.scratch(outer * inner, t.dtype), ctx.scratch(outer * inner, t.dtype)
-        with nb.loop(outer, kind, hint="o") as o:     # columns: vectorised across `inner`
+        with nb.loop(outer, hint="o", parallel_candidate=split) as o:     # columns: vectorised across `inner`
             with nb.loop(inner, "vector", lanes, hint="i") as i:
                 at = lambda kk: xb[(o * e + kk) * inner + i]
                 nb.store(mx, o * inner + i, Reduce("max", k, e, at(k)))

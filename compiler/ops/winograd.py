@@ -16,7 +16,7 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
-from ..schedule.loops import loop_kind, worth_parallel
+from ..schedule.loops import worth_parallel
 from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -93,7 +93,7 @@ def each_tile_position(ctx, gemm, slot, parallel):
     nb = ctx.nb
     if parallel and ctx.threads > 1:
         per = -(-16 // ctx.threads)
-        with nb.loop(ctx.threads, "parallel", hint="t") as t:
+        with nb.loop(ctx.threads, hint="t", parallel_candidate=("teams", 16)) as t:
             with nb.loop(per, hint="xi", limit=16 - t * per) as j:
                 gemm(t * per + j, t)
     else:
@@ -137,9 +137,8 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # Each step works on `count` images' tile rows [ty0, ty0 + rows): column
     # img * tiles + (ty - ty0) * tx_n + tx of the slot's V and M.
     def transform_input(first, count, ty0, rows, v_off, parallel):      # V = B^T d B per 4x4 tile
-        big = parallel and worth_parallel(ctx.target, c_in * tiles, "winograd")
         with nb.loop(count, hint="i") as img:
-            with nb.loop(c_in, "parallel" if big else "serial", hint="c") as c:
+            with nb.loop(c_in, hint="c", parallel_candidate=("winograd", c_in * tiles) if parallel else None) as c:
                 with nb.loop(rows, hint="ty") as ty:
                     with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
                         def d(i, j):
@@ -163,9 +162,8 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
         each_tile_position(ctx, gemm, slot, parallel)
 
     def transform_output(first, count, ty0, rows, m_off, parallel):     # Y = A^T M A, then the epilogue
-        big = parallel and worth_parallel(ctx.target, m_out * tiles, "winograd")
         with nb.loop(count, hint="i") as img:
-            with nb.loop(m_out, "parallel" if big else "serial", hint="m") as m:
+            with nb.loop(m_out, hint="m", parallel_candidate=("winograd", m_out * tiles) if parallel else None) as m:
                 with nb.loop(rows, hint="ty") as ty:
                     with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
                         at = m_off + m * cols + img * tiles + ty * tx_n + tx
@@ -191,7 +189,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # steps in one fork, its V and M its own (no barriers, and they stay in its cache).
     last = ty_n - per_team * (ctx.threads - 1)
     with nb.loop(n, hint="i") as img:
-        with nb.loop(ctx.threads, "parallel", hint="t") as t:
+        with nb.loop(ctx.threads, hint="t", parallel_candidate=("teams", n)) as t:
             with nb.loop(1, hint="band", limit=(ctx.threads - 1) - t):
                 part(img, 1, t * per_team, per_team, t, False)
             if last > 0:
@@ -213,13 +211,14 @@ class RawWeights:
 
 def _transform_weights_at_run_time(ctx, u, weight, m_out, c_in):
     nb = ctx.nb
-    kind = loop_kind(ctx.target, m_out * c_in * 16)
+    work = m_out * c_in * 16
+    per_thread = worth_parallel(ctx.target, work)   # the schedule splits m (the same rule): a slot each
     raw = weight if isinstance(weight, RawWeights) else None
     if raw is not None:
-        staged = ctx.scratch(9 * c_in * (ctx.threads if kind == "parallel" else 1), u.dtype)
-    with nb.loop(m_out, kind, hint="m") as m:
+        staged = ctx.scratch(9 * c_in * (ctx.threads if per_thread else 1), u.dtype)
+    with nb.loop(m_out, hint="m", parallel_candidate=("map", work)) as m:
         if raw is not None:
-            at = THREAD_INDEX * (9 * c_in) if kind == "parallel" else 0
+            at = THREAD_INDEX * (9 * c_in) if per_thread else 0
             transpose_tiles(ctx, raw.buf, m * raw.m_stride, raw.c_stride, staged, at, c_in, c_in, 9)
             tap = (lambda i, j: (2 - i) * 3 + 2 - j) if raw.flipped else (lambda i, j: i * 3 + j)
             weight = lambda mm, cc, i, j: staged[at + tap(i, j) * c_in + cc]

@@ -16,7 +16,6 @@ end (as the direct path does), so the result does not depend on the schedule."""
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import Const
 from ..lower.nests import parts, transpose_tiles
-from ..schedule.loops import loop_kind, worth_parallel
 from .winograd import A_T, B_T, G, _combine, each_tile_position
 
 TILE_COLUMNS = 128     # tiles per thread per step: the GEMMs' k; V and Zt stay near L2
@@ -69,9 +68,8 @@ def _input_transform(ctx, x, v_buf, first, count, v_off, geometry, parallel):
     (h, w), _, (pt, pl), (c_in, _), cols, tiles = geometry
     ty_n_tx = _tile_counts(geometry)
     ty_n, tx_n = ty_n_tx
-    big = parallel and worth_parallel(ctx.target, c_in * tiles, "winograd")
     with nb.loop(count, hint="i") as img:
-        with nb.loop(c_in, "parallel" if big else "serial", hint="c") as c:
+        with nb.loop(c_in, hint="c", parallel_candidate=("winograd", c_in * tiles) if parallel else None) as c:
             with nb.loop(ty_n, hint="ty") as ty:
                 with nb.loop(tx_n, "vector", ctx.lanes(v_buf.dtype), hint="tx") as tx:
                     def d(i, j):
@@ -91,8 +89,8 @@ def _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, parallel):
     _, (oh, ow), _, (_, m_out), cols, tiles = geometry
     ty_n, tx_n = _tile_counts(geometry)
     a_cols = [(A_T[0][a], A_T[1][a]) for a in range(4)]      # A = A_T's transpose: row a
-    big = parallel and worth_parallel(ctx.target, count * tiles * m_out * 4)     # 4 outputs a tile
-    with nb.loop(count * ty_n, "parallel" if big else "serial", hint="ity") as row:
+    split = ("map", count * tiles * m_out * 4) if parallel else None     # 4 outputs a tile
+    with nb.loop(count * ty_n, hint="ity", parallel_candidate=split) as row:
         img, ty = row // ty_n, row % ty_n
         with nb.loop(tx_n, hint="tx") as tx:
             with nb.loop(m_out, "vector", ctx.lanes(z_buf.dtype), hint="m") as mm:
@@ -114,8 +112,7 @@ def _output_transform(ctx, partial, out, teams, c_in, m_out):
     nb, lanes = ctx.nb, ctx.lanes(out.dtype)
     tile = ctx.local(9 * lanes, out.dtype)
     g_cols = [tuple(G[a][i] for a in range(4)) for i in range(3)]
-    kind = loop_kind(ctx.target, c_in * m_out * 16 * teams)
-    with nb.loop(c_in, kind, hint="c") as c:
+    with nb.loop(c_in, hint="c", parallel_candidate=("map", c_in * m_out * 16 * teams)) as c:
         for m0, count, width in parts(m_out, lanes):
             if not (count and width):
                 continue

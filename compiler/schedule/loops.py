@@ -1,8 +1,9 @@
 """Which loops of a lowering run in parallel: one rule, the target's thresholds
-(tables.py). A lowering states its loop nest and the work under a loop; this
-says "parallel" or "serial". `family` names the threshold: maps, reductions and
-pools use the general one; a few op families whose element costs differ have
-their own (each measured, tables.py)."""
+(tables.py). A lowering marks a loop whose iterations are independent with the
+work under it (`parallel_candidate=(family, work)`); the schedule step
+(kernels.py) asks here whether it runs "parallel" or "serial". `family` names
+the threshold: maps, reductions and pools use the general one; a few op families
+whose element costs differ have their own (each measured, tables.py)."""
 from .tables import table_for
 
 FAMILIES = {
@@ -10,12 +11,16 @@ FAMILIES = {
     "depthwise": "depthwise_parallel_min_work",   # blocked depthwise convolutions
     "winograd": "winograd_parallel_min_tiles",    # Winograd transforms (work in tiles)
     "col2im": "col2im_parallel_min_work",   # a gradient's scatter of columns back to the image
+    "gemm": "gemm_parallel_min_macs",       # a GEMM's row or column blocks (work in multiply-adds)
+    "teams": None,      # always: the lowering already made one iteration per share (thread teams,
+                        # chunks sized by the thread count, a GPU's points)
 }
 
 
 def worth_parallel(target, work, family="map"):
     """Whether `work` (the family's unit) under a loop pays for a fork/join."""
-    return work >= getattr(table_for(target), FAMILIES[family])
+    threshold = FAMILIES[family]
+    return threshold is None or work >= getattr(table_for(target), threshold)
 
 
 def loop_kind(target, work, family="map"):
