@@ -71,6 +71,9 @@ CASES = [
     # one image on two threads: bands of tile rows (7 rows: 4 and 3), constant and run-time weights
     ("Conv", [(F, (1, 17, 13, 16)), (F, (20, 17, 3, 3)), (F, (20,))], {"pads": (1, 1, 1, 1)}, {1: "w", 2: "w"}),
     ("Conv", [(F, (1, 16, 14, 9)), (F, (16, 16, 3, 3))], {"pads": (0, 1, 1, 0)}, None),
+    # maps of more than 128 tiles go by bands of tile rows (17 rows of 15 tiles: 8, 8, 1)
+    ("Conv", [(F, (2, 16, 34, 30)), (F, (18, 16, 3, 3)), (F, (18,))], {"pads": (1, 1, 1, 1)}, {2: "w"}),
+    ("Conv", [(F, (3, 16, 33, 29)), (F, (16, 16, 3, 3))], {"pads": (0, 1, 1, 0)}, None),
     # 4x4 maps through Winograd once the batch gives 64 tiles (CIFAR ResNet's last stage)
     ("Conv", [(F, (16, 16, 4, 4)), (F, (16, 16, 3, 3))], {"pads": (1, 1, 1, 1)}, None),
     # ... and when the output has half the channels or fewer (DenseNet's 128 -> 32)
@@ -138,6 +141,10 @@ CASES = [
     # through Winograd (16 GEMMs over the batch's tiles): odd maps, one-sided pads, a batch left over
     ("ConvGradWeight", [(F, (3, 16, 9, 11)), (F, (3, 20, 9, 11))], {"pads": (1, 1, 1, 1), "weight_shape": (20, 16, 3, 3)}, None),
     ("ConvGradWeight", [(F, (2, 17, 10, 9)), (F, (2, 16, 9, 8))], {"pads": (1, 0, 0, 1), "weight_shape": (16, 17, 3, 3)}, None),
+    # ... by bands of tile rows past 128 tiles an image: whole bands, then an odd last pixel row
+    ("ConvGradWeight", [(F, (3, 16, 33, 30)), (F, (3, 18, 33, 30))], {"pads": (1, 1, 1, 1), "weight_shape": (18, 16, 3, 3)}, None),
+    ("ConvGradWeight", [(F, (2, 16, 34, 31)), (F, (2, 16, 33, 30))], {"pads": (1, 0, 0, 1), "weight_shape": (16, 16, 3, 3)}, None),
+    ("ConvGradInput", [(F, (2, 16, 34, 30)), (F, (16, 17, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (2, 17, 34, 30)}, {1: "w"}),
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 8, 8)}, "pool_indices"),
     # windows that do not tile: the general path (each pixel sums the windows covering it)
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "pads": (1, 1, 0, 0), "input_shape": (2, 3, 7, 7)}, "pool_indices"),

@@ -129,7 +129,10 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     split = n < ctx.threads and ctx.threads > 1 and ty_n >= 2 * ctx.threads and (
         tiles * (c_in + m_out) >= BAND_MIN_RATIO * c_in * m_out or 2 * m_out <= c_in)
     per_team = -(-ty_n // ctx.threads) if split else ty_n
-    cols = per_team * tx_n if split else chunk * tiles
+    # an image of more than TILE_COLUMNS tiles goes by bands of tile rows: its whole V
+    # and M (2 MB each for 32 channels on 64x64) would not stay in L2
+    band = ty_n if split or tiles <= TILE_COLUMNS else max(1, TILE_COLUMNS // tx_n)
+    cols = per_team * tx_n if split else (chunk * tiles if band == ty_n else band * tx_n)
     copies = ctx.threads if split else teams
     v_buf = ctx.scratch(16 * c_in * cols * copies, y.dtype)
     m_buf = ctx.scratch(16 * m_out * cols * copies, y.dtype)
@@ -182,9 +185,16 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
         products(count * rows * tx_n, v_off, m_off, slot, parallel)
         transform_output(first, count, ty0, rows, m_off, parallel)
 
+    def by_bands(first, count, slot, parallel):
+        if band == ty_n:
+            return part(first, count, 0, ty_n, slot, parallel)
+        with nb.loop(ty_n // band, hint="band") as b:       # chunk is 1 here: one image
+            part(first, 1, b * band, band, slot, parallel)
+        if ty_n % band:
+            part(first, 1, ty_n - ty_n % band, ty_n % band, slot, parallel)
+
     if not split:
-        return for_image_chunks(ctx, n, plan, lambda first, count, slot, parallel:
-                                part(first, count, 0, ty_n, slot, parallel))
+        return for_image_chunks(ctx, n, plan, by_bands)
     # One image, several threads: each takes a band of tile rows through all three
     # steps in one fork, its V and M its own (no barriers, and they stay in its cache).
     last = ty_n - per_team * (ctx.threads - 1)

@@ -32,78 +32,97 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
     tiles = ty_n * tx_n
     plan = image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
     teams, _, chunk = plan
-    cols = chunk * tiles
+    # an image of more than TILE_COLUMNS tiles goes by bands of tile rows (its whole V
+    # and Zt would not stay in L2); `full` bands of whole pixel rows, then the rest
+    band = ty_n if tiles <= TILE_COLUMNS else max(1, TILE_COLUMNS // tx_n)
+    full = (oh // 2) // band
+    cols = chunk * tiles if band == ty_n else band * tx_n
+    pixels = chunk * oh * ow if band == ty_n else 2 * band * ow     # dY's, transposed
     v_buf = ctx.scratch(16 * c_in * cols * teams, out.dtype)
     z_buf = ctx.scratch(16 * cols * m_out * teams, out.dtype)
-    dyt = ctx.scratch(chunk * oh * ow * m_out * teams, out.dtype)
+    dyt = ctx.scratch(pixels * m_out * teams, out.dtype)
     partial = ctx.scratch(16 * c_in * m_out * teams, out.dtype)
     with nb.loop(partial.size, "vector", ctx.lanes(out.dtype), hint="z") as i:
         nb.store(partial, i, Const(0.0, out.dtype))
     geometry = (in_hw, out_hw, pads, channels, cols, tiles)
 
-    def images(first, count, slot, parallel):
+    def rows_of(first, count, ty0, rows, height, slot, parallel):
+        """Tile rows [ty0, ty0 + rows) of `count` images (all of them when count > 1),
+        dY's pixel rows [2 ty0, 2 ty0 + height)."""
         v_off, z_off = slot * (16 * c_in * cols), slot * (16 * cols * m_out)
-        t_off, p_off = slot * (chunk * oh * ow * m_out), slot * (16 * c_in * m_out)
-        _input_transform(ctx, x, v_buf, first, count, v_off, geometry, parallel)
+        t_off, p_off = slot * (pixels * m_out), slot * (16 * c_in * m_out)
+        span = (ty0, rows, height)
+        _input_transform(ctx, x, v_buf, first, count, v_off, geometry, span, parallel)
         with nb.loop(count, hint="i") as img:      # dY [M][pixels] -> [pixels][M]
-            transpose_tiles(ctx, dy, (first + img) * (m_out * oh * ow), oh * ow, dyt,
-                            t_off + img * (oh * ow * m_out), m_out, m_out, oh * ow)
-        _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, parallel)
+            transpose_tiles(ctx, dy, (first + img) * (m_out * oh * ow) + ty0 * (2 * ow), oh * ow, dyt,
+                            t_off + img * (height * ow * m_out), m_out, m_out, height * ow)
+        _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, span, parallel)
 
         def gemm(xi, own_slot):
             at = lambda r, j: p_off + (xi * c_in + r) * m_out + j
-            gemm_nest(ctx, c_in, m_out, count * tiles,
+            gemm_nest(ctx, c_in, m_out, count * rows * tx_n,
                       lambda r, kk: v_buf[v_off + (xi * c_in + r) * cols + kk],
                       lambda kk, j: z_buf[z_off + (xi * cols + kk) * m_out + j],
                       partial, at, init=lambda r, j: partial[at(r, j)], parallel=False, slot=own_slot)
         each_tile_position(ctx, gemm, slot, parallel)     # the images left over: the 16 GEMMs shared out
 
+    def images(first, count, slot, parallel):
+        if band == ty_n:
+            return rows_of(first, count, 0, ty_n, oh, slot, parallel)
+        with nb.loop(full, hint="band") as b:             # chunk is 1 here: one image
+            rows_of(first, 1, b * band, band, 2 * band, slot, parallel)
+        if ty_n > full * band:
+            rows_of(first, 1, full * band, ty_n - full * band, oh - 2 * full * band, slot, parallel)
+
     for_image_chunks(ctx, n, plan, images, accumulates=True)
     _output_transform(ctx, partial, out, teams, c_in, m_out)
 
 
-def _input_transform(ctx, x, v_buf, first, count, v_off, geometry, parallel):
-    """V[xi][c][col] = (B^T d B)[xi] per 4x4 input tile d (the forward's transform)."""
+def _input_transform(ctx, x, v_buf, first, count, v_off, geometry, span, parallel):
+    """V[xi][c][col] = (B^T d B)[xi] per 4x4 input tile d (the forward's transform)
+    of the tile rows [ty0, ty0 + rows)."""
     nb = ctx.nb
     (h, w), _, (pt, pl), (c_in, _), cols, tiles = geometry
-    ty_n_tx = _tile_counts(geometry)
-    ty_n, tx_n = ty_n_tx
+    ty0, rows, _ = span
+    _, tx_n = _tile_counts(geometry)
     with nb.loop(count, hint="i") as img:
-        with nb.loop(c_in, hint="c", parallel_candidate=("winograd", c_in * tiles) if parallel else None) as c:
-            with nb.loop(ty_n, hint="ty") as ty:
+        with nb.loop(c_in, hint="c", parallel_candidate=("winograd", c_in * rows * tx_n) if parallel else None) as c:
+            with nb.loop(rows, hint="ty") as ty:
                 with nb.loop(tx_n, "vector", ctx.lanes(v_buf.dtype), hint="tx") as tx:
                     def d(i, j):
-                        iy, ix = ty * 2 + (i - pt), tx * 2 + (j - pl)
+                        iy, ix = (ty0 + ty) * 2 + (i - pt), tx * 2 + (j - pl)
                         ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
                         return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
                     table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)] for a in range(4)]
                     for a in range(4):
                         for b in range(4):
-                            at = v_off + ((a * 4 + b) * c_in + c) * cols + img * tiles + ty * tx_n + tx
+                            at = v_off + ((a * 4 + b) * c_in + c) * cols + (img * rows + ty) * tx_n + tx
                             nb.store(v_buf, at, _combine(B_T[b], table[a]))
 
 
-def _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, parallel):
-    """Zt[xi][col][m] = (A dY A^T)[xi] per 2x2 tile of dY (zero past the edge), along M."""
+def _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, span, parallel):
+    """Zt[xi][col][m] = (A dY A^T)[xi] per 2x2 tile of dY (zero past the edge), along M;
+    dyt holds `height` pixel rows an image from the span's first tile row."""
     nb = ctx.nb
     _, (oh, ow), _, (_, m_out), cols, tiles = geometry
-    ty_n, tx_n = _tile_counts(geometry)
+    _, rows, height = span
+    _, tx_n = _tile_counts(geometry)
     a_cols = [(A_T[0][a], A_T[1][a]) for a in range(4)]      # A = A_T's transpose: row a
-    split = ("map", count * tiles * m_out * 4) if parallel else None     # 4 outputs a tile
-    with nb.loop(count * ty_n, hint="ity", parallel_candidate=split) as row:
-        img, ty = row // ty_n, row % ty_n
+    split = ("map", count * rows * tx_n * m_out * 4) if parallel else None     # 4 outputs a tile
+    with nb.loop(count * rows, hint="ity", parallel_candidate=split) as row:
+        img, ty = row // rows, row % rows
         with nb.loop(tx_n, hint="tx") as tx:
             with nb.loop(m_out, "vector", ctx.lanes(z_buf.dtype), hint="m") as mm:
                 def d(p, q):
                     oy, ox = ty * 2 + p, tx * 2 + q
-                    return dyt.load(t_off + img * (oh * ow * m_out) + (oy * ow + ox) * m_out + mm,
-                                    mask=(oy < oh) & (ox < ow))
-                rows = [[_combine(a_cols[a], [d(0, q), d(1, q)]) for q in range(2)] for a in range(4)]
-                col = img * tiles + ty * tx_n + tx
+                    return dyt.load(t_off + img * (height * ow * m_out) + (oy * ow + ox) * m_out + mm,
+                                    mask=(oy < height) & (ox < ow))
+                rows_ = [[_combine(a_cols[a], [d(0, q), d(1, q)]) for q in range(2)] for a in range(4)]
+                col = row * tx_n + tx
                 for a in range(4):
                     for b in range(4):
                         nb.store(z_buf, z_off + ((a * 4 + b) * cols + col) * m_out + mm,
-                                 _combine(a_cols[b], rows[a]))
+                                 _combine(a_cols[b], rows_[a]))
 
 
 def _output_transform(ctx, partial, out, teams, c_in, m_out):
