@@ -18,7 +18,7 @@ packing into its own buffer (no shared data), when there are enough of them;
 else each packs every block itself and takes a share of the row blocks. A fork
 per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
-from ..schedule.gemm import block_bytes, gemm_schedule, k_blocking, packs_b, parallel_min_macs
+from ..schedule.gemm import block_bytes, dot_tile, gemm_schedule, k_blocking, packs_b, parallel_min_macs
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 from .nests import parts as _parts
 
@@ -214,17 +214,15 @@ class _Gemm:
             blocks(0)
 
 
-DOT_MR = DOT_NR = 4      # 16 vector accumulators + 8 loads per k step: FMA-bound
-
-
 def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
     """partial[p_index(row, col) + lane] += lane-wise partial sums of
     sum_k A(row, k) * B(col, k), with both operands read along k (a weight
     gradient: dY rows and im2col rows), so neither needs a transposed copy.
-    DOT_MR x DOT_NR dot products at once, each a vector accumulator over k; the
+    dot_mr x dot_nr (the target's table) dot products at once, each a vector accumulator over k; the
     caller sums the lanes once at the very end. A tail of k reads masked (zero) lanes."""
     nb, lanes = ctx.nb, ctx.lanes(partial.dtype)
-    acc = ctx.local(DOT_MR * DOT_NR * lanes, partial.dtype)
+    tile_m, tile_n = dot_tile(ctx.target)
+    acc = ctx.local(tile_m * tile_n * lanes, partial.dtype)
     chunks, tail = divmod(k, lanes)
 
     def block(row0, mr, col0, nr):
@@ -232,7 +230,7 @@ def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
             with nb.loop(mr, "unroll", hint="a") as a:
                 with nb.loop(nr, "unroll", hint="b") as b:
                     with nb.loop(width, "vector", lanes, hint="l") as lane:
-                        body(row0 + a, col0 + b, (a * DOT_NR + b) * lanes + lane, lane)
+                        body(row0 + a, col0 + b, (a * tile_n + b) * lanes + lane, lane)
         each(lambda r, c, at, lane: nb.store(acc, at, Const(0.0, acc.dtype)))
         for count, start, width in ((chunks, 0, lanes), (1 if tail else 0, chunks * lanes, tail)):
             if count:
@@ -243,7 +241,7 @@ def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
         each(lambda r, c, at, lane: nb.store(partial, p_index(r, c) + lane,
                                              partial[p_index(r, c) + lane] + acc[at]))
 
-    m_parts, n_parts = _parts(m, DOT_MR), _parts(n, DOT_NR)
+    m_parts, n_parts = _parts(m, tile_m), _parts(n, tile_n)
     for m0, mcount, mr in m_parts:
         if not (mcount and mr):
             continue

@@ -1,15 +1,13 @@
 """Conv (2-D, NCHW): im2col into scratch where needed, then the blocked GEMM."""
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
-from ..schedule.conv import winograd_pays
+from ..schedule.conv import batched_columns, winograd_pays
 from ..schedule.loops import worth_parallel
 from . import winograd
 from .common import fail, same_dtype, tt
 from .conv_common import (CONV_ATTRS, EPILOGUE, conv_reference, epilogue, for_image_chunks, im2col, image_plan,
                           per_image, window_geometry)
 from .registry import gradient, register
-
-BATCHED_COLUMNS = 256   # a small map's images share one GEMM, up to this many columns
 
 
 def _conv_infer(attrs, types, consts, node):
@@ -53,15 +51,17 @@ def _conv_lower(ctx):
     if cg == 1 and group > 1:
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
     w_const = ctx.consts[1] if len(ctx.consts) > 1 else None     # a weight the pass left direct
-    if winograd_pays(ctx.target) and winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow)) \
+    if winograd_pays(ctx.target) and winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow),
+                                                       ctx.target) \
             and (w_const is None or winograd.precise_enough(w_const)):
         return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
                                       winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
                                       weight=winograd.RawWeights(wb, c * 9, 9))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    if group == 1 and n > 1 and 2 * ohw <= BATCHED_COLUMNS:
-        plan = image_plan(ctx, n, lambda count: count * ohw <= BATCHED_COLUMNS)
+    batched = batched_columns(ctx.target)      # a small map's images share one GEMM up to this many columns
+    if group == 1 and n > 1 and 2 * ohw <= batched:
+        plan = image_plan(ctx, n, lambda count: count * ohw <= batched)
         if plan[2] > 1:
             return _images_in_one_gemm(ctx, plan, pointwise, geometry, (n, c, h, wd), (m, kc, ohw), bias,
                                        plus_residual)

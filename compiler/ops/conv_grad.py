@@ -10,6 +10,7 @@ import numpy as np
 from ..lower.gemm import dot_gemm, gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
+from ..schedule.conv import col2im_by_phases, grad_weight_by_dots, grad_weight_k
 from . import winograd
 from .common import fail, tt
 from .conv import with_bias_grad
@@ -59,7 +60,7 @@ def _grad_input_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     dyb, wb = ctx.inputs[:2]
     out, nb = ctx.outputs[0], ctx.nb
-    if winograd.eligible((n, m, oh, ow), (c, m, kh, kw), (sh, sw), (dh, dw), group, (h, wd)):
+    if winograd.eligible((n, m, oh, ow), (c, m, kh, kw), (sh, sw), (dh, dw), group, (h, wd), ctx.target):
         # dX is the convolution of dY with W transposed and flipped, padded by 2 - pad
         return winograd.winograd_conv(
             ctx, dyb, None, out, (n, oh, ow), (h, wd), (kh - 1 - pt, kw - 1 - pl), (m, c),
@@ -77,7 +78,7 @@ def _grad_input_lower(ctx):
                       dcol, lambda r, j: base + r * ohw + j,
                       parallel=parallel, slot=None if parallel else slot)
             with nb.loop(cg, hint="c", parallel_candidate=("col2im", cg * h * wd) if parallel else None) as ci:
-                if (sh, sw) != (1, 1) and sw <= MAX_PHASE_STRIDE:
+                if (sh, sw) != (1, 1) and col2im_by_phases(ctx.target, sw):
                     _col2im_by_phase(ctx, dcol, base + ci * (kh * kw * ohw), out,
                                      ni * (c * h * wd) + (g * cg + ci) * (h * wd),
                                      ((h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl)))
@@ -92,9 +93,6 @@ def _grad_input_lower(ctx):
                             nb.store(out, ni * (c * h * wd) + (g * cg + ci) * (h * wd) + iy * wd + ix,
                                      Reduce("sum", i, kh, Reduce("sum", j, kw, value)))
     per_image(ctx, n, image)
-
-
-MAX_PHASE_STRIDE = 4     # the phases' stores are stride-sw vector stores (a shuffle + masked store)
 
 
 def _col2im_by_phase(ctx, dcol, base, out, out_off, geometry):
@@ -153,10 +151,6 @@ def _grad_weight_reference(attrs, x, dy):
     return dw.astype(x.dtype)
 
 
-GRAD_WEIGHT_K = 1024   # images per step so k (images x pixels) reaches this
-DOT_MAX_ROWS = 64      # im2col rows up to which dot products beat transposing dY
-
-
 def _grad_weight_lower(ctx):
     """dW[mm, r] = sum over images and pixels of dY[mm, p] col[r, p]. Each thread takes a
     few images per step (side by side, so k is long) and keeps partial sums of its own,
@@ -173,15 +167,15 @@ def _grad_weight_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     xb, dyb = ctx.inputs
     out, nb = ctx.outputs[0], ctx.nb
-    if winograd.eligible((n, c, h, wd), w_shape, (sh, sw), (dh, dw), group, (oh, ow)):
+    if winograd.eligible((n, c, h, wd), w_shape, (sh, sw), (dh, dw), group, (oh, ow), ctx.target):
         return winograd_grad_weight(ctx, xb, dyb, out, n, (c, m), (h, wd), (oh, ow), (pt, pl))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    plan = image_plan(ctx, n, lambda count: count * ohw <= GRAD_WEIGHT_K)
+    plan = image_plan(ctx, n, lambda count: count * ohw <= grad_weight_k(ctx.target))
     teams, _, chunk = plan
     k_len = chunk * ohw
     col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
-    way = (_DotProducts if kc <= DOT_MAX_ROWS else _TransposedGemm)(ctx, mg, kc, ohw, k_len, teams)
+    way = (_DotProducts if grad_weight_by_dots(ctx.target, kc) else _TransposedGemm)(ctx, mg, kc, ohw, k_len, teams)
 
     def images(g, first, count, slot, parallel):
         base = slot * (kc * k_len)

@@ -16,28 +16,23 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
+from ..schedule.conv import winograd_pays_for
 from ..schedule.loops import worth_parallel
 from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
-MIN_OUT_PIXELS = 7 * 7        # 16 tiles for 49 outputs still wins (measured: 0.7x at 512 channels)
-MIN_CHANNELS = 16            # the 16 GEMMs' k (and m) need some depth
 TILE_COLUMNS = 128           # images per thread batched until the GEMMs' n reaches this: V and M
 # stay near L2 (512 took 1.5x the time for 128 channels on 28x28 at batch 8, 1.8x for a
 # 64-channel training step's 16x16 maps; 64 is 1.05-1.09x)
 BAND_MIN_RATIO = 16         # tiles x (C + M) over C x M: data per weight for row bands
 
 
-MIN_BATCH_TILES = 64          # smaller even maps qualify by the batch's tiles (CIFAR ResNet's 4x4 at batch 32)
-
-
-def eligible(x_shape, w_shape, strides, dil, group, out):
-    even_tiles = out[0] % 2 == 0 and out[1] % 2 == 0 and x_shape[0] * out[0] * out[1] >= 4 * MIN_BATCH_TILES
+def eligible(x_shape, w_shape, strides, dil, group, out, target):
+    """Winograd applies (3x3, stride 1, dense) and the sizes pay on `target` (schedule/conv.py)."""
     return len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3) and tuple(strides) == (1, 1) and \
-        tuple(dil) == (1, 1) and group == 1 and (out[0] * out[1] >= MIN_OUT_PIXELS or even_tiles) and \
-        min(w_shape[0], w_shape[1]) >= MIN_CHANNELS
+        tuple(dil) == (1, 1) and group == 1 and winograd_pays_for(target, x_shape[0], out, w_shape[:2])
 
 
 MAX_WEIGHT_RANGE = 2.0 ** 10   # max |w| over the median nonzero |w|, per output channel

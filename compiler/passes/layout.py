@@ -20,15 +20,12 @@ from ..ir.types import DType, TensorType
 from ..ops import get_op
 from ..ops.blocked import pack_bias, pack_dense, pack_depthwise, to_blocked
 from ..ops.conv_common import window_geometry
-from ..schedule.conv import blocked_layout_pays
+from ..schedule.conv import blocked_layout_pays, stem_limits
 
-
-DIRECT_MAX_CHANNELS = 4    # a stem's image channels: read in NCHW, written blocked
-STEM_MIN_TAPS = 3 * 3 * 3  # a pooled stem outside a MobileNet region: 0.7x ResNet's, 0.8-1.0x 3x3 ones
 POOLS = ("MaxPool", "AveragePool")
 
 
-def _conv_kind(graph, node):
+def _conv_kind(graph, node, direct_max):
     """'pointwise', 'depthwise', 'direct' or None: whether a Conv has a blocked kernel."""
     if node.op != "Conv" or node.inputs[1] not in graph.constants or \
             any(i and i not in graph.constants for i in node.inputs[2:3]):
@@ -42,13 +39,13 @@ def _conv_kind(graph, node):
         return "depthwise"
     if group == 1 and w.shape[2:] == (1, 1) and strides == (1, 1) and not any(begin + end):
         return "pointwise"
-    if group == 1 and c <= DIRECT_MAX_CHANNELS:
+    if group == 1 and c <= direct_max:      # a stem: the image read in NCHW, written blocked
         return "direct"
     return None
 
 
-def _blockable(graph, node):
-    if _conv_kind(graph, node):
+def _blockable(graph, node, direct_max):
+    if _conv_kind(graph, node, direct_max):
         return True
     out = graph.types[node.outputs[0]] if len(node.outputs) == 1 else None
     if out is None or out.rank != 4 or not out.dtype.is_float:
@@ -58,23 +55,24 @@ def _blockable(graph, node):
     return get_op(node.op).expr is not None and all(node.inputs)
 
 
-def _stem(graph, node, consumers):
+def _stem(graph, node, consumers, limits):
     """A stem convolution (ResNet's 7x7 on the image) and the chain of sole readers
     after it up to its pooling, or nothing when no pool ends the chain: im2col's K
     (3 x 7 x 7) is short for the GEMM, and the pooled map is a quarter of the
     reorder's traffic (unpooled, the reorder costs more than the direct kernel wins)."""
-    if _conv_kind(graph, node) != "direct" or graph.constants[node.inputs[1]][0].size < STEM_MIN_TAPS:
+    direct_max, min_taps = limits          # the target's (schedule/conv.py's stem_limits)
+    if _conv_kind(graph, node, direct_max) != "direct" or graph.constants[node.inputs[1]][0].size < min_taps:
         return []
     chain = [node]
     while len(consumers.get(chain[-1].outputs[0], ())) == 1 and chain[-1].op not in POOLS:
         nxt = consumers[chain[-1].outputs[0]][0]
-        if not _blockable(graph, nxt) or _conv_kind(graph, nxt) or len(nxt.inputs) != 1:
+        if not _blockable(graph, nxt, direct_max) or _conv_kind(graph, nxt, direct_max) or len(nxt.inputs) != 1:
             break
         chain.append(nxt)
     return chain if chain[-1].op in POOLS else []
 
 
-def _regions(graph):
+def _regions(graph, limits):
     """Ids of the blockable nodes in regions with pointwise and depthwise convolutions."""
     producers = graph.producers()
     parent = {}
@@ -84,7 +82,7 @@ def _regions(graph):
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
-    nodes = [n for n in graph.nodes if _blockable(graph, n)]
+    nodes = [n for n in graph.nodes if _blockable(graph, n, limits[0])]
     for n in nodes:
         parent[id(n)] = id(n)
     for n in nodes:
@@ -94,13 +92,13 @@ def _regions(graph):
                 parent[find(id(p))] = find(id(n))
     kinds = {}
     for n in nodes:
-        kinds.setdefault(find(id(n)), set()).add(_conv_kind(graph, n))
+        kinds.setdefault(find(id(n)), set()).add(_conv_kind(graph, n, limits[0]))
     wanted = {root for root, found in kinds.items() if {"depthwise", "pointwise"} <= found}
     chosen = {id(n) for n in nodes if find(id(n)) in wanted}
     consumers = graph.consumers()
     for n in nodes:
         if id(n) not in chosen:
-            chosen.update(id(m) for m in _stem(graph, n, consumers))
+            chosen.update(id(m) for m in _stem(graph, n, consumers, limits))
     return chosen
 
 
@@ -115,8 +113,8 @@ def _lane_pool(attrs):
 
 
 class _Rewriter:
-    def __init__(self, graph):
-        self.graph = graph
+    def __init__(self, graph, direct_max):
+        self.graph, self.direct_max = graph, direct_max
         self.constants, self.types, self.nodes = dict(graph.constants), dict(graph.types), []
         self.blocked = {}         # NCHW name -> blocked twin
         self.plain = set(graph.input_names()) | set(graph.constants)   # NCHW values that exist
@@ -201,7 +199,7 @@ class _Rewriter:
 
     def rewrite(self, node, region):
         out = node.outputs[0]
-        kind = _conv_kind(self.graph, node) if id(node) in region else None
+        kind = _conv_kind(self.graph, node, self.direct_max) if id(node) in region else None
         if kind and self.conv(node, kind):
             return
         if not kind and id(node) in region and any(v in self.blocked for v in node.inputs):
@@ -228,10 +226,11 @@ def block_channels(graph, target=None):
     where `target`'s schedule table takes the layout (default: this CPU's does)."""
     if target is not None and not blocked_layout_pays(target):
         return graph
-    region = _regions(graph)
+    limits = stem_limits(target)
+    region = _regions(graph, limits)
     if not region:
         return graph
-    r = _Rewriter(graph)
+    r = _Rewriter(graph, limits[0])
     for node in graph.nodes:
         r.rewrite(node, region)
     for v in graph.output_names():

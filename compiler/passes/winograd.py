@@ -23,7 +23,7 @@ def winograd_weights(graph, target=None):
             nodes.append(node)
             continue
         begin, end, strides, dil, out = window_geometry(node.name, node.attrs, x_t.shape[2:], w.shape[2:])
-        if not winograd.eligible(x_t.shape, w.shape, strides, dil, node.attrs.get("group", 1), out) \
+        if not winograd.eligible(x_t.shape, w.shape, strides, dil, node.attrs.get("group", 1), out, target) \
                 or not winograd.precise_enough(w):
             nodes.append(node)
             continue

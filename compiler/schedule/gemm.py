@@ -34,6 +34,12 @@ def gemm_schedule(target, n, dtype, m=None, prepacked=False, panel=None):
     return GemmSchedule(mr, nr, lanes)
 
 
+def dot_tile(target):
+    """(rows, columns) of dot products dot_gemm computes at once."""
+    t = table_for(target)
+    return t.dot_mr, t.dot_nr
+
+
 def parallel_min_macs(target):
     return table_for(target).gemm_parallel_min_macs
 

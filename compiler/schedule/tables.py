@@ -31,12 +31,24 @@ class ScheduleTable:
     pack_min_k: int                # a shorter k reads B's rows in place
     pack_min_row_tiles: int        # fewer row tiles than this read B in place
     prepack_panel: int             # columns of a compile-time packed weight panel (MatMulPacked)
+    dot_mr: int                    # dot products at once (lower/gemm.py's dot_gemm): rows x columns,
+    dot_nr: int                    # each a vector accumulator over k
     # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
     blocked_dense_accumulators: int    # 16-channel accumulators of a pointwise/dense tile
     depthwise_row_tile: int        # outputs of a row a depthwise kernel sums at once
     # --- variants: whether the pipeline rewrites convolutions for them -------------
     blocked_layout: bool           # MobileNet-style regions in 16-channel blocks (passes/layout.py)
     winograd: bool                 # 3x3 stride-1 convs as Winograd F(2x2, 3x3) (passes/winograd.py)
+    # --- where each convolution variant pays (schedule/conv.py) --------------------
+    winograd_min_out_pixels: int   # an output map this big runs Winograd (3x3, stride 1, dense)
+    winograd_min_batch_tiles: int  # ... or an even smaller one whose batch has 4x this many pixels
+    winograd_min_channels: int     # ... when both channel counts reach this
+    conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
+    grad_weight_k: int             # a weight gradient's GEMM takes images until k (images x pixels) is this
+    grad_dot_max_rows: int         # im2col rows up to which the weight gradient runs as dot products
+    col2im_max_phase_stride: int   # strides up to which a gradient's col2im goes by phases (strided stores)
+    stem_direct_max_channels: int  # a blocked direct conv reads at most this many NCHW channels (the image)
+    stem_min_taps: int             # a pooled stem outside a MobileNet region runs blocked from this many taps
 
 
 AVX512 = ScheduleTable(
@@ -53,10 +65,26 @@ AVX512 = ScheduleTable(
     pack_min_k=64,                 # a first layer's 3 x 3 x 3 reads B's rows in place
     pack_min_row_tiles=4,          # fewer row tiles than this: packing would not pay
     prepack_panel=32,              # the micro-kernel's nr: a tile's k step is one contiguous 128 bytes
+    dot_mr=4, dot_nr=4,            # 16 zmm accumulators + 8 loads per k step: FMA-bound (AVX2 and
+    # narrower: the same 4 x 4, not measured; 16 ymm accumulators spill there)
     blocked_dense_accumulators=24,     # of 32 zmm registers, the rest hold B and A (28 spilled)
     depthwise_row_tile=8,          # 8 zmm accumulators: independent FMA chains cover the latency
     blocked_layout=True,           # MobileNet v2/v3, EfficientNet: measured faster than NCHW (layout.py)
     winograd=True,                 # ResNet's 3x3 layers: measured (ops/winograd.py's thresholds)
+    winograd_min_out_pixels=7 * 7,     # 16 tiles for 49 outputs still win: 0.45-0.7x the direct
+    # GEMM's time, 0.7x at 512 channels (ResNet's last stage; 14 x 14 before that, 18ccb47)
+    winograd_min_batch_tiles=64,   # CIFAR ResNet's 4x4 maps at batch 32 qualify (f0f253a; the
+    # boundary itself not measured)
+    winograd_min_channels=16,      # the 16 GEMMs' k (and m) need some depth (not measured)
+    conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
+    # a 6x32 panel; whole model 0.98x at 1 and 2 threads (3e75bfa; 256 itself not swept)
+    grad_weight_k=1024,            # not measured against other values (chosen with the batched GEMM)
+    grad_dot_max_rows=64,          # a first layer's 27 rows: dot products skip dY's transpose, which
+    # costs more than the products (84a89c0); the boundary not measured
+    col2im_max_phase_stride=4,     # each phase's stores are stride-s vector stores (a shuffle and a
+    # masked store): no gathers (f0f253a); larger strides not measured
+    stem_direct_max_channels=4,    # RGB's 3 (or RGBA): the image read in NCHW (not measured beyond)
+    stem_min_taps=3 * 3 * 3,       # a pooled stem run blocked: 0.7x ResNet's 7x7 stem, 0.8-1.0x 3x3 ones
 )
 
 AVX2 = replace(
