@@ -31,14 +31,20 @@ def median_latency(fn, repeat, warmup=3):
 
 def alternating_medians(ours, theirs, repeat, rounds=3):
     """Medians over `rounds` alternating blocks of each: the shared machine's slow
-    spells fall on both sides. A pause between blocks lets the other's spinning
-    worker threads go to sleep first."""
-    times = ([], [])
+    spells fall on both sides."""
+    return tuple(alternating([ours, theirs], repeat, rounds))
+
+
+def alternating(fns, repeat, rounds=3):
+    """Each of `fns`' median seconds per call, over `rounds` blocks taken in turn
+    (fns[0], fns[1], ..., fns[0], ...). A pause between blocks lets the previous
+    one's spinning worker threads go to sleep first."""
+    times = [[] for _ in fns]
     for _ in range(rounds):
-        for fn, out in zip((ours, theirs), times):
+        for fn, out in zip(fns, times):
             time.sleep(0.3)
             out.extend(latencies(fn, -(-repeat // rounds), warmup=3))
-    return float(np.median(times[0])), float(np.median(times[1]))
+    return [float(np.median(t)) for t in times]
 
 
 def ort_session(model_bytes_or_path, threads):

@@ -146,6 +146,8 @@ CASES = [
     ("ConvGradWeight", [(F, (2, 16, 34, 31)), (F, (2, 16, 33, 30))], {"pads": (1, 0, 0, 1), "weight_shape": (16, 16, 3, 3)}, None),
     ("ConvGradInput", [(F, (2, 16, 34, 30)), (F, (16, 17, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (2, 17, 34, 30)}, {1: "w"}),
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 8, 8)}, "pool_indices"),
+    # ... by phases (windows tile the map exactly): rows longer than a vector, with a tail
+    ("MaxPoolGrad", [(F, (2, 3, 20, 19)), ("int64", (2, 3, 20, 19))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 40, 38)}, "pool_indices"),
     # windows that do not tile: the general path (each pixel sums the windows covering it)
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "pads": (1, 1, 0, 0), "input_shape": (2, 3, 7, 7)}, "pool_indices"),
     # tiling windows with a row and column left over (they get no gradient)

@@ -66,7 +66,8 @@ def _lower(pool):
         split = ("map", n * c * h * w)       # the planes may run in parallel
         if pool == "MaxPool" and (kh, kw) == (sh, sw) and (pt, pl, dh, dw) == (0, 0, 1, 1) and \
                 not any(plain.get("pads") or ()):
-            return _tiled_maxpool_grad(ctx, shape, (kh, kw), (oh, ow), split)
+            exact = (oh * kh, ow * kw) == (h, w)
+            return (_phased_maxpool_grad if exact else _tiled_maxpool_grad)(ctx, shape, (kh, kw), (oh, ow), split)
         with nb.loop(n * c, hint="nc", parallel_candidate=split) as p:
             with nb.loop(h, hint="y") as iy:
                 with nb.loop(w, "vector", ctx.lanes(out.dtype), hint="x") as ix:
@@ -102,6 +103,26 @@ def _tiled_maxpool_grad(ctx, shape, kernel, out, split):
                 here = p * (h * w) + iy * w + ix
                 mine = ok & indices.load(at, mask=ok).eq(here)
                 nb.store(out_buf, here, Select(mine, dyb.load(at, mask=ok), 0.0))
+
+
+def _phased_maxpool_grad(ctx, shape, kernel, out, split):
+    """Windows that tile the input exactly (the U-Net's 2x2/2 on even maps), by
+    phases: phase (py, px) writes the input pixels (kh qy + py, kw qx + px), so dY and
+    Indices are read contiguously along qx (not a gather through ix // kw per lane)
+    and the pixels stored at stride kw (a shuffle and masked store); the kh rows of
+    one window row are written while its dY and Indices are in L1."""
+    n, c, h, w = shape
+    (kh, kw), (oh, ow) = kernel, out
+    dyb, indices, out_buf, nb = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], ctx.nb
+    with nb.loop(n * c, hint="nc", parallel_candidate=split) as p:
+        with nb.loop(oh, hint="qy") as qy:
+            for py in range(kh):
+                for px in range(kw):
+                    with nb.loop(ow, "vector", ctx.lanes(out_buf.dtype), hint="qx") as qx:
+                        at = p * (oh * ow) + qy * ow + qx
+                        here = p * (h * w) + (qy * kh + py) * w + qx * kw + px
+                        mine = indices.load(at).eq(here)
+                        nb.store(out_buf, here, Select(mine, dyb.load(at), 0.0))
 
 
 register("MaxPoolGrad", inputs=(2, 2), attrs=dict(POOL_ATTRS, storage_order=0, input_shape=None),
