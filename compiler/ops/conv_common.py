@@ -6,7 +6,7 @@ Apart from ops/conv.py so that its users (ops/winograd.py among them) do not
 import one another."""
 import numpy as np
 
-from ..lower.loop_ir import THREAD_INDEX
+from ..lower.loop_ir import THREAD_INDEX, Const
 from .common import fail, positive_ints
 
 CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
@@ -133,20 +133,26 @@ def image_plan(ctx, n, fits):
     return teams, per_team, chunk
 
 
-def for_image_chunks(ctx, n, plan, body, accumulates=False):
+def for_image_chunks(ctx, n, plan, body, accumulates=False, start=None):
     """Emit body(first_image, count, slot, parallel) over the batch as `plan` says:
     slot is the thread's own scratch, parallel whether the body should split itself.
     The threads take chunks as they come; a body that accumulates into its slot
     (weight gradients) gets each team's fixed images instead, so the sums' order,
-    and so the result, never depends on the schedule."""
+    and so the result, never depends on the schedule. start(slot), with accumulates:
+    emitted once per team before its images (zeroing its partial sums: each thread
+    its own, in parallel, rather than one thread all of them before the fork)."""
     teams, per_team, chunk = plan
     nb = ctx.nb
     if teams == 1:
+        if start is not None:
+            start(0)
         with nb.loop(n // chunk, hint="n") as j:
             body(j * chunk, chunk, 0, ctx.threads > 1)
         return
     if accumulates:
         with nb.loop(teams, hint="t", parallel_candidate=("teams", n)) as t:
+            if start is not None:
+                start(t)
             with nb.loop(per_team // chunk, hint="n") as j:
                 body(t * per_team + j * chunk, chunk, t, False)
     else:
@@ -154,6 +160,13 @@ def for_image_chunks(ctx, n, plan, body, accumulates=False):
             body(j * chunk, chunk, THREAD_INDEX, False)
     with nb.loop(n - per_team * teams, hint="n") as j:   # left over: shared by the threads
         body(j + per_team * teams, 1, 0, True)
+
+
+def zero_slot(ctx, buf, slot, slots):
+    """buf's part `slot` of `slots` equal parts set to 0 (a team's partial sums)."""
+    size = buf.size // slots
+    with ctx.nb.loop(size, "vector", ctx.lanes(buf.dtype), hint="z") as i:
+        ctx.nb.store(buf, slot * size + i, Const(0.0, buf.dtype))
 
 
 def im2col(ctx, xb, x_off, col, base, chw, kernel, out, strides, dil, pads, parallel, row_stride=None):

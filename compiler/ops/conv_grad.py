@@ -14,7 +14,7 @@ from ..schedule.conv import col2im_by_phases, grad_weight_by_dots, grad_weight_k
 from . import winograd
 from .common import fail, tt
 from .conv import with_bias_grad
-from .conv_common import (CONV_ATTRS, for_image_chunks, im2col as _im2col, image_plan, per_image,
+from .conv_common import (CONV_ATTRS, for_image_chunks, zero_slot, im2col as _im2col, image_plan, per_image,
                           window_geometry)
 from .registry import gradient, non_differentiable, register
 from .winograd_grad import winograd_grad_weight
@@ -192,9 +192,8 @@ def _grad_weight_lower(ctx):
         way.product(col_row, dyb, dy_at(first), count * ohw, slot, parallel)
 
     with nb.loop(group, hint="g") as g:
-        with nb.loop(way.partial.size, "vector", ctx.lanes(out.dtype), hint="z") as i:
-            nb.store(way.partial, i, Const(0.0, out.dtype))
-        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args), accumulates=True)
+        for_image_chunks(ctx, n, plan, lambda *args: images(g, *args), accumulates=True,
+                         start=lambda slot: zero_slot(ctx, way.partial, slot, teams))
         way.finish(out, g)
 
 
@@ -219,7 +218,7 @@ class _TransposedGemm:
 
     def finish(self, out, g):
         nb, mg, kc = self.ctx.nb, self.mg, self.kc
-        with nb.loop(mg, hint="m") as j:
+        with nb.loop(mg, hint="m", parallel_candidate=("map", mg * kc * self.teams)) as j:
             with nb.loop(kc, "vector", self.ctx.lanes(out.dtype), hint="r") as r:
                 s = nb.var("s")
                 nb.store(out, (g * mg + j) * kc + r,
@@ -255,7 +254,7 @@ class _DotProducts:
 
     def finish(self, out, g):
         nb, size = self.ctx.nb, self.mg * self.kc
-        with nb.loop(size, hint="o") as o:
+        with nb.loop(size, hint="o", parallel_candidate=("map", size * self.lanes * self.teams)) as o:
             s, lane = nb.var("s"), nb.var("l")
             nb.store(out, g * size + o, Reduce("sum", s, self.teams, Reduce(
                 "sum", lane, self.lanes, self.partial[(s * size + o) * self.lanes + lane])))

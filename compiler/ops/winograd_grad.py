@@ -14,8 +14,8 @@ transform runs along M with contiguous loads), partial dU^T [16][C][M] per team.
 The teams take fixed images and their partials are summed in team order at the
 end (as the direct path does), so the result does not depend on the schedule."""
 from ..lower.gemm import gemm_nest
-from ..lower.loop_ir import Const
 from ..lower.nests import parts, transpose_tiles
+from .conv_common import zero_slot
 from .winograd import A_T, B_T, G, _combine, each_tile_position
 
 TILE_COLUMNS = 128     # tiles per thread per step: the GEMMs' k; V and Zt stay near L2
@@ -42,8 +42,6 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
     z_buf = ctx.scratch(16 * cols * m_out * teams, out.dtype)
     dyt = ctx.scratch(pixels * m_out * teams, out.dtype)
     partial = ctx.scratch(16 * c_in * m_out * teams, out.dtype)
-    with nb.loop(partial.size, "vector", ctx.lanes(out.dtype), hint="z") as i:
-        nb.store(partial, i, Const(0.0, out.dtype))
     geometry = (in_hw, out_hw, pads, channels, cols, tiles)
 
     def rows_of(first, count, ty0, rows, height, slot, parallel):
@@ -74,7 +72,8 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
         if ty_n > full * band:
             rows_of(first, 1, full * band, ty_n - full * band, oh - 2 * full * band, slot, parallel)
 
-    for_image_chunks(ctx, n, plan, images, accumulates=True)
+    for_image_chunks(ctx, n, plan, images, accumulates=True,
+                     start=lambda slot: zero_slot(ctx, partial, slot, teams))
     _output_transform(ctx, partial, out, teams, c_in, m_out)
 
 
