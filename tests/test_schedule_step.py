@@ -15,7 +15,7 @@ from nutshell.compiler.lower.loop_ir import Buffer, For, NestBuilder, Kernel
 from nutshell.compiler.lower.target import host_target
 from nutshell.compiler.passes.pipeline import optimize_graph
 from nutshell.compiler.schedule.kernels import schedule_kernel
-from nutshell.compiler.schedule.loops import FAMILIES, worth_parallel
+from nutshell.compiler.schedule.loops import FAMILIES, splits, worth_parallel
 from nutshell.compiler.schedule.tables import table_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +43,14 @@ def test_the_step_makes_a_candidate_parallel_where_its_work_pays():
     kinds = lambda k: [loop.kind for loop in _loops(k.body)]
     assert kinds(schedule_kernel(_nest(least), target)) == ["parallel", "serial", "vector"]
     assert kinds(schedule_kernel(_nest(least - 1), target)) == ["serial", "serial", "vector"]
+
+
+def test_splits_answers_ahead_what_the_step_decides():
+    """A lowering sizing per-thread scratch asks `splits`: it must agree with the step."""
+    target = host_target(2)
+    for work in (1, table_for(target).parallel_min_work - 1, table_for(target).parallel_min_work, 1 << 30):
+        outer = next(_loops(schedule_kernel(_nest(work), target).body))
+        assert splits(target, ("map", work)) == (outer.kind == "parallel")
 
 
 def test_the_step_is_pure():
@@ -73,8 +81,9 @@ def _sources(*folders):
 
 
 def test_the_schedule_step_is_the_only_place_loops_become_parallel():
-    """No lowering names the 'parallel' kind or asks loop_kind, and only the schedule
-    step assigns a loop's kind (codegen and the CUDA grid mapping only read it)."""
+    """No lowering names the 'parallel' kind or asks loop_kind / worth_parallel (one
+    that sizes per-thread scratch asks `splits`, the step's own rule), and only the
+    schedule step assigns a loop's kind (codegen and the CUDA grid mapping read it)."""
     bad = []
     for path, tree in _sources("ops", "lower", "cuda", "passes", "codegen", "schedule"):
         lowering = not path.startswith(("compiler/codegen", "compiler/schedule")) and \
@@ -82,8 +91,10 @@ def test_the_schedule_step_is_the_only_place_loops_become_parallel():
         for node in ast.walk(tree):
             if lowering and isinstance(node, ast.Constant) and node.value == "parallel":
                 bad.append(f"{path}:{node.lineno} names the 'parallel' kind")
-            if isinstance(node, ast.Name) and node.id == "loop_kind" and "schedule" not in path:
-                bad.append(f"{path}:{node.lineno} asks loop_kind")
+            if isinstance(node, ast.Name) and node.id in ("loop_kind", "worth_parallel") and "schedule" not in path:
+                bad.append(f"{path}:{node.lineno} asks {node.id}")
+            if isinstance(node, ast.alias) and node.name in ("loop_kind", "worth_parallel") and "schedule" not in path:
+                bad.append(f"{path} imports {node.name}")
             if isinstance(node, ast.Attribute) and node.attr == "kind" and isinstance(node.ctx, ast.Store):
                 bad.append(f"{path}:{node.lineno} assigns a loop kind")
     assert not bad, "\n".join(bad)

@@ -1,7 +1,7 @@
 """Loop nests shared by many ops: strided element-wise maps and row reductions."""
 from .loop_ir import INDEX, Const, Load
 
-from ..schedule.loops import worth_parallel
+from ..schedule.loops import splits
 
 
 class output_loops:
@@ -89,7 +89,8 @@ def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, ou
     vars_, scopes = [], []
     for axis, d in enumerate(dims):
         last = axis == len(dims) - 1
-        if last and len(dims) == 1 and worth_parallel(ctx.target, total) and ctx.threads > 1 and sets[0][0] == 1:
+        # a long flat map the schedule would split: chunks, one per share (the variant needs to know)
+        if last and len(dims) == 1 and splits(ctx.target, ("map", total)) and ctx.threads > 1 and sets[0][0] == 1:
             return _split_flat_map(ctx, out_buf, in_bufs, sets, d, fn, lanes, out_offset, in_offsets)
         scope = nb.loop(d, "vector", lanes) if last else \
             nb.loop(d, parallel_candidate=("map", total) if axis == 0 else None)

@@ -2,7 +2,7 @@
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..schedule.conv import batched_columns, winograd_pays
-from ..schedule.loops import worth_parallel
+from ..schedule.loops import splits
 from . import winograd
 from .common import fail, same_dtype, tt
 from .conv_common import (CONV_ATTRS, EPILOGUE, conv_reference, epilogue, for_image_chunks, im2col, image_plan,
@@ -136,10 +136,10 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     planes = n * m
-    parallel = worth_parallel(ctx.target, planes * oh * ow * kh * kw)
-    padded = ctx.scratch(hp * wp * (min(ctx.threads, planes) if parallel else 1), xb.dtype)
-    # the padded copy is per thread when the schedule splits the planes (the same rule)
-    with nb.loop(planes, hint="nm", parallel_candidate=("map", planes * oh * ow * kh * kw)) as p:
+    split = ("map", planes * oh * ow * kh * kw)
+    padded = ctx.scratch(hp * wp * (min(ctx.threads, planes) if splits(ctx.target, split) else 1), xb.dtype)
+    # the padded copy is per thread when the schedule splits the planes
+    with nb.loop(planes, hint="nm", parallel_candidate=split) as p:
         base = THREAD_INDEX * (hp * wp)
         channel = (p // m) * c + (p % m) // per_channel
         with nb.loop(hp, hint="py") as py:

@@ -5,7 +5,7 @@ from ..errors import UnsupportedOpError
 from ..ir.types import DType
 from ..lower.loop_ir import THREAD_INDEX, Reduce, Select, maximum
 from ..lower.nests import strides
-from ..schedule.loops import worth_parallel
+from ..schedule.loops import splits
 from .common import fail, require_float, tt
 from .conv_common import window_geometry
 from .reduce import nan_equal
@@ -156,10 +156,10 @@ def _max_by_rows(ctx, geometry, kernel):
     wp = (ow - 1) * sw + (kw - 1) * dw + 1          # the input columns the windows reach
     lowest = float("-inf") if x.dtype.is_float else int(np.iinfo(x.dtype.numpy).min)
     xb, out, nb, lanes = ctx.inputs[0], ctx.outputs[0], ctx.nb, ctx.lanes(x.dtype)
-    parallel = worth_parallel(ctx.target, planes * oh * ow * (kh + kw))
-    rows = ctx.scratch(oh * wp * (min(ctx.threads, planes) if parallel else 1), x.dtype)
-    # per thread when the schedule splits the planes (the same rule)
-    with nb.loop(planes, hint="nc", parallel_candidate=("map", planes * oh * ow * (kh + kw))) as p:
+    split = ("map", planes * oh * ow * (kh + kw))
+    rows = ctx.scratch(oh * wp * (min(ctx.threads, planes) if splits(ctx.target, split) else 1), x.dtype)
+    # per thread when the schedule splits the planes
+    with nb.loop(planes, hint="nc", parallel_candidate=split) as p:
         base = THREAD_INDEX * (oh * wp)
         with nb.loop(oh, hint="y") as y:
             with nb.loop(wp, "vector", lanes, hint="px") as px:

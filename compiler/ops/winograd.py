@@ -17,7 +17,7 @@ from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
 from ..schedule.conv import winograd_pays_for
-from ..schedule.loops import worth_parallel
+from ..schedule.loops import splits
 from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -226,12 +226,12 @@ class RawWeights:
 
 def _transform_weights_at_run_time(ctx, u, weight, m_out, c_in):
     nb = ctx.nb
-    work = m_out * c_in * 16
-    per_thread = worth_parallel(ctx.target, work)   # the schedule splits m (the same rule): a slot each
+    split = ("map", m_out * c_in * 16)
+    per_thread = splits(ctx.target, split)      # the schedule splits m: a slot each
     raw = weight if isinstance(weight, RawWeights) else None
     if raw is not None:
         staged = ctx.scratch(9 * c_in * (ctx.threads if per_thread else 1), u.dtype)
-    with nb.loop(m_out, hint="m", parallel_candidate=("map", work)) as m:
+    with nb.loop(m_out, hint="m", parallel_candidate=split) as m:
         if raw is not None:
             at = THREAD_INDEX * (9 * c_in) if per_thread else 0
             transpose_tiles(ctx, raw.buf, m * raw.m_stride, raw.c_stride, staged, at, c_in, c_in, 9)

@@ -23,5 +23,13 @@ def worth_parallel(target, work, family="map"):
     return threshold is None or work >= getattr(table_for(target), threshold)
 
 
+def splits(target, candidate):
+    """Whether the schedule step will make a loop marked `candidate` = (family, work)
+    parallel: asked ahead only by a lowering that gives each thread its own scratch
+    slot under that loop (the slot's size is the lowering's; the rule stays here)."""
+    family, work = candidate
+    return worth_parallel(target, work, family)
+
+
 def loop_kind(target, work, family="map"):
     return "parallel" if worth_parallel(target, work, family) else "serial"
