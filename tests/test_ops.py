@@ -144,6 +144,10 @@ CASES = [
     # ... by bands of tile rows past 128 tiles an image: whole bands, then an odd last pixel row
     ("ConvGradWeight", [(F, (3, 16, 33, 30)), (F, (3, 18, 33, 30))], {"pads": (1, 1, 1, 1), "weight_shape": (18, 16, 3, 3)}, None),
     ("ConvGradWeight", [(F, (2, 16, 34, 31)), (F, (2, 16, 33, 30))], {"pads": (1, 0, 0, 1), "weight_shape": (16, 16, 3, 3)}, None),
+    # Winograd, the batch's 48 tiles as one step at 2 threads (U outweighs a team's V and M), 3 images for 2
+    ("Conv", [(F, (3, 64, 8, 8)), (F, (64, 64, 3, 3))], {"pads": (1, 1, 1, 1)}, None),
+    ("ConvGradInput", [(F, (3, 64, 8, 8)), (F, (64, 64, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (3, 64, 8, 8)}, None),
+    ("ConvGradWeight", [(F, (3, 64, 8, 8)), (F, (3, 64, 8, 8))], {"pads": (1, 1, 1, 1), "weight_shape": (64, 64, 3, 3)}, None),
     ("ConvGradInput", [(F, (2, 16, 34, 30)), (F, (16, 17, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (2, 17, 34, 30)}, {1: "w"}),
     ("MaxPoolGrad", [(F, (2, 3, 4, 4)), ("int64", (2, 3, 4, 4))], {"kernel_shape": (2, 2), "strides": (2, 2), "input_shape": (2, 3, 8, 8)}, "pool_indices"),
     # ... by phases (windows tile the map exactly): rows longer than a vector, with a tail

@@ -164,8 +164,13 @@ def for_image_chunks(ctx, n, plan, body, accumulates=False, start=None):
 
 def zero_slot(ctx, buf, slot, slots):
     """buf's part `slot` of `slots` equal parts set to 0 (a team's partial sums)."""
-    size = buf.size // slots
-    with ctx.nb.loop(size, "vector", ctx.lanes(buf.dtype), hint="z") as i:
+    size, lanes = buf.size // slots, ctx.lanes(buf.dtype)
+    if slots == 1 and size % lanes == 0:        # one team: all threads may share it
+        with ctx.nb.loop(size // lanes, hint="zb", parallel_candidate=("map", size)) as zb:
+            with ctx.nb.loop(lanes, "vector", lanes, hint="z") as i:
+                ctx.nb.store(buf, zb * lanes + i, Const(0.0, buf.dtype))
+        return
+    with ctx.nb.loop(size, "vector", lanes, hint="z") as i:
         ctx.nb.store(buf, slot * size + i, Const(0.0, buf.dtype))
 
 

@@ -81,6 +81,20 @@ def _combine(coeffs, terms):
     return total
 
 
+def whole_batch_plan(ctx, n, tiles, channels):
+    """The batch as one step on all threads, the 16 GEMMs shared out by tile position
+    (an image_plan of one team), where the batch's tiles fit one step and U outweighs a
+    team's V and M: each team would read all of U (16 MB at 512 x 512; a weight
+    gradient's partial sums too, one copy per team), shared out each thread reads 1/T.
+    None where teams of whole images pay."""
+    c_in, m_out = channels
+    threads = ctx.threads
+    if threads > 1 and n >= threads and n * tiles <= TILE_COLUMNS and \
+            c_in * m_out >= (c_in + m_out) * (n * tiles // threads):
+        return 1, n, n
+    return None
+
+
 def each_tile_position(ctx, gemm, slot, parallel):
     """gemm(xi, slot) for the 16 positions xi of a 4x4 tile (Winograd's 16 GEMMs):
     shared out among the threads in one fork when `parallel`, not 16 forks; else in
@@ -113,7 +127,8 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
         u = ctx.scratch(16 * m_out * c_in, y.dtype)
         _transform_weights_at_run_time(ctx, u, weight, m_out, c_in)
 
-    plan = image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
+    plan = whole_batch_plan(ctx, n, tiles, channels) or \
+        image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
     teams, _, chunk = plan
     # batch 1 on several threads: by bands of tile rows when each thread's V and M
     # outweigh U, which every band reads whole (measured: 0.75x at 16 -> 64 channels on
@@ -140,20 +155,21 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # Each step works on `count` images' tile rows [ty0, ty0 + rows): column
     # img * tiles + (ty - ty0) * tx_n + tx of the slot's V and M.
     def transform_input(first, count, ty0, rows, v_off, parallel):      # V = B^T d B per 4x4 tile
-        with nb.loop(count, hint="i") as img:
-            with nb.loop(c_in, hint="c", parallel_candidate=("winograd", c_in * tiles) if parallel else None) as c:
-                with nb.loop(rows, hint="ty") as ty:
-                    with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
-                        def d(i, j):
-                            iy, ix = (ty0 + ty) * 2 + (i - pt), tx * 2 + (j - pl)
-                            ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-                            return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
-                        table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)]
-                                 for a in range(4)]
-                        for a in range(4):
-                            for b in range(4):
-                                at = v_off + ((a * 4 + b) * c_in + c) * cols + img * tiles + ty * tx_n + tx
-                                nb.store(v_buf, at, _combine(B_T[b], table[a]))
+        with nb.loop(count * c_in, hint="ic",
+                     parallel_candidate=("winograd", count * c_in * tiles) if parallel else None) as ic:
+            img, c = ic // c_in, ic % c_in
+            with nb.loop(rows, hint="ty") as ty:
+                with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
+                    def d(i, j):
+                        iy, ix = (ty0 + ty) * 2 + (i - pt), tx * 2 + (j - pl)
+                        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                        return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
+                    table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)]
+                             for a in range(4)]
+                    for a in range(4):
+                        for b in range(4):
+                            at = v_off + ((a * 4 + b) * c_in + c) * cols + img * tiles + ty * tx_n + tx
+                            nb.store(v_buf, at, _combine(B_T[b], table[a]))
 
     def products(width, v_off, m_off, slot, parallel):       # M[xi] = U[xi] V[xi], 16 GEMMs
         def gemm(xi, own_slot):
@@ -165,19 +181,20 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
         each_tile_position(ctx, gemm, slot, parallel)
 
     def transform_output(first, count, ty0, rows, m_off, parallel):     # Y = A^T M A, then the epilogue
-        with nb.loop(count, hint="i") as img:
-            with nb.loop(m_out, hint="m", parallel_candidate=("winograd", m_out * tiles) if parallel else None) as m:
-                with nb.loop(rows, hint="ty") as ty:
-                    with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
-                        at = m_off + m * cols + img * tiles + ty * tx_n + tx
-                        tile = [[m_buf[at + (a * 4 + b) * (m_out * cols)] for b in range(4)] for a in range(4)]
-                        for p in range(2):
-                            row = [_combine(A_T[p], [tile[a][b] for a in range(4)]) for b in range(4)]
-                            for q in range(2):
-                                oy, ox = (ty0 + ty) * 2 + p, tx * 2 + q   # stride-2 stores: wide, masked
-                                value = finish(first + img, m, oy, ox, _combine(A_T[q], row))
-                                nb.store(y, ((first + img) * m_out + m) * (oh * ow) + oy * ow + ox, value,
-                                         mask=(oy < oh) & (ox < ow))
+        with nb.loop(count * m_out, hint="im",
+                     parallel_candidate=("winograd", count * m_out * tiles) if parallel else None) as im:
+            img, m = im // m_out, im % m_out
+            with nb.loop(rows, hint="ty") as ty:
+                with nb.loop(tx_n, "vector", lanes, hint="tx") as tx:
+                    at = m_off + m * cols + img * tiles + ty * tx_n + tx
+                    tile = [[m_buf[at + (a * 4 + b) * (m_out * cols)] for b in range(4)] for a in range(4)]
+                    for p in range(2):
+                        row = [_combine(A_T[p], [tile[a][b] for a in range(4)]) for b in range(4)]
+                        for q in range(2):
+                            oy, ox = (ty0 + ty) * 2 + p, tx * 2 + q   # stride-2 stores: wide, masked
+                            value = finish(first + img, m, oy, ox, _combine(A_T[q], row))
+                            nb.store(y, ((first + img) * m_out + m) * (oh * ow) + oy * ow + ox, value,
+                                     mask=(oy < oh) & (ox < ow))
 
     def part(first, count, ty0, rows, slot, parallel):
         v_off, m_off = slot * (16 * c_in * cols), slot * (16 * m_out * cols)

@@ -16,7 +16,7 @@ end (as the direct path does), so the result does not depend on the schedule."""
 from ..lower.gemm import gemm_nest
 from ..lower.nests import parts, transpose_tiles
 from .conv_common import zero_slot
-from .winograd import A_T, B_T, G, _combine, each_tile_position
+from .winograd import A_T, B_T, G, _combine, each_tile_position, whole_batch_plan
 
 TILE_COLUMNS = 128     # tiles per thread per step: the GEMMs' k; V and Zt stay near L2
 
@@ -30,7 +30,8 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
     oh, ow = out_hw
     ty_n, tx_n = -(-oh // 2), -(-ow // 2)
     tiles = ty_n * tx_n
-    plan = image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
+    plan = whole_batch_plan(ctx, n, tiles, (c_in, m_out)) or \
+        image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
     teams, _, chunk = plan
     # an image of more than TILE_COLUMNS tiles goes by bands of tile rows (its whole V
     # and Zt would not stay in L2); `full` bands of whole pixel rows, then the rest
@@ -51,7 +52,8 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
         t_off, p_off = slot * (pixels * m_out), slot * (16 * c_in * m_out)
         span = (ty0, rows, height)
         _input_transform(ctx, x, v_buf, first, count, v_off, geometry, span, parallel)
-        with nb.loop(count, hint="i") as img:      # dY [M][pixels] -> [pixels][M]
+        split = ("map", count * m_out * height * ow) if parallel else None
+        with nb.loop(count, hint="i", parallel_candidate=split) as img:      # dY [M][pixels] -> [pixels][M]
             transpose_tiles(ctx, dy, (first + img) * (m_out * oh * ow) + ty0 * (2 * ow), oh * ow, dyt,
                             t_off + img * (height * ow * m_out), m_out, m_out, height * ow)
         _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, span, parallel)
@@ -84,19 +86,20 @@ def _input_transform(ctx, x, v_buf, first, count, v_off, geometry, span, paralle
     (h, w), _, (pt, pl), (c_in, _), cols, tiles = geometry
     ty0, rows, _ = span
     _, tx_n = _tile_counts(geometry)
-    with nb.loop(count, hint="i") as img:
-        with nb.loop(c_in, hint="c", parallel_candidate=("winograd", c_in * rows * tx_n) if parallel else None) as c:
-            with nb.loop(rows, hint="ty") as ty:
-                with nb.loop(tx_n, "vector", ctx.lanes(v_buf.dtype), hint="tx") as tx:
-                    def d(i, j):
-                        iy, ix = (ty0 + ty) * 2 + (i - pt), tx * 2 + (j - pl)
-                        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-                        return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
-                    table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)] for a in range(4)]
-                    for a in range(4):
-                        for b in range(4):
-                            at = v_off + ((a * 4 + b) * c_in + c) * cols + (img * rows + ty) * tx_n + tx
-                            nb.store(v_buf, at, _combine(B_T[b], table[a]))
+    split = ("winograd", count * c_in * rows * tx_n) if parallel else None
+    with nb.loop(count * c_in, hint="ic", parallel_candidate=split) as ic:
+        img, c = ic // c_in, ic % c_in
+        with nb.loop(rows, hint="ty") as ty:
+            with nb.loop(tx_n, "vector", ctx.lanes(v_buf.dtype), hint="tx") as tx:
+                def d(i, j):
+                    iy, ix = (ty0 + ty) * 2 + (i - pt), tx * 2 + (j - pl)
+                    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                    return x.load(((first + img) * c_in + c) * (h * w) + iy * w + ix, mask=ok)
+                table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)] for a in range(4)]
+                for a in range(4):
+                    for b in range(4):
+                        at = v_off + ((a * 4 + b) * c_in + c) * cols + (img * rows + ty) * tx_n + tx
+                        nb.store(v_buf, at, _combine(B_T[b], table[a]))
 
 
 def _dy_transform(ctx, dyt, z_buf, count, t_off, z_off, geometry, span, parallel):
