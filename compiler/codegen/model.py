@@ -98,7 +98,7 @@ def lower_nodes(graph, target, name, const_index, constants, lowering_of=lambda 
         ctx = LowerContext(node, in_types, out_types, consts, target,
                            f"{name}_k{len(seen)}_{node.op.lower()}")
         lower(ctx)        # the algorithm: a loop nest whose loops are serial or candidates
-        kernel = schedule_kernel(ctx.kernel(), target) if sig not in seen else None   # parallel loops chosen
+        kernel = schedule_kernel(ctx.algorithm(), target) if sig not in seen else None   # parallel loops chosen
         table_slots = list(range(len(constants), len(constants) + len(ctx.tables)))
         constants.extend(array for _, array in ctx.tables)
         yield LoweredNode(idx, sig, sig not in seen, ctx, table_slots,

@@ -6,7 +6,8 @@ from .loop_ir import Buffer, Kernel, NestBuilder
 class LowerContext:
     """Gives a lowering rule flat Buffers for the node's inputs and outputs, a
     NestBuilder to emit loops into, scratch and stack buffers, and the target's
-    vector width. `kernel()` packages the result."""
+    vector width. `algorithm()` packages the result: the kernel before the schedule
+    step (schedule/kernels.py) has chosen its parallel loops."""
 
     def __init__(self, node, in_types, out_types, consts, target, name):
         self.node, self.attrs = node, node.attrs
@@ -52,7 +53,9 @@ class LowerContext:
         self.tables.append((buf, array))
         return buf
 
-    def kernel(self):
+    def algorithm(self):
+        """The lowered kernel: its loops serial, those that may run in parallel marked
+        (schedule_kernel(kernel, target) chooses which do)."""
         params = [b for b in self.inputs if b is not None] + self.outputs + self.scratch_buffers
         params += [b for b, _ in self.tables]
         params += [self.status_buffer] if self.status_buffer is not None else []
