@@ -122,3 +122,30 @@ def test_default_threads_follow_affinity_and_quota(monkeypatch):
     assert target_mod.checked_threads(None) == 2
     monkeypatch.setattr(target_mod, "_cgroup_cpu_limit", lambda: 0.25)
     assert target_mod.checked_threads(None) == 1
+
+
+TRACE = """
+import sys
+sys.path[:0] = [{tools!r}, {tests!r}]
+import numpy as np, nutshell as ns
+from pool_trace import Trace, run
+from test_threads import parallel_graph
+trace = Trace()
+model = ns.compile(parallel_graph(), threads=2)
+loops, calls, names = run(trace, model, 2, 3)
+x = np.random.default_rng(0).standard_normal((4, 8, 32, 32)).astype(np.float32)
+assert np.array_equal(model(x), ns.compile(parallel_graph(), threads=2)(x))
+assert names and all(".par" in n for n in names), names
+assert all(len(c) == len(names) for n in (1, 2) for c in loops[n])
+print(len(names))
+"""
+
+
+def test_pool_trace_times_every_parallel_loop():
+    """tools/pool_trace.py: a recorder around the pool's entry (thread_pool.define's
+    wrap_entry) sees each parallel loop of a call, by name, at 1 and 2 threads."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = TRACE.format(tools=os.path.join(root, "tools"), tests=os.path.join(root, "tests"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) >= 2        # the conv's and the matmul's at least

@@ -278,9 +278,9 @@ class _Pool:
         return b.load(self.g["started"], typ=H.I32)
 
     # ---- the caller's side ------------------------------------------------------------
-    def entry(self, worker):
+    def entry(self, worker, name=ENTRY, linkage=None):
         fnty = ir.FunctionType(H.VOID, [H.PTR, H.PTR, H.I64])
-        fn, b = self.function(ENTRY, fnty, self.linkage)
+        fn, b = self.function(name, fnty, linkage or self.linkage)
         job, data, team = fn.args
         alone, pooled = fn.append_basic_block("alone"), fn.append_basic_block("pooled")
         single = b.icmp_signed("<=", team, ir.Constant(H.I64, 1))
@@ -371,11 +371,16 @@ def _callable(b, ptr):
     return b.inttoptr(b.ptrtoint(ptr, H.I64), ir.PointerType(JOB_TYPE))
 
 
-def define(module, triple, linkage="internal", destructor=True):
+def define(module, triple, linkage="internal", destructor=True, wrap_entry=None):
     """Add the pool to `module` (defining `nutshell_parallel` if the kernels declared it).
-    With `destructor`, the module's unloading (exit, dlclose) stops the workers first."""
+    With `destructor`, the module's unloading (exit, dlclose) stops the workers first.
+    `wrap_entry(pool, inner)` defines `nutshell_parallel` around the real entry, renamed
+    (tools/pool_trace.py times every parallel loop that way)."""
     pool = _Pool(module, triple, linkage)
-    pool.entry(pool.worker())
+    if wrap_entry is None:
+        pool.entry(pool.worker())
+    else:
+        wrap_entry(pool, pool.entry(pool.worker(), ENTRY + ".inner", "internal"))
     pool.hold()
     pool.release()
     stop = pool.stop()
