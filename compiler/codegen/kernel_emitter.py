@@ -26,9 +26,10 @@ LOCAL_PAD = 64          # elements: one vector of the narrowest type at the wide
 
 
 class KernelEmitter(MemoryAccess, ParallelLoops, Reductions):
-    def __init__(self, module, kernel, threads=1):
+    def __init__(self, module, kernel, threads=1, workers=None):
         self.module, self.kernel = module, kernel
         self.threads = threads
+        self.workers = workers   # find_worker(module, key), add_worker(key, fn): shared across kernels
         self.builder = None
         self.env = {}            # loop var name -> i64 value
         self.bufs = {}           # buffer name -> ptr value (params and locals)

@@ -123,7 +123,7 @@ def build_model(graph, target, name="model", module=None, on_part=None):
         if node.first:
             kernel = by_sig[node.signature] = node.kernel
             lowered.append(kernel)
-            parts.add(KernelEmitter(parts.module, kernel, target.threads).emit())
+            parts.add(KernelEmitter(parts.module, kernel, target.threads, parts).emit())
         scratch_sizes[node.idx] = node.scratch_sizes
         calls.append((node.idx, by_sig[node.signature].name, node.table_slots, node.ctx.status_buffer is not None))
 
@@ -157,6 +157,7 @@ class ModuleParts:
         self.target, self.name, self.on_part = target, name, on_part
         self.module = module if module is not None else self._new()
         self.size, self.sealed, self.kernels = 0, [], {}
+        self.workers = {}        # structure key -> name of the parallel worker emitted for it
 
     def _new(self):
         done = len(getattr(self, "sealed", ()))
@@ -178,6 +179,16 @@ class ModuleParts:
             self.sealed.append(str(self.module))
             self.on_part(self.sealed[-1])
             self.module, self.size = self._new(), 0
+
+    def find_worker(self, module, key):
+        """The worker emitted for `key` (a declaration when it is in a sealed part), or None."""
+        name = self.workers.get(key)
+        return None if name is None else self.kernel(module, name)
+
+    def add_worker(self, key, fn):
+        """A worker others may call: external when its part is sealed, as kernels are."""
+        self.workers[key] = fn.name
+        self.kernels[fn.name] = fn
 
     def kernel(self, module, name):
         """Kernel `name` as `module` sees it: a declaration when emitted elsewhere."""

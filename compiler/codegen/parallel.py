@@ -4,6 +4,7 @@ joins in time."""
 from llvmlite import ir
 
 from ..lower.loop_ir import THREAD_INDEX
+from ..lower.loop_printer import structure_key
 from . import llvm_helpers as H
 from . import thread_pool
 
@@ -12,7 +13,7 @@ CHUNKS_PER_THREAD = 4   # a parallel loop's chunks per thread: some to rebalance
 
 class ParallelLoops:
     """Mixed into KernelEmitter (needs builder, bufs, env, kernel, module, threads,
-    nthreads, stmts, _begin)."""
+    nthreads, stmts, _begin, workers)."""
 
     def parallel_loop(self, s):
         """Outline the loop body into a worker(ptr data, i64 slot, i64 team) run by
@@ -39,17 +40,40 @@ class ParallelLoops:
         for k, value in enumerate(values):
             b.store(value, b.gep(data, [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
                                  source_etype=struct_ty))
+        worker = self._worker(s, params, vars_, struct_ty, counters_ty, len(values))
+        team = ir.Constant(H.I32, min(s.extent, self.threads))    # scratch has a slot per compiled thread
+        team = b.select(b.icmp_signed("<", self.nthreads, team), self.nthreads, team)
+        team = b.select(b.icmp_signed("<", team, ir.Constant(H.I32, 1)), ir.Constant(H.I32, 1), team)
+        b.call(thread_pool.declare(self.module), [worker, data, b.sext(team, H.I64)])
+
+    def _worker(self, s, params, vars_, struct_ty, counters_ty, nfields):
+        """The worker of `s`: one emitted before for the same loop (its statements,
+        buffers, captured variables and thread count alike: a convolution and the
+        input gradient that is the same convolution) when the build shares them
+        (`self.workers`, model.ModuleParts), else a new one."""
+        key = None
+        if self.workers is not None:
+            key = structure_key(self.threads, params, self.kernel.locals, vars_, s)
+            found = self.workers.find_worker(self.module, key)
+            if found is not None:
+                return found
         self._workers += 1
         worker = ir.Function(self.module, thread_pool.JOB_TYPE,
                              name=f"{self.kernel.name}.par{self._workers}")
         worker.linkage = "internal"
+        self._emit_worker(worker, s, params, vars_, struct_ty, counters_ty, nfields)
+        if key is not None:
+            self.workers.add_worker(key, worker)
+        return worker
+
+    def _emit_worker(self, worker, s, params, vars_, struct_ty, counters_ty, nfields):
         saved = (self.builder, self.bufs, dict(self.env))
         self.in_worker = True
         self._begin(worker, {})
         wb = self.builder
         fields = [wb.load(wb.gep(worker.args[0], [ir.Constant(H.I32, 0), ir.Constant(H.I32, k)],
                                  source_etype=struct_ty), typ=H.I64 if k > len(params) else H.PTR)
-                  for k in range(len(values))]
+                  for k in range(nfields)]
         self.bufs.update({p.name: f for p, f in zip(params, fields)})
         self.env.update(dict(zip(vars_, fields[len(params) + 1:])))
         self.env[THREAD_INDEX.name], nth = worker.args[1], worker.args[2]
@@ -83,7 +107,3 @@ class ParallelLoops:
         self.builder.ret_void()
         self.builder, self.bufs, self.env = saved
         self.in_worker = False
-        team = ir.Constant(H.I32, min(s.extent, self.threads))    # scratch has a slot per compiled thread
-        team = b.select(b.icmp_signed("<", self.nthreads, team), self.nthreads, team)
-        team = b.select(b.icmp_signed("<", team, ir.Constant(H.I32, 1)), ir.Constant(H.I32, 1), team)
-        b.call(thread_pool.declare(self.module), [worker, data, b.sext(team, H.I64)])

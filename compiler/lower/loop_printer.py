@@ -1,4 +1,8 @@
 """Text form of loop IR kernels (what `model.source("loops")` shows)."""
+from dataclasses import fields, is_dataclass
+
+import numpy as np
+
 from .loop_ir import Bin, Call, Const, For, Load, Reduce, Select, Store, Transpose, Var
 
 
@@ -47,3 +51,39 @@ def print_kernel(kernel):
         out.append(f"  local {b.name}: {b.dtype.value}[{b.size}]")
     _stmts(kernel.body, 1, out)
     return "\n".join(out)
+
+
+_FIELDS = {}     # dataclass type -> its field names
+
+
+def structure_key(*roots):
+    """A complete text of loop-IR trees: every field of every node (dtypes, buffer
+    names and sizes, masks, lanes, limits), a node met again as a back-reference, so
+    that equal keys mean the same code whichever kernel the trees came from (the
+    emitter reuses a parallel loop's worker by it). print_kernel leaves types out."""
+    seen, out = {}, []
+
+    def walk(x):
+        names = _FIELDS.get(type(x))
+        if names is None and is_dataclass(x):
+            names = _FIELDS[type(x)] = tuple(f.name for f in fields(x))
+        if names is not None:
+            if id(x) in seen:
+                out.append(f"@{seen[id(x)]}")
+                return
+            seen[id(x)] = len(seen)
+            out.append(type(x).__name__ + "(")
+            for name in names:
+                walk(getattr(x, name))
+            out.append(")")
+        elif isinstance(x, (list, tuple)):
+            out.append("[")
+            for y in x:
+                walk(y)
+            out.append("]")
+        elif isinstance(x, np.ndarray):       # repr elides the middle of a large array
+            out.append(f"{x.dtype.str}{x.shape}{x.tobytes().hex()}")
+        else:
+            out.append(repr(x))
+    walk(roots)
+    return ",".join(out)
