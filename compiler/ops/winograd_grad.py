@@ -63,7 +63,8 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
             gemm_nest(ctx, c_in, m_out, count * rows * tx_n,
                       lambda r, kk: v_buf[v_off + (xi * c_in + r) * cols + kk],
                       lambda kk, j: z_buf[z_off + (xi * cols + kk) * m_out + j],
-                      partial, at, init=lambda r, j: partial[at(r, j)], parallel=False, slot=own_slot)
+                      partial, at, init=None if single else lambda r, j: partial[at(r, j)],
+                      parallel=False, slot=own_slot)
         each_tile_position(ctx, gemm, slot, parallel)     # the images left over: the 16 GEMMs shared out
 
     def images(first, count, slot, parallel):
@@ -74,8 +75,11 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
         if ty_n > full * band:
             rows_of(first, 1, full * band, ty_n - full * band, oh - 2 * full * band, slot, parallel)
 
+    # the whole batch in one step (512 x 512 on 4x4 maps): its products are the sums, so
+    # the partials need no zeroing first nor reading back (16 MB each way)
+    single = teams == 1 and chunk == n and band == ty_n
     for_image_chunks(ctx, n, plan, images, accumulates=True,
-                     start=lambda slot: zero_slot(ctx, partial, slot, teams))
+                     start=None if single else lambda slot: zero_slot(ctx, partial, slot, teams))
     _output_transform(ctx, partial, out, teams, c_in, m_out)
 
 
