@@ -1,6 +1,6 @@
 """MaxPool by rows (ops/pool.py's _max_by_rows: the max down the window into a padded
-plane, then along its rows): padding, ceil mode, dilation, integers, NaN and the
-parallel loop against the NumPy reference. Max is exact: results compared bit for bit."""
+plane, then along its rows): padding, ceil mode, dilation, integers, the blocked
+layout, NaN and the parallel loop against the NumPy reference. Max is exact: results compared bit for bit."""
 import numpy as np
 import pytest
 
@@ -15,6 +15,10 @@ CASES = [   # (dtype, input shape, attrs)
     ("float32", (1, 2, 12, 12), {"kernel_shape": (9, 9), "pads": (4, 4, 4, 4)}),     # the general nest
     ("int8", (1, 3, 9, 9), {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
     ("int32", (1, 2, 8, 8), {"kernel_shape": (2, 2), "strides": (2, 2)}),
+    # the blocked layout's NCHW16c: a window of 1 on the lane axis (ceil mode, one-sided pads)
+    ("float32", (1, 2, 9, 11, 16), {"kernel_shape": (3, 3, 1), "strides": (2, 2, 1), "pads": (1, 0, 0, 0, 1, 0),
+                                    "ceil_mode": 1}),
+    ("float32", (1, 4, 33, 33, 16), {"kernel_shape": (3, 3, 1), "strides": (2, 2, 1), "pads": (1, 1, 0, 1, 1, 0)}),
 ]
 
 
