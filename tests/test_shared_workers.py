@@ -11,18 +11,15 @@ import numpy as np
 from nutshell.compiler.codegen import model as codegen_model
 from nutshell.compiler.codegen.kernel_emitter import KernelEmitter
 from nutshell.compiler.ir.types import DType
-from nutshell.compiler.lower.loop_ir import Buffer, Const, Kernel, NestBuilder
+from nutshell.compiler.lower.loop_ir import Buffer, Const, For, Kernel, Store, Var
 from nutshell.compiler.lower.loop_printer import structure_key
 from nutshell.compiler.lower.target import host_target
 from nutshell.runtime.jit import ensure_pool, target_machine
 
 
 def scale_kernel(name, factor=2.0, size=64, dtype=DType.float32):
-    x, y = Buffer("x", dtype, size), Buffer("y", dtype, size)
-    nb = NestBuilder()
-    with nb.loop(size, "parallel") as i:
-        nb.store(y, i, x[i] * Const(factor, dtype))
-    return Kernel(name, [x, y], nb.body())
+    x, y, i = Buffer("x", dtype, size), Buffer("y", dtype, size), Var("i")
+    return Kernel(name, [x, y], [For(i, size, [Store(y, i, x[i] * Const(factor, dtype))], "parallel")])
 
 
 def test_structure_key_sees_every_field():
