@@ -11,6 +11,7 @@ built-in name or a callable (output, target) -> scalar written with the tracing
 API. Frozen parameters (requires_grad False) are inputs the step reads and never
 updates, so trainers sharing submodules (a GAN's) see each other's updates."""
 import math
+import os
 import threading
 
 from nutshell.compiler.errors import CompileError
@@ -219,14 +220,14 @@ _OPTIMISED = {}     # the step graph's key -> its optimised graph, for this proc
 _OPTIMISED_LOCK = threading.Lock()   # trainers may be compiled from several threads at once
 
 
-def _optimised(graph, target):
+def _optimised(graph, target, key=None):
     """optimize_graph(graph), once per step graph in this process: compiling the same
     step again (a new trainer, a sweep) skips the passes, as the model cache skips
     code generation. Keyed as the model cache is (text, constants, target, compiler);
     a step's weights are its inputs, not constants, so the key stays small."""
     from nutshell.api import optimize_graph
     from nutshell.runtime.model_cache import graph_key
-    key = graph_key(graph, target, "unoptimised")
+    key = key or graph_key(graph, target, "unoptimised")
     with _OPTIMISED_LOCK:
         optimised = _OPTIMISED.get(key)
     if optimised is None:
@@ -236,6 +237,29 @@ def _optimised(graph, target):
             while len(_OPTIMISED) > 8:
                 _OPTIMISED.pop(next(iter(_OPTIMISED)))
     return optimised
+
+
+def _cpu_step_model(graph, cpu, name):
+    """The step's CompiledModel through the model cache. A step this cache holds (a
+    hint file, keyed by the step graph before the passes, says so) starts the child
+    that checks the entry's object now: its start-up overlaps the passes and the
+    hashing instead of following them (a fresh process's cached compile)."""
+    from nutshell.runtime.jit import DiskCache
+    from nutshell.runtime.model_cache import cached_model, graph_key
+    from nutshell.runtime.object_check import LinkCheck
+    key = graph_key(graph, cpu, "unoptimised")
+    hint = DiskCache(key, ".step")
+    with _OPTIMISED_LOCK:
+        seen = key in _OPTIMISED
+    check = LinkCheck(cpu) if hint.enabled and not seen and os.path.exists(hint.path) else None
+    try:
+        model = cached_model(_optimised(graph, cpu, key), cpu, name, check)
+    finally:
+        if check is not None:
+            check.close()         # unused when the passes or the build failed
+    if model.code.llvm_ir is not None:
+        hint.store(b"")
+    return model
 
 
 def _check_placement(target, arch, threads, distributed, options):
@@ -284,7 +308,6 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
     same kernels run on this CPU), arch the PTX's (sm_80, sm_90; default: the GPU's)."""
     from nutshell.api import c_identifier
     from nutshell.compiler.lower.target import host_target
-    from nutshell.runtime.model_cache import cached_model
     from nutshell.runtime.trainer import Trainer
     unknown = sorted(set(options) - set(REGULARISATION) - set(LOSS_OPTIONS) - set(DISTRIBUTED_OPTIONS))
     if unknown:
@@ -309,9 +332,7 @@ def compile_training(module, input_shape=None, loss="cross_entropy", optimizer=N
         from nutshell.runtime.cuda import compile_cuda
         model = compile_cuda(graph, target, c_identifier(graph.name), arch)
     else:
-        cpu = host_target(threads)
-        graph = _optimised(graph, cpu)
-        model = cached_model(graph, cpu, c_identifier(graph.name))   # whole-step cache, as inference
+        model = _cpu_step_model(graph, host_target(threads), c_identifier(graph.name))
     trainer = Trainer(recipe, model, layout, optimizer, threads, check_nan)
     trainer.regularisation = regularisation          # the AOT bundle's split step rebuilds with it
     return trainer

@@ -124,19 +124,24 @@ class ModelCache(DiskCache):
         super().__init__(graph_key(graph, target, name), ".model")
         self.target = target
 
-    def load_code(self, graph):
-        """(object bytes, ModelCode without IR or loop kernels), or None on a miss."""
+    def load_code(self, graph, check=None):
+        """(object bytes, ModelCode without IR or loop kernels), or None on a miss.
+        `check`: an object_check.LinkCheck started earlier (its child is used or stopped)."""
         payload = self.load()
         if payload is None:
+            if check is not None:
+                check.close()
             return None
         try:
             obj, meta, tables = decode_entry(payload)
             code = ModelCode(None, str(meta["entry"]), list(graph.constants.values()) + tables,
                              _plan_from_json(meta["plan"]), None, int(meta["num_calls"]))
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError):
+            if check is not None:
+                check.close()
             self.discard()
             return None
-        if not object_links(obj, self.target):
+        if not object_links(obj, self.target, check):
             self.discard()
             return None
         return obj, code
@@ -148,16 +153,17 @@ class ModelCache(DiskCache):
         self.store(encode_entry(obj, code, code.constants[len(graph.constants):]))
 
 
-def cached_model(graph, target, name):
+def cached_model(graph, target, name, check=None):
     """A CompiledModel of the optimised `graph`: linked from the cache when the same
     graph, constants and target were compiled before, else built and stored.
     Training steps use it as inference does: a training graph (forward, backward
-    and update) is keyed the same way, its state being inputs, not constants."""
+    and update) is keyed the same way, its state being inputs, not constants.
+    `check`: a LinkCheck started early, for the entry's object (stopped on a miss)."""
     from .jit import JitModule
     from .model import CompiledModel
     from .parallel_jit import build_and_jit
     cache = ModelCache(graph, target, name)
-    hit = cache.load_code(graph)
+    hit = cache.load_code(graph, check)
     if hit is not None:
         return CompiledModel(graph, hit[1], JitModule.from_object(hit[0], target), target)
     code, jit = build_and_jit(graph, target, name)

@@ -40,21 +40,65 @@ def linked_here(obj, target):
     _checked.add(_digest(obj if isinstance(obj, list) else [obj], target)[1])
 
 
-def object_links(obj, target):
-    """True when LLVM links `obj` (or a list of objects, together) for `target` in a
-    child process without failing."""
+class LinkCheck:
+    """A child that links objects for `target`, started now so that its start-up
+    (a Python and LLVM's libraries: most of a cached compile's wait) overlaps the
+    caller's work until the object is known; `links(obj)` then hands it over."""
+
+    def __init__(self, target):
+        self.target = target
+        try:
+            self.child = subprocess.Popen([sys.executable, "-c", _CHILD, target.triple, target.cpu,
+                                           target.features], stdin=subprocess.PIPE,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.child = None
+
+    def links(self, obj):
+        """True when LLVM links `obj` (or a list of objects, together) in the child."""
+        child, self.child = self.child, None
+        known, data, digest = _known(obj, self.target)
+        if known is not None:
+            _stop(child)
+            return known
+        if child is None:
+            return False
+        try:
+            child.communicate(data, timeout=CHECK_SECONDS)
+        except (OSError, subprocess.SubprocessError):
+            child.kill()
+            child.wait()
+            return False
+        if child.returncode != 0:
+            return False
+        _checked.add(digest)
+        return True
+
+    def close(self):
+        """Not needed after all (a miss)."""
+        _stop(self.child)
+        self.child = None
+
+
+def _stop(child):
+    if child is not None:
+        child.kill()
+        child.wait()
+
+
+def _known(obj, target):
+    """(True/False when no child is needed to tell, else None; the child's input; digest)."""
     objects = obj if isinstance(obj, list) else [obj]
     if not objects or any(not isinstance(o, (bytes, bytearray)) or o[:4] != b"\x7fELF" for o in objects):
-        return False
+        return False, None, None
     data, digest = _digest(objects, target)
-    if digest in _checked:
-        return True
-    try:
-        result = subprocess.run([sys.executable, "-c", _CHILD, target.triple, target.cpu, target.features],
-                                input=data, capture_output=True, timeout=CHECK_SECONDS)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    if result.returncode != 0:
-        return False
-    _checked.add(digest)
-    return True
+    return (True if digest in _checked else None), data, digest
+
+
+def object_links(obj, target, check=None):
+    """True when LLVM links `obj` (or a list of objects, together) for `target` in a
+    child process without failing (`check`: a LinkCheck started earlier)."""
+    known = _known(obj, target)[0] if check is None else None
+    if known is not None:
+        return known
+    return (check or LinkCheck(target)).links(obj)

@@ -12,6 +12,7 @@ from onnx import helper
 
 import nutshell as ns
 from nutshell.compiler.lower.target import host_target
+from nutshell.runtime.jit import DiskCache
 from nutshell.runtime.model_cache import ModelCache, decode_entry, encode_entry, graph_key
 from onnx_models import make_model, vi
 
@@ -168,3 +169,42 @@ def test_one_child_compiles_every_part_it_is_given(monkeypatch):
         compiler.submit(f"define float @part{k}(float %x) {{\n  %y = fmul float %x, %x\n  ret float %y\n}}\n")
     objects = compiler.objects()
     assert len(objects) == 3 and all(obj is not None and obj[:4] == b"\x7fELF" for obj, _ in objects)
+
+
+STEP_SCRIPT = """
+import sys, numpy as np, nutshell as ns
+ns.manual_seed(0)
+net = ns.nn.Sequential(ns.nn.Linear(6, {hidden}), ns.nn.ReLU(), ns.nn.Linear({hidden}, 3))
+t = ns.compile_training(net, input_shape=(4, 6), threads=1, optimizer=ns.optim.SGD(lr=0.1, momentum=0.9){extra})
+loss = t.step(np.ones((4, 6), np.float32), np.array([0, 2, 1, 2]))
+print('cached' if t.model.code.llvm_ir is None else 'built', np.isfinite(loss))
+"""
+
+
+def _fresh_step(cache_dir, hidden=5, extra=""):
+    run = subprocess.run([sys.executable, "-c", STEP_SCRIPT.format(hidden=hidden, extra=extra)],
+                         capture_output=True, text=True, env=dict(os.environ, NUTSHELL_CACHE_DIR=str(cache_dir)),
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.split()
+
+
+def test_fresh_process_step_cache_hits_misses_and_rebuilds_a_garbled_entry(cache_dir):
+    """A new process finds the step cached; a changed weight shape or option misses;
+    an entry whose object is garbled under a valid checksum fails the link check (its
+    child started before the passes, from the step's hint) and is rebuilt, no crash."""
+    assert _fresh_step(cache_dir) == ["built", "True"]
+    assert _fresh_step(cache_dir) == ["cached", "True"]
+    assert _fresh_step(cache_dir, hidden=7) == ["built", "True"]
+    assert _fresh_step(cache_dir, extra=", label_smoothing=0.1") == ["built", "True"]
+    for path in cache_dir.glob("*/*.model"):
+        cache = DiskCache(path.stem, ".model")
+        assert cache.path == str(path)
+        obj, meta, tables = decode_entry(cache.load())
+        garbled = bytearray(obj)
+        garbled[0x28:0x30] = (len(obj) * 7).to_bytes(8, "little")     # section headers past the end
+        payload = bytearray(cache.load())
+        payload[payload.index(obj):payload.index(obj) + len(obj)] = garbled
+        rewrite(cache, bytes(payload))
+    assert _fresh_step(cache_dir) == ["built", "True"]
+    assert _fresh_step(cache_dir) == ["cached", "True"]
