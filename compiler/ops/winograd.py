@@ -16,17 +16,13 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
-from ..schedule.conv import winograd_pays_for
+from ..schedule.conv import winograd_band_min_ratio, winograd_pays_for, winograd_tile_columns
 from ..schedule.loops import splits
 from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
-TILE_COLUMNS = 128           # images per thread batched until the GEMMs' n reaches this: V and M
-# stay near L2 (512 took 1.5x the time for 128 channels on 28x28 at batch 8, 1.8x for a
-# 64-channel training step's 16x16 maps; 64 is 1.05-1.09x)
-BAND_MIN_RATIO = 16         # tiles x (C + M) over C x M: data per weight for row bands
 
 
 def eligible(x_shape, w_shape, strides, dil, group, out, target):
@@ -89,7 +85,7 @@ def whole_batch_plan(ctx, n, tiles, channels):
     None where teams of whole images pay."""
     c_in, m_out = channels
     threads = ctx.threads
-    if threads > 1 and n >= threads and n * tiles <= TILE_COLUMNS and \
+    if threads > 1 and n >= threads and n * tiles <= winograd_tile_columns(ctx.target) and \
             c_in * m_out >= (c_in + m_out) * (n * tiles // threads):
         return 1, n, n
     return None
@@ -123,12 +119,13 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     ty_n, tx_n = -(-oh // 2), -(-ow // 2)
     tiles = ty_n * tx_n
     lanes = ctx.lanes(y.dtype)
+    tile_columns = winograd_tile_columns(ctx.target)     # a step's tiles: V and M stay near L2
     if u is None:
         u = ctx.scratch(16 * m_out * c_in, y.dtype)
         _transform_weights_at_run_time(ctx, u, weight, m_out, c_in)
 
     plan = whole_batch_plan(ctx, n, tiles, channels) or \
-        image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
+        image_plan(ctx, n, lambda count: count * tiles <= tile_columns)
     teams, _, chunk = plan
     # batch 1 on several threads: by bands of tile rows when each thread's V and M
     # outweigh U, which every band reads whole (measured: 0.75x at 16 -> 64 channels on
@@ -137,16 +134,16 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # 32 -> 128 on 27x27, 1.2x): the shared steps' forks and small output transform
     # cost more than U read twice
     split = n < ctx.threads and ctx.threads > 1 and ty_n >= 2 * ctx.threads and (
-        tiles * (c_in + m_out) >= BAND_MIN_RATIO * c_in * m_out or 2 * m_out <= c_in)
+        tiles * (c_in + m_out) >= winograd_band_min_ratio(ctx.target) * c_in * m_out or 2 * m_out <= c_in)
     per_team = -(-ty_n // ctx.threads) if split else ty_n
-    # a thread's share of more than TILE_COLUMNS tiles would leave L2 too: bands of rows
+    # a thread's share of more than tile_columns tiles would leave L2 too: bands of rows
     # that divide the map, dealt out (DenseNet's 128 -> 32 on 56x56 at 2 threads: up to 10 ms under load -> 1.8-2 ms, ONNX Runtime 1.4)
-    dealt = split and per_team * tx_n > TILE_COLUMNS
+    dealt = split and per_team * tx_n > tile_columns
     if dealt:
-        per_team = max(d for d in range(1, ty_n + 1) if ty_n % d == 0 and (d == 1 or d * tx_n <= TILE_COLUMNS))
-    # an image of more than TILE_COLUMNS tiles goes by bands of tile rows: its whole V
+        per_team = max(d for d in range(1, ty_n + 1) if ty_n % d == 0 and (d == 1 or d * tx_n <= tile_columns))
+    # an image of more than tile_columns tiles goes by bands of tile rows: its whole V
     # and M (2 MB each for 32 channels on 64x64) would not stay in L2
-    band = ty_n if split or tiles <= TILE_COLUMNS else max(1, TILE_COLUMNS // tx_n)
+    band = ty_n if split or tiles <= tile_columns else max(1, tile_columns // tx_n)
     cols = per_team * tx_n if split else (chunk * tiles if band == ty_n else band * tx_n)
     copies = ctx.threads if split else teams
     v_buf = ctx.scratch(16 * c_in * cols * copies, y.dtype)

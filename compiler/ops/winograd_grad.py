@@ -15,10 +15,9 @@ The teams take fixed images and their partials are summed in team order at the
 end (as the direct path does), so the result does not depend on the schedule."""
 from ..lower.gemm import gemm_nest
 from ..lower.nests import parts, transpose_tiles
+from ..schedule.conv import winograd_tile_columns
 from .conv_common import zero_slot
 from .winograd import A_T, B_T, G, _combine, each_tile_position, whole_batch_plan
-
-TILE_COLUMNS = 128     # tiles per thread per step: the GEMMs' k; V and Zt stay near L2
 
 
 def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
@@ -30,12 +29,13 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
     oh, ow = out_hw
     ty_n, tx_n = -(-oh // 2), -(-ow // 2)
     tiles = ty_n * tx_n
+    tile_columns = winograd_tile_columns(ctx.target, grad=True)   # a step's tiles: V and Zt near L2
     plan = whole_batch_plan(ctx, n, tiles, (c_in, m_out)) or \
-        image_plan(ctx, n, lambda count: count * tiles <= TILE_COLUMNS)
+        image_plan(ctx, n, lambda count: count * tiles <= tile_columns)
     teams, _, chunk = plan
-    # an image of more than TILE_COLUMNS tiles goes by bands of tile rows (its whole V
+    # an image of more than tile_columns tiles goes by bands of tile rows (its whole V
     # and Zt would not stay in L2); `full` bands of whole pixel rows, then the rest
-    band = ty_n if tiles <= TILE_COLUMNS else max(1, TILE_COLUMNS // tx_n)
+    band = ty_n if tiles <= tile_columns else max(1, tile_columns // tx_n)
     full = (oh // 2) // band
     cols = chunk * tiles if band == ty_n else band * tx_n
     pixels = chunk * oh * ow if band == ty_n else 2 * band * ow     # dY's, transposed

@@ -42,6 +42,18 @@ def winograd_pays_for(target, batch, out_hw, channels):
     return (pixels >= t.winograd_min_out_pixels or even) and min(channels) >= t.winograd_min_channels
 
 
+def winograd_tile_columns(target, grad=False):
+    """Tiles one step of Winograd's 16 GEMMs takes (the forward's n, the weight gradient's k)."""
+    t = _table(target)
+    return t.winograd_grad_tile_columns if grad else t.winograd_tile_columns
+
+
+def winograd_band_min_ratio(target):
+    """Batch 1 on several threads goes by bands of tile rows when tiles x (C + M) reaches
+    this x C x M (each thread's V and M outweigh U, which every band reads whole)."""
+    return _table(target).winograd_band_min_ratio
+
+
 def batched_columns(target):
     """GEMM columns up to which a small map's images are batched side by side."""
     return _table(target).conv_batched_columns

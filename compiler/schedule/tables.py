@@ -43,6 +43,9 @@ class ScheduleTable:
     winograd_min_out_pixels: int   # an output map this big runs Winograd (3x3, stride 1, dense)
     winograd_min_batch_tiles: int  # ... or an even smaller one whose batch has 4x this many pixels
     winograd_min_channels: int     # ... when both channel counts reach this
+    winograd_tile_columns: int     # tiles a step of the 16 GEMMs takes (n): V and M stay near L2
+    winograd_grad_tile_columns: int    # the same for the weight gradient (its GEMMs' k; V and Zt)
+    winograd_band_min_ratio: int   # batch 1 on threads by tile-row bands when tiles x (C + M) >= this x C x M
     conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
     grad_weight_k: int             # a weight gradient's GEMM takes images until k (images x pixels) is this
     grad_dot_max_rows: int         # im2col rows up to which the weight gradient runs as dot products
@@ -76,6 +79,11 @@ AVX512 = ScheduleTable(
     winograd_min_batch_tiles=64,   # CIFAR ResNet's 4x4 maps at batch 32 qualify (f0f253a; the
     # boundary itself not measured)
     winograd_min_channels=16,      # the 16 GEMMs' k (and m) need some depth (not measured)
+    winograd_tile_columns=128,     # 512 took 1.5x the time for 128 channels on 28x28 at batch 8, 1.8x
+    # for a 64-channel training step's 16x16 maps; 64 is 1.05-1.09x. Larger maps by bands of tile
+    # rows of this many tiles: U-Net's 32-channel 64x64 convs 4.1-9.1 -> 2.9-6.5 ms (1c82c1b)
+    winograd_grad_tile_columns=128,    # the forward's value; bands 5-8% faster (not measured apart)
+    winograd_band_min_ratio=16,    # bands: 0.75x at 16 -> 64 channels on 55x55, 1.8x at 512 on 7x7
     conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
     # a 6x32 panel; whole model 0.98x at 1 and 2 threads (3e75bfa; 256 itself not swept)
     grad_weight_k=1024,            # not measured against other values (chosen with the batched GEMM)
