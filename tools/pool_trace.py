@@ -9,8 +9,10 @@ start, its cycles and the loop's outlined function, for each call of it), and on
 compiled model is called alternately with 1 and N threads, so both columns run the
 same code on the same machine moments apart. Prints each loop in call order (the
 kernel's outlined worker, e.g. main_graph_k5_winogradconv.par1), the median of its
-time at 1 and at N threads and the speedup, then the totals: the call, the loops,
-and the rest (serial kernels and the call's own overhead).
+time at 1 and at N threads, the speedup and the serial time before it (since the
+previous loop ended, at N threads), then the totals: the call, the loops, the serial
+time between them, before the first (the call's entry: at N threads the hold's
+futex wake of a sleeping worker, ~20 us on a KVM guest) and after the last.
 
 On a machine shared with other work a loop's N-thread time shows whether a worker
 joined at all; `chrt -f 10 python tools/pool_trace.py ...` (root) keeps others off
@@ -82,10 +84,13 @@ class Trace:
         time.sleep(0.1)
         return (self.now() - c0) / (time.perf_counter() - t0)
 
-    def since(self, first):
-        """[(microseconds, function address)] of the loops recorded from `first` on."""
+    def since(self, first, begin):
+        """[(microseconds, microseconds since the previous loop ended, function address)]
+        of the loops recorded from `first` on (the first loop's: since cycle `begin`)."""
         rows = [self.ring[(i % RING) * FIELDS: (i % RING) * FIELDS + FIELDS] for i in range(first, self.count.value)]
-        return [(took * 1e6 / self.hz, fn) for _, took, fn in rows]
+        ends = [begin] + [start + took for start, took, _ in rows[:-1]] if rows else []
+        return [(took * 1e6 / self.hz, (start - end) * 1e6 / self.hz, fn)
+                for (start, took, fn), end in zip(rows, ends)]
 
 
 def load(args):
@@ -97,7 +102,8 @@ def load(args):
 
 
 def run(trace, model, threads, repeat):
-    """{threads: [[loop us, ...] per call]}, {threads: [call seconds]}, and loop names."""
+    """{threads: [[(loop us, serial us before it), ...] per call]}, {threads: [call
+    seconds]}, and the loops' names."""
     feeds = [np.random.default_rng(0).standard_normal(v.type.shape).astype(v.type.dtype.numpy)
              for v in model.inputs]
     outs = [np.empty(v.type.shape, dtype=v.type.dtype.numpy) for v in model.outputs]
@@ -111,12 +117,12 @@ def run(trace, model, threads, repeat):
         call(1), call(threads)
     for _ in range(repeat):
         for n in (1, threads):
-            first, t = trace.count.value, time.perf_counter()
+            first, t, begin = trace.count.value, time.perf_counter(), trace.now()
             call(n)
             calls[n].append(time.perf_counter() - t)
-            rows = trace.since(first)
-            loops[n].append([us for us, _ in rows])
-            fns = fns or [fn for _, fn in rows]
+            rows = trace.since(first, begin)
+            loops[n].append([(us, gap) for us, gap, _ in rows])
+            fns = fns or [fn for _, _, fn in rows]
     return loops, calls, _names(model, fns)
 
 
@@ -145,15 +151,17 @@ def main(argv=None):
     model = ns.compile(load(args), threads=args.threads)
     loops, calls, names = run(trace, model, args.threads, args.repeat)
     n = args.threads
-    one, many = np.median(np.array(loops[1]), axis=0), np.median(np.array(loops[n]), axis=0)
-    print(f"{'loop':<44} {'1 thread':>10} {f'{n} threads':>10} {'speedup':>8}   (us, median of {args.repeat})")
-    for name, a, b in zip(names, one, many):
-        print(f"{name:<44} {a:>10.1f} {b:>10.1f} {a / b:>8.2f}")
-    for k in (1, n):
-        call_us, loop_us = np.median(calls[k]) * 1e6, (one if k == 1 else many).sum()
-        print(f"{k} thread(s): call {call_us:.0f} us, {len(names)} loops {loop_us:.0f} us, "
-              f"the rest {call_us - loop_us:.0f} us")
-    slower = sum(b > a for a, b in zip(one, many))
+    one, many = (np.median(np.array(loops[k]), axis=0) for k in (1, n))
+    print(f"{'loop':<44} {'1 thread':>10} {f'{n} threads':>10} {'speedup':>8} {'serial before':>14}"
+          f"   (us, median of {args.repeat}; serial: at {n} threads, since the previous loop)")
+    for name, (a, _), (b, gap) in zip(names, one, many):
+        print(f"{name:<44} {a:>10.1f} {b:>10.1f} {a / b:>8.2f} {gap:>14.1f}")
+    for k, table in ((1, one), (n, many)):
+        call_us, loop_us, gap_us = np.median(calls[k]) * 1e6, table[:, 0].sum(), table[1:, 1].sum()
+        print(f"{k} thread(s): call {call_us:.0f} us, {len(names)} loops {loop_us:.0f} us, serial: between them "
+              f"{gap_us:.0f} us, before the first {table[0, 1]:.0f} us, after the last "
+              f"{call_us - loop_us - gap_us - table[0, 1]:.0f} us")
+    slower = sum(b > a for (a, _), (b, _) in zip(one, many))
     print(f"{slower} of {len(names)} loops slower at {n} threads than at 1; load {os.getloadavg()[0]:.1f}")
 
 
