@@ -123,3 +123,57 @@ def test_scheduled_reduction_matches_numpy(rng):
     b.set_outputs([y])
     got = ns.compile(b.build(), threads=2).run({"x": x})[y]
     np.testing.assert_allclose(got, x.sum(axis=1), rtol=1e-4, atol=1e-3)
+
+
+EVERY_LOOP = dict(parallel_min_work=1, depthwise_parallel_min_work=1, winograd_parallel_min_tiles=1,
+                  col2im_parallel_min_work=1, gemm_parallel_min_macs=1)
+
+
+def _every_candidate_parallel(monkeypatch, target):
+    """Patch the target's table so the step makes every candidate loop parallel."""
+    from dataclasses import replace
+    from nutshell.compiler.schedule import tables
+    table = table_for(target)
+    name = next(k for k, v in vars(tables).items() if v is table)
+    monkeypatch.setattr(tables, name, replace(table, **EVERY_LOOP))
+
+
+def _net(m):
+    ns.nn.manual_seed(0)
+    return m.Sequential(m.Conv2d(3, 16, 3, padding=1), m.ReLU(), m.Conv2d(16, 16, 3, padding=1), m.ReLU(),
+                        m.Conv2d(16, 16, 3, stride=2, padding=1), m.MaxPool2d(2), m.Conv2d(16, 16, 3, padding=1,
+                                                                                           groups=16),
+                        m.Conv2d(16, 32, 1), m.ReLU(), m.AvgPool2d(2), m.Flatten(), m.Linear(32 * 2 * 2, 10))
+
+
+def test_every_candidate_made_parallel_still_matches_the_reference(rng, monkeypatch):
+    """A candidate mark promises independent iterations: with every candidate parallel
+    (thresholds 1) an inference net (Winograd, depthwise, pools, GEMMs, reductions)
+    still matches the reference at 2 threads."""
+    net = _net(ns.nn)
+    net.eval()
+    graph = ns.to_graph(net, (2, 3, 16, 16))
+    parallel = lambda model: sum(loop.kind == "parallel" for k in model.code.kernels for loop in _loops(k.body))
+    default = parallel(ns.compile(graph, threads=2))
+    _every_candidate_parallel(monkeypatch, host_target(2))
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    model = ns.compile(graph, threads=2)
+    assert parallel(model) > default and "WinogradConv" in {n.op for n in model.graph.nodes}
+    got = model.run({graph.inputs[0].name: x})
+    want = ns.run_reference(graph, {graph.inputs[0].name: x})
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_every_candidate_made_parallel_trains_as_the_default_schedule(rng, monkeypatch):
+    """The training step's gradients (col2im, Winograd weight gradients, pool gradients)
+    with every candidate parallel: the same losses as the default schedule's."""
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+
+    def losses():
+        trainer = ns.compile_training(_net(ns.nn), input_shape=x.shape, optimizer="sgd", threads=2)
+        return [trainer.step(x, y) for _ in range(3)]
+    want = losses()
+    _every_candidate_parallel(monkeypatch, host_target(2))
+    np.testing.assert_allclose(losses(), want, rtol=1e-5)
