@@ -3,6 +3,7 @@
     python tools/profile_ops.py MODEL.onnx [--threads 1] [--repeat 10] [--top 25]
     python tools/profile_ops.py --bench resnet50        # a model of benchmarks/models.py
     python tools/profile_ops.py --training cnn_bn       # a training step of benchmarks/training.py
+    python tools/profile_ops.py --training unet --cpu   # CPU time: a loaded machine's waits left out
 
 Prints the nodes by time with their GFLOP/s (Conv, Gemm, MatMul) and the sum by op.
 A node alone runs on cold inputs, so the sum is a little above the model's latency."""
@@ -10,6 +11,7 @@ import argparse
 import collections
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -19,6 +21,20 @@ import nutshell as ns  # noqa: E402
 from nutshell.api import optimize_graph  # noqa: E402
 from nutshell.bench import median_latency  # noqa: E402
 from nutshell.compiler.ir.graph import GraphBuilder  # noqa: E402
+
+
+def cpu_median(fn, repeat, warmup=3):
+    """Median CPU seconds of this process per call: on a machine shared by more
+    busy processes than cores, the time spent waiting for a core drops out
+    (meaningful at one thread; at more, spinning workers count too)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.process_time()
+        fn()
+        times.append(time.process_time() - t)
+    return float(np.median(times))
 
 
 def node_graph(graph, node):
@@ -78,6 +94,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--cpu", action="store_true", help="time with the process's CPU time, not wall time")
     args = p.parse_args(argv)
     if args.training:
         graph = optimize_graph(training_graph(args.training))
@@ -89,6 +106,7 @@ def main(argv=None):
             source = args.model
         graph = optimize_graph(ns.load_onnx(source))
     rng = np.random.default_rng(0)
+    timer = cpu_median if args.cpu else median_latency
     kinds, by_op = {}, collections.Counter()
     for node in graph.nodes:       # an unrolled recurrence repeats its step: each kind timed once
         key = signature(graph, node)
@@ -98,7 +116,7 @@ def main(argv=None):
             feeds = {v.name: rng.uniform(0.5, 1.5, v.type.shape).astype(v.type.dtype.numpy)
                      if v.type.dtype.is_float else np.zeros(v.type.shape, v.type.dtype.numpy)
                      for v in single.inputs}      # positive: a sqrt or log on its own stays finite
-            kinds[key] = [median_latency(lambda: model.run(feeds), args.repeat), node, 0]
+            kinds[key] = [timer(lambda: model.run(feeds), args.repeat), node, 0]
         kinds[key][2] += 1
         by_op[node.op] += kinds[key][0]
     rows = [(seconds * count, seconds, count, node) for seconds, node, count in kinds.values()]
