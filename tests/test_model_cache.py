@@ -208,3 +208,35 @@ def test_fresh_process_step_cache_hits_misses_and_rebuilds_a_garbled_entry(cache
         rewrite(cache, bytes(payload))
     assert _fresh_step(cache_dir) == ["built", "True"]
     assert _fresh_step(cache_dir) == ["cached", "True"]
+
+
+def test_collector_is_paused_while_emitting_and_restored_after():
+    """build_and_jit pauses the cyclic collector (emission is all live objects); with
+    overlapping compiles it comes back on when the last ends, and never turns on a
+    collector the caller had turned off."""
+    import gc
+    import threading
+    from nutshell.runtime.parallel_jit import collector_paused
+    assert gc.isenabled()
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def other():
+        with collector_paused():
+            first_in.set()
+            second_done.wait(10)
+    thread = threading.Thread(target=other)
+    thread.start()
+    first_in.wait(10)
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()           # the other compile is still emitting
+    second_done.set()
+    thread.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
