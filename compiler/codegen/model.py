@@ -95,8 +95,9 @@ def lower_nodes(graph, target, name, const_index, constants, lowering_of=lambda 
         out_types = [graph.types[o] for o in node.outputs if o]
         consts = [graph.constants.get(i) if i else None for i in node.inputs]
         sig = _signature(node, in_types, out_types, consts, target)
+        variant = opdef.variant(node, in_types, consts, target) if opdef.variant else None   # the variant step
         ctx = LowerContext(node, in_types, out_types, consts, target,
-                           f"{name}_k{len(seen)}_{node.op.lower()}")
+                           f"{name}_k{len(seen)}_{node.op.lower()}", variant)
         lower(ctx)        # the algorithm: a loop nest whose loops are serial or candidates
         kernel = schedule_kernel(ctx.algorithm(), target) if sig not in seen else None   # parallel loops chosen
         table_slots = list(range(len(constants), len(constants) + len(ctx.tables)))

@@ -9,8 +9,9 @@ class LowerContext:
     vector width. `algorithm()` packages the result: the kernel before the schedule
     step (schedule/kernels.py) has chosen its parallel loops."""
 
-    def __init__(self, node, in_types, out_types, consts, target, name):
+    def __init__(self, node, in_types, out_types, consts, target, name, variant=None):
         self.node, self.attrs = node, node.attrs
+        self.variant = variant    # the variant step's decision (schedule/variants.py), None for most ops
         self.in_types, self.out_types, self.consts = in_types, out_types, consts
         self.target, self.name = target, name
         self.inputs = [Buffer(f"in{i}", t.dtype, t.size) if t is not None else None

@@ -1,12 +1,13 @@
 """Conv (2-D, NCHW): im2col into scratch where needed, then the blocked GEMM."""
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
-from ..schedule.conv import batched_columns, winograd_pays
+from ..schedule.variants import DEPTHWISE, WINOGRAD
 from ..schedule.loops import splits
 from . import winograd
 from .common import fail, same_dtype, tt
 from .conv_common import (CONV_ATTRS, EPILOGUE, conv_reference, epilogue, for_image_chunks, im2col, image_plan,
                           per_image, window_geometry)
+from .conv_variants import conv_variant
 from .registry import gradient, register
 
 
@@ -48,19 +49,16 @@ def _conv_lower(ctx):
     residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
     plus_residual = (lambda at, v: v + residual[at]) if residual is not None else (lambda at, v: v)
     out, nb = ctx.outputs[0], ctx.nb
-    if cg == 1 and group > 1:
+    if ctx.variant.algorithm == DEPTHWISE:     # the variant step's choice (schedule/variants.py)
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
-    w_const = ctx.consts[1] if len(ctx.consts) > 1 else None     # a weight the pass left direct
-    if winograd_pays(ctx.target) and winograd.eligible(x.shape, w.shape, (sh, sw), (dh, dw), group, (oh, ow),
-                                                       ctx.target) \
-            and (w_const is None or winograd.precise_enough(w_const)):
+    if ctx.variant.algorithm == WINOGRAD:
         return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
                                       winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
                                       weight=winograd.RawWeights(wb, c * 9, 9))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    batched = batched_columns(ctx.target)      # a small map's images share one GEMM up to this many columns
-    if group == 1 and n > 1 and 2 * ohw <= batched:
+    batched = ctx.variant.batched_columns      # a small map's images share one GEMM up to this many columns
+    if batched:
         plan = image_plan(ctx, n, lambda count: count * ohw <= batched)
         if plan[2] > 1:
             return _images_in_one_gemm(ctx, plan, pointwise, geometry, (n, c, h, wd), (m, kc, ohw), bias,
@@ -161,7 +159,7 @@ def _depthwise(ctx, x_shape, w_shape, out, strides, dil, pads, group):
 
 
 register("Conv", inputs=(2, 4), attrs=dict(CONV_ATTRS, **EPILOGUE), infer=_conv_infer, reference=conv_reference,
-         lower=_conv_lower)
+         lower=_conv_lower, variant=conv_variant)
 
 
 def with_bias_grad(g, node, dy, wanted):

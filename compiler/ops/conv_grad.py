@@ -10,13 +10,14 @@ import numpy as np
 from ..lower.gemm import dot_gemm, gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map
-from ..schedule.conv import col2im_by_phases, grad_weight_by_dots, grad_weight_k
+from ..schedule.variants import WINOGRAD
 from . import winograd
 from .common import fail, tt
 from .conv import with_bias_grad
 from .conv_common import (CONV_ATTRS, for_image_chunks, zero_slot, im2col as _im2col, image_plan, per_image,
                           window_geometry)
 from .registry import gradient, non_differentiable, register
+from .conv_variants import grad_input_variant, grad_weight_variant
 from .winograd_grad import winograd_grad_weight
 
 GRAD_ATTRS = dict(CONV_ATTRS, input_shape=None, weight_shape=None)
@@ -60,7 +61,7 @@ def _grad_input_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     dyb, wb = ctx.inputs[:2]
     out, nb = ctx.outputs[0], ctx.nb
-    if winograd.eligible((n, m, oh, ow), (c, m, kh, kw), (sh, sw), (dh, dw), group, (h, wd), ctx.target):
+    if ctx.variant.algorithm == WINOGRAD:     # the variant step's choice (schedule/variants.py)
         # dX is the convolution of dY with W transposed and flipped, padded by 2 - pad
         return winograd.winograd_conv(
             ctx, dyb, None, out, (n, oh, ow), (h, wd), (kh - 1 - pt, kw - 1 - pl), (m, c),
@@ -78,7 +79,7 @@ def _grad_input_lower(ctx):
                       dcol, lambda r, j: base + r * ohw + j,
                       parallel=parallel, slot=None if parallel else slot)
             with nb.loop(cg, hint="c", parallel_candidate=("col2im", cg * h * wd) if parallel else None) as ci:
-                if (sh, sw) != (1, 1) and col2im_by_phases(ctx.target, sw):
+                if ctx.variant.col2im_phases:
                     _col2im_by_phase(ctx, dcol, base + ci * (kh * kw * ohw), out,
                                      ni * (c * h * wd) + (g * cg + ci) * (h * wd),
                                      ((h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl)))
@@ -167,15 +168,15 @@ def _grad_weight_lower(ctx):
     mg, ohw, kc = m // group, oh * ow, cg * kh * kw
     xb, dyb = ctx.inputs
     out, nb = ctx.outputs[0], ctx.nb
-    if winograd.eligible((n, c, h, wd), w_shape, (sh, sw), (dh, dw), group, (oh, ow), ctx.target):
+    if ctx.variant.algorithm == WINOGRAD:     # the variant step's choice (schedule/variants.py)
         return winograd_grad_weight(ctx, xb, dyb, out, n, (c, m), (h, wd), (oh, ow), (pt, pl))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd
     geometry = ((cg, h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl))
-    plan = image_plan(ctx, n, lambda count: count * ohw <= grad_weight_k(ctx.target))
+    plan = image_plan(ctx, n, lambda count: count * ohw <= ctx.variant.grad_k)
     teams, _, chunk = plan
     k_len = chunk * ohw
     col = None if pointwise and chunk == 1 else ctx.scratch(kc * k_len * teams, out.dtype)
-    way = (_DotProducts if grad_weight_by_dots(ctx.target, kc) else _TransposedGemm)(ctx, mg, kc, ohw, k_len, teams)
+    way = (_DotProducts if ctx.variant.by_dots else _TransposedGemm)(ctx, mg, kc, ohw, k_len, teams)
 
     def images(g, first, count, slot, parallel):
         base = slot * (kc * k_len)
@@ -261,9 +262,10 @@ class _DotProducts:
 
 
 register("ConvGradInput", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_input_infer,
-         reference=_grad_input_reference, lower=_grad_input_lower, domain="nutshell")
+         reference=_grad_input_reference, lower=_grad_input_lower, domain="nutshell", variant=grad_input_variant)
 register("ConvGradWeight", inputs=(2, 2), attrs=GRAD_ATTRS, infer=_grad_weight_infer,
-         reference=_grad_weight_reference, lower=_grad_weight_lower, domain="nutshell")
+         reference=_grad_weight_reference, lower=_grad_weight_lower, domain="nutshell",
+         variant=grad_weight_variant)
 non_differentiable("a backward op: second-order gradients are not supported", "ConvGradInput", "ConvGradWeight")
 
 
@@ -336,8 +338,16 @@ def _transpose_lower(ctx):
         map_nest(ctx, out, shape, [out, bias], [shape, (shape[1], 1, 1)], lambda v, bv: v + bv)
 
 
+def _transpose_variant(node, in_types, consts, target):
+    """ConvTranspose runs as ConvGradInput of the convolution its geometry describes."""
+    if len(in_types[0].shape) != 4:
+        return None
+    conv, _ = transpose_geometry(node.name, node.attrs, in_types[0].shape, in_types[1].shape)
+    return grad_input_variant(node, in_types, consts, target, attrs=conv)
+
+
 register("ConvTranspose", inputs=(2, 3), attrs=dict(CONV_ATTRS, output_padding=None, output_shape=None),
-         infer=_transpose_infer, reference=_transpose_reference, lower=_transpose_lower)
+         infer=_transpose_infer, reference=_transpose_reference, lower=_transpose_lower, variant=_transpose_variant)
 
 
 @gradient("ConvTranspose")

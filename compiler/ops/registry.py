@@ -28,6 +28,8 @@ class OpDef:
     type_fold: Optional[Callable] = None   # (attrs, in_types) -> array: Shape & co.
     expr: Optional[Callable] = None  # (attrs, *loop-IR values) -> value: an element-wise op,
     #                                  fusable into one loop with its neighbours
+    variant: Optional[Callable] = None   # (node, in_types, consts, target) -> the schedule's variant
+    #                                  record (schedule/variants.py), read by the lowering as ctx.variant
 
     def normalize_attrs(self, attrs, num_inputs, node=None):
         unknown = set(attrs) - set(self.attrs)
@@ -88,11 +90,11 @@ def fold(opdef, attrs, in_types, consts, out_types, node_name, budget=None):
 
 
 def register(name, *, infer, reference, lower=None, attrs=None, inputs=(1, 1), alias=False,
-             domain="", type_fold=None, expr=None, grad=None):
+             domain="", type_fold=None, expr=None, grad=None, variant=None):
     if name in _REGISTRY:
         raise ValueError(f"op {name} registered twice")
     _REGISTRY[name] = OpDef(name, infer, reference, lower, grad, dict(attrs or {}), inputs,
-                            alias, domain, type_fold, expr)
+                            alias, domain, type_fold, expr, variant)
     return _REGISTRY[name]
 
 

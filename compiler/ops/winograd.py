@@ -16,19 +16,12 @@ import numpy as np
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
-from ..schedule.conv import winograd_band_min_ratio, winograd_pays_for, winograd_tile_columns
 from ..schedule.loops import splits
 from .conv_common import conv_reference, epilogue, for_image_chunks, image_plan
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
-
-
-def eligible(x_shape, w_shape, strides, dil, group, out, target):
-    """Winograd applies (3x3, stride 1, dense) and the sizes pay on `target` (schedule/conv.py)."""
-    return len(x_shape) == 4 and tuple(w_shape[2:]) == (3, 3) and tuple(strides) == (1, 1) and \
-        tuple(dil) == (1, 1) and group == 1 and winograd_pays_for(target, x_shape[0], out, w_shape[:2])
 
 
 MAX_WEIGHT_RANGE = 2.0 ** 10   # max |w| over the median nonzero |w|, per output channel
@@ -85,7 +78,7 @@ def whole_batch_plan(ctx, n, tiles, channels):
     None where teams of whole images pay."""
     c_in, m_out = channels
     threads = ctx.threads
-    if threads > 1 and n >= threads and n * tiles <= winograd_tile_columns(ctx.target) and \
+    if threads > 1 and n >= threads and n * tiles <= ctx.variant.tile_columns and \
             c_in * m_out >= (c_in + m_out) * (n * tiles // threads):
         return 1, n, n
     return None
@@ -119,7 +112,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     ty_n, tx_n = -(-oh // 2), -(-ow // 2)
     tiles = ty_n * tx_n
     lanes = ctx.lanes(y.dtype)
-    tile_columns = winograd_tile_columns(ctx.target)     # a step's tiles: V and M stay near L2
+    tile_columns = ctx.variant.tile_columns     # a step's tiles: V and M stay near L2 (schedule/variants.py)
     if u is None:
         u = ctx.scratch(16 * m_out * c_in, y.dtype)
         _transform_weights_at_run_time(ctx, u, weight, m_out, c_in)
@@ -134,7 +127,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # 32 -> 128 on 27x27, 1.2x): the shared steps' forks and small output transform
     # cost more than U read twice
     split = n < ctx.threads and ctx.threads > 1 and ty_n >= 2 * ctx.threads and (
-        tiles * (c_in + m_out) >= winograd_band_min_ratio(ctx.target) * c_in * m_out or 2 * m_out <= c_in)
+        tiles * (c_in + m_out) >= ctx.variant.band_min_ratio * c_in * m_out or 2 * m_out <= c_in)
     per_team = -(-ty_n // ctx.threads) if split else ty_n
     # a thread's share of more than tile_columns tiles would leave L2 too: bands of rows
     # that divide the map, dealt out (DenseNet's 128 -> 32 on 56x56 at 2 threads: up to 10 ms under load -> 1.8-2 ms, ONNX Runtime 1.4)
@@ -309,9 +302,11 @@ def _lower(ctx):
 
 
 def _register():
+    from ..schedule.variants import winograd_conv_variant
     from .registry import register
     register("WinogradConv", inputs=(2, 4), attrs={"pads": None, "activation": None}, infer=_infer,
-             reference=_reference, lower=_lower, domain="nutshell")
+             reference=_reference, lower=_lower, domain="nutshell",
+             variant=lambda node, in_types, consts, target: winograd_conv_variant(target))
     from .registry import non_differentiable
     non_differentiable("made after autodiff by the Winograd pass", "WinogradConv")
 

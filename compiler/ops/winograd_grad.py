@@ -15,7 +15,6 @@ The teams take fixed images and their partials are summed in team order at the
 end (as the direct path does), so the result does not depend on the schedule."""
 from ..lower.gemm import gemm_nest
 from ..lower.nests import parts, transpose_tiles
-from ..schedule.conv import winograd_tile_columns
 from .conv_common import zero_slot
 from .winograd import A_T, B_T, G, _combine, each_tile_position, whole_batch_plan
 
@@ -29,7 +28,7 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
     oh, ow = out_hw
     ty_n, tx_n = -(-oh // 2), -(-ow // 2)
     tiles = ty_n * tx_n
-    tile_columns = winograd_tile_columns(ctx.target, grad=True)   # a step's tiles: V and Zt near L2
+    tile_columns = ctx.variant.tile_columns   # a step's tiles: V and Zt near L2 (schedule/variants.py)
     plan = whole_batch_plan(ctx, n, tiles, (c_in, m_out)) or \
         image_plan(ctx, n, lambda count: count * tiles <= tile_columns)
     teams, _, chunk = plan

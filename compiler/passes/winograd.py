@@ -5,7 +5,9 @@ from dataclasses import replace
 from ..ir.types import TensorType
 from ..ops import winograd
 from ..ops.conv_common import window_geometry
+from ..ops.conv_variants import conv_variant
 from ..schedule.conv import winograd_pays
+from ..schedule.variants import WINOGRAD
 
 
 def winograd_weights(graph, target=None):
@@ -22,9 +24,9 @@ def winograd_weights(graph, target=None):
         if w is None or x_t.rank != 4 or not graph.types[node.inputs[1]].dtype.is_float:
             nodes.append(node)
             continue
-        begin, end, strides, dil, out = window_geometry(node.name, node.attrs, x_t.shape[2:], w.shape[2:])
-        if not winograd.eligible(x_t.shape, w.shape, strides, dil, node.attrs.get("group", 1), out, target) \
-                or not winograd.precise_enough(w):
+        begin, end = window_geometry(node.name, node.attrs, x_t.shape[2:], w.shape[2:])[:2]
+        in_types, consts = [graph.types[i] if i else None for i in node.inputs], [None, w]
+        if conv_variant(node, in_types, consts, target).algorithm != WINOGRAD:   # the variant step's rule
             nodes.append(node)
             continue
         name = f"{node.name}/winograd_w"

@@ -1,0 +1,110 @@
+"""The variant step: which algorithm a convolution runs (direct im2col GEMM, images
+batched into one GEMM, Winograd, depthwise) and the sizes that algorithm leaves
+open (Winograd's tile columns, a weight gradient's k, col2im by phases), decided
+once per node from its shape and the target's table, before lowering.
+codegen/model.py's lower_nodes records the decision on the node's LowerContext
+(`ctx.variant`) and the lowering reads it: no lowering asks the tables which
+variant to run (tests/test_schedule_variants.py scans for that). An op says how
+to describe itself here through its registry entry's `variant` hook
+(ops/conv_common.py: conv_variant and friends)."""
+from dataclasses import dataclass
+
+from .conv import _table
+
+DIRECT = "im2col-gemm"       # per image: im2col (none for 1x1) and the blocked GEMM
+WINOGRAD = "winograd"        # F(2x2, 3x3): 16 GEMMs over transformed tiles
+DEPTHWISE = "depthwise"      # one input channel per group: a direct window sum
+ALGORITHMS = (DIRECT, WINOGRAD, DEPTHWISE)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """What the variant depends on, in the forward convolution's terms (a gradient
+    describes the convolution it differentiates, or the one it computes)."""
+    batch: int
+    channels: tuple          # (in, out)
+    kernel: tuple            # (kh, kw)
+    strides: tuple
+    dilations: tuple
+    group: int
+    out_hw: tuple
+    weights_precise: bool = True     # constant weights Winograd's rounding keeps near the direct sum
+
+
+@dataclass(frozen=True)
+class ConvVariant:
+    algorithm: str
+    tile_columns: int = 0        # Winograd: tiles one step of the 16 GEMMs takes (V and M near L2)
+    band_min_ratio: int = 0      # Winograd, batch 1 on threads: bands of tile rows from this ratio
+    batched_columns: int = 0     # direct: a small map's images share one GEMM up to this many columns
+    grad_k: int = 0              # weight gradient: images per step until images x pixels reaches this
+    by_dots: bool = False        # weight gradient: dot products along the pixels (few im2col rows)
+    col2im_phases: bool = False  # input gradient: col2im by phases (strided stores), not gathers
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown convolution algorithm {self.algorithm!r}")
+
+
+def winograd_applies(shape: ConvShape):
+    """Winograd F(2x2, 3x3) computes this convolution: 3x3, stride 1, dense."""
+    return tuple(shape.kernel) == (3, 3) and tuple(shape.strides) == (1, 1) and \
+        tuple(shape.dilations) == (1, 1) and shape.group == 1
+
+
+def winograd_pays_for(target, shape: ConvShape):
+    """Whether the 16 GEMMs win on `target` for this convolution's sizes."""
+    t = _table(target)
+    pixels = shape.out_hw[0] * shape.out_hw[1]
+    even = shape.out_hw[0] % 2 == 0 and shape.out_hw[1] % 2 == 0 and \
+        shape.batch * pixels >= 4 * t.winograd_min_batch_tiles
+    return (pixels >= t.winograd_min_out_pixels or even) and min(shape.channels) >= t.winograd_min_channels
+
+
+def takes_winograd(target, shape: ConvShape):
+    t = _table(target)
+    return t.winograd and shape.weights_precise and winograd_applies(shape) and winograd_pays_for(target, shape)
+
+
+def _winograd(target, grad=False):
+    t = _table(target)
+    return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
+                       band_min_ratio=t.winograd_band_min_ratio)
+
+
+def choose_conv_variant(shape: ConvShape, target) -> ConvVariant:
+    """A forward convolution's variant (Conv; WinogradConv is Winograd already)."""
+    if shape.group > 1 and shape.channels[0] == shape.group:
+        return ConvVariant(DEPTHWISE)
+    if takes_winograd(target, shape):
+        return _winograd(target)
+    pixels = shape.out_hw[0] * shape.out_hw[1]
+    batched = _table(target).conv_batched_columns
+    shares = shape.group == 1 and shape.batch > 1 and 2 * pixels <= batched
+    return ConvVariant(DIRECT, batched_columns=batched if shares else 0)
+
+
+def choose_grad_input_variant(shape: ConvShape, target) -> ConvVariant:
+    """dX of the convolution `shape` describes (ConvGradInput, ConvTranspose): Winograd
+    on dY with the flipped weights (the same sizes as the forward's), else the
+    transposed GEMM and col2im."""
+    if takes_winograd(target, shape):
+        return _winograd(target)
+    stride = shape.strides[1]
+    phases = tuple(shape.strides) != (1, 1) and stride <= _table(target).col2im_max_phase_stride
+    return ConvVariant(DIRECT, col2im_phases=phases)
+
+
+def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
+    """dW of the convolution `shape` describes: Winograd's 16 GEMMs along the tiles,
+    else im2col and a GEMM (or dot products for few rows) along the pixels."""
+    if takes_winograd(target, shape):
+        return _winograd(target, grad=True)
+    t = _table(target)
+    rows = shape.channels[0] // shape.group * shape.kernel[0] * shape.kernel[1]
+    return ConvVariant(DIRECT, grad_k=t.grad_weight_k, by_dots=rows <= t.grad_dot_max_rows)
+
+
+def winograd_conv_variant(target) -> ConvVariant:
+    """WinogradConv (the pass made it: passes/winograd.py asked choose_conv_variant)."""
+    return _winograd(target)
