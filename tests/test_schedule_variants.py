@@ -137,13 +137,15 @@ def test_every_convolution_op_has_a_variant_hook():
 
 DECIDERS = {"choose_conv_variant", "choose_grad_input_variant", "choose_grad_weight_variant", "takes_winograd",
             "winograd_applies", "winograd_pays_for", "winograd_conv_variant", "_winograd", "table_for", "_table",
-            "winograd_pays", "blocked_layout_pays"}
+            "winograd_pays", "blocked_layout_pays", "gemm_schedule", "k_blocking", "packs_b", "block_bytes",
+            "parallel_min_macs"}
 
 
 def test_the_variant_step_is_the_only_place_variants_are_chosen():
     """No lowering (compiler/ops, compiler/lower) asks the variant rules or the tables
     for a convolution's variant: only the ops' description hooks (ops/conv_variants.py
-    and a register call's `variant=`), which lower_nodes calls before lowering."""
+    and a register call's `variant=`), which lower_nodes calls before lowering. A
+    GEMM's tile, packing and k blocking come whole from schedule/gemm.py's gemm_plan."""
     bad = []
     for here, _, files in os.walk(os.path.join(ROOT, "compiler")):
         for f in files:
@@ -159,3 +161,28 @@ def test_the_variant_step_is_the_only_place_variants_are_chosen():
                 if name in DECIDERS and id(node) not in hooks and not isinstance(node, ast.alias):
                     bad.append(f"{path}:{node.lineno} asks {name}")
     assert not bad, "\n".join(bad)
+
+
+def _forced_gemm(monkeypatch, **fields):
+    """Every GEMM emitted with the default plan's fields replaced by `fields`."""
+    from dataclasses import replace
+    from nutshell.compiler.lower import gemm
+    chosen = gemm.gemm_plan
+    monkeypatch.setattr(gemm, "gemm_plan", lambda *a, **k: replace(chosen(*a, **k), **fields))
+
+
+def _gemm_plans():
+    from nutshell.compiler.schedule.gemm import GemmSchedule
+    lanes = host_target(1).lanes(ir.DType.float32)
+    return [dict(packs=False), dict(packs=True), dict(packs=True, kc=24, k_blocks=4, block_bytes=1),
+            dict(packs=False, tile=GemmSchedule(3, lanes, lanes)),
+            dict(packs=True, tile=GemmSchedule(5, 2 * lanes, lanes), kc=16, k_blocks=5)]
+
+
+@pytest.mark.parametrize("plan", range(5), ids=["direct", "packed", "k-blocks", "3-row-tile", "5-row-tile"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_forced_gemm_plan_matches_numpy(plan, threads, rng, monkeypatch):
+    """MatMul's GEMM with each plan (B read in place or packed, k blocks, tiles) forced."""
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    _forced_gemm(monkeypatch, **_gemm_plans()[plan])
+    _check(_graph("MatMul", {"a": (37, 80), "b": (80, 70)}, {}), rng, threads)

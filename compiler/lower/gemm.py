@@ -18,7 +18,7 @@ packing into its own buffer (no shared data), when there are enough of them;
 else each packs every block itself and takes a share of the row blocks. A fork
 per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
-from ..schedule.gemm import block_bytes, dot_tile, gemm_schedule, k_blocking, packs_b, parallel_min_macs
+from ..schedule.gemm import dot_tile, gemm_plan
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 from .nests import parts as _parts
 
@@ -39,15 +39,18 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     slot: when the caller already runs this nest on several threads (one image per
     thread), the thread's index, so each gets its own packing buffer.
     prepacked: (buffer, kc, panel): B as schedule/gemm.py's prepack() lays it out, in
-    panels `panel` columns wide and k blocks of kc (load_b is then unused)."""
-    parallel = parallel and m * n * k >= parallel_min_macs(ctx.target)
+    panels `panel` columns wide and k blocks of kc (load_b is then unused).
+    The tile, packing, k blocking and threads are schedule/gemm.py's gemm_plan, decided
+    whole here before any loop is emitted."""
+    plan = gemm_plan(ctx.target, m, n, k, out.dtype, parallel, prepacked[1:] if prepacked is not None else None)
+    parallel = plan.parallel
     if prepacked is not None:
-        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, panel=prepacked[2])
+        g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
         return g.packed(None, parallel, slot, prepacked)
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
-    g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish)
-    if packs_b(ctx.target, m, n, k, out.dtype.itemsize, g.s.mr, g.s.nr):
+    g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
+    if plan.packs:
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
 
@@ -78,11 +81,11 @@ def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parall
 
 
 class _Gemm:
-    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, panel=None):
+    def __init__(self, ctx, m, n, k, load_a, out, c_index, init, finish, plan):
         self.ctx, self.nb, self.m, self.n, self.k = ctx, ctx.nb, m, n, k
         self.load_a, self.out, self.c_index, self.init = load_a, out, c_index, init
         self.finish = finish or (lambda r, c, v: v)
-        self.s = gemm_schedule(ctx.target, n, out.dtype, m, prepacked=panel is not None, panel=panel)
+        self.plan, self.s = plan, plan.tile
         self.acc = ctx.local(self.s.mr * self.s.nr, out.dtype)
 
     def tile(self, row0, mr, col0, nr, k0, kc, load_b, first=True, last=True, k_width=None,
@@ -135,12 +138,10 @@ class _Gemm:
         one micro-kernel per (rows, panel) edge case: compile time matters too.
         With `prepacked` (buffer, kc, panel) the panels are read from it instead of packed here."""
         ctx, nb, s, m, n, k = self.ctx, self.nb, self.s, self.m, self.n, self.k
-        if prepacked is None:
-            kc, k_blocks = k_blocking(k, ctx.target)
-        else:
-            prepacked, kc, panel_width = prepacked
-            k_blocks = _ceil(k, kc)
-        per_block = max(1, block_bytes(ctx.target) // (kc * s.nr * self.out.dtype.itemsize))
+        kc, k_blocks = self.plan.kc, self.plan.k_blocks
+        if prepacked is not None:
+            prepacked, _, panel_width = prepacked
+        per_block = max(1, self.plan.block_bytes // (kc * s.nr * self.out.dtype.itemsize))
         panels, edge = divmod(n, s.nr)
         teams = ctx.threads if parallel and ctx.threads > 1 else 1
         if teams > 1 and panels >= 2 * teams * per_block:    # blocks split by thread: the

@@ -78,3 +78,28 @@ def packs_b(target, m, n, k, itemsize, mr=None, nr=None):
     mr, nr = mr or t.gemm_mr, nr or t.prepack_panel
     return m >= t.pack_min_row_tiles * mr and n >= nr and k >= t.pack_min_k and \
         k * n * itemsize >= t.pack_min_b_bytes
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """One GEMM's schedule, decided whole before lower/gemm.py emits its nest."""
+    tile: GemmSchedule       # the register tile (MR x NR accumulators)
+    packs: bool              # B packed into panels at run time (a prepacked B is read by its panels)
+    kc: int                  # k per block of packed panels
+    k_blocks: int
+    block_bytes: int         # a packed KC x NC block of B (the panels one block holds)
+    parallel: bool           # enough multiply-adds to split across threads (where the caller allows)
+
+
+def gemm_plan(target, m, n, k, dtype, parallel=True, prepacked=None) -> GemmPlan:
+    """The schedule of C [m, n] = A [m, k] @ B [k, n] on `target`; prepacked: B's
+    compile-time layout (kc, panel) when it has one (prepack())."""
+    parallel = parallel and m * n * k >= parallel_min_macs(target)
+    tile = gemm_schedule(target, n, dtype, m, prepacked=prepacked is not None,
+                         panel=prepacked[1] if prepacked is not None else None)
+    if prepacked is not None:
+        kc, packs = prepacked[0], False
+        k_blocks = _ceil(k, kc)
+    else:
+        (kc, k_blocks), packs = k_blocking(k, target), packs_b(target, m, n, k, dtype.itemsize, tile.mr, tile.nr)
+    return GemmPlan(tile, packs, kc, k_blocks, block_bytes(target), parallel)
