@@ -144,7 +144,7 @@ CASES = [
     # ... by bands of tile rows past 128 tiles an image: whole bands, then an odd last pixel row
     ("ConvGradWeight", [(F, (3, 16, 33, 30)), (F, (3, 18, 33, 30))], {"pads": (1, 1, 1, 1), "weight_shape": (18, 16, 3, 3)}, None),
     ("ConvGradWeight", [(F, (2, 16, 34, 31)), (F, (2, 16, 33, 30))], {"pads": (1, 0, 0, 1), "weight_shape": (16, 16, 3, 3)}, None),
-    # Winograd, the batch's 48 tiles as one step at 2 threads (U outweighs a team's V and M), 3 images for 2
+    # Winograd, 3 images of 16 tiles on 2 threads (the weight gradient: one step, its 16 GEMMs shared out)
     ("Conv", [(F, (3, 64, 8, 8)), (F, (64, 64, 3, 3))], {"pads": (1, 1, 1, 1)}, None),
     ("ConvGradInput", [(F, (3, 64, 8, 8)), (F, (64, 64, 3, 3))], {"pads": (1, 1, 1, 1), "input_shape": (3, 64, 8, 8)}, None),
     ("ConvGradWeight", [(F, (3, 64, 8, 8)), (F, (3, 64, 8, 8))], {"pads": (1, 1, 1, 1), "weight_shape": (64, 64, 3, 3)}, None),

@@ -70,20 +70,6 @@ def _combine(coeffs, terms):
     return total
 
 
-def whole_batch_plan(ctx, n, tiles, channels):
-    """The batch as one step on all threads, the 16 GEMMs shared out by tile position
-    (an image_plan of one team), where the batch's tiles fit one step and U outweighs a
-    team's V and M: each team would read all of U (16 MB at 512 x 512; a weight
-    gradient's partial sums too, one copy per team), shared out each thread reads 1/T.
-    None where teams of whole images pay."""
-    c_in, m_out = channels
-    threads = ctx.threads
-    if threads > 1 and n >= threads and n * tiles <= ctx.variant.tile_columns and \
-            c_in * m_out >= (c_in + m_out) * (n * tiles // threads):
-        return 1, n, n
-    return None
-
-
 def each_tile_position(ctx, gemm, slot, parallel):
     """gemm(xi, slot) for the 16 positions xi of a 4x4 tile (Winograd's 16 GEMMs):
     shared out among the threads in one fork when `parallel`, not 16 forks; else in
@@ -117,8 +103,7 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
         u = ctx.scratch(16 * m_out * c_in, y.dtype)
         _transform_weights_at_run_time(ctx, u, weight, m_out, c_in)
 
-    plan = whole_batch_plan(ctx, n, tiles, channels) or \
-        image_plan(ctx, n, lambda count: count * tiles <= tile_columns)
+    plan = image_plan(ctx, n, lambda count: count * tiles <= tile_columns)
     teams, _, chunk = plan
     # batch 1 on several threads: by bands of tile rows when each thread's V and M
     # outweigh U, which every band reads whole (measured: 0.75x at 16 -> 64 channels on
