@@ -131,14 +131,14 @@ def test_the_choices_follow_the_table():
 
 
 def test_every_convolution_op_has_a_variant_hook():
-    for op in ("Conv", "ConvGradInput", "ConvGradWeight", "ConvTranspose", "WinogradConv"):
+    for op in ("Conv", "ConvGradInput", "ConvGradWeight", "ConvTranspose", "WinogradConv", "ConvBlocked"):
         assert get_op(op).variant is not None, op
 
 
 DECIDERS = {"choose_conv_variant", "choose_grad_input_variant", "choose_grad_weight_variant", "takes_winograd",
             "winograd_applies", "winograd_pays_for", "winograd_conv_variant", "_winograd", "table_for", "_table",
             "winograd_pays", "blocked_layout_pays", "gemm_schedule", "k_blocking", "packs_b", "block_bytes",
-            "parallel_min_macs"}
+            "parallel_min_macs", "dense_accumulator_blocks", "depthwise_row_tile", "choose_blocked_tile"}
 
 
 def test_the_variant_step_is_the_only_place_variants_are_chosen():
@@ -154,8 +154,10 @@ def test_the_variant_step_is_the_only_place_variants_are_chosen():
                     path in ("compiler/ops/conv_variants.py", "compiler/lower/target.py"):   # (its description)
                 continue
             tree = ast.parse(open(os.path.join(here, f)).read())
-            hooks = {id(n) for k in ast.walk(tree) if isinstance(k, ast.keyword) and k.arg == "variant"
-                     for n in ast.walk(k.value)}
+            given = [k.value for k in ast.walk(tree) if isinstance(k, ast.keyword) and k.arg == "variant"]
+            named = {v.id for v in given if isinstance(v, ast.Name)}      # a hook defined in the op's file
+            given += [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name in named]
+            hooks = {id(n) for v in given for n in ast.walk(v)}
             for node in ast.walk(tree):
                 name = node.id if isinstance(node, ast.Name) else node.name if isinstance(node, ast.alias) else None
                 if name in DECIDERS and id(node) not in hooks and not isinstance(node, ast.alias):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..lower.loop_ir import Const, fma
 from ..lower.nests import parts, transpose_tiles
-from ..schedule.conv import dense_accumulator_blocks, depthwise_row_tile
+from ..schedule.variants import choose_blocked_tile
 from .common import fail, tt
 from .conv_common import conv_reference, epilogue
 from .registry import non_differentiable, register
@@ -163,6 +163,13 @@ def _conv_reference(attrs, x, w, b=None, residual=None):
     return to_blocked(y)
 
 
+def _tile(node, in_types, consts, target):
+    """The variant step's register tile (schedule/variants.py): a pointwise conv's row is its whole map."""
+    oh, ow = _geometry(node.attrs, *in_types[0].shape[2:4])
+    mb = blocks(node.attrs["out_channels"])
+    return choose_blocked_tile(target, node.attrs["depthwise"], mb, oh * ow if in_types[0].rank == 5 else ow)
+
+
 def _conv_lower(ctx):
     n, _, h, w = ctx.in_types[0].shape[:4]
     (_, mb, oh, ow, _) = ctx.out_types[0].shape
@@ -235,11 +242,7 @@ def _dense(ctx, n, mb, out_hw, finish, reduction):
     k_rows = ctx.in_types[1].shape[1]
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     wb, out = ctx.inputs[1], ctx.outputs[0]
-    budget = dense_accumulator_blocks(ctx.target)      # the target's registers, in blocks
-    group = max(d for d in range(1, min(4, max(1, budget // 2)) + 1) if mb % d == 0)   # 2+ rows per load
-    cap = min(ow, max(1, budget // group))
-    rows = max(d for d in range(1, cap + 1) if ow % d == 0)
-    rows = rows if 2 * rows >= cap else cap        # a divisor of the row, unless a poor one
+    rows, group = ctx.variant.pixels, ctx.variant.blocks    # the tile: schedule/variants.py
     tiles, edge = divmod(ow, rows)
     groups = mb // group
     acc = ctx.local(rows * group * BLOCK, out.dtype)
@@ -294,7 +297,7 @@ def _depthwise(ctx, shape, out_hw, finish):
     x_lo, x_hi = _interior(ow, pl, sw, dw, kw, w)
     planes = n * cb
     work = planes * oh * ow * kh * kw * BLOCK
-    row_tile = depthwise_row_tile(ctx.target)      # outputs of a row at once: independent FMA chains
+    row_tile = ctx.variant.row_tile      # outputs of a row at once: independent FMA chains
     acc = ctx.local(row_tile * BLOCK, out.dtype)
     with nb.loop(planes, hint="q", parallel_candidate=("depthwise", work)) as plane:
         block = plane % cb
@@ -341,5 +344,5 @@ def _depthwise(ctx, shape, out_hw, finish):
 
 
 register("ConvBlocked", inputs=(2, 4), attrs=CONV_BLOCKED_ATTRS, infer=_conv_infer, reference=_conv_reference,
-         lower=_conv_lower, domain="nutshell")
+         lower=_conv_lower, domain="nutshell", variant=_tile)
 non_differentiable("made after autodiff by the layout pass", "ConvBlocked", "ToBlocked", "FromBlocked")

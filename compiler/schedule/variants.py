@@ -9,7 +9,7 @@ to describe itself here through its registry entry's `variant` hook
 (ops/conv_common.py: conv_variant and friends)."""
 from dataclasses import dataclass
 
-from .conv import _table
+from .conv import _table, dense_accumulator_blocks, depthwise_row_tile
 
 DIRECT = "im2col-gemm"       # per image: im2col (none for 1x1) and the blocked GEMM
 WINOGRAD = "winograd"        # F(2x2, 3x3): 16 GEMMs over transformed tiles
@@ -108,3 +108,25 @@ def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
 def winograd_conv_variant(target) -> ConvVariant:
     """WinogradConv (the pass made it: passes/winograd.py asked choose_conv_variant)."""
     return _winograd(target)
+
+
+@dataclass(frozen=True)
+class BlockedTile:
+    """The register tile of a blocked-channel convolution (ops/blocked.py's ConvBlocked)."""
+    pixels: int = 1          # dense: output pixels of a row per tile (R)
+    blocks: int = 1          # dense: 16-channel output blocks per tile (B): each weight load serves R rows
+    row_tile: int = 1        # depthwise: outputs of a row summed at once (independent FMA chains)
+
+
+def choose_blocked_tile(target, depthwise, out_blocks, row) -> BlockedTile:
+    """`row` outputs of a row (a pointwise conv's whole map), `out_blocks` blocks: B the
+    largest divisor of the blocks up to 4 and up to half the target's accumulator
+    budget (each weight load serves two rows or more), R a divisor of the row up to
+    what the budget leaves, unless a poor one."""
+    if depthwise:
+        return BlockedTile(row_tile=depthwise_row_tile(target))
+    budget = dense_accumulator_blocks(target)      # the target's registers, in blocks
+    group = max(d for d in range(1, min(4, max(1, budget // 2)) + 1) if out_blocks % d == 0)
+    cap = min(row, max(1, budget // group))
+    rows = max(d for d in range(1, cap + 1) if row % d == 0)
+    return BlockedTile(pixels=rows if 2 * rows >= cap else cap, blocks=group)
