@@ -104,9 +104,11 @@ def test_strided_grad_input_col2im_either_way(phases, rng, monkeypatch):
                   {"input_shape": (2, 8, 8, 8), "pads": (1, 1, 1, 1), "strides": (2, 2)}), rng)
 
 
-@pytest.mark.parametrize("variant", [ConvVariant(DIRECT, grad_k=1024), ConvVariant(DIRECT, grad_k=64, by_dots=True),
+@pytest.mark.parametrize("variant", [ConvVariant(DIRECT, grad_k=1024), ConvVariant(DIRECT, grad_k=64, by_dots=True,
+                                                                                  dot_tile=(4, 4)),
+                                     ConvVariant(DIRECT, grad_k=64, by_dots=True, dot_tile=(3, 2)),
                                      ConvVariant(WINOGRAD, tile_columns=128), ConvVariant(WINOGRAD, tile_columns=4)],
-                         ids=["gemm", "dots", "winograd", "winograd-bands"])
+                         ids=["gemm", "dots", "dots-3x2", "winograd", "winograd-bands"])
 def test_a_forced_grad_weight_variant_matches_numpy(variant, rng, monkeypatch):
     monkeypatch.setenv("NUTSHELL_CACHE", "0")
     _forced(monkeypatch, "ConvGradWeight", variant)
@@ -138,7 +140,7 @@ def test_every_convolution_op_has_a_variant_hook():
 DECIDERS = {"choose_conv_variant", "choose_grad_input_variant", "choose_grad_weight_variant", "takes_winograd",
             "winograd_applies", "winograd_pays_for", "winograd_conv_variant", "_winograd", "table_for", "_table",
             "winograd_pays", "blocked_layout_pays", "gemm_schedule", "k_blocking", "packs_b", "block_bytes",
-            "parallel_min_macs", "dense_accumulator_blocks", "depthwise_row_tile", "choose_blocked_tile"}
+            "parallel_min_macs", "dense_accumulator_blocks", "depthwise_row_tile", "choose_blocked_tile", "dot_tile"}
 
 
 def test_the_variant_step_is_the_only_place_variants_are_chosen():
@@ -176,7 +178,7 @@ def _forced_gemm(monkeypatch, **fields):
 def _gemm_plans():
     from nutshell.compiler.schedule.gemm import GemmSchedule
     lanes = host_target(1).lanes(ir.DType.float32)
-    return [dict(packs=False), dict(packs=True), dict(packs=True, kc=24, k_blocks=4, block_bytes=1),
+    return [dict(packs=False, dot_tile=(3, 2)), dict(packs=True), dict(packs=True, kc=24, k_blocks=4, block_bytes=1),
             dict(packs=False, tile=GemmSchedule(3, lanes, lanes)),
             dict(packs=True, tile=GemmSchedule(5, 2 * lanes, lanes), kc=16, k_blocks=5)]
 
@@ -188,3 +190,4 @@ def test_a_forced_gemm_plan_matches_numpy(plan, threads, rng, monkeypatch):
     monkeypatch.setenv("NUTSHELL_CACHE", "0")
     _forced_gemm(monkeypatch, **_gemm_plans()[plan])
     _check(_graph("MatMul", {"a": (37, 80), "b": (80, 70)}, {}), rng, threads)
+    _check(_graph("MatMul", {"a": (37, 80), "b": (80, 1)}, {}), rng, threads)     # n == 1: dot products

@@ -18,7 +18,7 @@ packing into its own buffer (no shared data), when there are enough of them;
 else each packs every block itself and takes a share of the row blocks. A fork
 per block would cost more (GOMP wakes sleeping threads: tens of microseconds).
 """
-from ..schedule.gemm import dot_tile, gemm_plan
+from ..schedule.gemm import gemm_plan
 from .loop_ir import THREAD_INDEX, Const, Load, Reduce, Select, Var, affine_coeff, fma
 from .nests import parts as _parts
 
@@ -48,7 +48,7 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
         g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
         return g.packed(None, parallel, slot, prepacked)
     if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
-        return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot)
+        return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, plan, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
     if plan.packs:
         return g.packed(load_b, parallel, slot)
@@ -62,7 +62,7 @@ def _along_k(load):
     return isinstance(e, Load) and e.mask is None and affine_coeff(e.index, Var("gemv_k")) == 1
 
 
-def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parallel, slot):
+def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, plan, slot):
     """n == 1 (a squeeze-excitation 1x1 conv on a 1x1 map): the tiles would use one
     lane in 16, so each row is a dot product along k instead (dot_gemm), its lanes
     summed at the end with the epilogue."""
@@ -72,7 +72,8 @@ def _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, parall
     base = slot * (m * lanes) if slot is not None else 0
     with nb.loop(m * lanes, "vector", lanes, hint="z") as i:
         nb.store(partial, base + i, Const(0.0, out.dtype))
-    dot_gemm(ctx, m, 1, k, load_a, lambda c, kk: load_b(kk, c), partial, lambda r, c: base + r * lanes, parallel)
+    dot_gemm(ctx, m, 1, k, load_a, lambda c, kk: load_b(kk, c), partial, lambda r, c: base + r * lanes,
+             plan.dot_tile, plan.parallel)
     with nb.loop(m, hint="r") as r:
         lane = nb.var("l")
         total = Reduce("sum", lane, lanes, partial[base + r * lanes + lane])
@@ -215,14 +216,14 @@ class _Gemm:
             blocks(0)
 
 
-def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, parallel=False):
+def dot_gemm(ctx, m, n, k, load_a, load_b, partial, p_index, tile, parallel=False):
     """partial[p_index(row, col) + lane] += lane-wise partial sums of
     sum_k A(row, k) * B(col, k), with both operands read along k (a weight
     gradient: dY rows and im2col rows), so neither needs a transposed copy.
     dot_mr x dot_nr (the target's table) dot products at once, each a vector accumulator over k; the
     caller sums the lanes once at the very end. A tail of k reads masked (zero) lanes."""
     nb, lanes = ctx.nb, ctx.lanes(partial.dtype)
-    tile_m, tile_n = dot_tile(ctx.target)
+    tile_m, tile_n = tile     # the schedule's (gemm_plan's, or a weight gradient's variant)
     acc = ctx.local(tile_m * tile_n * lanes, partial.dtype)
     chunks, tail = divmod(k, lanes)
 

@@ -251,7 +251,7 @@ class _DotProducts:
         else:
             dy_row = lambda mm, kk: self.dy_rows[slot * (mg * k_len) + mm * k_len + kk]
         dot_gemm(self.ctx, mg, kc, k, dy_row, col_row, self.partial,
-                 lambda mm, r: ((slot * mg + mm) * kc + r) * self.lanes, parallel=parallel)
+                 lambda mm, r: ((slot * mg + mm) * kc + r) * self.lanes, self.ctx.variant.dot_tile, parallel=parallel)
 
     def finish(self, out, g):
         nb, size = self.ctx.nb, self.mg * self.kc

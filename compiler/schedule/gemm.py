@@ -89,6 +89,7 @@ class GemmPlan:
     k_blocks: int
     block_bytes: int         # a packed KC x NC block of B (the panels one block holds)
     parallel: bool           # enough multiply-adds to split across threads (where the caller allows)
+    dot_tile: tuple          # n == 1: (rows, columns) of dot products at once (dot_gemm)
 
 
 def gemm_plan(target, m, n, k, dtype, parallel=True, prepacked=None) -> GemmPlan:
@@ -102,4 +103,4 @@ def gemm_plan(target, m, n, k, dtype, parallel=True, prepacked=None) -> GemmPlan
         k_blocks = _ceil(k, kc)
     else:
         (kc, k_blocks), packs = k_blocking(k, target), packs_b(target, m, n, k, dtype.itemsize, tile.mr, tile.nr)
-    return GemmPlan(tile, packs, kc, k_blocks, block_bytes(target), parallel)
+    return GemmPlan(tile, packs, kc, k_blocks, block_bytes(target), parallel, dot_tile(target))

@@ -40,6 +40,7 @@ class ConvVariant:
     grad_k: int = 0              # weight gradient: images per step until images x pixels reaches this
     by_dots: bool = False        # weight gradient: dot products along the pixels (few im2col rows)
     col2im_phases: bool = False  # input gradient: col2im by phases (strided stores), not gathers
+    dot_tile: tuple = (1, 1)     # weight gradient by dots: (rows, columns) of dot products at once
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -102,7 +103,9 @@ def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
         return _winograd(target, grad=True)
     t = _table(target)
     rows = shape.channels[0] // shape.group * shape.kernel[0] * shape.kernel[1]
-    return ConvVariant(DIRECT, grad_k=t.grad_weight_k, by_dots=rows <= t.grad_dot_max_rows)
+    by_dots = rows <= t.grad_dot_max_rows
+    tile = (t.dot_mr, t.dot_nr) if by_dots else (1, 1)
+    return ConvVariant(DIRECT, grad_k=t.grad_weight_k, by_dots=by_dots, dot_tile=tile)
 
 
 def winograd_conv_variant(target) -> ConvVariant:
