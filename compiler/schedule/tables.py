@@ -1,7 +1,8 @@
 """One table of scheduling thresholds per target, each value with the measurement
 that chose it. Lowerings and the graph passes never hold a threshold of their
-own: they ask compiler/schedule/ (loops.py, gemm.py, conv.py), which reads the
-target's table here. A target's description (CpuTarget.description) names its
+own: they ask compiler/schedule/ (loops.py, gemm.py, conv.py, variants.py), which reads the
+target's table here; a convolution's variant and register tile reach its lowering
+decided (ctx.variant, variants.py), a GEMM's tile and packing as gemm_plan's record. A target's description (CpuTarget.description) names its
 table and SCHEDULE_VERSION, so every cache key changes when a table does.
 
 Measured on this project's host (AVX-512, 2 cores) unless a comment says more;
