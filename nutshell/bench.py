@@ -13,20 +13,20 @@ def save_rows(rows, path):
     return rows
 
 
-def latencies(fn, repeat, warmup=3):
-    """Seconds per call of `fn`, `repeat` calls after `warmup`."""
+def latencies(fn, repeat, warmup=3, clock=time.perf_counter):
+    """Seconds per call of `fn`, `repeat` calls after `warmup`, by `clock`."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return times
 
 
-def median_latency(fn, repeat, warmup=3):
-    return float(np.median(latencies(fn, repeat, warmup)))
+def median_latency(fn, repeat, warmup=3, clock=time.perf_counter):
+    return float(np.median(latencies(fn, repeat, warmup, clock)))
 
 
 def alternating_medians(ours, theirs, repeat, rounds=3):

@@ -23,18 +23,11 @@ from nutshell.bench import median_latency  # noqa: E402
 from nutshell.compiler.ir.graph import GraphBuilder  # noqa: E402
 
 
-def cpu_median(fn, repeat, warmup=3):
+def cpu_median(fn, repeat):
     """Median CPU seconds of this process per call: on a machine shared by more
     busy processes than cores, the time spent waiting for a core drops out
     (meaningful at one thread; at more, spinning workers count too)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return float(np.median(times))
+    return median_latency(fn, repeat, clock=time.process_time)
 
 
 def node_graph(graph, node):

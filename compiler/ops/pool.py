@@ -1,4 +1,6 @@
 """MaxPool, AveragePool (2-D, padding, ceil mode, dilations) and GlobalAveragePool."""
+from functools import reduce
+
 import numpy as np
 
 from ..errors import UnsupportedOpError
@@ -188,20 +190,13 @@ def _max_by_rows(ctx, geometry, kernel):
                     iy = y * sh + (i * dh - pt)
                     ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
                     taps.append(Select(ok, xb.load(((p * h + iy) * w + ix) * group + lane, mask=ok), lowest))
-                nb.store(rows, base + (y * wp + px) * group + lane, _max_of(taps))
+                nb.store(rows, base + (y * wp + px) * group + lane, reduce(maximum, taps))
             pixels(wp, "px", down)
         with nb.loop(oh, hint="y") as y:
             def along(ox, lane):
                 taps = [rows[base + (y * wp + ox * sw + j * dw) * group + lane] for j in range(kw)]
-                nb.store(out, ((p * oh + y) * ow + ox) * group + lane, _max_of(taps))
+                nb.store(out, ((p * oh + y) * ow + ox) * group + lane, reduce(maximum, taps))
             pixels(ow, "x", along)
-
-
-def _max_of(values):
-    result = values[0]
-    for v in values[1:]:
-        result = maximum(result, v)
-    return result
 
 
 register("MaxPool", attrs=dict(POOL_ATTRS, storage_order=0), infer=_pool_infer("MaxPool"),

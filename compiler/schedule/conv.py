@@ -8,7 +8,7 @@ from ..lower.target import host_target
 from .tables import table_for
 
 
-def _table(target):
+def table_or_host(target):
     """The target's table; None: this CPU's (a pass run without a target)."""
     return table_for(target if target is not None else host_target(1))
 
@@ -33,14 +33,7 @@ def depthwise_row_tile(target):
     return table_for(target).depthwise_row_tile
 
 
-
-
-
-
-
-
-
 def stem_limits(target):
     """(most NCHW channels a blocked direct conv reads, fewest taps of a blocked pooled stem)."""
-    t = _table(target)
+    t = table_or_host(target)
     return t.stem_direct_max_channels, t.stem_min_taps

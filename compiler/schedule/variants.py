@@ -9,7 +9,7 @@ to describe itself here through its registry entry's `variant` hook
 (ops/conv_common.py: conv_variant and friends)."""
 from dataclasses import dataclass
 
-from .conv import _table, dense_accumulator_blocks, depthwise_row_tile
+from .conv import dense_accumulator_blocks, depthwise_row_tile, table_or_host
 
 DIRECT = "im2col-gemm"       # per image: im2col (none for 1x1) and the blocked GEMM
 WINOGRAD = "winograd"        # F(2x2, 3x3): 16 GEMMs over transformed tiles
@@ -55,7 +55,7 @@ def winograd_applies(shape: ConvShape):
 
 def winograd_pays_for(target, shape: ConvShape):
     """Whether the 16 GEMMs win on `target` for this convolution's sizes."""
-    t = _table(target)
+    t = table_or_host(target)
     pixels = shape.out_hw[0] * shape.out_hw[1]
     even = shape.out_hw[0] % 2 == 0 and shape.out_hw[1] % 2 == 0 and \
         shape.batch * pixels >= 4 * t.winograd_min_batch_tiles
@@ -63,12 +63,12 @@ def winograd_pays_for(target, shape: ConvShape):
 
 
 def takes_winograd(target, shape: ConvShape):
-    t = _table(target)
+    t = table_or_host(target)
     return t.winograd and shape.weights_precise and winograd_applies(shape) and winograd_pays_for(target, shape)
 
 
 def _winograd(target, grad=False):
-    t = _table(target)
+    t = table_or_host(target)
     return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
                        band_min_ratio=t.winograd_band_min_ratio)
 
@@ -80,7 +80,7 @@ def choose_conv_variant(shape: ConvShape, target) -> ConvVariant:
     if takes_winograd(target, shape):
         return _winograd(target)
     pixels = shape.out_hw[0] * shape.out_hw[1]
-    batched = _table(target).conv_batched_columns
+    batched = table_or_host(target).conv_batched_columns
     shares = shape.group == 1 and shape.batch > 1 and 2 * pixels <= batched
     return ConvVariant(DIRECT, batched_columns=batched if shares else 0)
 
@@ -92,7 +92,7 @@ def choose_grad_input_variant(shape: ConvShape, target) -> ConvVariant:
     if takes_winograd(target, shape):
         return _winograd(target)
     stride = shape.strides[1]
-    phases = tuple(shape.strides) != (1, 1) and stride <= _table(target).col2im_max_phase_stride
+    phases = tuple(shape.strides) != (1, 1) and stride <= table_or_host(target).col2im_max_phase_stride
     return ConvVariant(DIRECT, col2im_phases=phases)
 
 
@@ -101,7 +101,7 @@ def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
     else im2col and a GEMM (or dot products for few rows) along the pixels."""
     if takes_winograd(target, shape):
         return _winograd(target, grad=True)
-    t = _table(target)
+    t = table_or_host(target)
     rows = shape.channels[0] // shape.group * shape.kernel[0] * shape.kernel[1]
     by_dots = rows <= t.grad_dot_max_rows
     tile = (t.dot_mr, t.dot_nr) if by_dots else (1, 1)
