@@ -1,0 +1,75 @@
+"""The convolution gradients' GEMM paths at the shapes ResNet's downsampling layers
+give them (stride 2, 3x3 and 1x1): the weight gradient's dY staging and dW
+finish move data in register tiles (edge tiles when channels or pixels are not
+a multiple of the lanes), the teams' partial sums added in team order. Each
+case against the NumPy reference at 1 and 2 threads, and run twice for the same
+bits. Tolerance: float32 sums of at most a few thousand products of values in
+[-2, 2]: rtol 1e-4, atol 1e-4 x the largest |value|."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler import ir
+
+from conftest import assert_close, random_feeds
+
+
+def _graph(op, inputs, attrs):
+    b = ir.GraphBuilder("s2", fold=False)
+    names = [b.add_input(name, "float32", shape) for name, shape in inputs.items()]
+    b.set_outputs([b.add_node(op, names, attrs)])
+    return b.build()
+
+
+def _check(graph, rng, threads):
+    feeds = random_feeds(graph, rng)
+    model = ns.compile(graph, threads=threads)
+    got, again = model.run(feeds), model.run(feeds)
+    for name, want in ns.run_reference(graph, feeds).items():
+        assert_close(got[name], want, rtol=1e-4, atol_scale=1e-4)
+        assert np.array_equal(got[name], again[name])
+
+
+# (batch, in channels, out channels, map, kernel, stride): odd batches leave an image
+# to the shared loop; 20, 24 or 33 channels, 5x5 and 3x3 maps need edge tiles; 1x1
+# weight gradients with more than 64 input channels (fewer run as dot products)
+SHAPES = [(2, 16, 32, 8, 3, 2), (3, 20, 24, 10, 3, 2), (5, 72, 32, 8, 1, 2), (3, 80, 20, 7, 1, 2),
+          (4, 32, 16, 6, 3, 1), (3, 65, 33, 5, 1, 1)]
+
+
+def _attrs(k, s):
+    return {"pads": (k // 2,) * 4, "strides": (s, s)}
+
+
+def _out(h, k, s):
+    return (h + 2 * (k // 2) - k) // s + 1
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradient(shape, threads, rng, monkeypatch):
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    n, c, m, h, k, s = shape
+    o = _out(h, k, s)
+    graph = _graph("ConvGradWeight", {"x": (n, c, h, h), "dy": (n, m, o, o)},
+                   dict(_attrs(k, s), weight_shape=(m, c, k, k)))
+    _check(graph, rng, threads)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_gradient(shape, threads, rng, monkeypatch):
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    n, c, m, h, k, s = shape
+    o = _out(h, k, s)
+    graph = _graph("ConvGradInput", {"dy": (n, m, o, o), "w": (m, c, k, k)},
+                   dict(_attrs(k, s), input_shape=(n, c, h, h)))
+    _check(graph, rng, threads)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward(shape, threads, rng, monkeypatch):
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    n, c, m, h, k, s = shape
+    _check(_graph("Conv", {"x": (n, c, h, h), "w": (m, c, k, k)}, _attrs(k, s)), rng, threads)
