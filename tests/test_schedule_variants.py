@@ -132,6 +132,21 @@ def test_the_choices_follow_the_table():
     assert choose_grad_input_variant(strided, target).col2im_phases
 
 
+def test_a_small_map_with_few_weights_runs_direct():
+    """DenseNet's block 4 (128 -> 32 on 7x7, batch 1): in x out channels at most the
+    table's winograd_small_map_max_weights run direct; more channels, a larger map or
+    a batch keep Winograd."""
+    target = host_target(1)
+    t = table_for(target)
+    side = int(t.winograd_small_map_pixels ** 0.5)
+    shape = lambda n, c, m, hw: ConvShape(n, (c, m), (3, 3), (1, 1), (1, 1), 1, (hw, hw))
+    assert 128 * 32 <= t.winograd_small_map_max_weights < 48 * 128
+    assert choose_conv_variant(shape(1, 128, 32, side), target).algorithm == DIRECT
+    assert choose_conv_variant(shape(1, 48, 128, side), target).algorithm == WINOGRAD
+    assert choose_conv_variant(shape(1, 128, 32, 2 * side), target).algorithm == WINOGRAD
+    assert choose_conv_variant(shape(4, 128, 32, side + 1), target).algorithm == WINOGRAD
+
+
 def test_every_convolution_op_has_a_variant_hook():
     for op in ("Conv", "ConvGradInput", "ConvGradWeight", "ConvTranspose", "WinogradConv", "ConvBlocked"):
         assert get_op(op).variant is not None, op

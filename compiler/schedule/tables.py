@@ -44,6 +44,8 @@ class ScheduleTable:
     winograd_min_out_pixels: int   # an output map this big runs Winograd (3x3, stride 1, dense)
     winograd_min_batch_tiles: int  # ... or an even smaller one whose batch has 4x this many pixels
     winograd_min_channels: int     # ... when both channel counts reach this
+    winograd_small_map_pixels: int     # an output map (all images) this small ...
+    winograd_small_map_max_weights: int    # ... runs direct when in x out channels are at most this
     winograd_tile_columns: int     # tiles a step of the 16 GEMMs takes (n): V and M stay near L2
     winograd_grad_tile_columns: int    # the same for the weight gradient (its GEMMs' k; V and Zt)
     winograd_band_min_ratio: int   # batch 1 on threads by tile-row bands when tiles x (C + M) >= this x C x M
@@ -80,6 +82,9 @@ AVX512 = ScheduleTable(
     winograd_min_batch_tiles=64,   # CIFAR ResNet's 4x4 maps at batch 32 qualify (f0f253a; the
     # boundary itself not measured)
     winograd_min_channels=16,      # the 16 GEMMs' k (and m) need some depth (not measured)
+    winograd_small_map_pixels=7 * 7,   # DenseNet's block 4 (128 -> 32 on 7x7, batch 1, 1 thread):
+    winograd_small_map_max_weights=4096,   # direct 35 us, Winograd 46; 32 -> 128 33 / 35, 64 -> 64
+    # 33 / 36; from 48 -> 128 (6144) Winograd wins: 33 / 39 us, 96 -> 96 40 / 58 (SCHED_FIFO, medians)
     winograd_tile_columns=128,     # 512 took 1.5x the time for 128 channels on 28x28 at batch 8, 1.8x
     # for a 64-channel training step's 16x16 maps; 64 is 1.05-1.09x. Larger maps by bands of tile
     # rows of this many tiles: U-Net's 32-channel 64x64 convs 4.1-9.1 -> 2.9-6.5 ms (1c82c1b)

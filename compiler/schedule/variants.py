@@ -59,7 +59,10 @@ def winograd_pays_for(target, shape: ConvShape):
     pixels = shape.out_hw[0] * shape.out_hw[1]
     even = shape.out_hw[0] % 2 == 0 and shape.out_hw[1] % 2 == 0 and \
         shape.batch * pixels >= 4 * t.winograd_min_batch_tiles
-    return (pixels >= t.winograd_min_out_pixels or even) and min(shape.channels) >= t.winograd_min_channels
+    small = shape.batch * pixels <= t.winograd_small_map_pixels and \
+        shape.channels[0] * shape.channels[1] <= t.winograd_small_map_max_weights
+    return (pixels >= t.winograd_min_out_pixels or even) and min(shape.channels) >= t.winograd_min_channels \
+        and not small
 
 
 def takes_winograd(target, shape: ConvShape):
