@@ -60,3 +60,42 @@ def test_gru_cell_bad_shapes():
     gx, gh, h = (b.add_input(n, "float32", s) for n, s in (("gx", (3, 9)), ("gh", (3, 6)), ("h", (3, 3))))
     with pytest.raises(ns.ShapeError, match="GRUCell"):
         b.add_node("GRUCell", [gx, gh, h], {"order": "zrh"}, num_outputs=2)
+
+
+@pytest.mark.parametrize("k,n,kc,panel", [(130, 70, 64, 32), (128, 512, 128, 32), (5, 3, 8, 16)])
+def test_pack_panels_and_packed_gemm_with_bias(k, n, kc, panel, rng):
+    """PackPanels' layout is prepack()'s; MatMulPacked over it, with a bias C, is a @ b + c."""
+    b = GraphBuilder("pack", fold=False)
+    a, w = b.add_input("a", "float32", (9, k)), b.add_input("w", "float32", (k, n))
+    c = b.add_input("c", "float32", (9, n))
+    panels = b.add_node("PackPanels", [w], {"kc": kc, "panel": panel})
+    y = b.add_node("MatMulPacked", [a, panels, c], {"n": n})
+    b.set_outputs([panels, y])
+    g = b.build()
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
+    got = ns.compile(g).run(feeds)
+    want = np.zeros((-(-k // kc) * kc, -(-n // panel) * panel), np.float32)
+    want[:k, :n] = feeds["w"]
+    np.testing.assert_array_equal(got[panels], want.reshape(-1, kc, want.shape[1] // panel, panel).transpose(0, 2, 1, 3))
+    np.testing.assert_allclose(got[y], feeds["a"] @ feeds["w"] + feeds["c"], rtol=1e-5, atol=1e-4)
+
+
+def test_a_weight_read_by_several_gemms_is_packed_once(rng):
+    """passes/recurrent.py's pack_shared_weights: one PackPanels, the GEMMs MatMulPacked
+    (bias kept), results as the reference's and the same bits at 1 and 2 threads."""
+    b = GraphBuilder("shared", fold=False)
+    w = b.add_input("w", "float32", (128, 256))
+    h = b.add_input("h", "float32", (32, 128))
+    for step in range(3):
+        y = b.add_node("Gemm", [h, w, b.add_input(f"x{step}", "float32", (32, 256))])
+        h = b.add_node("Mul", [y, b.add_input(f"s{step}", "float32", (32, 256))])   # not an epilogue
+        h = b.add_node("Slice", [h, b.add_constant(np.array([0])), b.add_constant(np.array([128])),
+                                 b.add_constant(np.array([1]))])
+    b.set_outputs([h])
+    g = b.build()
+    ops = [n.op for n in ns.optimize_graph(g).nodes]
+    assert ops.count("PackPanels") == 1 and ops.count("MatMulPacked") == 3 and "Gemm" not in ops
+    feeds = {v.name: (rng.standard_normal(v.type.shape) / 8).astype(np.float32) for v in g.inputs}
+    one, two = (ns.compile(g, threads=t).run(feeds)[h] for t in (1, 2))
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, ns.run_reference(g, feeds)[h], rtol=1e-5, atol=1e-5)

@@ -194,7 +194,11 @@ def _packed_infer(attrs, types, consts, node):
     if a.rank < 1 or bp.rank != 4 or min(kc, panel) < 1 or \
             bp.shape[:2] != (-(-max(k, 1) // kc), -(-n // panel)):
         fail(node, f"MatMulPacked of {a.shape} does not fit packed weights {bp.shape} for n = {n}")
-    return [tt(same_dtype(node, types), tuple(a.shape[:-1]) + (n,))]
+    out = tuple(a.shape[:-1]) + (n,)
+    c = types[2] if len(types) > 2 else None
+    if c is not None and (len(out) != 2 or broadcast(node, c.shape, out) != out):
+        fail(node, f"MatMulPacked bias of shape {c.shape} does not broadcast to {out} (2-D products only)")
+    return [tt(same_dtype(node, [t for t in types if t is not None]), out)]
 
 
 def unpack(bp, k, n):
@@ -208,11 +212,21 @@ def _packed_lower(ctx):
     rows = a.size // k
     a_buf = ctx.inputs[0]
     _, _, kc, panel = ctx.in_types[1].shape
+    init = None
+    if len(ctx.inputs) > 2 and ctx.inputs[2] is not None:     # C seeds the accumulators (Gemm's bias)
+        c_buf, cs = ctx.inputs[2], broadcast_strides(ctx.in_types[2].shape, (rows, n))
+        init = lambda r, c: c_buf[sum((v * s for v, s in zip((r, c), cs) if s), 0)]
     gemm_nest(ctx, rows, n, k, lambda r, kk: a_buf[r * k + kk], None, ctx.outputs[0], lambda r, c: r * n + c,
-              prepacked=(ctx.inputs[1], kc, panel))
+              init=init, prepacked=(ctx.inputs[1], kc, panel))
 
 
-register("MatMulPacked", inputs=(2, 2), attrs={"n": None}, infer=_packed_infer, lower=_packed_lower,
-         reference=lambda attrs, a, bp: np.matmul(a, unpack(bp, a.shape[-1], attrs["n"])).astype(a.dtype),
-         domain="nutshell")
+def _packed_reference(attrs, a, bp, c=None):
+    y = np.matmul(a, unpack(bp, a.shape[-1], attrs["n"]))
+    return (y if c is None else y + c).astype(a.dtype)
+
+
+# an optional C [.., n] (broadcast to the rows) is added, as Gemm's: passes/recurrent.py's
+# pack_shared_weights makes a recurrent step's Gemm one over its weight packed once
+register("MatMulPacked", inputs=(2, 3), attrs={"n": None}, infer=_packed_infer, lower=_packed_lower,
+         reference=_packed_reference, domain="nutshell")
 non_differentiable("made after autodiff (constant weights packed for the GEMM)", "MatMulPacked")

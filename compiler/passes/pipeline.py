@@ -8,6 +8,7 @@ from .expand import expand_composites
 from .float16 import compute_float16_in_float32
 from .gemm_transpose import simplify_gemm_transposes
 from .simplify import eliminate_dead_code, fold_constants, prepack_weights, pretranspose_weights, remove_identities
+from .recurrent import pack_shared_weights
 from .winograd import winograd_weights
 
 INFERENCE_PIPELINE = [
@@ -23,11 +24,12 @@ INFERENCE_PIPELINE = [
     fuse_elementwise,        # chains of element-wise ops in one loop (elementwise_fusion.py)
     winograd_weights,        # 3x3 stride-1 Conv weights pre-transformed for Winograd F(2x2, 3x3)
     prepack_weights,         # constant MatMul weights in the target's GEMM panels, packed once (MatMulPacked)
+    pack_shared_weights,     # a weight several GEMMs read (a recurrence's) packed once per run (recurrent.py)
     eliminate_dead_code,     # the folded BatchNorm statistics and unfused weights go
 ]
 
 
-TARGET_AWARE = {block_channels, winograd_weights, prepack_weights}   # p(graph, target): the target's choices
+TARGET_AWARE = {block_channels, winograd_weights, prepack_weights, pack_shared_weights}   # p(graph, target): the target's choices
 
 
 def run_pipeline(graph, passes=None, verify_each=False, print_after=(), log=print, target=None):

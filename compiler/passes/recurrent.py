@@ -236,3 +236,60 @@ def expand_node(b, op, inputs, attrs, outputs, name=""):
     for value, out in zip((y, hn, cn), outputs):
         if out:
             b.add_node("Identity", [value], outputs=[out], name=f"{name}/{out}")
+
+
+# ----- after the other passes: the recurrent weight packed once -----
+
+def _reads_b_plainly(node, b, types):
+    """A 2-D GEMM by b (Gemm without transposes, scaling or epilogue, or MatMul)
+    that MatMulPacked computes the same way."""
+    if node.inputs[1:2] != (b,) or b in node.inputs[:1] + node.inputs[2:] or types[b].rank != 2 or \
+            types[node.inputs[0]].rank != 2:
+        return False
+    if node.op == "MatMul":
+        return True
+    at = node.attrs
+    return node.op == "Gemm" and not at.get("transA") and not at.get("transB") and \
+        at.get("alpha", 1.0) == 1.0 and at.get("beta", 1.0) == 1.0 and at.get("activation") is None
+
+
+def pack_shared_weights(graph, target=None):
+    """Gives: a float32 B that several GEMMs read and would each pack into panels
+    (an unrolled recurrence's weight: one GEMM per step, forward and back) packed
+    once, at compile time if constant, else by one PackPanels node before its
+    first reader, and those GEMMs MatMulPacked over the panels (their bias C kept)."""
+    from ..ir.graph import Node
+    from ..ir.types import DType, TensorType
+    from ..lower.target import host_target
+    from ..schedule.gemm import k_blocking, packs_b, prepack
+    from ..schedule.tables import table_for
+    target = target or host_target(1)
+    types, constants = dict(graph.types), dict(graph.constants)
+    readers = {}
+    for b, users in graph.consumers().items():
+        if types[b].dtype != DType.float32 or types[b].rank != 2:
+            continue
+        k, n = types[b].shape
+        chosen = [u for u in users if _reads_b_plainly(u, b, types) and types[u.inputs[0]].dtype == DType.float32
+                  and packs_b(target, types[u.inputs[0]].shape[0], n, k, 4)]
+        if len(chosen) >= 2:
+            readers.update({id(u): b for u in chosen})
+    if not readers:
+        return graph
+    packed, nodes = {}, []
+    for node in graph.nodes:
+        b = readers.get(id(node))
+        if b is not None and b not in packed:
+            packed[b] = f"{b}/panels"
+            if b in constants:
+                constants[packed[b]] = prepack(constants[b], target)
+                shape = constants[packed[b]].shape
+            else:
+                (k, n), panel = types[b].shape, table_for(target).prepack_panel
+                kc = k_blocking(k, target)[0]
+                nodes.append(Node("PackPanels", (b,), (packed[b],), {"kc": kc, "panel": panel}, f"{b}/pack"))
+                shape = (-(-k // kc), -(-n // panel), kc, panel)
+            types[packed[b]] = TensorType(types[b].dtype, shape)
+        nodes.append(node if b is None else Node("MatMulPacked", (node.inputs[0], packed[b]) + node.inputs[2:3],
+                                                 node.outputs, {"n": types[b].shape[1]}, node.name))
+    return graph.with_nodes(nodes, constants=constants, types=types)
