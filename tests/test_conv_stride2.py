@@ -73,3 +73,35 @@ def test_forward(shape, threads, rng, monkeypatch):
     monkeypatch.setenv("NUTSHELL_CACHE", "0")
     n, c, m, h, k, s = shape
     _check(_graph("Conv", {"x": (n, c, h, h), "w": (m, c, k, k)}, _attrs(k, s)), rng, threads)
+
+
+@pytest.mark.parametrize("phases", [False, True])
+@pytest.mark.parametrize("geometry", [((6, 24, 16, 8, 3, 2), 64), ((4, 16, 20, 6, 1, 1), 80),
+                                      ((5, 8, 12, 9, 3, 2), 50)], ids=["3x3s2", "1x1", "odd-map"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_gradient_with_images_in_one_gemm(geometry, phases, threads, rng, monkeypatch):
+    """dY of several images side by side as the GEMM's columns (batched_columns), then
+    col2im per image from its columns (3, 2 and, at 2 threads, 2 images a GEMM; 5 images
+    on 2 threads leave one to the shared loop)."""
+    from nutshell.compiler.ops.registry import get_op
+    from nutshell.compiler.schedule.variants import DIRECT, ConvVariant
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    (n, c, m, h, k, s), columns = geometry
+    monkeypatch.setattr(get_op("ConvGradInput"), "variant", lambda *a: ConvVariant(
+        DIRECT, col2im_phases=phases and s > 1, batched_columns=columns))
+    o = _out(h, k, s)
+    graph = _graph("ConvGradInput", {"dy": (n, m, o, o), "w": (m, c, k, k)},
+                   dict(_attrs(k, s), input_shape=(n, c, h, h)))
+    _check(graph, rng, threads)
+
+
+def test_small_maps_input_gradient_batches_images():
+    from nutshell.compiler.lower.target import host_target
+    from nutshell.compiler.schedule.tables import table_for
+    from nutshell.compiler.schedule.variants import ConvShape, choose_grad_input_variant
+    target = host_target(1)
+    columns = table_for(target).grad_input_batched_columns
+    small = ConvShape(32, (256, 512), (3, 3), (2, 2), (1, 1), 1, (8, 8), dy_hw=(4, 4))
+    assert choose_grad_input_variant(small, target).batched_columns == columns
+    large = ConvShape(32, (64, 128), (3, 3), (2, 2), (1, 1), 1, (32, 32), dy_hw=(16, 16))
+    assert choose_grad_input_variant(large, target).batched_columns == 0

@@ -14,7 +14,7 @@ from ..schedule.variants import WINOGRAD
 from . import winograd
 from .common import fail, tt
 from .conv import with_bias_grad
-from .conv_common import (CONV_ATTRS, for_image_chunks, zero_slot, im2col as _im2col, image_plan, per_image,
+from .conv_common import (CONV_ATTRS, for_image_chunks, zero_slot, im2col as _im2col, image_plan,
                           window_geometry)
 from .registry import gradient, non_differentiable, register
 from .conv_variants import grad_input_variant, grad_weight_variant
@@ -67,36 +67,58 @@ def _grad_input_lower(ctx):
             ctx, dyb, None, out, (n, oh, ow), (h, wd), (kh - 1 - pt, kw - 1 - pl), (m, c),
             lambda ni, ci, y, x, v: v,
             weight=winograd.RawWeights(wb, kh * kw, cg * kh * kw, flipped=True))
-    dcol = ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), out.dtype)
+    # a small map's images side by side in one GEMM (the variant step's choice): alone,
+    # 16 columns (a 4x4 map) leave the tile one vector wide and load-bound
+    batched = ctx.variant.batched_columns if group == 1 else 0
+    plan = image_plan(ctx, n, lambda count: count * ohw <= batched)
+    teams, _, chunk = plan
+    width = chunk * ohw
+    dcol = ctx.scratch(kc * width * teams, out.dtype)
+    dyc = ctx.scratch(m * width * teams, out.dtype) if chunk > 1 else None
+    lanes = ctx.lanes(out.dtype)
 
-    def image(ni, slot, parallel):
-        base = slot * (kc * ohw)
+    def images(first, count, slot, parallel):
+        base = slot * (kc * width)
+        if dyc is not None:      # the images' dY rows side by side: one B of count * ohw columns
+            with nb.loop(count, hint="i") as i:
+                with nb.loop(m, hint="k") as kk:
+                    with nb.loop(ohw, "vector", lanes, hint="p") as p:
+                        nb.store(dyc, slot * (m * width) + kk * width + i * ohw + p,
+                                 dyb[(first + i) * (m * ohw) + kk * ohw + p])
+            load_b = lambda g, kk, j: dyc[slot * (m * width) + kk * width + j]
+        else:
+            load_b = lambda g, kk, j: dyb[first * (m * ohw) + (g * mg + kk) * ohw + j]
         with nb.loop(group, hint="g") as g:
-            dy_off = ni * (m * ohw) + g * (mg * ohw)
-            gemm_nest(ctx, kc, ohw, mg,
+            gemm_nest(ctx, kc, count * ohw, mg,
                       lambda r, kk: wb[(g * mg + kk) * kc + r],
-                      lambda kk, j: dyb[dy_off + kk * ohw + j],
-                      dcol, lambda r, j: base + r * ohw + j,
+                      lambda kk, j: load_b(g, kk, j),
+                      dcol, lambda r, j: base + r * width + j,
                       parallel=parallel, slot=None if parallel else slot)
-            with nb.loop(cg, hint="c", parallel_candidate=("col2im", cg * h * wd) if parallel else None) as ci:
-                if ctx.variant.col2im_phases:
-                    _col2im_by_phase(ctx, dcol, base + ci * (kh * kw * ohw), out,
-                                     ni * (c * h * wd) + (g * cg + ci) * (h * wd),
-                                     ((h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl)))
-                else:
-                    with nb.loop(h, hint="y") as iy:
-                        with nb.loop(wd, "vector", ctx.lanes(out.dtype), hint="x") as ix:
-                            i, j = nb.var("ki"), nb.var("kj")
-                            oy, ok_y = _source(iy + (pt - i * dh), sh, oh)
-                            ox, ok_x = _source(ix + (pl - j * dw), sw, ow)
-                            row = (ci * kh + i) * kw + j
-                            value = dcol.load(base + row * ohw + oy * ow + ox, mask=ok_y & ok_x)
-                            nb.store(out, ni * (c * h * wd) + (g * cg + ci) * (h * wd) + iy * wd + ix,
-                                     Reduce("sum", i, kh, Reduce("sum", j, kw, value)))
-    per_image(ctx, n, image)
+            with nb.loop(count, hint="i") as i:
+                with nb.loop(cg, hint="c", parallel_candidate=("col2im", cg * h * wd) if parallel else None) as ci:
+                    _col2im(ctx, dcol, base + ci * (kh * kw * width) + i * ohw, width, out,
+                            (first + i) * (c * h * wd) + (g * cg + ci) * (h * wd),
+                            ((h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl)))
+    for_image_chunks(ctx, n, plan, images)
 
 
-def _col2im_by_phase(ctx, dcol, base, out, out_off, geometry):
+def _col2im(ctx, dcol, base, row_stride, out, out_off, geometry):
+    """One channel's input pixels, each the sum of the dcol entries (rows row_stride
+    apart, one per tap) whose windows cover it: by phases or as gathers."""
+    if ctx.variant.col2im_phases:
+        return _col2im_by_phase(ctx, dcol, base, row_stride, out, out_off, geometry)
+    (h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl) = geometry
+    nb = ctx.nb
+    with nb.loop(h, hint="y") as iy:
+        with nb.loop(wd, "vector", ctx.lanes(out.dtype), hint="x") as ix:
+            i, j = nb.var("ki"), nb.var("kj")
+            oy, ok_y = _source(iy + (pt - i * dh), sh, oh)
+            ox, ok_x = _source(ix + (pl - j * dw), sw, ow)
+            value = dcol.load(base + (i * kw + j) * row_stride + oy * ow + ox, mask=ok_y & ok_x)
+            nb.store(out, out_off + iy * wd + ix, Reduce("sum", i, kh, Reduce("sum", j, kw, value)))
+
+
+def _col2im_by_phase(ctx, dcol, base, row_stride, out, out_off, geometry):
     """col2im of one channel at stride > 1 by phases: the input pixels
     (sh*qy + py, sw*qx + px) of phase (py, px) are reached by a fixed subset of the
     taps, tap (i, j) from output (qy + a_i, qx + b_j), so each is a contiguous masked
@@ -114,7 +136,7 @@ def _col2im_by_phase(ctx, dcol, base, out, out_off, geometry):
                         for j, b in taps(px, pl, kw, dw, sw):
                             oy, ox = qy + a, qx + b
                             ok = (oy >= 0) & (oy < oh) & (ox >= 0) & (ox < ow)
-                            terms.append(dcol.load(base + (i * kw + j) * (oh * ow) + oy * ow + ox, mask=ok))
+                            terms.append(dcol.load(base + (i * kw + j) * row_stride + oy * ow + ox, mask=ok))
                     value = sum(terms[1:], terms[0]) if terms else Const(0.0, out.dtype)
                     nb.store(out, out_off + (qy * sh + py) * wd + qx * sw + px, value)
 

@@ -16,7 +16,7 @@ def _shape(node, attrs, x_shape, w_shape, batch, channels, out_hw=None, weights=
     from .winograd import precise_enough
     _, _, strides, dil, out = window_geometry(node.name, attrs, x_shape[2:], w_shape[2:])
     shape = ConvShape(batch, channels, tuple(w_shape[2:]), tuple(strides), tuple(dil), attrs.get("group", 1),
-                      tuple(out_hw or out))
+                      tuple(out_hw or out), dy_hw=tuple(out))
     if weights is not None and winograd_applies(shape):
         shape = replace(shape, weights_precise=precise_enough(weights))
     return shape

@@ -29,6 +29,7 @@ class ConvShape:
     group: int
     out_hw: tuple
     weights_precise: bool = True     # constant weights Winograd's rounding keeps near the direct sum
+    dy_hw: tuple = ()        # the forward's output map (dY's: an input gradient's GEMM columns)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ConvVariant:
     algorithm: str
     tile_columns: int = 0        # Winograd: tiles one step of the 16 GEMMs takes (V and M near L2)
     band_min_ratio: int = 0      # Winograd, batch 1 on threads: bands of tile rows from this ratio
-    batched_columns: int = 0     # direct: a small map's images share one GEMM up to this many columns
+    batched_columns: int = 0     # direct (and dX): a small map's images share one GEMM up to this many columns
     grad_k: int = 0              # weight gradient: images per step until images x pixels reaches this
     by_dots: bool = False        # weight gradient: dot products along the pixels (few im2col rows)
     col2im_phases: bool = False  # input gradient: col2im by phases (strided stores), not gathers
@@ -94,9 +95,12 @@ def choose_grad_input_variant(shape: ConvShape, target) -> ConvVariant:
     transposed GEMM and col2im."""
     if takes_winograd(target, shape):
         return _winograd(target)
+    t = table_or_host(target)
     stride = shape.strides[1]
-    phases = tuple(shape.strides) != (1, 1) and stride <= table_or_host(target).col2im_max_phase_stride
-    return ConvVariant(DIRECT, col2im_phases=phases)
+    phases = tuple(shape.strides) != (1, 1) and stride <= t.col2im_max_phase_stride
+    pixels = shape.dy_hw[0] * shape.dy_hw[1] if shape.dy_hw else 0
+    shares = shape.group == 1 and shape.batch > 1 and 0 < 2 * pixels <= t.grad_input_batched_columns
+    return ConvVariant(DIRECT, col2im_phases=phases, batched_columns=t.grad_input_batched_columns if shares else 0)
 
 
 def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
