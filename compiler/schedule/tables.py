@@ -50,7 +50,8 @@ class ScheduleTable:
     winograd_grad_tile_columns: int    # the same for the weight gradient (its GEMMs' k; V and Zt)
     winograd_band_min_ratio: int   # batch 1 on threads by tile-row bands when tiles x (C + M) >= this x C x M
     conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
-    grad_weight_k: int             # a weight gradient's GEMM takes images until k (images x pixels) is this
+    grad_weight_k: int             # a weight gradient by dot products: images until k (images x pixels) is this
+    grad_gemm_k: int               # ... by the GEMM: until k is this (im2col's rows x k stays near L2)
     grad_input_batched_columns: int    # an input gradient's small dY maps share one GEMM up to this many columns
     grad_dot_max_rows: int         # im2col rows up to which the weight gradient runs as dot products
     col2im_max_phase_stride: int   # strides up to which a gradient's col2im goes by phases (strided stores)
@@ -94,6 +95,8 @@ AVX512 = ScheduleTable(
     conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
     # a 6x32 panel; whole model 0.98x at 1 and 2 threads (3e75bfa; 256 itself not swept)
     grad_weight_k=1024,            # not measured against other values (chosen with the batched GEMM)
+    grad_gemm_k=128,               # ResNet-18 CIFAR's stride-2 3x3 dW, same-process at 1 thread against
+    # 1024: 0.71-0.95x (256 -> 512 on 8x8: k 512 re-read a 4.7 MB im2col per 128-column block of B)
     grad_input_batched_columns=128,    # ResNet-18 CIFAR's stride-2 dX into 8x8 (dY 4x4, 8 images a
     # GEMM): 0.85-0.90x at 64 or 128 columns, 0.92x at 256; 2 images of 8x8 0.97x (same-process, 1 thread)
     grad_dot_max_rows=64,          # a first layer's 27 rows: dot products skip dY's transpose, which

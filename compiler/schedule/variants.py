@@ -112,7 +112,8 @@ def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
     rows = shape.channels[0] // shape.group * shape.kernel[0] * shape.kernel[1]
     by_dots = rows <= t.grad_dot_max_rows
     tile = (t.dot_mr, t.dot_nr) if by_dots else (1, 1)
-    return ConvVariant(DIRECT, grad_k=t.grad_weight_k, by_dots=by_dots, dot_tile=tile)
+    k = t.grad_weight_k if by_dots else t.grad_gemm_k
+    return ConvVariant(DIRECT, grad_k=k, by_dots=by_dots, dot_tile=tile)
 
 
 def winograd_conv_variant(target) -> ConvVariant:
