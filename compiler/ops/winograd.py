@@ -116,9 +116,13 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     per_team = -(-ty_n // ctx.threads) if split else ty_n
     # a thread's share of more than tile_columns tiles would leave L2 too: bands of rows
     # that divide the map, dealt out (DenseNet's 128 -> 32 on 56x56 at 2 threads: up to 10 ms under load -> 1.8-2 ms, ONNX Runtime 1.4)
+    # A band count the threads divide evenly comes first: 28 tile rows on 2 threads as 7
+    # bands of 4 left one thread idle for the last band (ResNet-18's 56x56 layers, DenseNet's
+    # block 1), 14 bands of 2 do not
     dealt = split and per_team * tx_n > tile_columns
     if dealt:
-        per_team = max(d for d in range(1, ty_n + 1) if ty_n % d == 0 and (d == 1 or d * tx_n <= tile_columns))
+        fits = [d for d in range(1, ty_n + 1) if ty_n % d == 0 and (d == 1 or d * tx_n <= tile_columns)]
+        per_team = max([d for d in fits if (ty_n // d) % ctx.threads == 0] or fits)
     # an image of more than tile_columns tiles goes by bands of tile rows: its whole V
     # and M (2 MB each for 32 channels on 64x64) would not stay in L2
     band = ty_n if split or tiles <= tile_columns else max(1, tile_columns // tx_n)
