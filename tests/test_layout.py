@@ -78,13 +78,15 @@ def test_inverted_residual_runs_blocked(rng, kw):
     assert ops.count("ConvBlocked") == (5 if kw.get("se", True) else 3)
 
 
-@pytest.mark.parametrize("cout, k, stride, hw", [(16, 3, 2, 224), (32, 3, 2, 33), (24, 5, 1, 17)])
-def test_stem_writes_blocked(rng, cout, k, stride, hw):
-    """A 3-channel first convolution reads the NCHW image and writes blocked output."""
+@pytest.mark.parametrize("cout, k, stride, hw, pad", [(16, 3, 2, 224, 1), (32, 3, 2, 33, 1), (24, 5, 1, 17, 2),
+                                                  (16, 3, 2, 33, 0), (32, 3, 2, 34, 0)])
+def test_stem_writes_blocked(rng, cout, k, stride, hw, pad):
+    """A 3-channel first convolution reads the NCHW image and writes blocked output
+    (unpadded: read in place, the last input row and column unread where 34 is even)."""
     b = GraphBuilder("stem", fold=False)
     x = b.add_input("x", "float32", (2, 3, hw, hw))
     y = b.add_node("Relu", [b.add_node("Conv", [x, _const(b, rng, (cout, 3, k, k)), _const(b, rng, (cout,))],
-                                       {"pads": (k // 2,) * 4, "strides": (stride, stride)})])
+                                       {"pads": (pad,) * 4, "strides": (stride, stride)})])
     y = b.add_node("Conv", [y, _const(b, rng, (cout, 1, 3, 3))], {"group": cout, "pads": (1,) * 4})
     z = b.add_node("Conv", [y, _const(b, rng, (8, cout, 1, 1))])
     b.set_outputs([z])

@@ -205,27 +205,31 @@ def _pointwise_reduction(ctx, pixels):
 
 def _direct_reduction(ctx, in_hw, out_hw):
     """Tap (c, i, j) of output pixel (y, x0 + r), read from a zero-bordered copy of the
-    image made first (a stem's three channels: a small copy, no bounds in the loop)."""
+    image made first (a stem's three channels: a small copy, no bounds in the loop);
+    without padding (SqueezeNet's stem) every tap is inside: read from the image itself."""
     (h, w), (oh, ow) = in_hw, out_hw
     n, c = ctx.in_types[0].shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = ctx.attrs["kernel_shape"], ctx.attrs["strides"], ctx.attrs["dilations"]
     pt, pl = ctx.attrs["pads"][:2]
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     xb, nb = ctx.inputs[0], ctx.nb
-    padded = ctx.scratch(n * c * hp * wp, xb.dtype)
-    with nb.loop(n * c, hint="q", parallel_candidate=("map", n * c * hp * wp)) as q:
-        with nb.loop(hp, hint="py") as py:
-            with nb.loop(wp, "vector", ctx.lanes(xb.dtype), hint="px") as px:
-                iy, ix = py - pt, px - pl
-                inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-                nb.store(padded, (q * hp + py) * wp + px, xb.load((q * h + iy) * w + ix, mask=inside))
+    if pt == 0 and pl == 0 and hp <= h and wp <= w:
+        source, hp, wp = xb, h, w
+    else:
+        source = ctx.scratch(n * c * hp * wp, xb.dtype)
+        with nb.loop(n * c, hint="q", parallel_candidate=("map", n * c * hp * wp)) as q:
+            with nb.loop(hp, hint="py") as py:
+                with nb.loop(wp, "vector", ctx.lanes(xb.dtype), hint="px") as px:
+                    iy, ix = py - pt, px - pl
+                    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                    nb.store(source, (q * hp + py) * wp + px, xb.load((q * h + iy) * w + ix, mask=inside))
 
     def reduction(step, image, y, x0):      # loops, not unrolled taps: a 7x7 stem's code stays small
         with nb.loop(c, hint="c") as ci:
             with nb.loop(kh, hint="i") as i:
                 with nb.loop(kw, hint="j") as j:
                     row = ((image * c + ci) * hp + y * sh + i * dh) * wp
-                    step(lambda r: padded[row + (x0 + r) * sw + j * dw], (ci * kh + i) * kw + j)
+                    step(lambda r: source[row + (x0 + r) * sw + j * dw], (ci * kh + i) * kw + j)
     return reduction
 
 
