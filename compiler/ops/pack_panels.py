@@ -38,20 +38,18 @@ def _reference(attrs, b):
     return np.ascontiguousarray(padded.reshape(-1, kc, padded.shape[1] // panel, panel).transpose(0, 2, 1, 3))
 
 
-def _lower(ctx):
-    """Zero the padding, then copy B's rows panel by panel (each a contiguous run
-    of `panel` floats in both layouts)."""
-    nb, (src,), (out,) = ctx.nb, ctx.inputs, ctx.outputs
-    k, n = ctx.in_types[0].shape
-    k_blocks, panels, kc, panel = ctx.out_types[0].shape
-    lanes = ctx.lanes(out.dtype)
+def pack_into(ctx, src, out, k, n, kc, panel):
+    """Emit B [k, n] (row-major `src`) packed into `out` as _reference lays it out:
+    the padding zeroed, then B's rows copied panel by panel (a contiguous run of
+    `panel` floats in both layouts)."""
+    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
+    k_blocks, panels = _ceil(k, kc), _ceil(n, panel)
     if k % kc or n % panel:
         with nb.loop(k_blocks * panels * kc * panel, "vector", lanes, hint="z") as i:
             nb.store(out, i, Const(0.0, out.dtype))
     whole, edge = divmod(n, panel)
     for kb in range(k_blocks):
-        rows = min(kc, k - kb * kc)
-        with nb.loop(rows, hint="k") as kk:
+        with nb.loop(min(kc, k - kb * kc), hint="k") as kk:
             row = kb * kc + kk
             for first, count, width in ((0, whole, panel), (whole, 1 if edge else 0, edge)):
                 if not count:
@@ -60,6 +58,11 @@ def _lower(ctx):
                     at = ((kb * panels + p + first) * kc + kk) * panel
                     with nb.loop(width, "vector", lanes, hint="c") as j:
                         nb.store(out, at + j, src[row * n + (p + first) * panel + j])
+
+
+def _lower(ctx):
+    k, n = ctx.in_types[0].shape
+    pack_into(ctx, ctx.inputs[0], ctx.outputs[0], k, n, ctx.attrs["kc"], ctx.attrs["panel"])
 
 
 register("PackPanels", inputs=(1, 1), attrs={"kc": None, "panel": None}, infer=_infer, reference=_reference,

@@ -1,7 +1,9 @@
 """Recurrent cells (ops/recurrent.py) expanded into primitives over the fixed
 sequence length: the input projections of all time steps as one MatMul, then
-per step a Gemm by the recurrent weights and the gates' arithmetic: for a
-plain LSTM (and PyTorch's GRU) one LSTMCell (GRUCell) node, whose gradient rule
+a plain LSTM without sequence lengths as one LSTMSequence node (the time loop in
+one kernel, ops/lstm_sequence.py); other cells per step a Gemm by the recurrent
+weights and the gates' arithmetic: for a masked plain LSTM (and PyTorch's GRU)
+one LSTMCell (GRUCell) node, whose gradient rule
 is one LSTMCellGrad loop (ops/lstm_cell.py, gru_cell.py); other cells as Split /
 Sigmoid / Tanh / Mul / Add, differentiated through those ops' rules. The
 per-step weight gradients become one GEMM over all steps (gemm_transpose.py).
@@ -141,6 +143,7 @@ def _rnn_step(em, cell, acts, xp, h, c, r_t, wt, order):
 
 
 STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
+WHOLE_SEQUENCE = True      # False: a plain LSTM per step too (tests compare the two)
 
 
 def _projection(em, cell, x2d, wt):
@@ -156,8 +159,12 @@ def _projection(em, cell, x2d, wt):
 def _direction(em, cell, d, x2d, steps, batch, wt, h, c, masks, order):
     """One direction over the sequence: its outputs [T*B, H] in time order, last h and c."""
     reverse = cell.directions[d] == "reverse"
-    xps = em.split(_projection(em, cell, x2d, wt), 0, [batch] * steps)
     r_t = em.op("Transpose", [wt.r])
+    if WHOLE_SEQUENCE and masks is None and cell.op == "LSTM" and _plain_lstm(cell, cell.activations[d], wt):
+        y, h, c, _, _ = em.op("LSTMSequence", [_projection(em, cell, x2d, wt), r_t, h, c], n=5, order=order,
+                              reverse=int(reverse))     # the whole loop as one kernel (ops/lstm_sequence.py)
+        return y, h, c
+    xps = em.split(_projection(em, cell, x2d, wt), 0, [batch] * steps)
     ys = [None] * steps
     for t in (reversed(range(steps)) if reverse else range(steps)):
         h_new, c_new = STEPS[cell.op](em, cell, cell.activations[d], xps[t], h, c, r_t, wt, order)

@@ -1,0 +1,270 @@
+"""LSTMSequence: a plain LSTM's whole time loop in one kernel, and LSTMSequenceGrad,
+its backward, for the expansion of passes/recurrent.py (no sequence lengths).
+
+Per step the recurrence is a small GEMM (batch x hidden by hidden x 4 hidden: 32 x
+128 x 512 is 4 MFLOP) and the cell. As one node per step, each step paid a call,
+the packing of W_hh, a fork/join per GEMM and a Split / Concat of the sequence.
+Here W_hh is packed once per call, the gates go straight into `acts`, and the
+threads each run the whole loop over their own rows of the batch (rows never
+mix in an LSTM): no synchronisation between steps. Every element is computed in
+the same order whatever the split, so results do not depend on the thread count.
+
+LSTMSequence(xp [T*B, 4H] (x W_ih^T + biases, time-major rows), r_t [H, 4H]
+(W_hh^T), h0 [B, H], c0 [B, H]; order, reverse)
+  -> y [T*B, H] (h of every step, time order), h_last, c_last [B, H] (the state
+     after the last step taken), cs [T*B, H] and acts [T*B, 4H] (for the backward).
+LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?; order, reverse)
+  -> dgates [T*B, 4H] (dxp; dW_hh^T is h_prev^T dgates, one GEMM), dh0, dc0."""
+import numpy as np
+
+from ..lower.gemm import gemm_nest
+from ..lower.loop_ir import Const
+from ..schedule.gemm import k_blocking
+from ..schedule.tables import table_for
+from .common import fail, require_float, tt
+from .lstm_cell import GATE_NAMES, _blocks, _cell_reference, _grad_reference
+from .pack_panels import pack_into
+from .registry import get_op, gradient, non_differentiable, register
+
+MIN_ROWS_PER_THREAD = 4     # fewer rows per thread: the GEMM's row tile would run mostly empty
+
+
+def _check_order(attrs, node):
+    order = attrs["order"]
+    if not isinstance(order, str) or sorted(order) != sorted(GATE_NAMES):
+        fail(node, f"{node} order must name the gates i, f, c, o once each, got {order!r}")
+    if attrs["reverse"] not in (0, 1):
+        fail(node, f"{node} reverse must be 0 or 1, got {attrs['reverse']!r}")
+
+
+def _dims(node, gates, state):
+    """(steps, batch, hidden) of gates [T*B, 4H] and a state [B, H]."""
+    require_float(node, gates)
+    if gates.rank != 2 or state is None or state.rank != 2 or gates.shape[1] != 4 * state.shape[1] \
+            or gates.shape[0] % state.shape[0]:
+        fail(node, f"{node} needs gates [steps * batch, 4 * hidden] and states [batch, hidden], "
+                   f"got {gates.shape} and {None if state is None else state.shape}")
+    return gates.shape[0] // state.shape[0], state.shape[0], state.shape[1]
+
+
+def _expect(node, t, shape, dtype):
+    if t is not None and (tuple(t.shape) != tuple(shape) or t.dtype != dtype):
+        fail(node, f"{node} input of {t.dtype.value}{list(t.shape)}, expected {dtype.value}{list(shape)}")
+
+
+def _times(steps, reverse):
+    return list(reversed(range(steps))) if reverse else list(range(steps))
+
+
+# ---- forward ----
+def _seq_infer(attrs, types, consts, node):
+    _check_order(attrs, node)
+    xp, r_t, h0, c0 = types
+    t, b, h = _dims(node, xp, h0)
+    for v, shape in ((r_t, (h, 4 * h)), (h0, (b, h)), (c0, (b, h))):
+        _expect(node, v, shape, xp.dtype)
+    state = tt(xp.dtype, (b, h))
+    return [tt(xp.dtype, (t * b, h)), state, state, tt(xp.dtype, (t * b, h)), xp]
+
+
+def _seq_reference(attrs, xp, r_t, h0, c0):
+    b = h0.shape[0]
+    steps = xp.shape[0] // b
+    y, cs = (np.empty((steps * b, h0.shape[1]), xp.dtype) for _ in range(2))
+    acts = np.empty_like(xp)
+    h, c = h0, c0
+    for t in _times(steps, attrs["reverse"]):
+        rows = slice(t * b, (t + 1) * b)
+        h, c, acts[rows] = _cell_reference(attrs, (xp[rows] + h @ r_t).astype(xp.dtype), c)
+        y[rows], cs[rows] = h, c
+    return y, h, c, cs, acts
+
+
+def _teams(ctx, batch):
+    """Threads that each take batch / teams rows (a split only into equal shares)."""
+    teams = ctx.threads
+    while teams > 1 and (batch % teams or batch // teams < MIN_ROWS_PER_THREAD):
+        teams -= 1
+    return teams
+
+
+def _packed(ctx, src, k, n):
+    """B [k, n] packed into a scratch buffer once: (buffer, kc, panel) for gemm_nest."""
+    kc, panel = k_blocking(k, ctx.target)[0], table_for(ctx.target).prepack_panel
+    out = ctx.scratch(-(-k // kc) * kc * -(-n // panel) * panel, src.dtype)
+    pack_into(ctx, src, out, k, n, kc, panel)
+    return out, kc, panel
+
+
+def _team_loop(ctx, batch, body):
+    """body(first row, rows) on each thread's share of the batch."""
+    teams = _teams(ctx, batch)
+    share = batch // teams
+    with ctx.nb.loop(teams, hint="team", parallel_candidate=("teams", teams) if teams > 1 else None) as team:
+        body(team * share, share)
+
+
+def _rows(ctx, rows, hidden, body):
+    with ctx.nb.loop(rows, hint="r") as r:
+        with ctx.nb.loop(hidden, "vector", ctx.lanes(ctx.out_types[0].dtype), hint="j") as j:
+            body(r, j)
+
+
+def _seq_lower(ctx):
+    xp, r_t, h0, c0 = ctx.inputs
+    y, h_last, c_last, cs, acts = ctx.outputs
+    steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
+    g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
+    sigmoid, tanh = (lambda x: get_op("Sigmoid").expr({}, x)), (lambda x: get_op("Tanh").expr({}, x))
+    packed = _packed(ctx, r_t, hidden, g4)
+    times = _times(steps, ctx.attrs["reverse"])
+    step = (lambda s: (steps - 1) - s) if ctx.attrs["reverse"] else (lambda s: s)
+
+    def one_step(row0, share, t, h_prev, c_prev, prev_row0):
+        """Time t for rows [row0, row0 + share): h_prev / c_prev read at row prev_row0 + r."""
+        base = t * batch + row0
+        gemm_nest(ctx, share, g4, hidden, lambda r, kk: h_prev[(prev_row0 + r) * hidden + kk], None, acts,
+                  lambda r, c: (base + r) * g4 + c, init=lambda r, c: xp[(base + r) * g4 + c], parallel=False,
+                  prepacked=packed)
+
+        def cell(r, j):
+            row, at_h = (base + r) * g4 + j, (base + r) * hidden + j
+            for k in GATE_NAMES:     # the pre-activations become the activations in place
+                nb.store(acts, row + at[k], (tanh if k == "c" else sigmoid)(acts[row + at[k]]))
+            a = {k: acts[row + at[k]] for k in GATE_NAMES}
+            nb.store(cs, at_h, a["f"] * c_prev[(prev_row0 + r) * hidden + j] + a["i"] * a["c"])
+            nb.store(y, at_h, a["o"] * tanh(cs[at_h]))
+        _rows(ctx, share, hidden, cell)
+
+    def team(row0, share):
+        one_step(row0, share, times[0], h0, c0, row0)      # the first step reads the initial state
+        if steps > 1:
+            with nb.loop(steps - 1, hint="s") as s:
+                t = step(s + 1)
+                prev = step(s)
+                one_step(row0, share, t, y, cs, prev * batch + row0)
+    _team_loop(ctx, batch, team)
+    last = times[-1] * batch * hidden
+    with nb.loop(batch * hidden, "vector", ctx.lanes(y.dtype), hint="i") as i:
+        nb.store(h_last, i, y[last + i])
+        nb.store(c_last, i, cs[last + i])
+
+
+register("LSTMSequence", inputs=(4, 4), attrs={"order": None, "reverse": 0}, infer=_seq_infer,
+         reference=_seq_reference, lower=_seq_lower, domain="nutshell")
+
+
+@gradient("LSTMSequence")
+def _seq_grad(g, node, dys, wanted):
+    dy, dh_last, dc_last = (list(dys) + [None] * 3)[:3]
+    if dy is None and dh_last is None and dc_last is None:
+        return [None] * 4
+    xp, r_t, h0, c0 = node.inputs
+    y, _, _, cs, acts = node.outputs
+    order, reverse = node.attrs["order"], node.attrs["reverse"]
+    dgates, dh0, dc0 = g.op("LSTMSequenceGrad", [acts, cs, c0, g.op("Transpose", [r_t]), dy or "",
+                                                 dh_last or "", dc_last or ""],
+                            outputs=3, order=order, reverse=reverse)
+    dr_t = None
+    if wanted[1]:           # dW_hh^T = sum over steps of h_prev^T dgates: one GEMM over all rows
+        rows = g.shape(y)[0] - g.shape(h0)[0]
+        if rows == 0:
+            h_prev = h0
+        else:
+            earlier = g.slice(y, [g.shape(h0)[0] if reverse else 0], [rows + (g.shape(h0)[0] if reverse else 0)], [0])
+            h_prev = g.op("Concat", [earlier, h0] if reverse else [h0, earlier], axis=0)
+        dr_t = g.op("Gemm", [h_prev, dgates], transA=1)
+    return [dgates if wanted[0] else None, dr_t, dh0 if wanted[2] else None, dc0 if wanted[3] else None]
+
+
+# ---- backward ----
+def _grad_infer(attrs, types, consts, node):
+    _check_order(attrs, node)
+    acts, cs, c0, r = types[:4]
+    t, b, h = _dims(node, acts, c0)
+    for v, shape in ((cs, (t * b, h)), (r, (4 * h, h)), *zip(types[4:], ((t * b, h), (b, h), (b, h)))):
+        _expect(node, v, shape, acts.dtype)
+    return [acts, c0, c0]
+
+
+def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=None):
+    b, hidden = c0.shape
+    steps = acts.shape[0] // b
+    zeros = np.zeros((b, hidden), acts.dtype)
+    dh = zeros if dh_last is None else dh_last
+    dc = zeros if dc_last is None else dc_last
+    dgates = np.empty_like(acts)
+    times = _times(steps, attrs["reverse"])
+    for n, t in enumerate(reversed(times)):
+        rows = slice(t * b, (t + 1) * b)
+        prev = times[len(times) - 2 - n] if n < steps - 1 else None
+        c_prev = c0 if prev is None else cs[prev * b:(prev + 1) * b]
+        dh = dh + (0 if dy is None else dy[rows])
+        dgates[rows], dc = _grad_reference(attrs, dh, dc, acts[rows], cs[rows], c_prev)
+        dh = (dgates[rows] @ r).astype(acts.dtype)
+    return dgates, dh, dc.astype(acts.dtype)
+
+
+def _grad_lower(ctx):
+    acts, cs, c0, r, dy, dh_last, dc_last = ctx.inputs + [None] * (7 - len(ctx.inputs))
+    dgates, dh, dc = ctx.outputs       # dh0 and dc0 carry each step's dh and dc until the end
+    steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
+    g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
+    lanes = ctx.lanes(acts.dtype)
+    tanh = lambda x: get_op("Tanh").expr({}, x)
+    packed = _packed(ctx, r, g4, hidden)
+    tmp = ctx.scratch(batch * hidden, acts.dtype)     # tanh(c), then the cell's total gradient
+    times = _times(steps, ctx.attrs["reverse"])
+    zero = Const(0.0, acts.dtype)
+    # backward in time: s-th step taken back is time t(s); the step before it in time is t(s + 1)
+    back = (lambda s: s) if ctx.attrs["reverse"] else (lambda s: (steps - 1) - s)
+
+    def cell(row0, share, t, c_prev, prev_row0):
+        base = t * batch + row0
+
+        def body(r, j):
+            row, cell_at, own = (base + r) * g4 + j, (base + r) * hidden + j, (row0 + r) * hidden + j
+            a = {k: acts[row + at[k]] for k in GATE_NAMES}
+            d_h = dh[own]
+            nb.store(tmp, own, tanh(cs[cell_at]))
+            tc = tmp[own]
+            nb.store(dgates, row + at["o"], d_h * tc * a["o"] * (1.0 - a["o"]))
+            nb.store(tmp, own, dc[own] + d_h * a["o"] * (1.0 - tc * tc))
+            dct = tmp[own]
+            nb.store(dgates, row + at["i"], dct * a["c"] * a["i"] * (1.0 - a["i"]))
+            nb.store(dgates, row + at["f"], dct * c_prev[(prev_row0 + r) * hidden + j] * a["f"] * (1.0 - a["f"]))
+            nb.store(dgates, row + at["c"], dct * a["i"] * (1.0 - a["c"] * a["c"]))
+            nb.store(dc, own, dct * a["f"])
+        _rows(ctx, share, hidden, body)
+
+    def recurrent(row0, share, t, t_prev):
+        """dh for the step before (t_prev; None: the initial state's) = dgates_t W_hh (+ dy there)."""
+        base = t * batch + row0
+        init = None if dy is None or t_prev is None else \
+            (lambda rr, c: dy[(t_prev * batch + row0 + rr) * hidden + c])
+        gemm_nest(ctx, share, hidden, g4, lambda rr, kk: dgates[(base + rr) * g4 + kk], None, dh,
+                  lambda rr, c: (row0 + rr) * hidden + c, init=init, parallel=False, prepacked=packed)
+
+    def team(row0, share):
+        last = times[-1] * batch + row0
+
+        def seed(r, j):
+            own = (row0 + r) * hidden + j
+            at_t = (last + r) * hidden + j
+            d_h = [v[i] for v, i in ((dy, at_t), (dh_last, own)) if v is not None]
+            nb.store(dh, own, d_h[0] + d_h[1] if len(d_h) == 2 else d_h[0] if d_h else zero)
+            nb.store(dc, own, dc_last[own] if dc_last is not None else zero)
+        _rows(ctx, share, hidden, seed)
+        if steps > 1:
+            with nb.loop(steps - 1, hint="s") as s:
+                t, t_prev = back(s), back(s + 1)
+                cell(row0, share, t, cs, t_prev * batch + row0)
+                recurrent(row0, share, t, t_prev)
+        cell(row0, share, times[0], c0, row0)
+        recurrent(row0, share, times[0], None)
+    _team_loop(ctx, batch, team)
+
+
+register("LSTMSequenceGrad", inputs=(4, 7), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
+         reference=_seq_grad_reference, lower=_grad_lower, domain="nutshell")
+non_differentiable("LSTMSequence's backward (no second-order gradients of recurrent cells)", "LSTMSequenceGrad")
