@@ -8,7 +8,12 @@ trainer runs over MPI; its gradient is one more in the backward pass, as
 PyTorch's SyncBatchNorm has one all-gather forward and one all-reduce backward).
 The sums are float64 and shifted by the running mean (the same on every rank),
 so E[d^2] - E[d]^2 loses nothing to cancellation that a float32 two-pass
-variance would keep."""
+variance would keep.
+
+On one rank, a BatchNorm over an input of rank >= 3 is one BatchNormTrain op
+(compiler/ops/batchnorm_train.py: statistics, normalisation and, through its
+gradient rule, a fused backward); elsewhere (rank 2, several ranks) the layer is
+composed from primitives."""
 from contextlib import contextmanager
 
 import numpy as np
@@ -53,3 +58,13 @@ def batch_moments(x, axes, shift=None):
     mean = apply("Cast", [first], to=1) + shift
     var = apply("Cast", [second - first * first], to=1)
     return mean, x - mean, var, count
+
+
+def fused_batch_norm(x, weight, bias, eps):
+    """(y, batch mean [C], biased batch variance [C], count) as one BatchNormTrain
+    node, or None where the composed form is kept: several ranks' statistics, or an
+    input of rank 2, whose strided channels the per-channel kernel reads badly."""
+    if _RANKS[-1] != 1 or len(x.shape) < 3:
+        return None
+    y, mean, var = apply("BatchNormTrain", [x, weight, bias], outputs=3, epsilon=float(eps))
+    return y, mean, var, x.type.size // x.shape[1]

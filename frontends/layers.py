@@ -1,7 +1,7 @@
 """Layers with PyTorch's names, arguments and state_dict keys."""
 import numpy as np
 
-from .batch_stats import batch_moments
+from .batch_stats import batch_moments, fused_batch_norm
 from .dsl import Module, Parameter, Tensor, apply, constant, next_seed
 from .layer_checks import check_width, conv_pads, positive, require
 from .init import bias_init, fans, ones, weight_init, zeros
@@ -94,16 +94,20 @@ class BatchNorm2d(Module):
 
 
 def batch_norm_train(x, weight, bias, mean, var, steps, eps, momentum):
-    """BatchNorm with batch statistics, composed from primitives (so autodiff needs
-    no BN rule); records the running-statistics updates in the trace."""
+    """BatchNorm with batch statistics, one BatchNormTrain op where it can be
+    (batch_stats.fused_batch_norm), else composed from primitives; records the
+    running-statistics updates in the trace."""
     b = x.builder
-    rank = len(x.shape)
-    axes = constant(b, np.asarray([0] + list(range(2, rank)), np.int64))
-    per_channel = (1, x.shape[1]) + (1,) * (rank - 2)
-    # this rank's batch, or every rank's under sync_batchnorm (shifted by the running mean)
-    batch_mean, centered, batch_var, count = batch_moments(x, axes, mean)
-    inv_std = 1.0 / apply("Sqrt", [batch_var + eps])
-    y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
+    fused = fused_batch_norm(x, weight, bias, eps)
+    if fused is not None:
+        y, batch_mean, batch_var, count = fused
+    else:    # this rank's batch, or every rank's under sync_batchnorm (shifted by the running mean)
+        rank = len(x.shape)
+        axes = constant(b, np.asarray([0] + list(range(2, rank)), np.int64))
+        per_channel = (1, x.shape[1]) + (1,) * (rank - 2)
+        batch_mean, centered, batch_var, count = batch_moments(x, axes, mean)
+        inv_std = 1.0 / apply("Sqrt", [batch_var + eps])
+        y = centered * inv_std * weight.reshape(per_channel) + bias.reshape(per_channel)
     if mean is None:                  # track_running_stats=False: nothing to update
         return y
     unbiased = batch_var.reshape(x.shape[1]) * (count / max(count - 1, 1))

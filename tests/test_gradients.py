@@ -161,6 +161,8 @@ CASES = [
     ("Trilu", [(2, 3, 4), None], {"upper": 0}, {1: I64(1)}, False),
     ("BatchNormalization", [(2, 3, 4, 5), (3,), (3,), None, None], {"epsilon": 1e-3},
      {3: np.array([0.1, -0.2, 0.3]), 4: np.array([0.5, 1.5, 2.0])}, False),
+    ("BatchNormTrain", [(2, 3, 4, 5), (3,), (3,)], {"epsilon": 1e-3, "__outputs": 3}, None, False),
+    ("BatchNormTrain", [(3, 2, 5), (2,), (2,)], {"relu": 1, "__outputs": 3, "__use": (0,)}, None, False),
 ]
 
 

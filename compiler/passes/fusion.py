@@ -10,6 +10,8 @@ names a chain of ops, a condition and a replacement; one driver applies them.
                      (EfficientNet's swish; its value has two users, so it is not a chain)
     fuse_*_activation  Conv|Gemm -> Clip|HardSwish|...  => the op with that epilogue
                      (ReLU6 of MobileNet v2, hard-swish of v3; Clip's bounds as attributes)
+    fuse_batchnorm_train_relu  BatchNormTrain -> Relu  => BatchNormTrain(relu=1); the
+                     ReLU gradient's masks read its output (ops/batchnorm_train.py)
 """
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir.types import TensorType
+from ..ops import batchnorm_train
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,8 @@ REWRITES = [
             _activation),
     Rewrite("fuse_gemm_activation", ("Gemm",), lambda g, n: "activation" not in n[0].attrs, _fuse_activation,
             _activation),
+    Rewrite("fuse_batchnorm_train_relu", ("BatchNormTrain",), lambda g, n: True, batchnorm_train.fuse_relu,
+            batchnorm_train.relu_after),
 ]
 
 

@@ -1,0 +1,175 @@
+"""The fused training-mode BatchNorm ops (compiler/ops/batchnorm_train.py):
+compiled kernels against the NumPy reference (rtol 1e-4, atol 1e-5 scaled to the
+output's magnitude: float32 sums of up to 32768 terms), bit-identical results at
+any thread count, the gradient rule against float64 finite differences, the
+float64 references against torch's batch_norm and its autograd (rtol 1e-10), and
+the front end's use of them."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from conftest import assert_close
+from nutshell.compiler.ir import GraphBuilder
+from test_gradients import check_vjp
+
+RTOL, ATOL = 1e-4, 1e-5
+SHAPES = [(4, 8, 5, 7), (2, 3, 16, 16), (3, 5), (2, 4, 3), (8, 16, 4, 4), (1, 2, 2, 2, 3)]
+
+
+def _graph(op, shapes, dtype="float32", **attrs):
+    b = GraphBuilder(op.lower())
+    names = [b.add_input(f"x{i}", dtype, s) for i, s in enumerate(shapes)]
+    b.set_outputs(list(b.add_node(op, names, {"epsilon": 1e-5, **attrs}, num_outputs=3)))
+    return b.build()
+
+
+def _forward_case(shape, rng, dtype=np.float32, relu=0):
+    c = shape[1]
+    graph = _graph("BatchNormTrain", [shape, (c,), (c,)], np.dtype(dtype).name, relu=relu)
+    feeds = {"x0": rng.normal(3.0, 2.0, shape), "x1": rng.uniform(0.5, 1.5, c), "x2": rng.normal(size=c)}
+    return graph, {k: v.astype(dtype) for k, v in feeds.items()}
+
+
+def _backward_case(shape, rng, dtype=np.float32):
+    c = shape[1]
+    graph = _graph("BatchNormTrainGrad", [shape, shape, (c,), (c,), (c,)], np.dtype(dtype).name)
+    x = rng.normal(3.0, 2.0, shape)
+    axes = (0,) + tuple(range(2, len(shape)))
+    feeds = {"x0": x, "x1": rng.normal(size=shape), "x2": rng.uniform(0.5, 1.5, c),
+             "x3": x.mean(axis=axes), "x4": x.var(axis=axes)}
+    return graph, {k: v.astype(dtype) for k, v in feeds.items()}
+
+
+_forward_relu = lambda shape, rng: _forward_case(shape, rng, relu=1)
+
+
+@pytest.mark.parametrize("case", [_forward_case, _forward_relu, _backward_case],
+                         ids=["forward", "forward_relu", "backward"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_matches_reference(case, shape, threads, rng):
+    graph, feeds = case(shape, rng)
+    want = ns.run_reference(graph, feeds)
+    got = ns.compile(graph, threads=threads).run(feeds)
+    for name in want:
+        assert got[name].shape == want[name].shape and got[name].dtype == want[name].dtype
+        assert_close(got[name], want[name], RTOL, ATOL)
+
+
+@pytest.mark.parametrize("case", [_forward_case, _backward_case], ids=["forward", "backward"])
+def test_bit_identical_at_any_thread_count(case, rng):
+    """Each row and each channel is summed by one thread in a fixed order."""
+    graph, feeds = case((8, 24, 12, 12), rng)
+    runs = [ns.compile(graph, threads=t).run(feeds) for t in (1, 2, 3)]
+    for other in runs[1:]:
+        for name in runs[0]:
+            np.testing.assert_array_equal(other[name], runs[0][name])
+
+
+def test_statistics_keep_precision_far_from_zero(rng):
+    """Row sums, each row's squared deviations from its own mean, combined exactly:
+    a mean of 1e4 with unit spread keeps the variance to float32 accuracy."""
+    graph, feeds = _forward_case((4, 3, 16, 16), rng)
+    feeds["x0"] = (1e4 + rng.standard_normal((4, 3, 16, 16))).astype(np.float32)
+    got = ns.compile(graph, threads=1).run(feeds)
+    want = ns.run_reference(graph, feeds)
+    y, mean, var = graph.outputs
+    np.testing.assert_allclose(got[var.name], want[var.name], rtol=1e-3)
+    assert_close(got[y.name], want[y.name], 1e-3, 1e-3)
+
+
+GRAD_CASES = [((2, 3, 4, 5), (0,), 0), ((3, 2, 3), (0, 1, 2), 0), ((4, 3), (0, 2), 0), ((2, 3, 4, 5), (0,), 1)]
+
+
+@pytest.mark.parametrize("shape,use,relu", GRAD_CASES, ids=str)
+def test_gradient_matches_finite_differences(shape, use, relu, rng):
+    """The loss reads y (and the batch mean and variance where `use` says)."""
+    c = shape[1]
+    b = GraphBuilder("bn_grad")
+    names = [b.add_input(f"x{i}", "float64", s) for i, s in enumerate([shape, (c,), (c,)])]
+    ys = b.add_node("BatchNormTrain", names, {"epsilon": 1e-3, "relu": relu}, num_outputs=3)
+    terms = [b.add_node("ReduceSum", [b.add_node("Mul", [ys[k], b.add_constant(
+        rng.standard_normal(b.types[ys[k]].shape), f"r{k}")])], {"keepdims": 0}) for k in use]
+    loss = terms[0] if len(terms) == 1 else b.add_node("Sum", terms)
+    b.set_outputs([loss])
+    feeds = {"x0": rng.standard_normal(shape) * 2 + 1, "x1": rng.uniform(0.5, 2.0, c), "x2": rng.standard_normal(c)}
+    check_vjp(b.build(), names, loss, feeds, rng)
+
+
+def test_references_match_torch_float64(rng):
+    torch = pytest.importorskip("torch")
+    shape = (4, 6, 5, 3)
+    graph, feeds = _forward_case(shape, rng, np.float64)
+    x, w, bias = (torch.tensor(feeds[k], requires_grad=True) for k in ("x0", "x1", "x2"))
+    y = torch.nn.functional.batch_norm(x, None, None, w, bias, training=True, eps=1e-5)
+    ours = ns.run_reference(graph, feeds)
+    np.testing.assert_allclose(ours[graph.outputs[0].name], y.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(shape)
+    y.backward(torch.tensor(dy))
+    back = _graph("BatchNormTrainGrad", [shape, shape, (6,), (6,), (6,)], "float64")
+    grads = ns.run_reference(back, {"x0": feeds["x0"], "x1": dy, "x2": feeds["x1"],
+                                    "x3": ours[graph.outputs[1].name], "x4": ours[graph.outputs[2].name]})
+    for out, t in zip(back.outputs, (x, w, bias)):
+        np.testing.assert_allclose(grads[out.name], t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _training_ops(module, shape):
+    from nutshell.training import Recipe, as_optimizer, build_training_graph
+    x, y = np.zeros(shape, np.float32), np.zeros(shape[0], np.int64)
+    recipe = Recipe(module, None, x, y, "cross_entropy", {})
+    graph = build_training_graph(recipe, as_optimizer(ns.optim.SGD(lr=0.1)))[0]
+    return {n.op for n in graph.nodes}
+
+
+def test_relu_fused_after_autodiff():
+    """BatchNorm -> ReLU: one BatchNormTrain(relu=1) writes the ReLU's value, which
+    the ReLU gradient's mask reads; no Relu node is left."""
+    from nutshell.api import optimize_graph
+    from nutshell.training import Recipe, as_optimizer, build_training_graph
+    nn = ns.nn
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    recipe = Recipe(net, None, np.zeros((2, 3, 8, 8), np.float32), np.zeros(2, np.int64), "cross_entropy", {})
+    graph = optimize_graph(build_training_graph(recipe, as_optimizer(ns.optim.SGD(lr=0.1)))[0])
+    bns = [n for n in graph.nodes if n.op == "BatchNormTrain"]
+    assert len(bns) == 1 and bns[0].attrs["relu"] == 1
+    assert not any(n.op == "Relu" for n in graph.nodes)
+
+
+def test_front_end_uses_the_fused_ops_for_images_only():
+    nn = ns.nn
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    assert {"BatchNormTrain", "BatchNormTrainGrad"} <= _training_ops(conv, (2, 3, 8, 8))
+    mlp = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    assert "BatchNormTrain" not in _training_ops(mlp, (3, 5))
+
+
+def test_running_statistics_follow_torch(rng):
+    """Three steps of a Conv+BN+ReLU net: parameters and running statistics as torch's."""
+    torch = pytest.importorskip("torch")
+    def build(m):
+        return m.Sequential(m.Conv2d(3, 4, 3, padding=1), m.BatchNorm2d(4), m.ReLU(), m.Flatten(),
+                            m.Linear(4 * 64, 3))
+    ours, theirs = build(ns.nn), build(torch.nn)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    trainer = ns.compile_training(ours, input_shape=(5, 3, 8, 8), optimizer=ns.optim.SGD(lr=0.1), threads=1)
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for _ in range(3):
+        x, y = rng.standard_normal((5, 3, 8, 8)).astype(np.float32) * 2 + 1, rng.integers(0, 3, 5)
+        trainer.step(x, y)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(torch.tensor(x)), torch.tensor(y)).backward()
+        opt.step()
+    want = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(value, want[name].numpy(), rtol=2e-3, atol=1e-5, err_msg=name)
+
+
+def test_bad_inputs_raise_nutshell_errors():
+    with pytest.raises(ns.ShapeError):
+        _graph("BatchNormTrain", [(2, 3, 4, 4), (4,), (3,)])
+    with pytest.raises(ns.ShapeError):
+        _graph("BatchNormTrainGrad", [(2, 3, 4, 4), (2, 3, 4, 5), (3,), (3,), (3,)])
+    with pytest.raises(ns.ShapeError):
+        _graph("BatchNormTrain", [(2,), (2,), (2,)])
+    with pytest.raises(ns.UnsupportedTypeError):
+        _graph("BatchNormTrain", [(2, 3, 4), (3,), (3,)], dtype="int64")
