@@ -40,6 +40,7 @@ never join a job that is closed or a later one by mistake."""
 from llvmlite import ir
 
 from . import llvm_helpers as H
+from .pool_busy import BusySigns
 
 ENTRY = "nutshell_parallel"
 STOP = "nutshell_pool_stop"
@@ -47,14 +48,12 @@ HOLD, RELEASE = "nutshell_pool_hold", "nutshell_pool_release"
 MAX_WORKERS = 1023
 SPIN_ROUNDS = 1 << 10     # pauses before a worker sleeps (tens of us): longer spins measured slower on a busy machine
 HOLD_ROUNDS = 1 << 15     # ... while a call holds the team (about 1 ms; a pause is ~27 ns on this EPYC)
-PREEMPTED_CYCLES = 1 << 16   # a gap this long (~25 us) between two spins: the OS ran something else here
-LATE_WAKE_CYCLES = 1 << 19   # a worker up this long (~0.2 ms) after its futex wake waited for a core
-BUSY_CYCLES = 1 << 30        # after any of these, holds are ignored for ~0.4 s
 CLOSED = 1 << 31
 COUNT_MASK = CLOSED - 1
 JOB_TYPE = ir.FunctionType(H.VOID, [H.PTR, H.I64, H.I64])
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
+AWAKE, ASLEEP, SIGNALLED = 0, 1, 2     # a worker's sleep state: only an ASLEEP one needs a futex wake
 _NAMES = ("tickets", "owner", "fn", "data", "team", "finished", "wake", "sleepers", "started",
           "running", "stop", "holds", "busy_until", "woken_at")
 
@@ -74,7 +73,7 @@ def hold_team(module, b, threads):
     return lambda: b.call(H.intrinsic(module, RELEASE, H.VOID, [H.I64]), [team])
 
 
-class _Pool:
+class _Pool(BusySigns):
     def __init__(self, module, triple, linkage):
         self.module, self.triple = module, triple
         types = {"fn": H.PTR, "data": H.PTR, "tickets": H.I64, "team": H.I64, "busy_until": H.I64,
@@ -87,6 +86,9 @@ class _Pool:
             gv.initializer = ir.Constant(ty, CLOSED if name == "tickets" else None)
             gv.align = 64 if name in ("tickets", "finished", "wake") else 8   # own cache lines
             self.g[name] = gv
+        states = ir.ArrayType(H.I32, MAX_WORKERS)      # each worker's AWAKE / ASLEEP / SIGNALLED
+        self.g["state"] = gv = ir.GlobalVariable(module, states, name="nutshell_pool.state")
+        gv.linkage, gv.initializer, gv.align = "internal", ir.Constant(states, None), 64
         arch = triple.split("-")[0]
         self.futex_no = _SYS_FUTEX.get(arch, 202)
         self.syscall = module.globals.get("syscall") or \
@@ -114,59 +116,33 @@ class _Pool:
                               value, null, null, ir.Constant(H.I64, 0)])
 
     def wake(self, b, count):
-        """Bump the futex word, and wake up to `count` sleepers if any sleep."""
+        """Bump the futex word, and wake up to `count` sleepers if any sleep that no
+        earlier wake signalled: a woken worker the OS has not run yet still counts
+        as a sleeper, and under load every loop's entry paid a futex system call for
+        it (SqueezeNet with 2 busy processes: 57 wakes a call for 12 sleeps)."""
         b.atomic_rmw("add", self.g["wake"], ir.Constant(H.I32, 1), "seq_cst")
         sleeping = b.icmp_signed(">", self.load(b, "sleepers", "seq_cst"), ir.Constant(H.I32, 0))
         with b.if_then(sleeping):
-            self.store(b, "woken_at", self.cycles(b), "monotonic")
-            self.futex(b, FUTEX_WAKE_PRIVATE, count)
+            signalled = self.signal_sleepers(b)
+            with b.if_then(b.icmp_signed(">", signalled, ir.Constant(H.I32, 0))):
+                self.store(b, "woken_at", self.cycles(b), "monotonic")
+                self.futex(b, FUTEX_WAKE_PRIVATE, count)
 
-    @property
-    def has_clock(self):
-        return self.triple.startswith(("x86_64", "i386", "i686"))
+    def signal_sleepers(self, b):
+        """Mark every ASLEEP worker SIGNALLED; returns how many were. A worker that
+        announces its sleep after this scan reads the bumped futex word, so it never
+        sleeps through the wake; one already SIGNALLED had a futex wake after its
+        announcement."""
+        found = H.alloca(b, H.I32)
+        b.store(ir.Constant(H.I32, 0), found)
+        started = b.sext(self.load(b, "started", "acquire"), H.I64)
 
-    def cycles(self, b):
-        """The time-stamp counter where reading it is cheap and safe (x86), else 0."""
-        if not self.has_clock:
-            return ir.Constant(H.I64, 0)
-        return b.call(H.intrinsic(self.module, "llvm.readcyclecounter", H.I64, []), [])
-
-    def mark_busy(self, b, now):
-        self.store(b, "busy_until", b.add(now, ir.Constant(H.I64, BUSY_CYCLES)), "monotonic")
-
-    def note_wake(self, b, slept_at):
-        """Woken after it slept: if the OS took long to give this worker a core, others want them."""
-        now, woken_at = self.cycles(b), self.load(b, "woken_at", "monotonic")
-        late = b.and_(b.icmp_unsigned(">", woken_at, slept_at),
-                      b.icmp_unsigned(">", b.sub(now, woken_at), ir.Constant(H.I64, LATE_WAKE_CYCLES)))
-        with b.if_then(late):
-            self.mark_busy(b, now)
-
-    def busy(self, b, now):
-        return b.icmp_unsigned("<", now, self.load(b, "busy_until", "monotonic"))
-
-    def held(self, b, last):
-        """Does a call hold the team, and has this worker kept its core? A worker that
-        finds it was preempted while spinning marks the machine busy: spinning there
-        takes the time slices the caller needs (and a preempted joiner holds it up),
-        so for a while nobody spins long; the caller runs the short loops alone."""
-        now = self.cycles(b)
-        preempted = b.icmp_unsigned(">", b.sub(now, b.load(last)), ir.Constant(H.I64, PREEMPTED_CYCLES))
-        b.store(now, last)
-        with b.if_then(preempted):
-            self.mark_busy(b, now)
-        holds = b.icmp_signed(">", self.load(b, "holds", "monotonic"), ir.Constant(H.I32, 0))
-        if not self.has_clock:          # no way to see preemption: never spin long
-            return ir.Constant(H.I1, 0)
-        return b.and_(holds, b.not_(self.busy(b, now)))
-
-    def note_stall(self, b, ran, waited):
-        """A joiner that kept the caller waiting longer than the caller's own share took
-        (a chunk is a quarter of a share) was preempted mid-chunk: the machine is busy."""
-        long_ = b.and_(b.icmp_unsigned(">", waited, ran),
-                       b.icmp_unsigned(">", waited, ir.Constant(H.I64, PREEMPTED_CYCLES)))
-        with b.if_then(long_):
-            self.mark_busy(b, self.cycles(b))
+        def each(i, _):
+            slot = b.gep(self.g["state"], [ir.Constant(H.I64, 0), i])
+            pair = b.cmpxchg(slot, ir.Constant(H.I32, ASLEEP), ir.Constant(H.I32, SIGNALLED), "seq_cst", "seq_cst")
+            b.store(b.add(b.load(found), b.zext(b.extract_value(pair, 1), H.I32)), found)
+        H.counted_loop(b, started, each, name="signal")
+        return b.load(found)
 
     def call_job(self, b, slot, team):
         fn = b.load(self.g["fn"], typ=ir.PointerType(JOB_TYPE))
@@ -183,6 +159,7 @@ class _Pool:
     # ---- the worker thread ----------------------------------------------------------
     def worker(self):
         fn, b = self.function("nutshell_pool.worker", ir.FunctionType(H.PTR, [H.PTR]), "internal")
+        state = b.gep(self.g["state"], [ir.Constant(H.I64, 0), b.ptrtoint(fn.args[0], H.I64)])
         seen = b.alloca(H.I64)                      # the last generation this worker saw
         spins = b.alloca(H.I32)
         last = b.alloca(H.I64)                      # the cycle count at its last spin
@@ -233,6 +210,7 @@ class _Pool:
         b.cbranch(keep_spinning, blocks["spin"], blocks["sleep"])
 
         b.position_at_end(blocks["sleep"])     # announce, re-check, then wait on the futex word
+        b.store_atomic(ir.Constant(H.I32, ASLEEP), state, "seq_cst", 4)
         b.atomic_rmw("add", self.g["sleepers"], ir.Constant(H.I32, 1), "seq_cst")
         expected = self.load(b, "wake", "seq_cst")
         w = self.load(b, "tickets", "seq_cst")
@@ -243,6 +221,7 @@ class _Pool:
             self.futex(b, FUTEX_WAIT_PRIVATE, b.zext(expected, H.I64))
             self.note_wake(b, slept_at)
         b.atomic_rmw("sub", self.g["sleepers"], ir.Constant(H.I32, 1), "seq_cst")
+        b.store_atomic(ir.Constant(H.I32, AWAKE), state, "seq_cst", 4)
         b.store(self.cycles(b), last)
         b.branch(blocks["top"])
 
@@ -265,7 +244,8 @@ class _Pool:
         b.position_at_end(make)
         b.atomic_rmw("add", self.g["running"], ir.Constant(H.I32, 1), "seq_cst")
         null = ir.Constant(H.PTR, None)
-        rc = b.call(create, [tid, null, worker, null])
+        index = b.inttoptr(b.zext(started, H.I64), H.PTR)      # the worker's own sleep state
+        rc = b.call(create, [tid, null, worker, index])
         ok = b.icmp_signed("==", rc, ir.Constant(H.I32, 0))
         with b.if_else(ok) as (then, otherwise):
             with then:
