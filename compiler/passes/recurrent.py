@@ -147,13 +147,13 @@ WHOLE_SEQUENCE = True      # False: a plain LSTM per step too (tests compare the
 
 
 def _projection(em, cell, x2d, wt):
-    """x W^T + bias for all time steps in one MatMul; GRU with linear_before_reset
-    keeps R's bias for the step (it sits inside the reset gate's product)."""
-    proj = em.matmul(x2d, em.op("Transpose", [wt.w]))
+    """x W^T + bias for all time steps in one GEMM, the bias seeding its accumulators;
+    GRU with linear_before_reset keeps R's bias for the step (it sits inside the
+    reset gate's product)."""
     biases = [v for v in [wt.wb] + ([] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb]) if v]
-    if biases:             # summed first: their gradient is then one reduction over T*B rows
-        proj = em.add(proj, biases[0] if len(biases) == 1 else em.add(*biases))
-    return proj
+    # summed first: their gradient is then one reduction over T*B rows
+    bias = None if not biases else biases[0] if len(biases) == 1 else em.add(*biases)
+    return em.gemm(x2d, em.op("Transpose", [wt.w]), bias)
 
 
 def _direction(em, cell, d, x2d, steps, batch, wt, h, c, masks, order):
