@@ -110,9 +110,10 @@ def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden
     b = GraphBuilder("sequence", fold=False)
     ins = {n: b.add_input(n, "float32", s) for n, s in (
         ("xp", (steps * batch, 4 * hidden)), ("r_t", (hidden, 4 * hidden)), ("h0", (batch, hidden)),
-        ("c0", (batch, hidden)), ("r", (4 * hidden, hidden)))}
+        ("c0", (batch, hidden)), ("r", (4 * hidden, hidden)), ("bias", (4 * hidden,)))}
     attrs = {"order": "ifco" if hidden % 2 else "iofc", "reverse": reverse}
-    outs = b.add_node("LSTMSequence", [ins[n] for n in ("xp", "r_t", "h0", "c0")], attrs, num_outputs=5)
+    biased = ["bias"] if steps % 2 else []
+    outs = b.add_node("LSTMSequence", [ins[n] for n in ["xp", "r_t", "h0", "c0"] + biased], attrs, num_outputs=5)
     shapes = {"dy": (steps * batch, hidden), "dh": (batch, hidden), "dc": (batch, hidden)}
     seeds = [b.add_input(n, "float32", shapes[n]) if n in given else "" for n in ("dy", "dh", "dc")]
     grads = b.add_node("LSTMSequenceGrad", [outs[4], outs[3], ins["c0"], ins["r"]] + seeds, attrs, num_outputs=3)

@@ -9,12 +9,13 @@ threads each run the whole loop over their own rows of the batch (rows never
 mix in an LSTM): no synchronisation between steps. Every element is computed in
 the same order whatever the split, so results do not depend on the thread count.
 
-LSTMSequence(xp [T*B, 4H] (x W_ih^T + biases, time-major rows), r_t [H, 4H]
-(W_hh^T), h0 [B, H], c0 [B, H]; order, reverse)
+LSTMSequence(xp [T*B, 4H] (x W_ih^T, time-major rows), r_t [H, 4H] (W_hh^T),
+h0 [B, H], c0 [B, H], bias? [4H] (both biases, summed); order, reverse)
   -> y [T*B, H] (h of every step, time order), h_last, c_last [B, H] (the state
      after the last step taken), cs [T*B, H] and acts [T*B, 4H] (for the backward).
 LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?; order, reverse)
-  -> dgates [T*B, 4H] (dxp; dW_hh^T is h_prev^T dgates, one GEMM), dh0, dc0."""
+  -> dgates [T*B, 4H] (dxp; dW_hh^T is h_prev^T dgates and dbias 1^T dgates, each one GEMM
+     over all steps' rows: their sums run in row order whatever the threads), dh0, dc0."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
@@ -59,16 +60,17 @@ def _times(steps, reverse):
 # ---- forward ----
 def _seq_infer(attrs, types, consts, node):
     _check_order(attrs, node)
-    xp, r_t, h0, c0 = types
+    xp, r_t, h0, c0 = types[:4]
     t, b, h = _dims(node, xp, h0)
-    for v, shape in ((r_t, (h, 4 * h)), (h0, (b, h)), (c0, (b, h))):
+    for v, shape in ((r_t, (h, 4 * h)), (h0, (b, h)), (c0, (b, h)), (types[4] if len(types) > 4 else None, (4 * h,))):
         _expect(node, v, shape, xp.dtype)
     state = tt(xp.dtype, (b, h))
     return [tt(xp.dtype, (t * b, h)), state, state, tt(xp.dtype, (t * b, h)), xp]
 
 
-def _seq_reference(attrs, xp, r_t, h0, c0):
+def _seq_reference(attrs, xp, r_t, h0, c0, bias=None):
     b = h0.shape[0]
+    xp = xp if bias is None else (xp + bias).astype(xp.dtype)
     steps = xp.shape[0] // b
     y, cs = (np.empty((steps * b, h0.shape[1]), xp.dtype) for _ in range(2))
     acts = np.empty_like(xp)
@@ -111,7 +113,7 @@ def _rows(ctx, rows, hidden, body):
 
 
 def _seq_lower(ctx):
-    xp, r_t, h0, c0 = ctx.inputs
+    xp, r_t, h0, c0, bias = ctx.inputs + [None] * (5 - len(ctx.inputs))
     y, h_last, c_last, cs, acts = ctx.outputs
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
@@ -124,8 +126,8 @@ def _seq_lower(ctx):
         """Time t for rows [row0, row0 + share): h_prev / c_prev read at row prev_row0 + r."""
         base = t * batch + row0
         gemm_nest(ctx, share, g4, hidden, lambda r, kk: h_prev[(prev_row0 + r) * hidden + kk], None, acts,
-                  lambda r, c: (base + r) * g4 + c, init=lambda r, c: xp[(base + r) * g4 + c], parallel=False,
-                  prepacked=packed)
+                  lambda r, c: (base + r) * g4 + c, parallel=False, prepacked=packed,
+                  init=lambda r, c: xp[(base + r) * g4 + c] if bias is None else xp[(base + r) * g4 + c] + bias[c])
 
         def cell(r, j):
             row, at_h = (base + r) * g4 + j, (base + r) * hidden + j
@@ -150,7 +152,7 @@ def _seq_lower(ctx):
         nb.store(c_last, i, cs[last + i])
 
 
-register("LSTMSequence", inputs=(4, 4), attrs={"order": None, "reverse": 0}, infer=_seq_infer,
+register("LSTMSequence", inputs=(4, 5), attrs={"order": None, "reverse": 0}, infer=_seq_infer,
          reference=_seq_reference, lower=_seq_lower, domain="nutshell")
 
 
@@ -158,8 +160,8 @@ register("LSTMSequence", inputs=(4, 4), attrs={"order": None, "reverse": 0}, inf
 def _seq_grad(g, node, dys, wanted):
     dy, dh_last, dc_last = (list(dys) + [None] * 3)[:3]
     if dy is None and dh_last is None and dc_last is None:
-        return [None] * 4
-    xp, r_t, h0, c0 = node.inputs
+        return [None] * len(node.inputs)
+    xp, r_t, h0, c0 = node.inputs[:4]
     y, _, _, cs, acts = node.outputs
     order, reverse = node.attrs["order"], node.attrs["reverse"]
     dgates, dh0, dc0 = g.op("LSTMSequenceGrad", [acts, cs, c0, g.op("Transpose", [r_t]), dy or "",
@@ -174,7 +176,12 @@ def _seq_grad(g, node, dys, wanted):
             earlier = g.slice(y, [g.shape(h0)[0] if reverse else 0], [rows + (g.shape(h0)[0] if reverse else 0)], [0])
             h_prev = g.op("Concat", [earlier, h0] if reverse else [h0, earlier], axis=0)
         dr_t = g.op("Gemm", [h_prev, dgates], transA=1)
-    return [dgates if wanted[0] else None, dr_t, dh0 if wanted[2] else None, dc0 if wanted[3] else None]
+    dbias = None
+    if len(node.inputs) > 4 and node.inputs[4] and wanted[4]:
+        ones = g.op("Expand", [g.scalar(1.0, dgates), g.i64([1, g.shape(dgates)[0]])])
+        dbias = g.reshape(g.op("MatMul", [ones, dgates]), g.shape(node.inputs[4]))
+    return [dgates if wanted[0] else None, dr_t, dh0 if wanted[2] else None, dc0 if wanted[3] else None,
+            dbias][:len(node.inputs)]
 
 
 # ---- backward ----

@@ -161,8 +161,11 @@ def _direction(em, cell, d, x2d, steps, batch, wt, h, c, masks, order):
     reverse = cell.directions[d] == "reverse"
     r_t = em.op("Transpose", [wt.r])
     if WHOLE_SEQUENCE and masks is None and cell.op == "LSTM" and _plain_lstm(cell, cell.activations[d], wt):
-        y, h, c, _, _ = em.op("LSTMSequence", [_projection(em, cell, x2d, wt), r_t, h, c], n=5, order=order,
-                              reverse=int(reverse))     # the whole loop as one kernel (ops/lstm_sequence.py)
+        # the whole loop as one kernel (ops/lstm_sequence.py), the biases added in its GEMM's seed
+        bias = [v for v in (wt.wb, wt.rb) if v]
+        bias = [bias[0] if len(bias) == 1 else em.add(*bias)] if bias else []
+        y, h, c, _, _ = em.op("LSTMSequence", [em.matmul(x2d, em.op("Transpose", [wt.w])), r_t, h, c] + bias,
+                              n=5, order=order, reverse=int(reverse))
         return y, h, c
     xps = em.split(_projection(em, cell, x2d, wt), 0, [batch] * steps)
     ys = [None] * steps
