@@ -122,23 +122,30 @@ def _col2im_by_phase(ctx, dcol, base, row_stride, out, out_off, geometry):
     """col2im of one channel at stride > 1 by phases: the input pixels
     (sh*qy + py, sw*qx + px) of phase (py, px) are reached by a fixed subset of the
     taps, tap (i, j) from output (qy + a_i, qx + b_j), so each is a contiguous masked
-    load along qx instead of a per-lane gather through a division by the stride."""
+    load along qx instead of a per-lane gather through a division by the stride.
+    Phases no tap reaches (3 of 4 at 1x1 stride 2) are zeros: the plane is zeroed
+    first by contiguous stores instead of a strided store per phase."""
     (h, wd), (kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl) = geometry
     nb, lanes = ctx.nb, ctx.lanes(out.dtype)
     taps = lambda phase, pad, k, d, s: [(i, (phase + pad - i * d) // s) for i in range(k)
                                         if (phase + pad - i * d) % s == 0]
-    for py in range(min(sh, h)):
-        for px in range(min(sw, wd)):
-            with nb.loop(-(-(h - py) // sh), hint="qy") as qy:
-                with nb.loop(-(-(wd - px) // sw), "vector", lanes, hint="qx") as qx:
-                    terms = []
-                    for i, a in taps(py, pt, kh, dh, sh):
-                        for j, b in taps(px, pl, kw, dw, sw):
-                            oy, ox = qy + a, qx + b
-                            ok = (oy >= 0) & (oy < oh) & (ox >= 0) & (ox < ow)
-                            terms.append(dcol.load(base + (i * kw + j) * row_stride + oy * ow + ox, mask=ok))
-                    value = sum(terms[1:], terms[0]) if terms else Const(0.0, out.dtype)
-                    nb.store(out, out_off + (qy * sh + py) * wd + qx * sw + px, value)
+    phases = [((py, px), [(i, a, j, b) for i, a in taps(py, pt, kh, dh, sh) for j, b in taps(px, pl, kw, dw, sw)])
+              for py in range(min(sh, h)) for px in range(min(sw, wd))]
+    if not all(reach for _, reach in phases):
+        with nb.loop(h, hint="y") as iy:
+            with nb.loop(wd, "vector", lanes, hint="x") as ix:
+                nb.store(out, out_off + iy * wd + ix, Const(0.0, out.dtype))
+    for (py, px), reach in phases:
+        if not reach:
+            continue
+        with nb.loop(-(-(h - py) // sh), hint="qy") as qy:
+            with nb.loop(-(-(wd - px) // sw), "vector", lanes, hint="qx") as qx:
+                terms = []
+                for i, a, j, b in reach:
+                    oy, ox = qy + a, qx + b
+                    ok = (oy >= 0) & (oy < oh) & (ox >= 0) & (ox < ow)
+                    terms.append(dcol.load(base + (i * kw + j) * row_stride + oy * ow + ox, mask=ok))
+                nb.store(out, out_off + (qy * sh + py) * wd + qx * sw + px, sum(terms[1:], terms[0]))
 
 
 def _source(pos, stride, size):
