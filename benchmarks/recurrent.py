@@ -1,6 +1,7 @@
 """Recurrent cells, nutshell vs onnxruntime: an ONNX LSTM / GRU / RNN node (random
 weights, built with onnx.helper: no torch) at a given sequence length, batch and
-width, compiled by nutshell (unrolled into per-step GEMMs and fused gate loops)
+width, compiled by nutshell (a plain LSTM as one LSTMSequence kernel, GRU / RNN unrolled
+into per-step GEMMs and fused gate loops)
 and run by onnxruntime's own recurrent kernels.
 
     python benchmarks/recurrent.py [--cells LSTM GRU] [--seq 32] [--batch 8] [--size 64]

@@ -80,11 +80,14 @@ def test_pack_panels_and_packed_gemm_with_bias(k, n, kc, panel, rng):
     np.testing.assert_allclose(got[y], feeds["a"] @ feeds["w"] + feeds["c"], rtol=1e-5, atol=1e-4)
 
 
-def test_a_weight_read_by_several_gemms_is_packed_once(rng):
-    """passes/recurrent.py's pack_shared_weights: one PackPanels, the GEMMs MatMulPacked
-    (bias kept), results as the reference's and the same bits at 1 and 2 threads."""
+@pytest.mark.parametrize("constant", [False, True])
+def test_a_weight_read_by_several_gemms_is_packed_once(constant, rng):
+    """passes/recurrent.py's pack_shared_weights: one PackPanels (a constant: packed at
+    compile time), the GEMMs MatMulPacked (bias kept), results as the reference's and
+    the same bits at 1 and 2 threads."""
     b = GraphBuilder("shared", fold=False)
-    w = b.add_input("w", "float32", (128, 256))
+    w = b.add_constant((rng.standard_normal((128, 256)) / 8).astype(np.float32), "w") if constant else \
+        b.add_input("w", "float32", (128, 256))
     h = b.add_input("h", "float32", (32, 128))
     for step in range(3):
         y = b.add_node("Gemm", [h, w, b.add_input(f"x{step}", "float32", (32, 256))])
@@ -94,7 +97,7 @@ def test_a_weight_read_by_several_gemms_is_packed_once(rng):
     b.set_outputs([h])
     g = b.build()
     ops = [n.op for n in ns.optimize_graph(g).nodes]
-    assert ops.count("PackPanels") == 1 and ops.count("MatMulPacked") == 3 and "Gemm" not in ops
+    assert ops.count("PackPanels") == (0 if constant else 1) and ops.count("MatMulPacked") == 3 and "Gemm" not in ops
     feeds = {v.name: (rng.standard_normal(v.type.shape) / 8).astype(np.float32) for v in g.inputs}
     one, two = (ns.compile(g, threads=t).run(feeds)[h] for t in (1, 2))
     np.testing.assert_array_equal(one, two)
@@ -126,3 +129,16 @@ def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden
     for name in list(outs) + list(grads):
         np.testing.assert_allclose(one[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+@pytest.mark.parametrize("shapes,attrs", [
+    ([(6, 12), (3, 12), (2, 3), (2, 3)], {"order": "ifcx"}),          # not the four gates
+    ([(6, 12), (3, 12), (4, 3), (4, 3)], {"order": "ifco"}),          # rows not steps x batch
+    ([(6, 12), (12, 3), (2, 3), (2, 3)], {"order": "ifco"}),          # W_hh not transposed
+    ([(6, 12), (3, 12), (2, 3), (2, 3), (3,)], {"order": "ifco"}),    # bias not 4 x hidden
+    ([(6, 12), (3, 12), (2, 3), (2, 3)], {"order": "ifco", "reverse": 2})])
+def test_lstm_sequence_bad_inputs(shapes, attrs):
+    b = GraphBuilder("bad", fold=False)
+    ins = [b.add_input(f"x{i}", "float32", s) for i, s in enumerate(shapes)]
+    with pytest.raises(ns.ShapeError, match="LSTMSequence"):
+        b.add_node("LSTMSequence", ins, attrs, num_outputs=5)

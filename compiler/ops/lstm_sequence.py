@@ -33,9 +33,9 @@ MIN_ROWS_PER_THREAD = 4     # fewer rows per thread: the GEMM's row tile would r
 def _check_order(attrs, node):
     order = attrs["order"]
     if not isinstance(order, str) or sorted(order) != sorted(GATE_NAMES):
-        fail(node, f"{node} order must name the gates i, f, c, o once each, got {order!r}")
+        fail(node, f"LSTMSequence order must name the gates i, f, c, o once each, got {order!r}")
     if attrs["reverse"] not in (0, 1):
-        fail(node, f"{node} reverse must be 0 or 1, got {attrs['reverse']!r}")
+        fail(node, f"LSTMSequence reverse must be 0 or 1, got {attrs['reverse']!r}")
 
 
 def _dims(node, gates, state):
@@ -43,14 +43,14 @@ def _dims(node, gates, state):
     require_float(node, gates)
     if gates.rank != 2 or state is None or state.rank != 2 or gates.shape[1] != 4 * state.shape[1] \
             or gates.shape[0] % state.shape[0]:
-        fail(node, f"{node} needs gates [steps * batch, 4 * hidden] and states [batch, hidden], "
+        fail(node, f"LSTMSequence needs gates [steps * batch, 4 * hidden] and states [batch, hidden], "
                    f"got {gates.shape} and {None if state is None else state.shape}")
     return gates.shape[0] // state.shape[0], state.shape[0], state.shape[1]
 
 
 def _expect(node, t, shape, dtype):
     if t is not None and (tuple(t.shape) != tuple(shape) or t.dtype != dtype):
-        fail(node, f"{node} input of {t.dtype.value}{list(t.shape)}, expected {dtype.value}{list(shape)}")
+        fail(node, f"LSTMSequence input of {t.dtype.value}{list(t.shape)}, expected {dtype.value}{list(shape)}")
 
 
 def _times(steps, reverse):
