@@ -106,10 +106,12 @@ def test_a_weight_read_by_several_gemms_is_packed_once(constant, rng):
 
 @pytest.mark.parametrize("steps,batch,hidden,reverse,given", [
     (3, 2, 5, 0, ()), (3, 2, 5, 1, ("dy",)), (1, 8, 37, 0, ("dh", "dc")), (1, 8, 37, 1, ("dy", "dh", "dc")),
-    (4, 32, 128, 0, ("dy", "dh")), (4, 32, 128, 1, ("dy", "dh", "dc")), (5, 12, 20, 0, ("dc",))])
+    (4, 32, 128, 0, ("dy", "dh")), (4, 32, 128, 1, ("dy", "dh", "dc")), (5, 12, 20, 0, ("dc",)),
+    (3, 11, 20, 1, ("dy", "dc"))])     # 11 rows: threads of 6 and 5
 def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden, reverse, given, rng):
     """ops/lstm_sequence.py: forward and backward over the whole sequence against the
-    references, the same bits at 1 and 2 threads (rows split between threads)."""
+    references, the same bits at 1 and 2 threads (rows split between threads, evenly
+    or not)."""
     b = GraphBuilder("sequence", fold=False)
     ins = {n: b.add_input(n, "float32", s) for n, s in (
         ("xp", (steps * batch, 4 * hidden)), ("r_t", (hidden, 4 * hidden)), ("h0", (batch, hidden)),

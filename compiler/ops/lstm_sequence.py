@@ -83,11 +83,11 @@ def _seq_reference(attrs, xp, r_t, h0, c0, bias=None):
 
 
 def _teams(ctx, batch):
-    """Threads that each take batch / teams rows (a split only into equal shares)."""
-    teams = ctx.threads
-    while teams > 1 and (batch % teams or batch // teams < MIN_ROWS_PER_THREAD):
-        teams -= 1
-    return teams
+    """(teams, rows of each but the last): as many threads as have MIN_ROWS_PER_THREAD
+    rows, the rows in equal shares but for a smaller last one."""
+    teams = max(1, min(ctx.threads, batch // MIN_ROWS_PER_THREAD))
+    share = -(-batch // teams)
+    return -(-batch // share), share
 
 
 def _packed(ctx, src, k, n):
@@ -99,11 +99,19 @@ def _packed(ctx, src, k, n):
 
 
 def _team_loop(ctx, batch, body):
-    """body(first row, rows) on each thread's share of the batch."""
-    teams = _teams(ctx, batch)
-    share = batch // teams
+    """body(first row, rows) on each thread's share of the batch. An uneven last share
+    is its own copy of the body (the GEMM's row count is static), run by that team
+    alone: a loop of one iteration whose run-time limit is positive for it only."""
+    teams, share = _teams(ctx, batch)
+    last = batch - (teams - 1) * share
     with ctx.nb.loop(teams, hint="team", parallel_candidate=("teams", teams) if teams > 1 else None) as team:
-        body(team * share, share)
+        if last == share:
+            body(team * share, share)
+            return
+        with ctx.nb.loop(1, hint="even", limit=(teams - 1) - team):
+            body(team * share, share)
+        with ctx.nb.loop(1, hint="last", limit=team - (teams - 2)):
+            body((teams - 1) * share, last)
 
 
 def _rows(ctx, rows, hidden, body):
