@@ -5,7 +5,7 @@
     python tools/profile_ops.py --training cnn_bn       # a training step of benchmarks/training.py
     python tools/profile_ops.py --training unet --cpu   # CPU time: a loaded machine's waits left out
 
-Prints the nodes by time with their GFLOP/s (Conv, Gemm, MatMul) and the sum by op.
+Prints the nodes by time with their GFLOP/s (Conv and its gradients, Gemm, MatMul) and the sum by op.
 A node alone runs on cold inputs, so the sum is a little above the model's latency."""
 import argparse
 import collections
@@ -57,6 +57,10 @@ def flops(graph, node):
     if node.op == "Conv":
         w = graph.types[node.inputs[1]].shape
         return 2 * out.size * int(np.prod(w[1:]))
+    if node.op in ("ConvGradInput", "ConvGradWeight"):     # the forward's multiply-adds, dY its output
+        dy = graph.types[node.inputs[0 if node.op == "ConvGradInput" else 1]]
+        w = graph.types[node.inputs[1]].shape if node.op == "ConvGradInput" else node.attrs["weight_shape"]
+        return 2 * dy.size * int(np.prod(w[1:]))
     if node.op == "ConvBlocked":     # real channels only, not the last block's padding
         kh, kw = node.attrs["kernel_shape"]
         pixels = out.size // (out.shape[1] * out.shape[4])
