@@ -25,7 +25,11 @@ at 0.4x ORT one run and 1.5x the next). `--realtime` (root, Linux) runs the 0-bu
 level with every thread of this process (nutshell's workers and ORT's alike) under
 SCHED_FIFO, so the others wait and it reads as a quiet machine would; the kernel's
 RT throttling (sched_rt_runtime_us, 95%) still stops both sides for ~50 ms a second,
-which a p90 of short calls may catch. The busy levels always run at normal priority."""
+which a p90 of short calls may catch. The busy levels always run at normal priority.
+Another benchmark under SCHED_FIFO at the same priority keeps a core until it blocks
+(SqueezeNet's per-phase ratio to ORT, q90, with such a rival at priority 10: 1.43 at
+our priority 10, 1.11 at RT_PRIORITY 40), so the level runs at RT_PRIORITY and says
+when another process had a thread at that priority or above during it."""
 import argparse
 import os
 import subprocess
@@ -46,6 +50,7 @@ MODELS = ["resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "resnet50-b8"]
 MAX_CALLS_FACTOR = 5
 MIN_CALLS = 10
 SPIN_LIMIT_S = 900          # a spinner never outlives this, whatever happens to us
+RT_PRIORITY = 40            # --realtime: above the 10 other tools here use, below the kernel's IRQ threads (50)
 # torchvision wheels built for another torch fail importing their op registrations,
 # which model construction does not need
 _EXPORT = ("import sys, types, runpy\n"
@@ -85,7 +90,7 @@ class Spinners:
 def realtime(on):
     """Every thread of this process under SCHED_FIFO (on) or back to SCHED_OTHER;
     False where that is not allowed (not root, not Linux)."""
-    policy, priority = (os.SCHED_FIFO, 10) if on else (os.SCHED_OTHER, 0)
+    policy, priority = (os.SCHED_FIFO, RT_PRIORITY) if on else (os.SCHED_OTHER, 0)
     try:
         for tid in os.listdir("/proc/self/task"):
             try:
@@ -97,12 +102,32 @@ def realtime(on):
     return True
 
 
-def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf")):
+def others_realtime():
+    """Whether a thread of another user process runs under SCHED_FIFO or SCHED_RR at
+    RT_PRIORITY or above (kernel threads, which have no command line, aside): then
+    even a --realtime level is not a quiet machine (two such benchmarks at the same
+    priority keep a core each until they block)."""
+    me = os.getpid()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(pid) == me or not open(f"/proc/{pid}/cmdline", "rb").read():
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+                if int(fields[38]) in (1, 2) and int(fields[37]) >= RT_PRIORITY:   # policy, rt_priority
+                    return True
+        except (OSError, IndexError, ValueError):       # a process that exited meanwhile
+            continue
+    return False
+
+
+def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf"), watch=None):
     """Seconds per call of each, in alternating blocks, after a warm-up of each: at
     least `repeat` calls, and more while under `seconds` (see the module doc). A
     pause before each block lets the other side's spinning workers (ORT's spin
     after every run) go to sleep, as benchmarks/inference.py does; without it the
-    first calls of each block paid for the other's spin-down."""
+    first calls of each block paid for the other's spin-down. `watch()` runs in
+    each pause (before its sleep)."""
     times = ([], [])
     for fn in (ours, theirs):
         for _ in range(2):
@@ -116,6 +141,8 @@ def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf
         return n < repeat or (n < repeat * MAX_CALLS_FACTOR and elapsed < seconds)
     while more():
         for fn, out in zip((ours, theirs), times):
+            if watch:
+                watch()
             time.sleep(0.05)
             for _ in range(block):
                 t = time.perf_counter()
@@ -136,12 +163,17 @@ def measure(ours, theirs, args):
         quiet = args.realtime and load == 0 and realtime(True)
         if args.realtime and load == 0 and not quiet:
             print("(--realtime not allowed here: 0 busy at normal priority)", flush=True)
+        seen = []
+        watch = (lambda: seen.append(others_realtime())) if quiet else None
         try:
-            a, b = alternating(ours, theirs, args.repeat, args.block, args.seconds, args.max_seconds)
+            a, b = alternating(ours, theirs, args.repeat, args.block, args.seconds, args.max_seconds, watch)
         finally:
             if quiet:
                 realtime(False)
             spin.stop()
+        if any(seen):
+            print(f"(0 busy: another process had a thread under SCHED_FIFO at priority {RT_PRIORITY} or above in "
+                  f"{sum(seen)} of {len(seen)} pauses; not a quiet machine)", flush=True)
         result[load] = summary(a), summary(b), len(a)
     return result
 

@@ -15,7 +15,7 @@ time between them, before the first (the call's entry: at N threads the hold's
 futex wake of a sleeping worker, ~20 us on a KVM guest) and after the last.
 
 On a machine shared with other work a loop's N-thread time shows whether a worker
-joined at all; `chrt -f 10 python tools/pool_trace.py ...` (root) keeps others off
+joined at all; `chrt -f 40 python tools/pool_trace.py ...` (root) keeps others off
 the cores while it runs."""
 import argparse
 import ctypes
