@@ -9,7 +9,8 @@ import nutshell as ns
 from conftest import assert_close, random_feeds, single_op_graph
 
 F = "float32"
-CASES = [   # input, weight; output channels at most half the input's (the split's rule)
+CASES = [   # input, weight; output channels at most half the input's, or few weights (the split's rules)
+    ((1, 32, 27, 27), (128, 32, 3, 3)),     # 32 x 128 channels (SqueezeNet's): 14 rows, split in two or three
     ((1, 32, 38, 40), (16, 32, 3, 3)),      # 19 tile rows of 20: bands of one row
     ((1, 40, 36, 34), (18, 40, 3, 3)),      # 18 rows of 17: 6 bands of 3 rows (3 of 6 at 3 threads)
     ((1, 32, 56, 56), (16, 32, 3, 3)),      # 28 rows of 28: 14 bands of 2 rows, an even count (not 7 of 4)

@@ -108,11 +108,13 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     # batch 1 on several threads: by bands of tile rows when each thread's V and M
     # outweigh U, which every band reads whole (measured: 0.75x at 16 -> 64 channels on
     # 55x55, 1.8x at 512 channels on 7x7), or when the output has at most half the
-    # channels (DenseNet's 128 -> 32: 0.84-0.95x on 7x7 to 28x28; the other way round,
-    # 32 -> 128 on 27x27, 1.2x): the shared steps' forks and small output transform
-    # cost more than U read twice
+    # channels (DenseNet's 128 -> 32: 0.84-0.95x on 7x7 to 28x28), or when U is small
+    # (at most the table's band_max_weights channels, 48 x 192: SqueezeNet's 32 -> 128
+    # on 27x27 0.70x, measured 1.2x once before the pool kept its workers up): the shared
+    # steps' forks and small output transform cost more than U read twice
     split = n < ctx.threads and ctx.threads > 1 and ty_n >= 2 * ctx.threads and (
-        tiles * (c_in + m_out) >= ctx.variant.band_min_ratio * c_in * m_out or 2 * m_out <= c_in)
+        tiles * (c_in + m_out) >= ctx.variant.band_min_ratio * c_in * m_out or 2 * m_out <= c_in or
+        c_in * m_out <= ctx.variant.band_max_weights)
     per_team = -(-ty_n // ctx.threads) if split else ty_n
     # a thread's share of more than tile_columns tiles would leave L2 too: bands of rows
     # that divide the map, dealt out (DenseNet's 128 -> 32 on 56x56 at 2 threads: up to 10 ms under load -> 1.8-2 ms, ONNX Runtime 1.4)

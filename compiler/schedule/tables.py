@@ -49,6 +49,7 @@ class ScheduleTable:
     winograd_tile_columns: int     # tiles a step of the 16 GEMMs takes (n): V and M stay near L2
     winograd_grad_tile_columns: int    # the same for the weight gradient (its GEMMs' k; V and Zt)
     winograd_band_min_ratio: int   # batch 1 on threads by tile-row bands when tiles x (C + M) >= this x C x M
+    winograd_band_max_weights: int     # ... or when C x M is at most this (U read once per thread is small)
     conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
     grad_weight_k: int             # a weight gradient by dot products: images until k (images x pixels) is this
     grad_gemm_k: int               # ... by the GEMM: until k is this (im2col's rows x k stays near L2)
@@ -92,6 +93,10 @@ AVX512 = ScheduleTable(
     # rows of this many tiles: U-Net's 32-channel 64x64 convs 4.1-9.1 -> 2.9-6.5 ms (1c82c1b)
     winograd_grad_tile_columns=128,    # the forward's value; bands 5-8% faster (not measured apart)
     winograd_band_min_ratio=16,    # bands: 0.75x at 16 -> 64 channels on 55x55, 1.8x at 512 on 7x7
+    winograd_band_max_weights=48 * 192,    # SqueezeNet's and GoogLeNet's small maps, bands against the
+    # shared steps (2 threads, ReLU, SCHED_FIFO, same process): 32 -> 128 on 27x27 0.70x, on 14x14
+    # 0.73x, 48 -> 192 on 13x13 0.81-0.88x, 48 -> 128 on 7x7 1.0x, 32 -> 96 on 28x28 1.03x; above
+    # it 64 -> 256 on 13x13 1.0x, 96 -> 128 on 28x28 1.05x, 128 -> 192 on 28x28 1.1x
     conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
     # a 6x32 panel; whole model 0.98x at 1 and 2 threads (3e75bfa; 256 itself not swept)
     grad_weight_k=1024,            # not measured against other values (chosen with the batched GEMM)

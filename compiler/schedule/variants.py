@@ -37,6 +37,7 @@ class ConvVariant:
     algorithm: str
     tile_columns: int = 0        # Winograd: tiles one step of the 16 GEMMs takes (V and M near L2)
     band_min_ratio: int = 0      # Winograd, batch 1 on threads: bands of tile rows from this ratio
+    band_max_weights: int = 0    # ... or up to this many in x out channels
     batched_columns: int = 0     # direct (and dX): a small map's images share one GEMM up to this many columns
     grad_k: int = 0              # weight gradient: images per step until images x pixels reaches this
     by_dots: bool = False        # weight gradient: dot products along the pixels (few im2col rows)
@@ -74,7 +75,7 @@ def takes_winograd(target, shape: ConvShape):
 def _winograd(target, grad=False):
     t = table_or_host(target)
     return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
-                       band_min_ratio=t.winograd_band_min_ratio)
+                       band_min_ratio=t.winograd_band_min_ratio, band_max_weights=t.winograd_band_max_weights)
 
 
 def choose_conv_variant(shape: ConvShape, target) -> ConvVariant:
