@@ -14,8 +14,9 @@ h0 [B, H], c0 [B, H], bias? [4H] (both biases, summed); order, reverse)
   -> y [T*B, H] (h of every step, time order), h_last, c_last [B, H] (the state
      after the last step taken), cs [T*B, H] and acts [T*B, 4H] (for the backward).
 LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?; order, reverse)
-  -> dgates [T*B, 4H] (dxp; dW_hh^T is h_prev^T dgates and dbias 1^T dgates, each one GEMM
-     over all steps' rows: their sums run in row order whatever the threads), dh0, dc0."""
+  -> dgates [T*B, 4H] (dxp; dW_hh^T is h_prev^T dgates, one GEMM over all steps' rows),
+     dh0, dc0, dbias [4H] (dgates' column sums). Sums over rows run in row order
+     whatever the threads."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
@@ -172,9 +173,9 @@ def _seq_grad(g, node, dys, wanted):
     xp, r_t, h0, c0 = node.inputs[:4]
     y, _, _, cs, acts = node.outputs
     order, reverse = node.attrs["order"], node.attrs["reverse"]
-    dgates, dh0, dc0 = g.op("LSTMSequenceGrad", [acts, cs, c0, g.op("Transpose", [r_t]), dy or "",
+    dgates, dh0, dc0, dbias = g.op("LSTMSequenceGrad", [acts, cs, c0, g.op("Transpose", [r_t]), dy or "",
                                                  dh_last or "", dc_last or ""],
-                            outputs=3, order=order, reverse=reverse)
+                            outputs=4, order=order, reverse=reverse)
     dr_t = None
     if wanted[1]:           # dW_hh^T = sum over steps of h_prev^T dgates: one GEMM over all rows
         rows = g.shape(y)[0] - g.shape(h0)[0]
@@ -184,10 +185,7 @@ def _seq_grad(g, node, dys, wanted):
             earlier = g.slice(y, [g.shape(h0)[0] if reverse else 0], [rows + (g.shape(h0)[0] if reverse else 0)], [0])
             h_prev = g.op("Concat", [earlier, h0] if reverse else [h0, earlier], axis=0)
         dr_t = g.op("Gemm", [h_prev, dgates], transA=1)
-    dbias = None
-    if len(node.inputs) > 4 and node.inputs[4] and wanted[4]:
-        ones = g.op("Expand", [g.scalar(1.0, dgates), g.i64([1, g.shape(dgates)[0]])])
-        dbias = g.reshape(g.op("MatMul", [ones, dgates]), g.shape(node.inputs[4]))
+    dbias = dbias if len(node.inputs) > 4 and node.inputs[4] and wanted[4] else None
     return [dgates if wanted[0] else None, dr_t, dh0 if wanted[2] else None, dc0 if wanted[3] else None,
             dbias][:len(node.inputs)]
 
@@ -199,7 +197,7 @@ def _grad_infer(attrs, types, consts, node):
     t, b, h = _dims(node, acts, c0)
     for v, shape in ((cs, (t * b, h)), (r, (4 * h, h)), *zip(types[4:], ((t * b, h), (b, h), (b, h)))):
         _expect(node, v, shape, acts.dtype)
-    return [acts, c0, c0]
+    return [acts, c0, c0, tt(acts.dtype, (4 * h,))]
 
 
 def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=None):
@@ -217,12 +215,15 @@ def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=N
         dh = dh + (0 if dy is None else dy[rows])
         dgates[rows], dc = _grad_reference(attrs, dh, dc, acts[rows], cs[rows], c_prev)
         dh = (dgates[rows] @ r).astype(acts.dtype)
-    return dgates, dh, dc.astype(acts.dtype)
+    dbias = np.zeros(acts.shape[1], acts.dtype)
+    for row in dgates:          # in row order, as the kernel sums
+        dbias += row
+    return dgates, dh, dc.astype(acts.dtype), dbias
 
 
 def _grad_lower(ctx):
     acts, cs, c0, r, dy, dh_last, dc_last = ctx.inputs + [None] * (7 - len(ctx.inputs))
-    dgates, dh, dc = ctx.outputs       # dh0 and dc0 carry each step's dh and dc until the end
+    dgates, dh, dc, dbias = ctx.outputs    # dh0 and dc0 carry each step's dh and dc until the end
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
     lanes = ctx.lanes(acts.dtype)
@@ -278,6 +279,25 @@ def _grad_lower(ctx):
         cell(row0, share, times[0], c0, row0)
         recurrent(row0, share, times[0], None)
     _team_loop(ctx, batch, team)
+    column_sums(ctx, dgates, steps * batch, g4, dbias)
+
+
+def column_sums(ctx, src, rows, cols, out):
+    """out[c] = sum of src[r, c] over r in row order (the bias gradient: the same bits
+    whatever the threads), the columns in blocks of 8 vectors split across threads."""
+    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
+    width = 8 * lanes
+    whole, edge = divmod(cols, width)
+    for first, count, w in ((0, whole, width), (whole * width, 1 if edge else 0, edge)):
+        if not count:
+            continue
+        with nb.loop(count, hint="cb", parallel_candidate=("map", rows * cols) if count > 1 else None) as cb:
+            c0 = first + cb * width
+            with nb.loop(w, "vector", lanes, hint="j") as j:
+                nb.store(out, c0 + j, Const(0.0, out.dtype))
+            with nb.loop(rows, hint="r") as r:
+                with nb.loop(w, "vector", lanes, hint="j") as j:
+                    nb.store(out, c0 + j, out[c0 + j] + src[r * cols + c0 + j])
 
 
 register("LSTMSequenceGrad", inputs=(4, 7), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
