@@ -23,10 +23,12 @@ def _graph(op, shapes, dtype="float32", **attrs):
     return b.build()
 
 
-def _forward_case(shape, rng, dtype=np.float32, relu=0):
+def _forward_case(shape, rng, dtype=np.float32, relu=0, residual=False):
     c = shape[1]
-    graph = _graph("BatchNormTrain", [shape, (c,), (c,)], np.dtype(dtype).name, relu=relu)
+    graph = _graph("BatchNormTrain", [shape, (c,), (c,)] + [shape] * residual, np.dtype(dtype).name, relu=relu)
     feeds = {"x0": rng.normal(3.0, 2.0, shape), "x1": rng.uniform(0.5, 1.5, c), "x2": rng.normal(size=c)}
+    if residual:
+        feeds["x3"] = rng.normal(size=shape)
     return graph, {k: v.astype(dtype) for k, v in feeds.items()}
 
 
@@ -41,10 +43,11 @@ def _backward_case(shape, rng, dtype=np.float32):
 
 
 _forward_relu = lambda shape, rng: _forward_case(shape, rng, relu=1)
+_forward_residual = lambda shape, rng: _forward_case(shape, rng, relu=1, residual=True)
 
 
-@pytest.mark.parametrize("case", [_forward_case, _forward_relu, _backward_case],
-                         ids=["forward", "forward_relu", "backward"])
+@pytest.mark.parametrize("case", [_forward_case, _forward_relu, _forward_residual, _backward_case],
+                         ids=["forward", "forward_relu", "forward_residual", "backward"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_matches_reference(case, shape, threads, rng):
@@ -78,21 +81,24 @@ def test_statistics_keep_precision_far_from_zero(rng):
     assert_close(got[y.name], want[y.name], 1e-3, 1e-3)
 
 
-GRAD_CASES = [((2, 3, 4, 5), (0,), 0), ((3, 2, 3), (0, 1, 2), 0), ((4, 3), (0, 2), 0), ((2, 3, 4, 5), (0,), 1)]
+GRAD_CASES = [((2, 3, 4, 5), (0,), 0, False), ((3, 2, 3), (0, 1, 2), 0, False), ((4, 3), (0, 2), 0, False),
+              ((2, 3, 4, 5), (0,), 1, False), ((2, 3, 4, 5), (0, 1), 1, True)]
 
 
-@pytest.mark.parametrize("shape,use,relu", GRAD_CASES, ids=str)
-def test_gradient_matches_finite_differences(shape, use, relu, rng):
+@pytest.mark.parametrize("shape,use,relu,residual", GRAD_CASES, ids=str)
+def test_gradient_matches_finite_differences(shape, use, relu, residual, rng):
     """The loss reads y (and the batch mean and variance where `use` says)."""
     c = shape[1]
     b = GraphBuilder("bn_grad")
-    names = [b.add_input(f"x{i}", "float64", s) for i, s in enumerate([shape, (c,), (c,)])]
+    names = [b.add_input(f"x{i}", "float64", s) for i, s in enumerate([shape, (c,), (c,)] + [shape] * residual)]
     ys = b.add_node("BatchNormTrain", names, {"epsilon": 1e-3, "relu": relu}, num_outputs=3)
     terms = [b.add_node("ReduceSum", [b.add_node("Mul", [ys[k], b.add_constant(
         rng.standard_normal(b.types[ys[k]].shape), f"r{k}")])], {"keepdims": 0}) for k in use]
     loss = terms[0] if len(terms) == 1 else b.add_node("Sum", terms)
     b.set_outputs([loss])
     feeds = {"x0": rng.standard_normal(shape) * 2 + 1, "x1": rng.uniform(0.5, 2.0, c), "x2": rng.standard_normal(c)}
+    if residual:
+        feeds["x3"] = rng.standard_normal(shape)
     check_vjp(b.build(), names, loss, feeds, rng)
 
 
@@ -135,6 +141,36 @@ def test_relu_fused_after_autodiff():
     assert not any(n.op == "Relu" for n in graph.nodes)
 
 
+def _block(m, downsample):
+    """A ResNet basic block (torch's or ours): relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+    class Block(m.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = m.Conv2d(4, 4, 3, padding=1, bias=False), m.BatchNorm2d(4)
+            self.conv2, self.bn2 = m.Conv2d(4, 4, 3, padding=1, bias=False), m.BatchNorm2d(4)
+            self.shortcut = m.Sequential(m.Conv2d(4, 4, 1, bias=False), m.BatchNorm2d(4)) if downsample \
+                else m.Sequential()
+
+        def forward(self, x):
+            y = self.bn1(self.conv1(x)).relu()
+            return (self.bn2(self.conv2(y)) + self.shortcut(x)).relu()
+    return m.Sequential(m.Conv2d(3, 4, 3, padding=1), Block(), m.Flatten(), m.Linear(4 * 64, 3))
+
+
+@pytest.mark.parametrize("downsample", [False, True], ids=["identity", "downsample"])
+def test_residual_add_and_relu_fused(downsample):
+    """The block's Add and ReLU run in one BatchNorm (the shortcut's, when the
+    shortcut is traced after bn2)."""
+    from nutshell.api import optimize_graph
+    from nutshell.training import Recipe, as_optimizer, build_training_graph
+    recipe = Recipe(_block(ns.nn, downsample), None, np.zeros((2, 3, 8, 8), np.float32), np.zeros(2, np.int64),
+                    "cross_entropy", {})
+    graph = optimize_graph(build_training_graph(recipe, as_optimizer(ns.optim.SGD(lr=0.1)))[0], verify_each=True)
+    bns = [n for n in graph.nodes if n.op == "BatchNormTrain"]
+    assert sum(len(n.inputs) == 4 and n.attrs["relu"] for n in bns) == 1
+    assert not any(n.op == "Relu" for n in graph.nodes)
+
+
 def test_front_end_uses_the_fused_ops_for_images_only():
     nn = ns.nn
     conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
@@ -143,13 +179,16 @@ def test_front_end_uses_the_fused_ops_for_images_only():
     assert "BatchNormTrain" not in _training_ops(mlp, (3, 5))
 
 
-def test_running_statistics_follow_torch(rng):
-    """Three steps of a Conv+BN+ReLU net: parameters and running statistics as torch's."""
+NETS = {"conv_bn_relu": lambda m: m.Sequential(m.Conv2d(3, 4, 3, padding=1), m.BatchNorm2d(4), m.ReLU(),
+                                                m.Flatten(), m.Linear(4 * 64, 3)),
+        "identity_block": lambda m: _block(m, False), "downsample_block": lambda m: _block(m, True)}
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_running_statistics_follow_torch(net, rng):
+    """Three steps: parameters and running statistics as torch's."""
     torch = pytest.importorskip("torch")
-    def build(m):
-        return m.Sequential(m.Conv2d(3, 4, 3, padding=1), m.BatchNorm2d(4), m.ReLU(), m.Flatten(),
-                            m.Linear(4 * 64, 3))
-    ours, theirs = build(ns.nn), build(torch.nn)
+    ours, theirs = NETS[net](ns.nn), NETS[net](torch.nn)
     theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
     trainer = ns.compile_training(ours, input_shape=(5, 3, 8, 8), optimizer=ns.optim.SGD(lr=0.1), threads=1)
     opt = torch.optim.SGD(theirs.parameters(), lr=0.1)

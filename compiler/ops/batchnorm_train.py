@@ -1,11 +1,12 @@
 """Training-mode BatchNorm as two fused ops (PyTorch's native_batch_norm and its
 backward), instead of ~6 passes of primitives over each activation.
 
-    BatchNormTrain(x, scale, bias) -> y, mean, var
+    BatchNormTrain(x, scale, bias[, residual]) -> y, mean, var
         mean, var: the batch's per-channel mean and biased variance, y the
-        normalised, scaled and shifted x (relu=1: and then max(y, 0), the ReLU after
-        it fused by passes/fusion.py). The front end updates the running statistics
-        from mean and var.
+        normalised, scaled and shifted x, plus the residual when given, then
+        (relu=1) max(., 0): a ResNet block's Add and ReLU after it, fused by
+        passes/fusion.py. The front end updates the running statistics from mean
+        and var.
     BatchNormTrainGrad(x, dy, scale, mean, var) -> dx, dscale, dbias
         one pass for the per-channel sums of dy and dy * (x - mean), one for dx.
 
@@ -51,7 +52,11 @@ def _check_channels(node, c, types, names):
 def _train_infer(attrs, types, consts, node):
     x = types[0]
     c = _check_input(node, x)
-    _check_channels(node, c, types[1:], ("scale", "bias"))
+    _check_channels(node, c, types[1:3], ("scale", "bias"))
+    residual = types[3] if len(types) > 3 else None
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
+        fail(node, f"residual {residual.dtype.value}{list(residual.shape)} must match x "
+                   f"{x.dtype.value}{list(x.shape)}")
     return [tt(x.dtype, x.shape), tt(x.dtype, (c,)), tt(x.dtype, (c,))]
 
 
@@ -63,11 +68,12 @@ def _moments(x):
     return mean, centered, (centered * centered).mean(axis=axes)
 
 
-def _train_reference(attrs, x, scale, bias):
+def _train_reference(attrs, x, scale, bias, residual=None):
     mean, centered, var = _moments(x)
     shape = _per_channel(x.shape)
     inv_std = 1.0 / np.sqrt(var + attrs["epsilon"])
     y = centered * (inv_std * scale).reshape(shape) + bias.reshape(shape)
+    y = y + residual if residual is not None else y
     y = np.maximum(y, 0.0) if attrs["relu"] else y
     return y.astype(x.dtype), mean.astype(x.dtype), var.astype(x.dtype)
 
@@ -129,7 +135,7 @@ def _train_lower(ctx):
     """Pass 1: each row's sum and sum of squared deviations from the row's own mean
     (the row then in the cache); per channel, the rows combined exactly (Chan et
     al.: M2 = sum(M2_row + H*W (mean_row - mean)^2)); pass 2: y."""
-    x, scale, bias = ctx.inputs
+    x, scale, bias = ctx.inputs[:3]
     y, mean, var = ctx.outputs
     n, c, inner = _geometry(ctx.in_types[0].shape)
     dtype = ctx.in_types[0].dtype
@@ -144,20 +150,25 @@ def _train_lower(ctx):
         spread = lambda row: row_m2[row] + (row_mean(row) - m) * (row_mean(row) - m) * float(inner)
         nb.store(var, ch, _over_images(ctx, ch, spread) * (1.0 / (n * inner)))
         nb.store(gain, ch, scale[ch] * _inv_std(ctx, var, ch))
-    relu = ctx.attrs["relu"]
-    _channel_map(ctx, y, [(x, True), (mean, False), (gain, False), (bias, False)],
-                 lambda v, m, a, b: maximum((v - m) * a + b, 0.0) if relu else (v - m) * a + b)
+    residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
+
+    def normalised(v, m, a, b, *r):
+        out = (v - m) * a + b + r[0] if r else (v - m) * a + b
+        return maximum(out, 0.0) if ctx.attrs["relu"] else out
+    _channel_map(ctx, y, [(x, True), (mean, False), (gain, False), (bias, False)] +
+                 ([(residual, True)] if residual is not None else []), normalised)
 
 
-register("BatchNormTrain", inputs=(3, 3), attrs={"epsilon": 1e-5, "relu": 0}, domain="nutshell",
+register("BatchNormTrain", inputs=(3, 4), attrs={"epsilon": 1e-5, "relu": 0}, domain="nutshell",
          infer=_train_infer, reference=_train_reference, lower=_train_lower)
 
 
 @gradient("BatchNormTrain")
 def _batchnorm_train_grad(g, node, dys, wanted):
     """dx, dscale, dbias from BatchNormTrainGrad; gradients reaching the batch mean
-    and variance themselves (a loss that reads them) added as primitives."""
-    x, scale, _ = node.inputs
+    and variance themselves (a loss that reads them) added as primitives; the
+    residual's gradient is dy (after the ReLU's)."""
+    x, scale = node.inputs[:2]
     y, mean, var = node.outputs
     dy, dmean, dvar = dys
     dy = dy if dy is not None else g.zeros(g.shape(x), x)
@@ -172,7 +183,8 @@ def _batchnorm_train_grad(g, node, dys, wanted):
     if dvar is not None:      # d var / dx = 2 (x - mean) / count
         centered = g.sub(x, g.reshape(mean, shape))
         dx = g.add(dx, g.mul(centered, g.scale(g.reshape(dvar, shape), 2.0 * per_count)))
-    return [dx if wanted[0] else None, dscale if wanted[1] else None, dbias if wanted[2] else None]
+    dresidual = [dy if wanted[3] else None] if len(node.inputs) > 3 else []
+    return [dx if wanted[0] else None, dscale if wanted[1] else None, dbias if wanted[2] else None] + dresidual
 
 
 # ---- the backward op ----------------------------------------------------------------
@@ -232,19 +244,34 @@ non_differentiable("second derivatives of training BatchNorm are not supported",
 
 # ---- the ReLU after a training BatchNorm, fused (a rewrite of passes/fusion.py) -------
 def relu_after(graph, chain):
-    """[BatchNormTrain, Relu, Greater...] where the normalised value's only readers are
-    one Relu and the comparisons `y > 0` of that Relu's gradient (autodiff's), which
-    read the same from the ReLU's output."""
+    """[BatchNormTrain, (Add,) Relu, Greater...]: the normalised value read by one Relu
+    only, or by one Add of a residual computed before the BatchNorm whose sum only
+    that Relu reads; and the comparisons `v > 0` of that Relu's gradient (autodiff's),
+    which read the same from the ReLU's output."""
     users, outputs = graph.consumers(), set(graph.output_names())
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    producers = graph.producers()
     for bn in graph.nodes:
-        if bn.op != "BatchNormTrain" or bn.attrs["relu"] or bn.outputs[0] in outputs:
+        if bn.op != "BatchNormTrain" or bn.attrs["relu"] or len(bn.inputs) > 3 or bn.outputs[0] in outputs:
             continue
-        readers = users.get(bn.outputs[0], [])
+        value, added = bn.outputs[0], []
+        readers = users.get(value, [])
+        if len(readers) == 1 and readers[0].op == "Add" and _residual(graph, readers[0], value) and \
+                position.get(id(producers.get(_residual(graph, readers[0], value))), -1) < position[id(bn)]:
+            added, value = readers, readers[0].outputs[0]
+            readers = [] if value in outputs else users.get(value, [])
         relus = [n for n in readers if n.op == "Relu"]
-        masks = [n for n in readers if n.op == "Greater" and n.inputs[0] == bn.outputs[0] and
-                 _zero(graph, n.inputs[1])]
+        masks = [n for n in readers if n.op == "Greater" and n.inputs[0] == value and _zero(graph, n.inputs[1])]
         if len(relus) == 1 and len(relus) + len(masks) == len(readers):
-            yield [bn, relus[0]] + masks
+            yield [bn] + added + relus + masks
+
+
+def _residual(graph, add, value):
+    """The Add's other input when it has the normalised value's type (no broadcast)."""
+    other = [i for i in add.inputs if i != value]
+    if len(other) == 1 and graph.types[other[0]] == graph.types[value]:
+        return other[0]
+    return None
 
 
 def _zero(graph, name):
@@ -253,8 +280,13 @@ def _zero(graph, name):
 
 
 def fuse_relu(graph, nodes, constants, types):
-    """The BatchNorm writes the ReLU's output; the masks read it."""
-    bn, relu, masks = nodes[0], nodes[1], nodes[2:]
+    """The BatchNorm (given the residual) writes the ReLU's output; the masks read it."""
+    bn, rest = nodes[0], nodes[1:]
+    inputs = tuple(bn.inputs)
+    if rest[0].op == "Add":
+        inputs += (_residual(graph, rest[0], bn.outputs[0]),)
+        rest = rest[1:]
+    relu, masks = rest[0], rest[1:]
     out = relu.outputs[0]
-    return [replace(bn, outputs=(out,) + tuple(bn.outputs[1:]), attrs={**bn.attrs, "relu": 1})] + \
-        [replace(m, inputs=(out,) + tuple(m.inputs[1:])) for m in masks]
+    fused = replace(bn, inputs=inputs, outputs=(out,) + tuple(bn.outputs[1:]), attrs={**bn.attrs, "relu": 1})
+    return [fused] + [replace(m, inputs=(out,) + tuple(m.inputs[1:])) for m in masks]

@@ -10,8 +10,9 @@ names a chain of ops, a condition and a replacement; one driver applies them.
                      (EfficientNet's swish; its value has two users, so it is not a chain)
     fuse_*_activation  Conv|Gemm -> Clip|HardSwish|...  => the op with that epilogue
                      (ReLU6 of MobileNet v2, hard-swish of v3; Clip's bounds as attributes)
-    fuse_batchnorm_train_relu  BatchNormTrain -> Relu  => BatchNormTrain(relu=1); the
-                     ReLU gradient's masks read its output (ops/batchnorm_train.py)
+    fuse_batchnorm_train_relu  BatchNormTrain [-> Add(., r)] -> Relu  => BatchNormTrain(x,
+                     scale, bias[, r], relu=1); the ReLU gradient's masks read its output
+                     (ops/batchnorm_train.py)
 """
 from dataclasses import dataclass, replace
 from typing import Callable
