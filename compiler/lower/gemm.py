@@ -118,18 +118,24 @@ class _Gemm:
         s, m, n = self.s, self.m, self.n
         m_parts, n_parts = _parts(m, s.mr), _parts(n, s.nr)
         rows_outer = m // s.mr >= n // s.nr
-        for m0, mcount, mr in m_parts:
-            for n0, ncount, nr in n_parts:
-                if not (mcount and mr and ncount and nr):
-                    continue
-                outer = [(mcount, "m"), (ncount, "n")] if rows_outer else [(ncount, "n"), (mcount, "m")]
-                split = ("gemm", m * n * self.k) if parallel and outer[0][0] > 1 else None
-                with self.nb.loop(outer[0][0], hint=outer[0][1], parallel_candidate=split) as b0:
-                    with self.nb.loop(outer[1][0], hint=outer[1][1]) as b1:
-                        bi, bj = (b0, b1) if rows_outer else (b1, b0)
+        outer_parts, inner_parts = (m_parts, n_parts) if rows_outer else (n_parts, m_parts)
+        hints = ("m", "n") if rows_outer else ("n", "m")
+        # one fork over the outer whole blocks, each taking the inner edge too (not one
+        # fork per inner part: SqueezeNet's 1x1s forked twice)
+        for o0, ocount, osize in outer_parts:
+            if not (ocount and osize):
+                continue
+            split = ("gemm", m * n * self.k) if parallel and ocount > 1 else None
+            with self.nb.loop(ocount, hint=hints[0], parallel_candidate=split) as b0:
+                for i0, icount, isize in inner_parts:
+                    if not (icount and isize):
+                        continue
+                    with self.nb.loop(icount, hint=hints[1]) as b1:
+                        (bi, m0, mr), (bj, n0, nr) = ((b0, o0, osize), (b1, i0, isize)) if rows_outer else \
+                            ((b1, i0, isize), (b0, o0, osize))
                         col0 = _plus(bj * s.nr, n0)
                         self.tile(_plus(bi * mr, m0), mr, col0, nr, 0, self.k,
-                                  lambda kk, jj: load_b(kk, col0 + jj))
+                                  lambda kk, jj, col0=col0: load_b(kk, col0 + jj))
 
     # ---- B packed into L2-sized blocks ---------------------------------------------
     def packed(self, load_b, parallel, slot, prepacked=None):
