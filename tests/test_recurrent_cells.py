@@ -121,7 +121,8 @@ def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden
     outs = b.add_node("LSTMSequence", [ins[n] for n in ["xp", "r_t", "h0", "c0"] + biased], attrs, num_outputs=5)
     shapes = {"dy": (steps * batch, hidden), "dh": (batch, hidden), "dc": (batch, hidden)}
     seeds = [b.add_input(n, "float32", shapes[n]) if n in given else "" for n in ("dy", "dh", "dc")]
-    grads = b.add_node("LSTMSequenceGrad", [outs[4], outs[3], ins["c0"], ins["r"]] + seeds, attrs, num_outputs=4)
+    grads = b.add_node("LSTMSequenceGrad", [outs[4], outs[3], ins["c0"], ins["r"]] + seeds + [outs[0], ins["h0"]],
+                       attrs, num_outputs=5)
     b.set_outputs(list(outs) + list(grads))
     g = b.build()
     feeds = {v.name: (rng.standard_normal(v.type.shape) * (0.3 if v.name.startswith("r") else 1)).astype(np.float32)

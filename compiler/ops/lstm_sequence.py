@@ -13,10 +13,10 @@ LSTMSequence(xp [T*B, 4H] (x W_ih^T, time-major rows), r_t [H, 4H] (W_hh^T),
 h0 [B, H], c0 [B, H], bias? [4H] (both biases, summed); order, reverse)
   -> y [T*B, H] (h of every step, time order), h_last, c_last [B, H] (the state
      after the last step taken), cs [T*B, H] and acts [T*B, 4H] (for the backward).
-LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?; order, reverse)
-  -> dgates [T*B, 4H] (dxp; dW_hh^T is h_prev^T dgates, one GEMM over all steps' rows),
-     dh0, dc0, dbias [4H] (dgates' column sums). Sums over rows run in row order
-     whatever the threads."""
+LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?, y?, h0?; order, reverse)
+  -> dgates [T*B, 4H] (dxp), dh0, dc0, dbias [4H] (dgates' column sums) and dW_hh
+     [4H, H] (dgates^T h_prev: GEMMs over all steps' rows after the time loop). Sums
+     over rows run in row order whatever the threads."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
@@ -173,18 +173,10 @@ def _seq_grad(g, node, dys, wanted):
     xp, r_t, h0, c0 = node.inputs[:4]
     y, _, _, cs, acts = node.outputs
     order, reverse = node.attrs["order"], node.attrs["reverse"]
-    dgates, dh0, dc0, dbias = g.op("LSTMSequenceGrad", [acts, cs, c0, g.op("Transpose", [r_t]), dy or "",
-                                                 dh_last or "", dc_last or ""],
-                            outputs=4, order=order, reverse=reverse)
-    dr_t = None
-    if wanted[1]:           # dW_hh^T = sum over steps of h_prev^T dgates: one GEMM over all rows
-        rows = g.shape(y)[0] - g.shape(h0)[0]
-        if rows == 0:
-            h_prev = h0
-        else:
-            earlier = g.slice(y, [g.shape(h0)[0] if reverse else 0], [rows + (g.shape(h0)[0] if reverse else 0)], [0])
-            h_prev = g.op("Concat", [earlier, h0] if reverse else [h0, earlier], axis=0)
-        dr_t = g.op("Gemm", [h_prev, dgates], transA=1)
+    dgates, dh0, dc0, dbias, dw_hh = g.op(
+        "LSTMSequenceGrad", [acts, cs, c0, g.op("Transpose", [r_t]), dy or "", dh_last or "", dc_last or "", y, h0],
+        outputs=5, order=order, reverse=reverse)
+    dr_t = g.op("Transpose", [dw_hh]) if wanted[1] else None     # r_t is W_hh's Transpose: they cancel
     dbias = dbias if len(node.inputs) > 4 and node.inputs[4] and wanted[4] else None
     return [dgates if wanted[0] else None, dr_t, dh0 if wanted[2] else None, dc0 if wanted[3] else None,
             dbias][:len(node.inputs)]
@@ -195,12 +187,19 @@ def _grad_infer(attrs, types, consts, node):
     _check_order(attrs, node)
     acts, cs, c0, r = types[:4]
     t, b, h = _dims(node, acts, c0)
-    for v, shape in ((cs, (t * b, h)), (r, (4 * h, h)), *zip(types[4:], ((t * b, h), (b, h), (b, h)))):
+    for v, shape in ((cs, (t * b, h)), (r, (4 * h, h)),
+                     *zip(types[4:], ((t * b, h), (b, h), (b, h), (t * b, h), (b, h)))):
         _expect(node, v, shape, acts.dtype)
-    return [acts, c0, c0, tt(acts.dtype, (4 * h,))]
+    return [acts, c0, c0, tt(acts.dtype, (4 * h,)), r]
 
 
-def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=None):
+def _h_prev(attrs, y, h0):
+    """Per row of the sequence, the h its step started from (h0 for the first step taken)."""
+    b = h0.shape[0]
+    return np.concatenate([y[b:], h0] if attrs["reverse"] else [h0, y[:y.shape[0] - b]])
+
+
+def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=None, y=None, h0=None):
     b, hidden = c0.shape
     steps = acts.shape[0] // b
     zeros = np.zeros((b, hidden), acts.dtype)
@@ -218,12 +217,13 @@ def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=N
     dbias = np.zeros(acts.shape[1], acts.dtype)
     for row in dgates:          # in row order, as the kernel sums
         dbias += row
-    return dgates, dh, dc.astype(acts.dtype), dbias
+    dw_hh = np.zeros_like(r) if y is None or h0 is None else (dgates.T @ _h_prev(attrs, y, h0)).astype(acts.dtype)
+    return dgates, dh, dc.astype(acts.dtype), dbias, dw_hh
 
 
 def _grad_lower(ctx):
-    acts, cs, c0, r, dy, dh_last, dc_last = ctx.inputs + [None] * (7 - len(ctx.inputs))
-    dgates, dh, dc, dbias = ctx.outputs    # dh0 and dc0 carry each step's dh and dc until the end
+    acts, cs, c0, r, dy, dh_last, dc_last, y, h0 = ctx.inputs + [None] * (9 - len(ctx.inputs))
+    dgates, dh, dc, dbias, dw_hh = ctx.outputs    # dh0 and dc0 carry each step's dh and dc until the end
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
     lanes = ctx.lanes(acts.dtype)
@@ -280,6 +280,7 @@ def _grad_lower(ctx):
         recurrent(row0, share, times[0], None)
     _team_loop(ctx, batch, team)
     column_sums(ctx, dgates, steps * batch, g4, dbias)
+    weight_gradient(ctx, dgates, y, h0, dw_hh, steps, batch, hidden)
 
 
 def column_sums(ctx, src, rows, cols, out):
@@ -300,6 +301,31 @@ def column_sums(ctx, src, rows, cols, out):
                     nb.store(out, c0 + j, out[c0 + j] + src[r * cols + c0 + j])
 
 
-register("LSTMSequenceGrad", inputs=(4, 7), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
+def weight_gradient(ctx, dgates, y, h0, out, steps, batch, hidden):
+    """out [4H, H] = dgates^T h_prev, h_prev's rows read where they are (h0 for the first
+    step taken, y for the others: no copy of them joined): two GEMMs over the rows in
+    order, the second resuming from the first. Without y and h0: zeros."""
+    g4, rows = 4 * hidden, steps * batch
+    if y is None or h0 is None:
+        with ctx.nb.loop(g4 * hidden, "vector", ctx.lanes(out.dtype), hint="z") as i:
+            ctx.nb.store(out, i, Const(0.0, out.dtype))
+        return
+    # (first row, rows, h_prev of row kk): forward h0 then y[kk - B]; reverse y[kk + B] then h0
+    parts = [(0, batch, lambda kk, c: h0[kk * hidden + c]),
+             (batch, rows - batch, lambda kk, c: y[(kk - batch) * hidden + c])]
+    if ctx.attrs["reverse"]:
+        parts = [(0, rows - batch, lambda kk, c: y[(kk + batch) * hidden + c]),
+                 (rows - batch, batch, lambda kk, c: h0[(kk - (rows - batch)) * hidden + c])]
+    first = True
+    for row0, count, h_prev in parts:
+        if not count:
+            continue
+        gemm_nest(ctx, g4, hidden, count, lambda r, kk, row0=row0: dgates[(row0 + kk) * g4 + r],
+                  lambda kk, c, row0=row0, h_prev=h_prev: h_prev(row0 + kk, c), out, lambda r, c: r * hidden + c,
+                  init=None if first else (lambda r, c: out[r * hidden + c]))
+        first = False
+
+
+register("LSTMSequenceGrad", inputs=(4, 9), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
          reference=_seq_grad_reference, lower=_grad_lower, domain="nutshell")
 non_differentiable("LSTMSequence's backward (no second-order gradients of recurrent cells)", "LSTMSequenceGrad")
