@@ -145,3 +145,38 @@ def test_lstm_sequence_bad_inputs(shapes, attrs):
     ins = [b.add_input(f"x{i}", "float32", s) for i, s in enumerate(shapes)]
     with pytest.raises(ns.ShapeError, match="LSTMSequence"):
         b.add_node("LSTMSequence", ins, attrs, num_outputs=5)
+
+
+def test_lstm_training_steps_same_bits_at_any_thread_count_and_as_per_step(monkeypatch):
+    """nn.LSTM (both directions) trained through LSTMSequence: the parameters after two
+    steps are the same bits at 1 and 2 threads (8 rows: two threads of 4), and equal
+    the per-step expansion's (LSTMCell, as masked sequences take) to float32 rounding."""
+    from nutshell.compiler.passes import recurrent
+
+    class Net(ns.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = ns.nn.LSTM(3, 8, bidirectional=True), ns.nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    def train(threads):
+        ns.manual_seed(0)
+        net = Net()
+        trainer = ns.compile_training(net, (5, 8, 3), loss="mse", optimizer=ns.optim.Adam(lr=1e-2), threads=threads)
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            trainer.step(rng.standard_normal((5, 8, 3)).astype(np.float32),
+                         rng.standard_normal((5, 8, 2)).astype(np.float32))
+        return {k: np.array(v) for k, v in net.state_dict().items()}
+
+    one, two = train(1), train(2)
+    ns.manual_seed(0)
+    assert not np.allclose(Net().state_dict()["lstm.weight_hh_l0"], one["lstm.weight_hh_l0"])    # it trained
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+    monkeypatch.setattr(recurrent, "WHOLE_SEQUENCE", False)
+    per_step = train(1)
+    for name in one:
+        np.testing.assert_allclose(one[name], per_step[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -143,7 +143,7 @@ def _rnn_step(em, cell, acts, xp, h, c, r_t, wt, order):
 
 
 STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
-WHOLE_SEQUENCE = True      # False: a plain LSTM per step too (tests compare the two)
+WHOLE_SEQUENCE = True      # False: a plain LSTM per step too (test_recurrent_cells compares the two)
 
 
 def _projection(em, cell, x2d, wt):
