@@ -91,9 +91,16 @@ def _teams(ctx, batch):
     return -(-batch // share), share
 
 
+def _pack_layout(node, in_types, consts, target):
+    """The variant step's hook: (kc, panel) of the recurrent weight's packing, whose
+    k is hidden forward (R^T [hidden, 4h]) and 4h back (R [4h, hidden])."""
+    k = in_types[1 if node.op == "LSTMSequence" else 3].shape[0]
+    return k_blocking(k, target)[0], table_for(target).prepack_panel
+
+
 def _packed(ctx, src, k, n):
     """B [k, n] packed into a scratch buffer once: (buffer, kc, panel) for gemm_nest."""
-    kc, panel = k_blocking(k, ctx.target)[0], table_for(ctx.target).prepack_panel
+    kc, panel = ctx.variant
     out = ctx.scratch(-(-k // kc) * kc * -(-n // panel) * panel, src.dtype)
     pack_into(ctx, src, out, k, n, kc, panel)
     return out, kc, panel
@@ -162,7 +169,7 @@ def _seq_lower(ctx):
 
 
 register("LSTMSequence", inputs=(4, 5), attrs={"order": None, "reverse": 0}, infer=_seq_infer,
-         reference=_seq_reference, lower=_seq_lower, domain="nutshell")
+         reference=_seq_reference, lower=_seq_lower, domain="nutshell", variant=_pack_layout)
 
 
 @gradient("LSTMSequence")
@@ -327,5 +334,6 @@ def weight_gradient(ctx, dgates, y, h0, out, steps, batch, hidden):
 
 
 register("LSTMSequenceGrad", inputs=(4, 9), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
-         reference=_seq_grad_reference, lower=_grad_lower, domain="nutshell")
+         reference=_seq_grad_reference, lower=_grad_lower, domain="nutshell",
+         variant=_pack_layout)
 non_differentiable("LSTMSequence's backward (no second-order gradients of recurrent cells)", "LSTMSequenceGrad")
