@@ -149,3 +149,32 @@ def test_pool_trace_times_every_parallel_loop():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) >= 2        # the conv's and the matmul's at least
+
+
+def test_a_narrow_loop_leaves_no_worker_waiting_unwoken():
+    """A 2-thread loop's wake, with 3 workers asleep, must not mark workers SIGNALLED
+    that the futex then leaves waiting: later wakes skip SIGNALLED workers, so a
+    4-thread loop would run on 2 (the pool's per-worker sleep state, read directly:
+    a woken worker is back ASLEEP within microseconds, a skipped one never)."""
+    import ctypes
+    import time
+    from nutshell.compiler.codegen.thread_pool import ASLEEP
+    from nutshell.runtime import jit
+    jit.ensure_pool()
+    engine = jit._POOL[0][0]
+    entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+        engine.get_function_address("nutshell_parallel"))
+    address = engine.get_global_value_address
+    started = ctypes.c_int32.from_address(address("nutshell_pool.started"))
+    job = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(lambda data, slot, team: None)
+
+    def all_asleep():
+        state = (ctypes.c_int32 * started.value).from_address(address("nutshell_pool.state"))
+        end = time.time() + 5
+        while time.time() < end and set(state) != {ASLEEP}:
+            time.sleep(0.01)
+        return list(state)
+    entry(ctypes.cast(job, ctypes.c_void_p), None, 4)      # at least 3 workers
+    assert started.value >= 3 and set(all_asleep()) == {ASLEEP}
+    entry(ctypes.cast(job, ctypes.c_void_p), None, 2)      # wakes; one joins at most
+    assert set(all_asleep()) == {ASLEEP}

@@ -115,18 +115,21 @@ class _Pool(BusySigns):
         b.call(self.syscall, [ir.Constant(H.I64, self.futex_no), self.g["wake"], ir.Constant(H.I64, op),
                               value, null, null, ir.Constant(H.I64, 0)])
 
-    def wake(self, b, count):
-        """Bump the futex word, and wake up to `count` sleepers if any sleep that no
-        earlier wake signalled: a woken worker the OS has not run yet still counts
-        as a sleeper, and under load every loop's entry paid a futex system call for
-        it (SqueezeNet with 2 busy processes: 57 wakes a call for 12 sleeps)."""
+    def wake(self, b):
+        """Bump the futex word, and wake every sleeper if any sleeps that no earlier
+        wake signalled: a woken worker the OS has not run yet still counts as a
+        sleeper, and under load every loop's entry paid a futex system call for it
+        (SqueezeNet with 2 busy processes: 57 wakes a call for 12 sleeps). All of
+        them, not the team's count: the futex picks which waiters wake, so a worker
+        marked SIGNALLED but left waiting would be skipped by every later wake (a
+        2-thread loop's wake left 2 of 3 workers out of the next 4-thread loops)."""
         b.atomic_rmw("add", self.g["wake"], ir.Constant(H.I32, 1), "seq_cst")
         sleeping = b.icmp_signed(">", self.load(b, "sleepers", "seq_cst"), ir.Constant(H.I32, 0))
         with b.if_then(sleeping):
             signalled = self.signal_sleepers(b)
             with b.if_then(b.icmp_signed(">", signalled, ir.Constant(H.I32, 0))):
                 self.store(b, "woken_at", self.cycles(b), "monotonic")
-                self.futex(b, FUTEX_WAKE_PRIVATE, count)
+                self.futex(b, FUTEX_WAKE_PRIVATE, ir.Constant(H.I64, MAX_WORKERS))
 
     def signal_sleepers(self, b):
         """Mark every ASLEEP worker SIGNALLED; returns how many were. A worker that
@@ -285,7 +288,7 @@ class _Pool(BusySigns):
         self.store(b, "finished", ir.Constant(H.I32, 0), "monotonic")
         gen = b.add(b.lshr(self.load(b, "tickets", "monotonic"), ir.Constant(H.I64, 32)), ir.Constant(H.I64, 1))
         self.store(b, "tickets", b.or_(b.shl(gen, ir.Constant(H.I64, 32)), ir.Constant(H.I64, 1)), "seq_cst")
-        self.wake(b, b.sub(team, ir.Constant(H.I64, 1)))
+        self.wake(b)
         began = self.cycles(b)
         b.call(_callable(b, job), [data, ir.Constant(H.I64, 0), team])
         old = b.atomic_rmw("or", self.g["tickets"], ir.Constant(H.I64, CLOSED), "acq_rel")
@@ -304,7 +307,7 @@ class _Pool(BusySigns):
         fn, b = self.function(HOLD, ir.FunctionType(H.VOID, [H.I64]), self.linkage)
         with b.if_then(b.icmp_signed(">", fn.args[0], ir.Constant(H.I64, 1))):
             b.atomic_rmw("add", self.g["holds"], ir.Constant(H.I32, 1), "seq_cst")
-            self.wake(b, b.sub(fn.args[0], ir.Constant(H.I64, 1)))
+            self.wake(b)
         b.ret_void()
 
     def release(self):
