@@ -223,3 +223,20 @@ def test_bad_inputs_raise_nutshell_errors():
         _graph("BatchNormTrain", [(2,), (2,), (2,)])
     with pytest.raises(ns.UnsupportedTypeError):
         _graph("BatchNormTrain", [(2, 3, 4), (3,), (3,)], dtype="int64")
+
+
+def _mixed(op, shapes, dtypes):
+    b = GraphBuilder(op.lower())
+    names = [b.add_input(f"x{i}", d, s) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    b.add_node(op, names, {"epsilon": 1e-5}, num_outputs=3)
+
+
+def test_per_channel_inputs_of_another_dtype_raise_shape_errors():
+    """scale, bias, mean and var of a dtype other than x's: a ShapeError naming the
+    input, not llvmlite's ValueError from the kernel mixing float and double."""
+    with pytest.raises(ns.ShapeError, match="scale must be float64"):
+        _mixed("BatchNormTrain", [(2, 3, 4, 4), (3,), (3,)], ["float64", "float32", "float64"])
+    with pytest.raises(ns.ShapeError, match="bias must be float32"):
+        _mixed("BatchNormTrain", [(2, 3, 4, 4), (3,), (3,)], ["float32", "float32", "float64"])
+    with pytest.raises(ns.ShapeError, match="var must be float32"):
+        _mixed("BatchNormTrainGrad", [(2, 3, 4, 4)] * 2 + [(3,)] * 3, ["float32"] * 4 + ["float64"])

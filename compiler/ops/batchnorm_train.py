@@ -43,16 +43,17 @@ def _check_input(node, x):
     return x.shape[1]
 
 
-def _check_channels(node, c, types, names):
+def _check_channels(node, c, types, names, dtype):
+    """Each per-channel input [C] of x's dtype (the kernel mixes them with x's values)."""
     for name, t in zip(names, types):
-        if t.shape != (c,):
-            fail(node, f"{name} must have shape ({c},), got {t.shape}")
+        if t.shape != (c,) or t.dtype != dtype:
+            fail(node, f"{name} must be {dtype.value}[{c}], got {t.dtype.value}{list(t.shape)}")
 
 
 def _train_infer(attrs, types, consts, node):
     x = types[0]
     c = _check_input(node, x)
-    _check_channels(node, c, types[1:3], ("scale", "bias"))
+    _check_channels(node, c, types[1:3], ("scale", "bias"), x.dtype)
     residual = types[3] if len(types) > 3 else None
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         fail(node, f"residual {residual.dtype.value}{list(residual.shape)} must match x "
@@ -193,7 +194,7 @@ def _grad_infer(attrs, types, consts, node):
     c = _check_input(node, x)
     if dy.shape != x.shape or dy.dtype != x.dtype:
         fail(node, f"dy {dy.dtype.value}{list(dy.shape)} must match x {x.dtype.value}{list(x.shape)}")
-    _check_channels(node, c, types[2:], ("scale", "mean", "var"))
+    _check_channels(node, c, types[2:], ("scale", "mean", "var"), x.dtype)
     return [tt(x.dtype, x.shape), tt(x.dtype, (c,)), tt(x.dtype, (c,))]
 
 
