@@ -1,9 +1,10 @@
 """PackPanels: a 2-D B laid out at run time in the GEMM's panels, the layout
 schedule/gemm.py's prepack() makes at compile time for constant weights.
 
-A recurrent net's weight (LSTM's W_hh) is an input of the training step, read
-by one GEMM per time step forward and one back: each would pack it again (a
-copy of the whole matrix per step, a third of the step's GEMM time at 32 rows).
+A recurrent net's weight (W_hh of a GRU, an RNN or an LSTM with sequence
+lengths; a plain LSTM's is packed inside LSTMSequence) is an input of the training
+step, read by one GEMM per time step forward and one back: each would pack it again
+(a copy of the whole matrix per step, a third of the step's GEMM time at 32 rows).
 passes/recurrent.py's pack_shared_weights packs it once with this op and the
 GEMMs read the panels (MatMulPacked).
 
