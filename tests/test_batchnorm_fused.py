@@ -214,6 +214,50 @@ def test_running_statistics_follow_torch(net, rng):
         np.testing.assert_allclose(value, want[name].numpy(), rtol=2e-3, atol=1e-5, err_msg=name)
 
 
+
+def _shared_values(m, kind):
+    """A BatchNorm whose values other nodes read too: the fusion must leave them as they were."""
+    class Net(m.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv0, self.conv1 = m.Conv2d(3, 4, 3, padding=1), m.Conv2d(4, 4, 3, padding=1, bias=False)
+            self.bn, self.fc = m.BatchNorm2d(4), m.Linear(4 * 64, 3)
+
+        def forward(self, x):
+            r = self.conv0(x)
+            y = self.bn(self.conv1(r))
+            if kind == "residual_read_again":
+                out = (y + r).relu() + r * 2.0
+            elif kind == "normalised_read_twice":
+                out = y.relu() + y
+            else:                                   # the sum read twice
+                a = y + r
+                out = a.relu() * a
+            return self.fc(out.flatten(1))
+    return Net()
+
+
+@pytest.mark.parametrize("kind", ["residual_read_again", "normalised_read_twice", "sum_read_twice"])
+def test_values_other_nodes_read_survive_the_fusion(kind, rng):
+    """Three steps against torch (rtol 2e-3 as above): the residual read by another
+    node too, the normalised value or the residual sum read besides the ReLU."""
+    torch = pytest.importorskip("torch")
+    ours, theirs = _shared_values(ns.nn, kind), _shared_values(torch.nn, kind)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    trainer = ns.compile_training(ours, input_shape=(3, 3, 8, 8), optimizer=ns.optim.SGD(lr=0.1), threads=2)
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for _ in range(3):
+        x, y = rng.standard_normal((3, 3, 8, 8)).astype(np.float32), rng.integers(0, 3, 3)
+        loss = trainer.step(x, y)
+        opt.zero_grad()
+        want = torch.nn.functional.cross_entropy(theirs(torch.tensor(x)), torch.tensor(y))
+        want.backward()
+        opt.step()
+        np.testing.assert_allclose(loss, want.item(), rtol=2e-3)
+    want = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(value, want[name].numpy(), rtol=2e-3, atol=1e-5, err_msg=name)
+
 def test_bad_inputs_raise_nutshell_errors():
     with pytest.raises(ns.ShapeError):
         _graph("BatchNormTrain", [(2, 3, 4, 4), (4,), (3,)])
