@@ -284,3 +284,20 @@ def test_per_channel_inputs_of_another_dtype_raise_shape_errors():
         _mixed("BatchNormTrain", [(2, 3, 4, 4), (3,), (3,)], ["float32", "float32", "float64"])
     with pytest.raises(ns.ShapeError, match="var must be float32"):
         _mixed("BatchNormTrainGrad", [(2, 3, 4, 4)] * 2 + [(3,)] * 3, ["float32"] * 4 + ["float64"])
+
+
+def test_front_end_rejects_what_torch_rejects():
+    """A BatchNorm over another channel count (affine=False once trained a 1-channel
+    layer on 3 channels silently), and training statistics of one value per channel
+    (torch: "Expected more than 1 value per channel"): ShapeErrors naming the layer."""
+    nn = ns.nn
+    for bn in (nn.BatchNorm2d(4), nn.BatchNorm2d(1, affine=False)):
+        net = nn.Sequential(nn.Conv2d(1, 3, 3), bn, nn.Flatten(), nn.Linear(3 * 36, 3))
+        with pytest.raises(ns.ShapeError, match="BatchNorm2d '1': expected num_features"):
+            ns.compile_training(net, (2, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1))
+    single = nn.Sequential(nn.Conv2d(1, 4, 8), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ns.ShapeError, match="more than 1 value per channel"):
+        ns.compile_training(single, (1, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1))
+    ns.compile_training(single, (2, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1))    # two values: fine
+    single.eval()
+    assert ns.compile(single, input_shape=(1, 1, 8, 8))(np.ones((1, 1, 8, 8), np.float32)).shape == (1, 3)
