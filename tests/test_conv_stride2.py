@@ -11,14 +11,7 @@ import pytest
 import nutshell as ns
 from nutshell.compiler import ir
 
-from conftest import assert_close, random_feeds
-
-
-def _graph(op, inputs, attrs):
-    b = ir.GraphBuilder("s2", fold=False)
-    names = [b.add_input(name, "float32", shape) for name, shape in inputs.items()]
-    b.set_outputs([b.add_node(op, names, attrs)])
-    return b.build()
+from conftest import assert_close, random_feeds, single_op_graph
 
 
 def _check(graph, rng, threads):
@@ -38,42 +31,28 @@ SHAPES = [(2, 16, 32, 8, 3, 2), (3, 20, 24, 10, 3, 2), (5, 72, 32, 8, 1, 2), (3,
           (4, 32, 16, 6, 3, 1), (3, 65, 33, 5, 1, 1), (2, 8, 16, 10, 1, 3), (2, 8, 16, 11, 2, 3)]
 
 
-def _attrs(k, s):
-    return {"pads": (k // 2,) * 4, "strides": (s, s)}
+def _graph(op, shapes, attrs):
+    return single_op_graph(op, [("float32", shape) for shape in shapes], attrs)
 
 
-def _out(h, k, s):
-    return (h + 2 * (k // 2) - k) // s + 1
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("threads", [1, 2])
-def test_weight_gradient(shape, threads, rng, monkeypatch):
-    monkeypatch.setenv("NUTSHELL_CACHE", "0")
-    n, c, m, h, k, s = shape
-    o = _out(h, k, s)
-    graph = _graph("ConvGradWeight", {"x": (n, c, h, h), "dy": (n, m, o, o)},
-                   dict(_attrs(k, s), weight_shape=(m, c, k, k)))
-    _check(graph, rng, threads)
+def _node(op, n, c, m, h, k, s):
+    """(input shapes, attributes) of a `k` x `k` convolution node, forward or either
+    gradient, stride `s`, padded to keep the map at stride 1."""
+    o = (h + 2 * (k // 2) - k) // s + 1
+    attrs = {"pads": (k // 2,) * 4, "strides": (s, s)}
+    if op == "ConvGradWeight":
+        return [(n, c, h, h), (n, m, o, o)], dict(attrs, weight_shape=(m, c, k, k))
+    if op == "ConvGradInput":
+        return [(n, m, o, o), (m, c, k, k)], dict(attrs, input_shape=(n, c, h, h))
+    return [(n, c, h, h), (m, c, k, k)], attrs
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("threads", [1, 2])
-def test_input_gradient(shape, threads, rng, monkeypatch):
+@pytest.mark.parametrize("op", ["ConvGradWeight", "ConvGradInput", "Conv"])
+def test_against_reference(op, shape, threads, rng, monkeypatch):
     monkeypatch.setenv("NUTSHELL_CACHE", "0")
-    n, c, m, h, k, s = shape
-    o = _out(h, k, s)
-    graph = _graph("ConvGradInput", {"dy": (n, m, o, o), "w": (m, c, k, k)},
-                   dict(_attrs(k, s), input_shape=(n, c, h, h)))
-    _check(graph, rng, threads)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("threads", [1, 2])
-def test_forward(shape, threads, rng, monkeypatch):
-    monkeypatch.setenv("NUTSHELL_CACHE", "0")
-    n, c, m, h, k, s = shape
-    _check(_graph("Conv", {"x": (n, c, h, h), "w": (m, c, k, k)}, _attrs(k, s)), rng, threads)
+    _check(_graph(op, *_node(op, *shape)), rng, threads)
 
 
 @pytest.mark.parametrize("phases", [False, True])
@@ -90,10 +69,7 @@ def test_input_gradient_with_images_in_one_gemm(geometry, phases, threads, rng, 
     (n, c, m, h, k, s), columns = geometry
     monkeypatch.setattr(get_op("ConvGradInput"), "variant", lambda *a: ConvVariant(
         DIRECT, col2im_phases=phases and s > 1, batched_columns=columns))
-    o = _out(h, k, s)
-    graph = _graph("ConvGradInput", {"dy": (n, m, o, o), "w": (m, c, k, k)},
-                   dict(_attrs(k, s), input_shape=(n, c, h, h)))
-    _check(graph, rng, threads)
+    _check(_graph("ConvGradInput", *_node("ConvGradInput", n, c, m, h, k, s)), rng, threads)
 
 
 def test_small_maps_input_gradient_batches_images():
