@@ -45,5 +45,10 @@ def check_width(layer, x, axis, expected, what):
     except IndexError:
         got = f"an input of shape {x.shape}"
     if got != expected:
-        name = getattr(layer, "_trace_prefix", "").rstrip(".") or type(layer).__name__.lower()
-        raise ShapeError(f"{type(layer).__name__} '{name}': expected {what} {expected}, got {got}")
+        raise layer_error(layer, f"expected {what} {expected}, got {got}")
+
+
+def layer_error(layer, message):
+    """A ShapeError naming the layer by its class and state_dict prefix."""
+    name = getattr(layer, "_trace_prefix", "").rstrip(".") or type(layer).__name__.lower()
+    return ShapeError(f"{type(layer).__name__} '{name}': {message}")

@@ -1,11 +1,9 @@
 """Layers with PyTorch's names, arguments and state_dict keys."""
 import numpy as np
 
-from nutshell.compiler.errors import ShapeError
-
 from .batch_stats import batch_moments, fused_batch_norm
 from .dsl import Module, Parameter, Tensor, apply, constant, next_seed
-from .layer_checks import check_width, conv_pads, positive, require
+from .layer_checks import check_width, conv_pads, layer_error, positive, require
 from .init import bias_init, fans, ones, weight_init, zeros
 
 
@@ -86,9 +84,8 @@ class BatchNorm2d(Module):
         b = x.builder
         c = x.shape[1]
         if (self.training_now(x) or not self.track_running_stats) and x.type.size // c == 1:
-            name = getattr(self, "_trace_prefix", "").rstrip(".") or type(self).__name__.lower()
-            raise ShapeError(f"{type(self).__name__} '{name}': expected more than 1 value per channel when "
-                             f"training, got input of shape {tuple(x.shape)}")    # as torch: no variance to take
+            raise layer_error(self, "expected more than 1 value per channel when training, got input of "
+                              f"shape {tuple(x.shape)}")    # as torch: no variance to take
         weight = self.param(b, self.weight) if self.affine else constant(b, np.ones(c, np.float32))
         bias = self.param(b, self.bias) if self.affine else constant(b, np.zeros(c, np.float32))
         if not self.track_running_stats:

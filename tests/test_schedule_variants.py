@@ -154,8 +154,9 @@ def test_every_convolution_op_has_a_variant_hook():
 
 DECIDERS = {"choose_conv_variant", "choose_grad_input_variant", "choose_grad_weight_variant", "takes_winograd",
             "winograd_applies", "winograd_pays_for", "winograd_conv_variant", "_winograd", "table_for", "_table",
-            "winograd_pays", "blocked_layout_pays", "gemm_schedule", "k_blocking", "packs_b", "block_bytes",
-            "parallel_min_macs", "dense_accumulator_blocks", "depthwise_row_tile", "choose_blocked_tile", "dot_tile"}
+            "winograd_pays", "blocked_layout_pays", "gemm_schedule", "k_blocking", "panel_layout", "packs_b",
+            "block_bytes", "parallel_min_macs", "dense_accumulator_blocks", "depthwise_row_tile",
+            "choose_blocked_tile", "dot_tile"}
 
 
 def test_the_variant_step_is_the_only_place_variants_are_chosen():

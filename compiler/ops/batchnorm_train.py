@@ -257,8 +257,8 @@ def relu_after(graph, chain):
             continue
         value, added = bn.outputs[0], []
         readers = users.get(value, [])
-        if len(readers) == 1 and readers[0].op == "Add" and _residual(graph, readers[0], value) and \
-                position.get(id(producers.get(_residual(graph, readers[0], value))), -1) < position[id(bn)]:
+        residual = _residual(graph, readers[0], value) if len(readers) == 1 and readers[0].op == "Add" else None
+        if residual and position.get(id(producers.get(residual)), -1) < position[id(bn)]:
             added, value = readers, readers[0].outputs[0]
             readers = [] if value in outputs else users.get(value, [])
         relus = [n for n in readers if n.op == "Relu"]

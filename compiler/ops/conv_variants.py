@@ -4,30 +4,32 @@ ConvVariant its lowering then reads as ctx.variant. None where the op is not
 lowered (not 2-D: the lowering says so)."""
 from dataclasses import replace
 
-from ..schedule.variants import (ConvShape, choose_conv_variant, choose_grad_input_variant,
-                                 choose_grad_weight_variant, winograd_applies)
+from ..schedule.variants import (WINOGRAD, ConvShape, choose_conv_variant, choose_grad_input_variant,
+                                 choose_grad_weight_variant)
 from .conv_common import window_geometry
 
 
-def _shape(node, attrs, x_shape, w_shape, batch, channels, out_hw=None, weights=None):
+def _shape(node, attrs, x_shape, w_shape, batch, channels, out_hw=None):
     """ConvShape of the 2-D convolution of x_shape by w_shape; out_hw: the map the
-    described convolution computes when it is not the forward's output (dX's).
-    Constant `weights` are checked for Winograd's precision only where it applies."""
-    from .winograd import precise_enough
+    described convolution computes when it is not the forward's output (dX's)."""
     _, _, strides, dil, out = window_geometry(node.name, attrs, x_shape[2:], w_shape[2:])
-    shape = ConvShape(batch, channels, tuple(w_shape[2:]), tuple(strides), tuple(dil), attrs.get("group", 1),
-                      tuple(out_hw or out), dy_hw=tuple(out))
-    if weights is not None and winograd_applies(shape):
-        shape = replace(shape, weights_precise=precise_enough(weights))
-    return shape
+    return ConvShape(batch, channels, tuple(w_shape[2:]), tuple(strides), tuple(dil), attrs.get("group", 1),
+                     tuple(out_hw or out), dy_hw=tuple(out))
 
 
 def conv_variant(node, in_types, consts, target):
+    """A constant weight the Winograd pass left direct is checked for Winograd's
+    precision only where Winograd would otherwise run (the check reads every weight)."""
+    from .winograd import precise_enough
     x, w = in_types[0].shape, in_types[1].shape
     if len(x) != 4:
         return None
-    weights = consts[1] if len(consts) > 1 else None      # a constant weight the Winograd pass left direct
-    return choose_conv_variant(_shape(node, node.attrs, x, w, x[0], (x[1], w[0]), weights=weights), target)
+    shape = _shape(node, node.attrs, x, w, x[0], (x[1], w[0]))
+    variant = choose_conv_variant(shape, target)
+    weights = consts[1] if len(consts) > 1 else None
+    if variant.algorithm == WINOGRAD and weights is not None and not precise_enough(weights):
+        variant = choose_conv_variant(replace(shape, weights_precise=False), target)
+    return variant
 
 
 def grad_input_variant(node, in_types, consts, target, attrs=None):

@@ -21,8 +21,7 @@ import numpy as np
 
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import Const
-from ..schedule.gemm import k_blocking
-from ..schedule.tables import table_for
+from ..schedule.gemm import panel_layout
 from .common import fail, require_float, tt
 from .lstm_cell import GATE_NAMES, _blocks, _cell_reference, _grad_reference
 from .pack_panels import pack_into
@@ -94,8 +93,7 @@ def _teams(ctx, batch):
 def _pack_layout(node, in_types, consts, target):
     """The variant step's hook: (kc, panel) of the recurrent weight's packing, whose
     k is hidden forward (R^T [hidden, 4h]) and 4h back (R [4h, hidden])."""
-    k = in_types[1 if node.op == "LSTMSequence" else 3].shape[0]
-    return k_blocking(k, target)[0], table_for(target).prepack_panel
+    return panel_layout(in_types[1 if node.op == "LSTMSequence" else 3].shape[0], target)
 
 
 def _packed(ctx, src, k, n):
@@ -233,7 +231,6 @@ def _grad_lower(ctx):
     dgates, dh, dc, dbias, dw_hh = ctx.outputs    # dh0 and dc0 carry each step's dh and dc until the end
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
-    lanes = ctx.lanes(acts.dtype)
     tanh = lambda x: get_op("Tanh").expr({}, x)
     packed = _packed(ctx, r, g4, hidden)
     tmp = ctx.scratch(batch * hidden, acts.dtype)     # tanh(c), then the cell's total gradient

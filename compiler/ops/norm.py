@@ -53,7 +53,8 @@ register("BatchNormalization", inputs=(5, 5),
 @gradient("BatchNormalization")
 def _batchnorm_grad(g, node, dys, wanted):
     """BN with fixed statistics (a frozen, eval-mode BN being fine-tuned through);
-    training-mode BN is composed from primitives by the front end."""
+    training-mode BN is BatchNormTrain (batchnorm_train.py), or composed from
+    primitives by the front end for rank-2 inputs and statistics over several ranks."""
     x, scale, bias, mean, var = node.inputs
     dy = dys[0]
     rank = len(g.shape(x))

@@ -10,9 +10,8 @@ GEMMs read the panels (MatMulPacked).
 
 PackPanels(B [k, n]; kc, panel) -> [ceil(k / kc), ceil(n / panel), kc, panel],
 zero-padded at both edges."""
-import numpy as np
-
 from ..lower.loop_ir import Const
+from ..schedule.gemm import panels_of
 from .common import fail, require_float, tt
 from .registry import non_differentiable, register
 
@@ -32,11 +31,7 @@ def _infer(attrs, types, consts, node):
 
 
 def _reference(attrs, b):
-    kc, panel = attrs["kc"], attrs["panel"]
-    k, n = b.shape
-    padded = np.zeros((_ceil(k, kc) * kc, _ceil(n, panel) * panel), b.dtype)
-    padded[:k, :n] = b
-    return np.ascontiguousarray(padded.reshape(-1, kc, padded.shape[1] // panel, panel).transpose(0, 2, 1, 3))
+    return panels_of(b, attrs["kc"], attrs["panel"])
 
 
 def pack_into(ctx, src, out, k, n, kc, panel):

@@ -150,10 +150,15 @@ def _projection(em, cell, x2d, wt):
     """x W^T + bias for all time steps in one GEMM, the bias seeding its accumulators;
     GRU with linear_before_reset keeps R's bias for the step (it sits inside the
     reset gate's product)."""
-    biases = [v for v in [wt.wb] + ([] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb]) if v]
-    # summed first: their gradient is then one reduction over T*B rows
-    bias = None if not biases else biases[0] if len(biases) == 1 else em.add(*biases)
-    return em.gemm(x2d, em.op("Transpose", [wt.w]), bias)
+    rb = [] if cell.op == "GRU" and cell.linear_before_reset else [wt.rb]
+    return em.gemm(x2d, em.op("Transpose", [wt.w]), _summed(em, [wt.wb] + rb))
+
+
+def _summed(em, biases):
+    """The given biases summed first (their gradient is then one reduction over T*B
+    rows); None without any."""
+    biases = [v for v in biases if v]
+    return None if not biases else biases[0] if len(biases) == 1 else em.add(*biases)
 
 
 def _direction(em, cell, d, x2d, steps, batch, wt, h, c, masks, order):
@@ -162,9 +167,9 @@ def _direction(em, cell, d, x2d, steps, batch, wt, h, c, masks, order):
     r_t = em.op("Transpose", [wt.r])
     if WHOLE_SEQUENCE and masks is None and cell.op == "LSTM" and _plain_lstm(cell, cell.activations[d], wt):
         # the whole loop as one kernel (ops/lstm_sequence.py), the biases added in its GEMM's seed
-        bias = [v for v in (wt.wb, wt.rb) if v]
-        bias = [bias[0] if len(bias) == 1 else em.add(*bias)] if bias else []
-        y, h, c, _, _ = em.op("LSTMSequence", [em.matmul(x2d, em.op("Transpose", [wt.w])), r_t, h, c] + bias,
+        bias = _summed(em, [wt.wb, wt.rb])
+        y, h, c, _, _ = em.op("LSTMSequence", [em.matmul(x2d, em.op("Transpose", [wt.w])), r_t, h, c] +
+                              ([] if bias is None else [bias]),
                               n=5, order=order, reverse=int(reverse))
         return y, h, c
     xps = em.split(_projection(em, cell, x2d, wt), 0, [batch] * steps)
@@ -271,8 +276,7 @@ def pack_shared_weights(graph, target=None):
     from ..ir.graph import Node
     from ..ir.types import DType, TensorType
     from ..lower.target import host_target
-    from ..schedule.gemm import k_blocking, packs_b, prepack
-    from ..schedule.tables import table_for
+    from ..schedule.gemm import packs_b, panel_layout, prepack
     target = target or host_target(1)
     types, constants = dict(graph.types), dict(graph.constants)
     readers = {}
@@ -295,8 +299,8 @@ def pack_shared_weights(graph, target=None):
                 constants[packed[b]] = prepack(constants[b], target)
                 shape = constants[packed[b]].shape
             else:
-                (k, n), panel = types[b].shape, table_for(target).prepack_panel
-                kc = k_blocking(k, target)[0]
+                k, n = types[b].shape
+                kc, panel = panel_layout(k, target)
                 nodes.append(Node("PackPanels", (b,), (packed[b],), {"kc": kc, "panel": panel}, f"{b}/pack"))
                 shape = (-(-k // kc), -(-n // panel), kc, panel)
             types[packed[b]] = TensorType(types[b].dtype, shape)

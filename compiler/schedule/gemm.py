@@ -63,12 +63,20 @@ def prepack(b, target):
     """B [k, n] as [k_blocks, ceil(n / panel), kc, panel], zero-padded: the panels the
     GEMM would pack at run time, made once at compile time for constant weights.
     The shape says the layout (kc, panel): MatMulPacked reads it from there."""
+    return panels_of(b, *panel_layout(b.shape[0], target))
+
+
+def panel_layout(k, target):
+    """(kc, panel) of B's packed panels for a k-long product on `target`."""
+    return k_blocking(k, target)[0], table_for(target).prepack_panel
+
+
+def panels_of(b, kc, panel):
+    """B [k, n] as [ceil(k / kc), ceil(n / panel), kc, panel], zero-padded at both edges."""
     k, n = b.shape
-    kc, k_blocks = k_blocking(k, target)
-    panel = table_for(target).prepack_panel
-    padded = np.zeros((k_blocks * kc, _ceil(n, panel) * panel), b.dtype)
+    padded = np.zeros((_ceil(k, kc) * kc, _ceil(n, panel) * panel), b.dtype)
     padded[:k, :n] = b
-    return np.ascontiguousarray(padded.reshape(k_blocks, kc, -1, panel).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(padded.reshape(-1, kc, padded.shape[1] // panel, panel).transpose(0, 2, 1, 3))
 
 
 def packs_b(target, m, n, k, itemsize, mr=None, nr=None):
