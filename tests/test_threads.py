@@ -132,18 +132,23 @@ from pool_trace import Trace, run
 from test_threads import parallel_graph
 trace = Trace()
 model = ns.compile(parallel_graph(), threads=2)
-loops, calls, names = run(trace, model, 2, 3)
+loops, calls, names, parts = run(trace, model, 2, 3)
 x = np.random.default_rng(0).standard_normal((4, 8, 32, 32)).astype(np.float32)
 assert np.array_equal(model(x), ns.compile(parallel_graph(), threads=2)(x))
 assert names and all(".par" in n for n in names), names
 assert all(len(c) == len(names) for n in (1, 2) for c in loops[n])
+assert parts.shape == (3, len(names), 4), parts.shape     # calls x loops x (caller, joiner, joined at, wait)
+assert (parts[:, :, 0] > 0).all() and (parts[:, :, 3] >= 0).all()   # the caller always runs the loop's function
+joined = ~np.isnan(parts[:, :, 2])
+assert (parts[:, :, 1][joined] > 0).all() and (parts[:, :, 1][~joined] == 0).all()
 print(len(names))
 """
 
 
 def test_pool_trace_times_every_parallel_loop():
     """tools/pool_trace.py: a recorder around the pool's entry (thread_pool.define's
-    wrap_entry) sees each parallel loop of a call, by name, at 1 and 2 threads."""
+    wrap_entry) sees each parallel loop of a call, by name, at 1 and 2 threads, and
+    times the caller and the joiner inside each loop's function."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = TRACE.format(tools=os.path.join(root, "tools"), tests=os.path.join(root, "tests"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

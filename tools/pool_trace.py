@@ -14,6 +14,15 @@ previous loop ended, at N threads), then the totals: the call, the loops, the se
 time between them, before the first (the call's entry: at N threads the hold's
 futex wake of a sleeping worker, ~20 us on a KVM guest) and after the last.
 
+At N threads each loop's participants are timed too (the loop's function runs
+through a trampoline that reads the clock around it): the caller's time in it, the
+first joiner's, when that joiner started (since the loop's entry) and the caller's
+wait at the join (its own share done, a joiner's chunk still running). A caller
+that works much longer than the joiner in a loop of few iterations (a split into
+one iteration per thread) shows iterations of unequal cost; a late joiner a worker
+asleep (a futex wake); a long wait a chunk too coarse or a joiner preempted.
+One model called from one thread at a time (the recorder keeps one job's state).
+
 On a machine shared with other work a loop's N-thread time shows whether a worker
 joined at all; `chrt -f 40 python tools/pool_trace.py ...` (root) keeps others off
 the cores while it runs."""
@@ -36,25 +45,50 @@ from nutshell.runtime import jit  # noqa: E402
 from nutshell.runtime.model import _pointer_array  # noqa: E402
 
 RING = 1 << 14           # loops remembered (a call of the largest benchmark model has a few hundred)
-FIELDS = 3               # start cycle, cycles, the loop's function
+FIELDS = 7               # start cycle, cycles, the loop's function; caller's and first joiner's (start, end)
+
+
+def _global(module, name, ty):
+    gv = ir.GlobalVariable(module, ty, name=name)
+    gv.initializer = ir.Constant(ty, None)
+    return gv
 
 
 def _record(pool, inner):
-    """`nutshell_parallel`: call the real entry, then store (start, cycles, function)
-    in the ring at the next index; `nutshell_pool.trace_now` reads the counter."""
+    """`nutshell_parallel`: call the real entry with the loop's function behind a
+    trampoline (which times slots 0 and 1 in it), then store (start, cycles,
+    function) in the ring at the next index; `nutshell_pool.trace_now` reads the counter."""
     module = pool.module
-    ring = ir.GlobalVariable(module, ir.ArrayType(H.I64, RING * FIELDS), name="nutshell_pool.trace")
-    ring.initializer = ir.Constant(ring.value_type, None)
-    count = ir.GlobalVariable(module, H.I64, name="nutshell_pool.trace_count")
-    count.initializer = ir.Constant(H.I64, 0)
+    ring = _global(module, "nutshell_pool.trace", ir.ArrayType(H.I64, RING * FIELDS))
+    count = _global(module, "nutshell_pool.trace_count", H.I64)
+    job, row = _global(module, "nutshell_pool.trace_job", H.PTR), _global(module, "nutshell_pool.trace_row", H.I64)
+
+    def field(b, at, k):
+        return b.gep(ring, [ir.Constant(H.I64, 0), b.add(b.mul(at, ir.Constant(H.I64, FIELDS)), k)])
+
+    tramp, tb = pool.function("nutshell_pool.trace_job_fn", thread_pool.JOB_TYPE, "internal")
+    data, slot, team = tramp.args
+    at, began = tb.load(row, typ=H.I64), pool.cycles(tb)
+    tb.call(tb.inttoptr(tb.ptrtoint(tb.load(job, typ=H.PTR), H.I64), ir.PointerType(thread_pool.JOB_TYPE)),
+            [data, slot, team])
+    ended = pool.cycles(tb)
+    with tb.if_then(tb.icmp_signed("<", slot, ir.Constant(H.I64, 2))):
+        k = tb.add(ir.Constant(H.I64, 3), tb.mul(slot, ir.Constant(H.I64, 2)))
+        tb.store(began, field(tb, at, k))
+        tb.store(ended, field(tb, at, tb.add(k, ir.Constant(H.I64, 1))))
+    tb.ret_void()
+
     fn, b = pool.function(thread_pool.ENTRY, inner.ftype, pool.linkage)
-    start = pool.cycles(b)
-    b.call(inner, list(fn.args))
-    took = b.sub(pool.cycles(b), start)
     at = b.and_(b.atomic_rmw("add", count, ir.Constant(H.I64, 1), "monotonic"), ir.Constant(H.I64, RING - 1))
+    for k in range(3, FIELDS):          # a joiner that never came leaves zeros
+        b.store(ir.Constant(H.I64, 0), field(b, at, ir.Constant(H.I64, k)))
+    b.store(at, row)
+    b.store(fn.args[0], job)
+    start = pool.cycles(b)
+    b.call(inner, [tramp] + list(fn.args[1:]))
+    took = b.sub(pool.cycles(b), start)
     for k, value in enumerate((start, took, b.ptrtoint(fn.args[0], H.I64))):
-        slot = b.add(b.mul(at, ir.Constant(H.I64, FIELDS)), ir.Constant(H.I64, k))
-        b.store(value, b.gep(ring, [ir.Constant(H.I64, 0), slot]))
+        b.store(value, field(b, at, ir.Constant(H.I64, k)))
     b.ret_void()
     _, nb = pool.function("nutshell_pool.trace_now", ir.FunctionType(H.I64, []), "external")
     nb.ret(pool.cycles(nb))
@@ -85,12 +119,18 @@ class Trace:
         return (self.now() - c0) / (time.perf_counter() - t0)
 
     def since(self, first, begin):
-        """[(microseconds, microseconds since the previous loop ended, function address)]
-        of the loops recorded from `first` on (the first loop's: since cycle `begin`)."""
+        """[(microseconds, microseconds since the previous loop ended, function address,
+        participants)] of the loops recorded from `first` on (the first loop's: since
+        cycle `begin`); participants: (caller's us in the loop's function, the first
+        joiner's, when it started since the entry (NaN: none joined), the caller's wait
+        at the join)."""
         rows = [self.ring[(i % RING) * FIELDS: (i % RING) * FIELDS + FIELDS] for i in range(first, self.count.value)]
-        ends = [begin] + [start + took for start, took, _ in rows[:-1]] if rows else []
-        return [(took * 1e6 / self.hz, (start - end) * 1e6 / self.hz, fn)
-                for (start, took, fn), end in zip(rows, ends)]
+        ends = [begin] + [row[0] + row[1] for row in rows[:-1]] if rows else []
+        us = 1e6 / self.hz
+        return [(took * us, (start - end) * us, fn,
+                 ((c1 - c0) * us, (w1 - w0) * us, (w0 - start) * us if w0 else float("nan"),
+                  (start + took - c1) * us))
+                for (start, took, fn, c0, c1, w0, w1), end in zip(rows, ends)]
 
 
 def load(args):
@@ -103,7 +143,8 @@ def load(args):
 
 def run(trace, model, threads, repeat):
     """{threads: [[(loop us, serial us before it), ...] per call]}, {threads: [call
-    seconds]}, and the loops' names."""
+    seconds]}, the loops' names, and the participants of each loop at N threads
+    (calls x loops x (caller us, joiner us, joiner's start us, caller's wait us))."""
     feeds = [np.random.default_rng(0).standard_normal(v.type.shape).astype(v.type.dtype.numpy)
              for v in model.inputs]
     outs = [np.empty(v.type.shape, dtype=v.type.dtype.numpy) for v in model.outputs]
@@ -112,7 +153,7 @@ def run(trace, model, threads, repeat):
     def call(n):
         model._fn(ctypes.addressof(ins), ctypes.addressof(outp), model._workspace().ctypes.data,
                   ctypes.addressof(model._const_ptrs), n)
-    loops, calls, fns = {1: [], threads: []}, {1: [], threads: []}, None
+    loops, calls, fns, parts = {1: [], threads: []}, {1: [], threads: []}, None, []
     for _ in range(3):
         call(1), call(threads)
     for _ in range(repeat):
@@ -121,14 +162,16 @@ def run(trace, model, threads, repeat):
             call(n)
             calls[n].append(time.perf_counter() - t)
             rows = trace.since(first, begin)
-            loops[n].append([(us, gap) for us, gap, _ in rows])
-            fns = fns or [fn for _, _, fn in rows]
-    return loops, calls, _names(model, fns)
+            loops[n].append([(us, gap) for us, gap, _, _ in rows])
+            if n == threads:
+                parts.append([p for _, _, _, p in rows])
+            fns = fns or [fn for _, _, fn, _ in rows]
+    return loops, calls, _names(model, fns), np.array(parts)
 
 
 def _names(model, fns):
     import re
-    names = set(re.findall(r'define internal void @"?([\w.]+\.par\d+)"?', model.source("llvm")))
+    names = set(re.findall(r'define (?:internal )?void @"?([\w.]+\.par\d+)"?', model.source("llvm")))
     where = {}
     for name in names:
         try:
@@ -149,18 +192,30 @@ def main(argv=None):
         p.error("give MODEL.onnx or --bench NAME")
     trace = Trace()
     model = ns.compile(load(args), threads=args.threads)
-    loops, calls, names = run(trace, model, args.threads, args.repeat)
+    loops, calls, names, parts = run(trace, model, args.threads, args.repeat)
     n = args.threads
     one, many = (np.median(np.array(loops[k]), axis=0) for k in (1, n))
+    who = np.nanmedian(parts, axis=0) if len(names) else np.zeros((0, 4))
     print(f"{'loop':<44} {'1 thread':>10} {f'{n} threads':>10} {'speedup':>8} {'serial before':>14}"
-          f"   (us, median of {args.repeat}; serial: at {n} threads, since the previous loop)")
-    for name, (a, _), (b, gap) in zip(names, one, many):
-        print(f"{name:<44} {a:>10.1f} {b:>10.1f} {a / b:>8.2f} {gap:>14.1f}")
+          f" {'caller':>8} {'joiner':>8} {'joined at':>9} {'wait':>6}"
+          f"   (us, median of {args.repeat}; serial: at {n} threads, since the previous loop;"
+          f" caller, joiner: in the loop's function at {n} threads, the joiner starting at"
+          f" 'joined at' since the entry; wait: the caller's at the join)")
+    for name, (a, _), (b, gap), (mine, theirs, late, wait) in zip(names, one, many, who):
+        print(f"{name:<44} {a:>10.1f} {b:>10.1f} {a / b:>8.2f} {gap:>14.1f}"
+              f" {mine:>8.1f} {theirs:>8.1f} {late:>9.1f} {wait:>6.1f}")
     for k, table in ((1, one), (n, many)):
         call_us, loop_us, gap_us = np.median(calls[k]) * 1e6, table[:, 0].sum(), table[1:, 1].sum()
         print(f"{k} thread(s): call {call_us:.0f} us, {len(names)} loops {loop_us:.0f} us, serial: between them "
               f"{gap_us:.0f} us, before the first {table[0, 1]:.0f} us, after the last "
               f"{call_us - loop_us - gap_us - table[0, 1]:.0f} us")
+    if len(names):
+        alone = np.isnan(parts[:, :, 2]).mean() * 100
+        mine, theirs, wait = (np.median(np.nansum(parts[:, :, k], axis=1)) for k in (0, 1, 3))
+        print(f"{n} threads, per call (median): the caller {mine:.0f} us in the loops' functions, the first joiner "
+              f"{theirs:.0f} us; the caller's wait at the joins {wait:.0f} us; {alone:.1f}% of loops "
+              f"without a joiner; a joiner's start since the entry: median "
+              f"{np.nanmedian(parts[:, :, 2]):.1f} us, mean {np.nanmean(parts[:, :, 2]):.1f} us")
     slower = sum(b > a for (a, _), (b, _) in zip(one, many))
     print(f"{slower} of {len(names)} loops slower at {n} threads than at 1; load {os.getloadavg()[0]:.1f}")
 
