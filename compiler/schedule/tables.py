@@ -67,7 +67,9 @@ AVX512 = ScheduleTable(
     winograd_parallel_min_tiles=1 << 12,   # 1/16 of the map's: each tile is a 16-point transform
     col2im_parallel_min_work=1 << 14,      # per channel plane; scatter-adds cost ~4x a map's element
     gemm_mr=6, gemm_nr_vectors=2,  # 6 x 32: 12 zmm accumulators, ~268 GFLOP/s in L1 (DESIGN.md)
-    gemm_parallel_min_macs=1 << 20,    # ~2 MFLOP: well above a fork/join's cost
+    gemm_parallel_min_macs=1_000_000,  # ~2 MFLOP, and a batch-1 classifier's 1024 x 1000 (4 MB of weights
+    #                                    read once; DenseNet's at 2 threads 438 -> 234 us; 512 x 1000 stays:
+    #                                    1.10-1.15x alone, 1024 x 1000 alone 0.6-0.87x)
     l2_block_bytes=256 << 10,      # a quarter of the 1 MiB L2 (measured: 185 vs 268 GFLOP/s streaming)
     kc_target=512,                 # 6 x 512 floats of A is 12 KiB of L1
     pack_min_b_bytes=64 << 10,     # below this B sits in L1/L2 anyway: packing only costs
