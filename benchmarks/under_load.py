@@ -154,7 +154,7 @@ def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf
                 watch()
             time.sleep(max(0.05, rest * last))
             began = time.perf_counter()
-            warm_up(fn, 1, SWITCH_WARMUP_S)     # one call at least: a ResNet-50 batch 8 call takes ~1 s
+            warm_up(fn, 1, SWITCH_WARMUP_S)     # one call at least: a ResNet-50 batch 8 call takes 1-3 s
             for _ in range(block):
                 t = time.perf_counter()
                 fn()
