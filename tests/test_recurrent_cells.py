@@ -107,7 +107,8 @@ def test_a_weight_read_by_several_gemms_is_packed_once(constant, rng):
 @pytest.mark.parametrize("steps,batch,hidden,reverse,given", [
     (3, 2, 5, 0, ()), (3, 2, 5, 1, ("dy",)), (1, 8, 37, 0, ("dh", "dc")), (1, 8, 37, 1, ("dy", "dh", "dc")),
     (4, 32, 128, 0, ("dy", "dh")), (4, 32, 128, 1, ("dy", "dh", "dc")), (5, 12, 20, 0, ("dc",)),
-    (3, 11, 20, 1, ("dy", "dc"))])     # 11 rows: threads of 6 and 5
+    (3, 11, 20, 1, ("dy", "dc")),      # 11 rows: threads of 6 and 5
+    (12, 32, 16, 0, ("dy", "dh")), (20, 7, 6, 1, ("dy",))])   # dW_hh's k (384, 140 rows) in blocks and a rest
 def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden, reverse, given, rng):
     """ops/lstm_sequence.py: forward and backward over the whole sequence against the
     references, the same bits at 1 and 2 threads (rows split between threads, evenly

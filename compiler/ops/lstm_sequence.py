@@ -20,8 +20,8 @@ LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?, y?, h0
 import numpy as np
 
 from ..lower.gemm import gemm_nest
-from ..lower.loop_ir import Const
-from ..schedule.gemm import panel_layout
+from ..lower.loop_ir import THREAD_INDEX, Const
+from ..schedule.gemm import column_read_kc, panel_layout
 from .common import fail, require_float, tt
 from .lstm_cell import GATE_NAMES, _blocks, _cell_reference, _grad_reference
 from .pack_panels import pack_into
@@ -92,13 +92,20 @@ def _teams(ctx, batch):
 
 def _pack_layout(node, in_types, consts, target):
     """The variant step's hook: (kc, panel) of the recurrent weight's packing, whose
-    k is hidden forward (R^T [hidden, 4h]) and 4h back (R [4h, hidden])."""
-    return panel_layout(in_types[1 if node.op == "LSTMSequence" else 3].shape[0], target)
+    k is hidden forward (R^T [hidden, 4h]) and 4h back (R [4h, hidden]); back also
+    the weight gradient's k per block and its blocks of rows (weight_gradient)."""
+    layout = panel_layout(in_types[1 if node.op == "LSTMSequence" else 3].shape[0], target)
+    if node.op == "LSTMSequence":
+        return layout
+    g4 = in_types[0].shape[1]     # about four row blocks per thread (a late thread holds up a quarter of
+    #                                 its share; each block packs h_prev again: 8 blocks at 2 threads 0.95x)
+    blocks = max(d for d in range(1, min(g4, 4 * target.threads) + 1) if g4 % d == 0) if target.threads > 1 else 1
+    return layout + (column_read_kc(target), blocks)
 
 
 def _packed(ctx, src, k, n):
     """B [k, n] packed into a scratch buffer once: (buffer, kc, panel) for gemm_nest."""
-    kc, panel = ctx.variant
+    kc, panel = ctx.variant[:2]
     out = ctx.scratch(-(-k // kc) * kc * -(-n // panel) * panel, src.dtype)
     pack_into(ctx, src, out, k, n, kc, panel)
     return out, kc, panel
@@ -307,27 +314,45 @@ def column_sums(ctx, src, rows, cols, out):
 
 def weight_gradient(ctx, dgates, y, h0, out, steps, batch, hidden):
     """out [4H, H] = dgates^T h_prev, h_prev's rows read where they are (h0 for the first
-    step taken, y for the others: no copy of them joined): two GEMMs over the rows in
-    order, the second resuming from the first. Without y and h0: zeros."""
+    step taken, y for the others: no copy of them joined). dgates^T is read down its
+    columns, so k (the sequence's rows) goes in blocks of the variant's kc, each a
+    GEMM resuming from the last, in row order: the same sums whatever the blocks.
+    out's rows in the variant's blocks, which the threads take as they come (a late
+    thread holds up one block). Without y and h0: zeros."""
     g4, rows = 4 * hidden, steps * batch
+    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
     if y is None or h0 is None:
-        with ctx.nb.loop(g4 * hidden, "vector", ctx.lanes(out.dtype), hint="z") as i:
-            ctx.nb.store(out, i, Const(0.0, out.dtype))
+        with nb.loop(g4 * hidden, "vector", lanes, hint="z") as i:
+            nb.store(out, i, Const(0.0, out.dtype))
         return
+    kc, blocks = ctx.variant[2:]
     # (first row, rows, h_prev of row kk): forward h0 then y[kk - B]; reverse y[kk + B] then h0
     parts = [(0, batch, lambda kk, c: h0[kk * hidden + c]),
              (batch, rows - batch, lambda kk, c: y[(kk - batch) * hidden + c])]
     if ctx.attrs["reverse"]:
         parts = [(0, rows - batch, lambda kk, c: y[(kk + batch) * hidden + c]),
                  (rows - batch, batch, lambda kk, c: h0[(kk - (rows - batch)) * hidden + c])]
-    first = True
-    for row0, count, h_prev in parts:
-        if not count:
-            continue
-        gemm_nest(ctx, g4, hidden, count, lambda r, kk, row0=row0: dgates[(row0 + kk) * g4 + r],
-                  lambda kk, c, row0=row0, h_prev=h_prev: h_prev(row0 + kk, c), out, lambda r, c: r * hidden + c,
-                  init=None if first else (lambda r, c: out[r * hidden + c]))
-        first = False
+    share = g4 // blocks
+
+    def product(r0, first, count, h_prev):
+        """out[r0:r0 + share] += dgates[first:first + count]^T h_prev(first:first + count)."""
+        gemm_nest(ctx, share, hidden, count, lambda r, kk: dgates[(first + kk) * g4 + r0 + r],
+                  lambda kk, c: h_prev(first + kk, c), out, lambda r, c: (r0 + r) * hidden + c,
+                  init=lambda r, c: out[(r0 + r) * hidden + c], parallel=False,
+                  slot=THREAD_INDEX if blocks > 1 else None)
+
+    split = ("teams", blocks) if blocks > 1 else None
+    with nb.loop(blocks, hint="wb", parallel_candidate=split) as wb:
+        r0 = wb * share
+        with nb.loop(share * hidden, "vector", lanes, hint="z") as i:     # the sums start from 0, as a
+            nb.store(out, r0 * hidden + i, Const(0.0, out.dtype))          # GEMM's fresh seed does
+        for first, count, h_prev in parts:
+            whole, edge = divmod(count, kc)
+            if whole:
+                with nb.loop(whole, hint="kb") as kb:
+                    product(r0, first + kb * kc, kc, h_prev)
+            if edge:
+                product(r0, first + whole * kc, edge, h_prev)
 
 
 register("LSTMSequenceGrad", inputs=(4, 9), attrs={"order": None, "reverse": 0}, infer=_grad_infer,

@@ -59,6 +59,14 @@ def k_blocking(k, target):
     return kc, _ceil(k, kc)
 
 
+def column_read_kc(target):
+    """k per block of a GEMM whose A is read down its columns (a weight gradient's
+    dY^T with the sequence's rows as k): each k step of a strip of A touches a cache
+    line of its own, and rows a power of two apart share a few cache sets, so the
+    one-block kc of a long k (534 at 1600) made every broadcast of A a miss."""
+    return table_for(target).column_read_kc
+
+
 def prepack(b, target):
     """B [k, n] as [k_blocks, ceil(n / panel), kc, panel], zero-padded: the panels the
     GEMM would pack at run time, made once at compile time for constant weights.

@@ -32,6 +32,7 @@ class ScheduleTable:
     pack_min_k: int                # a shorter k reads B's rows in place
     pack_min_row_tiles: int        # fewer row tiles than this read B in place
     prepack_panel: int             # columns of a compile-time packed weight panel (MatMulPacked)
+    column_read_kc: int            # k per block of a GEMM whose A is read down its columns
     dot_mr: int                    # dot products at once (lower/gemm.py's dot_gemm): rows x columns,
     dot_nr: int                    # each a vector accumulator over k
     # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
@@ -76,6 +77,9 @@ AVX512 = ScheduleTable(
     pack_min_k=64,                 # a first layer's 3 x 3 x 3 reads B's rows in place
     pack_min_row_tiles=4,          # fewer row tiles than this: packing would not pay
     prepack_panel=32,              # the micro-kernel's nr: a tile's k step is one contiguous 128 bytes
+    column_read_kc=128,            # LSTMSequenceGrad's dW_hh (A = dgates^T, k = 1600 rows 2 KiB apart,
+    # which share a few cache sets): 1 thread, same process, on a Zen 3 AVX2 host (not measured with
+    # AVX-512): 128 and 256 7.7 ms, 192 8.3, 96 9.4, one block (534) 9.2; the kernel's time loop ~4
     dot_mr=4, dot_nr=4,            # 16 zmm accumulators + 8 loads per k step: FMA-bound (AVX2 and
     # narrower: the same 4 x 4, not measured; 16 ymm accumulators spill there)
     blocked_dense_accumulators=24,     # of 32 zmm registers, the rest hold B and A (28 spilled)
