@@ -75,21 +75,27 @@ def rows_loop(ctx, batch, hidden, gates, body):
             body(r, j)
 
 
+def cell_body(nb, gates, acts, row, at, c_prev, c_out, h_out, at_h):
+    """One vector of the cell (LSTMCell's and LSTMSequence's): the gates' pre-activations
+    at gates[row + at[k]] activated into acts (the same buffer: in place), then
+    c = f c_prev + i g and h = o tanh(c) stored at c_out[at_h], h_out[at_h]; c_prev an expression."""
+    sigmoid, tanh = (lambda x: get_op("Sigmoid").expr({}, x)), (lambda x: get_op("Tanh").expr({}, x))
+    for k in GATE_NAMES:
+        nb.store(acts, row + at[k], (tanh if k == "c" else sigmoid)(Load(gates, row + at[k])))
+    a = {k: Load(acts, row + at[k]) for k in GATE_NAMES}
+    nb.store(c_out, at_h, a["f"] * c_prev + a["i"] * a["c"])
+    nb.store(h_out, at_h, a["o"] * tanh(Load(c_out, at_h)))
+
+
 def _cell_lower(ctx):
     batch, hidden = ctx.out_types[0].shape
     gates, c_prev = ctx.inputs
     h_out, c_out, acts = ctx.outputs
     at = _blocks(ctx.attrs["order"], hidden)
-    sigmoid, tanh = (lambda x: get_op("Sigmoid").expr({}, x)), (lambda x: get_op("Tanh").expr({}, x))
 
     def body(r, j):
         row, cell = r * (4 * hidden) + j, r * hidden + j
-        for k in GATE_NAMES:
-            nb_fn = tanh if k == "c" else sigmoid
-            ctx.nb.store(acts, row + at[k], nb_fn(Load(gates, row + at[k])))
-        a = {k: Load(acts, row + at[k]) for k in GATE_NAMES}
-        ctx.nb.store(c_out, cell, a["f"] * Load(c_prev, cell) + a["i"] * a["c"])
-        ctx.nb.store(h_out, cell, a["o"] * tanh(Load(c_out, cell)))
+        cell_body(ctx.nb, gates, acts, row, at, Load(c_prev, cell), c_out, h_out, cell)
     rows_loop(ctx, batch, hidden, 4, body)
 
 
@@ -128,27 +134,35 @@ def _grad_reference(attrs, dh, dc, acts, c, c_prev):
     return dgates, (dct * a["f"]).astype(acts.dtype)
 
 
+def cell_grad_body(nb, acts, row, at, dh, c, dc, c_prev, dgates, tmp, dc_prev):
+    """One vector of the cell's backward (LSTMCellGrad's and LSTMSequenceGrad's): dh, c
+    (the step's cell state), dc and c_prev expressions; the gates' gradient into
+    dgates[row + at[k]]; tmp = (buffer, index) holds tanh(c), then the cell's total
+    gradient; dc_prev = (buffer, index) gets dc_prev (it may be tmp, or dc's own place)."""
+    tanh = lambda x: get_op("Tanh").expr({}, x)
+    a = {k: Load(acts, row + at[k]) for k in GATE_NAMES}
+    nb.store(*tmp, tanh(c))
+    tc = Load(*tmp)
+    nb.store(dgates, row + at["o"], dh * tc * a["o"] * (1.0 - a["o"]))
+    nb.store(*tmp, dc + dh * a["o"] * (1.0 - tc * tc))
+    dct = Load(*tmp)
+    nb.store(dgates, row + at["i"], dct * a["c"] * a["i"] * (1.0 - a["i"]))
+    nb.store(dgates, row + at["f"], dct * c_prev * a["f"] * (1.0 - a["f"]))
+    nb.store(dgates, row + at["c"], dct * a["i"] * (1.0 - a["c"] * a["c"]))
+    nb.store(*dc_prev, dct * a["f"])
+
+
 def _grad_lower(ctx):
     batch, hidden = ctx.out_types[1].shape
     dh_buf, dc_buf, acts, c_buf, cp_buf = ctx.inputs
     dgates, dc_prev = ctx.outputs
     at = _blocks(ctx.attrs["order"], hidden)
-    tanh = lambda x: get_op("Tanh").expr({}, x)
 
     def body(r, j):
         row, cell = r * (4 * hidden) + j, r * hidden + j
-        a = {k: Load(acts, row + at[k]) for k in GATE_NAMES}
-        dh = Load(dh_buf, cell)
         # dc_prev's buffer holds tanh(c) first, then the cell's total gradient, then dc_prev
-        ctx.nb.store(dc_prev, cell, tanh(Load(c_buf, cell)))
-        tc = Load(dc_prev, cell)
-        ctx.nb.store(dgates, row + at["o"], dh * tc * a["o"] * (1.0 - a["o"]))
-        ctx.nb.store(dc_prev, cell, Load(dc_buf, cell) + dh * a["o"] * (1.0 - tc * tc))
-        dct = Load(dc_prev, cell)
-        ctx.nb.store(dgates, row + at["i"], dct * a["c"] * a["i"] * (1.0 - a["i"]))
-        ctx.nb.store(dgates, row + at["f"], dct * Load(cp_buf, cell) * a["f"] * (1.0 - a["f"]))
-        ctx.nb.store(dgates, row + at["c"], dct * a["i"] * (1.0 - a["c"] * a["c"]))
-        ctx.nb.store(dc_prev, cell, dct * a["f"])
+        cell_grad_body(ctx.nb, acts, row, at, Load(dh_buf, cell), Load(c_buf, cell), Load(dc_buf, cell),
+                       Load(cp_buf, cell), dgates, (dc_prev, cell), (dc_prev, cell))
     rows_loop(ctx, batch, hidden, 4, body)
 
 

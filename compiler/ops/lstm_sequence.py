@@ -23,9 +23,9 @@ from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX, Const
 from ..schedule.gemm import column_read_kc, panel_layout
 from .common import fail, require_float, tt
-from .lstm_cell import GATE_NAMES, _blocks, _cell_reference, _grad_reference
+from .lstm_cell import GATE_NAMES, _blocks, _cell_reference, _grad_reference, cell_body, cell_grad_body
 from .pack_panels import pack_into
-from .registry import get_op, gradient, non_differentiable, register
+from .registry import gradient, non_differentiable, register
 
 MIN_ROWS_PER_THREAD = 4     # fewer rows per thread: the GEMM's row tile would run mostly empty
 
@@ -138,7 +138,6 @@ def _seq_lower(ctx):
     y, h_last, c_last, cs, acts = ctx.outputs
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
-    sigmoid, tanh = (lambda x: get_op("Sigmoid").expr({}, x)), (lambda x: get_op("Tanh").expr({}, x))
     packed = _packed(ctx, r_t, hidden, g4)
     times = _times(steps, ctx.attrs["reverse"])
     step = (lambda s: (steps - 1) - s) if ctx.attrs["reverse"] else (lambda s: s)
@@ -150,13 +149,9 @@ def _seq_lower(ctx):
                   lambda r, c: (base + r) * g4 + c, parallel=False, prepacked=packed,
                   init=lambda r, c: xp[(base + r) * g4 + c] if bias is None else xp[(base + r) * g4 + c] + bias[c])
 
-        def cell(r, j):
-            row, at_h = (base + r) * g4 + j, (base + r) * hidden + j
-            for k in GATE_NAMES:     # the pre-activations become the activations in place
-                nb.store(acts, row + at[k], (tanh if k == "c" else sigmoid)(acts[row + at[k]]))
-            a = {k: acts[row + at[k]] for k in GATE_NAMES}
-            nb.store(cs, at_h, a["f"] * c_prev[(prev_row0 + r) * hidden + j] + a["i"] * a["c"])
-            nb.store(y, at_h, a["o"] * tanh(cs[at_h]))
+        def cell(r, j):      # the pre-activations become the activations in place
+            at_h = (base + r) * hidden + j
+            cell_body(nb, acts, acts, (base + r) * g4 + j, at, c_prev[(prev_row0 + r) * hidden + j], cs, y, at_h)
         _rows(ctx, share, hidden, cell)
 
     def team(row0, share):
@@ -238,7 +233,6 @@ def _grad_lower(ctx):
     dgates, dh, dc, dbias, dw_hh = ctx.outputs    # dh0 and dc0 carry each step's dh and dc until the end
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
-    tanh = lambda x: get_op("Tanh").expr({}, x)
     packed = _packed(ctx, r, g4, hidden)
     tmp = ctx.scratch(batch * hidden, acts.dtype)     # tanh(c), then the cell's total gradient
     times = _times(steps, ctx.attrs["reverse"])
@@ -250,18 +244,9 @@ def _grad_lower(ctx):
         base = t * batch + row0
 
         def body(r, j):
-            row, cell_at, own = (base + r) * g4 + j, (base + r) * hidden + j, (row0 + r) * hidden + j
-            a = {k: acts[row + at[k]] for k in GATE_NAMES}
-            d_h = dh[own]
-            nb.store(tmp, own, tanh(cs[cell_at]))
-            tc = tmp[own]
-            nb.store(dgates, row + at["o"], d_h * tc * a["o"] * (1.0 - a["o"]))
-            nb.store(tmp, own, dc[own] + d_h * a["o"] * (1.0 - tc * tc))
-            dct = tmp[own]
-            nb.store(dgates, row + at["i"], dct * a["c"] * a["i"] * (1.0 - a["i"]))
-            nb.store(dgates, row + at["f"], dct * c_prev[(prev_row0 + r) * hidden + j] * a["f"] * (1.0 - a["f"]))
-            nb.store(dgates, row + at["c"], dct * a["i"] * (1.0 - a["c"] * a["c"]))
-            nb.store(dc, own, dct * a["f"])
+            own = (row0 + r) * hidden + j
+            cell_grad_body(nb, acts, (base + r) * g4 + j, at, dh[own], cs[(base + r) * hidden + j], dc[own],
+                           c_prev[(prev_row0 + r) * hidden + j], dgates, (tmp, own), (dc, own))
         _rows(ctx, share, hidden, body)
 
     def recurrent(row0, share, t, t_prev):
