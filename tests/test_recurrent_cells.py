@@ -108,7 +108,7 @@ def test_a_weight_read_by_several_gemms_is_packed_once(constant, rng):
     (3, 2, 5, 0, ()), (3, 2, 5, 1, ("dy",)), (1, 8, 37, 0, ("dh", "dc")), (1, 8, 37, 1, ("dy", "dh", "dc")),
     (4, 32, 128, 0, ("dy", "dh")), (4, 32, 128, 1, ("dy", "dh", "dc")), (5, 12, 20, 0, ("dc",)),
     (3, 11, 20, 1, ("dy", "dc")),      # 11 rows: threads of 6 and 5
-    (12, 32, 16, 0, ("dy", "dh")), (20, 7, 6, 1, ("dy",))])   # dW_hh's k (384, 140 rows) in blocks and a rest
+    (12, 32, 16, 0, ("dy", "dh", "x")), (20, 7, 6, 1, ("dy", "x"))])   # dW's k (384, 140 rows) in blocks and a rest
 def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden, reverse, given, rng):
     """ops/lstm_sequence.py: forward and backward over the whole sequence against the
     references, the same bits at 1 and 2 threads (rows split between threads, evenly
@@ -122,8 +122,9 @@ def test_lstm_sequence_and_its_gradient_match_the_reference(steps, batch, hidden
     outs = b.add_node("LSTMSequence", [ins[n] for n in ["xp", "r_t", "h0", "c0"] + biased], attrs, num_outputs=5)
     shapes = {"dy": (steps * batch, hidden), "dh": (batch, hidden), "dc": (batch, hidden)}
     seeds = [b.add_input(n, "float32", shapes[n]) if n in given else "" for n in ("dy", "dh", "dc")]
-    grads = b.add_node("LSTMSequenceGrad", [outs[4], outs[3], ins["c0"], ins["r"]] + seeds + [outs[0], ins["h0"]],
-                       attrs, num_outputs=5)
+    x = [b.add_input("x", "float32", (steps * batch, 5))] if "x" in given else []   # dgates^T x too
+    grads = b.add_node("LSTMSequenceGrad", [outs[4], outs[3], ins["c0"], ins["r"]] + seeds + [outs[0], ins["h0"]] + x,
+                       attrs, num_outputs=5 + len(x))
     b.set_outputs(list(outs) + list(grads))
     g = b.build()
     feeds = {v.name: (rng.standard_normal(v.type.shape) * (0.3 if v.name.startswith("r") else 1)).astype(np.float32)
@@ -146,6 +147,28 @@ def test_lstm_sequence_bad_inputs(shapes, attrs):
     ins = [b.add_input(f"x{i}", "float32", s) for i, s in enumerate(shapes)]
     with pytest.raises(ns.ShapeError, match="LSTMSequence"):
         b.add_node("LSTMSequence", ins, attrs, num_outputs=5)
+
+
+def test_an_lstm_input_weight_gradient_is_computed_by_its_sequence_gradient():
+    """passes/recurrent.py's fold_input_weight_gradients: the Gemm(dgates, x, transA)
+    of W_ih's gradient becomes LSTMSequenceGrad's sixth output (both directions)."""
+    from nutshell.api import optimize_graph
+    from nutshell.training import Recipe, as_optimizer, build_training_graph
+
+    class Net(ns.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = ns.nn.LSTM(3, 8, bidirectional=True), ns.nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+    ns.manual_seed(0)
+    recipe = Recipe(Net(), (5, 8, 3), None, None, "mse", {})
+    g = optimize_graph(build_training_graph(recipe, as_optimizer(ns.optim.Adam(lr=1e-2)))[0], verify_each=True)
+    grads = [n for n in g.nodes if n.op == "LSTMSequenceGrad"]
+    assert len(grads) == 2 and all(len(n.inputs) == 10 and len(n.outputs) == 6 for n in grads)
+    dgates = {n.outputs[0] for n in grads}
+    assert not [n for n in g.nodes if n.op == "Gemm" and n.inputs[0] in dgates]
 
 
 def test_lstm_training_steps_same_bits_at_any_thread_count_and_as_per_step(monkeypatch):

@@ -13,10 +13,12 @@ LSTMSequence(xp [T*B, 4H] (x W_ih^T, time-major rows), r_t [H, 4H] (W_hh^T),
 h0 [B, H], c0 [B, H], bias? [4H] (both biases, summed); order, reverse)
   -> y [T*B, H] (h of every step, time order), h_last, c_last [B, H] (the state
      after the last step taken), cs [T*B, H] and acts [T*B, 4H] (for the backward).
-LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?, y?, h0?; order, reverse)
+LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?, y?, h0?, x?; order, reverse)
   -> dgates [T*B, 4H] (dxp), dh0, dc0, dbias [4H] (dgates' column sums) and dW_hh
-     [4H, H] (dgates^T h_prev: GEMMs over all steps' rows after the time loop). Sums
-     over rows run in row order whatever the threads."""
+     [4H, H] (dgates^T h_prev: GEMMs over all steps' rows after the time loop); given
+     x? [T*B, I] (the input projection's operand: passes/recurrent.py's
+     fold_input_weight_gradients) also dgates^T x [4H, I]. Sums over rows run in row
+     order whatever the threads."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
@@ -195,9 +197,12 @@ def _grad_infer(attrs, types, consts, node):
     acts, cs, c0, r = types[:4]
     t, b, h = _dims(node, acts, c0)
     for v, shape in ((cs, (t * b, h)), (r, (4 * h, h)),
-                     *zip(types[4:], ((t * b, h), (b, h), (b, h), (t * b, h), (b, h)))):
+                     *zip(types[4:9], ((t * b, h), (b, h), (b, h), (t * b, h), (b, h)))):
         _expect(node, v, shape, acts.dtype)
-    return [acts, c0, c0, tt(acts.dtype, (4 * h,)), r]
+    x = types[9] if len(types) > 9 else None
+    if x is not None:
+        _expect(node, x, (t * b, x.shape[-1] if x.rank == 2 else 0), acts.dtype)
+    return [acts, c0, c0, tt(acts.dtype, (4 * h,)), r] + ([tt(acts.dtype, (4 * h, x.shape[1]))] if x else [])
 
 
 def _h_prev(attrs, y, h0):
@@ -206,7 +211,7 @@ def _h_prev(attrs, y, h0):
     return np.concatenate([y[b:], h0] if attrs["reverse"] else [h0, y[:y.shape[0] - b]])
 
 
-def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=None, y=None, h0=None):
+def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=None, y=None, h0=None, x=None):
     b, hidden = c0.shape
     steps = acts.shape[0] // b
     zeros = np.zeros((b, hidden), acts.dtype)
@@ -225,12 +230,13 @@ def _seq_grad_reference(attrs, acts, cs, c0, r, dy=None, dh_last=None, dc_last=N
     for row in dgates:          # in row order, as the kernel sums
         dbias += row
     dw_hh = np.zeros_like(r) if y is None or h0 is None else (dgates.T @ _h_prev(attrs, y, h0)).astype(acts.dtype)
-    return dgates, dh, dc.astype(acts.dtype), dbias, dw_hh
+    dw_x = () if x is None else ((dgates.T @ x).astype(acts.dtype),)
+    return (dgates, dh, dc.astype(acts.dtype), dbias, dw_hh) + dw_x
 
 
 def _grad_lower(ctx):
-    acts, cs, c0, r, dy, dh_last, dc_last, y, h0 = ctx.inputs + [None] * (9 - len(ctx.inputs))
-    dgates, dh, dc, dbias, dw_hh = ctx.outputs    # dh0 and dc0 carry each step's dh and dc until the end
+    acts, cs, c0, r, dy, dh_last, dc_last, y, h0, x = ctx.inputs + [None] * (10 - len(ctx.inputs))
+    dgates, dh, dc, dbias, dw_hh = ctx.outputs[:5]    # dh0 and dc0 carry each step's dh and dc until the end
     steps, batch, hidden = _dims(ctx.node.name, ctx.in_types[0], ctx.in_types[2])
     g4, at, nb = 4 * hidden, _blocks(ctx.attrs["order"], hidden), ctx.nb
     packed = _packed(ctx, r, g4, hidden)
@@ -276,7 +282,7 @@ def _grad_lower(ctx):
         recurrent(row0, share, times[0], None)
     _team_loop(ctx, batch, team)
     column_sums(ctx, dgates, steps * batch, g4, dbias)
-    weight_gradient(ctx, dgates, y, h0, dw_hh, steps, batch, hidden)
+    weight_gradients(ctx, dgates, y, h0, dw_hh, steps, batch, hidden, x, ctx.outputs[5] if x is not None else None)
 
 
 def column_sums(ctx, src, rows, cols, out):
@@ -297,50 +303,57 @@ def column_sums(ctx, src, rows, cols, out):
                     nb.store(out, c0 + j, out[c0 + j] + src[r * cols + c0 + j])
 
 
-def weight_gradient(ctx, dgates, y, h0, out, steps, batch, hidden):
+def weight_gradients(ctx, dgates, y, h0, out, steps, batch, hidden, x=None, out_x=None):
     """out [4H, H] = dgates^T h_prev, h_prev's rows read where they are (h0 for the first
-    step taken, y for the others: no copy of them joined). dgates^T is read down its
-    columns, so k (the sequence's rows) goes in blocks of the variant's kc, each a
-    GEMM resuming from the last, in row order: the same sums whatever the blocks.
-    out's rows in the variant's blocks, which the threads take as they come (a late
-    thread holds up one block). Without y and h0: zeros."""
+    step taken, y for the others: no copy of them joined); given x, out_x [4H, I] =
+    dgates^T x. dgates^T is read down its columns, so k (the sequence's rows) goes in
+    blocks of the variant's kc, each a GEMM resuming from the last, in row order: the
+    same sums whatever the blocks. The outputs' rows in the variant's blocks, which the
+    threads take as they come (a late thread holds up one block). Without y and h0:
+    out is zeros."""
     g4, rows = 4 * hidden, steps * batch
     nb, lanes = ctx.nb, ctx.lanes(out.dtype)
+    products = []     # (output, its columns, [(first row, rows, B's element at (row kk, column c))])
     if y is None or h0 is None:
         with nb.loop(g4 * hidden, "vector", lanes, hint="z") as i:
             nb.store(out, i, Const(0.0, out.dtype))
+    elif not ctx.attrs["reverse"]:     # forward h0 then y[kk - B]; reverse y[kk + B] then h0
+        products.append((out, hidden, [(0, batch, lambda kk, c: h0[kk * hidden + c]),
+                                       (batch, rows - batch, lambda kk, c: y[(kk - batch) * hidden + c])]))
+    else:
+        products.append((out, hidden, [(0, rows - batch, lambda kk, c: y[(kk + batch) * hidden + c]),
+                                       (rows - batch, batch, lambda kk, c: h0[(kk - (rows - batch)) * hidden + c])]))
+    if x is not None:
+        width = ctx.in_types[9].shape[1]
+        products.append((out_x, width, [(0, rows, lambda kk, c: x[kk * width + c])]))
+    if not products:
         return
     kc, blocks = ctx.variant[2:]
-    # (first row, rows, h_prev of row kk): forward h0 then y[kk - B]; reverse y[kk + B] then h0
-    parts = [(0, batch, lambda kk, c: h0[kk * hidden + c]),
-             (batch, rows - batch, lambda kk, c: y[(kk - batch) * hidden + c])]
-    if ctx.attrs["reverse"]:
-        parts = [(0, rows - batch, lambda kk, c: y[(kk + batch) * hidden + c]),
-                 (rows - batch, batch, lambda kk, c: h0[(kk - (rows - batch)) * hidden + c])]
     share = g4 // blocks
 
-    def product(r0, first, count, h_prev):
-        """out[r0:r0 + share] += dgates[first:first + count]^T h_prev(first:first + count)."""
-        gemm_nest(ctx, share, hidden, count, lambda r, kk: dgates[(first + kk) * g4 + r0 + r],
-                  lambda kk, c: h_prev(first + kk, c), out, lambda r, c: (r0 + r) * hidden + c,
-                  init=lambda r, c: out[(r0 + r) * hidden + c], parallel=False,
+    def product(r0, dst, n, first, count, b):
+        """dst[r0:r0 + share] += dgates[first:first + count]^T b(first:first + count)."""
+        gemm_nest(ctx, share, n, count, lambda r, kk: dgates[(first + kk) * g4 + r0 + r],
+                  lambda kk, c: b(first + kk, c), dst, lambda r, c: (r0 + r) * n + c,
+                  init=lambda r, c: dst[(r0 + r) * n + c], parallel=False,
                   slot=THREAD_INDEX if blocks > 1 else None)
 
     split = ("teams", blocks) if blocks > 1 else None
     with nb.loop(blocks, hint="wb", parallel_candidate=split) as wb:
         r0 = wb * share
-        with nb.loop(share * hidden, "vector", lanes, hint="z") as i:     # the sums start from 0, as a
-            nb.store(out, r0 * hidden + i, Const(0.0, out.dtype))          # GEMM's fresh seed does
-        for first, count, h_prev in parts:
-            whole, edge = divmod(count, kc)
-            if whole:
-                with nb.loop(whole, hint="kb") as kb:
-                    product(r0, first + kb * kc, kc, h_prev)
-            if edge:
-                product(r0, first + whole * kc, edge, h_prev)
+        for dst, n, parts in products:
+            with nb.loop(share * n, "vector", lanes, hint="z") as i:     # the sums start from 0, as a
+                nb.store(dst, r0 * n + i, Const(0.0, dst.dtype))         # GEMM's fresh seed does
+            for first, count, b in parts:
+                whole, edge = divmod(count, kc)
+                if whole:
+                    with nb.loop(whole, hint="kb") as kb:
+                        product(r0, dst, n, first + kb * kc, kc, b)
+                if edge:
+                    product(r0, dst, n, first + whole * kc, edge, b)
 
 
-register("LSTMSequenceGrad", inputs=(4, 9), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
+register("LSTMSequenceGrad", inputs=(4, 10), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
          reference=_seq_grad_reference, lower=_grad_lower, domain="nutshell",
          variant=_pack_layout)
 non_differentiable("LSTMSequence's backward (no second-order gradients of recurrent cells)", "LSTMSequenceGrad")

@@ -8,7 +8,7 @@ from .expand import expand_composites
 from .float16 import compute_float16_in_float32
 from .gemm_transpose import simplify_gemm_transposes
 from .simplify import eliminate_dead_code, fold_constants, prepack_weights, pretranspose_weights, remove_identities
-from .recurrent import pack_shared_weights
+from .recurrent import fold_input_weight_gradients, pack_shared_weights
 from .winograd import winograd_weights
 
 INFERENCE_PIPELINE = [
@@ -18,6 +18,7 @@ INFERENCE_PIPELINE = [
     remove_identities,       # Identity / inference Dropout read their input directly
     eliminate_dead_code,     # nothing that no output needs
     simplify_gemm_transposes,  # Transposes into Gemm flags; a shared weight's gradient one GEMM (gemm_transpose.py)
+    fold_input_weight_gradients,  # an LSTM's dW_ih GEMM done by its LSTMSequenceGrad, in its k blocks (recurrent.py)
     pretranspose_weights,    # Gemm weights stored K-major so GEMM loads rows contiguously
     fuse,                    # Conv+BatchNorm folded; Conv/Gemm + ReLU in one kernel (fusion.py)
     block_channels,          # MobileNet-style regions in the blocked-channel layout (layout.py)
