@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import nutshell as ns  # noqa: E402
-from nutshell.bench import SWITCH_WARMUP_S, ort_session, save_rows, warm_up  # noqa: E402
+from nutshell.bench import SWITCH_WARMUP_S, ort_session, save_rows, settle, warm_up  # noqa: E402
 
 MODELS = ["resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "resnet50-b8"]
 MAX_CALLS_FACTOR = 5
@@ -130,11 +130,12 @@ def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf
     """Seconds per call of each, in alternating blocks, after a warm-up of each: at
     least `repeat` calls, and more while under `seconds` (see the module doc). A
     pause before each block lets the other side's spinning workers (ORT's spin
-    after every run) go to sleep, as benchmarks/inference.py does; without it the
-    first calls of each block paid for the other's spin-down. After the pause each
+    after every run) go to sleep (nutshell/bench.py's `settle`: 50 ms at least, on
+    until this process's threads are idle); without it the first calls of each
+    block paid for the other's spin-down. After the pause each
     side runs untimed for SWITCH_WARMUP_S (nutshell/bench.py: the first calls after
     a switch re-warm the caches) and then its `block` timed calls. `watch()` runs
-    in each pause (before its sleep); with `rest` the pause lasts at least that
+    in each pause (before it); with `rest` the pause lasts at least that
     fraction of the previous block's time (its warm-up included)."""
     times = ([], [])
     for fn in (ours, theirs):
@@ -152,7 +153,7 @@ def alternating(ours, theirs, repeat, block, seconds=0.0, max_seconds=float("inf
         for fn, out in zip((ours, theirs), times):
             if watch:
                 watch()
-            time.sleep(max(0.05, rest * last))
+            settle(max(0.05, rest * last))
             began = time.perf_counter()
             warm_up(fn, 1, SWITCH_WARMUP_S)     # one call at least: a ResNet-50 batch 8 call takes 1-3 s
             for _ in range(block):

@@ -17,11 +17,27 @@ def save_rows(rows, path):
 # caches, whichever library runs: memory-bound work re-warms over a few passes of its
 # working set (an 8 MB sweep after a 50 ms sleep: ~5 us per 64 KB in its first pass,
 # 3.5 in the second, 1.8 in the third, 1.0 hot), while a cache-free loop shows no ramp
-# (no clock ramp). SqueezeNet's first call after the other's block and 50 ms: +2.0 ms
-# ours, +0.8 ms ORT at 2 threads (~8 ms a call; medians of 11 runs), +2.3 and +1.9 ms
-# at 1 thread; in another session, at ~2 ms a call, 4.6 4.1 3.4 3.5 3.1 2.4 ms against
-# 2.2. So each block is timed after this long of untimed calls, both sides warm again.
+# (no clock ramp). SqueezeNet's first call after the other's block and 50 ms: +2.3 ms
+# ours and +1.9 ms ORT at 1 thread (~10 ms a call); at 2 threads, after our block, a
+# pause alone or 1-thread ORT's block, +0.6-0.8 ms ours with every loop joined (after
+# 2-thread ORT's, more: see `settle`). So each block is timed after this long of
+# untimed calls, both sides warm again.
 SWITCH_WARMUP_S = 0.1
+
+
+def settle(least, most=1.0, step=0.01):
+    """Sleeps `least` seconds, then on until this process's other threads stop using
+    the CPU (under a tenth of a `step` of CPU time in a step) or `most` seconds have
+    passed. ONNX Runtime's 2-thread pool spins ~55 ms of CPU after its last run: 60 ms
+    on free cores, ~200 ms on a busy machine; after a 50 ms pause it held a core
+    through our next call, whose worker then joined 13% of its loops (+4 ms)."""
+    start = time.perf_counter()
+    time.sleep(least)
+    while time.perf_counter() - start < most:
+        used = time.process_time()
+        time.sleep(step)
+        if time.process_time() - used < step / 10:
+            return
 
 
 def warm_up(fn, calls, seconds=0.0):
@@ -57,12 +73,12 @@ def alternating_medians(ours, theirs, repeat, rounds=3):
 def alternating(fns, repeat, rounds=3):
     """Each of `fns`' median seconds per call, over `rounds` blocks taken in turn
     (fns[0], fns[1], ..., fns[0], ...). A pause between blocks lets the previous
-    one's spinning worker threads go to sleep first; each block is timed after
-    SWITCH_WARMUP_S of untimed calls (3 at least), when its caches are warm again."""
+    one's spinning worker threads go to sleep first (`settle`); each block is timed
+    after SWITCH_WARMUP_S of untimed calls (3 at least), its caches warm again."""
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, out in zip(fns, times):
-            time.sleep(0.3)
+            settle(0.3)
             out.extend(latencies(fn, -(-repeat // rounds), warmup=3, warmup_s=SWITCH_WARMUP_S))
     return [float(np.median(t)) for t in times]
 

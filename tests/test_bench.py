@@ -1,6 +1,7 @@
-"""The alternating benchmarks' warm-up (nutshell/bench.py, benchmarks/under_load.py):
-each side's block is timed only after SWITCH_WARMUP_S of untimed calls, so neither
-side is timed while its caches re-warm after the other's block."""
+"""The alternating benchmarks' pause and warm-up (nutshell/bench.py, benchmarks/under_load.py):
+each side's block starts once the other's threads are idle and is timed only after
+SWITCH_WARMUP_S of untimed calls, so neither side is timed while its caches re-warm
+after the other's block."""
 import itertools
 import os
 import sys
@@ -55,3 +56,20 @@ def test_under_load_alternating_times_each_block_after_its_warm_up():
     runs = blocks(log)[2:]          # after each side's two starting calls: two rounds of blocks
     assert [name for name, _ in runs] == ["a", "b", "a", "b"]
     check_warm(runs, timed=2, min_calls=1)
+
+
+def test_settle_waits_while_another_thread_uses_the_cpu(monkeypatch):
+    """ORT's pool spins ~55 ms of CPU after its last run: the pause lasts until the
+    process's threads are idle (a fake CPU clock, 5 ms of CPU per reading while busy)."""
+    def busy_for(n):
+        readings = itertools.count()
+        monkeypatch.setattr(bench.time, "process_time", lambda: min(next(readings), n) * 0.005)
+        return readings
+    readings = busy_for(8)
+    start = time.perf_counter()
+    bench.settle(0.01, step=0.002)
+    assert next(readings) >= 9 and time.perf_counter() - start < 0.5
+    busy_for(10 ** 9)
+    start = time.perf_counter()
+    bench.settle(0.01, most=0.05, step=0.002)      # never idle: it gives up after `most`
+    assert 0.05 <= time.perf_counter() - start < 0.5
