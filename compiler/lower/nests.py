@@ -77,9 +77,10 @@ def map_nest(ctx, out_buf, out_shape, in_bufs, in_shapes, fn, lanes=None):
 
 def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, out_offset=0,
                 out_strides=None, in_offsets=None):
-    """out[out_offset + idx . out_strides] = fn(*[in_k[in_offset_k + idx . in_strides_k]])."""
+    """out[out_offset + idx . out_strides] = fn(*[in_k[in_offset_k + idx . in_strides_k]]);
+    `out_buf` may be a tuple of buffers laid out alike, fn then giving a tuple of values."""
     in_offsets = in_offsets or [0] * len(in_bufs)
-    lanes = lanes or ctx.lanes(out_buf.dtype)
+    lanes = lanes or ctx.lanes(_first(out_buf).dtype)
     stride_sets = [tuple(out_strides or strides(out_shape))] + [tuple(s) for s in in_strides]
     dims, sets = coalesce(out_shape, stride_sets)
     total = 1
@@ -97,9 +98,21 @@ def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, ou
         vars_.append(scope.__enter__())
         scopes.append(scope)
     loads = [Load(b, off + _idx(vars_, st)) for b, st, off in zip(in_bufs, sets[1:], in_offsets)]
-    nb.store(out_buf, out_offset + _idx(vars_, sets[0]), fn(*loads))
+    _store(nb, out_buf, out_offset + _idx(vars_, sets[0]), fn(*loads))
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)
+
+
+def _first(out_buf):
+    return out_buf[0] if isinstance(out_buf, tuple) else out_buf
+
+
+def _store(nb, out_buf, index, value):
+    """One store, or one per buffer of a tuple (a multi-output fused loop)."""
+    if not isinstance(out_buf, tuple):
+        return nb.store(out_buf, index, value)
+    for buf, v in zip(out_buf, value):
+        nb.store(buf, index, v)
 
 
 def _idx(vars_, st):
@@ -124,7 +137,7 @@ def _split_flat_map(ctx, out_buf, in_bufs, sets, size, fn, lanes, out_offset=0, 
                 flat = c * chunk + i + base if base else c * chunk + i
                 loads = [Load(b, (flat + off if off else flat) if st[0] else Const(off, INDEX))
                          for b, st, off in zip(in_bufs, sets[1:], in_offsets or [0] * len(in_bufs))]
-                nb.store(out_buf, flat + out_offset if out_offset else flat, fn(*loads))
+                _store(nb, out_buf, flat + out_offset if out_offset else flat, fn(*loads))
 
 
 def parts(size, block):

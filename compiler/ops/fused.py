@@ -4,7 +4,9 @@ gradients), the summed values never stored.
 
 Built by passes/elementwise_fusion.py. `program` lists the steps in order, each
 (op, attrs as pairs, args) where an arg "i<k>" is the node's k-th input and "s<j>"
-step j's value; the last step is the result, broadcast to `shape`. Intermediates
+step j's value; the last step is the result, broadcast to `shape`, and `extra`
+names steps written as outputs 1, 2, ... of that shape too (an optimizer's new
+state beside the new weight, passes/elementwise_fusion.py). Intermediates
 live in registers: one pass over memory instead of one per op. Each step is the
 registered op itself (its shape rule, NumPy reference and `expr`), so nothing
 about an op is declared twice."""
@@ -16,35 +18,48 @@ from .common import broadcast, fail, tt
 from .registry import get_op, non_differentiable, register
 
 
-def run_program(attrs, inputs, apply):
+def run_program(attrs, inputs, apply, steps=None):
     """Evaluate the steps on `inputs` (types, arrays or loop-IR values);
-    apply(opdef, attrs, args) evaluates one step."""
+    apply(opdef, attrs, args) evaluates one step. Returns the last step's value, or
+    a list of the values of `steps`."""
     values = []
     for op, items, args in attrs["program"]:
         vals = [inputs[int(a[1:])] if a[0] == "i" else values[int(a[1:])] for a in args]
         values.append(apply(get_op(op), dict(items), vals))
-    return values[-1]
+    return values[-1] if steps is None else [values[k] for k in steps]
+
+
+def _written(attrs):
+    """The steps the outputs are: the last, then the extra ones."""
+    return (-1,) + tuple(attrs.get("extra") or ())
 
 
 def _infer(attrs, types, consts, node):
     shape = tuple(attrs["shape"])
-    last = run_program(attrs, types, lambda d, at, ts: d.infer(at, ts, [None] * len(ts), node)[0])
-    if broadcast(node, last.shape, shape) != shape:
-        fail(node, f"fused result {last.shape} does not broadcast to {shape}")
-    return [tt(last.dtype, shape)]
+    written = run_program(attrs, types, lambda d, at, ts: d.infer(at, ts, [None] * len(ts), node)[0],
+                          _written(attrs))
+    for k, t in enumerate(written):
+        if broadcast(node, t.shape, shape) != shape or (k and t.shape != shape):
+            fail(node, f"fused result {t.shape} does not {'broadcast' if not k else 'equal'} {shape}")
+    return [tt(t.dtype, shape) for t in written]
 
 
 def _reference(attrs, *xs):
-    y = run_program(attrs, xs, lambda d, at, vs: np.asarray(d.reference(at, *vs)))
-    return np.broadcast_to(y, tuple(attrs["shape"])).copy()
+    ys = run_program(attrs, xs, lambda d, at, vs: np.asarray(d.reference(at, *vs)), _written(attrs))
+    ys = [np.broadcast_to(y, tuple(attrs["shape"])).copy() for y in ys]
+    return ys[0] if len(ys) == 1 else tuple(ys)
 
 
 def _lower(ctx):
-    map_nest(ctx, ctx.outputs[0], ctx.out_types[0].shape, ctx.inputs, [t.shape for t in ctx.in_types],
-             lambda *loads: run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs)))
+    """One loop nest; with extra outputs each point stores every written step."""
+    written = _written(ctx.attrs)
+    fn = (lambda *loads: run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs))) if len(written) == 1 \
+        else (lambda *loads: tuple(run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs), written)))
+    map_nest(ctx, tuple(ctx.outputs) if len(written) > 1 else ctx.outputs[0], ctx.out_types[0].shape,
+             ctx.inputs, [t.shape for t in ctx.in_types], fn)
 
 
-register("FusedElementwise", inputs=(1, 1 << 16), attrs={"program": None, "shape": None},
+register("FusedElementwise", inputs=(1, 1 << 16), attrs={"program": None, "shape": None, "extra": None},
          infer=_infer, reference=_reference, lower=_lower, domain="nutshell")
 
 

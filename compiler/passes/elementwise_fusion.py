@@ -6,7 +6,12 @@ of the root's size whose every user is already in the group, so the intermediate
 never written to memory, or that are one cheap op reading at most one value of that
 size (recomputed here too: reading its input costs what reading its result would). Smaller values (a
 per-channel scale) stay separate ops and are read with broadcasting; an Expand of a
-constant shape is read as its source, broadcast (it costs nothing in the loop)."""
+constant shape is read as its source, broadcast (it costs nothing in the loop).
+
+A group that reads a graph output of its own size and dtype, made by another group
+that nobody else reads (an optimizer's new momentum, read by the weight's update),
+takes that group in and writes the value as an extra output: one pass over the
+parameter, not one per state slot (XLA's multi-output loop fusion)."""
 import math
 
 from ..ir.graph import Node
@@ -92,8 +97,9 @@ def fuse_elementwise(graph):
     """Needs: epilogue fusion done (Conv/Gemm take their activations first).
     Gives: each group of two or more element-wise ops (or one reading an Expand) as
     one FusedElementwise node at the root's place, the others removed; then a
-    ReduceSum/ReduceMean of such a value (its only use) as one FusedReduce."""
-    return _fuse_reductions(_fuse_maps(graph))
+    ReduceSum/ReduceMean of such a value (its only use) as one FusedReduce; then a
+    graph output that only one fused loop reads made in that loop (_merge_outputs)."""
+    return _merge_outputs(_fuse_reductions(_fuse_maps(graph)))
 
 
 def _fuse_maps(graph):
@@ -144,6 +150,7 @@ def _fuse_reductions(graph):
         x = node.inputs[0]
         p = producers.get(x)
         if not (p is not None and (p.op == "FusedElementwise" or _elementwise(p))) or x in outputs or \
+                len(p.outputs) != 1 or \
                 len(users[x]) != 1 or (len(node.inputs) > 1 and node.inputs[1] not in graph.constants):
             continue
         types = [graph.types[i] if i else None for i in node.inputs]
@@ -157,3 +164,61 @@ def _fuse_reductions(graph):
             f"{node.name}/fused")
         removed.add(id(p))
     return graph.with_nodes([replaced.get(id(n), n) for n in graph.nodes if id(n) not in removed])
+
+
+def _loop(node):
+    return node.op == "FusedElementwise" or _elementwise(node)
+
+
+def _merge_outputs(graph):
+    """A loop R reading a graph output v of R's own type, made by another loop P that
+    no other node reads: P's steps run first in R, which also writes v (attribute
+    `extra`: the steps written as outputs 1, 2, ...). The same steps in the same
+    order, so the values are bit-identical; P's inputs are read in R's place."""
+    outputs = set(graph.output_names())
+    nodes = list(graph.nodes)
+    producer = {v: k for k, n in enumerate(nodes) for v in n.outputs if v}
+    readers = {}
+    for k, n in enumerate(nodes):
+        for v in set(n.inputs):
+            readers.setdefault(v, set()).add(k)
+    for k, r in enumerate(nodes):
+        if r is None or not _loop(r):
+            continue
+        out = graph.types[r.outputs[0]]
+        for v in list(r.inputs):
+            j = producer.get(v)
+            p = nodes[j] if j is not None else None
+            if p is None or j == k or not _loop(p) or v not in outputs or readers[v] != {k} or \
+                    graph.types[v] != out or not all(graph.types[o] == out for o in p.outputs):
+                continue
+            r = nodes[k] = _inlined(p, r, v, out.shape)
+            nodes[j] = None
+            for o in p.outputs:
+                producer[o] = k
+            for i in set(p.inputs):
+                readers[i] = (readers[i] - {j}) | {k}
+    return graph.with_nodes([n for n in nodes if n is not None])
+
+
+def _inlined(p, r, v, shape):
+    """R with P's steps first; v (P's result) read from P's last step."""
+    p_program, p_inputs = _program_of(p)
+    r_program, r_inputs = _program_of(r)
+    inputs = []
+
+    def read(name):
+        if name not in inputs:
+            inputs.append(name)
+        return f"i{inputs.index(name)}"
+    offset = len(p_program)
+    program = [(op, attrs, tuple(read(p_inputs[int(a[1:])]) if a[0] == "i" else a for a in args))
+               for op, attrs, args in p_program]
+    for op, attrs, args in r_program:
+        program.append((op, attrs, tuple(
+            (f"s{offset - 1}" if r_inputs[int(a[1:])] == v else read(r_inputs[int(a[1:])])) if a[0] == "i"
+            else f"s{int(a[1:]) + offset}" for a in args)))
+    extra = tuple(e + offset for e in r.attrs.get("extra") or ()) + (offset - 1,) + tuple(p.attrs.get("extra") or ())
+    return Node("FusedElementwise", tuple(inputs), tuple(r.outputs) + tuple(p.outputs),
+                {"program": tuple(program), "shape": tuple(shape), "extra": extra},
+                r.name if r.op == "FusedElementwise" else f"{r.name}/fused")
