@@ -5,7 +5,7 @@ backward), instead of ~6 passes of primitives over each activation.
         mean, var: the batch's per-channel mean and biased variance, y the
         normalised, scaled and shifted x, plus the residual when given, then
         (relu=1) max(., 0): a ResNet block's Add and ReLU after it, fused by
-        passes/fusion.py. The front end updates the running statistics from mean
+        passes/batchnorm_fusion.py. The front end updates the running statistics from mean
         and var.
     BatchNormTrainGrad(x, dy, scale, mean, var) -> dx, dscale, dbias
         one pass for the per-channel sums of dy and dy * (x - mean), one for dx.
@@ -17,8 +17,6 @@ the element-wise result. So the results are bit-identical whatever the thread
 count. The variance is exact in form: each row's squared deviations from its own
 mean (the row still in the L1 cache), rows combined as Chan et al.'s parallel
 variance. Float32 sums: tested against the float64 reference at rtol 1e-4."""
-from dataclasses import replace
-
 import numpy as np
 
 from ..lower.loop_ir import Call, Reduce, maximum
@@ -241,53 +239,3 @@ def _grad_lower(ctx):
 register("BatchNormTrainGrad", inputs=(5, 5), attrs={"epsilon": 1e-5}, domain="nutshell",
          infer=_grad_infer, reference=_grad_reference, lower=_grad_lower)
 non_differentiable("second derivatives of training BatchNorm are not supported", "BatchNormTrainGrad")
-
-
-# ---- the ReLU after a training BatchNorm, fused (a rewrite of passes/fusion.py) -------
-def relu_after(graph, chain):
-    """[BatchNormTrain, (Add,) Relu, Greater...]: the normalised value read by one Relu
-    only, or by one Add of a residual computed before the BatchNorm whose sum only
-    that Relu reads; and the comparisons `v > 0` of that Relu's gradient (autodiff's),
-    which read the same from the ReLU's output."""
-    users, outputs = graph.consumers(), set(graph.output_names())
-    position = {id(n): i for i, n in enumerate(graph.nodes)}
-    producers = graph.producers()
-    for bn in graph.nodes:
-        if bn.op != "BatchNormTrain" or bn.attrs["relu"] or len(bn.inputs) > 3 or bn.outputs[0] in outputs:
-            continue
-        value, added = bn.outputs[0], []
-        readers = users.get(value, [])
-        residual = _residual(graph, readers[0], value) if len(readers) == 1 and readers[0].op == "Add" else None
-        if residual and position.get(id(producers.get(residual)), -1) < position[id(bn)]:
-            added, value = readers, readers[0].outputs[0]
-            readers = [] if value in outputs else users.get(value, [])
-        relus = [n for n in readers if n.op == "Relu"]
-        masks = [n for n in readers if n.op == "Greater" and n.inputs[0] == value and _zero(graph, n.inputs[1])]
-        if len(relus) == 1 and len(relus) + len(masks) == len(readers):
-            yield [bn] + added + relus + masks
-
-
-def _residual(graph, add, value):
-    """The Add's other input when it has the normalised value's type (no broadcast)."""
-    other = [i for i in add.inputs if i != value]
-    if len(other) == 1 and graph.types[other[0]] == graph.types[value]:
-        return other[0]
-    return None
-
-
-def _zero(graph, name):
-    value = graph.constants.get(name)
-    return value is not None and value.size == 1 and float(value.reshape(())) == 0.0
-
-
-def fuse_relu(graph, nodes, constants, types):
-    """The BatchNorm (given the residual) writes the ReLU's output; the masks read it."""
-    bn, rest = nodes[0], nodes[1:]
-    inputs = tuple(bn.inputs)
-    if rest[0].op == "Add":
-        inputs += (_residual(graph, rest[0], bn.outputs[0]),)
-        rest = rest[1:]
-    relu, masks = rest[0], rest[1:]
-    out = relu.outputs[0]
-    fused = replace(bn, inputs=inputs, outputs=(out,) + tuple(bn.outputs[1:]), attrs={**bn.attrs, "relu": 1})
-    return [fused] + [replace(m, inputs=(out,) + tuple(m.inputs[1:])) for m in masks]

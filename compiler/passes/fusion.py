@@ -12,7 +12,7 @@ names a chain of ops, a condition and a replacement; one driver applies them.
                      (ReLU6 of MobileNet v2, hard-swish of v3; Clip's bounds as attributes)
     fuse_batchnorm_train_relu  BatchNormTrain [-> Add(., r)] -> Relu  => BatchNormTrain(x,
                      scale, bias[, r], relu=1); the ReLU gradient's masks read its output
-                     (ops/batchnorm_train.py)
+                     (batchnorm_fusion.py)
 """
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir.types import TensorType
-from ..ops import batchnorm_train
+from . import batchnorm_fusion
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,8 @@ REWRITES = [
             _activation),
     Rewrite("fuse_gemm_activation", ("Gemm",), lambda g, n: "activation" not in n[0].attrs, _fuse_activation,
             _activation),
-    Rewrite("fuse_batchnorm_train_relu", ("BatchNormTrain",), lambda g, n: True, batchnorm_train.fuse_relu,
-            batchnorm_train.relu_after),
+    Rewrite("fuse_batchnorm_train_relu", ("BatchNormTrain",), lambda g, n: True, batchnorm_fusion.fuse_relu,
+            batchnorm_fusion.relu_after),
 ]
 
 
