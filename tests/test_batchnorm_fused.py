@@ -32,22 +32,25 @@ def _forward_case(shape, rng, dtype=np.float32, relu=0, residual=False):
     return graph, {k: v.astype(dtype) for k, v in feeds.items()}
 
 
-def _backward_case(shape, rng, dtype=np.float32):
+def _backward_case(shape, rng, dtype=np.float32, relu=0):
     c = shape[1]
-    graph = _graph("BatchNormTrainGrad", [shape, shape, (c,), (c,), (c,)], np.dtype(dtype).name)
+    graph = _graph("BatchNormTrainGrad", [shape, shape] + [(c,)] * (3 + relu), np.dtype(dtype).name, relu=relu)
     x = rng.normal(3.0, 2.0, shape)
     axes = (0,) + tuple(range(2, len(shape)))
     feeds = {"x0": x, "x1": rng.normal(size=shape), "x2": rng.uniform(0.5, 1.5, c),
              "x3": x.mean(axis=axes), "x4": x.var(axis=axes)}
+    if relu:                  # the forward's bias: about half the values masked
+        feeds["x5"] = rng.normal(scale=0.5, size=c)
     return graph, {k: v.astype(dtype) for k, v in feeds.items()}
 
 
 _forward_relu = lambda shape, rng: _forward_case(shape, rng, relu=1)
 _forward_residual = lambda shape, rng: _forward_case(shape, rng, relu=1, residual=True)
+_backward_relu = lambda shape, rng: _backward_case(shape, rng, relu=1)
 
 
-@pytest.mark.parametrize("case", [_forward_case, _forward_relu, _forward_residual, _backward_case],
-                         ids=["forward", "forward_relu", "forward_residual", "backward"])
+@pytest.mark.parametrize("case", [_forward_case, _forward_relu, _forward_residual, _backward_case, _backward_relu],
+                         ids=["forward", "forward_relu", "forward_residual", "backward", "backward_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_matches_reference(case, shape, threads, rng):
@@ -59,7 +62,8 @@ def test_compiled_matches_reference(case, shape, threads, rng):
         assert_close(got[name], want[name], RTOL, ATOL)
 
 
-@pytest.mark.parametrize("case", [_forward_residual, _backward_case], ids=["forward", "backward"])
+@pytest.mark.parametrize("case", [_forward_residual, _backward_case, _backward_relu],
+                         ids=["forward", "backward", "backward_relu"])
 @pytest.mark.parametrize("vector_cap", [256, 32], ids=["avx2", "scalar"])
 def test_narrow_isa_matches_reference(case, vector_cap, rng):
     """Narrower vectors split a row's sum into other parts: the same results."""
@@ -70,7 +74,8 @@ def test_narrow_isa_matches_reference(case, vector_cap, rng):
         assert_close(got[name], want[name], RTOL, ATOL)
 
 
-@pytest.mark.parametrize("case", [_forward_case, _backward_case], ids=["forward", "backward"])
+@pytest.mark.parametrize("case", [_forward_case, _backward_case, _backward_relu],
+                         ids=["forward", "backward", "backward_relu"])
 def test_bit_identical_at_any_thread_count(case, rng):
     """Each row and each channel is summed by one thread in a fixed order."""
     graph, feeds = case((8, 24, 12, 12), rng)
@@ -301,3 +306,59 @@ def test_front_end_rejects_what_torch_rejects():
     ns.compile_training(single, (2, 1, 8, 8), optimizer=ns.optim.SGD(lr=0.1))    # two values: fine
     single.eval()
     assert ns.compile(single, input_shape=(1, 1, 8, 8))(np.ones((1, 1, 8, 8), np.float32)).shape == (1, 3)
+
+
+def test_relu_mask_reference_is_the_forwards(rng):
+    """BatchNormTrainGrad(relu=1)'s mask is exactly where the forward's y > 0 (both
+    compiled), so masking dy itself changes no value."""
+    shape, c = (4, 6, 5, 5), 6
+    fwd, feeds = _forward_relu(shape, rng)
+    y, mean, var = (v.name for v in fwd.outputs)
+    out = ns.compile(fwd, threads=1).run(feeds)
+    grad, _ = _backward_relu(shape, rng)
+    dy = rng.normal(size=shape).astype(np.float32)
+    got = ns.compile(grad, threads=2).run({"x0": feeds["x0"], "x1": dy, "x2": feeds["x1"], "x3": out[mean],
+                                           "x4": out[var], "x5": feeds["x2"]})
+    plain, _ = _backward_case(shape, rng)
+    want = ns.compile(plain, threads=2).run({"x0": feeds["x0"], "x1": np.where(out[y] > 0, dy, np.float32(0)),
+                                             "x2": feeds["x1"], "x3": out[mean], "x4": out[var]})
+    for a, b in zip(grad.outputs, plain.outputs):
+        np.testing.assert_array_equal(got[a.name], want[b.name])
+
+
+@pytest.mark.parametrize("net", ["plain", "residual"])
+def test_gradient_mask_fusion_trains_bit_identically(net, rng, monkeypatch):
+    """The ReLU mask folded into BatchNormTrainGrad (passes/batchnorm_fusion.py):
+    a BN + ReLU net's steps bit-identical to those with the separate masking pass
+    (a residual block's gradient keeps it: the residual reads the masked dy)."""
+    import nutshell.training as training
+    from nutshell.compiler.passes import fusion
+    m = ns.nn
+
+    class Block(m.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.bn2 = m.Conv2d(4, 4, 3, padding=1), m.BatchNorm2d(4), m.BatchNorm2d(4)
+
+        def forward(self, x):
+            h = m.functional.relu(self.bn(self.conv(x)))
+            return m.functional.relu(self.bn2(h) + x) if net == "residual" else h
+
+    x = rng.standard_normal((4, 4, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    runs = []
+    for folded in (True, False):
+        if not folded:
+            monkeypatch.setattr(fusion, "REWRITES", [r for r in fusion.REWRITES
+                                                     if r.name != "fuse_batchnorm_grad_mask"])
+            monkeypatch.setattr(training, "_OPTIMISED", {})
+        ns.manual_seed(0)
+        model = m.Sequential(Block(), m.Flatten(), m.Linear(4 * 6 * 6, 10))
+        trainer = ns.compile_training(model, input_shape=x.shape, optimizer=ns.optim.SGD(lr=0.1, momentum=0.9),
+                                      threads=2)
+        runs.append(([trainer.step(x, y) for _ in range(3)], trainer.state(), trainer.model.graph))
+    (l1, s1, g1), (l2, s2, _) = runs
+    assert l1 == l2
+    for k in s2:
+        np.testing.assert_array_equal(s1[k], s2[k], err_msg=k)
+    assert sum(n.op == "BatchNormTrainGrad" and n.attrs["relu"] == 1 for n in g1.nodes) == 1

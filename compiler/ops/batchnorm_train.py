@@ -7,8 +7,12 @@ backward), instead of ~6 passes of primitives over each activation.
         (relu=1) max(., 0): a ResNet block's Add and ReLU after it, fused by
         passes/batchnorm_fusion.py. The front end updates the running statistics from mean
         and var.
-    BatchNormTrainGrad(x, dy, scale, mean, var) -> dx, dscale, dbias
-        one pass for the per-channel sums of dy and dy * (x - mean), one for dx.
+    BatchNormTrainGrad(x, dy, scale, mean, var[, bias]) -> dx, dscale, dbias
+        one pass for the per-channel sums of dy and dy * (x - mean), one for dx;
+        (relu=1, with the forward's bias) dy where the forward's pre-ReLU value
+        (x - mean) * scale / std + bias > 0, else 0: the ReLU gradient's mask
+        recomputed from x, which the kernel reads anyway, in the forward's float
+        operations (so the same mask), not read from y in a pass of its own.
 
 Each reads x (and dy) twice in memory order: first for per-row sums (a row is
 one image's channel, N*C rows split across threads, each summed by one thread in
@@ -19,7 +23,7 @@ mean (the row still in the L1 cache), rows combined as Chan et al.'s parallel
 variance. Float32 sums: tested against the float64 reference at rtol 1e-4."""
 import numpy as np
 
-from ..lower.loop_ir import Call, Reduce, maximum
+from ..lower.loop_ir import Call, Reduce, Select, maximum
 from ..lower.nests import map_nest
 from .common import fail, require_float, tt
 from .registry import gradient, non_differentiable, register
@@ -192,13 +196,25 @@ def _grad_infer(attrs, types, consts, node):
     c = _check_input(node, x)
     if dy.shape != x.shape or dy.dtype != x.dtype:
         fail(node, f"dy {dy.dtype.value}{list(dy.shape)} must match x {x.dtype.value}{list(x.shape)}")
-    _check_channels(node, c, types[2:], ("scale", "mean", "var"), x.dtype)
+    if attrs["relu"] != (len(types) == 6):
+        fail(node, "the forward's bias is given with relu=1 only, and relu=1 needs it")
+    _check_channels(node, c, types[2:], ("scale", "mean", "var", "bias"), x.dtype)
     return [tt(x.dtype, x.shape), tt(x.dtype, (c,)), tt(x.dtype, (c,))]
 
 
-def _grad_reference(attrs, x, dy, scale, mean, var):
+def _relu_mask(attrs, x, scale, mean, var, bias):
+    """The forward's y > 0, in its float32 operations: (x - mean) * gain + bias with
+    gain = scale * (1 / sqrt(var + eps))."""
+    shape, dtype = _per_channel(x.shape), x.dtype.type
+    gain = scale * (dtype(1.0) / np.sqrt(var + dtype(attrs["epsilon"])))
+    return (x - mean.reshape(shape)) * gain.reshape(shape) + bias.reshape(shape) > 0
+
+
+def _grad_reference(attrs, x, dy, scale, mean, var, bias=None):
     axes = (0,) + tuple(range(2, x.ndim))
     shape = _per_channel(x.shape)
+    if attrs["relu"]:
+        dy = np.where(_relu_mask(attrs, x, scale, mean, var, bias), dy, dy.dtype.type(0))
     wide_dy = dy.astype(np.float64)
     inv_std = 1.0 / np.sqrt(var.astype(np.float64) + attrs["epsilon"])
     centered = x.astype(np.float64) - mean.reshape(shape)
@@ -215,15 +231,22 @@ def _grad_lower(ctx):
     image order; pass 2: dx = gain * dy + slope * (x - mean) + shift, with
     gain = scale / std, slope = -gain * sum(dy (x - mean)) / (std^2 count) and
     shift = -gain * sum(dy) / count."""
-    x, dy, scale, mean, var = ctx.inputs
+    x, dy, scale, mean, var = ctx.inputs[:5]
     dx, dscale, dbias = ctx.outputs
     n, c, inner = _geometry(ctx.in_types[0].shape)
     dtype = ctx.in_types[0].dtype
     per_count = 1.0 / (n * inner)
     row_dy, row_dyx = ctx.scratch(n * c, dtype), ctx.scratch(n * c, dtype)
     gain, slope, shift = (ctx.scratch(c, dtype) for _ in range(3))
-    _row_sums(ctx, [row_dy, row_dyx], [lambda row, i: dy[i], lambda row, i: dy[i] * (x[i] - mean[row % c])])
     nb = ctx.nb
+    d = lambda i, ch: dy[i]
+    if ctx.attrs["relu"]:          # the forward's gain first: the mask needs it in pass 1
+        bias = ctx.inputs[5]
+        with _channel_loop(ctx) as ch:
+            nb.store(gain, ch, scale[ch] * _inv_std(ctx, var, ch))
+        d = lambda i, ch: Select((x[i] - mean[ch]) * gain[ch] + bias[ch] > 0.0, dy[i], 0.0)
+    _row_sums(ctx, [row_dy, row_dyx], [lambda row, i: d(i, row % c),
+                                        lambda row, i: d(i, row % c) * (x[i] - mean[row % c])])
     with _channel_loop(ctx) as ch:
         nb.store(dbias, ch, _over_images(ctx, ch, lambda row: row_dy[row]))
         inv_std = _inv_std(ctx, var, ch)
@@ -232,10 +255,17 @@ def _grad_lower(ctx):
         # dscale = sum(dy (x - mean)) / std, so slope = -gain * dscale / (std count)
         nb.store(slope, ch, -gain[ch] * dscale[ch] * inv_std * per_count)
         nb.store(shift, ch, -gain[ch] * dbias[ch] * per_count)
-    _channel_map(ctx, dx, [(dy, True), (x, True), (mean, False), (gain, False), (slope, False), (shift, False)],
-                 lambda d, v, m, a, b, s: d * a + (v - m) * b + s)
+    per_channel = [(mean, False), (gain, False), (slope, False), (shift, False)]
+    if not ctx.attrs["relu"]:
+        _channel_map(ctx, dx, [(dy, True), (x, True)] + per_channel, lambda d, v, m, a, b, s: d * a + (v - m) * b + s)
+        return
+
+    def masked(d, v, m, a, b, s, shifted):
+        d = Select((v - m) * a + shifted > 0.0, d, 0.0)
+        return d * a + (v - m) * b + s
+    _channel_map(ctx, dx, [(dy, True), (x, True)] + per_channel + [(ctx.inputs[5], False)], masked)
 
 
-register("BatchNormTrainGrad", inputs=(5, 5), attrs={"epsilon": 1e-5}, domain="nutshell",
+register("BatchNormTrainGrad", inputs=(5, 6), attrs={"epsilon": 1e-5, "relu": 0}, domain="nutshell",
          infer=_grad_infer, reference=_grad_reference, lower=_grad_lower)
 non_differentiable("second derivatives of training BatchNorm are not supported", "BatchNormTrainGrad")

@@ -1,10 +1,14 @@
 """The ReLU (and a residual Add before it) after a training BatchNorm, fused into
-BatchNormTrain (ops/batchnorm_train.py): the matcher and rewrite of passes/fusion.py's
-fuse_batchnorm_train_relu.
+BatchNormTrain and its gradient (ops/batchnorm_train.py): the matchers and rewrites
+of passes/fusion.py's fuse_batchnorm_train_relu and fuse_batchnorm_grad_mask.
 
     BatchNormTrain [-> Add(., r)] -> Relu  =>  BatchNormTrain(x, scale, bias[, r], relu=1)
 
-and the comparisons `v > 0` of that ReLU's gradient read the fused op's output."""
+and the comparisons `v > 0` of that ReLU's gradient read the fused op's output;
+without a residual, that mask moves into the gradient:
+
+    BatchNormTrainGrad(x, Where(y > 0, d, 0), scale, mean, var)
+        =>  BatchNormTrainGrad(x, d, scale, mean, var, bias, relu=1)"""
 from dataclasses import replace
 
 
@@ -58,3 +62,35 @@ def fuse_relu(graph, nodes, constants, types):
     out = relu.outputs[0]
     fused = replace(bn, inputs=inputs, outputs=(out,) + tuple(bn.outputs[1:]), attrs={**bn.attrs, "relu": 1})
     return [fused] + [replace(m, inputs=(out,) + tuple(m.inputs[1:])) for m in masks]
+
+
+def masked_gradient(graph, chain):
+    """[BatchNormTrainGrad, Where, Greater]: the gradient of a BatchNormTrain(x, scale,
+    bias, relu=1) (no residual, whose gradient would need the masked dy itself) whose
+    dy is Where(y > 0, d, 0), the mask and the masked d read by nothing else."""
+    users, outputs, producers = graph.consumers(), set(graph.output_names()), graph.producers()
+    private = lambda node: node is not None and node.outputs[0] not in outputs and \
+        len(users.get(node.outputs[0], [])) == 1
+    for grad in graph.nodes:
+        if grad.op != "BatchNormTrainGrad" or grad.attrs["relu"]:
+            continue
+        where = producers.get(grad.inputs[1])
+        if not private(where) or where.op != "Where" or not _zero(graph, where.inputs[2]) or \
+                graph.types[where.inputs[1]] != graph.types[grad.inputs[1]]:
+            continue
+        cond = producers.get(where.inputs[0])
+        if not private(cond) or cond.op != "Greater" or not _zero(graph, cond.inputs[1]):
+            continue
+        bn = producers.get(cond.inputs[0])
+        if bn is not None and bn.op == "BatchNormTrain" and bn.attrs["relu"] and len(bn.inputs) == 3 and \
+                cond.inputs[0] == bn.outputs[0] and bn.attrs["epsilon"] == grad.attrs["epsilon"] and \
+                tuple(grad.inputs[i] for i in (0, 2, 3, 4)) == (bn.inputs[0], bn.inputs[1]) + tuple(bn.outputs[1:]):
+            yield [grad, where, cond]
+
+
+def fuse_mask(graph, nodes, constants, types):
+    """The gradient reads d unmasked and the forward's bias, and masks it itself."""
+    grad, where, _ = nodes
+    bn = graph.producers()[graph.producers()[where.inputs[0]].inputs[0]]
+    inputs = (grad.inputs[0], where.inputs[1]) + tuple(grad.inputs[2:5]) + (bn.inputs[2],)
+    return replace(grad, inputs=inputs, attrs={**grad.attrs, "relu": 1})

@@ -13,6 +13,9 @@ names a chain of ops, a condition and a replacement; one driver applies them.
     fuse_batchnorm_train_relu  BatchNormTrain [-> Add(., r)] -> Relu  => BatchNormTrain(x,
                      scale, bias[, r], relu=1); the ReLU gradient's masks read its output
                      (batchnorm_fusion.py)
+    fuse_batchnorm_grad_mask  BatchNormTrainGrad(x, Where(y > 0, d, 0), ...) of such a
+                     BatchNorm (no residual)  => BatchNormTrainGrad(x, d, ..., bias, relu=1):
+                     the mask recomputed from x in the gradient's own passes
 """
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -218,6 +221,8 @@ REWRITES = [
             _activation),
     Rewrite("fuse_batchnorm_train_relu", ("BatchNormTrain",), lambda g, n: True, batchnorm_fusion.fuse_relu,
             batchnorm_fusion.relu_after),
+    Rewrite("fuse_batchnorm_grad_mask", ("BatchNormTrainGrad",), lambda g, n: True, batchnorm_fusion.fuse_mask,
+            batchnorm_fusion.masked_gradient),
 ]
 
 
