@@ -17,6 +17,7 @@ from ..lower.gemm import gemm_nest
 from ..lower.nests import parts, transpose_tiles
 from .conv_common import zero_slot
 from .winograd import A_T, B_T, G, _combine, each_tile_position
+from .winograd_small import input_transform_along_c
 
 
 def whole_batch_plan(ctx, n, tiles, channels):
@@ -57,6 +58,10 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
     v_buf = ctx.scratch(16 * c_in * cols * teams, out.dtype)
     z_buf = ctx.scratch(16 * cols * m_out * teams, out.dtype)
     dyt = ctx.scratch(pixels * m_out * teams, out.dtype)
+    # a small map (the variant step's choice): V as [16][cols][C], made along the channels
+    # from x moved to [pixel][C] (ops/winograd_small.py), read as the GEMM's A by columns
+    along_c = bool(ctx.variant.channels_last) and band == ty_n
+    xt = ctx.scratch(chunk * in_hw[0] * in_hw[1] * c_in * teams, out.dtype) if along_c else None
     partial = ctx.scratch(16 * c_in * m_out * teams, out.dtype)
     geometry = (in_hw, out_hw, pads, channels, cols, tiles)
 
@@ -66,7 +71,11 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
         v_off, z_off = slot * (16 * c_in * cols), slot * (16 * cols * m_out)
         t_off, p_off = slot * (pixels * m_out), slot * (16 * c_in * m_out)
         span = (ty0, rows, height)
-        _input_transform(ctx, x, v_buf, first, count, v_off, geometry, span, parallel)
+        if along_c:
+            input_transform_along_c(ctx, x, xt, v_buf, first, count, slot * (chunk * in_hw[0] * in_hw[1] * c_in),
+                                    v_off, geometry[:5], parallel)
+        else:
+            _input_transform(ctx, x, v_buf, first, count, v_off, geometry, span, parallel)
         split = ("map", count * m_out * height * ow) if parallel else None
         with nb.loop(count, hint="i", parallel_candidate=split) as img:      # dY [M][pixels] -> [pixels][M]
             transpose_tiles(ctx, dy, (first + img) * (m_out * oh * ow) + ty0 * (2 * ow), oh * ow, dyt,
@@ -76,7 +85,8 @@ def winograd_grad_weight(ctx, x, dy, out, n, channels, in_hw, out_hw, pads):
         def gemm(xi, own_slot):
             at = lambda r, j: p_off + (xi * c_in + r) * m_out + j
             gemm_nest(ctx, c_in, m_out, count * rows * tx_n,
-                      lambda r, kk: v_buf[v_off + (xi * c_in + r) * cols + kk],
+                      (lambda r, kk: v_buf[v_off + (xi * cols + kk) * c_in + r]) if along_c else
+                      (lambda r, kk: v_buf[v_off + (xi * c_in + r) * cols + kk]),
                       lambda kk, j: z_buf[z_off + (xi * cols + kk) * m_out + j],
                       partial, at, init=None if single else lambda r, j: partial[at(r, j)],
                       parallel=False, slot=own_slot)

@@ -51,6 +51,9 @@ class ScheduleTable:
     winograd_grad_tile_columns: int    # the same for the weight gradient (its GEMMs' k; V and Zt)
     winograd_band_min_ratio: int   # batch 1 on threads by tile-row bands when tiles x (C + M) >= this x C x M
     winograd_band_max_weights: int     # ... or when C x M is at most this (U read once per thread is small)
+    winograd_channels_last: bool   # run-time weights on a map of at most ...
+    winograd_channels_last_row_tiles: int  # ... this many tiles a row: transforms along the channels
+    # (ops/winograd_small.py)
     conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
     grad_weight_k: int             # a weight gradient by dot products: images until k (images x pixels) is this
     grad_gemm_k: int               # ... by the GEMM: until k is this (im2col's rows x k stays near L2)
@@ -103,6 +106,8 @@ AVX512 = ScheduleTable(
     # shared steps (2 threads, ReLU, SCHED_FIFO, same process): 32 -> 128 on 27x27 0.70x, on 14x14
     # 0.73x, 48 -> 192 on 13x13 0.81-0.88x, 48 -> 128 on 7x7 1.0x, 32 -> 96 on 28x28 1.03x; above
     # it 64 -> 256 on 13x13 1.0x, 96 -> 128 on 28x28 1.05x, 128 -> 192 on 28x28 1.1x
+    winograd_channels_last=True,   # AVX2's (below), not measured on AVX-512: its transforms along
+    winograd_channels_last_row_tiles=8,    # a 4x4 map's tile rows run 2 of 16 lanes (AVX2: 2 of 8)
     conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
     # a 6x32 panel; whole model 0.98x at 1 and 2 threads (3e75bfa; 256 itself not swept)
     grad_weight_k=1024,            # not measured against other values (chosen with the batched GEMM)
@@ -125,11 +130,15 @@ AVX2 = replace(
     # 48 ymm spilled every k step). AVX2 probe, 1 thread: MobileNet-like 47.7 ms (24) -> 37.9 (8),
     # 34.8 (6), 25.3 (4); ResNet-18 (blocked stem) 92.7 -> 80.2 (6), 82.8 (4), noise ~5%
     depthwise_row_tile=4,          # 4 blocks = 8 ymm accumulators + the taps' loads in 16 registers
+    winograd_channels_last_row_tiles=8,    # ResNet-18 CIFAR (batch 32, C = M) on an AVX2 host (Zen 3), forward
+    # / dX / dW same-process at 1 thread: 512 on 4x4 0.64x / 0.67x / 0.94x, 256 on 8x8 0.64x / 0.55x /
+    # 0.84x, 128 on 16x16 0.81-0.86x / 0.86-1.01x / 0.97x; 64 on 32x32 (16 tiles a row) 1.12x / 1.52x
 )
 
 SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers), x86-64 baseline SSE
     AVX2, name="sse-neon",         # not measured: AVX2's register budgets, which fit both
     prepack_panel=8,               # the micro-kernel's nr (2 x 4 lanes)
+    winograd_channels_last=False,  # not measured
 )
 
 SCALAR = replace(
@@ -138,6 +147,7 @@ SCALAR = replace(
     prepack_panel=4,               # the scalar micro-kernel's nr
     blocked_dense_accumulators=1,  # one 16-channel block is already 16 scalar registers
     depthwise_row_tile=1,
+    winograd_channels_last=False,  # not measured
 )
 
 # The GPU slot: CUDA kernels map parallel loops onto the grid (compiler/cuda), so these

@@ -43,6 +43,8 @@ class ConvVariant:
     by_dots: bool = False        # weight gradient: dot products along the pixels (few im2col rows)
     col2im_phases: bool = False  # input gradient: col2im by phases (strided stores), not gathers
     dot_tile: tuple = (1, 1)     # weight gradient by dots: (rows, columns) of dot products at once
+    channels_last: tuple = ()    # Winograd with run-time weights on a small map: (kc, panel) of the
+    # transformed weights' panels when the transforms run along the channels (ops/winograd_small.py)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -72,10 +74,23 @@ def takes_winograd(target, shape: ConvShape):
     return t.winograd and shape.weights_precise and winograd_applies(shape) and winograd_pays_for(target, shape)
 
 
-def _winograd(target, grad=False):
+def _winograd(target, grad=False, shape=None):
     t = table_or_host(target)
     return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
-                       band_min_ratio=t.winograd_band_min_ratio, band_max_weights=t.winograd_band_max_weights)
+                       band_min_ratio=t.winograd_band_min_ratio, band_max_weights=t.winograd_band_max_weights,
+                       channels_last=_channels_last(target, shape) if shape is not None else ())
+
+
+def _channels_last(target, shape: ConvShape):
+    """(kc, panel) of the transformed weights' panels where a map's tile rows are at
+    most the table's winograd_channels_last_row_tiles (ops/winograd_small.py) and the
+    panels tile the channels exactly; else ()."""
+    from .gemm import panel_layout
+    c_in, m_out = shape.channels
+    kc, panel = panel_layout(c_in, target)
+    t = table_or_host(target)
+    small = t.winograd_channels_last and -(-shape.out_hw[1] // 2) <= t.winograd_channels_last_row_tiles
+    return (kc, panel) if small and c_in % kc == 0 and m_out % panel == 0 else ()
 
 
 def choose_conv_variant(shape: ConvShape, target) -> ConvVariant:
@@ -83,7 +98,7 @@ def choose_conv_variant(shape: ConvShape, target) -> ConvVariant:
     if shape.group > 1 and shape.channels[0] == shape.group:
         return ConvVariant(DEPTHWISE)
     if takes_winograd(target, shape):
-        return _winograd(target)
+        return _winograd(target, shape=shape)
     pixels = shape.out_hw[0] * shape.out_hw[1]
     batched = table_or_host(target).conv_batched_columns
     shares = shape.group == 1 and shape.batch > 1 and 2 * pixels <= batched
@@ -95,7 +110,7 @@ def choose_grad_input_variant(shape: ConvShape, target) -> ConvVariant:
     on dY with the flipped weights (the same sizes as the forward's), else the
     transposed GEMM and col2im."""
     if takes_winograd(target, shape):
-        return _winograd(target)
+        return _winograd(target, shape=shape)
     t = table_or_host(target)
     stride = shape.strides[1]
     phases = tuple(shape.strides) != (1, 1) and stride <= t.col2im_max_phase_stride
@@ -108,7 +123,7 @@ def choose_grad_weight_variant(shape: ConvShape, target) -> ConvVariant:
     """dW of the convolution `shape` describes: Winograd's 16 GEMMs along the tiles,
     else im2col and a GEMM (or dot products for few rows) along the pixels."""
     if takes_winograd(target, shape):
-        return _winograd(target, grad=True)
+        return _winograd(target, grad=True, shape=shape)
     t = table_or_host(target)
     rows = shape.channels[0] // shape.group * shape.kernel[0] * shape.kernel[1]
     by_dots = rows <= t.grad_dot_max_rows

@@ -1,0 +1,90 @@
+"""Winograd on small maps with the channels along the vectors (ops/winograd_small.py):
+the forward (run-time weights, with the fused epilogue), the input gradient and the
+weight gradient against the NumPy reference (tolerances as test_schedule_variants.py's:
+rtol 1e-4, atol 1e-4), the same bits at 1 and 3 threads (the weight gradient's teams
+sum their partials, on either path: within the tolerance there), the same bits as
+the tile-row path's (the same sums in the same order), and the variant step's choice."""
+import numpy as np
+import pytest
+
+import nutshell as ns
+from nutshell.compiler import ir
+from nutshell.compiler.codegen.model import lower_nodes
+from nutshell.compiler.lower.target import host_target
+from nutshell.compiler.schedule import variants
+from nutshell.compiler.schedule.gemm import panel_layout
+from nutshell.compiler.schedule.variants import WINOGRAD, ConvShape, choose_conv_variant
+
+PADS = {"pads": (1, 1, 1, 1)}
+CASES = [(3, 16, 32, 7), (17, 32, 48, 4)]    # n, C, M, map: an odd map; images left over at 3 threads
+
+
+def _graph(op, n, c, m, hw, epilogue=False):
+    b = ir.GraphBuilder("small", fold=False)
+    add = lambda name, shape: b.add_input(name, "float32", shape)
+    if op == "Conv":
+        names, attrs = [add("x", (n, c, hw, hw)), add("w", (m, c, 3, 3))], dict(PADS)
+        if epilogue:       # bias, a fused residual and ReLU: the epilogue along M
+            names += [add("b", (m,)), add("r", (n, m, hw, hw))]
+            attrs["activation"] = "Relu"
+    elif op == "ConvGradInput":
+        names, attrs = [add("dy", (n, m, hw, hw)), add("w", (m, c, 3, 3))], dict(PADS, input_shape=(n, c, hw, hw))
+    else:
+        names, attrs = [add("x", (n, c, hw, hw)), add("dy", (n, m, hw, hw))], dict(PADS, weight_shape=(m, c, 3, 3))
+    b.set_outputs([b.add_node(op, names, attrs)])
+    return b.build()
+
+
+def _feeds(graph, rng):
+    return {v.name: rng.standard_normal(graph.types[v.name].shape).astype(np.float32) for v in graph.inputs}
+
+
+def _run(graph, feeds, threads):
+    return next(iter(ns.compile(graph, threads=threads).run(feeds).values()))
+
+
+def _variant(graph, threads=1):
+    return [n.ctx.variant for n in lower_nodes(graph, host_target(threads), "v", {}, [])
+            if n.ctx.variant is not None][0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n%d-%dx%d-map%d" % c)
+@pytest.mark.parametrize("op", ["Conv", "Conv+epilogue", "ConvGradInput", "ConvGradWeight"])
+def test_small_maps_along_the_channels_match_numpy_at_any_thread_count(op, case, rng, monkeypatch):
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    graph = _graph(op.split("+")[0], *case, epilogue=op.endswith("epilogue"))
+    variant = _variant(graph)
+    assert variant.algorithm == WINOGRAD and variant.channels_last
+    feeds = _feeds(graph, rng)
+    want = next(iter(ns.run_reference(graph, feeds).values()))
+    one, three = _run(graph, feeds, 1), _run(graph, feeds, 3)
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-4)
+    if op == "ConvGradWeight":
+        np.testing.assert_allclose(three, want, rtol=1e-4, atol=1e-4)
+    else:
+        assert np.array_equal(three, one)
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvGradInput", "ConvGradWeight"])
+def test_the_same_bits_as_along_the_tile_rows(op, rng, monkeypatch):
+    """Both ways sum U V over the channels in the same order (one k block each). At 2
+    threads: the forward's teams of images, the weight gradient's whole batch in one step."""
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    graph = _graph(op, 16, 64, 64, 4)
+    feeds = _feeds(graph, rng)
+    along_c = _run(graph, feeds, 2)
+    monkeypatch.setattr(variants, "_channels_last", lambda target, shape: ())
+    assert not _variant(graph, 2).channels_last
+    assert np.array_equal(_run(graph, feeds, 2), along_c)
+
+
+def test_the_choice_follows_the_table():
+    target = host_target(1)
+    table = variants.table_or_host(target)
+    row_tiles = table.winograd_channels_last_row_tiles
+    shape = lambda c, m, hw: ConvShape(32, (c, m), (3, 3), (1, 1), (1, 1), 1, (hw, hw))
+    if table.winograd_channels_last:
+        assert choose_conv_variant(shape(512, 512, 4), target).channels_last == panel_layout(512, target)
+        assert choose_conv_variant(shape(64, 64, 2 * row_tiles + 2), target).channels_last == ()
+    panel = panel_layout(64, target)[1]
+    assert choose_conv_variant(shape(64, panel + 8, 4), target).channels_last == ()   # panels would need padding
