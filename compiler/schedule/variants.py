@@ -85,12 +85,14 @@ def _channels_last(target, shape: ConvShape):
     """(kc, panel) of the transformed weights' panels where a map's tile rows are at
     most the table's winograd_channels_last_row_tiles (ops/winograd_small.py) and the
     panels tile the channels exactly; else ()."""
+    from ..lower.target import host_target
     from .gemm import panel_layout
-    c_in, m_out = shape.channels
-    kc, panel = panel_layout(c_in, target)
     t = table_or_host(target)
-    small = t.winograd_channels_last and -(-shape.out_hw[1] // 2) <= t.winograd_channels_last_row_tiles
-    return (kc, panel) if small and c_in % kc == 0 and m_out % panel == 0 else ()
+    if not t.winograd_channels_last or -(-shape.out_hw[1] // 2) > t.winograd_channels_last_row_tiles:
+        return ()
+    c_in, m_out = shape.channels
+    kc, panel = panel_layout(c_in, target if target is not None else host_target(1))    # None: a pass's host
+    return (kc, panel) if c_in % kc == 0 and m_out % panel == 0 else ()
 
 
 def choose_conv_variant(shape: ConvShape, target) -> ConvVariant:
