@@ -159,6 +159,7 @@ class ModuleParts:
     def __init__(self, module, target, name, on_part):
         self.target, self.name, self.on_part = target, name, on_part
         self.module = module if module is not None else self._new()
+        self.module.vector_bits = target.vector_bits     # vector_math's x86 intrinsics ask
         self.size, self.sealed, self.kernels = 0, [], {}
         self.workers = {}        # structure key -> name of the parallel worker emitted for it
 
@@ -166,6 +167,7 @@ class ModuleParts:
         done = len(getattr(self, "sealed", ()))
         module = ir.Module(name=f"{self.name}_part{done}" if done else self.name)
         module.triple = self.target.triple
+        module.vector_bits = self.target.vector_bits
         return module
 
     def add(self, fn):

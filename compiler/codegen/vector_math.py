@@ -38,8 +38,16 @@ def _select_lt(b, x, bound, then, other):
     return b.select(b.fcmp_ordered("<", x, _c(x.type, bound)), then, other)
 
 
+def _x86_register(module, ty):
+    """Whether vectors of `ty` fill at most one register of the module's x86 target
+    (codegen/model.py records its vector_bits): only then do that width's
+    intrinsics exist. Float16 math runs widened to float32, twice the register."""
+    bits = ty.count * (64 if ty.element == H.F64 else 32)
+    return module.triple.startswith("x86_64") and bits <= getattr(module, "vector_bits", 0)
+
+
 def exp_f32(b, module, x):
-    if x.type.count == 16 and module.triple.startswith("x86_64"):
+    if x.type.count == 16 and _x86_register(module, x.type):
         return _exp_scalef(b, module, x)
     ty = x.type
     clamped = b.call(H.overloaded(module, "llvm.maxnum", ty, 2),
@@ -127,7 +135,7 @@ def recip_f32(b, module, x):
     step, r + r (1 - x r): within 2 ulp, a third of a vdivps's time (sigmoid's
     division). An estimate of 0 (x huge or infinite) stays 0: the Newton step
     would make it NaN."""
-    lanes = x.type.count
+    lanes = x.type.count if _x86_register(module, x.type) else 0
     if lanes == 16:
         fn = H.intrinsic(module, "llvm.x86.avx512.rcp14.ps.512", x.type, [x.type, x.type, ir.IntType(16)])
         r = b.call(fn, [x, H.zero(x.type), ir.Constant(ir.IntType(16), -1)])
@@ -161,7 +169,7 @@ _X86_EXTREME = {(16, 32): "avx512.{}.ps.512", (8, 64): "avx512.{}.pd.512",
 def _x86_extreme(b, module, op, a, c):
     """vmaxps/vminps(a, c): a op c ? a : c, c when either is NaN; None off x86."""
     ty = a.type
-    if not (isinstance(ty, ir.VectorType) and module.triple.startswith("x86_64")):
+    if not (isinstance(ty, ir.VectorType) and _x86_register(module, ty)):
         return None
     name = _X86_EXTREME.get((ty.count, 32 if ty.element == H.F32 else 64))
     if name is None or ty.element not in (H.F32, H.F64):
