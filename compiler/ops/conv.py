@@ -3,7 +3,7 @@ from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..schedule.variants import DEPTHWISE, WINOGRAD
 from ..schedule.loops import splits
-from . import winograd
+from . import winograd, winograd_small
 from .common import fail, same_dtype, tt
 from .conv_common import (CONV_ATTRS, EPILOGUE, conv_reference, epilogue, for_image_chunks, im2col, image_plan,
                           per_image, window_geometry)
@@ -52,7 +52,7 @@ def _conv_lower(ctx):
     if ctx.variant.algorithm == DEPTHWISE:     # the variant step's choice (schedule/variants.py)
         return _depthwise(ctx, (n, c, h, wd), (m, kh, kw), (oh, ow), (sh, sw), (dh, dw), (pt, pl), group)
     if ctx.variant.algorithm == WINOGRAD:
-        return winograd.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
+        return winograd_small.winograd_conv(ctx, xb, None, out, (n, h, wd), (oh, ow), (pt, pl), (c, m),
                                       winograd.conv_finish(ctx.attrs, bias, residual, m, (oh, ow)),
                                       weight=winograd.RawWeights(wb, c * 9, 9))
     pointwise = kh == kw == sh == sw == 1 and pt == pl == 0 and oh == h and ow == wd

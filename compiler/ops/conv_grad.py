@@ -11,7 +11,7 @@ from ..lower.gemm import dot_gemm, gemm_nest
 from ..lower.loop_ir import Const, Reduce
 from ..lower.nests import strided_map, transpose_tiles
 from ..schedule.variants import WINOGRAD
-from . import winograd
+from . import winograd, winograd_small
 from .common import fail, tt
 from .conv import with_bias_grad
 from .conv_common import (CONV_ATTRS, for_image_chunks, zero_slot, im2col as _im2col, image_plan,
@@ -63,7 +63,7 @@ def _grad_input_lower(ctx):
     out, nb = ctx.outputs[0], ctx.nb
     if ctx.variant.algorithm == WINOGRAD:     # the variant step's choice (schedule/variants.py)
         # dX is the convolution of dY with W transposed and flipped, padded by 2 - pad
-        return winograd.winograd_conv(
+        return winograd_small.winograd_conv(
             ctx, dyb, None, out, (n, oh, ow), (h, wd), (kh - 1 - pt, kw - 1 - pl), (m, c),
             lambda ni, ci, y, x, v: v,
             weight=winograd.RawWeights(wb, kh * kw, cg * kh * kw, flipped=True))

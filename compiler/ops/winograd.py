@@ -99,9 +99,6 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
     tiles = ty_n * tx_n
     lanes = ctx.lanes(y.dtype)
     tile_columns = ctx.variant.tile_columns     # a step's tiles: V and M stay near L2 (schedule/variants.py)
-    if u is None and ctx.variant.channels_last:     # a small map: transforms along the channels
-        from .winograd_small import winograd_channels_last
-        return winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finish, weight)
     if u is None:
         u = ctx.scratch(16 * m_out * c_in, y.dtype)
         _transform_weights_at_run_time(ctx, u, weight, m_out, c_in)

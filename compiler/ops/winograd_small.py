@@ -18,7 +18,14 @@ from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
 from ..schedule.loops import splits
 from .conv_common import for_image_chunks, image_plan
-from .winograd import A_T, B_T, G, _combine, _mul_sum, each_tile_position
+from .winograd import A_T, B_T, G, _combine, _mul_sum, each_tile_position, winograd_conv as _along_tile_rows
+
+
+def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None):
+    """ops/winograd.py's winograd_conv, or along the channels where the variant step chose it."""
+    if u is None and ctx.variant.channels_last:
+        return winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finish, weight)
+    return _along_tile_rows(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=weight)
 
 
 class _Offset:
