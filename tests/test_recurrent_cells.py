@@ -149,21 +149,23 @@ def test_lstm_sequence_bad_inputs(shapes, attrs):
         b.add_node("LSTMSequence", ins, attrs, num_outputs=5)
 
 
+class _BidirectionalNet(ns.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = ns.nn.LSTM(3, 8, bidirectional=True), ns.nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0])
+
+
 def test_an_lstm_input_weight_gradient_is_computed_by_its_sequence_gradient():
     """passes/recurrent.py's fold_input_weight_gradients: the Gemm(dgates, x, transA)
     of W_ih's gradient becomes LSTMSequenceGrad's sixth output (both directions)."""
     from nutshell.api import optimize_graph
     from nutshell.training import Recipe, as_optimizer, build_training_graph
 
-    class Net(ns.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm, self.head = ns.nn.LSTM(3, 8, bidirectional=True), ns.nn.Linear(16, 2)
-
-        def forward(self, x):
-            return self.head(self.lstm(x)[0])
     ns.manual_seed(0)
-    recipe = Recipe(Net(), (5, 8, 3), None, None, "mse", {})
+    recipe = Recipe(_BidirectionalNet(), (5, 8, 3), None, None, "mse", {})
     g = optimize_graph(build_training_graph(recipe, as_optimizer(ns.optim.Adam(lr=1e-2)))[0], verify_each=True)
     grads = [n for n in g.nodes if n.op == "LSTMSequenceGrad"]
     assert len(grads) == 2 and all(len(n.inputs) == 10 and len(n.outputs) == 6 for n in grads)
@@ -177,17 +179,9 @@ def test_lstm_training_steps_same_bits_at_any_thread_count_and_as_per_step(monke
     the per-step expansion's (LSTMCell, as masked sequences take) to float32 rounding."""
     from nutshell.compiler.passes import recurrent
 
-    class Net(ns.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm, self.head = ns.nn.LSTM(3, 8, bidirectional=True), ns.nn.Linear(16, 2)
-
-        def forward(self, x):
-            return self.head(self.lstm(x)[0])
-
     def train(threads):
         ns.manual_seed(0)
-        net = Net()
+        net = _BidirectionalNet()
         trainer = ns.compile_training(net, (5, 8, 3), loss="mse", optimizer=ns.optim.Adam(lr=1e-2), threads=threads)
         rng = np.random.default_rng(0)
         for _ in range(2):
@@ -197,7 +191,8 @@ def test_lstm_training_steps_same_bits_at_any_thread_count_and_as_per_step(monke
 
     one, two = train(1), train(2)
     ns.manual_seed(0)
-    assert not np.allclose(Net().state_dict()["lstm.weight_hh_l0"], one["lstm.weight_hh_l0"])    # it trained
+    initial = _BidirectionalNet().state_dict()["lstm.weight_hh_l0"]
+    assert not np.allclose(initial, one["lstm.weight_hh_l0"])    # it trained
     for name in one:
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
     monkeypatch.setattr(recurrent, "WHOLE_SEQUENCE", False)
