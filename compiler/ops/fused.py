@@ -53,10 +53,10 @@ def _reference(attrs, *xs):
 def _lower(ctx):
     """One loop nest; with extra outputs each point stores every written step."""
     written = _written(ctx.attrs)
-    fn = (lambda *loads: run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs))) if len(written) == 1 \
-        else (lambda *loads: tuple(run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs), written)))
-    map_nest(ctx, tuple(ctx.outputs) if len(written) > 1 else ctx.outputs[0], ctx.out_types[0].shape,
-             ctx.inputs, [t.shape for t in ctx.in_types], fn)
+    steps = written if len(written) > 1 else None
+    map_nest(ctx, tuple(ctx.outputs) if steps else ctx.outputs[0], ctx.out_types[0].shape,
+             ctx.inputs, [t.shape for t in ctx.in_types],
+             lambda *loads: run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs), steps))
 
 
 register("FusedElementwise", inputs=(1, 1 << 16), attrs={"program": None, "shape": None, "extra": None},
