@@ -18,6 +18,7 @@ import numpy as np
 from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype
 
+from ..ir.graph import Node
 from ..ops import get_op
 from ..ops.recurrent import ONNX_ORDER, check_inputs, full_lengths
 
@@ -279,7 +280,6 @@ def fold_input_weight_gradients(graph):
             folded[id(grad)] = node
     if not folded:
         return graph
-    from ..ir.graph import Node
     gemms = {id(n) for n in folded.values()}
     nodes = []
     for node in graph.nodes:
@@ -312,7 +312,6 @@ def pack_shared_weights(graph, target=None):
     (an unrolled recurrence's weight: one GEMM per step, forward and back) packed
     once, at compile time if constant, else by one PackPanels node before its
     first reader, and those GEMMs MatMulPacked over the panels (their bias C kept)."""
-    from ..ir.graph import Node
     from ..ir.types import DType, TensorType
     from ..lower.target import host_target
     from ..schedule.gemm import packs_b, panel_layout, prepack
