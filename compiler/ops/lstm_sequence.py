@@ -15,18 +15,20 @@ h0 [B, H], c0 [B, H], bias? [4H] (both biases, summed); order, reverse)
      after the last step taken), cs [T*B, H] and acts [T*B, 4H] (for the backward).
 LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?, y?, h0?, x?; order, reverse)
   -> dgates [T*B, 4H] (dxp), dh0, dc0, dbias [4H] (dgates' column sums) and dW_hh
-     [4H, H] (dgates^T h_prev: GEMMs over all steps' rows after the time loop); given
+     [4H, H] (dgates^T h_prev: GEMMs over all steps' rows after the time loop,
+     recurrent_weight_grad.py); given
      x? [T*B, I] (the input projection's operand: passes/recurrent.py's
      fold_input_weight_gradients) also dgates^T x [4H, I]. Sums over rows run in row
      order whatever the threads."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest
-from ..lower.loop_ir import THREAD_INDEX, Const
+from ..lower.loop_ir import Const
 from ..schedule.gemm import column_read_kc, panel_layout
 from .common import fail, require_float, tt
 from .lstm_cell import GATE_NAMES, _blocks, _cell_reference, _grad_reference, cell_body, cell_grad_body
 from .pack_panels import pack_into
+from .recurrent_weight_grad import weight_gradients
 from .registry import gradient, non_differentiable, register
 
 MIN_ROWS_PER_THREAD = 4     # fewer rows per thread: the GEMM's row tile would run mostly empty
@@ -282,7 +284,8 @@ def _grad_lower(ctx):
         recurrent(row0, share, times[0], None)
     _team_loop(ctx, batch, team)
     column_sums(ctx, dgates, steps * batch, g4, dbias)
-    weight_gradients(ctx, dgates, y, h0, dw_hh, steps, batch, hidden, x, ctx.outputs[5] if x is not None else None)
+    weight_gradients(ctx, dgates, y, h0, dw_hh, steps, batch, hidden, x, ctx.outputs[5] if x is not None else None,
+                     ctx.in_types[9].shape[1] if x is not None else None)
 
 
 def column_sums(ctx, src, rows, cols, out):
@@ -301,56 +304,6 @@ def column_sums(ctx, src, rows, cols, out):
             with nb.loop(rows, hint="r") as r:
                 with nb.loop(w, "vector", lanes, hint="j") as j:
                     nb.store(out, c0 + j, out[c0 + j] + src[r * cols + c0 + j])
-
-
-def weight_gradients(ctx, dgates, y, h0, out, steps, batch, hidden, x=None, out_x=None):
-    """out [4H, H] = dgates^T h_prev, h_prev's rows read where they are (h0 for the first
-    step taken, y for the others: no copy of them joined); given x, out_x [4H, I] =
-    dgates^T x. dgates^T is read down its columns, so k (the sequence's rows) goes in
-    blocks of the variant's kc, each a GEMM resuming from the last, in row order: the
-    same sums whatever the blocks. The outputs' rows in the variant's blocks, which the
-    threads take as they come (a late thread holds up one block). Without y and h0:
-    out is zeros."""
-    g4, rows = 4 * hidden, steps * batch
-    nb, lanes = ctx.nb, ctx.lanes(out.dtype)
-    products = []     # (output, its columns, [(first row, rows, B's element at (row kk, column c))])
-    if y is None or h0 is None:
-        with nb.loop(g4 * hidden, "vector", lanes, hint="z") as i:
-            nb.store(out, i, Const(0.0, out.dtype))
-    elif not ctx.attrs["reverse"]:     # forward h0 then y[kk - B]; reverse y[kk + B] then h0
-        products.append((out, hidden, [(0, batch, lambda kk, c: h0[kk * hidden + c]),
-                                       (batch, rows - batch, lambda kk, c: y[(kk - batch) * hidden + c])]))
-    else:
-        products.append((out, hidden, [(0, rows - batch, lambda kk, c: y[(kk + batch) * hidden + c]),
-                                       (rows - batch, batch, lambda kk, c: h0[(kk - (rows - batch)) * hidden + c])]))
-    if x is not None:
-        width = ctx.in_types[9].shape[1]
-        products.append((out_x, width, [(0, rows, lambda kk, c: x[kk * width + c])]))
-    if not products:
-        return
-    kc, blocks = ctx.variant[2:]
-    share = g4 // blocks
-
-    def product(r0, dst, n, first, count, b):
-        """dst[r0:r0 + share] += dgates[first:first + count]^T b(first:first + count)."""
-        gemm_nest(ctx, share, n, count, lambda r, kk: dgates[(first + kk) * g4 + r0 + r],
-                  lambda kk, c: b(first + kk, c), dst, lambda r, c: (r0 + r) * n + c,
-                  init=lambda r, c: dst[(r0 + r) * n + c], parallel=False,
-                  slot=THREAD_INDEX if blocks > 1 else None)
-
-    split = ("teams", blocks) if blocks > 1 else None
-    with nb.loop(blocks, hint="wb", parallel_candidate=split) as wb:
-        r0 = wb * share
-        for dst, n, parts in products:
-            with nb.loop(share * n, "vector", lanes, hint="z") as i:     # the sums start from 0, as a
-                nb.store(dst, r0 * n + i, Const(0.0, dst.dtype))         # GEMM's fresh seed does
-            for first, count, b in parts:
-                whole, edge = divmod(count, kc)
-                if whole:
-                    with nb.loop(whole, hint="kb") as kb:
-                        product(r0, dst, n, first + kb * kc, kc, b)
-                if edge:
-                    product(r0, dst, n, first + whole * kc, edge, b)
 
 
 register("LSTMSequenceGrad", inputs=(4, 10), attrs={"order": None, "reverse": 0}, infer=_grad_infer,
