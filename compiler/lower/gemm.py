@@ -32,7 +32,7 @@ def _ceil(a, b):
 
 
 def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None,
-              parallel=True, slot=None, prepacked=None):
+              parallel=True, slot=None, prepacked=None, a_strips=None):
     """Emit C = finish(init + A @ B) into ctx.nb. load_a(row, kk) and load_b(kk, col)
     return loop-IR expressions; C[row, col] is out[c_index(row, col)]; init(row, col)
     seeds the sum (a bias), finish(row, col, value) is the epilogue.
@@ -40,19 +40,36 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     thread), the thread's index, so each gets its own packing buffer.
     prepacked: (buffer, kc, panel): B as schedule/gemm.py's prepack() lays it out, in
     panels `panel` columns wide and k blocks of kc (load_b is then unused).
+    a_strips: (buffer, base, rows): A stored in strips of `rows` rows (the last strip m % rows
+    rows), each strip k-major: A(row0 + i, kk) at base + row0 * k + kk * strip_rows + i
+    (schedule/gemm.py's strips_of), so a tile's broadcasts read one stream; the tile's rows are
+    then `rows` (load_a is unused).
     The tile, packing, k blocking and threads are schedule/gemm.py's gemm_plan, decided
     whole here before any loop is emitted."""
-    plan = gemm_plan(ctx.target, m, n, k, out.dtype, parallel, prepacked[1:] if prepacked is not None else None)
+    plan = gemm_plan(ctx.target, m, n, k, out.dtype, parallel, prepacked[1:] if prepacked is not None else None,
+                     rows=a_strips[2] if a_strips is not None else None)
+    if a_strips is not None:
+        load_a = _strip_loader(a_strips, k)
     parallel = plan.parallel
     if prepacked is not None:
         g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
         return g.packed(None, parallel, slot, prepacked)
-    if n == 1 and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
+    if n == 1 and a_strips is None and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, plan, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
     if plan.packs:
         return g.packed(load_b, parallel, slot)
     g.direct(load_b, parallel)
+
+
+def _strip_loader(a_strips, k):
+    """load_a(row0, kk, i, rows) for A in strips: row0 is a tile's first row, i its row."""
+    buf, base, _ = a_strips
+
+    def load(row0, kk, i, tile_rows):     # a tile's rows are its strip's (the last: m % rows)
+        return buf[_plus(base, row0 * k) + kk * tile_rows + i]
+    load.strips = True
+    return load
 
 
 def _along_k(load):
@@ -98,7 +115,7 @@ class _Gemm:
         def each(body, width):
             with nb.loop(mr, "unroll", hint="r") as ii:
                 with nb.loop(width, "vector", s.lanes, hint="c") as jj:
-                    body(ii * s.nr + jj, row0 + ii, col0 + jj, jj)
+                    body(ii * s.nr + jj, row0 + ii, col0 + jj, jj, ii)
 
         def seed(r, c):
             fresh = self.init(r, c) if self.init else Const(0.0, acc.dtype)
@@ -107,11 +124,17 @@ class _Gemm:
         def done(r, c, v):
             return self.finish(r, c, v) if last is True else Select(last, self.finish(r, c, v), v)
 
-        each(lambda a, r, c, jj: nb.store(acc, a, seed(r, c)), nr)
+        each(lambda a, r, c, jj, ii: nb.store(acc, a, seed(r, c)), nr)
         with nb.loop(kc, hint="k", limit=k_limit) as kk:
-            each(lambda a, r, c, jj: nb.store(acc, a, fma(self.load_a(r, _plus(k0, kk)),
+            each(lambda a, r, c, jj, ii: nb.store(acc, a, fma(self.a_value(row0, r, ii, _plus(k0, kk), mr),
                                                           load_b(kk, jj), acc[a])), k_width or nr)
-        each(lambda a, r, c, jj: nb.store(self.out, self.c_index(r, c), done(r, c, acc[a])), nr)
+        each(lambda a, r, c, jj, ii: nb.store(self.out, self.c_index(r, c), done(r, c, acc[a])), nr)
+
+    def a_value(self, row0, r, ii, kk, mr):
+        """A(r, kk) for row r = row0 + ii of the tile starting at row0 (mr rows)."""
+        if getattr(self.load_a, "strips", False):
+            return self.load_a(row0, kk, ii, mr)
+        return self.load_a(r, kk)
 
     # ---- B read in place: small problems -------------------------------------------
     def direct(self, load_b, parallel):

@@ -85,11 +85,12 @@ def each_tile_position(ctx, gemm, slot, parallel):
             gemm(xi, slot)
 
 
-def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None):
+def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None, u_strips=0):
     """y[n, m, oy, ox] = finish(n, m, oy, ox, sum) of the 3x3 stride-1 convolution
     of x ([n, C, h, w], zero outside) with pads (top, left).
     u: a [16, M, C] buffer of transformed weights, or None with weight(m, c, i, j)
-    giving the raw 3x3 weights as loop-IR expressions (transformed here, at run time)."""
+    giving the raw 3x3 weights as loop-IR expressions (transformed here, at run time);
+    u_strips: each U[xi] is in strips of this many rows (schedule/gemm.py's strips_of)."""
     nb = ctx.nb
     n, h, w = in_shape
     oh, ow = out_shape
@@ -158,7 +159,8 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
                       lambda r, kk: u[(xi * m_out + r) * c_in + kk],
                       lambda kk, j: v_buf[v_off + (xi * c_in + kk) * cols + j],
                       m_buf, lambda r, j: m_off + (xi * m_out + r) * cols + j,
-                      parallel=False, slot=own_slot)
+                      parallel=False, slot=own_slot,
+                      a_strips=(u, xi * (m_out * c_in), u_strips) if u_strips else None)
         each_tile_position(ctx, gemm, slot, parallel)
 
     def transform_output(first, count, ty0, rows, m_off, parallel):     # Y = A^T M A, then the epilogue
@@ -254,6 +256,15 @@ def _conv_attrs(attrs):
     return {"pads": tuple(attrs["pads"]), "activation": attrs.get("activation")}
 
 
+def _plain(attrs, u):
+    """U [16, M, C] row-major (undoing the pass's strips, where it made them)."""
+    rows = attrs.get("a_strips")
+    if not rows:
+        return u
+    from ..schedule.gemm import unstrip
+    return np.stack([unstrip(ui, rows) for ui in u])
+
+
 def _infer(attrs, types, consts, node):
     from .common import fail, same_dtype, tt
     x, u = types[0], types[1]
@@ -268,7 +279,7 @@ def _infer(attrs, types, consts, node):
 
 
 def _reference(attrs, x, u, b=None, residual=None):
-    return conv_reference(_conv_attrs(attrs), x, untransform_weights(u), b, residual)
+    return conv_reference(_conv_attrs(attrs), x, untransform_weights(_plain(attrs, u)), b, residual)
 
 
 def conv_finish(attrs, bias, residual, m, out):
@@ -289,13 +300,14 @@ def _lower(ctx):
     residual = ctx.inputs[3] if len(ctx.inputs) > 3 else None
     pt, pl = ctx.attrs["pads"][:2]
     winograd_conv(ctx, ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], (n, h, w), (oh, ow), (pt, pl),
-                  (c, m), conv_finish(ctx.attrs, bias, residual, m, (oh, ow)))
+                  (c, m), conv_finish(ctx.attrs, bias, residual, m, (oh, ow)), u_strips=ctx.attrs.get("a_strips") or 0)
 
 
 def _register():
     from ..schedule.variants import winograd_conv_variant
     from .registry import register
-    register("WinogradConv", inputs=(2, 4), attrs={"pads": None, "activation": None}, infer=_infer,
+    register("WinogradConv", inputs=(2, 4), attrs={"pads": None, "activation": None, "a_strips": None},
+             infer=_infer,
              reference=_reference, lower=_lower, domain="nutshell",
              variant=lambda node, in_types, consts, target: winograd_conv_variant(target))
     from .registry import non_differentiable

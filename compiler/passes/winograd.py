@@ -2,11 +2,14 @@
 WinogradConv holding G w G^T, computed once here instead of at every run."""
 from dataclasses import replace
 
+import numpy as np
+
 from ..ir.types import TensorType
 from ..ops import winograd
 from ..ops.conv_common import window_geometry
 from ..ops.conv_variants import conv_variant
-from ..schedule.conv import winograd_pays
+from ..schedule.conv import table_or_host, winograd_pays
+from ..schedule.gemm import strips_of
 from ..schedule.variants import WINOGRAD
 
 
@@ -17,6 +20,7 @@ def winograd_weights(graph, target=None):
     schedule table takes Winograd (default: this CPU's does)."""
     if target is not None and not winograd_pays(target):
         return graph
+    rows = table_or_host(target).gemm_mr if table_or_host(target).a_strips else 0
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     for node in graph.nodes:
         w = graph.constants.get(node.inputs[1]) if node.op == "Conv" else None
@@ -30,9 +34,12 @@ def winograd_weights(graph, target=None):
             nodes.append(node)
             continue
         name = f"{node.name}/winograd_w"
-        constants[name] = winograd.transform_weights(w)
+        u = winograd.transform_weights(w)
+        constants[name] = np.stack([strips_of(ui, rows) for ui in u]) if rows else u
         types[name] = TensorType(graph.types[node.inputs[1]].dtype, constants[name].shape)
         attrs = {"pads": tuple(begin) + tuple(end)}
+        if rows:     # U[xi] in strips of the GEMM's rows (schedule/gemm.py's strips_of)
+            attrs["a_strips"] = rows
         if node.attrs.get("activation"):
             attrs["activation"] = node.attrs["activation"]
         nodes.append(replace(node, op="WinogradConv", inputs=(node.inputs[0], name) + tuple(node.inputs[2:]),

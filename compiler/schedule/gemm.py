@@ -17,21 +17,22 @@ class GemmSchedule:
     lanes: int
 
 
-def gemm_schedule(target, n, dtype, m=None, prepacked=False, panel=None):
+def gemm_schedule(target, n, dtype, m=None, prepacked=False, panel=None, rows=None):
     """The register tile for C [m, n]; `panel`: the width of B's compile-time panels
-    (prepack), which a tile must not straddle."""
+    (prepack), which a tile must not straddle; `rows`: the height of A's compile-time
+    strips (strips_of), which the tile's rows must be."""
     table, lanes = table_for(target), target.lanes(dtype)
     mr, nr = table.gemm_mr, table.gemm_nr_vectors * lanes
     if n <= lanes:                       # a narrow C (a classifier's 10 outputs)
         nr, mr = lanes, 8 if lanes > 1 else 4
-    elif m == 1 and lanes > 1 and not prepacked:   # one row (a batch-1 classifier): B streams by rows,
+    elif m == 1 and lanes > 1 and not prepacked and rows is None:   # one row (a batch-1 classifier): B streams by rows,
         nr, mr = min(8 * lanes, -(-n // lanes) * lanes), 1   # eight vectors of it per k
     if panel is not None and panel % nr:     # panels packed for a narrower target: one per tile
         if panel % lanes:
             raise CompileError(f"weights packed in {panel}-column panels cannot feed {lanes}-lane tiles: "
                                "optimise the graph for this target")
         nr = panel
-    return GemmSchedule(mr, nr, lanes)
+    return GemmSchedule(rows or mr, nr, lanes)
 
 
 def dot_tile(target):
@@ -79,6 +80,33 @@ def panel_layout(k, target):
     return k_blocking(k, target)[0], table_for(target).prepack_panel
 
 
+def strip_rows(target):
+    """Rows of a constant A's compile-time strips on `target` (0: A stays row-major):
+    the table's gemm_mr where its a_strips says they pay."""
+    t = table_for(target)
+    return t.gemm_mr if t.a_strips else 0
+
+
+def strips_of(a, rows):
+    """A [m, k] in strips of `rows` rows (the last m % rows), each k-major: A[row0 + i, kk]
+    at row0 * k + kk * strip_rows + i. Same size and shape; lower/gemm.py's a_strips reads it."""
+    m, k = a.shape
+    whole = m - m % rows
+    body = a[:whole].reshape(-1, rows, k).transpose(0, 2, 1).reshape(-1)
+    tail = a[whole:].T.reshape(-1)
+    return np.concatenate([body, tail]).reshape(m, k)
+
+
+def unstrip(s, rows):
+    """strips_of's inverse."""
+    m, k = s.shape
+    whole = m - m % rows
+    flat = s.reshape(-1)
+    body = flat[:whole * k].reshape(-1, k, rows).transpose(0, 2, 1).reshape(whole, k)
+    tail = flat[whole * k:].reshape(k, m - whole).T
+    return np.concatenate([body, tail]).reshape(m, k)
+
+
 def panels_of(b, kc, panel):
     """B [k, n] as [ceil(k / kc), ceil(n / panel), kc, panel], zero-padded at both edges."""
     k, n = b.shape
@@ -108,12 +136,13 @@ class GemmPlan:
     dot_tile: tuple          # n == 1: (rows, columns) of dot products at once (dot_gemm)
 
 
-def gemm_plan(target, m, n, k, dtype, parallel=True, prepacked=None) -> GemmPlan:
+def gemm_plan(target, m, n, k, dtype, parallel=True, prepacked=None, rows=None) -> GemmPlan:
     """The schedule of C [m, n] = A [m, k] @ B [k, n] on `target`; prepacked: B's
-    compile-time layout (kc, panel) when it has one (prepack())."""
+    compile-time layout (kc, panel) when it has one (prepack()); rows: the height of
+    A's compile-time strips when it has them (strips_of())."""
     parallel = parallel and m * n * k >= parallel_min_macs(target)
     tile = gemm_schedule(target, n, dtype, m, prepacked=prepacked is not None,
-                         panel=prepacked[1] if prepacked is not None else None)
+                         panel=prepacked[1] if prepacked is not None else None, rows=rows)
     if prepacked is not None:
         kc, packs = prepacked[0], False
         k_blocks = _ceil(k, kc)

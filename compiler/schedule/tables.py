@@ -35,6 +35,7 @@ class ScheduleTable:
     column_read_kc: int            # k per block of a GEMM whose A is read down its columns
     dot_mr: int                    # dot products at once (lower/gemm.py's dot_gemm): rows x columns,
     dot_nr: int                    # each a vector accumulator over k
+    a_strips: bool                 # constant A (Winograd's U) stored in gemm_mr-row strips, k-major
     # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
     blocked_dense_accumulators: int    # 16-channel accumulators of a pointwise/dense tile
     depthwise_row_tile: int        # outputs of a row a depthwise kernel sums at once
@@ -85,6 +86,7 @@ AVX512 = ScheduleTable(
     # AVX-512): 128 and 256 7.7 ms, 192 8.3, 96 9.4, one block (534) 9.2; the kernel's time loop ~4
     dot_mr=4, dot_nr=4,            # 16 zmm accumulators + 8 loads per k step: FMA-bound (AVX2 and
     # narrower: the same 4 x 4, not measured; 16 ymm accumulators spill there)
+    a_strips=False,                # not measured with AVX-512 (AVX2's below)
     blocked_dense_accumulators=24,     # of 32 zmm registers, the rest hold B and A (28 spilled)
     depthwise_row_tile=8,          # 8 zmm accumulators: independent FMA chains cover the latency
     blocked_layout=True,           # MobileNet v2/v3, EfficientNet: measured faster than NCHW (layout.py)
@@ -126,6 +128,10 @@ AVX512 = ScheduleTable(
 AVX2 = replace(
     AVX512, name="avx2",
     prepack_panel=16,              # AVX2's nr (2 x 8 lanes): its tiles read whole panels, not halves
+    a_strips=True,                 # Winograd's U[xi] in 6-row strips: a tile's 6 broadcasts of A read one
+    # stream, not 6 rows C floats apart (U of 512 x 512 is 1 MB a GEMM, read once at batch 1). Same bits.
+    # Zen 3 AVX2, 1 thread, AOT builds A/B in one process (CPU time, median of block minima / min):
+    # ResNet-18 0.89 / 0.85, GoogLeNet 0.85 / 0.91, SqueezeNet 1.1 0.91 / 1.00, DenseNet-121 0.99 / 0.94
     blocked_dense_accumulators=4,  # 2 rows x 2 blocks = 8 ymm + 4 of weights: no spills (24 blocks =
     # 48 ymm spilled every k step). AVX2 probe, 1 thread: MobileNet-like 47.7 ms (24) -> 37.9 (8),
     # 34.8 (6), 25.3 (4); ResNet-18 (blocked stem) 92.7 -> 80.2 (6), 82.8 (4), noise ~5%
@@ -138,6 +144,7 @@ AVX2 = replace(
 SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers), x86-64 baseline SSE
     AVX2, name="sse-neon",         # not measured: AVX2's register budgets, which fit both
     prepack_panel=8,               # the micro-kernel's nr (2 x 4 lanes)
+    a_strips=False,                # not measured
     winograd_channels_last=False,  # not measured
 )
 
@@ -145,6 +152,7 @@ SCALAR = replace(
     AVX2, name="scalar",           # not measured: a correctness fallback; budgets kept small
     gemm_mr=4, gemm_nr_vectors=4,  # 4 x 4 scalar accumulators
     prepack_panel=4,               # the scalar micro-kernel's nr
+    a_strips=False,                # not measured
     blocked_dense_accumulators=1,  # one 16-channel block is already 16 scalar registers
     depthwise_row_tile=1,
     winograd_channels_last=False,  # not measured
