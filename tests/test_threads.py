@@ -156,6 +156,20 @@ def test_pool_trace_times_every_parallel_loop():
     assert int(done.stdout.split()[-1]) >= 2        # the conv's and the matmul's at least
 
 
+def test_pool_trace_sums_loops_by_op():
+    """pool_trace's summary: loops summed by their op's function, the largest loss
+    (N-thread time less 1-thread time / N) first; a loop no joiner joined adds 0."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    import pool_trace
+    names = ["main_graph_k1_conv.par1", "main_graph_k2_conv.par1", "main_graph_k3_maxpool.par1"]
+    one, many = np.array([[100.0, 0], [60, 0], [10, 0]]), np.array([[70.0, 1], [30, 1], [8, 1]])
+    who = np.array([[60.0, 50, 1, 10], [30, 29, 1, 0], [8, np.nan, np.nan, 0]])
+    rows = pool_trace.by_op(names, one, many, who, 2)
+    assert [r[0] for r in rows] == ["conv.par1", "maxpool.par1"]
+    assert rows[0][1:] == [2, 160, 100, 20, 90, 79, 10]
+    assert rows[1][1:] == [1, 10, 8, 3, 8, 0, 0]
+
+
 def test_a_narrow_loop_leaves_no_worker_waiting_unwoken():
     """A 2-thread loop's wake, with 3 workers asleep, must not mark workers SIGNALLED
     that the futex then leaves waiting: later wakes skip SIGNALLED workers, so a

@@ -21,6 +21,12 @@ wait at the join (its own share done, a joiner's chunk still running). A caller
 that works much longer than the joiner in a loop of few iterations (a split into
 one iteration per thread) shows iterations of unequal cost; a late joiner a worker
 asleep (a futex wake); a long wait a chunk too coarse or a joiner preempted.
+Last, the loops summed by op (conv.par1, winogradconv.par1, ...), the op losing
+most to an imperfect split first: its loops' time at 1 and N threads, the time
+lost (N-thread time less 1-thread time / N), the caller's, the joiner's and the
+wait. Balanced caller and joiner with a speedup well under N is per-thread speed
+(memory, the other core's load); a long wait or a caller far above the joiner is
+the split.
 One model called from one thread at a time (the recorder keeps one job's state).
 
 On a machine shared with other work a loop's N-thread time shows whether a worker
@@ -30,6 +36,7 @@ import argparse
 import ctypes
 import functools
 import os
+import re
 import sys
 import time
 
@@ -170,7 +177,6 @@ def run(trace, model, threads, repeat):
 
 
 def _names(model, fns):
-    import re
     names = set(re.findall(r'define (?:internal )?void @"?([\w.]+\.par\d+)"?', model.source("llvm")))
     where = {}
     for name in names:
@@ -218,6 +224,31 @@ def main(argv=None):
               f"{np.nanmedian(parts[:, :, 2]):.1f} us, mean {np.nanmean(parts[:, :, 2]):.1f} us")
     slower = sum(b > a for (a, _), (b, _) in zip(one, many))
     print(f"{slower} of {len(names)} loops slower at {n} threads than at 1; load {os.getloadavg()[0]:.1f}")
+    print_by_op(names, one, many, who, n)
+
+
+def by_op(names, one, many, who, n):
+    """The loops summed by their op's function (main_graph_k12_conv.par1 -> conv.par1),
+    the largest loss first: [(op, loops, 1-thread us, n-thread us, lost us, caller us,
+    joiner us, wait us)], lost = n-thread time - 1-thread time / n (what a perfect
+    split would save). Each loop's column is its median, so sums of them are not
+    the call's median (a call's rare slow loop lands in none of them)."""
+    rows = {}
+    for name, (a, _), (b, _), (mine, theirs, _, wait) in zip(names, one, many, who):
+        op = re.sub(r"^.*_k\d+_", "", name)
+        row = rows.setdefault(op, [op, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        for k, v in enumerate((1, a, b, b - a / n, mine, np.nan_to_num(theirs), wait), 1):
+            row[k] += v
+    return sorted(rows.values(), key=lambda r: -r[4])
+
+
+def print_by_op(names, one, many, who, n):
+    print(f"\nby op ({n} threads; lost: {n}-thread time less 1-thread time / {n}; us):")
+    print(f"{'op':<32} {'loops':>5} {'1 thread':>10} {f'{n} threads':>10} {'speedup':>8} {'lost':>8}"
+          f" {'caller':>8} {'joiner':>8} {'wait':>7}")
+    for op, count, a, b, lost, mine, theirs, wait in by_op(names, one, many, who, n):
+        print(f"{op:<32} {count:>5} {a:>10.0f} {b:>10.0f} {a / max(b, 1e-9):>8.2f} {lost:>8.0f}"
+              f" {mine:>8.0f} {theirs:>8.0f} {wait:>7.0f}")
 
 
 if __name__ == "__main__":
