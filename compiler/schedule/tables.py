@@ -84,6 +84,8 @@ AVX512 = ScheduleTable(
     column_read_kc=128,            # LSTMSequenceGrad's dW_hh (A = dgates^T, k = 1600 rows 2 KiB apart,
     # which share a few cache sets): 1 thread, same process, on a Zen 3 AVX2 host (not measured with
     # AVX-512): 128 and 256 7.7 ms, 192 8.3, 96 9.4, one block (534) 9.2; the kernel's time loop ~4
+    # (since each k block of A is copied to rows an odd number of lines apart, ops/recurrent_weight_grad.py:
+    # 64, 128 and 256 within 3% of each other at 1 and 2 threads, CPU-time A/B of the kernel's weight gradients)
     dot_mr=4, dot_nr=4,            # 16 zmm accumulators + 8 loads per k step: FMA-bound (AVX2 and
     # narrower: the same 4 x 4, not measured; 16 ymm accumulators spill there)
     a_strips=False,                # not measured with AVX-512 (AVX2's below)
