@@ -134,6 +134,14 @@ AVX2 = replace(
     # stream, not 6 rows C floats apart (U of 512 x 512 is 1 MB a GEMM, read once at batch 1). Same bits.
     # Zen 3 AVX2, 1 thread, AOT builds A/B in one process (CPU time, median of block minima / min):
     # ResNet-18 0.89 / 0.85, GoogLeNet 0.85 / 0.91, SqueezeNet 1.1 0.91 / 1.00, DenseNet-121 0.99 / 0.94
+    # AVX-512's values kept, now measured on Zen 3 (same A/B, ratios to the value kept, median / min):
+    gemm_mr=6, gemm_nr_vectors=2,  # 6 x 16: 12 ymm accumulators; 4 x 16 (8): DenseNet-121 1.02 / 0.96,
+    # ResNet-18 0.93 / 1.01 (same bits: a tile's k order is the same)
+    kc_target=512,                 # 256: DenseNet-121 1.06 / 1.09, ResNet-50 b8 0.98 / 0.99; 768: 0.99 / 0.98,
+    # 1.00 / 0.99 (a 16 x 512 B panel is all of Zen 3's 32 KiB L1, yet no smaller kc won)
+    winograd_tile_columns=128,     # 64: ResNet-18 0.98 / 0.98, DenseNet-121 1.00 / 1.06, GoogLeNet 1.00 / 0.98
+    winograd_min_channels=16,      # 32 (SqueezeNet's 16 -> 64 and GoogLeNet's 16 -> 32 direct): SqueezeNet
+    # 1.05 / 1.02, GoogLeNet 0.97 / 1.03
     blocked_dense_accumulators=4,  # 2 rows x 2 blocks = 8 ymm + 4 of weights: no spills (24 blocks =
     # 48 ymm spilled every k step). AVX2 probe, 1 thread: MobileNet-like 47.7 ms (24) -> 37.9 (8),
     # 34.8 (6), 25.3 (4); ResNet-18 (blocked stem) 92.7 -> 80.2 (6), 82.8 (4), noise ~5%
