@@ -38,6 +38,7 @@ class ScheduleTable:
     a_strips: bool                 # constant A (Winograd's U) stored in gemm_mr-row strips, k-major
     # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
     blocked_dense_accumulators: int    # 16-channel accumulators of a pointwise/dense tile
+    blocked_dense_max_blocks: int  # output blocks a pointwise/dense tile spans at most (then pixels)
     depthwise_row_tile: int        # outputs of a row a depthwise kernel sums at once
     # --- variants: whether the pipeline rewrites convolutions for them -------------
     blocked_layout: bool           # MobileNet-style regions in 16-channel blocks (passes/layout.py)
@@ -90,6 +91,7 @@ AVX512 = ScheduleTable(
     # narrower: the same 4 x 4, not measured; 16 ymm accumulators spill there)
     a_strips=False,                # not measured with AVX-512 (AVX2's below)
     blocked_dense_accumulators=24,     # of 32 zmm registers, the rest hold B and A (28 spilled)
+    blocked_dense_max_blocks=4,    # each weight load serves 6 pixels (24 / 4)
     depthwise_row_tile=8,          # 8 zmm accumulators: independent FMA chains cover the latency
     blocked_layout=True,           # MobileNet v2/v3, EfficientNet: measured faster than NCHW (layout.py)
     winograd=True,                 # ResNet's 3x3 layers: measured (ops/winograd.py's thresholds)
@@ -142,9 +144,12 @@ AVX2 = replace(
     winograd_tile_columns=128,     # 64: ResNet-18 0.98 / 0.98, DenseNet-121 1.00 / 1.06, GoogLeNet 1.00 / 0.98
     winograd_min_channels=16,      # 32 (SqueezeNet's 16 -> 64 and GoogLeNet's 16 -> 32 direct): SqueezeNet
     # 1.05 / 1.02, GoogLeNet 0.97 / 1.03
-    blocked_dense_accumulators=4,  # 2 rows x 2 blocks = 8 ymm + 4 of weights: no spills (24 blocks =
-    # 48 ymm spilled every k step). AVX2 probe, 1 thread: MobileNet-like 47.7 ms (24) -> 37.9 (8),
-    # 34.8 (6), 25.3 (4); ResNet-18 (blocked stem) 92.7 -> 80.2 (6), 82.8 (4), noise ~5%
+    blocked_dense_accumulators=6,  # 6 pixels x 1 block = 12 ymm + 2 of weights, 1 of A: no spills.
+    blocked_dense_max_blocks=1,    # Zen 3 host, EfficientNet-B0's pointwise convs alone, 1 thread, same
+    # process against 2 pixels x 2 blocks (the old 4 accumulators, max 4 blocks; a 7x7 map ran 1 x 2):
+    # 7x7 maps 192 -> 1152 0.62-0.70x, 1152 -> 192 0.56-0.61x; 14x14 (4 pixels x 1) 0.91-0.99x,
+    # 28-112 0.97-1.00x; 4 x 1 everywhere 0.63-1.05x, 3 x 2 0.96-2.05x, 4 x 2 1.05-1.50x, 7 x 1
+    # 1.01-1.68x (spills). (Before: 24 blocks = 48 ymm spilled; MobileNet-like 47.7 ms (24) -> 25.3 (4))
     depthwise_row_tile=4,          # 4 blocks = 8 ymm accumulators + the taps' loads in 16 registers
     winograd_channels_last_row_tiles=8,    # ResNet-18 CIFAR (batch 32, C = M) on an AVX2 host (Zen 3), forward
     # / dX / dW same-process at 1 thread: 512 on 4x4 0.64x / 0.67x / 0.94x, 256 on 8x8 0.64x / 0.55x /
@@ -153,6 +158,7 @@ AVX2 = replace(
 
 SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers), x86-64 baseline SSE
     AVX2, name="sse-neon",         # not measured: AVX2's register budgets, which fit both
+    blocked_dense_accumulators=4, blocked_dense_max_blocks=4,  # AVX2's before it took 6 x 1
     prepack_panel=8,               # the micro-kernel's nr (2 x 4 lanes)
     a_strips=False,                # not measured
     winograd_channels_last=False,  # not measured

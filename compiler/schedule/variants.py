@@ -10,6 +10,7 @@ to describe itself here through its registry entry's `variant` hook
 from dataclasses import dataclass
 
 from .conv import dense_accumulator_blocks, depthwise_row_tile, table_or_host
+from .tables import table_for
 
 DIRECT = "im2col-gemm"       # per image: im2col (none for 1x1) and the blocked GEMM
 WINOGRAD = "winograd"        # F(2x2, 3x3): 16 GEMMs over transformed tiles
@@ -149,13 +150,14 @@ class BlockedTile:
 
 def choose_blocked_tile(target, depthwise, out_blocks, row) -> BlockedTile:
     """`row` outputs of a row (a pointwise conv's whole map), `out_blocks` blocks: B the
-    largest divisor of the blocks up to 4 and up to half the target's accumulator
+    largest divisor of the blocks up to the target's blocked_dense_max_blocks and up to half its accumulator
     budget (each weight load serves two rows or more), R a divisor of the row up to
     what the budget leaves, unless a poor one."""
     if depthwise:
         return BlockedTile(row_tile=depthwise_row_tile(target))
     budget = dense_accumulator_blocks(target)      # the target's registers, in blocks
-    group = max(d for d in range(1, min(4, max(1, budget // 2)) + 1) if out_blocks % d == 0)
+    most = min(table_for(target).blocked_dense_max_blocks, max(1, budget // 2))
+    group = max(d for d in range(1, most + 1) if out_blocks % d == 0)
     cap = min(row, max(1, budget // group))
     rows = max(d for d in range(1, cap + 1) if row % d == 0)
     return BlockedTile(pixels=rows if 2 * rows >= cap else cap, blocks=group)
