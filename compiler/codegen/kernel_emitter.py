@@ -26,9 +26,10 @@ LOCAL_PAD = 64          # elements: one vector of the narrowest type at the wide
 
 
 class KernelEmitter(MemoryAccess, ParallelLoops, Reductions):
-    def __init__(self, module, kernel, threads=1, workers=None):
+    def __init__(self, module, kernel, threads=1, workers=None, masked_stores_slow=False):
         self.module, self.kernel = module, kernel
         self.threads = threads
+        self.masked_stores_slow = masked_stores_slow     # the target's table (schedule/tables.py)
         self.workers = workers   # find_worker(module, key), add_worker(key, fn): shared across kernels
         self.builder = None
         self.env = {}            # loop var name -> i64 value
@@ -66,9 +67,17 @@ class KernelEmitter(MemoryAccess, ParallelLoops, Reductions):
 
     # ---- statements ------------------------------------------------------------
     def stmts(self, stmts, vec):
-        for s in stmts:
+        i = 0
+        while i < len(stmts):
+            s = stmts[i]
+            i += 1
             if isinstance(s, Store):
-                self.store(s, vec)
+                group = self._interleaved(stmts, i - 1, vec)
+                if group:
+                    self.store_interleaved(group, vec)
+                    i += len(group) - 1
+                else:
+                    self.store(s, vec)
             elif isinstance(s, For):
                 self.loop(s, vec)
             elif isinstance(s, Transpose) and vec is None:
@@ -142,7 +151,7 @@ class KernelEmitter(MemoryAccess, ParallelLoops, Reductions):
             if coeff != 1:
                 raise CompileError(f"store to {s.buf.name} is not contiguous in vector loop "
                                    f"'{vec.var}'")
-            return self._vector_store(value, ptr, mask, s.buf.dtype.itemsize)
+            return self._checked_store(value, ptr, mask, s.buf.dtype.itemsize, vec, s.buf)
         if mask is not None and vec is None:    # scalar code's edge tiles: store under a branch
             with b.if_then(mask):
                 b.store(self._to_memory(value, s.buf.dtype), self._ptr(s.buf, self.expr(s.index, None)))

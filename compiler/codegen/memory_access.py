@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..ir.types import DType
-from ..lower.loop_ir import Var, affine_coeff, depends_on
+from ..lower.loop_ir import Store, Var, affine_coeff, depends_on
 from . import llvm_helpers as H
 
 MAX_SHUFFLE_STRIDE = 4   # strided vector loads up to this stride: a wide load + shuffle
@@ -161,6 +161,67 @@ class MemoryAccess:
             return self.builder.load(ptr, typ=vty, align=align)
         fn = H.intrinsic(self.module, f"llvm.masked.load.{H.mangle(vty)}.p0", vty, [H.PTR, H.I32, mask.type, vty])
         return self.builder.call(fn, [ptr, ir.Constant(H.I32, align), mask, H.zero(vty)])
+
+    def _checked_store(self, value, ptr, mask, align, vec, buf):
+        """_vector_store; where masked stores are slow (the table's masked_stores_slow)
+        and the mask is known only at run time, a plain store when every lane is on
+        (a Winograd tile row's interior, a conv's inner rows: the usual case). A loop's
+        tail (vec.mask) never has every lane on: no test there."""
+        tail = vec.mask is not None and not buf.local
+        if mask is None or isinstance(mask, ir.Constant) or not self.masked_stores_slow or tail:
+            return self._vector_store(value, ptr, mask, align)
+        b = self.builder
+        every = H.intrinsic(self.module, f"llvm.vector.reduce.and.{H.mangle(mask.type)}", H.I1, [mask.type])
+        with b.if_else(b.call(every, [mask]), likely=True) as (full, partial):
+            with full:
+                self._vector_store(value, ptr, None, align)
+            with partial:
+                self._vector_store(value, ptr, mask, align)
+
+    def _interleaved(self, stmts, at, vec):
+        """stmts[at] and the stores after it that a lowering marked as one interleaved
+        group (Store.interleave), when they can be stored as one vector; else None."""
+        first = stmts[at]
+        if not self.masked_stores_slow or vec is None or not first.interleave or first.interleave[0]:
+            return None
+        k = first.interleave[1]
+        group = stmts[at:at + k]
+        if len(group) != k or k > MAX_SHUFFLE_STRIDE or any(
+                not isinstance(s, Store) or s.interleave != (q, k) or s.buf is not first.buf
+                or affine_coeff(s.index, Var(vec.var)) != k for q, s in enumerate(group)):
+            return None
+        return group
+
+    def store_interleaved(self, group, vec):
+        """An interleaved group (store q writes index + q, k apart) as one vector k
+        times wider, lane j * k + q from store q's lane j: k plain stores' worth of
+        memory instead of k masked stores that each skip k - 1 of every k elements."""
+        b, k, lanes = self.builder, len(group), vec.lanes
+        values, masks = [], []
+        for s in group:
+            self._memo = {}      # per statement, as store() does
+            value = self.expr(s.value, vec)
+            if not isinstance(value.type, ir.VectorType):
+                value = H.splat(b, value, lanes)
+            values.append(self._to_memory(value, s.buf.dtype))
+            masks.append(self._mask(s.mask, vec, s.buf))
+        order = [q * lanes + j for j in range(lanes) for q in range(k)]
+        mask = None if all(m is None for m in masks) else self._picked_lanes(
+            [H.lane_mask(lanes, lanes) if m is None else m for m in masks], order)
+        ptr = self._ptr(group[0].buf, self.expr(group[0].index, self._lane0(vec)))
+        self._checked_store(self._picked_lanes(values, order), ptr, mask, group[0].buf.dtype.itemsize, vec,
+                            group[0].buf)
+
+    def _picked_lanes(self, vectors, order):
+        """Lanes `order` of `vectors` laid end to end (a shuffle takes two at a time)."""
+        b = self.builder
+        while len(vectors) > 1:
+            if len(vectors) % 2:
+                vectors = vectors + [H.zero(vectors[0].type)]
+            both = ir.Constant(ir.VectorType(H.I32, 2 * vectors[0].type.count), list(range(2 * vectors[0].type.count)))
+            vectors = [b.shuffle_vector(vectors[i], vectors[i + 1], both) for i in range(0, len(vectors), 2)]
+        whole = vectors[0]
+        return b.shuffle_vector(whole, H.zero(whole.type), ir.Constant(ir.VectorType(H.I32, len(order)), order))
 
     def _vector_store(self, value, ptr, mask, align):
         """A vector store; with a mask, llvm.masked.store (off lanes are not touched)."""

@@ -18,6 +18,7 @@ from ..lower.planner import plan_memory
 from ..ops import get_op
 from ..ops.shape_ops import copy_lower
 from ..schedule.kernels import schedule_kernel
+from ..schedule.tables import table_for
 from . import llvm_helpers as H
 from . import thread_pool
 from .kernel_emitter import KernelEmitter
@@ -124,7 +125,8 @@ def build_model(graph, target, name="model", module=None, on_part=None):
         if node.first:
             kernel = by_sig[node.signature] = node.kernel
             lowered.append(kernel)
-            parts.add(KernelEmitter(parts.module, kernel, target.threads, parts).emit())
+            parts.add(KernelEmitter(parts.module, kernel, target.threads, parts,
+                                    table_for(target).masked_stores_slow).emit())
         scratch_sizes[node.idx] = node.scratch_sizes
         calls.append((node.idx, by_sig[node.signature].name, node.table_slots, node.ctx.status_buffer is not None))
 

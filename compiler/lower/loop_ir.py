@@ -188,6 +188,11 @@ class Store:
     index: Expr
     value: Expr
     mask: Optional[Expr] = None
+    # (q, k): the q-th of k consecutive stores that write index + q, each moving by k
+    # per lane of the vector loop (a stride-2 output's even and odd columns). Only a
+    # promise the lowering makes: the CPU emitter may store them as one interleaved
+    # vector instead of k strided ones (schedule table: masked_stores_slow).
+    interleave: Optional[tuple] = None
 
     def __post_init__(self):
         self.index = as_expr(self.index, INDEX)
@@ -278,8 +283,8 @@ class NestBuilder:
     def emit(self, stmt):
         self.stack[-1].append(stmt)
 
-    def store(self, buf, index, value, mask=None):
-        self.emit(Store(buf, as_expr(index, INDEX), value, mask))
+    def store(self, buf, index, value, mask=None, interleave=None):
+        self.emit(Store(buf, as_expr(index, INDEX), value, mask, interleave))
 
     def transpose(self, *args, **kw):
         self.emit(Transpose(*args, **kw))

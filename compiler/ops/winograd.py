@@ -174,10 +174,10 @@ def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, wei
                     for p in range(2):
                         row = [_combine(A_T[p], [tile[a][b] for a in range(4)]) for b in range(4)]
                         for q in range(2):
-                            oy, ox = (ty0 + ty) * 2 + p, tx * 2 + q   # stride-2 stores: wide, masked
+                            oy, ox = (ty0 + ty) * 2 + p, tx * 2 + q   # stride-2 stores: one interleaved pair
                             value = finish(first + img, m, oy, ox, _combine(A_T[q], row))
                             nb.store(y, ((first + img) * m_out + m) * (oh * ow) + oy * ow + ox, value,
-                                     mask=(oy < oh) & (ox < ow))
+                                     mask=(oy < oh) & (ox < ow), interleave=(q, 2))
 
     def part(first, count, ty0, rows, slot, parallel):
         v_off, m_off = slot * (16 * c_in * cols), slot * (16 * m_out * cols)

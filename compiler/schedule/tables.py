@@ -36,6 +36,9 @@ class ScheduleTable:
     dot_mr: int                    # dot products at once (lower/gemm.py's dot_gemm): rows x columns,
     dot_nr: int                    # each a vector accumulator over k
     a_strips: bool                 # constant A (Winograd's U) stored in gemm_mr-row strips, k-major
+    # --- vector stores (codegen/kernel_emitter.py) ----------------------------------
+    masked_stores_slow: bool       # a store under a run-time mask tests for all lanes on and then
+    #                                stores plainly; interleaved strided stores go as one vector
     # --- blocked-channel convolutions (ops/blocked.py: 16-channel blocks) ---------
     blocked_dense_accumulators: int    # 16-channel accumulators of a pointwise/dense tile
     blocked_dense_max_blocks: int  # output blocks a pointwise/dense tile spans at most (then pixels)
@@ -87,6 +90,7 @@ AVX512 = ScheduleTable(
     # AVX-512): 128 and 256 7.7 ms, 192 8.3, 96 9.4, one block (534) 9.2; the kernel's time loop ~4
     # (since each k block of A is copied to rows an odd number of lines apart, ops/recurrent_weight_grad.py:
     # 64, 128 and 256 within 3% of each other at 1 and 2 threads, CPU-time A/B of the kernel's weight gradients)
+    masked_stores_slow=False,      # AVX-512's k-masked stores cost a plain one's (not measured here)
     dot_mr=4, dot_nr=4,            # 16 zmm accumulators + 8 loads per k step: FMA-bound (AVX2 and
     # narrower: the same 4 x 4, not measured; 16 ymm accumulators spill there)
     a_strips=False,                # not measured with AVX-512 (AVX2's below)
@@ -151,6 +155,9 @@ AVX2 = replace(
     # 28-112 0.97-1.00x; 4 x 1 everywhere 0.63-1.05x, 3 x 2 0.96-2.05x, 4 x 2 1.05-1.50x, 7 x 1
     # 1.01-1.68x (spills). (Before: 24 blocks = 48 ymm spilled; MobileNet-like 47.7 ms (24) -> 25.3 (4))
     depthwise_row_tile=4,          # 4 blocks = 8 ymm accumulators + the taps' loads in 16 registers
+    masked_stores_slow=True,       # Zen 3's vmaskmovps store: 2.5x a plain store's time in a streaming
+    # loop; a stride-2 pair (Winograd's output columns) as 2 spread masked stores 41 ns per 8 pairs, one
+    # interleaved masked store 30, interleaved and tested for all-on 20 (/tmp microbenchmark, CPU time)
     winograd_channels_last_row_tiles=8,    # ResNet-18 CIFAR (batch 32, C = M) on an AVX2 host (Zen 3), forward
     # / dX / dW same-process at 1 thread: 512 on 4x4 0.64x / 0.67x / 0.94x, 256 on 8x8 0.64x / 0.55x /
     # 0.84x, 128 on 16x16 0.81-0.86x / 0.86-1.01x / 0.97x; 64 on 32x32 (16 tiles a row) 1.12x / 1.52x
@@ -161,6 +168,7 @@ SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers)
     blocked_dense_accumulators=4, blocked_dense_max_blocks=4,  # AVX2's before it took 6 x 1
     prepack_panel=8,               # the micro-kernel's nr (2 x 4 lanes)
     a_strips=False,                # not measured
+    # masked_stores_slow stays on: SSE and NEON have no masked store, LLVM stores lane by lane
     winograd_channels_last=False,  # not measured
 )
 
