@@ -54,7 +54,8 @@ def gemm_nest(ctx, m, n, k, load_a, load_b, out, c_index, init=None, finish=None
     if prepacked is not None:
         g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
         return g.packed(None, parallel, slot, prepacked)
-    if n == 1 and a_strips is None and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and _along_k(lambda kk: load_b(kk, 0)):
+    if n == 1 and a_strips is None and _along_k(lambda kk: load_a(Var("gemv_r"), kk)) and \
+            _along_k(lambda kk: load_b(kk, 0)):
         return _matrix_vector(ctx, m, k, load_a, load_b, out, c_index, init, finish, plan, slot)
     g = _Gemm(ctx, m, n, k, load_a, out, c_index, init, finish, plan)
     if plan.packs:

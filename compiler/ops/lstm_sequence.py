@@ -16,10 +16,9 @@ h0 [B, H], c0 [B, H], bias? [4H] (both biases, summed); order, reverse)
 LSTMSequenceGrad(acts, cs, c0, r [4H, H] (W_hh), dy?, dh_last?, dc_last?, y?, h0?, x?; order, reverse)
   -> dgates [T*B, 4H] (dxp), dh0, dc0, dbias [4H] (dgates' column sums) and dW_hh
      [4H, H] (dgates^T h_prev: GEMMs over all steps' rows after the time loop,
-     recurrent_weight_grad.py); given
-     x? [T*B, I] (the input projection's operand: passes/recurrent.py's
-     fold_input_weight_gradients) also dgates^T x [4H, I]. Sums over rows run in row
-     order whatever the threads."""
+     recurrent_weight_grad.py); given x? [T*B, I] (the input projection's operand:
+     passes/recurrent.py's fold_input_weight_gradients) also dgates^T x [4H, I]. Sums
+     over rows run in row order whatever the threads."""
 import numpy as np
 
 from ..lower.gemm import gemm_nest

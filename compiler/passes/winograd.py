@@ -8,8 +8,8 @@ from ..ir.types import TensorType
 from ..ops import winograd
 from ..ops.conv_common import window_geometry
 from ..ops.conv_variants import conv_variant
-from ..schedule.conv import table_or_host, winograd_pays
-from ..schedule.gemm import strips_of
+from ..schedule.conv import winograd_pays
+from ..schedule.gemm import strip_rows, strips_of
 from ..schedule.variants import WINOGRAD
 
 
@@ -20,7 +20,7 @@ def winograd_weights(graph, target=None):
     schedule table takes Winograd (default: this CPU's does)."""
     if target is not None and not winograd_pays(target):
         return graph
-    rows = table_or_host(target).gemm_mr if table_or_host(target).a_strips else 0
+    rows = strip_rows(target)
     constants, types, nodes = dict(graph.constants), dict(graph.types), []
     for node in graph.nodes:
         w = graph.constants.get(node.inputs[1]) if node.op == "Conv" else None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CompileError
+from .conv import table_or_host
 from .tables import table_for
 
 
@@ -81,9 +82,9 @@ def panel_layout(k, target):
 
 
 def strip_rows(target):
-    """Rows of a constant A's compile-time strips on `target` (0: A stays row-major):
-    the table's gemm_mr where its a_strips says they pay."""
-    t = table_for(target)
+    """Rows of a constant A's compile-time strips on `target` (None: this CPU) (0: A
+    stays row-major): the table's gemm_mr where its a_strips says they pay."""
+    t = table_or_host(target)
     return t.gemm_mr if t.a_strips else 0
 
 
