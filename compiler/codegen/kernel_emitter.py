@@ -70,14 +70,12 @@ class KernelEmitter(MemoryAccess, ParallelLoops, Reductions):
         i = 0
         while i < len(stmts):
             s = stmts[i]
-            i += 1
-            if isinstance(s, Store):
-                group = self._interleaved(stmts, i - 1, vec)
-                if group:
-                    self.store_interleaved(group, vec)
-                    i += len(group) - 1
-                else:
-                    self.store(s, vec)
+            group = self._interleaved(stmts, i, vec) if isinstance(s, Store) else None
+            i += len(group) if group else 1
+            if group:
+                self.store_interleaved(group, vec)
+            elif isinstance(s, Store):
+                self.store(s, vec)
             elif isinstance(s, For):
                 self.loop(s, vec)
             elif isinstance(s, Transpose) and vec is None:

@@ -218,7 +218,8 @@ class MemoryAccess:
         while len(vectors) > 1:
             if len(vectors) % 2:
                 vectors = vectors + [H.zero(vectors[0].type)]
-            both = ir.Constant(ir.VectorType(H.I32, 2 * vectors[0].type.count), list(range(2 * vectors[0].type.count)))
+            width = 2 * vectors[0].type.count
+            both = ir.Constant(ir.VectorType(H.I32, width), list(range(width)))
             vectors = [b.shuffle_vector(vectors[i], vectors[i + 1], both) for i in range(0, len(vectors), 2)]
         whole = vectors[0]
         return b.shuffle_vector(whole, H.zero(whole.type), ir.Constant(ir.VectorType(H.I32, len(order)), order))
