@@ -5,6 +5,7 @@ import pytest
 
 import nutshell as ns
 from nutshell.compiler.ir import GraphBuilder, verify
+from nutshell.compiler.ops import get_op
 from nutshell.compiler.ops.blocked import from_blocked, pack_dense, pack_depthwise, to_blocked
 from nutshell.compiler.passes.pipeline import run_pipeline
 
@@ -176,7 +177,6 @@ def test_stem_without_a_pool_stays_nchw(rng):
 
 def test_conv_blocked_reference_matches_conv(rng):
     """ConvBlocked's NumPy reference unpacks its weights back to the Conv's."""
-    from nutshell.compiler.ops import get_op
     w = rng.standard_normal((20, 3, 3, 3)).astype(np.float32)
     x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
     attrs = dict(depthwise=0, channels=3, out_channels=20, kernel_shape=(3, 3), strides=(2, 2),
@@ -240,3 +240,29 @@ def test_one_channel_value_is_broadcast_in_nchw(rng):
     z = b.add_node("Conv", [b.add_node("Mul", [y, a]), _const(b, rng, (8, 20, 1, 1))])
     b.set_outputs([z])
     _check(verify(b.build()), z, rng)
+
+
+@pytest.mark.parametrize("k, stride, dil, hw, pads", [
+    (3, 1, 1, (14, 14), (1, 1, 1, 1)), (5, 1, 1, (14, 14), (2, 2, 2, 2)), (5, 2, 1, (14, 13), (2, 2, 2, 2)),
+    (5, 1, 1, (7, 7), (2, 2, 2, 2)), (5, 1, 1, (3, 4), (2, 2, 2, 2)), (3, 2, 1, (23, 30), (1, 1, 1, 1)),
+    (3, 1, 2, (9, 11), (2, 1, 2, 3)), (3, 2, 1, (8, 8), (0, 1, 1, 0)), (5, 1, 1, (2, 2), (4, 4, 4, 4))])
+@pytest.mark.parametrize("vector_cap", [512, 256])
+def test_depthwise_border_windows(rng, k, stride, dil, hw, pads, vector_cap):
+    """Blocked depthwise windows sum only their taps inside the input (chosen when the
+    code is generated): border rows and columns, maps smaller than the window, windows
+    wholly in the padding, dilation, uneven pads; 20 channels (a partial last block)."""
+    c = 20
+    x = rng.standard_normal((2, c) + hw).astype(np.float32)
+    w = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    attrs = dict(depthwise=1, channels=c, out_channels=c, kernel_shape=(k, k), strides=(stride, stride),
+                 pads=pads, dilations=(dil, dil), activation="Silu")
+    b = GraphBuilder("depthwise", fold=False)
+    y = b.add_node("ConvBlocked", [b.add_input("x", "float32", to_blocked(x).shape),
+                                   b.add_constant(pack_depthwise(w)), b.add_constant(np.pad(bias, (0, 12)))], attrs)
+    b.set_outputs([y])
+    want = get_op("Conv").reference({"pads": pads, "group": c, "strides": (stride, stride),
+                                     "dilations": (dil, dil), "activation": "Silu"}, x, w, bias)
+    for threads in (1, 2):
+        got = ns.compile(b.build(), threads=threads, vector_cap=vector_cap).run({"x": to_blocked(x)})[y]
+        np.testing.assert_allclose(from_blocked(got, c), want, **TOL)

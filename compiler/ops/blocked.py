@@ -286,65 +286,78 @@ def _interior(out, pad, stride, dil, k, size):
     return lo, max(lo, min(hi, out))
 
 
+def _taps(o, pad, stride, dil, k, size):
+    """[lo, hi): the taps of output o that read inside an input of `size` (0 <= o*s + t*d - pad < size)."""
+    lo = max(0, -(-(pad - o * stride) // dil))
+    return lo, max(lo, min(k, (size - 1 + pad - o * stride) // dil + 1))
+
+
+def _classes(out, pad, stride, dil, k, size):
+    """(first, count, taps): the border outputs one by one, each with the taps inside
+    the input, and the interior as one class with every tap."""
+    lo, hi = _interior(out, pad, stride, dil, k, size)
+    border = lambda r: [(o, 1, _taps(o, pad, stride, dil, k, size)) for o in r]
+    return border(range(lo)) + ([(lo, hi - lo, (0, k))] if hi > lo else []) + border(range(hi, out))
+
+
 def _depthwise(ctx, shape, out_hw, finish):
     """Every output vector is a sum of kh*kw vector loads (16 channels of one input
-    pixel) times the block's tap weights, 8 outputs of a row at once. Outputs whose
-    window lies inside the input read without bounds; only the border's windows
-    test each tap (a mask uniform across the lanes)."""
+    pixel) times the block's tap weights. A border window sums only its taps inside
+    the input (known when the code is generated: no masks, no zero-bordered copy):
+    border rows are generated one by one, and in each row the interior outputs go
+    row_tile at once and the rest (border columns, the interior's remainder) as
+    groups of up to row_tile constant positions, so they too are independent FMA
+    chains rather than one latency-bound chain each."""
     n, cb, h, w = shape
     oh, ow = out_hw
     (kh, kw), (sh, sw), (dh, dw) = ctx.attrs["kernel_shape"], ctx.attrs["strides"], ctx.attrs["dilations"]
     pt, pl = ctx.attrs["pads"][:2]
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     xb, wb, out = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
-    y_lo, y_hi = _interior(oh, pt, sh, dh, kh, h)
     x_lo, x_hi = _interior(ow, pl, sw, dw, kw, w)
+    row_tile = ctx.variant.row_tile      # outputs of a row at once: independent FMA chains
+    tiles = (x_hi - x_lo) // row_tile
+    rest = [x for x in range(ow) if not x_lo <= x < x_lo + tiles * row_tile]
+    groups = [rest[g:g + row_tile] for g in range(0, len(rest), row_tile)]
+    acc = ctx.local(row_tile * BLOCK, out.dtype)
     planes = n * cb
     work = planes * oh * ow * kh * kw * BLOCK
-    row_tile = ctx.variant.row_tile      # outputs of a row at once: independent FMA chains
-    acc = ctx.local(row_tile * BLOCK, out.dtype)
     with nb.loop(planes, hint="q", parallel_candidate=("depthwise", work)) as plane:
         block = plane % cb
 
-        def tap(y, x, i, j, lane, bounded):
-            iy, ix = y * sh + (i * dh - pt), x * sw + (j * dw - pl)
-            at = ((plane * h + iy) * w + ix) * BLOCK + lane
-            if not bounded:
-                return xb[at]
-            return xb.load(at, mask=(iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
-
-        def outputs(y, x0, count, bounded):
-            def each(body):
-                with nb.loop(count, "unroll", hint="x") as xr:
-                    with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
-                        body(xr * BLOCK + lane, x0 + xr, lane)
+        def outputs(y, i_taps, xs):
+            """xs: (x, j taps) of the outputs summed at once, x a loop index or a constant."""
+            def each(body, j=None):
+                for r, (x, (j_lo, j_hi)) in enumerate(xs):
+                    if j is None or j_lo <= j < j_hi:
+                        with nb.loop(BLOCK, "vector", lanes, hint="l") as lane:
+                            body(r * BLOCK + lane, x, lane)
             each(lambda a, x, lane: nb.store(acc, a, Const(0.0, acc.dtype)))
-            for i in range(kh):
+            for i in range(*i_taps):
                 for j in range(kw):
                     each(lambda a, x, lane: nb.store(acc, a, fma(
-                        tap(y, x, i, j, lane, bounded), wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])))
+                        xb[((plane * h + y * sh + (i * dh - pt)) * w + x * sw + (j * dw - pl)) * BLOCK + lane],
+                        wb[((block * kh + i) * kw + j) * BLOCK + lane], acc[a])), j)
 
             def store(a, x, lane):
                 at = ((plane * oh + y) * ow + x) * BLOCK + lane
                 nb.store(out, at, finish(at, lane, block, acc[a]))
             each(store)
 
-        def span(y, start, length, bounded):
-            tile = 1 if bounded else row_tile     # border windows: less code (compile time)
-            with nb.loop(length // tile, hint="xt") as xt:
-                outputs(y, start + xt * tile, tile, bounded)
-            if length % tile:
-                outputs(y, start + length // tile * tile, length % tile, bounded)
+        def row(y, i_taps):
+            if tiles:
+                with nb.loop(tiles, hint="xt") as xt:
+                    x0 = x_lo + xt * row_tile
+                    outputs(y, i_taps, [(x0 + r, (0, kw)) for r in range(row_tile)])
+            for group in groups:
+                outputs(y, i_taps, [(x, _taps(x, pl, sw, dw, kw, w)) for x in group])
 
-        for first, count, inner in ((0, y_lo, False), (y_lo, y_hi - y_lo, True), (y_hi, oh - y_hi, False)):
+        for first, count, i_taps in _classes(oh, pt, sh, dh, kh, h):
+            if count == 1:
+                row(first, i_taps)
+                continue
             with nb.loop(count, hint="y") as yy:
-                y = first + yy if first else yy
-                if not inner:
-                    span(y, 0, ow, True)
-                    continue
-                span(y, 0, x_lo, True)
-                span(y, x_lo, x_hi - x_lo, False)
-                span(y, x_hi, ow - x_hi, True)
+                row(first + yy if first else yy, i_taps)
 
 
 register("ConvBlocked", inputs=(2, 4), attrs=CONV_BLOCKED_ATTRS, infer=_conv_infer, reference=_conv_reference,
