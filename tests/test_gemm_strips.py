@@ -1,5 +1,5 @@
 """A constant A stored in strips of the GEMM's rows (schedule/gemm.py's strips_of, lower/gemm.py's
-a_strips): Winograd's transformed weights U[xi] on tables that take them (AVX2), so a tile's
+a_strips): Winograd's transformed weights U[xi] on tables that take them (AVX2, Zen 4), so a tile's
 broadcasts of A read one stream. The layout round-trips, and WinogradConv over strips gives the
 reference's numbers and the same bits as over row-major U (the sums run in the same order)."""
 import dataclasses
@@ -9,9 +9,9 @@ import pytest
 
 import nutshell as ns
 from conftest import assert_close, random_feeds, single_op_graph
-from nutshell.compiler.lower.target import host_target
+from nutshell.compiler.lower.target import CpuTarget, host_target
 from nutshell.compiler.schedule import tables
-from nutshell.compiler.schedule.gemm import strips_of, unstrip
+from nutshell.compiler.schedule.gemm import strip_rows, strips_of, unstrip
 
 
 @pytest.mark.parametrize("m, k, rows", [(24, 5, 6), (25, 7, 6), (4, 3, 6), (13, 16, 4), (6, 1, 6)])
@@ -34,16 +34,19 @@ def test_strips_round_trip_and_layout(m, k, rows, rng):
     ((1, 32, 14, 14), (48, 32, 3, 3)),    # whole strips only
 ])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_winograd_over_strips_matches_reference_and_row_major_bits(x, w, threads, rng, monkeypatch):
+@pytest.mark.parametrize("cap", [256, 512])      # 512: this host's widest table (AVX-512's on Zen 4)
+def test_winograd_over_strips_matches_reference_and_row_major_bits(x, w, threads, cap, rng, monkeypatch):
     graph = single_op_graph("Conv", [("float32", x), ("float32", w), ("float32", (w[0],))],
                             {"pads": (1, 1, 1, 1)},
                             {1: rng.normal(size=w).astype(np.float32), 2: rng.normal(size=w[0]).astype(np.float32)})
     feeds = random_feeds(graph, rng)
     want = ns.run_reference(graph, feeds)
     results = {}
+    table = tables.table_for(host_target(1, cap))
+    attr = next(k for k, v in vars(tables).items() if v is table)
     for strips in (True, False):
-        monkeypatch.setattr(tables, "AVX2", dataclasses.replace(tables.AVX2, a_strips=strips))
-        compiled = ns.compile(graph, threads=threads, vector_cap=256)
+        monkeypatch.setattr(tables, attr, dataclasses.replace(table, a_strips=strips))
+        compiled = ns.compile(graph, threads=threads, vector_cap=cap)
         node = next(n for n in compiled.graph.nodes if n.op == "WinogradConv")
         assert bool(node.attrs.get("a_strips")) == strips
         results[strips] = compiled.run(feeds)
@@ -58,3 +61,5 @@ def test_winograd_over_strips_matches_reference_and_row_major_bits(x, w, threads
 def test_strips_follow_the_table():
     assert tables.table_for(host_target(1, 256)).a_strips
     assert not tables.AVX512.a_strips and not tables.SSE_NEON.a_strips and not tables.SCALAR.a_strips
+    zen4 = CpuTarget("x86_64-unknown-linux-gnu", "znver4", "+avx512f", 1, 512)
+    assert tables.table_for(zen4).a_strips and strip_rows(zen4) == tables.AVX512_ZEN4.gemm_mr

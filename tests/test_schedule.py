@@ -24,6 +24,9 @@ def test_every_table_fills_every_threshold_with_a_positive_number():
 
 @pytest.mark.parametrize("target, name", [
     (CpuTarget("x86_64-unknown-linux-gnu", "x86-64-v4", "+avx512f", 1, 512), "avx512"),
+    (CpuTarget("x86_64-unknown-linux-gnu", "znver5", "+avx512f", 1, 512), "avx512"),
+    (CpuTarget("x86_64-unknown-linux-gnu", "znver4", "+avx512f", 1, 512), "avx512-zen4"),
+    (CpuTarget("x86_64-unknown-linux-gnu", "znver4", "+avx512f", 1, 256), "avx2"),
     (CpuTarget("x86_64-unknown-linux-gnu", "x86-64-v3", "+avx2", 1, 256), "avx2"),
     (CpuTarget("x86_64-unknown-linux-gnu", "x86-64-v4", "+avx512f", 1, 256), "avx2"),
     (CpuTarget("aarch64-linux-gnu", "generic", "+neon", 1, 128), "sse-neon"),

@@ -163,6 +163,14 @@ AVX2 = replace(
     # 0.84x, 128 on 16x16 0.81-0.86x / 0.86-1.01x / 0.97x; 64 on 32x32 (16 tiles a row) 1.12x / 1.52x
 )
 
+AVX512_ZEN4 = replace(            # AMD Zen 4: 512-bit ops double-pumped on 256-bit units, 32 KiB L1d
+    AVX512, name="avx512-zen4",    # (LLVM's znver4; table_for picks it by the target's cpu)
+    a_strips=True,                 # Winograd's U in 6-row strips, as AVX2's (below). Zen 4, same process,
+    # SCHED_FIFO (benchmarks/schedules.py --variant strips:a_strips=1, medians), strips/row-major at 1
+    # thread: GoogLeNet 0.91, ResNet-18 0.98, DenseNet-121 0.98-1.00, SqueezeNet 1.1 0.99, ResNet-50 b8
+    # 0.98; 2 threads: GoogLeNet 0.92, ResNet-18 0.97, DenseNet-121 1.00, ResNet-50 b8 0.94. Same bits.
+)
+
 SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers), x86-64 baseline SSE
     AVX2, name="sse-neon",         # not measured: AVX2's register budgets, which fit both
     blocked_dense_accumulators=4, blocked_dense_max_blocks=4,  # AVX2's before it took 6 x 1
@@ -188,7 +196,11 @@ SCALAR = replace(
 CUDA_SM80 = replace(SCALAR, name="cuda-sm_80")
 CUDA_SM90 = replace(SCALAR, name="cuda-sm_90")
 
-TABLES = {t.name: t for t in (AVX512, AVX2, SSE_NEON, SCALAR, CUDA_SM80, CUDA_SM90)}
+TABLES = {t.name: t for t in (AVX512, AVX512_ZEN4, AVX2, SSE_NEON, SCALAR, CUDA_SM80, CUDA_SM90)}
+
+
+# LLVM's names of the CPUs AVX512_ZEN4 was measured on (other AVX-512 CPUs: AVX512)
+ZEN4_CPUS = ("znver4",)
 
 
 def table_id(table):
@@ -203,4 +215,6 @@ def table_for(target):
     if target.triple.startswith("nvptx"):
         return TABLES.get(f"cuda-{target.cpu}", CUDA_SM90)
     bits = target.vector_bits
-    return AVX512 if bits >= 512 else AVX2 if bits >= 256 else SSE_NEON if bits >= 128 else SCALAR
+    if bits >= 512:
+        return AVX512_ZEN4 if target.cpu in ZEN4_CPUS else AVX512
+    return AVX2 if bits >= 256 else SSE_NEON if bits >= 128 else SCALAR
