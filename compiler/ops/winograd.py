@@ -70,18 +70,18 @@ def _combine(coeffs, terms):
     return total
 
 
-def each_tile_position(ctx, gemm, slot, parallel):
-    """gemm(xi, slot) for the 16 positions xi of a 4x4 tile (Winograd's 16 GEMMs):
-    shared out among the threads in one fork when `parallel`, not 16 forks; else in
-    order on the caller's scratch slot."""
+def each_tile_position(ctx, gemm, slot, parallel, points=16):
+    """gemm(xi, slot) for the `points` positions xi of a tile (16 of F(2x2, 3x3)'s 4x4:
+    Winograd's 16 GEMMs): shared out among the threads in one fork when `parallel`,
+    not one fork each; else in order on the caller's scratch slot."""
     nb = ctx.nb
     if parallel and ctx.threads > 1:
-        per = -(-16 // ctx.threads)
-        with nb.loop(ctx.threads, hint="t", parallel_candidate=("teams", 16)) as t:
-            with nb.loop(per, hint="xi", limit=16 - t * per) as j:
+        per = -(-points // ctx.threads)
+        with nb.loop(ctx.threads, hint="t", parallel_candidate=("teams", points)) as t:
+            with nb.loop(per, hint="xi", limit=points - t * per) as j:
                 gemm(t * per + j, t)
     else:
-        with nb.loop(16, hint="xi") as xi:
+        with nb.loop(points, hint="xi") as xi:
             gemm(xi, slot)
 
 

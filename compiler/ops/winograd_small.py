@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) on small maps with the channels along the vectors.
+"""Winograd F(2x2, 3x3) or F(4x4, 3x3) on small maps with the channels along the vectors.
 
 On a map whose tile row is shorter than a vector (ResNet-18 CIFAR's 8x8 and 4x4
 layers: 4 and 2 tiles a row against 8 or 16 lanes) ops/winograd.py's transforms,
@@ -12,13 +12,38 @@ with Ut made at run time straight into the GEMM's compile-time panel layout
 (schedule/gemm.py's prepack: [k_blocks][M / panel][kc][panel]), so no GEMM packs
 it. Mt's output transform runs along M into [pixel][M], moved back to NCHW by
 register transposes. Same sums in the same order as ops/winograd.py's (over c,
-in the same k blocks): the result does not depend on the thread count."""
+in the same k blocks): the result does not depend on the thread count.
+
+Where the table says (winograd_channels_last_tile 4) the tiles are F(4x4, 3x3)'s
+(Lavin & Gray): 6x6 input tiles, 36 GEMMs over a quarter of the tiles, 0.56x
+F(2x2)'s multiply-adds. The GEMMs ran at the FMA peak (Zen 4, ResNet-18 CIFAR's
+convolutions with the transforms left out), so fewer of them is what pays."""
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import transpose_tiles
 from ..schedule.loops import splits
 from .conv_common import for_image_chunks, image_plan
 from .winograd import A_T, B_T, G, _combine, _mul_sum, each_tile_position, winograd_conv as _along_tile_rows
+
+B_T4 = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+        (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+G4 = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+A_T4 = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+TILES = {2: (B_T, G, A_T), 4: (B_T4, G4, A_T4)}   # output tile size: F(e x e, 3x3)'s B^T, G, A^T
+
+
+def _lin(coeffs, terms):
+    """sum(c * t): ops/winograd.py's _combine where every c is 0 or +/-1 (F(2x2)'s), else
+    adds and subtracts of t or t * |c|."""
+    if all(c in (0, 1, -1) for c in coeffs):
+        return _combine(coeffs, terms)
+    total = None
+    for c, t in zip(coeffs, terms):
+        if c:
+            u = t if abs(c) == 1 else t * float(abs(c))
+            total = (u if c > 0 else -u) if total is None else (total + u if c > 0 else total - u)
+    return total
 
 
 def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None):
@@ -48,33 +73,37 @@ def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finis
     oh, ow = out_shape
     c_in, m_out = channels
     pt, pl = pads
-    ty_n, tx_n = -(-oh // 2), -(-ow // 2)
+    e = ctx.variant.out_tile                    # F(e x e, 3x3): (e + 2)^2 tile positions
+    bt, g, at_ = TILES[e]
+    points = (e + 2) ** 2
+    ty_n, tx_n = -(-oh // e), -(-ow // e)
     tiles, hw, ohw = ty_n * tx_n, h * w, oh * ow
     lanes = ctx.lanes(y.dtype)
     kc, panel = ctx.variant.channels_last       # Ut's panels, as the variant step chose them
-    ut = ctx.scratch(16 * c_in * m_out, y.dtype)
-    _transform_weights(ctx, ut, weight, c_in, m_out, kc, panel)
+    ut = ctx.scratch(points * c_in * m_out, y.dtype)
+    _transform_weights(ctx, ut, weight, c_in, m_out, kc, panel, g)
 
-    plan = image_plan(ctx, n, lambda count: count * tiles <= ctx.variant.tile_columns)
+    # V and M of a step as big as F(2x2)'s tile_columns tiles make
+    plan = image_plan(ctx, n, lambda count: count * tiles * points <= ctx.variant.tile_columns * 16)
     teams, _, chunk = plan
     cols = chunk * tiles
     xt = ctx.scratch(chunk * hw * c_in * teams, y.dtype)
-    vt = ctx.scratch(16 * cols * c_in * teams, y.dtype)
-    mt = ctx.scratch(16 * cols * m_out * teams, y.dtype)
+    vt = ctx.scratch(points * cols * c_in * teams, y.dtype)
+    mt = ctx.scratch(points * cols * m_out * teams, y.dtype)
     yt = ctx.scratch(chunk * ohw * m_out * teams, y.dtype)
 
     def images(first, count, slot, parallel):
-        x_at, v_at = slot * (chunk * hw * c_in), slot * (16 * cols * c_in)
-        m_at, y_at = slot * (16 * cols * m_out), slot * (chunk * ohw * m_out)
+        x_at, v_at = slot * (chunk * hw * c_in), slot * (points * cols * c_in)
+        m_at, y_at = slot * (points * cols * m_out), slot * (chunk * ohw * m_out)
         input_transform_along_c(ctx, x, xt, vt, first, count, x_at, v_at,
-                                ((h, w), out_shape, pads, channels, cols), parallel)
+                                ((h, w), out_shape, pads, channels, cols), parallel, e)
 
         def gemm(xi, own_slot):                        # Mt[xi] = Vt[xi] Ut[xi]
             gemm_nest(ctx, count * tiles, m_out, c_in,
                       lambda r, kk: vt[v_at + (xi * cols + r) * c_in + kk], None,
                       mt, lambda r, j: m_at + (xi * cols + r) * m_out + j,
                       parallel=False, slot=own_slot, prepacked=(_Offset(ut, xi * (c_in * m_out)), kc, panel))
-        each_tile_position(ctx, gemm, slot, parallel)
+        each_tile_position(ctx, gemm, slot, parallel, points)
 
         with nb.loop(count * ty_n, hint="ity",            # Y = A^T M A along M, then the epilogue
                      parallel_candidate=_split(parallel, "winograd", count * m_out * tiles)) as row:
@@ -82,12 +111,12 @@ def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finis
             with nb.loop(tx_n, hint="tx") as tx:
                 with nb.loop(m_out, "vector", lanes, hint="m") as m:
                     at = m_at + (row * tx_n + tx) * m_out + m
-                    tile = [[mt[at + (a * 4 + b) * (cols * m_out)] for b in range(4)] for a in range(4)]
-                    for p in range(2):
-                        line = [_combine(A_T[p], [tile[a][b] for a in range(4)]) for b in range(4)]
-                        for q in range(2):
-                            oy, ox = ty * 2 + p, tx * 2 + q
-                            value = finish(first + img, m, oy, ox, _combine(A_T[q], line))
+                    tile = [[mt[at + (a * (e + 2) + b) * (cols * m_out)] for b in range(e + 2)] for a in range(e + 2)]
+                    for p in range(e):
+                        line = [_lin(at_[p], [tile[a][b] for a in range(e + 2)]) for b in range(e + 2)]
+                        for q in range(e):
+                            oy, ox = ty * e + p, tx * e + q
+                            value = finish(first + img, m, oy, ox, _lin(at_[q], line))
                             nb.store(yt, y_at + (img * ohw + oy * ow + ox) * m_out + m, value,
                                      mask=(oy < oh) & (ox < ow))
         with nb.loop(count, hint="i", parallel_candidate=_split(parallel, "map", count * ohw * m_out)) as img:
@@ -96,8 +125,8 @@ def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finis
     for_image_chunks(ctx, n, plan, images)
 
 
-def _transform_weights(ctx, ut, raw, c_in, m_out, kc, panel):
-    """Ut[xi] = (G w G^T)[xi] as [C][M] in panels: element (c, m) at
+def _transform_weights(ctx, ut, raw, c_in, m_out, kc, panel, g_rows=G):
+    """Ut[xi] = (G w G^T)[xi] (G: g_rows) as [C][M] in panels: element (c, m) at
     ((c // kc * (M / panel) + m // panel) * kc + c % kc) * panel + m % panel.
     A vector of M at a time, c inner: each c's lanes x 9 taps go through one register
     transpose into [9][lanes], so the reads run along the weights' rows (per c
@@ -116,19 +145,21 @@ def _transform_weights(ctx, ut, raw, c_in, m_out, kc, panel):
                                 lanes, 9)
                 with nb.loop(lanes, "vector", lanes, hint="m") as lane:
                     g = [[staged[at + tap(i, j) * lanes + lane] for j in range(3)] for i in range(3)]
-                    rows = [[_mul_sum(G[a], [g[i][j] for i in range(3)]) for j in range(3)] for a in range(4)]
+                    side = len(g_rows)
+                    rows = [[_mul_sum(g_rows[a], [g[i][j] for i in range(3)]) for j in range(3)] for a in range(side)]
                     panel_at = (((c // kc) * (m_out // panel) + mp) * kc + c % kc) * panel + half + lane
-                    for a in range(4):
-                        for b in range(4):
-                            nb.store(ut, (a * 4 + b) * (c_in * m_out) + panel_at, _mul_sum(G[b], rows[a]))
+                    for a in range(side):
+                        for b in range(side):
+                            nb.store(ut, (a * side + b) * (c_in * m_out) + panel_at, _mul_sum(g_rows[b], rows[a]))
 
 
-def input_transform_along_c(ctx, x, xt, vt, first, count, x_at, v_at, geometry, parallel):
-    """Vt[xi][col][c] = (B^T d B)[xi] per 4x4 input tile d of `count` images from
+def input_transform_along_c(ctx, x, xt, vt, first, count, x_at, v_at, geometry, parallel, e=2):
+    """Vt[xi][col][c] = (B^T d B)[xi] per (e + 2)^2 input tile d of `count` images from
     `first` (col = image * tiles + tile), x moved to [pixel][C] in xt first."""
     nb, lanes = ctx.nb, ctx.lanes(vt.dtype)
     (h, w), (oh, ow), (pt, pl), (c_in, _), cols = geometry
-    ty_n, tx_n, hw = -(-oh // 2), -(-ow // 2), h * w
+    ty_n, tx_n, hw = -(-oh // e), -(-ow // e), h * w
+    bt, side = TILES[e][0], e + 2
     with nb.loop(count, hint="i", parallel_candidate=_split(parallel, "map", count * hw * c_in)) as img:
         transpose_tiles(ctx, x, (first + img) * (c_in * hw), hw, xt, x_at + img * (hw * c_in), c_in, c_in, hw)
     with nb.loop(count * ty_n, hint="ity",
@@ -137,14 +168,14 @@ def input_transform_along_c(ctx, x, xt, vt, first, count, x_at, v_at, geometry, 
         with nb.loop(tx_n, hint="tx") as tx:
             with nb.loop(c_in, "vector", lanes, hint="c") as c:
                 def d(i, j):
-                    iy, ix = ty * 2 + (i - pt), tx * 2 + (j - pl)
+                    iy, ix = ty * e + (i - pt), tx * e + (j - pl)
                     ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
                     return xt.load(x_at + (img * hw + iy * w + ix) * c_in + c, mask=ok)
-                table = [[_combine(B_T[a], [d(i, j) for i in range(4)]) for j in range(4)] for a in range(4)]
+                table = [[_lin(bt[a], [d(i, j) for i in range(side)]) for j in range(side)] for a in range(side)]
                 col = row * tx_n + tx
-                for a in range(4):
-                    for b in range(4):
-                        nb.store(vt, v_at + ((a * 4 + b) * cols + col) * c_in + c, _combine(B_T[b], table[a]))
+                for a in range(side):
+                    for b in range(side):
+                        nb.store(vt, v_at + ((a * side + b) * cols + col) * c_in + c, _lin(bt[b], table[a]))
 
 
 def _split(parallel, family, work):

@@ -58,6 +58,8 @@ class ScheduleTable:
     winograd_band_max_weights: int     # ... or when C x M is at most this (U read once per thread is small)
     winograd_channels_last: bool   # run-time weights on a map of at most ...
     winograd_channels_last_row_tiles: int  # ... this many tiles a row: transforms along the channels
+    winograd_channels_last_tile: int   # ... as F(2x2, 3x3) or F(4x4, 3x3): 2 or 4 (forward and dX)
+    winograd_f4_weight_ratio: int  # F(4x4) where the batch's tiles x this reach C x M (else F(2x2))
     # (ops/winograd_small.py)
     conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
     grad_weight_k: int             # a weight gradient by dot products: images until k (images x pixels) is this
@@ -118,6 +120,12 @@ AVX512 = ScheduleTable(
     # it 64 -> 256 on 13x13 1.0x, 96 -> 128 on 28x28 1.05x, 128 -> 192 on 28x28 1.1x
     winograd_channels_last=True,   # AVX2's (below), not measured on AVX-512: its transforms along
     winograd_channels_last_row_tiles=8,    # a 4x4 map's tile rows run 2 of 16 lanes (AVX2: 2 of 8)
+    winograd_channels_last_tile=4,     # F(4x4, 3x3): 0.56x F(2x2)'s multiply-adds, ~10x its rounding
+    # (still ~1e-5 of the largest output). ResNet-18 CIFAR (batch 32, C = M), Zen 4, same process,
+    # against F(2x2) (2 on 32x32 ran along the tile rows): 1 thread (CPU time) 64 on 32x32 0.76x,
+    # 128 on 16x16 0.70x, 256 on 8x8 0.75x, 512 on 4x4 0.99x; 2 threads 0.93x, 0.83x, 0.82x, 1.035x
+    winograd_f4_weight_ratio=1024,     # 512 x 512 on 4x4 (32 tiles: ratio 1/8) stays F(2x2): at 2 threads
+    # each team reads all 36 MB of F(4x4)'s weights for 16 rows; 256 x 256 on 8x8 (128 tiles: 2) F(4x4)
     conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
     # a 6x32 panel; whole model 0.98x at 1 and 2 threads (3e75bfa; 256 itself not swept)
     grad_weight_k=1024,            # not measured against other values (chosen with the batched GEMM)
@@ -158,6 +166,8 @@ AVX2 = replace(
     masked_stores_slow=True,       # Zen 3's vmaskmovps store: 2.5x a plain store's time in a streaming
     # loop; a stride-2 pair (Winograd's output columns) as 2 spread masked stores 41 ns per 8 pairs, one
     # interleaved masked store 30, interleaved and tested for all-on 20 (/tmp microbenchmark, CPU time)
+    winograd_channels_last_tile=2,     # not measured with F(4x4) (AVX2 IR unchanged)
+    winograd_f4_weight_ratio=1024,     # unused with F(2x2)
     winograd_channels_last_row_tiles=8,    # ResNet-18 CIFAR (batch 32, C = M) on an AVX2 host (Zen 3), forward
     # / dX / dW same-process at 1 thread: 512 on 4x4 0.64x / 0.67x / 0.94x, 256 on 8x8 0.64x / 0.55x /
     # 0.84x, 128 on 16x16 0.81-0.86x / 0.86-1.01x / 0.97x; 64 on 32x32 (16 tiles a row) 1.12x / 1.52x

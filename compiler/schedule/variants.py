@@ -46,6 +46,7 @@ class ConvVariant:
     dot_tile: tuple = (1, 1)     # weight gradient by dots: (rows, columns) of dot products at once
     channels_last: tuple = ()    # Winograd with run-time weights on a small map: (kc, panel) of the
     # transformed weights' panels when the transforms run along the channels (ops/winograd_small.py)
+    out_tile: int = 2            # ... and their tiles: F(out_tile x out_tile, 3x3)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -77,19 +78,30 @@ def takes_winograd(target, shape: ConvShape):
 
 def _winograd(target, grad=False, shape=None):
     t = table_or_host(target)
+    # the forward and dX along the channels take the table's tiles (the weight
+    # gradient's transforms are F(2x2)'s only)
+    tile = 2 if grad else t.winograd_channels_last_tile
+    if tile != 2 and shape is not None and shape.batch * _tiles(shape, tile) * t.winograd_f4_weight_ratio < \
+            shape.channels[0] * shape.channels[1]:
+        tile = 2     # too few tiles to read F(4x4)'s 2.25x larger transformed weights for
+    panels = _channels_last(target, shape, tile) if shape is not None else ()
     return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
                        band_min_ratio=t.winograd_band_min_ratio, band_max_weights=t.winograd_band_max_weights,
-                       channels_last=_channels_last(target, shape) if shape is not None else ())
+                       channels_last=panels, out_tile=tile if panels else 2)
 
 
-def _channels_last(target, shape: ConvShape):
-    """(kc, panel) of the transformed weights' panels where a map's tile rows are at
-    most the table's winograd_channels_last_row_tiles (ops/winograd_small.py) and the
-    panels tile the channels exactly; else ()."""
+def _tiles(shape: ConvShape, tile):
+    return -(-shape.out_hw[0] // tile) * -(-shape.out_hw[1] // tile)
+
+
+def _channels_last(target, shape: ConvShape, tile=2):
+    """(kc, panel) of the transformed weights' panels where a map's rows of `tile`-wide
+    tiles are at most the table's winograd_channels_last_row_tiles (ops/winograd_small.py)
+    and the panels tile the channels exactly; else ()."""
     from ..lower.target import host_target
     from .gemm import panel_layout
     t = table_or_host(target)
-    if not t.winograd_channels_last or -(-shape.out_hw[1] // 2) > t.winograd_channels_last_row_tiles:
+    if not t.winograd_channels_last or -(-shape.out_hw[1] // tile) > t.winograd_channels_last_row_tiles:
         return ()
     c_in, m_out = shape.channels
     kc, panel = panel_layout(c_in, target if target is not None else host_target(1))    # None: a pass's host
