@@ -197,3 +197,22 @@ def test_a_narrow_loop_leaves_no_worker_waiting_unwoken():
     assert started.value >= 3 and set(all_asleep()) == {ASLEEP}
     entry(ctypes.cast(job, ctypes.c_void_p), None, 2)      # wakes; one joins at most
     assert set(all_asleep()) == {ASLEEP}
+
+
+def test_grouped_conv_threads_take_whole_groups():
+    """RegNet-Y's grouped convs (8 channels a group): each group's GEMM is too small to
+    split, so the threads take whole groups; the bits are the one-thread run's."""
+    rng = np.random.default_rng(1)
+    b = GraphBuilder("grouped", fold=False)
+    x = b.add_input("x", "float32", (1, 48, 28, 28))
+    w = b.add_constant(rng.standard_normal((48, 8, 3, 3)).astype(np.float32) * 0.2)
+    b.set_outputs([b.add_node("Conv", [x, w], {"pads": [1, 1, 1, 1], "group": 6})])
+    graph = b.build()
+    feeds = {"x": rng.standard_normal((1, 48, 28, 28)).astype(np.float32)}
+    want = next(iter(ns.run_reference(graph, feeds).values()))
+    one = next(iter(ns.compile(graph, threads=1).run(feeds).values()))
+    np.testing.assert_allclose(one, want, rtol=1e-5, atol=1e-5)
+    for threads in (2, 3):
+        model = ns.compile(graph, threads=threads)
+        assert ".par" in model.source("llvm")          # the group loop runs on the pool
+        np.testing.assert_array_equal(next(iter(model.run(feeds).values())), one)

@@ -63,10 +63,17 @@ def _conv_lower(ctx):
         if plan[2] > 1:
             return _images_in_one_gemm(ctx, plan, pointwise, geometry, (n, c, h, wd), (m, kc, ohw), bias,
                                        plus_residual)
-    col = None if pointwise else ctx.scratch(kc * ohw * max(1, min(ctx.threads, n)), x.dtype)
+    slots = ctx.threads if group > 1 else min(ctx.threads, n)
+    col = None if pointwise else ctx.scratch(kc * ohw * max(1, slots), x.dtype)
 
     def image(ni, slot, parallel):
-        with nb.loop(group, hint="g") as g:
+        # groups (RegNet's 8 channels each) are too small to split inside: the threads
+        # take whole groups, each its own im2col slot
+        by_group = parallel and group > 1
+        split = ("gemm", m * ohw * kc) if by_group else None
+        with nb.loop(group, hint="g", parallel_candidate=split) as g:
+            if by_group:
+                slot, parallel = THREAD_INDEX, False
             x_off = ni * (c * h * wd) + g * (cg * h * wd)
             if col is not None:
                 base = slot * (kc * ohw)
