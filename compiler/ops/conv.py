@@ -63,13 +63,14 @@ def _conv_lower(ctx):
         if plan[2] > 1:
             return _images_in_one_gemm(ctx, plan, pointwise, geometry, (n, c, h, wd), (m, kc, ohw), bias,
                                        plus_residual)
-    slots = ctx.threads if group > 1 else min(ctx.threads, n)
+    # groups too small to split inside (RegNet's 8 channels each): the threads take whole
+    # groups, each into its own im2col slot, where there is a group for every thread
+    whole_groups = group >= ctx.threads > 1
+    slots = ctx.threads if whole_groups else min(ctx.threads, n)
     col = None if pointwise else ctx.scratch(kc * ohw * max(1, slots), x.dtype)
 
     def image(ni, slot, parallel):
-        # groups (RegNet's 8 channels each) are too small to split inside: the threads
-        # take whole groups, each its own im2col slot
-        by_group = parallel and group > 1
+        by_group = parallel and whole_groups
         split = ("gemm", m * ohw * kc) if by_group else None
         with nb.loop(group, hint="g", parallel_candidate=split) as g:
             if by_group:
