@@ -62,11 +62,13 @@ def untransform_weights(u):
 
 
 def _combine(coeffs, terms):
-    """sum(c * t) for coefficients 0 and +/-1, as adds and subtracts."""
+    """sum(c * t) as adds and subtracts of t (c = +/-1) or t * |c| (F(4x4)'s other
+    coefficients); a 0 skips its term."""
     total = None
     for c, t in zip(coeffs, terms):
         if c:
-            total = (t if c > 0 else -t) if total is None else (total + t if c > 0 else total - t)
+            u = t if abs(c) == 1 else t * float(abs(c))
+            total = (u if c > 0 else -u) if total is None else (total + u if c > 0 else total - u)
     return total
 
 

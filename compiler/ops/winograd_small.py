@@ -33,19 +33,6 @@ A_T4 = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1,
 TILES = {2: (B_T, G, A_T), 4: (B_T4, G4, A_T4)}   # output tile size: F(e x e, 3x3)'s B^T, G, A^T
 
 
-def _lin(coeffs, terms):
-    """sum(c * t): ops/winograd.py's _combine where every c is 0 or +/-1 (F(2x2)'s), else
-    adds and subtracts of t or t * |c|."""
-    if all(c in (0, 1, -1) for c in coeffs):
-        return _combine(coeffs, terms)
-    total = None
-    for c, t in zip(coeffs, terms):
-        if c:
-            u = t if abs(c) == 1 else t * float(abs(c))
-            total = (u if c > 0 else -u) if total is None else (total + u if c > 0 else total - u)
-    return total
-
-
 def winograd_conv(ctx, x, u, y, in_shape, out_shape, pads, channels, finish, weight=None):
     """ops/winograd.py's winograd_conv, or along the channels where the variant step chose it."""
     if u is None and ctx.variant.channels_last:
@@ -116,10 +103,10 @@ def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finis
                     row_at = lambda p, b: (p * (e + 2) + b) * lanes + lane
                     for p in range(e):              # a row of A^T M into the local, then its e outputs
                         for b in range(e + 2):
-                            nb.store(line, row_at(p, b), _lin(at_[p], [tile[a][b] for a in range(e + 2)]))
+                            nb.store(line, row_at(p, b), _combine(at_[p], [tile[a][b] for a in range(e + 2)]))
                         for q in range(e):
                             oy, ox = ty * e + p, tx * e + q
-                            value = _lin(at_[q], [line[row_at(p, b)] for b in range(e + 2)])
+                            value = _combine(at_[q], [line[row_at(p, b)] for b in range(e + 2)])
                             nb.store(yt, y_at + (img * ohw + oy * ow + ox) * m_out + m,
                                      finish(first + img, m, oy, ox, value), mask=(oy < oh) & (ox < ow))
         with nb.loop(count, hint="i", parallel_candidate=_split(parallel, "map", count * ohw * m_out)) as img:
@@ -177,12 +164,12 @@ def input_transform_along_c(ctx, x, xt, vt, first, count, x_at, v_at, geometry, 
                     return xt.load(x_at + (img * hw + iy * w + ix) * c_in + c, mask=ok)
                 for a in range(side):                  # B^T d into the local
                     for j in range(side):
-                        nb.store(bt_d, (a * side + j) * lanes + lane, _lin(bt[a], [d(i, j) for i in range(side)]))
+                        nb.store(bt_d, (a * side + j) * lanes + lane, _combine(bt[a], [d(i, j) for i in range(side)]))
                 col = row * tx_n + tx
                 for a in range(side):
                     for b in range(side):
                         nb.store(vt, v_at + ((a * side + b) * cols + col) * c_in + c,
-                                 _lin(bt[b], [bt_d[(a * side + j) * lanes + lane] for j in range(side)]))
+                                 _combine(bt[b], [bt_d[(a * side + j) * lanes + lane] for j in range(side)]))
 
 
 def _vectors(nb, size, lanes, hint):

@@ -167,7 +167,6 @@ AVX2 = replace(
     # loop; a stride-2 pair (Winograd's output columns) as 2 spread masked stores 41 ns per 8 pairs, one
     # interleaved masked store 30, interleaved and tested for all-on 20 (/tmp microbenchmark, CPU time)
     winograd_channels_last_tile=2,     # not measured with F(4x4) (AVX2 IR unchanged)
-    winograd_f4_weight_ratio=1024,     # unused with F(2x2)
     winograd_channels_last_row_tiles=8,    # ResNet-18 CIFAR (batch 32, C = M) on an AVX2 host (Zen 3), forward
     # / dX / dW same-process at 1 thread: 512 on 4x4 0.64x / 0.67x / 0.94x, 256 on 8x8 0.64x / 0.55x /
     # 0.84x, 128 on 16x16 0.81-0.86x / 0.86-1.01x / 0.97x; 64 on 32x32 (16 tiles a row) 1.12x / 1.52x
