@@ -6,7 +6,12 @@ from llvmlite import ir
 
 from . import llvm_helpers as H
 
-PREEMPTED_CYCLES = 1 << 16   # a gap this long (~25 us) between two spins: the OS ran something else here
+# A gap this long (~0.4 ms) between two spins, or a joiner keeping the caller waiting this
+# long: the OS ran something else here. Others' processes take a whole time slice (1.5 ms
+# and more, 2^22-2^24 cycles with two spinning); on a quiet machine (SCHED_FIFO, no rival)
+# interrupts and the hypervisor leave gaps and waits under 2^19, which at 2^16 marked the
+# machine busy before 9 calls in 10 (SqueezeNet p90 6.2 ms in busy mode against 3.7).
+PREEMPTED_CYCLES = 1 << 20
 LATE_WAKE_CYCLES = 1 << 19   # a worker up this long (~0.2 ms) after its futex wake waited for a core
 BUSY_CYCLES = 1 << 30        # after any of these, holds are ignored for ~0.4 s
 
