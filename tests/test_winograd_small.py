@@ -103,3 +103,31 @@ def test_the_choice_follows_the_table():
         assert choose_conv_variant(shape(64, 64, tile * row_tiles), target).out_tile == tile
     panel = panel_layout(64, target)[1]
     assert choose_conv_variant(shape(64, panel + 8, 4), target).channels_last == ()   # panels would need padding
+
+
+@pytest.mark.parametrize("case", [(1, 64, 64, 56), (2, 32, 96, 13), (3, 96, 32, 7)], ids=lambda c: "n%d-%dx%d-map%d" % c)
+def test_constant_weights_take_f4_along_the_channels_where_the_table_says(case, rng, monkeypatch):
+    """Inference: constant weights transformed once at compile time into F(4x4)'s Ut panels
+    (passes/winograd.py), bias, a residual (added after the move back to NCHW) and ReLU,
+    against the NumPy reference at 1 and 2 threads, within F(4x4)'s tolerance."""
+    from nutshell.compiler.ops.conv_common import conv_reference
+    from nutshell.compiler.passes.pipeline import optimize_graph
+    monkeypatch.setenv("NUTSHELL_CACHE", "0")
+    n, c, m, hw = case
+    w = (rng.standard_normal((m, c, 3, 3)) * 0.1).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    b = ir.GraphBuilder("const", fold=False)
+    x, r = b.add_input("x", "float32", (n, c, hw, hw)), b.add_input("r", "float32", (n, m, hw, hw))
+    conv = b.add_node("Conv", [x, b.add_constant(w, "w"), b.add_constant(bias, "b")], dict(PADS))
+    b.set_outputs([b.add_node("Relu", [b.add_node("Add", [conv, r])])])
+    graph = b.build()
+    feeds = _feeds(graph, rng)
+    nodes = [nd for nd in optimize_graph(graph).nodes if nd.op == "WinogradConv"]
+    table = variants.table_or_host(None)
+    expect_f4 = table.winograd_channels_last and table.winograd_channels_last_tile == 4 and \
+        -(-hw // 4) <= table.winograd_constant_f4_row_tiles
+    assert len(nodes) == 1 and (nodes[0].attrs.get("out_tile") == 4) == expect_f4
+    want = np.maximum(conv_reference(dict(PADS), feeds["x"], w, bias, None) + feeds["r"], 0)
+    for threads in (1, 2):
+        got = _run(graph, feeds, threads)
+        assert np.abs(got - want).max() <= 5e-5 * np.abs(want).max() + 1e-5, threads

@@ -24,9 +24,9 @@ def conv_variant(node, in_types, consts, target):
     x, w = in_types[0].shape, in_types[1].shape
     if len(x) != 4:
         return None
-    shape = _shape(node, node.attrs, x, w, x[0], (x[1], w[0]))
-    variant = choose_conv_variant(shape, target)
     weights = consts[1] if len(consts) > 1 else None
+    shape = replace(_shape(node, node.attrs, x, w, x[0], (x[1], w[0])), constant_weights=weights is not None)
+    variant = choose_conv_variant(shape, target)
     if variant.algorithm == WINOGRAD and weights is not None and not precise_enough(weights):
         variant = choose_conv_variant(replace(shape, weights_precise=False), target)
     return variant

@@ -18,6 +18,8 @@ Where the table says (winograd_channels_last_tile 4) the tiles are F(4x4, 3x3)'s
 (Lavin & Gray): 6x6 input tiles, 36 GEMMs over a quarter of the tiles, 0.56x
 F(2x2)'s multiply-adds. The GEMMs ran at the FMA peak (Zen 4, ResNet-18 CIFAR's
 convolutions with the transforms left out), so fewer of them is what pays."""
+import numpy as np
+
 from ..lower.gemm import gemm_nest
 from ..lower.loop_ir import THREAD_INDEX
 from ..lower.nests import parts, transpose_tiles
@@ -51,24 +53,48 @@ class _Offset:
         return self.buf[self.base + index]
 
 
-def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finish, weight):
+def transform_weights_panels(w, tile, kc, panel):
+    """Ut[xi] = (G w G^T)[xi] as [C, M] in the GEMM's panels (schedule/gemm.py's panels_of),
+    computed in float64 and rounded once: [points, C, M] holding the panels' order (C % kc
+    and M % panel are 0: the variant step's rule), as _transform_weights makes it at run time."""
+    from ..schedule.gemm import panels_of
+    g = np.array(TILES[tile][1])
+    u = np.einsum("ai,mcij,bj->abcm", g, w.astype(np.float64), g).reshape(-1, w.shape[1], w.shape[0])
+    return np.stack([panels_of(ui, kc, panel).reshape(ui.shape) for ui in u]).astype(w.dtype)
+
+
+def weights_from_panels(ut, tile, kc, panel):
+    """transform_weights_panels' inverse (G has a left inverse): the reference's way in."""
+    points, c, m = ut.shape
+    side = tile + 2
+    plain = ut.reshape(points, c // kc, m // panel, kc, panel).transpose(0, 1, 3, 2, 4).reshape(points, c, m)
+    gp = np.linalg.pinv(np.array(TILES[tile][1]))
+    w = np.einsum("ia,abcm,jb->mcij", gp, plain.astype(np.float64).reshape(side, side, c, m), gp)
+    return w.astype(ut.dtype)
+
+
+def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finish, weight, ut=None,
+                           tile=None, panels=None, after=None):
     """y = finish(...) of the 3x3 stride-1 convolution of x [n, C, h, w] (pads (top,
     left), zero outside) by the raw weights `weight` (ops/winograd.py's RawWeights),
-    as winograd_conv computes it."""
+    as winograd_conv computes it; or by `ut`, the weights transformed at compile time
+    (transform_weights_panels: F(tile x tile), in `panels` (kc, panel)).
+    after(first, count, parallel): emitted once y holds a step's images (NCHW)."""
     nb = ctx.nb
     n, h, w = in_shape
     oh, ow = out_shape
     c_in, m_out = channels
     pt, pl = pads
-    e = ctx.variant.out_tile                    # F(e x e, 3x3): (e + 2)^2 tile positions
+    e = tile or ctx.variant.out_tile            # F(e x e, 3x3): (e + 2)^2 tile positions
     bt, g, at_ = TILES[e]
     points = (e + 2) ** 2
     ty_n, tx_n = -(-oh // e), -(-ow // e)
     tiles, hw, ohw = ty_n * tx_n, h * w, oh * ow
     lanes = ctx.lanes(y.dtype)
-    kc, panel = ctx.variant.channels_last       # Ut's panels, as the variant step chose them
-    ut = ctx.scratch(points * c_in * m_out, y.dtype)
-    _transform_weights(ctx, ut, weight, c_in, m_out, kc, panel, g)
+    kc, panel = panels or ctx.variant.channels_last     # Ut's panels, as the variant step chose them
+    if ut is None:
+        ut = ctx.scratch(points * c_in * m_out, y.dtype)
+        _transform_weights(ctx, ut, weight, c_in, m_out, kc, panel, g)
 
     # V and M of a step as big as F(2x2)'s tile_columns tiles make
     plan = image_plan(ctx, n, lambda count: count * tiles * points <= ctx.variant.tile_columns * 16)
@@ -112,6 +138,8 @@ def winograd_channels_last(ctx, x, y, in_shape, out_shape, pads, channels, finis
         with nb.loop(count, hint="i", parallel_candidate=_split(parallel, "map", count * ohw * m_out)) as img:
             transpose_tiles(ctx, yt, y_at + img * (ohw * m_out), m_out, y, (first + img) * (m_out * ohw), ohw,
                             ohw, m_out)
+        if after is not None:
+            after(first, count, parallel)
     for_image_chunks(ctx, n, plan, images)
 
 

@@ -31,6 +31,7 @@ class ConvShape:
     out_hw: tuple
     weights_precise: bool = True     # constant weights Winograd's rounding keeps near the direct sum
     dy_hw: tuple = ()        # the forward's output map (dY's: an input gradient's GEMM columns)
+    constant_weights: bool = False   # weights known at compile time (transformed once: passes/winograd.py)
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,14 @@ def _winograd(target, grad=False, shape=None):
     # the forward and dX along the channels take the table's tiles (the weight
     # gradient's transforms are F(2x2)'s only)
     tile = 2 if grad else t.winograd_channels_last_tile
-    if tile != 2 and shape is not None and shape.batch * _tiles(shape, tile) * t.winograd_f4_weight_ratio < \
+    ratio = (t.winograd_constant_f4_weight_ratio if shape is not None and shape.constant_weights else
+             t.winograd_f4_weight_ratio)
+    if tile != 2 and shape is not None and shape.batch * _tiles(shape, tile) * ratio < \
             shape.channels[0] * shape.channels[1]:
         tile = 2     # too few tiles to read F(4x4)'s 2.25x larger transformed weights for
     panels = _channels_last(target, shape, tile) if shape is not None else ()
+    if shape is not None and shape.constant_weights and tile != 4:
+        panels = ()  # constant weights along the tile rows at F(2x2): 1 x 256 on 14x14 1.06x along the channels
     return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
                        band_min_ratio=t.winograd_band_min_ratio, band_max_weights=t.winograd_band_max_weights,
                        channels_last=panels, out_tile=tile if panels else 2)
@@ -101,7 +106,9 @@ def _channels_last(target, shape: ConvShape, tile=2):
     from ..lower.target import host_target
     from .gemm import panel_layout
     t = table_or_host(target)
-    if not t.winograd_channels_last or -(-shape.out_hw[1] // tile) > t.winograd_channels_last_row_tiles:
+    most = t.winograd_constant_f4_row_tiles if shape.constant_weights and tile == 4 else \
+        t.winograd_channels_last_row_tiles
+    if not t.winograd_channels_last or -(-shape.out_hw[1] // tile) > most:
         return ()
     c_in, m_out = shape.channels
     kc, panel = panel_layout(c_in, target if target is not None else host_target(1))    # None: a pass's host
