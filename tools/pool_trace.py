@@ -3,6 +3,7 @@ thread pays and where it does not.
 
     python tools/pool_trace.py MODEL.onnx [--threads 2] [--repeat 40]
     python tools/pool_trace.py --bench tv:squeezenet1_1     # a model of benchmarks/ (tv:... needs torchvision)
+    python tools/pool_trace.py --training transformer       # a training step of benchmarks/training.py
 
 The process's thread pool is built with a recorder around `nutshell_parallel` (its
 start, its cycles and the loop's outlined function, for each call of it), and one
@@ -148,14 +149,37 @@ def load(args):
     return ns.load_onnx(args.model)
 
 
-def run(trace, model, threads, repeat):
+def training_step(name, threads):
+    """(the step's CompiledModel, its input and output pointer arrays) of a
+    benchmarks/training.py case, compiled as that benchmark does, fed its batch and
+    state (the step writes the other state set, so every call reads the same values)."""
+    from training import CASES
+    build, (optimizer, _) = CASES[name]
+    module, inputs, targets = build(ns)
+    trainer = ns.compile_training(module, example_inputs=inputs if len(inputs) > 1 else inputs[0],
+                                  example_targets=targets, optimizer=optimizer(), threads=threads)
+    feed = inputs if len(inputs) > 1 else inputs[0]
+    trainer.step(feed, targets)
+    batch = trainer._arrays(feed, trainer.input_specs, "inputs") + \
+        trainer._arrays(targets, trainer.target_specs, "targets")
+    live = trainer._live
+    ins = trainer._in_ptrs[live]
+    for name, array in zip(trainer.layout["inputs"] + trainer.layout["targets"], batch):
+        ins[trainer._slot[name]] = array.ctypes.data
+    return trainer.model, (ins, trainer._out_ptrs[live], trainer, batch)    # all kept alive
+
+
+def run(trace, model, threads, repeat, pointers=None):
     """{threads: [[(loop us, serial us before it), ...] per call]}, {threads: [call
     seconds]}, the loops' names, and the participants of each loop at N threads
     (calls x loops x (caller us, joiner us, joiner's start us, caller's wait us))."""
-    feeds = [np.random.default_rng(0).standard_normal(v.type.shape).astype(v.type.dtype.numpy)
-             for v in model.inputs]
-    outs = [np.empty(v.type.shape, dtype=v.type.dtype.numpy) for v in model.outputs]
-    ins, outp = _pointer_array(feeds), _pointer_array(outs)
+    if pointers is None:
+        feeds = [np.random.default_rng(0).standard_normal(v.type.shape).astype(v.type.dtype.numpy)
+                 for v in model.inputs]
+        outs = [np.empty(v.type.shape, dtype=v.type.dtype.numpy) for v in model.outputs]
+        ins, outp = _pointer_array(feeds), _pointer_array(outs)
+    else:
+        ins, outp = pointers[:2]
 
     def call(n):
         model._fn(ctypes.addressof(ins), ctypes.addressof(outp), model._workspace().ctypes.data,
@@ -191,14 +215,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?")
     p.add_argument("--bench", help="a model name of benchmarks/ (resnet18, tv:squeezenet1_1, ...)")
+    p.add_argument("--training", help="a training step of benchmarks/training.py (transformer, unet, ...)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=40)
     args = p.parse_args(argv)
-    if not (args.model or args.bench):
-        p.error("give MODEL.onnx or --bench NAME")
+    if not (args.model or args.bench or args.training):
+        p.error("give MODEL.onnx, --bench NAME or --training NAME")
     trace = Trace()
-    model = ns.compile(load(args), threads=args.threads)
-    loops, calls, names, parts = run(trace, model, args.threads, args.repeat)
+    if args.training:
+        model, pointers = training_step(args.training, args.threads)
+    else:
+        model, pointers = ns.compile(load(args), threads=args.threads), None
+    loops, calls, names, parts = run(trace, model, args.threads, args.repeat, pointers)
     n = args.threads
     one, many = (np.median(np.array(loops[k]), axis=0) for k in (1, n))
     who = np.nanmedian(parts, axis=0) if len(names) else np.zeros((0, 4))

@@ -196,3 +196,33 @@ def permute_nest(ctx, out_buf, out_shape, src, in_strides):
                     parallel_work=None if outer else total)
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)
+
+
+def column_sums(nb, out, reduced, width, body, lanes, total, scale=None):
+    """out[c] = sum of body(rows, c) over the `reduced` extents (the first outermost),
+    c in range(width): a bias's or a norm's gradient, summed over the rows above a
+    kept innermost axis. A Reduce inside a loop over c would walk every column's rows
+    as one chain (a serial kernel, one add in flight); here the rows stream once,
+    each adding to the `width` running sums kept in `out`, so the vector adds are
+    independent. Each column still adds its rows in the same order, from the same
+    zero, as the Reduce: the same bits. The columns go in blocks that may run in
+    parallel (each block's sums are its own: any thread count, the same bits)."""
+    vectors = width // lanes if width % lanes == 0 else 0
+    per = next((k for k in (4, 2, 1) if vectors and vectors % k == 0), 0)
+    block = per * lanes if per else width
+    with nb.loop(width // block, hint="cb", parallel_candidate=("map", total)) as cb:
+        with nb.loop(block, "vector", lanes) as v:
+            nb.store(out, cb * block + v, Const(0.0, out.dtype))
+        rows, scopes = [], []
+        for d in reduced:
+            scope = nb.loop(d, hint="r")
+            rows.append(scope.__enter__())
+            scopes.append(scope)
+        with nb.loop(block, "vector", lanes) as v:
+            c = cb * block + v
+            nb.store(out, c, Load(out, c) + body(rows, c))
+        for scope in reversed(scopes):
+            scope.__exit__(None, None, None)
+        if scale is not None:
+            with nb.loop(block, "vector", lanes) as v:
+                nb.store(out, cb * block + v, Load(out, cb * block + v) * scale)

@@ -12,8 +12,10 @@ registered op itself (its shape rule, NumPy reference and `expr`), so nothing
 about an op is declared twice."""
 import numpy as np
 
+from ..ir.types import DType
 from ..lower.loop_ir import INDEX, Const, Load, Reduce
-from ..lower.nests import broadcast_strides, coalesce, map_nest, strides
+from ..lower.nests import broadcast_strides, coalesce, column_sums, map_nest, strides
+from .reduce import LONG_SUM
 from .common import broadcast, fail, tt
 from .registry import get_op, non_differentiable, register
 
@@ -91,6 +93,16 @@ def _reduce_lower(ctx):
     dims, sets = coalesce(shape, [out_strides] + [broadcast_strides(t.shape, shape) for t in ctx.in_types])
     nb, lanes = ctx.nb, ctx.lanes(ctx.out_types[0].dtype)
     total = int(np.prod(shape, dtype=np.int64))
+    mean = 1.0 / int(np.prod([shape[a] for a in axes], dtype=np.int64)) if ctx.attrs["mean"] else None
+    if len(dims) == 2 and sets[0][1] and not sets[0][0] and ctx.out_types[0].dtype == DType.float32 \
+            and dims[0] <= LONG_SUM:     # rows summed above a kept innermost axis (one Reduce: the same sums)
+
+        def at(k, rows, c):
+            terms = [r * st for r, st in zip(rows, sets[k]) if st] + ([c * sets[k][-1]] if sets[k][-1] else [])
+            return sum(terms[1:], terms[0]) if terms else Const(0, INDEX)
+        return column_sums(nb, ctx.outputs[0], dims[:-1], dims[-1], lambda rows, c: run_program(
+            ctx.attrs, [Load(buf, at(k + 1, rows, c)) for k, buf in enumerate(ctx.inputs)],
+            lambda d, at_, vs: d.expr(at_, *vs)), lanes, total, mean)
     scopes, kept_vars, reduced = [], [], []
     for i, d in enumerate(dims):
         if sets[0][i] == 0 and d > 1:
@@ -110,8 +122,8 @@ def _reduce_lower(ctx):
     body = run_program(ctx.attrs, loads, lambda d, at, vs: d.expr(at, *vs))
     for n, (v, d, i) in enumerate(reversed(reduced)):
         body = Reduce("sum", v, d, body, lanes if n == 0 and i == len(dims) - 1 else 1)
-    if ctx.attrs["mean"]:
-        body = body * (1.0 / int(np.prod([shape[a] for a in axes], dtype=np.int64)))
+    if mean is not None:
+        body = body * mean
     nb.store(ctx.outputs[0], index(0), body)
     for scope in reversed(scopes):
         scope.__exit__(None, None, None)

@@ -3,7 +3,7 @@ import numpy as np
 
 from ..ir.types import DType
 from ..lower.loop_ir import Call, Reduce, Select, cast
-from ..lower.nests import strides
+from ..lower.nests import column_sums, strides
 from .common import const_ints, fail, norm_axis, tt
 from .registry import gradient, non_differentiable, register
 
@@ -70,6 +70,11 @@ def reduce_nest(ctx, x_shape, reduced, op, scale=None, pre=None, post=None):
     xb, out, nb = ctx.inputs[0], ctx.outputs[0], ctx.nb
     lanes = ctx.lanes(out.dtype)
     total = int(np.prod(x_shape, dtype=np.int64))
+    if op == "sum" and post is None and kinds[-1] is False and kinds[:-1] == [True] and \
+            out.dtype == DType.float32 and total // dims[-1] <= LONG_SUM:
+        load = lambda rows, c: xb[rows[0] * xs[0] + c]                  # noqa: E731
+        return column_sums(nb, out, dims[:1], dims[-1], (lambda r, c: pre(load(r, c))) if pre else load,
+                           lanes, total, scale)
     scopes, kept_vars, red_vars = [], [], []
     for i, (d, red) in enumerate(zip(dims, kinds)):
         if red:

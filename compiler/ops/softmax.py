@@ -32,15 +32,17 @@ def _lower(log):
         lanes = ctx.lanes(t.dtype)
         split = ("map", t.size)     # rows (columns) may run in parallel
         k = nb.var("k")
+        # LogSoftmax keeps log(sum) where Softmax keeps the sum: one log per row or
+        # column, not one per element (the same value either way)
+        total = (lambda v: Call("log", (v,))) if log else (lambda v: v)
         if inner == 1:        # rows: vectorised reductions along the row
             mx, sm = ctx.local(1, t.dtype), ctx.local(1, t.dtype)
             with nb.loop(outer, hint="r", parallel_candidate=split) as r:
                 nb.store(mx, 0, Reduce("max", k, e, xb[r * e + k], lanes))
-                nb.store(sm, 0, Reduce("sum", k, e, Call("exp", (xb[r * e + k] - mx[0],)), lanes))
+                nb.store(sm, 0, total(Reduce("sum", k, e, Call("exp", (xb[r * e + k] - mx[0],)), lanes)))
                 with nb.loop(e, "vector", lanes, hint="j") as j:
                     z = xb[r * e + j] - mx[0]
-                    nb.store(out, r * e + j, z - Call("log", (sm[0],)) if log
-                             else Call("exp", (z,)) / sm[0])
+                    nb.store(out, r * e + j, z - sm[0] if log else Call("exp", (z,)) / sm[0])
             return
         mx, sm = ctx.scratch(outer * inner, t.dtype), ctx.scratch(outer * inner, t.dtype)
         with nb.loop(outer, hint="o", parallel_candidate=split) as o:     # columns: vectorised across `inner`
@@ -48,13 +50,12 @@ def _lower(log):
                 at = lambda kk: xb[(o * e + kk) * inner + i]
                 nb.store(mx, o * inner + i, Reduce("max", k, e, at(k)))
                 nb.store(sm, o * inner + i,
-                         Reduce("sum", k, e, Call("exp", (at(k) - mx[o * inner + i],))))
+                         total(Reduce("sum", k, e, Call("exp", (at(k) - mx[o * inner + i],)))))
             with nb.loop(e, hint="j") as j:
                 with nb.loop(inner, "vector", lanes, hint="i") as i:
                     z = xb[(o * e + j) * inner + i] - mx[o * inner + i]
                     s = sm[o * inner + i]
-                    nb.store(out, (o * e + j) * inner + i,
-                             z - Call("log", (s,)) if log else Call("exp", (z,)) / s)
+                    nb.store(out, (o * e + j) * inner + i, z - s if log else Call("exp", (z,)) / s)
     return lower
 
 
