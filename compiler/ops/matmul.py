@@ -24,15 +24,55 @@ def _matmul_shapes(node, a, b):
     return a2, b2, batch, out
 
 
+def _permuted(shape, perm):
+    return tuple(shape) if perm is None else tuple(shape[p] for p in perm)
+
+
 def _matmul_infer(attrs, types, consts, node):
+    """perm_a, perm_b, perm_out (nutshell's, passes/gemm_transpose.py's fold of a
+    batched product's Transposes): A is Transpose(input 0, perm_a), B likewise, and
+    the output is stored as Transpose(A @ B, perm_out)."""
     dtype = same_dtype(node, types)
-    return [tt(dtype, _matmul_shapes(node, types[0].shape, types[1].shape)[3])]
+    out = _matmul_shapes(node, _permuted(types[0].shape, attrs.get("perm_a")),
+                         _permuted(types[1].shape, attrs.get("perm_b")))[3]
+    return [tt(dtype, _permuted(out, attrs.get("perm_out")))]
+
+
+def _matmul_reference(attrs, a, b):
+    a = a if attrs.get("perm_a") is None else a.transpose(attrs["perm_a"])
+    b = b if attrs.get("perm_b") is None else b.transpose(attrs["perm_b"])
+    y = np.matmul(a, b)
+    return y if attrs.get("perm_out") is None else np.ascontiguousarray(y.transpose(attrs["perm_out"]))
+
+
+def _strided_batches(ctx, shapes, perms):
+    """A batched product whose operands and output are strided views (perm_a/b/out):
+    one GEMM per batch entry, loads and stores through the views' strides (B's and
+    the output's last axis stays contiguous: the pass folds only such perms)."""
+    (sa, a_st), (sb, b_st) = ((_permuted(s, p), _permuted(strides(s), p)) for s, p in zip(shapes, perms[:2]))
+    batch, (m, k), n = sa[:-2], sa[-2:], sb[-1]
+    out_shape = batch + (m, n)
+    inv = None if perms[2] is None else tuple(perms[2].index(i) for i in range(len(out_shape)))
+    o_st = _permuted(strides(_permuted(out_shape, perms[2])), inv)
+    a_buf, b_buf = ctx.inputs
+    total = int(np.prod(batch, dtype=np.int64))
+
+    def entry(flat, parallel, slot):
+        vars_ = _unflatten(flat, batch)
+        a_off, b_off, c_off = (sum((v * s for v, s in zip(vars_, st)), 0) for st in (a_st, b_st, o_st))
+        gemm_nest(ctx, m, n, k, lambda r, kk: a_buf[a_off + r * a_st[-2] + kk * a_st[-1]],
+                  lambda kk, c: b_buf[b_off + kk * b_st[-2] + c],
+                  ctx.outputs[0], lambda r, c: c_off + r * o_st[-2] + c, parallel=parallel, slot=slot)
+    _batches(ctx, total, entry)
 
 
 def _matmul_lower(ctx):
     """One GEMM over all of A's rows when B is shared by the whole batch (a
     projection of [seq, batch, hidden] activations); else one GEMM per batch entry,
     the entries shared out among the threads (one fork) when there are enough."""
+    perms = tuple(ctx.attrs.get(p) for p in ("perm_a", "perm_b", "perm_out"))
+    if any(p is not None for p in perms):
+        return _strided_batches(ctx, [t.shape for t in ctx.in_types], perms)
     a_shape, b_shape, batch, _ = _matmul_shapes(ctx.node.name, ctx.in_types[0].shape,
                                                 ctx.in_types[1].shape)
     (m, k), n = a_shape[-2:], b_shape[-1]
@@ -56,6 +96,14 @@ def _matmul_lower(ctx):
                   lambda r, kk: a_buf[a_off + r * k + kk],
                   lambda kk, c: b_buf[b_off + kk * n + c],
                   out, lambda r, c: c_off + r * n + c, parallel=parallel, slot=slot)
+    _batches(ctx, total, entry)
+
+
+def _batches(ctx, total, entry):
+    """entry(flat batch index, parallel, slot) for every batch entry: shared out among
+    the threads (one fork) when there are enough, else one after another, each GEMM
+    free to split itself."""
+    nb = ctx.nb
     teams = ctx.threads if ctx.threads > 1 and total >= ctx.threads else 1
     if teams > 1:
         per = -(-total // teams)
@@ -77,8 +125,8 @@ def _unflatten(flat, shape):
     return [v if d > 1 else 0 for v, d in zip(out, shape)]
 
 
-register("MatMul", inputs=(2, 2), infer=_matmul_infer, lower=_matmul_lower,
-         reference=lambda attrs, a, b: np.matmul(a, b))
+register("MatMul", inputs=(2, 2), attrs={"perm_a": None, "perm_b": None, "perm_out": None},
+         infer=_matmul_infer, lower=_matmul_lower, reference=_matmul_reference)
 
 
 @gradient("MatMul")
@@ -86,6 +134,8 @@ def _matmul_grad(g, node, dys, wanted):
     """dA = dY B^T, dB = A^T dY over broadcast batches (summed back to each operand's
     shape); a 1-D operand is a row (A) or column (B) matrix for the duration."""
     a, b = node.inputs
+    if any(node.attrs.get(p) is not None for p in ("perm_a", "perm_b", "perm_out")):
+        fail(node, "a MatMul with folded Transposes is made after autodiff")
     sa, sb = g.shape(a), g.shape(b)
     a2 = g.reshape(a, (1,) + sa) if len(sa) == 1 else a
     b2 = g.reshape(b, sb + (1,)) if len(sb) == 1 else b

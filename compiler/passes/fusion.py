@@ -5,6 +5,8 @@ names a chain of ops, a condition and a replacement; one driver applies them.
     batchnorm_affine BatchNormalization (any other)  => Mul, Add by per-channel constants, which
                      element-wise fusion joins to their neighbours (DenseNet's BN -> ReLU)
     fuse_conv_residual  Add(Conv(x), r)              => Conv(x, w, b, r): r added in the epilogue
+    fold_matmul_bias Add(MatMul(x, W), b), b per column => Gemm(x as rows, W, b): the bias
+                     seeds the accumulators (a Linear on [N, T, C]: no pass over the product)
     fuse_*_relu      Conv|Gemm -> Relu               => the op with a Relu epilogue
     fuse_*_silu      Conv|Gemm -> y; Mul(y, Sigmoid(y)) => the op with a SiLU epilogue
                      (EfficientNet's swish; its value has two users, so it is not a chain)
@@ -22,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..ir.types import TensorType
+from ..ir.graph import Node
+from ..ir.types import DType, TensorType
 from . import batchnorm_fusion
 
 
@@ -151,6 +154,60 @@ def _fuse_residual(graph, nodes, constants, types):
     return replace(op, inputs=inputs, outputs=add.outputs)
 
 
+def _biased(graph, chain):
+    """[Add, MatMul] where Add(y, b) is the MatMul's only use; the Gemm takes Add's
+    place (b, a Slice of a packed bias, may be computed after the MatMul)."""
+    users, outputs = graph.consumers(), set(graph.output_names())
+    producers = graph.producers()
+    for add in graph.nodes:
+        src = producers.get(add.inputs[0]) if add.op == "Add" and add.inputs else None
+        if src is not None and src.op == "MatMul" and add.inputs[0] not in outputs and \
+                len(users.get(add.inputs[0], [])) == 1:
+            yield [add, src]
+
+
+def _bias_foldable(graph, nodes):
+    """MatMul(x, W) with a 2-D W whose only use is Add(., b), b one value per column
+    (a Linear's bias): a Gemm with b as its C. A constant W stays a MatMul, which
+    prepack_weights packs once (a Gemm's B is packed at every run)."""
+    add, mm = nodes
+    y, b = mm.outputs[0], add.inputs[1]
+    ty, tw = graph.types[y], graph.types[mm.inputs[1]]
+    tb = graph.types.get(b)
+    return mm.inputs[1] not in graph.constants and not mm.attrs and len(add.inputs) == 2 and \
+        add.inputs[0] == y and b != y and tb is not None and tw.rank == 2 and \
+        graph.types[mm.inputs[0]].rank >= 2 and ty.dtype.is_float and tb.dtype == ty.dtype and \
+        graph.types[add.outputs[0]] == ty and tb.rank >= 1 and tb.shape[-1] == ty.shape[-1] and \
+        all(d == 1 for d in tb.shape[:-1])
+
+
+def _fold_bias(graph, nodes, constants, types):
+    """Gemm(x as rows, W, b): the bias seeds the accumulators instead of a pass over
+    the product (alias Reshapes around it when x has more than two dims)."""
+    add, mm = nodes
+    (x, w), (b, out) = mm.inputs, (add.inputs[1], add.outputs[0])
+    tx, ty, tb = graph.types[x], graph.types[out], graph.types[b]
+    made = []
+
+    def reshaped(value, shape, name):      # name: the Reshape's output
+        const = f"{name}/shape"
+        constants[const] = np.asarray(shape, dtype=np.int64)
+        types[const], types[name] = TensorType(DType.int64, (len(shape),)), TensorType(ty.dtype, tuple(shape))
+        made.append(Node("Reshape", (value, const), (name,), {"allowzero": 0}, name))
+        return name
+    if tb.rank > 1:
+        b = reshaped(b, tb.shape[-1:], f"{out}/bias")
+    rows = int(np.prod(tx.shape[:-1], dtype=np.int64))
+    x2 = x if tx.rank == 2 else reshaped(x, (rows, tx.shape[-1]), f"{out}/a")
+    y2 = out if ty.rank == 2 else f"{out}/rows"
+    types[y2] = TensorType(ty.dtype, (rows, ty.shape[-1]))
+    made.append(replace(mm, op="Gemm", inputs=(x2, w, b), outputs=(y2,),
+                        attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}))
+    if y2 != out:
+        reshaped(y2, ty.shape, out)
+    return made
+
+
 def _fuse_silu(graph, nodes, constants, types):
     op, _, mul = nodes
     return replace(op, outputs=mul.outputs, attrs={**op.attrs, "activation": "Silu"})
@@ -212,6 +269,7 @@ REWRITES = [
     Rewrite("fuse_conv_residual", ("Conv",), lambda g, n: "activation" not in n[1].attrs and len(n[1].inputs) < 4,
             _fuse_residual, _residual),
     Rewrite("fuse_conv_relu", ("Conv", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
+    Rewrite("fold_matmul_bias", ("Add", "MatMul"), _bias_foldable, _fold_bias, _biased),
     Rewrite("fuse_gemm_relu", ("Gemm", "Relu"), lambda g, n: "activation" not in n[0].attrs, _fuse_relu),
     Rewrite("fuse_conv_silu", ("Conv",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),
     Rewrite("fuse_gemm_silu", ("Gemm",), lambda g, n: "activation" not in n[0].attrs, _fuse_silu, _swish),

@@ -181,10 +181,44 @@ def compose_transposes(graph):
     return graph.with_nodes(nodes)
 
 
+def fold_batched_transposes(graph):
+    """Gives: a batched MatMul (rank > 2, operands of one batch shape: attention's
+    heads) reading Transpose(x, p) reads x through perm_a = p (A is read one element
+    at a time: any p) or perm_b = p (B by rows: p keeping the last axis last), and
+    one whose only use is Transpose(., q) keeping the last axis writes it directly
+    (perm_out = q): the copies around the heads' products go."""
+    types, made, users = graph.types, graph.producers(), graph.consumers()
+    outputs, nodes, gone = set(graph.output_names()), [], {}
+    for node in graph.nodes:
+        if id(node) in gone:
+            continue
+        rank = types[node.outputs[0]].rank
+        if node.op != "MatMul" or rank < 3 or node.attrs or types[node.outputs[0]].dtype.value not in _FLOAT or \
+                any(types[i].rank != rank for i in node.inputs) or \
+                types[node.inputs[0]].shape[:-2] != types[node.inputs[1]].shape[:-2]:
+            nodes.append(node)
+            continue
+        inputs, attrs = list(node.inputs), {}
+        for k, key in enumerate(("perm_a", "perm_b")):
+            src = made.get(inputs[k])
+            if src is not None and src.op == "Transpose":
+                perm = _perm(src, rank)
+                if k == 0 or perm[-1] == rank - 1:
+                    inputs[k], attrs[key] = src.inputs[0], perm
+        out, after = node.outputs, users.get(node.outputs[0], [])
+        if len(after) == 1 and after[0].op == "Transpose" and out[0] not in outputs and \
+                _perm(after[0], rank)[-1] == rank - 1:
+            attrs["perm_out"], out = _perm(after[0], rank), after[0].outputs
+            gone[id(after[0])] = True
+        nodes.append(replace(node, inputs=tuple(inputs), outputs=out, attrs=attrs) if attrs else node)
+    return graph.with_nodes(nodes)
+
+
 def simplify_gemm_transposes(graph):
     """Needs: a verified graph, before fusion. Gives: the three rewrites above, then
-    Transposes read by nobody gone (eliminate_dead_code runs after)."""
+    Transposes read by nobody gone (eliminate_dead_code runs after), then a batched
+    product's Transposes folded into it (fold_batched_transposes)."""
     for step in (compose_transposes, fold_transposes, merge_gradient_sums, transpose_gemm_products,
-                 fold_transposes):
+                 fold_transposes, fold_batched_transposes):
         graph = step(graph)
     return graph
