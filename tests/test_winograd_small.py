@@ -124,7 +124,7 @@ def test_constant_weights_take_f4_along_the_channels_where_the_table_says(case, 
     feeds = _feeds(graph, rng)
     nodes = [nd for nd in optimize_graph(graph).nodes if nd.op == "WinogradConv"]
     table = variants.table_or_host(None)
-    expect_f4 = table.winograd_channels_last and table.winograd_channels_last_tile == 4 and \
+    expect_f4 = table.winograd_constant_f4 and table.winograd_channels_last_tile == 4 and \
         -(-hw // 4) <= table.winograd_constant_f4_row_tiles
     assert len(nodes) == 1 and (nodes[0].attrs.get("out_tile") == 4) == expect_f4
     want = np.maximum(conv_reference(dict(PADS), feeds["x"], w, bias, None) + feeds["r"], 0)

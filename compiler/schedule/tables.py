@@ -60,9 +60,10 @@ class ScheduleTable:
     winograd_channels_last_row_tiles: int  # ... this many tiles a row: transforms along the channels
     winograd_channels_last_tile: int   # ... as F(2x2, 3x3) or F(4x4, 3x3): 2 or 4 (forward and dX)
     winograd_f4_weight_ratio: int  # F(4x4) where the batch's tiles x this reach C x M (else F(2x2))
-    winograd_constant_f4_row_tiles: int    # constant weights: F(4x4) along the channels up to this many
-    #                                tiles a row (transformed once at compile time; F(2x2) along the tile rows beyond)
+    winograd_constant_f4: bool     # constant weights (inference): F(4x4) along the channels, transformed once
+    winograd_constant_f4_row_tiles: int    # ... up to this many tiles a row (F(2x2) along the tile rows beyond)
     winograd_constant_f4_weight_ratio: int     # ... where the batch's tiles x this reach C x M
+    winograd_constant_f4_small_maps: bool      # ... on small maps too (winograd_small_map_*'s direct convs)
     # (ops/winograd_small.py)
     conv_batched_columns: int      # a small map's images share one GEMM up to this many columns
     grad_weight_k: int             # a weight gradient by dot products: images until k (images x pixels) is this
@@ -127,8 +128,9 @@ AVX512 = ScheduleTable(
     # (still ~1e-5 of the largest output). ResNet-18 CIFAR (batch 32, C = M), Zen 4, same process,
     # against F(2x2) (2 on 32x32 ran along the tile rows): 1 thread (CPU time) 64 on 32x32 0.76x,
     # 128 on 16x16 0.70x, 256 on 8x8 0.75x, 512 on 4x4 0.99x; 2 threads 0.93x, 0.83x, 0.82x, 1.035x
-    winograd_constant_f4_row_tiles=0,      # off: not measured here (Zen 4's table below takes it)
-    winograd_constant_f4_weight_ratio=1 << 16,
+    winograd_constant_f4=False,    # not measured here (Zen 4's table below takes it; the values below are its)
+    winograd_constant_f4_row_tiles=14, winograd_constant_f4_weight_ratio=1 << 16,
+    winograd_constant_f4_small_maps=False,
     winograd_f4_weight_ratio=1024,     # 512 x 512 on 4x4 (32 tiles: ratio 1/8) stays F(2x2): at 2 threads
     # each team reads all 36 MB of F(4x4)'s weights for 16 rows; 256 x 256 on 8x8 (128 tiles: 2) F(4x4)
     conv_batched_columns=256,      # ResNet-50 batch 8's 7x7 layers: 49 columns alone waste a third of
@@ -183,13 +185,15 @@ AVX512_ZEN4 = replace(            # AMD Zen 4: 512-bit ops double-pumped on 256-
     # SCHED_FIFO (benchmarks/schedules.py --variant strips:a_strips=1, medians), strips/row-major at 1
     # thread: GoogLeNet 0.91, ResNet-18 0.98, DenseNet-121 0.98-1.00, SqueezeNet 1.1 0.99, ResNet-50 b8
     # 0.98; 2 threads: GoogLeNet 0.92, ResNet-18 0.97, DenseNet-121 1.00, ResNet-50 b8 0.94. Same bits.
-    # Constant weights (inference) as Winograd F(4x4) along the channels, transformed at compile time:
+    winograd_constant_f4=True,     # constant weights (inference) as Winograd F(4x4) along the channels
     winograd_constant_f4_row_tiles=14,     # ResNet's 56x56 maps. 1 thread, CPU time, one conv against
     # F(2x2) along the tile rows (its run-time-weight build, the transform included): 64 -> 64 on 56x56
     # batch 8 0.64x, batch 1 0.71x; 128 -> 128 on 28x28 b8 0.60x, b1 0.75x; 256 on 14x14 b8 0.82x.
     # Larger maps (V and M of one image outgrow L2) not measured
     winograd_constant_f4_weight_ratio=1 << 16,     # 512 x 512 on 7x7 (4 tiles) at batch 1 too: 0.54x at 1
     # thread, 0.76x at 2; batch 8 0.56x (1024, run-time weights' value: F(2x2)); 256 x 256 on 14x14 b1 0.65-0.68x
+    winograd_constant_f4_small_maps=True,  # against the direct conv, one conv at batch 1 on 7x7: 128 -> 32
+    # (DenseNet's block 4) 0.38x at 1 thread, 0.35x at 2; 32 -> 128 (GoogLeNet's 5a/5b) 0.46x / 0.45x; 64 -> 64 0.39x
 )
 
 SSE_NEON = replace(               # 128-bit vectors: aarch64 NEON (32 registers), x86-64 baseline SSE

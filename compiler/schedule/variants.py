@@ -67,7 +67,8 @@ def winograd_pays_for(target, shape: ConvShape):
     even = shape.out_hw[0] % 2 == 0 and shape.out_hw[1] % 2 == 0 and \
         shape.batch * pixels >= 4 * t.winograd_min_batch_tiles
     small = shape.batch * pixels <= t.winograd_small_map_pixels and \
-        shape.channels[0] * shape.channels[1] <= t.winograd_small_map_max_weights
+        shape.channels[0] * shape.channels[1] <= t.winograd_small_map_max_weights and \
+        not (t.winograd_constant_f4_small_maps and _constant_f4(target, shape))
     return (pixels >= t.winograd_min_out_pixels or even) and min(shape.channels) >= t.winograd_min_channels \
         and not small
 
@@ -82,17 +83,26 @@ def _winograd(target, grad=False, shape=None):
     # the forward and dX along the channels take the table's tiles (the weight
     # gradient's transforms are F(2x2)'s only)
     tile = 2 if grad else t.winograd_channels_last_tile
-    ratio = (t.winograd_constant_f4_weight_ratio if shape is not None and shape.constant_weights else
-             t.winograd_f4_weight_ratio)
+    ratio = (t.winograd_constant_f4_weight_ratio if shape is not None and shape.constant_weights and
+             t.winograd_constant_f4 else t.winograd_f4_weight_ratio)
     if tile != 2 and shape is not None and shape.batch * _tiles(shape, tile) * ratio < \
             shape.channels[0] * shape.channels[1]:
         tile = 2     # too few tiles to read F(4x4)'s 2.25x larger transformed weights for
     panels = _channels_last(target, shape, tile) if shape is not None else ()
-    if shape is not None and shape.constant_weights and tile != 4:
+    if shape is not None and shape.constant_weights and (tile != 4 or not t.winograd_constant_f4):
         panels = ()  # constant weights along the tile rows at F(2x2): 1 x 256 on 14x14 1.06x along the channels
     return ConvVariant(WINOGRAD, tile_columns=t.winograd_grad_tile_columns if grad else t.winograd_tile_columns,
                        band_min_ratio=t.winograd_band_min_ratio, band_max_weights=t.winograd_band_max_weights,
                        channels_last=panels, out_tile=tile if panels else 2)
+
+
+def _constant_f4(target, shape: ConvShape):
+    """Whether constant weights would run F(4x4) along the channels (_winograd's rule)."""
+    t = table_or_host(target)
+    return shape.constant_weights and t.winograd_constant_f4 and t.winograd_channels_last_tile == 4 and \
+        bool(_channels_last(target, shape, 4)) \
+        and shape.batch * _tiles(shape, 4) * t.winograd_constant_f4_weight_ratio >= \
+        shape.channels[0] * shape.channels[1]
 
 
 def _tiles(shape: ConvShape, tile):
