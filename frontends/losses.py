@@ -18,26 +18,27 @@ def _mean_all(g, x):
     return g.scale(total, 1.0 / g.b.types[x].size)
 
 
-def _per_class(g, labels, logits):
-    """Labels (N, d...) as (N, 1, d...) beside the class indices (C,) laid along dim 1."""
+def _per_class(g, labels, logits, axis=1):
+    """Labels (N, d...) as (N, 1, d...) beside the class indices (C,) laid along dim 1
+    (along `axis`: the labels' dims keep their order around it)."""
     shape = g.shape(logits)
-    column = g.reshape(labels, (shape[0], 1) + tuple(shape[2:]))
-    classes = np.arange(shape[1], dtype=np.int64).reshape((shape[1],) + (1,) * (len(shape) - 2))
+    column = g.reshape(labels, shape[:axis] + (1,) + shape[axis + 1:])
+    classes = np.arange(shape[axis], dtype=np.int64).reshape((shape[axis],) + (1,) * (len(shape) - 1 - axis))
     return column, g.const(classes, DType.int64)
 
 
-def _one_hot(g, labels, logits):
-    column, classes = _per_class(g, labels, logits)
+def _one_hot(g, labels, logits, axis=1):
+    column, classes = _per_class(g, labels, logits, axis)
     return g.op("Cast", [g.op("Equal", [column, classes])], to=ONNX_FLOAT)
 
 
-def _class_mean(g, logp, labels, label_smoothing=0.0, ignore_index=None):
+def _class_mean(g, logp, labels, label_smoothing=0.0, ignore_index=None, axis=1):
     """Mean over the (not ignored) positions of -sum_c target_c log p_c, the
     target one-hot (mixed with the uniform distribution by label_smoothing)."""
-    classes = g.shape(logp)[1]
-    target, valid = _one_hot(g, labels, logp), None
+    classes = g.shape(logp)[axis]
+    target, valid = _one_hot(g, labels, logp, axis), None
     if ignore_index is not None:               # ignored positions count for nothing
-        column, _ = _per_class(g, labels, logp)
+        column, _ = _per_class(g, labels, logp, axis)
         ignored = g.op("Equal", [column, g.const(np.int64(ignore_index), DType.int64)])
         valid = g.sub(g.scalar(1.0, target), g.op("Cast", [ignored], to=ONNX_FLOAT))
         target = g.mul(target, valid)
@@ -54,8 +55,22 @@ def _class_mean(g, logp, labels, label_smoothing=0.0, ignore_index=None):
 def cross_entropy(g, logits, labels, label_smoothing=0.0, ignore_index=None):
     """torch.nn.functional.cross_entropy: the mean of -log softmax(logits)[label]
     over dim 1, with optional label smoothing and an ignored label value."""
-    logp = g.op("LogSoftmax", [logits], axis=1)
-    return _class_mean(g, logp, labels, label_smoothing, ignore_index)
+    logits, axis = _untransposed(g, logits)
+    logp = g.op("LogSoftmax", [logits], axis=axis)
+    return _class_mean(g, logp, labels, label_smoothing, ignore_index, axis)
+
+
+def _untransposed(g, logits):
+    """(x, axis): logits made by Transpose(x) that brought x's `axis` to dim 1 and kept
+    the other dims in order (a sequence model's (N, T, C).transpose(1, 2)) are read as
+    x, class axis `axis`: the softmax runs along x's contiguous rows, and neither the
+    forward nor the backward moves the logits (a Transpose there and one back)."""
+    node = next((n for n in reversed(g.b.nodes) if logits in n.outputs), None)
+    if node is None or node.op != "Transpose" or len(g.shape(logits)) < 2:
+        return logits, 1
+    perm = list(node.attr("perm") or range(len(g.shape(logits)))[::-1])
+    rest = perm[:1] + perm[2:]
+    return (node.inputs[0], perm[1]) if rest == sorted(rest) else (logits, 1)
 
 
 def nll(g, logp, labels, ignore_index=None):

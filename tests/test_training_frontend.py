@@ -162,6 +162,38 @@ def test_token_ids_and_nd_cross_entropy_match_pytorch(options, lookup, rng):
             trainer.step(tokens, labels)
 
 
+@pytest.mark.parametrize("perm", [(0, 3, 1, 2), (0, 2, 3, 1)])
+def test_cross_entropy_on_permuted_logits(perm, rng):
+    """Logits moved to class dim 1 by a permute: read untransposed, class axis 3
+    (0, 3, 1, 2); (0, 2, 3, 1) reorders the other dims and keeps the Transpose."""
+    ns.manual_seed(0)
+    ours, theirs = nn.Linear(4, 5), tnn.Linear(4, 5).double()
+    theirs.load_state_dict({k: _t(v) for k, v in ours.state_dict().items()})
+    x = rng.standard_normal((2, 3, 6, 4)).astype(np.float32)
+
+    class Permuted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = ours
+
+        def forward(self, v):
+            return self.head(v).permute(*perm)
+
+    net = Permuted()
+    labels = rng.integers(0, 5, (2,) + tuple(np.empty((2, 3, 6, 5)).transpose(perm).shape[2:]))
+    trainer = ns.compile_training(net, example_inputs=x, example_targets=labels, threads=1,
+                                  optimizer=ns.optim.SGD(lr=0.1), ignore_index=1, label_smoothing=0.1)
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for _ in range(2):
+        got = trainer.step(x, labels)
+        opt.zero_grad()
+        want = TF.cross_entropy(theirs(_t(x)).permute(*perm), _t(labels), ignore_index=1, label_smoothing=0.1)
+        want.backward()
+        opt.step()
+        _close_loss(got, want.item())
+    _close_params(net.head, theirs)
+
+
 @pytest.mark.parametrize("lookup", ["one_hot", "gather"])
 def test_callable_loss_on_tuple_outputs_and_two_token_inputs(lookup, rng):
     """The design's example: (src, tgt_in) -> logits, loss on reshaped logits."""
