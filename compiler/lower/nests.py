@@ -1,4 +1,6 @@
 """Loop nests shared by many ops: strided element-wise maps and row reductions."""
+import math
+
 from .loop_ir import INDEX, Const, Load
 
 from ..schedule.loops import splits
@@ -76,17 +78,10 @@ def map_nest(ctx, out_buf, out_shape, in_bufs, in_shapes, fn, lanes=None):
     384 x 128 weight moves seven of them, a map of 172 Ki elements, not 49 Ki."""
     work = None
     if isinstance(out_buf, tuple):
-        size = _size(out_shape)
-        work = size * (len(out_buf) + sum(_size(s) == size for s in in_shapes)) // 2
+        size = math.prod(out_shape)
+        work = size * (len(out_buf) + sum(math.prod(s) == size for s in in_shapes)) // 2
     strided_map(ctx, out_buf, out_shape, in_bufs,
                 [broadcast_strides(s, out_shape) for s in in_shapes], fn, lanes, work=work)
-
-
-def _size(shape):
-    total = 1
-    for d in shape:
-        total *= d
-    return total
 
 
 def strided_map(ctx, out_buf, out_shape, in_bufs, in_strides, fn, lanes=None, out_offset=0,
