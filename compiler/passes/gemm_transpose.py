@@ -188,7 +188,7 @@ def fold_batched_transposes(graph):
     one whose only use is Transpose(., q) keeping the last axis writes it directly
     (perm_out = q): the copies around the heads' products go."""
     types, made, users = graph.types, graph.producers(), graph.consumers()
-    outputs, nodes, gone = set(graph.output_names()), [], {}
+    outputs, nodes, gone = set(graph.output_names()), [], set()
     for node in graph.nodes:
         if id(node) in gone:
             continue
@@ -209,7 +209,7 @@ def fold_batched_transposes(graph):
         if len(after) == 1 and after[0].op == "Transpose" and out[0] not in outputs and \
                 _perm(after[0], rank)[-1] == rank - 1:
             attrs["perm_out"], out = _perm(after[0], rank), after[0].outputs
-            gone[id(after[0])] = True
+            gone.add(id(after[0]))
         nodes.append(replace(node, inputs=tuple(inputs), outputs=out, attrs=attrs) if attrs else node)
     return graph.with_nodes(nodes)
 

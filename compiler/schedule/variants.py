@@ -98,11 +98,7 @@ def _winograd(target, grad=False, shape=None):
 
 def _constant_f4(target, shape: ConvShape):
     """Whether constant weights would run F(4x4) along the channels (_winograd's rule)."""
-    t = table_or_host(target)
-    return shape.constant_weights and t.winograd_constant_f4 and t.winograd_channels_last_tile == 4 and \
-        bool(_channels_last(target, shape, 4)) \
-        and shape.batch * _tiles(shape, 4) * t.winograd_constant_f4_weight_ratio >= \
-        shape.channels[0] * shape.channels[1]
+    return shape.constant_weights and _winograd(target, shape=shape).out_tile == 4
 
 
 def _tiles(shape: ConvShape, tile):
